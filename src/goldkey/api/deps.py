@@ -1,0 +1,49 @@
+"""Typed dependencies of the API: the running instance and the caller's credential."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from goldkey.core.errors import Unauthorized
+from goldkey.govern.workspaces import Credential
+from goldkey.runtime import Goldkey
+
+
+def get_gk(request: Request) -> Goldkey:
+    return request.app.state.gk  # type: ignore[no-any-return]
+
+
+GK = Annotated[Goldkey, Depends(get_gk)]
+
+
+def write_key_from(request: Request) -> str | None:
+    """Return the write key from HTTP Basic (the key as user name, as Segment's SDKs send it)."""
+    auth = request.headers.get("authorization")
+    if not auth:
+        return None
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("malformed Basic authorization header") from None
+        return decoded.split(":", 1)[0]
+    if scheme.lower() == "bearer":
+        return value.strip()
+    raise Unauthorized(f"unsupported authorization scheme {scheme!r}; send the write key as HTTP Basic user")
+
+
+def admin(request: Request) -> Credential:
+    """Authenticate an admin token sent as ``Authorization: Bearer``."""
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send an admin token as 'Authorization: Bearer <token>'")
+    return get_gk(request).workspaces.authenticate(token.strip(), "admin")
+
+
+Admin = Annotated[Credential, Depends(admin)]

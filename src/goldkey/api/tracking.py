@@ -1,0 +1,192 @@
+"""The tracking API: ``/v1/track|identify|page|screen|group|alias|batch``, compatible with the
+Segment and RudderStack HTTP spec, so their SDKs send to Goldkey by changing the host.
+
+A 200 answer means every accepted event is durable (group commit). Invalid events in a batch are
+quarantined, listed in the answer and counted as rejected; the rest of the batch is accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from goldkey.api.schemas import ErrorBody, TrackingAck, TrackingBatch, TrackingEvent
+from goldkey.collect.tracking import EVENT_TYPES, TrackedEvent, normalise_event, now_micros
+from goldkey.core.clock import utcnow
+from goldkey.core.errors import GoldkeyError, InvalidInput, StoreUnavailable, TooLarge, Unauthorized
+from goldkey.ops.metrics import METRICS
+from goldkey.runtime import Goldkey
+from goldkey.store.operational import quarantine
+
+router = APIRouter(tags=["tracking"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed JSON or an invalid event (names the field)"},
+    401: {"model": ErrorBody, "description": "Missing or unknown write key"},
+    413: {"model": ErrorBody, "description": "Event over 32 KB or batch over 500 KB"},
+    503: {"model": ErrorBody, "description": "Queue full; retry after the Retry-After seconds"},
+}
+
+
+def _body_doc(model: type) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    if model is TrackingBatch:
+        schema = {
+            "type": "object",
+            "required": ["batch"],
+            "properties": {
+                "batch": {"type": "array", "items": TrackingEvent.model_json_schema()},
+                "sentAt": {"type": "string"},
+                "context": {"type": "object"},
+                "writeKey": {"type": "string"},
+            },
+        }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from None
+
+
+def _workspace(gk: Goldkey, request: Request, data: Any) -> str:
+    from goldkey.api.deps import write_key_from
+
+    key = write_key_from(request)
+    body_key = data.get("writeKey") if isinstance(data, dict) else None
+    if key is None and isinstance(body_key, str):
+        key = body_key
+    if not key:
+        raise Unauthorized("missing write key: send it as the HTTP Basic user name")
+    return gk.workspaces.authenticate(key, "write").workspace_id
+
+
+async def _ingest(gk: Goldkey, ws: str, events: list[TrackedEvent], rejected: list[InvalidInput], raw: list[Any]) -> bytes:
+    if rejected:
+        METRICS.events_rejected.inc(len(rejected))
+        await run_in_threadpool(_quarantine, gk, ws, rejected, raw)
+    accepted = duplicates = 0
+    if events:
+        fut = gk.writer.submit_events(ws, events)
+        try:
+            res = await asyncio.wrap_future(fut)
+        except GoldkeyError:
+            raise
+        except Exception as exc:  # a store failed: nothing of this request was acknowledged
+            raise StoreUnavailable(f"events not stored, retry: {type(exc).__name__}: {exc}"[:500]) from exc
+        accepted, duplicates = res.accepted, res.duplicates
+    return orjson.dumps(
+        {
+            "success": True,
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": [e.as_dict() for e in rejected],
+        }
+    )
+
+
+def _quarantine(gk: Goldkey, ws: str, rejected: list[InvalidInput], raw: list[Any]) -> None:
+    now = utcnow()
+    with gk.engine.begin() as conn:
+        conn.execute(
+            quarantine.insert(),
+            [
+                dict(
+                    workspace_id=ws,
+                    source="tracking",
+                    import_id=None,
+                    record=str(e.record),
+                    field=e.field,
+                    value=None,
+                    reason=e.message,
+                    raw=orjson.dumps(r, default=str).decode()[:40_000],
+                    created_at=now,
+                )
+                for e, r in zip(rejected, raw, strict=True)
+            ],
+        )
+
+
+@router.post("/v1/batch", response_model=TrackingAck, responses=_ERRORS, openapi_extra=_body_doc(TrackingBatch))
+async def batch(request: Request) -> Response:
+    """Accept a batch of events (at most 500 KB; each event at most 32 KB)."""
+    gk: Goldkey = request.app.state.gk
+    body = await request.body()
+    received = now_micros()
+    METRICS.events_received.inc(0)
+    if len(body) > gk.settings.max_batch_bytes:
+        raise TooLarge(f"batch is {len(body)} bytes; the limit is {gk.settings.max_batch_bytes}")
+    data = _parse(body)
+    ws = _workspace(gk, request, data)
+    if not isinstance(data, dict) or not isinstance(data.get("batch"), list):
+        raise InvalidInput("must be a list of events", field="batch")
+    items = data["batch"]
+    METRICS.events_received.inc(len(items))
+    sent_at = None
+    if data.get("sentAt") is not None:
+        from goldkey.collect.tracking import _parse_ts
+
+        sent_at = _parse_ts(data.get("sentAt"), "sentAt", None)
+    ctx = data.get("context") if isinstance(data.get("context"), dict) else None
+    small = len(body) <= gk.settings.max_event_bytes
+    events: list[TrackedEvent] = []
+    rejected: list[InvalidInput] = []
+    raw_rejected: list[Any] = []
+    limit = gk.settings.max_event_bytes
+    for i, item in enumerate(items):
+        try:
+            events.append(
+                normalise_event(
+                    item,
+                    received_at=received,
+                    batch_sent_at=sent_at,
+                    batch_context=ctx,
+                    record=i,
+                    max_event_bytes=limit,
+                    size=0 if small else None,
+                )
+            )
+        except InvalidInput as exc:
+            rejected.append(exc)
+            raw_rejected.append(item)
+    return Response(await _ingest(gk, ws, events, rejected, raw_rejected), media_type="application/json")
+
+
+def _single(event_type: str) -> Any:
+    async def endpoint(request: Request) -> Response:
+        gk: Goldkey = request.app.state.gk
+        body = await request.body()
+        received = now_micros()
+        if len(body) > gk.settings.max_event_bytes:
+            raise TooLarge(f"event is {len(body)} bytes; the limit is {gk.settings.max_event_bytes}")
+        data = _parse(body)
+        ws = _workspace(gk, request, data)
+        METRICS.events_received.inc()
+        try:
+            ev = normalise_event(data, received_at=received, forced_type=event_type, size=len(body))
+        except InvalidInput:
+            METRICS.events_rejected.inc()
+            raise
+        return Response(await _ingest(gk, ws, [ev], [], []), media_type="application/json")
+
+    endpoint.__name__ = event_type
+    endpoint.__doc__ = f"Accept one `{event_type}` event (at most 32 KB)."
+    return endpoint
+
+
+for _t in EVENT_TYPES:
+    router.add_api_route(
+        f"/v1/{_t}",
+        _single(_t),
+        methods=["POST"],
+        response_model=TrackingAck,
+        responses=_ERRORS,
+        openapi_extra=_body_doc(TrackingEvent),
+        name=f"tracking_{_t}",
+    )

@@ -1,0 +1,67 @@
+"""create_app(settings) -> FastAPI: wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from goldkey import __version__
+from goldkey.api import imports, ops, profiles, tracking, workspace
+from goldkey.core.errors import GoldkeyError, InvalidInput
+from goldkey.runtime import Goldkey
+from goldkey.settings import Settings
+
+
+def _error(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> FastAPI:
+    """Return the Goldkey API app. With ``gk`` given, the caller owns its lifecycle; otherwise the
+    app opens the stores on start-up and closes them on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = gk is None
+        app.state.gk = gk or Goldkey.open(settings or Settings())
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.gk.close()
+
+    app = FastAPI(
+        title="Goldkey",
+        version=__version__,
+        description="Open-source precision-marketing platform: tracking API (Segment/RudderStack "
+        "compatible), imports, identity resolution and the 360° customer profile.",
+        lifespan=lifespan,
+    )
+    if gk is not None:
+        app.state.gk = gk
+
+    @app.exception_handler(GoldkeyError)
+    async def goldkey_error(_: Request, exc: GoldkeyError) -> Response:
+        body: dict[str, object] = {"error": str(exc)}
+        if isinstance(exc, InvalidInput):
+            body = {"error": str(exc), "field": exc.field, "record": exc.record}
+        retry = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return _error(exc.status_code, body, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(422, {"error": f"{loc}: {first.get('msg', 'invalid')}", "field": loc or None,
+                            "details": orjson.loads(orjson.dumps(errs, default=str))})
+
+    for module in (tracking, profiles, imports, workspace, ops):
+        app.include_router(module.router)
+    return app

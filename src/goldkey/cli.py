@@ -1,0 +1,254 @@
+"""The ``goldkey`` command line (Typer)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from goldkey.settings import Settings
+
+app = typer.Typer(
+    help="Goldkey: collect and unify customer data, describe, target and reach customers, measure.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+workspace_app = typer.Typer(help="Create and list workspaces (brands).", no_args_is_help=True)
+app.add_typer(workspace_app, name="workspace")
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default ./goldkey-data, or GOLDKEY_DATA_DIR).", show_default=False),
+]
+
+
+def _settings(data_dir: Path | None, **extra: Any) -> Settings:
+    values: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**values)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the tracking API and the REST API (with its OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from goldkey.app import create_app
+
+    settings = _settings(data_dir, host=host, port=port)
+    console.print(f"Goldkey serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir})")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+@workspace_app.command("create")
+def workspace_create(
+    name: Annotated[str, typer.Argument(help="Workspace (brand) name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a workspace; print its id, write key and first admin token (shown only once)."""
+    from goldkey.core.errors import GoldkeyError
+    from goldkey.govern.workspaces import WorkspaceService
+    from goldkey.store.operational import create_operational_engine, migrate
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_operational_engine(settings.resolved_operational_url())
+    migrate(engine)
+    try:
+        ws = WorkspaceService(engine).create(name)
+    except GoldkeyError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        print(json.dumps(ws.__dict__))
+    else:
+        print(f"workspace_id: {ws.workspace_id}\nwrite_key:    {ws.write_key}\nadmin_token:  {ws.admin_token}")
+
+
+@workspace_app.command("list")
+def workspace_list(data_dir: DataDir = None) -> None:
+    """List workspaces."""
+    from goldkey.govern.workspaces import WorkspaceService
+    from goldkey.store.operational import create_operational_engine, migrate
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_operational_engine(settings.resolved_operational_url())
+    migrate(engine)
+    for w in WorkspaceService(engine).list():
+        print(f"{w['workspace_id']}\t{w['name']}")
+
+
+def _parse_mapping(pairs: list[str], mapping_file: Path | None) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    if mapping_file is not None:
+        mapping.update(json.loads(mapping_file.read_text(encoding="utf-8")))
+    for p in pairs:
+        if "=" not in p:
+            _fail(f"--map takes SOURCE_COLUMN=field, got {p!r}", 2)
+        src, dst = p.split("=", 1)
+        mapping[src.strip()] = dst.strip()
+    return mapping
+
+
+@app.command("import")
+def import_(
+    kind: Annotated[str, typer.Argument(help="customers | orders | products | feedback")],
+    file: Annotated[Path, typer.Argument(help="CSV, Excel (.xlsx) or Parquet file.", exists=True, dir_okay=False)],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")] = "",
+    map_: Annotated[list[str], typer.Option("--map", help="SOURCE_COLUMN=field (repeatable).")] = [],  # noqa: B006
+    mapping_file: Annotated[Path | None, typer.Option(help="JSON file: {source column: field}.")] = None,
+    force: Annotated[bool, typer.Option(help="Import again even if this exact file was imported.")] = False,
+    api: Annotated[str | None, typer.Option(help="Send through a running server's API at this URL.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="GOLDKEY_ADMIN_TOKEN", help="Admin token for --api.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Import customers, orders (one row per order line), products or feedback.
+
+    Shows a progress bar and ends with rows read / accepted / quarantined. When a server owns the
+    data directory, pass --api and --token to import through it.
+    """
+    mapping = _parse_mapping(map_, mapping_file)
+    if api:
+        summary = _import_via_api(api, token, kind, file, mapping, force)
+    else:
+        summary = _import_local(_settings(data_dir), workspace, kind, file, mapping, force)
+    s = summary
+    console.print(
+        f"[bold]{s['kind']}[/bold] {s['filename']}: status {s['status']} — rows read {s['rows_read']}, "
+        f"accepted {s['accepted']}, quarantined {s['quarantined']}, duplicates merged {s['duplicates_merged']}"
+        f"  (import {s['import_id']})"
+    )
+    if s["quarantined"]:
+        console.print("  see them with: goldkey quarantine --import-id " + s["import_id"])
+
+
+def _import_local(settings: Settings, workspace: str, kind: str, file: Path, mapping: dict[str, str],
+                  force: bool) -> dict[str, Any]:
+    from goldkey.core.errors import GoldkeyError
+    from goldkey.runtime import DataDirInUse, Goldkey
+
+    try:
+        gk = Goldkey.open(settings)
+    except DataDirInUse as exc:
+        _fail(f"{exc} (use --api http://HOST:PORT --token ADMIN_TOKEN)")
+        raise
+    try:
+        ws = _workspace_id(gk, workspace)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("reading", total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=stage, completed=done, total=total)
+
+            try:
+                return gk.importer.run(ws, kind, file, mapping, force=force, progress=progress).as_dict()
+            except GoldkeyError as exc:
+                _fail(str(exc))
+                raise
+    finally:
+        gk.close()
+
+
+def _workspace_id(gk: Any, workspace: str) -> str:
+    if not workspace:
+        all_ws = gk.workspaces.list()
+        if len(all_ws) == 1:
+            return str(all_ws[0]["workspace_id"])
+        _fail("name the workspace with --workspace (id or name)", 2)
+    if workspace.startswith("ws_"):
+        return workspace
+    ws = gk.workspaces.find_by_name(workspace)
+    if ws is None:
+        _fail(f"no workspace named {workspace!r}", 2)
+    return str(ws)
+
+
+def _import_via_api(api: str, token: str | None, kind: str, file: Path, mapping: dict[str, str],
+                    force: bool) -> dict[str, Any]:
+    import httpx
+
+    if not token:
+        _fail("--api needs --token (or GOLDKEY_ADMIN_TOKEN)", 2)
+    with console.status(f"uploading {file.name} to {api} …"), file.open("rb") as f:
+        r = httpx.post(
+            api.rstrip("/") + "/api/v1/imports",
+            headers={"Authorization": f"Bearer {token}"},
+            files={"file": (file.name, f)},
+            data={"kind": kind, "mapping": json.dumps(mapping), "force": str(force).lower()},
+            timeout=3600,
+        )
+    if r.status_code != 200:
+        _fail(f"{r.status_code}: {r.text}")
+    return r.json()  # type: ignore[no-any-return]
+
+
+@app.command()
+def quarantine(
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")] = "",
+    import_id: Annotated[str | None, typer.Option(help="Only this import's records.")] = None,
+    limit: Annotated[int, typer.Option(help="How many records.")] = 50,
+    data_dir: DataDir = None,
+) -> None:
+    """Show quarantined (rejected) records with their reason."""
+    from goldkey.collect.importer import list_quarantine
+    from goldkey.govern.workspaces import WorkspaceService
+    from goldkey.store.operational import create_operational_engine
+
+    settings = _settings(data_dir)
+    engine = create_operational_engine(settings.resolved_operational_url())
+    svc = WorkspaceService(engine)
+    if workspace and not workspace.startswith("ws_"):
+        workspace = svc.find_by_name(workspace) or _fail(f"no workspace named {workspace!r}", 2) or ""
+    elif not workspace:
+        all_ws = svc.list()
+        if len(all_ws) != 1:
+            _fail("name the workspace with --workspace", 2)
+        workspace = str(all_ws[0]["workspace_id"])
+    rows = list_quarantine(engine, workspace, import_id, limit)
+    for r in rows:
+        print(f"{r['source']}\trecord {r['record']}\t{r['field']}\t{r['reason']}")
+    console.print(f"{len(rows)} record(s)")
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="Simulated customers across both brands.")] = 50_000,
+    events: Annotated[int, typer.Option(help="Approximate tracking events to generate.")] = 2_000_000,
+    seed: Annotated[int, typer.Option(help="Seed of the market simulator.")] = 42,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Keep serving after loading.")] = True,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Generate the demo market, load it through the tracking API and the importers, and serve."""
+    from goldkey.demo.run import run_demo
+
+    settings = _settings(data_dir, host=host, port=port)
+    run_demo(settings, customers=customers, events=events, seed=seed, serve_forever=serve_after, console=console)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,228 @@
+"""The tracking API's event model: validation and normalisation of Segment/RudderStack HTTP-spec
+events (track, identify, page, screen, group, alias), with the spec's timestamp handling.
+
+This is the hot path, so events are checked by hand rather than through a pydantic model per event;
+``api/schemas.py`` holds the pydantic models that document the same shapes in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from goldkey.core.errors import InvalidInput, TooLarge
+
+EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+
+# Trait keys that carry identifiers; the workspace's custom identifiers are added per workspace.
+TRAIT_IDENTIFIERS: dict[str, str] = {
+    "email": "email",
+    "phone": "phone",
+    "wechat_openid": "wechat_openid",
+    "wechatOpenId": "wechat_openid",
+    "wechat_unionid": "wechat_unionid",
+    "wechatUnionId": "wechat_unionid",
+    "crm_id": "crm_id",
+    "crmId": "crm_id",
+}
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _micros(dt: datetime) -> int:
+    return (dt - _EPOCH) // _US
+
+
+
+def _parse_ts(value: Any, fieldname: str, record: int | None) -> int | None:
+    """Return epoch microseconds of an ISO-8601 timestamp, None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("must be an ISO-8601 timestamp string", field=fieldname, record=record)
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"not an ISO-8601 timestamp: {value[:40]!r}", field=fieldname, record=record) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return _micros(dt)
+
+
+def _id_str(value: Any, fieldname: str, record: int | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidInput("must be a string or number", field=fieldname, record=record)
+    s = str(value)
+    if len(s) > 200:
+        raise InvalidInput("longer than 200 characters", field=fieldname, record=record)
+    return s
+
+
+def _obj(value: Any, fieldname: str, record: int | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("must be a JSON object", field=fieldname, record=record)
+    return value
+
+
+@dataclass(slots=True)
+class TrackedEvent:
+    """One validated, normalised tracking event, ready for identity resolution and the log."""
+
+    message_id: str
+    type: str
+    event: str | None
+    name: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    group_id: str | None
+    previous_id: str | None
+    timestamp: int  # epoch microseconds, corrected for client clock skew
+    original_timestamp: int | None
+    sent_at: int | None
+    received_at: int
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+    raw_size: int = 0
+    identifiers: list[tuple[str, Any]] = field(default_factory=list)
+
+
+def normalise_event(
+    body: Any,
+    *,
+    received_at: int,
+    forced_type: str | None = None,
+    batch_sent_at: int | None = None,
+    batch_context: dict[str, Any] | None = None,
+    record: int | None = None,
+    max_event_bytes: int = 32 * 1024,
+    size: int | None = None,
+) -> TrackedEvent:
+    """Validate one event and return it normalised.
+
+    ``timestamp`` follows the Segment spec: when the client sent both ``sentAt`` and a timestamp,
+    the stored timestamp is ``receivedAt - (sentAt - timestamp)``, which removes the client's clock
+    skew; ``originalTimestamp`` keeps what the client said.
+    Raises InvalidInput (naming the field and, in a batch, the record index) or TooLarge.
+    """
+    if not isinstance(body, dict):
+        raise InvalidInput("event must be a JSON object", record=record)
+    if size is None:
+        size = len(orjson.dumps(body))
+    if size > max_event_bytes:
+        raise TooLarge(f"event is {size} bytes; the limit is {max_event_bytes}", record=record)
+    etype = body.get("type")
+    if forced_type is not None:
+        if etype is not None and etype != forced_type:
+            raise InvalidInput(f"is {etype!r} but this endpoint takes {forced_type!r}", field="type", record=record)
+        etype = forced_type
+    if etype not in EVENT_TYPES:
+        raise InvalidInput(f"must be one of {', '.join(EVENT_TYPES)}", field="type", record=record)
+
+    user_id = _id_str(body.get("userId", body.get("user_id")), "userId", record)
+    anonymous_id = _id_str(body.get("anonymousId", body.get("anonymous_id")), "anonymousId", record)
+    previous_id = _id_str(body.get("previousId"), "previousId", record)
+    group_id = _id_str(body.get("groupId"), "groupId", record)
+    if etype == "alias":
+        if previous_id is None:
+            raise InvalidInput("alias needs previousId", field="previousId", record=record)
+        if user_id is None and anonymous_id is None:
+            raise InvalidInput("alias needs userId", field="userId", record=record)
+    elif user_id is None and anonymous_id is None:
+        raise InvalidInput("userId or anonymousId is required", field="userId", record=record)
+    if etype == "group" and group_id is None:
+        raise InvalidInput("group needs groupId", field="groupId", record=record)
+
+    event = None
+    if etype == "track":
+        event = body.get("event")
+        if not isinstance(event, str) or not event.strip():
+            raise InvalidInput("track needs a non-empty event name", field="event", record=record)
+        if len(event) > 200:
+            raise InvalidInput("longer than 200 characters", field="event", record=record)
+    name = body.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidInput("must be a string", field="name", record=record)
+
+    properties = _obj(body.get("properties"), "properties", record)
+    traits = _obj(body.get("traits"), "traits", record)
+    context = _obj(body.get("context"), "context", record)
+    if batch_context:
+        context = {**batch_context, **context}
+    ctx_traits = _obj(context.get("traits"), "context.traits", record)
+
+    message_id = body.get("messageId")
+    if message_id is None or message_id == "":
+        message_id = f"gk-{uuid.uuid4()}"
+    elif not isinstance(message_id, (str, int)) or isinstance(message_id, bool):
+        raise InvalidInput("must be a string", field="messageId", record=record)
+    else:
+        message_id = str(message_id)
+        if len(message_id) > 200:
+            raise InvalidInput("longer than 200 characters", field="messageId", record=record)
+
+    original = _parse_ts(body.get("timestamp"), "timestamp", record)
+    if original is None:
+        original = _parse_ts(body.get("originalTimestamp"), "originalTimestamp", record)
+    sent_at = _parse_ts(body.get("sentAt"), "sentAt", record)
+    if sent_at is None:
+        sent_at = batch_sent_at
+    if original is None:
+        timestamp = received_at
+    elif sent_at is not None:
+        timestamp = received_at - (sent_at - original)
+    else:
+        timestamp = original
+
+    ident: list[tuple[str, Any]] = []
+    if user_id is not None:
+        ident.append(("user_id", user_id))
+    if anonymous_id is not None:
+        ident.append(("anonymous_id", anonymous_id))
+    device = context.get("device")
+    if isinstance(device, dict) and device.get("id") not in (None, ""):
+        ident.append(("device_id", device.get("id")))
+    for source in (traits, ctx_traits):
+        if source:
+            for key, id_type in TRAIT_IDENTIFIERS.items():
+                v = source.get(key)
+                if v not in (None, ""):
+                    ident.append((id_type, v))
+    return TrackedEvent(
+        message_id=message_id,
+        type=etype,
+        event=event,
+        name=name,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        group_id=group_id,
+        previous_id=previous_id,
+        timestamp=timestamp,
+        original_timestamp=original,
+        sent_at=sent_at,
+        received_at=received_at,
+        properties=properties,
+        traits=traits or ctx_traits,
+        context=context,
+        raw_size=size,
+        identifiers=ident,
+    )
+
+
+def now_micros() -> int:
+    """Return the current time in epoch microseconds."""
+    return _micros(datetime.now(UTC))
+
+
+def micros_to_datetime(us: int) -> datetime:
+    """Return epoch microseconds as an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=us)

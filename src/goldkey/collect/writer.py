@@ -1,0 +1,472 @@
+"""The single writer: every write to the stores goes through one thread, in group commits.
+
+Tracking requests hand their validated events to ``Writer.submit_events`` and wait on the returned
+future; the writer gathers what has arrived (up to ``group_commit_max_events`` or
+``group_commit_wait_ms``), resolves identities in one operational-store transaction, appends the
+events to the analytical store in one DuckDB transaction, and only then completes the futures. So
+an acknowledgement always means the event is durable, and many requests share one commit.
+
+Other writes (imports, unmerges) are submitted as commands and run on the same thread, between
+group commits, so DuckDB has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import sqlalchemy as sa
+
+from goldkey.collect.tracking import TrackedEvent, micros_to_datetime, now_micros
+from goldkey.core.errors import Overloaded
+from goldkey.identity.graph import IdentityGraph, UnitOfWork, _merge_recent
+from goldkey.ops.metrics import METRICS
+from goldkey.store.analytical import EVENT_SCHEMA, AnalyticalStore
+from goldkey.store.operational import profiles
+
+log = logging.getLogger(__name__)
+
+_US_TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass
+class IngestResult:
+    """What happened to the events of one request."""
+
+    accepted: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class _EventItem:
+    workspace_id: str
+    events: list[TrackedEvent]
+    source: str
+    future: Future[IngestResult] = field(default_factory=Future)
+
+
+@dataclass
+class _CommandItem:
+    fn: Callable[[WriteContext], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass
+class WriteContext:
+    """What a command running on the writer thread may use."""
+
+    engine: sa.Engine
+    analytical: AnalyticalStore
+    graph: IdentityGraph
+    writer: Writer
+
+
+class DedupeWindow:
+    """messageIds seen recently, per workspace, for de-duplication (Segment's look-back window)."""
+
+    def __init__(self, hours: int) -> None:
+        self.window_us = hours * 3_600_000_000
+        self._seen: set[int] = set()
+        self._by_time: deque[tuple[int, list[int]]] = deque()
+
+    @staticmethod
+    def key(workspace_id: str, message_id: str) -> int:
+        return hash((workspace_id, message_id))
+
+    def __contains__(self, k: int) -> bool:
+        return k in self._seen
+
+    def add_many(self, at_us: int, keys: list[int]) -> None:
+        self._seen.update(keys)
+        self._by_time.append((at_us, keys))
+        cutoff = at_us - self.window_us
+        while self._by_time and self._by_time[0][0] < cutoff:
+            _, old = self._by_time.popleft()
+            self._seen.difference_update(old)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class Writer:
+    """The one thread that writes both stores. Start with ``start()``, stop with ``stop()``."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        analytical: AnalyticalStore,
+        graph: IdentityGraph,
+        *,
+        queue_max_events: int,
+        batch_max_events: int,
+        wait_ms: float,
+        dedupe_hours: int,
+        recent_keep: int,
+    ) -> None:
+        self.engine = engine
+        self.analytical = analytical
+        self.graph = graph
+        self.queue_max_events = queue_max_events
+        self.batch_max_events = batch_max_events
+        self.wait_s = wait_ms / 1000
+        self.recent_keep = recent_keep
+        self.dedupe = DedupeWindow(dedupe_hours)
+        self._queue: deque[_EventItem | _CommandItem] = deque()
+        self._queued_events = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.last_commit_at: float | None = None
+        self.last_error: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the de-duplication window from the event log and start the writer thread."""
+        self._load_dedupe()
+        self._thread = threading.Thread(target=self._run, name="goldkey-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish queued work, then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread:
+            self._thread.join(timeout=60)
+
+    def _load_dedupe(self) -> None:
+        since = now_micros() - self.dedupe.window_us
+        cur = self.analytical.cursor()
+        try:
+            tbl = cur.sql(
+                "SELECT workspace_id, message_id FROM events WHERE received_at >= make_timestamp(?::BIGINT)",
+                params=[since],
+            ).to_arrow_table()
+        finally:
+            cur.close()
+        key = DedupeWindow.key
+        keys = [key(w, m) for w, m in zip(tbl.column(0).to_pylist(), tbl.column(1).to_pylist(), strict=True)]
+        self.dedupe.add_many(now_micros(), keys)
+
+    @property
+    def queue_depth(self) -> int:
+        """Events waiting for the writer."""
+        return self._queued_events
+
+    # -- submission -------------------------------------------------------------------------
+    def submit_events(self, workspace_id: str, events: list[TrackedEvent], source: str = "tracking") -> Future[IngestResult]:
+        """Queue events for the next group commit; the future completes once they are durable.
+
+        Raises Overloaded (nothing queued) when the queue is full.
+        """
+        item = _EventItem(workspace_id, events, source)
+        with self._cond:
+            if self._stopping:
+                raise Overloaded("server is shutting down", retry_after=5)
+            if self._queued_events + len(events) > self.queue_max_events and self._queued_events > 0:
+                METRICS.rejected_overload.inc(len(events))
+                raise Overloaded(
+                    f"ingestion queue full ({self._queued_events} events waiting); retry shortly", retry_after=1
+                )
+            self._queue.append(item)
+            self._queued_events += len(events)
+            METRICS.queue_depth.set(self._queued_events)
+            self._cond.notify()
+        return item.future
+
+    def submit_command(self, fn: Callable[[WriteContext], Any]) -> Future[Any]:
+        """Run ``fn(context)`` on the writer thread; return a future of its result."""
+        item = _CommandItem(fn)
+        with self._cond:
+            self._queue.append(item)
+            self._cond.notify()
+        return item.future
+
+    def run_command(self, fn: Callable[[WriteContext], Any], timeout: float | None = None) -> Any:
+        """Submit a command and wait for its result (re-raising its error)."""
+        return self.submit_command(fn).result(timeout=timeout)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        ctx = WriteContext(self.engine, self.analytical, self.graph, self)
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue and self._stopping:
+                    return
+                head = self._queue[0]
+            if isinstance(head, _CommandItem):
+                with self._cond:
+                    self._queue.popleft()
+                try:
+                    head.future.set_result(head.fn(ctx))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    self.graph.invalidate()
+                    head.future.set_exception(exc)
+                continue
+            batch = self._gather()
+            self._commit_events(batch)
+
+    def _gather(self) -> list[_EventItem]:
+        batch: list[_EventItem] = []
+        n = 0
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while True:
+                while self._queue and isinstance(self._queue[0], _EventItem) and n < self.batch_max_events:
+                    item = self._queue.popleft()
+                    assert isinstance(item, _EventItem)
+                    batch.append(item)
+                    n += len(item.events)
+                if n >= self.batch_max_events or (self._queue and isinstance(self._queue[0], _CommandItem)):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+        return batch
+
+    def _commit_events(self, batch: list[_EventItem]) -> None:
+        t0 = time.perf_counter()
+        n_events = sum(len(i.events) for i in batch)
+        try:
+            results = self.write_events(batch)
+        except BaseException as exc:  # noqa: BLE001 - every waiting request learns of it
+            log.exception("group commit failed")
+            self.last_error = repr(exc)
+            self.graph.invalidate()
+            for item in batch:
+                item.future.set_exception(exc)
+            METRICS.commit_failures.inc()
+        else:
+            for item, res in zip(batch, results, strict=True):
+                item.future.set_result(res)
+            self.last_commit_at = time.time()
+            METRICS.events_accepted.inc(sum(r.accepted for r in results))
+            METRICS.events_duplicate.inc(sum(r.duplicates for r in results))
+        finally:
+            with self._cond:
+                self._queued_events -= n_events
+                METRICS.queue_depth.set(self._queued_events)
+            METRICS.commit_seconds.observe(time.perf_counter() - t0)
+
+    # -- the group commit -------------------------------------------------------------------
+    def write_events(self, batch: list[_EventItem]) -> list[IngestResult]:
+        """Resolve identities and durably store the events of ``batch``; return one result per item."""
+        key = DedupeWindow.key
+        graph = self.graph
+        results: list[IngestResult] = []
+        keep: list[tuple[str, str, TrackedEvent]] = []
+        batch_keys: list[int] = []
+        in_batch: set[int] = set()
+        for item in batch:
+            res = IngestResult()
+            for ev in item.events:
+                k = key(item.workspace_id, ev.message_id)
+                if k in self.dedupe or k in in_batch:
+                    res.duplicates += 1
+                    continue
+                in_batch.add(k)
+                batch_keys.append(k)
+                keep.append((item.workspace_id, item.source, ev))
+                res.accepted += 1
+            results.append(res)
+        if not keep:
+            return results
+
+        profile_ids: list[str] = []
+        map_ops: list[tuple[str, str, Any, Any]] = []
+        with self.engine.begin() as conn:
+            uow = UnitOfWork(conn)
+            normalised = [graph.normalised(ws, ev.identifiers) for ws, _, ev in keep]
+            graph.prefetch(conn, {(ws, t, v) for (ws, _, _), ids in zip(keep, normalised, strict=True) for t, v in ids})
+            for (ws, source, ev), ids in zip(keep, normalised, strict=True):
+                at = micros_to_datetime(ev.timestamp)
+                if ev.type == "alias" and ev.previous_id:
+                    ids = self._alias_ids(conn, ws, ev, ids)
+                pid = graph.resolve(uow, ws, ids, at, source, _first_seen_context(ev))
+                profile_ids.append(pid)
+                d = uow.delta(pid)
+                if d.last_seen is None or at > d.last_seen:
+                    d.last_seen = at
+                if ev.type == "identify" and ev.traits:
+                    d.attributes.update(ev.traits)
+                elif ev.type == "group" and ev.group_id:
+                    d.attributes.setdefault("groups", {})[ev.group_id] = ev.traits or True
+                d.recent.append(_compact(ev, at))
+            # merges late in the batch may have moved earlier events' profiles
+            if uow.merged:
+                canon = _follow(uow.merged)
+                profile_ids = [canon.get(p, p) for p in profile_ids]
+            graph.flush(uow)
+            self._apply_deltas(conn, uow)
+            map_ops = uow.map_ops
+        self._append_events(keep, profile_ids, map_ops)
+        self.dedupe.add_many(now_micros(), batch_keys)
+        return results
+
+    def _alias_ids(self, conn: sa.Connection, ws: str, ev: TrackedEvent, ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """alias links previousId (an earlier userId or anonymousId) to the new userId."""
+        prev = ev.previous_id or ""
+        for t in ("user_id", "anonymous_id"):
+            if self.graph._owner(conn, (ws, t, prev)):
+                return self.graph.normalised(ws, [*[(a, b) for a, b in ids], (t, prev)])
+        return self.graph.normalised(ws, [*[(a, b) for a, b in ids], ("anonymous_id", prev)])
+
+    def _apply_deltas(self, conn: sa.Connection, uow: UnitOfWork) -> None:
+        if not uow.deltas:
+            return
+        ids = list(uow.deltas)
+        current: dict[str, tuple[str, str]] = {}
+        for i in range(0, len(ids), 500):
+            for r in conn.execute(
+                sa.select(profiles.c.profile_id, profiles.c.attributes, profiles.c.recent_events).where(
+                    profiles.c.profile_id.in_(ids[i : i + 500])
+                )
+            ):
+                current[r.profile_id] = (r.attributes, r.recent_events)
+        rows = []
+        for pid, d in uow.deltas.items():
+            attrs_raw, recent_raw = current[pid]
+            recent = _merge_recent(orjson.loads(recent_raw), d.recent, self.recent_keep)
+            attrs = orjson.loads(attrs_raw)
+            if d.attributes:
+                attrs.update(d.attributes)
+            rows.append(
+                {
+                    "pid": pid,
+                    "attrs": orjson.dumps(attrs).decode() if d.attributes else attrs_raw,
+                    "recent": orjson.dumps(recent).decode(),
+                    "ls": d.last_seen,
+                }
+            )
+        stmt = (
+            profiles.update()
+            .where(profiles.c.profile_id == sa.bindparam("pid"))
+            .values(
+                attributes=sa.bindparam("attrs"),
+                recent_events=sa.bindparam("recent"),
+                last_seen_at=sa.case(
+                    (profiles.c.last_seen_at < sa.bindparam("ls", type_=profiles.c.last_seen_at.type), sa.bindparam("ls")),
+                    else_=profiles.c.last_seen_at,
+                ),
+            )
+        )
+        conn.execute(stmt, rows)
+
+    def _append_events(self, keep: list[tuple[str, str, TrackedEvent]], profile_ids: list[str], map_ops: list[Any]) -> None:
+        dumps = orjson.dumps
+        evs = [e for _, _, e in keep]
+        cols = {
+            "workspace_id": [w for w, _, _ in keep],
+            "message_id": [e.message_id for e in evs],
+            "type": [e.type for e in evs],
+            "event": [e.event for e in evs],
+            "name": [e.name for e in evs],
+            "profile_id": profile_ids,
+            "user_id": [e.user_id for e in evs],
+            "anonymous_id": [e.anonymous_id for e in evs],
+            "group_id": [e.group_id for e in evs],
+            "previous_id": [e.previous_id for e in evs],
+            "timestamp": [e.timestamp for e in evs],
+            "original_timestamp": [e.original_timestamp for e in evs],
+            "sent_at": [e.sent_at for e in evs],
+            "received_at": [e.received_at for e in evs],
+            "properties": [dumps(e.properties, default=str).decode() for e in evs],
+            "traits": [dumps(e.traits, default=str).decode() if e.traits else None for e in evs],
+            "context": [dumps(e.context, default=str).decode() for e in evs],
+            "source": [s for _, s, _ in keep],
+        }
+        arrays = []
+        for name, typ in zip(EVENT_SCHEMA.names, EVENT_SCHEMA.types, strict=True):
+            if typ == _US_TS:
+                arrays.append(pa.array(cols[name], pa.int64()).cast(_US_TS))
+            else:
+                arrays.append(pa.array(cols[name], typ))
+        table = pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+        with self.analytical.write_lock:
+            con = self.analytical.cursor()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                self.analytical.append("events", table, con)
+                apply_map_ops(con, map_ops)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.close()
+
+
+def apply_map_ops(con: Any, ops: list[tuple[str, str, Any, Any]]) -> None:
+    """Mirror merges and unmerges into the analytical store's profile map (and event owners)."""
+    for op, ws, a, b in ops:
+        if op == "merge":
+            con.execute(
+                "UPDATE profile_map SET canonical_id = ? WHERE workspace_id = ? AND canonical_id = ?", [b, ws, a]
+            )
+            con.execute("INSERT INTO profile_map VALUES (?, ?, ?)", [ws, a, b])
+        elif op == "unmerge":
+            loser, winner, subtree = a["loser"], a["winner"], a["subtree"]
+            con.execute(
+                "DELETE FROM profile_map WHERE workspace_id = ? AND profile_id IN (SELECT unnest(?::VARCHAR[]))",
+                [ws, subtree],
+            )
+            for pid in subtree:
+                if pid != loser:
+                    con.execute("INSERT INTO profile_map VALUES (?, ?, ?)", [ws, pid, loser])
+            # events the loser's identifiers sent after the merge were written to the winner
+            uids = [v for t, v in a["identities"] if t == "user_id"]
+            aids = [v for t, v in a["identities"] if t == "anonymous_id"]
+            con.execute(
+                """UPDATE events SET profile_id = ? WHERE workspace_id = ? AND profile_id = ?
+                   AND received_at >= ? AND (user_id IN (SELECT unnest(?::VARCHAR[]))
+                        OR anonymous_id IN (SELECT unnest(?::VARCHAR[])))""",
+                [loser, ws, winner, a["since"], uids, aids],
+            )
+
+
+def _follow(merged: list[tuple[str, str]]) -> dict[str, str]:
+    parent = {loser: winner for winner, loser in merged}
+    out = {}
+    for p in parent:
+        q = p
+        while q in parent:
+            q = parent[q]
+        out[p] = q
+    return out
+
+
+def _compact(ev: TrackedEvent, at: Any) -> dict[str, Any]:
+    props = ev.properties
+    if len(props) > 12:
+        props = dict(list(props.items())[:12])
+    return {
+        "message_id": ev.message_id,
+        "ts": at.isoformat(),
+        "type": ev.type,
+        "event": ev.event or ev.name,
+        "properties": props,
+    }
+
+
+def _first_seen_context(ev: TrackedEvent) -> dict[str, Any]:
+    c = ev.context
+    out: dict[str, Any] = {}
+    for k in ("ip", "locale", "userAgent"):
+        if c.get(k):
+            out[k] = c[k]
+    for k in ("campaign", "library", "page", "location"):
+        v = c.get(k)
+        if isinstance(v, dict):
+            out[k] = v
+    return out

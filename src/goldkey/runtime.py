@@ -1,0 +1,135 @@
+"""The running Goldkey instance: stores, services and the writer, built from Settings.
+
+``Goldkey.open(settings)`` opens (and migrates) the stores and starts the writer; ``close()``
+stops it. The API, the CLI and the tests all work through this one object.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import sqlalchemy as sa
+
+from goldkey.collect.importer import Importer
+from goldkey.collect.writer import Writer
+from goldkey.core.errors import GoldkeyError
+from goldkey.govern.workspaces import WorkspaceService
+from goldkey.identity.graph import IdentityGraph
+from goldkey.profiles.service import ProfileService
+from goldkey.settings import Settings
+from goldkey.store.analytical import AnalyticalStore
+from goldkey.store.operational import create_operational_engine, migrate, profiles
+
+
+class DataDirInUse(GoldkeyError):
+    """Another Goldkey process owns this data directory (DuckDB allows one process per file)."""
+
+
+@dataclass
+class Goldkey:
+    """Everything one process needs, wired together."""
+
+    settings: Settings
+    engine: sa.Engine
+    analytical: AnalyticalStore
+    workspaces: WorkspaceService
+    graph: IdentityGraph
+    writer: Writer
+    profiles: ProfileService
+    importer: Importer
+    _lock_file: IO[str] | None = None
+
+    @classmethod
+    def open(cls, settings: Settings) -> Goldkey:
+        """Open the stores under ``settings``, migrate, rebuild derived state and start the writer.
+
+        Raises DataDirInUse when another process holds the data directory.
+        """
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock(settings.data_dir)
+        engine = create_operational_engine(settings.resolved_operational_url())
+        migrate(engine)
+        analytical = AnalyticalStore(settings.resolved_analytical_path())
+        _sync_profile_map(engine, analytical)
+        workspaces = WorkspaceService(engine)
+        graph = IdentityGraph(workspaces.rules, settings.default_phone_region, settings.recent_events_per_profile)
+        writer = Writer(
+            engine,
+            analytical,
+            graph,
+            queue_max_events=settings.ingest_queue_max_events,
+            batch_max_events=settings.group_commit_max_events,
+            wait_ms=settings.group_commit_wait_ms,
+            dedupe_hours=settings.dedupe_window_hours,
+            recent_keep=settings.recent_events_per_profile,
+        )
+        writer.start()
+        return cls(
+            settings=settings,
+            engine=engine,
+            analytical=analytical,
+            workspaces=workspaces,
+            graph=graph,
+            writer=writer,
+            profiles=ProfileService(engine, settings.default_phone_region),
+            importer=Importer(engine, writer, settings.default_phone_region),
+            _lock_file=lock,
+        )
+
+    def close(self) -> None:
+        """Drain the writer, checkpoint and close the stores, release the data directory."""
+        self.writer.stop()
+        self.analytical.close()
+        self.engine.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def _lock(data_dir: Path) -> IO[str]:
+    f = open(data_dir / "goldkey.lock", "a+")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise DataDirInUse(
+            f"another Goldkey process is using {data_dir}; stop it, or send the work to its API"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def _sync_profile_map(engine: sa.Engine, analytical: AnalyticalStore) -> None:
+    """Rebuild the analytical profile map from the operational store (the source of truth), so a
+    crash between the two stores' commits never leaves events pointing at a merged-away profile."""
+    import pyarrow as pa
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(profiles.c.workspace_id, profiles.c.profile_id, profiles.c.canonical_id).where(
+                profiles.c.canonical_id != profiles.c.profile_id
+            )
+        ).all()
+    tbl = pa.table(
+        {
+            "workspace_id": pa.array([r.workspace_id for r in rows], pa.string()),
+            "profile_id": pa.array([r.profile_id for r in rows], pa.string()),
+            "canonical_id": pa.array([r.canonical_id for r in rows], pa.string()),
+        }
+    )
+    with analytical.write_lock:
+        con = analytical.cursor()
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute("DELETE FROM profile_map")
+            analytical.append("profile_map", tbl, con)
+            con.execute("COMMIT")
+        finally:
+            con.close()

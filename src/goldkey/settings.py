@@ -1,0 +1,68 @@
+"""Goldkey settings, declared as data: every setting has a name, a default and a help text.
+
+Settings are read from the environment (prefix ``GOLDKEY_``) or given explicitly; nothing here
+connects to a store or touches the file system at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All of Goldkey's settings. ``docs/configuration.md`` documents each field (a test checks)."""
+
+    model_config = SettingsConfigDict(env_prefix="GOLDKEY_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("goldkey-data"),
+        description="Directory holding the embedded stores (DuckDB and SQLite files) and the server lock.",
+    )
+    operational_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the operational store. Default: a SQLite file "
+        "`operational.sqlite` in the data directory. Use `postgresql+psycopg://...` to scale.",
+    )
+    analytical_path: Path | None = Field(
+        None,
+        description="DuckDB file of the analytical store. Default: `analytical.duckdb` in the data directory.",
+    )
+    host: str = Field("127.0.0.1", description="Address the API server binds to.")
+    port: int = Field(8000, description="Port the API server listens on.")
+    default_phone_region: str = Field(
+        "CN", description="Region used to parse phone numbers written without a country code."
+    )
+    ingest_queue_max_events: int = Field(
+        500_000,
+        description="Events that may wait for the writer; beyond it the tracking API answers 503 with Retry-After.",
+    )
+    group_commit_max_events: int = Field(
+        50_000, description="Most events written and acknowledged in one group commit."
+    )
+    group_commit_wait_ms: float = Field(
+        2.0, description="How long the writer waits to gather more events into one group commit."
+    )
+    dedupe_window_hours: int = Field(
+        48, description="messageId de-duplication window (Segment documents about 24 hours)."
+    )
+    max_event_bytes: int = Field(32 * 1024, description="Largest accepted event, as the Segment spec sets (32 KB).")
+    max_batch_bytes: int = Field(500 * 1024, description="Largest accepted batch body, as the Segment spec sets (500 KB).")
+    recent_events_per_profile: int = Field(
+        30, description="Events kept on each operational profile row for the timeline and real-time rules."
+    )
+    environment: str = Field(
+        "development", description="`development` or `production`; production refuses unsafe defaults."
+    )
+
+    def resolved_operational_url(self) -> str:
+        """Return the operational store URL, defaulting to the SQLite file in the data directory."""
+        if self.operational_url:
+            return self.operational_url
+        return f"sqlite:///{(self.data_dir / 'operational.sqlite').resolve()}"
+
+    def resolved_analytical_path(self) -> Path:
+        """Return the DuckDB file path, defaulting to the data directory."""
+        return self.analytical_path or self.data_dir / "analytical.duckdb"

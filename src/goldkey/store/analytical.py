@@ -1,0 +1,121 @@
+"""The analytical store: the event log, orders and the profile map, in DuckDB (embedded default).
+
+One process owns the DuckDB file. Writes go through Arrow tables in one transaction per group
+commit (never row by row); readers take their own cursor. Batch work reaches the data through Ibis
+(``ibis_connection``) so that the same expressions run on PySpark later.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+EVENT_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("workspace_id", pa.string()),
+    ("message_id", pa.string()),
+    ("type", pa.string()),
+    ("event", pa.string()),
+    ("name", pa.string()),
+    ("profile_id", pa.string()),
+    ("user_id", pa.string()),
+    ("anonymous_id", pa.string()),
+    ("group_id", pa.string()),
+    ("previous_id", pa.string()),
+    ("timestamp", pa.timestamp("us", tz="UTC")),
+    ("original_timestamp", pa.timestamp("us", tz="UTC")),
+    ("sent_at", pa.timestamp("us", tz="UTC")),
+    ("received_at", pa.timestamp("us", tz="UTC")),
+    ("properties", pa.string()),
+    ("traits", pa.string()),
+    ("context", pa.string()),
+    ("source", pa.string()),
+]
+EVENT_SCHEMA = pa.schema(EVENT_COLUMNS)
+
+_DDL = [
+    """CREATE TABLE IF NOT EXISTS events (
+        workspace_id VARCHAR NOT NULL, message_id VARCHAR NOT NULL, type VARCHAR NOT NULL,
+        event VARCHAR, name VARCHAR, profile_id VARCHAR NOT NULL, user_id VARCHAR, anonymous_id VARCHAR,
+        group_id VARCHAR, previous_id VARCHAR, "timestamp" TIMESTAMPTZ NOT NULL,
+        original_timestamp TIMESTAMPTZ, sent_at TIMESTAMPTZ, received_at TIMESTAMPTZ NOT NULL,
+        properties JSON, traits JSON, context JSON, source VARCHAR NOT NULL)""",
+    # profiles merged away -> their live (canonical) profile; mirrors the operational store
+    """CREATE TABLE IF NOT EXISTS profile_map (
+        workspace_id VARCHAR NOT NULL, profile_id VARCHAR NOT NULL, canonical_id VARCHAR NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS orders (
+        workspace_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, profile_id VARCHAR NOT NULL,
+        ordered_at TIMESTAMPTZ NOT NULL, total_amount DOUBLE NOT NULL, currency VARCHAR,
+        channel VARCHAR, store VARCHAR, region VARCHAR, status VARCHAR, import_id VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS order_lines (
+        workspace_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, line_no INTEGER NOT NULL,
+        sku VARCHAR, product_name VARCHAR, category VARCHAR, quantity INTEGER,
+        unit_price DOUBLE, line_amount DOUBLE)""",
+    """CREATE OR REPLACE VIEW events_resolved AS
+        SELECT e.*, coalesce(m.canonical_id, e.profile_id) AS canonical_id
+        FROM events e LEFT JOIN profile_map m
+          ON m.workspace_id = e.workspace_id AND m.profile_id = e.profile_id""",
+    """CREATE OR REPLACE VIEW orders_resolved AS
+        SELECT o.*, coalesce(m.canonical_id, o.profile_id) AS canonical_id
+        FROM orders o LEFT JOIN profile_map m
+          ON m.workspace_id = o.workspace_id AND m.profile_id = o.profile_id""",
+]
+
+
+class AnalyticalStore:
+    """Owns the DuckDB connection of one file. ``write_lock`` serialises writers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(path))
+        self.write_lock = threading.RLock()
+        with self.write_lock:
+            for ddl in _DDL:
+                self._con.execute(ddl)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """Return a new cursor for the calling thread (DuckDB connections are not thread-safe)."""
+        return self._con.cursor()
+
+    def append(self, table: str, data: pa.Table, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Append an Arrow table to ``table`` (a fixed, known table name) inside the caller's transaction."""
+        if table not in {"events", "profile_map", "orders", "order_lines"}:
+            raise ValueError(f"unknown analytical table {table!r}")
+        target = con or self._con
+        target.register("_append_src", data)
+        try:
+            cols = ", ".join(f'"{c}"' for c in data.column_names)
+            target.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _append_src")
+        finally:
+            target.unregister("_append_src")
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read query with bound parameters on a fresh cursor and return all rows."""
+        cur = self.cursor()
+        try:
+            return cur.execute(sql, params or []).fetchall()
+        finally:
+            cur.close()
+
+    def ibis_connection(self) -> Any:
+        """Return an Ibis DuckDB backend over this store's connection."""
+        import ibis
+
+        return ibis.duckdb.from_connection(self.cursor())
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file."""
+        with self.write_lock:
+            self._con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        """Close the connection (after a checkpoint)."""
+        with self.write_lock:
+            try:
+                self._con.execute("CHECKPOINT")
+            finally:
+                self._con.close()

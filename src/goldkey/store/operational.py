@@ -1,0 +1,239 @@
+"""The operational store: profiles for point lookups, the identity graph, configuration, keys,
+quarantine and audit. SQLAlchemy Core over SQLite (WAL, the embedded default) or PostgreSQL.
+
+The schema is declared here once; Alembic migrations (``store/migrations``) create and evolve it.
+Every table carries ``workspace_id``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+TS = sa.DateTime(timezone=True)
+
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("identity_rules", sa.Text, nullable=False),  # JSON of IdentityRules
+    sa.Column("created_at", TS, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), sa.ForeignKey("workspaces.workspace_id"), nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),  # "write" | "admin"
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False, server_default=""),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("revoked_at", TS),
+)
+
+profiles = sa.Table(
+    "profiles",
+    metadata,
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    # merged_into: the profile this one was merged into (direct parent); canonical_id: the live root.
+    sa.Column("merged_into", sa.String(40)),
+    sa.Column("canonical_id", sa.String(40), nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("traits", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("tags", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("scores", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("order_summary", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("recent_events", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("origin", sa.String(10), nullable=False),  # "existing" (known from CRM) | "new"
+    sa.Column("first_seen_at", TS, nullable=False),
+    sa.Column("first_seen_source", sa.String(40), nullable=False),  # tracking | import:customers | ...
+    sa.Column("first_seen_context", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("last_seen_at", TS, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_profiles_canonical", "canonical_id"),
+    sa.Index("ix_profiles_workspace", "workspace_id", "last_seen_at"),
+)
+
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("id_type", sa.String(40), primary_key=True),
+    sa.Column("id_value", sa.String(200), primary_key=True),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("first_seen_at", TS, nullable=False),
+    sa.Column("source", sa.String(40), nullable=False),
+    sa.Index("ix_identities_profile", "profile_id"),
+)
+
+merges = sa.Table(
+    "merges",
+    metadata,
+    sa.Column("merge_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("winner_id", sa.String(40), nullable=False),
+    sa.Column("loser_id", sa.String(40), nullable=False),
+    sa.Column("id_type", sa.String(40), nullable=False),
+    sa.Column("id_value", sa.String(200), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON: snapshots needed to undo
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("undone_at", TS),
+    sa.Index("ix_merges_winner", "workspace_id", "winner_id"),
+    sa.Index("ix_merges_loser", "workspace_id", "loser_id"),
+)
+
+identity_conflicts = sa.Table(
+    "identity_conflicts",
+    metadata,
+    sa.Column("conflict_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("id_type", sa.String(40), nullable=False),
+    sa.Column("id_value", sa.String(200), nullable=False),
+    sa.Column("reason", sa.String(300), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_conflicts_profile", "workspace_id", "profile_id"),
+)
+
+consents = sa.Table(
+    "consents",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("channel", sa.String(40), primary_key=True),
+    sa.Column("purpose", sa.String(40), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),  # granted | denied
+    sa.Column("source", sa.String(60), nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("sku", sa.String(100), primary_key=True),
+    sa.Column("name", sa.String(300), nullable=False),
+    sa.Column("category", sa.String(100)),
+    sa.Column("subcategory", sa.String(100)),
+    sa.Column("brand", sa.String(100)),
+    sa.Column("price", sa.Float),
+    sa.Column("qr_code", sa.String(200)),
+    sa.Column("launched_at", sa.Date),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("feedback_id", sa.String(100), primary_key=True),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("channel", sa.String(60)),
+    sa.Column("topic", sa.String(200)),
+    sa.Column("text", sa.Text),
+    sa.Column("rating", sa.Integer),
+    sa.Column("question", sa.Text),
+    sa.Column("answer", sa.Text),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("import_id", sa.String(40)),
+    sa.Index("ix_feedback_profile", "workspace_id", "profile_id", "created_at"),
+)
+
+imports = sa.Table(
+    "imports",
+    metadata,
+    sa.Column("import_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("filename", sa.String(500), nullable=False),
+    sa.Column("file_digest", sa.String(64), nullable=False),
+    sa.Column("mapping", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # running | done | failed | unchanged
+    sa.Column("rows_read", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("accepted", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("quarantined", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("duplicates_merged", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("finished_at", TS),
+    sa.Index("ix_imports_digest", "workspace_id", "kind", "file_digest"),
+)
+
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("quarantine_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("source", sa.String(40), nullable=False),  # import:<kind> | tracking
+    sa.Column("import_id", sa.String(40)),
+    sa.Column("record", sa.String(60)),
+    sa.Column("field", sa.String(100)),
+    sa.Column("value", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_quarantine_ws", "workspace_id", "created_at"),
+    sa.Index("ix_quarantine_import", "import_id"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("audit_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("action", sa.String(60), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("at", TS, nullable=False),
+    sa.Index("ix_audit_ws", "workspace_id", "at"),
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode survives a process crash (SIGKILL); events themselves are made durable
+    # in the analytical store's WAL before any acknowledgement.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA cache_size=-200000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def create_operational_engine(url: str) -> Engine:
+    """Return an Engine for ``url``; SQLite gets WAL mode and its parent directory created."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False}, pool_size=8, max_overflow=16)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the operational schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
