@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from goldkey.app import create_app
@@ -37,10 +41,50 @@ def open_settings(tmp: Path, **kw: object) -> Settings:
     return Settings(data_dir=tmp, group_commit_wait_ms=1.0, **kw)  # type: ignore[arg-type]
 
 
+PG_ADMIN_URL = os.environ.get("GOLDKEY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@contextmanager
+def operational_url(backend: str) -> Iterator[str | None]:
+    """Yield the operational-store URL for ``backend``: None (the SQLite default) or a fresh
+    PostgreSQL database that is dropped afterwards. Skips when PostgreSQL truly cannot be reached."""
+    if backend == "sqlite":
+        yield None
+        return
+    name = f"goldkey_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.orig}")
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def make_env(tmp_path: Path, url: str | None) -> Iterator[Env]:
+    gk = Goldkey.open(open_settings(tmp_path / "data", operational_url=url))
+    ws = gk.workspaces.create("Test Brand")
+    try:
+        with TestClient(create_app(gk=gk)) as client:
+            yield Env(gk, client, ws)
+    finally:
+        gk.close()
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    gk = Goldkey.open(open_settings(tmp_path / "data"))
-    ws = gk.workspaces.create("Test Brand")
-    with TestClient(create_app(gk=gk)) as client:
-        yield Env(gk, client, ws)
-    gk.close()
+    """A Goldkey instance on the embedded default (SQLite + DuckDB files) with one workspace."""
+    yield from make_env(tmp_path, None)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def env_any(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """The same, once on SQLite and once on PostgreSQL as the operational store."""
+    with operational_url(request.param) as url:
+        yield from make_env(tmp_path, url)

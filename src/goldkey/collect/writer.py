@@ -287,7 +287,7 @@ class Writer:
         map_ops: list[tuple[str, str, Any, Any]] = []
         with self.engine.begin() as conn:
             uow = UnitOfWork(conn)
-            normalised = [graph.normalised(ws, ev.identifiers) for ws, _, ev in keep]
+            normalised = [graph.normalised(ws, self._identifiers(ws, ev)) for ws, _, ev in keep]
             graph.prefetch(conn, {(ws, t, v) for (ws, _, _), ids in zip(keep, normalised, strict=True) for t, v in ids})
             for (ws, source, ev), ids in zip(keep, normalised, strict=True):
                 at = micros_to_datetime(ev.timestamp)
@@ -313,6 +313,13 @@ class Writer:
         self._append_events(keep, profile_ids, map_ops)
         self.dedupe.add_many(now_micros(), batch_keys)
         return results
+
+    def _identifiers(self, ws: str, ev: TrackedEvent) -> list[tuple[str, Any]]:
+        """The event's identifiers, plus the workspace's custom identifier types found in its traits."""
+        custom = self.graph.custom_identifiers(ws)
+        if not custom or not ev.traits:
+            return ev.identifiers
+        return ev.identifiers + [(name, ev.traits[trait]) for name, trait in custom if ev.traits.get(trait) is not None]
 
     def _alias_ids(self, conn: sa.Connection, ws: str, ev: TrackedEvent, ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """alias links previousId (an earlier userId or anonymousId) to the new userId."""

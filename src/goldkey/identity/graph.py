@@ -134,6 +134,11 @@ class IdentityGraph:
             out[(id_type, v)] = None
         return sorted(out, key=lambda t: rules.rank(t[0]))
 
+    def custom_identifiers(self, workspace_id: str) -> list[tuple[str, str]]:
+        """Return (identifier type, trait name) of the workspace's custom identifier types."""
+        rules: IdentityRules = self._rules_of(workspace_id)
+        return [(c.name, c.trait) for c in rules.custom]
+
     def prefetch(self, conn: sa.Connection, keys: Iterable[IdKey]) -> None:
         """Load the owners of identifiers not yet cached, in a few IN queries."""
         by_type: dict[tuple[str, str], list[str]] = {}
@@ -175,59 +180,91 @@ class IdentityGraph:
     ) -> str:
         """Return the canonical profile for normalised identifiers ``ids`` (priority order),
         creating a profile, attaching new identifiers and merging profiles as the rules allow."""
-        owners: list[str] = []
-        unknown: list[tuple[str, str]] = []
+        owners: list[str | None] = []
         for id_type, value in ids:
-            pid = self._owner(uow.conn, (workspace_id, id_type, value))
-            if pid is None:
-                unknown.append((id_type, value))
-            elif pid not in owners:
-                owners.append(pid)
-        if len(owners) == 1 and not unknown:
-            return owners[0]
+            owners.append(self._owner(uow.conn, (workspace_id, id_type, value)))
+        distinct = {o for o in owners if o is not None}
+        if len(distinct) == 1 and None not in owners:
+            return owners[0]  # type: ignore[return-value]
         rules: IdentityRules = self._rules_of(workspace_id)
-        if not owners:
-            pid = new_id("prf")
-            uow.new_profiles[pid] = NewProfile(
+        target: str | None = None
+        pending: list[tuple[str, str]] = []  # unknown identifiers seen before any owner
+        refused: list[tuple[str, str, str]] = []
+        # Identifiers are visited in priority order: the highest-priority one that belongs to a
+        # profile names the target, but only if that profile can also hold the higher-priority
+        # identifiers that nobody owns yet (a family phone must not pull a new user_id into the
+        # profile of the person who registered it first).
+        for (id_type, value), owner in zip(ids, owners, strict=True):
+            if owner is None:
+                if target is None:
+                    pending.append((id_type, value))
+                else:
+                    self._attach(uow, workspace_id, target, id_type, value, at, source, rules)
+                continue
+            if target is None:
+                clash = self._clash(uow, owner, pending, rules)
+                if clash:
+                    refused.append((id_type, value, f"belongs to {owner}, which already holds another {clash}"))
+                    continue
+                target = owner
+                for t, v in pending:
+                    self._attach(uow, workspace_id, target, t, v, at, source, rules)
+                pending = []
+            elif owner != target:
+                target = self._try_merge(uow, workspace_id, target, owner, ids, rules)
+        if target is None:
+            target = new_id("prf")
+            uow.new_profiles[target] = NewProfile(
                 workspace_id,
-                pid,
+                target,
                 "existing" if source.startswith("import:") else "new",
                 at,
                 source,
                 context or {},
             )
-            uow.pending_ids[pid] = {}
-            owners = [pid]
-        target = owners[0]
-        for other in owners[1:]:
-            target = self._try_merge(uow, workspace_id, target, other, ids, rules)
-        for id_type, value in unknown:
-            held = self._held(uow, target, id_type)
-            if len(held) >= rules.limit(id_type):
-                uow.conflicts.append(
-                    dict(
-                        workspace_id=workspace_id,
-                        profile_id=target,
-                        id_type=id_type,
-                        id_value=value,
-                        reason=f"profile already holds {len(held)} {id_type} value(s), the limit",
-                        created_at=utcnow(),
-                    )
-                )
-                continue
-            held.add(value)
-            uow.new_identities.append(
+            uow.pending_ids[target] = {}
+            for t, v in pending:
+                self._attach(uow, workspace_id, target, t, v, at, source, rules)
+        for t, v, reason in refused:
+            uow.conflicts.append(
+                dict(workspace_id=workspace_id, profile_id=target, id_type=t, id_value=v,
+                     reason=f"not linked: {reason}", created_at=utcnow())
+            )
+        return target
+
+    def _clash(self, uow: UnitOfWork, owner: str, pending: list[tuple[str, str]], rules: IdentityRules) -> str | None:
+        """Return the identifier type ``owner`` could not also hold with ``pending``, or None."""
+        extra: dict[str, set[str]] = {}
+        for t, v in pending:
+            extra.setdefault(t, set()).add(v)
+        for t, vals in extra.items():
+            if len(self._held(uow, owner, t) | vals) > rules.limit(t):
+                return t
+        return None
+
+    def _attach(self, uow: UnitOfWork, workspace_id: str, target: str, id_type: str, value: str,
+                at: datetime, source: str, rules: IdentityRules) -> None:
+        held = self._held(uow, target, id_type)
+        if value in held:
+            return
+        if len(held) >= rules.limit(id_type):
+            uow.conflicts.append(
                 dict(
                     workspace_id=workspace_id,
+                    profile_id=target,
                     id_type=id_type,
                     id_value=value,
-                    profile_id=target,
-                    first_seen_at=at,
-                    source=source,
+                    reason=f"not linked: profile already holds {len(held)} {id_type} value(s), the limit",
+                    created_at=utcnow(),
                 )
             )
-            self._cache[(workspace_id, id_type, value)] = target
-        return target
+            return
+        held.add(value)
+        uow.new_identities.append(
+            dict(workspace_id=workspace_id, id_type=id_type, id_value=value, profile_id=target,
+                 first_seen_at=at, source=source)
+        )
+        self._cache[(workspace_id, id_type, value)] = target
 
     def _held(self, uow: UnitOfWork, profile_id: str, id_type: str) -> set[str]:
         """Return the values of ``id_type`` the profile holds, including this unit's additions."""

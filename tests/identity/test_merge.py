@@ -1,0 +1,165 @@
+"""Identity resolution: merges under the workspace's rules, merge history, unmerge, and the merge
+bugs users of other CDPs report (lost properties, events left on the old id, double counts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from goldkey.identity.rules import CustomIdentifier, IdentityRules
+from goldkey.store.operational import audit_log
+
+
+def ident(env: Any, mid: str, **kw: Any) -> None:
+    r = env.post("/v1/identify", {"messageId": mid, **kw})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1
+
+
+def track(env: Any, mid: str, event: str = "Viewed", **kw: Any) -> None:
+    r = env.post("/v1/track", {"messageId": mid, "event": event, **kw})
+    assert r.status_code == 200, r.text
+
+
+def lookup(env: Any, **q: str) -> dict[str, Any]:
+    r = env.client.get("/api/v1/profiles/lookup", params=q, headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def resolved_events(env: Any, profile_id: str) -> list[str]:
+    rows = env.gk.analytical.query(
+        "SELECT message_id FROM events_resolved WHERE workspace_id = ? AND canonical_id = ? ORDER BY message_id",
+        [env.ws.workspace_id, profile_id],
+    )
+    return [r[0] for r in rows]
+
+
+def test_anonymous_visitor_merges_into_known_customer_without_losing_anything(env_any: Any) -> None:
+    env = env_any
+    ident(env, "m1", userId="u1", traits={"name": "王芳", "phone": "13912345678"}, timestamp="2025-01-01T00:00:00Z")
+    track(env, "m2", anonymousId="anon-9", properties={"sku": "LENS-1"})
+    ident(env, "m3", anonymousId="anon-9", traits={"city": "广州"})
+    before = lookup(env, anonymous_id="anon-9")
+    assert before["profile_id"] != lookup(env, user_id="u1")["profile_id"]
+
+    # the visitor logs in: the anonymous profile joins the customer's
+    ident(env, "m4", userId="u1", anonymousId="anon-9")
+    p = lookup(env, user_id="u1")
+    assert lookup(env, anonymous_id="anon-9")["profile_id"] == p["profile_id"]
+    # no lost properties: both sides' attributes survive
+    assert p["attributes"]["name"] == "王芳"
+    assert p["attributes"]["city"] == "广州"
+    # no events left on the old id: the timeline and the event log resolve to the survivor
+    assert {"m1", "m2", "m3", "m4"} <= {e["message_id"] for e in p["events"]}
+    assert resolved_events(env, p["profile_id"]) == ["m1", "m2", "m3", "m4"]
+    # the merged-away id still answers, with the survivor
+    old = env.client.get(f"/api/v1/profiles/{before['profile_id']}", headers=env.admin_auth()).json()
+    assert old["profile_id"] == p["profile_id"] and old["requested_id"] == before["profile_id"]
+    assert before["profile_id"] in p["merged_from"]
+    assert len(p["merges"]) == 1 and p["merges"][0]["linked_by"]["type"] in ("anonymous_id", "user_id")
+    # the older profile survives, and it was first seen when the customer was
+    assert p["first_seen_at"].startswith("2025-01-01")
+
+
+def test_shared_phone_does_not_collapse_different_users(env_any: Any) -> None:
+    env = env_any
+    ident(env, "m1", userId="dad", traits={"phone": "13911112222"})
+    ident(env, "m2", userId="mum", traits={"phone": "139 1111 2222"})
+    dad, mum = lookup(env, user_id="dad"), lookup(env, user_id="mum")
+    assert dad["profile_id"] != mum["profile_id"]
+    assert lookup(env, phone="13911112222")["profile_id"] == dad["profile_id"]
+    assert any("not linked" in c["reason"] for c in mum["identity_conflicts"])
+    assert "phone" not in {i["type"] for i in mum["identities"]}
+
+
+def test_limit_on_values_of_one_type(env_any: Any) -> None:
+    env = env_any
+    ident(env, "m1", userId="u1", traits={"email": "a@x.com"})
+    ident(env, "m2", userId="u1", traits={"email": "b@x.com"})
+    ident(env, "m3", userId="u1", traits={"email": "c@x.com"})
+    ident(env, "m4", userId="u1", traits={"email": "d@x.com"})  # limit 3
+    p = lookup(env, user_id="u1")
+    assert sorted(i["value"] for i in p["identities"] if i["type"] == "email") == ["a@x.com", "b@x.com", "c@x.com"]
+    assert any(c["value"] == "d@x.com" for c in p["identity_conflicts"])
+
+
+def test_blocked_values_never_link(env_any: Any) -> None:
+    env = env_any
+    ident(env, "m1", userId="u1", traits={"phone": "13800138000", "email": "unknown"})
+    ident(env, "m2", userId="u2", traits={"phone": "13800138000"})
+    a, b = lookup(env, user_id="u1"), lookup(env, user_id="u2")
+    assert a["profile_id"] != b["profile_id"]
+    assert {i["type"] for i in a["identities"]} == {"user_id"}
+    r = env.client.get("/api/v1/profiles/lookup", params={"phone": "13800138000"}, headers=env.admin_auth())
+    assert r.status_code == 404
+
+
+def test_unmerge_restores_both_profiles_and_their_events(env_any: Any) -> None:
+    env = env_any
+    ident(env, "m1", userId="u1", traits={"name": "A", "tier": "gold"})
+    track(env, "m2", userId="u1")
+    ident(env, "m3", anonymousId="dev-1", traits={"nickname": "B"})
+    track(env, "m4", anonymousId="dev-1")
+    ident(env, "m5", userId="u1", anonymousId="dev-1")  # a wrong merge (a shared tablet)
+    merged = lookup(env, user_id="u1")
+    merge_id = merged["merges"][0]["merge_id"]
+    loser = merged["merges"][0]["loser_id"]
+    track(env, "m6", anonymousId="dev-1")  # after the merge, sent with the loser's identifier
+
+    r = env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    assert r.json()["restored_profile_id"] == loser
+    a, b = lookup(env, user_id="u1"), lookup(env, anonymous_id="dev-1")
+    assert a["profile_id"] != b["profile_id"] and b["profile_id"] == loser
+    assert a["attributes"] == {"name": "A", "tier": "gold"}
+    assert b["attributes"] == {"nickname": "B"}
+    assert resolved_events(env, a["profile_id"]) == ["m1", "m2", "m5"]
+    assert resolved_events(env, b["profile_id"]) == ["m3", "m4", "m6"]
+    assert b["merges"][0]["undone_at"] is not None
+    # undoing twice is a conflict, not a 500
+    assert env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth()).status_code == 409
+    with env.gk.engine.connect() as conn:
+        actions = [r.action for r in conn.execute(sa.select(audit_log.c.action).order_by(audit_log.c.audit_id))]
+    assert actions == ["profile.merge", "profile.unmerge"]
+
+
+def test_merge_chain_and_undo_in_order(env_any: Any) -> None:
+    env = env_any
+    ident(env, "m1", userId="u1")
+    ident(env, "m2", anonymousId="a1")
+    ident(env, "m3", anonymousId="a2", traits={"email": "z@x.com"})
+    ident(env, "m4", userId="u1", anonymousId="a1")
+    ident(env, "m5", userId="u1", anonymousId="a2")
+    p = lookup(env, email="z@x.com")
+    assert p["profile_id"] == lookup(env, anonymous_id="a1")["profile_id"] == lookup(env, user_id="u1")["profile_id"]
+    assert len(p["merged_from"]) == 2
+    assert sorted(resolved_events(env, p["profile_id"])) == ["m1", "m2", "m3", "m4", "m5"]
+
+
+def test_custom_identifier_type_links_profiles(env_any: Any) -> None:
+    env = env_any
+    rules = IdentityRules(custom=[CustomIdentifier(name="member_card", trait="member_card_no")])
+    r = env.client.put("/api/v1/workspace/identity-rules", content=rules.model_dump_json(),
+                       headers={**env.admin_auth(), "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    ident(env, "m1", userId="u1", traits={"member_card_no": "VIP-001"})
+    ident(env, "m2", anonymousId="kiosk-7", traits={"member_card_no": "VIP-001"})
+    assert lookup(env, member_card="VIP-001")["profile_id"] == lookup(env, user_id="u1")["profile_id"]
+    assert lookup(env, anonymous_id="kiosk-7")["profile_id"] == lookup(env, user_id="u1")["profile_id"]
+
+
+def test_workspaces_are_isolated(env_any: Any) -> None:
+    env = env_any
+    other = env.gk.workspaces.create("Other Brand")
+    ident(env, "m1", userId="u1", traits={"phone": "13912345678"})
+    r = env.post("/v1/identify", {"messageId": "m1", "userId": "u1", "traits": {"city": "上海"}}, key=other.write_key)
+    assert r.json()["accepted"] == 1  # same messageId in another workspace is not a duplicate
+    mine = lookup(env, user_id="u1")
+    theirs = env.client.get("/api/v1/profiles/lookup", params={"user_id": "u1"},
+                            headers=env.admin_auth(other.admin_token)).json()
+    assert mine["profile_id"] != theirs["profile_id"]
+    assert "city" not in mine["attributes"] and "phone" not in theirs["attributes"]
+    r = env.client.get(f"/api/v1/profiles/{mine['profile_id']}", headers=env.admin_auth(other.admin_token))
+    assert r.status_code == 404
