@@ -1,0 +1,59 @@
+"""The goldkey command line: workspace creation, local import with its summary, quarantine,
+and the refusal to open a data directory another process owns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from goldkey.cli import app
+from goldkey.runtime import DataDirInUse, Goldkey
+from goldkey.settings import Settings
+
+runner = CliRunner()
+
+
+def test_workspace_create_import_and_quarantine(tmp_path: Path) -> None:
+    d = str(tmp_path / "data")
+    r = runner.invoke(app, ["workspace", "create", "Eye Care", "--json", "--data-dir", d])
+    assert r.exit_code == 0, r.output
+    ws = json.loads(r.stdout)
+    assert ws["workspace_id"].startswith("ws_") and ws["write_key"].startswith("gkw_")
+    assert ws["admin_token"].startswith("gka_")
+    dup = runner.invoke(app, ["workspace", "create", "Eye Care", "--data-dir", d])
+    assert dup.exit_code == 1 and "exists already" in dup.output
+
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,mobile,mail\nC1,13912345678,a@b.com\nC2,bad-phone,\n", encoding="utf-8")
+    r = runner.invoke(app, ["import", "customers", str(csv), "-w", "Eye Care", "--map", "id=crm_id",
+                            "--map", "mobile=phone", "--map", "mail=email", "--data-dir", d])
+    assert r.exit_code == 0, r.output
+    assert "rows read 2, accepted 1, quarantined 1" in r.output
+    r = runner.invoke(app, ["quarantine", "-w", "Eye Care", "--data-dir", d])
+    assert r.exit_code == 0 and "phone" in r.stdout and "record 2" in r.stdout
+
+    r = runner.invoke(app, ["workspace", "list", "--data-dir", d])
+    assert "Eye Care" in r.stdout
+
+
+def test_bad_mapping_is_a_clear_error(tmp_path: Path) -> None:
+    d = str(tmp_path / "data")
+    runner.invoke(app, ["workspace", "create", "A", "--data-dir", d])
+    csv = tmp_path / "c.csv"
+    csv.write_text("id\nC1\n", encoding="utf-8")
+    r = runner.invoke(app, ["import", "customers", str(csv), "--map", "id=not_a_field", "--data-dir", d])
+    assert r.exit_code == 1 and "not_a_field" in r.output
+
+
+def test_one_process_per_data_dir(tmp_path: Path) -> None:
+    gk = Goldkey.open(Settings(data_dir=tmp_path))
+    try:
+        with pytest.raises(DataDirInUse):
+            Goldkey.open(Settings(data_dir=tmp_path))
+        r = runner.invoke(app, ["import", "products", str(tmp_path / "goldkey.lock"), "--data-dir", str(tmp_path)])
+        assert r.exit_code == 1 and "--api" in r.output
+    finally:
+        gk.close()
