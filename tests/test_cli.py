@@ -28,8 +28,24 @@ def test_workspace_create_import_and_quarantine(tmp_path: Path) -> None:
 
     csv = tmp_path / "c.csv"
     csv.write_text("id,mobile,mail\nC1,13912345678,a@b.com\nC2,bad-phone,\n", encoding="utf-8")
-    r = runner.invoke(app, ["import", "customers", str(csv), "-w", "Eye Care", "--map", "id=crm_id",
-                            "--map", "mobile=phone", "--map", "mail=email", "--data-dir", d])
+    r = runner.invoke(
+        app,
+        [
+            "import",
+            "customers",
+            str(csv),
+            "-w",
+            "Eye Care",
+            "--map",
+            "id=crm_id",
+            "--map",
+            "mobile=phone",
+            "--map",
+            "mail=email",
+            "--data-dir",
+            d,
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "rows read 2, accepted 1, quarantined 1" in r.output
     r = runner.invoke(app, ["quarantine", "-w", "Eye Care", "--data-dir", d])

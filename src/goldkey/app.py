@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -50,6 +51,9 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         body: dict[str, object] = {"error": str(exc)}
         if isinstance(exc, InvalidInput):
             body = {"error": str(exc), "field": exc.field, "record": exc.record}
+        # Segment's and RudderStack's SDKs read `code` and `message` from error answers
+        body["code"] = type(exc).__name__
+        body["message"] = str(exc)
         retry = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(retry)} if retry is not None else None
         return _error(exc.status_code, body, headers)
@@ -59,9 +63,40 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         errs = exc.errors()
         first = errs[0] if errs else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(422, {"error": f"{loc}: {first.get('msg', 'invalid')}", "field": loc or None,
-                            "details": orjson.loads(orjson.dumps(errs, default=str))})
+        return _error(
+            422,
+            {
+                "error": f"{loc}: {first.get('msg', 'invalid')}",
+                "field": loc or None,
+                "details": orjson.loads(orjson.dumps(errs, default=str)),
+            },
+        )
 
     for module in (tracking, profiles, imports, workspace, ops):
         app.include_router(module.router)
+    _document_write_key(app)
     return app
+
+
+def _document_write_key(app: FastAPI) -> None:
+    """Declare the tracking endpoints' HTTP Basic write key in the OpenAPI schema (the hot path
+    reads the header itself instead of through a FastAPI security dependency)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["writeKey"] = {
+                "type": "http",
+                "scheme": "basic",
+                "description": "The write key as the user name, empty password (as Segment's SDKs send it).",
+            }
+            for path, ops_ in schema["paths"].items():
+                if path.startswith("/v1/"):
+                    for op in ops_.values():
+                        op["security"] = [{"writeKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -24,7 +24,9 @@ console = Console(stderr=True)
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./goldkey-data, or GOLDKEY_DATA_DIR).", show_default=False),
+    typer.Option(
+        "--data-dir", help="Data directory (default ./goldkey-data, or GOLDKEY_DATA_DIR).", show_default=False
+    ),
 ]
 
 
@@ -140,8 +142,9 @@ def import_(
         console.print("  see them with: goldkey quarantine --import-id " + s["import_id"])
 
 
-def _import_local(settings: Settings, workspace: str, kind: str, file: Path, mapping: dict[str, str],
-                  force: bool) -> dict[str, Any]:
+def _import_local(
+    settings: Settings, workspace: str, kind: str, file: Path, mapping: dict[str, str], force: bool
+) -> dict[str, Any]:
     from goldkey.core.errors import GoldkeyError
     from goldkey.runtime import DataDirInUse, Goldkey
 
@@ -152,8 +155,14 @@ def _import_local(settings: Settings, workspace: str, kind: str, file: Path, map
         raise
     try:
         ws = _workspace_id(gk, workspace)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("reading", total=None)
 
             def progress(stage: str, done: int, total: int) -> None:
@@ -182,8 +191,9 @@ def _workspace_id(gk: Any, workspace: str) -> str:
     return str(ws)
 
 
-def _import_via_api(api: str, token: str | None, kind: str, file: Path, mapping: dict[str, str],
-                    force: bool) -> dict[str, Any]:
+def _import_via_api(
+    api: str, token: str | None, kind: str, file: Path, mapping: dict[str, str], force: bool
+) -> dict[str, Any]:
     import httpx
 
     if not token:

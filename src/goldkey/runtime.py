@@ -53,6 +53,7 @@ class Goldkey:
         lock = _lock(settings.data_dir)
         engine = create_operational_engine(settings.resolved_operational_url())
         migrate(engine)
+        _fail_interrupted_imports(engine)
         analytical = AnalyticalStore(settings.resolved_analytical_path())
         _sync_profile_map(engine, analytical)
         workspaces = WorkspaceService(engine)
@@ -104,6 +105,24 @@ def _lock(data_dir: Path) -> IO[str]:
     f.write(str(os.getpid()))
     f.flush()
     return f
+
+
+def _fail_interrupted_imports(engine: sa.Engine) -> None:
+    """An import still 'running' when the process starts was cut off by a crash: its write never
+    committed (it is one transaction), so mark it failed and let the user run it again."""
+    from goldkey.core.clock import utcnow
+    from goldkey.store.operational import imports
+
+    with engine.begin() as conn:
+        conn.execute(
+            imports.update()
+            .where(imports.c.status == "running")
+            .values(
+                status="failed",
+                error="interrupted: the process stopped before the import finished",
+                finished_at=utcnow(),
+            )
+        )
 
 
 def _sync_profile_map(engine: sa.Engine, analytical: AnalyticalStore) -> None:

@@ -49,12 +49,11 @@ class Settings(BaseSettings):
         48, description="messageId de-duplication window (Segment documents about 24 hours)."
     )
     max_event_bytes: int = Field(32 * 1024, description="Largest accepted event, as the Segment spec sets (32 KB).")
-    max_batch_bytes: int = Field(500 * 1024, description="Largest accepted batch body, as the Segment spec sets (500 KB).")
+    max_batch_bytes: int = Field(
+        500 * 1024, description="Largest accepted batch body, as the Segment spec sets (500 KB)."
+    )
     recent_events_per_profile: int = Field(
         30, description="Events kept on each operational profile row for the timeline and real-time rules."
-    )
-    environment: str = Field(
-        "development", description="`development` or `production`; production refuses unsafe defaults."
     )
 
     def resolved_operational_url(self) -> str:

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import Env
 from goldkey.app import create_app
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
-from conftest import Env
 
 
 def test_healthz_and_metrics(env: Any) -> None:

@@ -40,10 +40,16 @@ def test_demo_pipeline_small(tmp_path: Path) -> None:
         stored = gk.analytical.query("SELECT count(*) FROM events")[0][0]
         assert stored == result.events_accepted
         with gk.engine.connect() as conn:
-            existing = conn.execute(sa.select(sa.func.count()).select_from(profiles).where(
-                profiles.c.origin == "existing", profiles.c.merged_into.is_(None))).scalar()
-            new = conn.execute(sa.select(sa.func.count()).select_from(profiles).where(
-                profiles.c.origin == "new", profiles.c.merged_into.is_(None))).scalar()
+            existing = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(profiles)
+                .where(profiles.c.origin == "existing", profiles.c.merged_into.is_(None))
+            ).scalar()
+            new = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(profiles)
+                .where(profiles.c.origin == "new", profiles.c.merged_into.is_(None))
+            ).scalar()
         assert existing > 0 and new > 0
         eyecare = next(b for b in result.brands if b.brand == "eyecare")
         with_orders = gk.analytical.query(

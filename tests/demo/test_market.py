@@ -188,9 +188,7 @@ def test_eyecare_event_vocabulary(events: dict[str, list[dict[str, Any]]]) -> No
     assert accepted and accepted <= sent
 
 
-def test_online_orders_match_order_import(
-    market: MarketManifest, events: dict[str, list[dict[str, Any]]]
-) -> None:
+def test_online_orders_match_order_import(market: MarketManifest, events: dict[str, list[dict[str, Any]]]) -> None:
     orders = _read(market.brand("eyecare").imports[2])
     ids = set(orders["订单号"].to_list())
     completed = [e for e in events["eyecare"] if e.get("event") == "Order Completed"]
@@ -251,9 +249,7 @@ def test_buying_groups_present(market: MarketManifest) -> None:
         )
     )
     buyers = per.height
-    solution_only = per.filter(
-        pl.col("cats").list.len() == 1, pl.col("cats").list.first() == "solution"
-    ).height
+    solution_only = per.filter(pl.col("cats").list.len() == 1, pl.col("cats").list.first() == "solution").height
     lens_only = per.filter(pl.col("cats").list.len() == 1, pl.col("cats").list.first() == "lens").height
     same_lens = per.filter(pl.col("lens").list.len() == 1, pl.col("lens_orders") >= 3).height
     never_lens_buyers = per.filter(pl.col("lens").list.len() == 0).height
@@ -265,9 +261,7 @@ def test_buying_groups_present(market: MarketManifest) -> None:
     assert sum(1 for p in crm["ph"].to_list() if p not in lens_buyers) >= 0.1 * crm.height
 
 
-def test_wechat_unbound_members_present(
-    market: MarketManifest, events: dict[str, list[dict[str, Any]]]
-) -> None:
+def test_wechat_unbound_members_present(market: MarketManifest, events: dict[str, list[dict[str, Any]]]) -> None:
     crm = _read(market.brand("eyecare").imports[1]).with_columns(ph=_digits("手机号"))
     unbound_crm = set(crm.filter(pl.col("微信OpenID").is_null())["ph"].to_list())
     sent_wechat: set[str] = set()
@@ -308,9 +302,7 @@ def test_bad_rows_exist_and_are_counted(market: MarketManifest) -> None:
             key = f"{b.brand}.{f.kind}"
             logged = dirt.filter(pl.col("brand") == b.brand, pl.col("kind") == f.kind)
             assert market.counts[f"{key}.bad"] == logged.filter(pl.col("severity") == "bad").height
-            assert (
-                market.counts[f"{key}.duplicates"] == logged.filter(pl.col("severity") == "duplicate").height
-            )
+            assert market.counts[f"{key}.duplicates"] == logged.filter(pl.col("severity") == "duplicate").height
             assert market.counts[f"{key}.dirty"] == logged.filter(pl.col("severity") == "dirty").height
             total_bad += market.counts[f"{key}.bad"]
             df = _read(f)
@@ -319,9 +311,9 @@ def test_bad_rows_exist_and_are_counted(market: MarketManifest) -> None:
                 assert market.counts[f"{key}.bad"] > 0 and market.counts[f"{key}.duplicates"] > 0
             # logged values are really in the file at the logged row
             rows = df.rows()
-            for r in logged.filter(
-                pl.col("severity") != "duplicate", pl.col("issue") != "no_identifier"
-            ).iter_rows(named=True):
+            for r in logged.filter(pl.col("severity") != "duplicate", pl.col("issue") != "no_identifier").iter_rows(
+                named=True
+            ):
                 assert r["value"] in rows[r["row"]], r
             for r in logged.filter(pl.col("severity") == "duplicate").iter_rows(named=True):
                 assert rows.count(rows[r["row"]]) >= 2

@@ -117,6 +117,8 @@ def test_unmerge_restores_both_profiles_and_their_events(env_any: Any) -> None:
     assert b["attributes"] == {"nickname": "B"}
     assert resolved_events(env, a["profile_id"]) == ["m1", "m2", "m5"]
     assert resolved_events(env, b["profile_id"]) == ["m3", "m4", "m6"]
+    assert {e["message_id"] for e in a["events"]} == {"m1", "m2", "m5"}
+    assert {e["message_id"] for e in b["events"]} == {"m3", "m4", "m6"}
     assert b["merges"][0]["undone_at"] is not None
     # undoing twice is a conflict, not a 500
     assert env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth()).status_code == 409
@@ -141,8 +143,11 @@ def test_merge_chain_and_undo_in_order(env_any: Any) -> None:
 def test_custom_identifier_type_links_profiles(env_any: Any) -> None:
     env = env_any
     rules = IdentityRules(custom=[CustomIdentifier(name="member_card", trait="member_card_no")])
-    r = env.client.put("/api/v1/workspace/identity-rules", content=rules.model_dump_json(),
-                       headers={**env.admin_auth(), "Content-Type": "application/json"})
+    r = env.client.put(
+        "/api/v1/workspace/identity-rules",
+        content=rules.model_dump_json(),
+        headers={**env.admin_auth(), "Content-Type": "application/json"},
+    )
     assert r.status_code == 200, r.text
     ident(env, "m1", userId="u1", traits={"member_card_no": "VIP-001"})
     ident(env, "m2", anonymousId="kiosk-7", traits={"member_card_no": "VIP-001"})
@@ -157,8 +162,9 @@ def test_workspaces_are_isolated(env_any: Any) -> None:
     r = env.post("/v1/identify", {"messageId": "m1", "userId": "u1", "traits": {"city": "上海"}}, key=other.write_key)
     assert r.json()["accepted"] == 1  # same messageId in another workspace is not a duplicate
     mine = lookup(env, user_id="u1")
-    theirs = env.client.get("/api/v1/profiles/lookup", params={"user_id": "u1"},
-                            headers=env.admin_auth(other.admin_token)).json()
+    theirs = env.client.get(
+        "/api/v1/profiles/lookup", params={"user_id": "u1"}, headers=env.admin_auth(other.admin_token)
+    ).json()
     assert mine["profile_id"] != theirs["profile_id"]
     assert "city" not in mine["attributes"] and "phone" not in theirs["attributes"]
     r = env.client.get(f"/api/v1/profiles/{mine['profile_id']}", headers=env.admin_auth(other.admin_token))

@@ -10,8 +10,15 @@ from typing import Any
 
 import polars as pl
 
-CRM_MAPPING = {"会员编号": "crm_id", "手机号": "phone", "邮箱": "email", "姓名": "name", "省份": "region",
-               "注册时间": "registered_at", "会员等级": "member_tier"}
+CRM_MAPPING = {
+    "会员编号": "crm_id",
+    "手机号": "phone",
+    "邮箱": "email",
+    "姓名": "name",
+    "省份": "region",
+    "注册时间": "registered_at",
+    "会员等级": "member_tier",
+}
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
@@ -29,9 +36,9 @@ def crm_file(tmp_path: Path) -> Path:
         [
             ["C001", "139 1234 5678", "Wang@Example.com", "王芳", "广东", "2023/3/1", "gold", "老客户"],
             ["C002", "+86-138-0013-9999", "", "李雷", "Beijing", "2023年5月2日", "silver", ""],
-            ["C003", "12345", "", "坏号码", "上海", "2023-01-01", "", ""],        # invalid phone
+            ["C003", "12345", "", "坏号码", "上海", "2023-01-01", "", ""],  # invalid phone
             ["C004", "13700001111", "not-an-email", "坏邮箱", "上海", "2023-01-01", "", ""],  # invalid e-mail
-            ["", "", "", "无标识", "上海", "2023-01-01", "", ""],                  # no identifier
+            ["", "", "", "无标识", "上海", "2023-01-01", "", ""],  # no identifier
             ["C001", "13912345678", "wang@example.com", "王芳", "广东省", "2023-03-01", "gold", "老客户"],  # duplicate
         ],
     )
@@ -53,7 +60,8 @@ def test_customer_import_cleans_quarantines_and_is_idempotent(env_any: Any, tmp_
     assert p["attributes"]["name"] == "王芳" and p["attributes"]["region"] == "广东省"
     assert p["attributes"]["备注"] == "老客户"  # unmapped columns are kept, not lost
     assert {"type": "email", "value": "wang@example.com"}.items() <= next(
-        i for i in p["identities"] if i["type"] == "email").items()
+        i for i in p["identities"] if i["type"] == "email"
+    ).items()
     assert p["first_seen_at"].startswith("2023-02-28T16:00") or p["first_seen_at"].startswith("2023-03-01")
     assert lookup(env, phone="13800139999")["attributes"]["region"] == "北京市"
 
@@ -73,14 +81,18 @@ def test_customer_import_cleans_quarantines_and_is_idempotent(env_any: Any, tmp_
 
 def test_wechat_binding_matching_crm_is_an_existing_customer(env: Any, tmp_path: Path) -> None:
     env.gk.importer.run(env.ws.workspace_id, "customers", crm_file(tmp_path), CRM_MAPPING)
-    r = env.post("/v1/identify", {"userId": "wx-user-1", "messageId": "b1",
-                                  "traits": {"phone": "13912345678", "wechat_openid": "oWX123"}})
+    r = env.post(
+        "/v1/identify",
+        {"userId": "wx-user-1", "messageId": "b1", "traits": {"phone": "13912345678", "wechat_openid": "oWX123"}},
+    )
     assert r.status_code == 200
     bound = lookup(env, wechat_openid="oWX123")
     assert bound["profile_id"] == lookup(env, crm_id="C001")["profile_id"]
     assert bound["origin"] == "existing"
-    env.post("/v1/identify", {"userId": "wx-user-2", "messageId": "b2",
-                              "traits": {"phone": "13655556666", "wechat_openid": "oWX999"}})
+    env.post(
+        "/v1/identify",
+        {"userId": "wx-user-2", "messageId": "b2", "traits": {"phone": "13655556666", "wechat_openid": "oWX999"}},
+    )
     assert lookup(env, wechat_openid="oWX999")["origin"] == "new"
 
 
@@ -118,10 +130,20 @@ def test_orders_give_an_order_summary_without_double_counting(env_any: Any, tmp_
 
 def test_import_through_api_with_parquet_and_excel(env: Any, tmp_path: Path) -> None:
     products = tmp_path / "products.parquet"
-    pl.DataFrame({"sku": ["LENS-A", "SOL-1"], "name": ["日抛隐形眼镜", "护理液 360ml"],
-                  "category": ["lens", "solution"], "price": [99.5, 39.0]}).write_parquet(products)
-    r = env.client.post("/api/v1/imports", headers=env.admin_auth(),
-                        files={"file": ("products.parquet", products.read_bytes())}, data={"kind": "products"})
+    pl.DataFrame(
+        {
+            "sku": ["LENS-A", "SOL-1"],
+            "name": ["日抛隐形眼镜", "护理液 360ml"],
+            "category": ["lens", "solution"],
+            "price": [99.5, 39.0],
+        }
+    ).write_parquet(products)
+    r = env.client.post(
+        "/api/v1/imports",
+        headers=env.admin_auth(),
+        files={"file": ("products.parquet", products.read_bytes())},
+        data={"kind": "products"},
+    )
     assert r.status_code == 200, r.text
     assert (r.json()["accepted"], r.json()["quarantined"]) == (2, 0)
 
@@ -135,16 +157,25 @@ def test_import_through_api_with_parquet_and_excel(env: Any, tmp_path: Path) -> 
     buf = io.BytesIO()
     wb.save(buf)
     mapping = '{"编号": "feedback_id", "手机": "phone", "类型": "kind", "内容": "text", "时间": "created_at"}'
-    r = env.client.post("/api/v1/imports", headers=env.admin_auth(),
-                        files={"file": ("fb.xlsx", buf.getvalue())}, data={"kind": "feedback", "mapping": mapping})
+    r = env.client.post(
+        "/api/v1/imports",
+        headers=env.admin_auth(),
+        files={"file": ("fb.xlsx", buf.getvalue())},
+        data={"kind": "feedback", "mapping": mapping},
+    )
     assert r.status_code == 200, r.text
     assert (r.json()["accepted"], r.json()["quarantined"]) == (1, 1)
     p = lookup(env, phone="13912345678")
     assert p["feedback"][0]["kind"] == "complaint" and p["feedback"][0]["text"] == "物流太慢了"
 
-    bad = env.client.post("/api/v1/imports", headers=env.admin_auth(),
-                          files={"file": ("x.csv", b"a,b\n1,2\n")}, data={"kind": "customers", "mapping": '{"a": "nope"}'})
+    bad = env.client.post(
+        "/api/v1/imports",
+        headers=env.admin_auth(),
+        files={"file": ("x.csv", b"a,b\n1,2\n")},
+        data={"kind": "customers", "mapping": '{"a": "nope"}'},
+    )
     assert bad.status_code == 400 and "nope" in bad.json()["error"]
-    unknown = env.client.post("/api/v1/imports", headers=env.admin_auth(),
-                              files={"file": ("x.csv", b"a\n1\n")}, data={"kind": "stuff"})
+    unknown = env.client.post(
+        "/api/v1/imports", headers=env.admin_auth(), files={"file": ("x.csv", b"a\n1\n")}, data={"kind": "stuff"}
+    )
     assert unknown.status_code == 400 and unknown.json()["field"] == "kind"

@@ -7,6 +7,7 @@ import binascii
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from goldkey.core.errors import Unauthorized
 from goldkey.govern.workspaces import Credential
@@ -37,13 +38,14 @@ def write_key_from(request: Request) -> str | None:
     raise Unauthorized(f"unsupported authorization scheme {scheme!r}; send the write key as HTTP Basic user")
 
 
-def admin(request: Request) -> Credential:
-    """Authenticate an admin token sent as ``Authorization: Bearer``."""
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+_bearer = HTTPBearer(auto_error=False, scheme_name="adminToken", description="An admin token of the workspace.")
+
+
+def admin(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Credential:
+    """Authenticate an admin token sent as ``Authorization: Bearer``; raise Unauthorized."""
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials.strip():
         raise Unauthorized("send an admin token as 'Authorization: Bearer <token>'")
-    return get_gk(request).workspaces.authenticate(token.strip(), "admin")
+    return get_gk(request).workspaces.authenticate(creds.credentials.strip(), "admin")
 
 
 Admin = Annotated[Credential, Depends(admin)]

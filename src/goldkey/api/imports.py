@@ -24,7 +24,7 @@ async def create_import(
     cred: Admin,
     file: Annotated[UploadFile, File(description="CSV, Excel (.xlsx) or Parquet file")],
     kind: Annotated[str, Form(description="customers | orders | products | feedback")],
-    mapping: Annotated[str, Form(description='JSON object: source column -> Goldkey field')] = "{}",
+    mapping: Annotated[str, Form(description="JSON object: source column -> Goldkey field")] = "{}",
     force: Annotated[bool, Form(description="Import again even if this exact file was imported")] = False,
 ) -> dict[str, Any]:
     """Import a file; answers when it is written, with rows read / accepted / quarantined."""

@@ -56,9 +56,12 @@ async def undo_merge(merge_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
             finally:
                 con.close()
         from goldkey.collect.importer import refresh_order_summaries
+        from goldkey.collect.writer import rebuild_recent_events
 
+        pair = [out["winner_id"], out["restored_profile_id"]]
         with ctx.engine.begin() as conn:
-            refresh_order_summaries(ctx, conn, cred.workspace_id, [out["winner_id"], out["restored_profile_id"]])
+            refresh_order_summaries(ctx, conn, cred.workspace_id, pair)
+            rebuild_recent_events(ctx, conn, cred.workspace_id, pair)
         return out
 
     return await run_in_threadpool(gk.writer.run_command, run)

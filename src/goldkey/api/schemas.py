@@ -59,6 +59,8 @@ class ErrorBody(BaseModel):
     error: str
     field: str | None = None
     record: int | str | None = None
+    code: str | None = Field(None, description="Error class, e.g. InvalidInput (as Segment's API answers).")
+    message: str | None = Field(None, description="The same text as `error` (read by the analytics SDKs).")
 
 
 class Identity(BaseModel):

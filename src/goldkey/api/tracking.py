@@ -8,6 +8,7 @@ quarantined, listed in the answer and counted as rejected; the rest of the batch
 from __future__ import annotations
 
 import asyncio
+import zlib
 from typing import Any
 
 import orjson
@@ -48,6 +49,28 @@ def _body_doc(model: type) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+def _decoded(request: Request, body: bytes, limit: int, what: str) -> bytes:
+    """Undo ``Content-Encoding: gzip`` (RudderStack's SDK gzips by default, Segment's optionally).
+
+    The size limit applies to the decompressed body, which is never inflated beyond it.
+    """
+    enc = request.headers.get("content-encoding", "").strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc not in ("gzip", "x-gzip", "deflate"):
+        raise InvalidInput(f"unsupported Content-Encoding {enc!r}; send gzip or no encoding")
+    d = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"body is not valid {enc} data: {exc}") from None
+    if len(out) > limit:
+        raise TooLarge(f"{what} is over {limit} bytes once decompressed; the limit is {limit}")
+    if not d.eof:
+        raise InvalidInput(f"body is truncated {enc} data")
+    return out
+
+
 def _parse(body: bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -67,7 +90,9 @@ def _workspace(gk: Goldkey, request: Request, data: Any) -> str:
     return gk.workspaces.authenticate(key, "write").workspace_id
 
 
-async def _ingest(gk: Goldkey, ws: str, events: list[TrackedEvent], rejected: list[InvalidInput], raw: list[Any]) -> bytes:
+async def _ingest(
+    gk: Goldkey, ws: str, events: list[TrackedEvent], rejected: list[InvalidInput], raw: list[Any]
+) -> bytes:
     if rejected:
         METRICS.events_rejected.inc(len(rejected))
         await run_in_threadpool(_quarantine, gk, ws, rejected, raw)
@@ -122,6 +147,7 @@ async def batch(request: Request) -> Response:
     METRICS.events_received.inc(0)
     if len(body) > gk.settings.max_batch_bytes:
         raise TooLarge(f"batch is {len(body)} bytes; the limit is {gk.settings.max_batch_bytes}")
+    body = _decoded(request, body, gk.settings.max_batch_bytes, "batch")
     data = _parse(body)
     ws = _workspace(gk, request, data)
     if not isinstance(data, dict) or not isinstance(data.get("batch"), list):
@@ -165,6 +191,7 @@ def _single(event_type: str) -> Any:
         received = now_micros()
         if len(body) > gk.settings.max_event_bytes:
             raise TooLarge(f"event is {len(body)} bytes; the limit is {gk.settings.max_event_bytes}")
+        body = _decoded(request, body, gk.settings.max_event_bytes, "event")
         data = _parse(body)
         ws = _workspace(gk, request, data)
         METRICS.events_received.inc()

@@ -26,8 +26,16 @@ def create_key(body: KeyCreate, gk: GK, cred: Admin) -> dict[str, Any]:
     """Create a write key or admin token; the secret is shown only in this answer."""
     secret = gk.workspaces.create_key(cred.workspace_id, body.kind, body.label)
     with gk.engine.begin() as conn:
-        conn.execute(audit_log.insert().values(workspace_id=cred.workspace_id, actor=f"key:{cred.key_id}",
-                                               action="key.create", target=body.kind, detail="{}", at=utcnow()))
+        conn.execute(
+            audit_log.insert().values(
+                workspace_id=cred.workspace_id,
+                actor=f"key:{cred.key_id}",
+                action="key.create",
+                target=body.kind,
+                detail="{}",
+                at=utcnow(),
+            )
+        )
     return {"kind": body.kind, "secret": secret}
 
 
@@ -42,7 +50,14 @@ def put_rules(rules: IdentityRules, gk: GK, cred: Admin) -> IdentityRules:
     """Replace the identity rules; they apply to identifiers seen from now on."""
     gk.workspaces.set_rules(cred.workspace_id, rules)
     with gk.engine.begin() as conn:
-        conn.execute(audit_log.insert().values(workspace_id=cred.workspace_id, actor=f"key:{cred.key_id}",
-                                               action="identity_rules.update", target=cred.workspace_id,
-                                               detail=rules.model_dump_json(), at=utcnow()))
+        conn.execute(
+            audit_log.insert().values(
+                workspace_id=cred.workspace_id,
+                actor=f"key:{cred.key_id}",
+                action="identity_rules.update",
+                target=cred.workspace_id,
+                detail=rules.model_dump_json(),
+                at=utcnow(),
+            )
+        )
     return rules

@@ -38,6 +38,10 @@ def _micros(dt: datetime) -> int:
     return (dt - _EPOCH) // _US
 
 
+# Timestamps (after the clock-skew correction) must stay inside what datetime can represent.
+_MIN_US = _micros(datetime(1, 1, 2, tzinfo=UTC))
+_MAX_US = _micros(datetime(9999, 12, 30, tzinfo=UTC))
+
 
 def _parse_ts(value: Any, fieldname: str, record: int | None) -> int | None:
     """Return epoch microseconds of an ISO-8601 timestamp, None when absent."""
@@ -51,7 +55,10 @@ def _parse_ts(value: Any, fieldname: str, record: int | None) -> int | None:
         raise InvalidInput(f"not an ISO-8601 timestamp: {value[:40]!r}", field=fieldname, record=record) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return _micros(dt)
+    us = _micros(dt)
+    if not _MIN_US <= us <= _MAX_US:
+        raise InvalidInput(f"out of range: {value[:40]!r}", field=fieldname, record=record)
+    return us
 
 
 def _id_str(value: Any, fieldname: str, record: int | None) -> str | None:
@@ -182,6 +189,8 @@ def normalise_event(
         timestamp = received_at - (sent_at - original)
     else:
         timestamp = original
+    if not _MIN_US <= timestamp <= _MAX_US:
+        raise InvalidInput("out of range after the sentAt clock-skew correction", field="timestamp", record=record)
 
     ident: list[tuple[str, Any]] = []
     if user_id is not None:

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from goldkey.collect.tracking import TrackedEvent, micros_to_datetime, now_micros
 from goldkey.core.errors import Overloaded
 from goldkey.identity.graph import IdentityGraph, UnitOfWork, _merge_recent
+from goldkey.identity.normalize import normalize_identifier
 from goldkey.ops.metrics import METRICS
 from goldkey.store.analytical import EVENT_SCHEMA, AnalyticalStore
 from goldkey.store.operational import profiles
@@ -162,7 +163,9 @@ class Writer:
         return self._queued_events
 
     # -- submission -------------------------------------------------------------------------
-    def submit_events(self, workspace_id: str, events: list[TrackedEvent], source: str = "tracking") -> Future[IngestResult]:
+    def submit_events(
+        self, workspace_id: str, events: list[TrackedEvent], source: str = "tracking"
+    ) -> Future[IngestResult]:
         """Queue events for the next group commit; the future completes once they are durable.
 
         Raises Overloaded (nothing queued) when the queue is full.
@@ -300,6 +303,11 @@ class Writer:
                     d.last_seen = at
                 if ev.type == "identify" and ev.traits:
                     d.attributes.update(ev.traits)
+                    for key in ("phone", "email"):
+                        if key in ev.traits:
+                            norm = normalize_identifier(key, ev.traits[key], graph.region)
+                            if norm is not None:
+                                d.attributes[key] = norm
                 elif ev.type == "group" and ev.group_id:
                     d.attributes.setdefault("groups", {})[ev.group_id] = ev.traits or True
                 d.recent.append(_compact(ev, at))
@@ -321,7 +329,9 @@ class Writer:
             return ev.identifiers
         return ev.identifiers + [(name, ev.traits[trait]) for name, trait in custom if ev.traits.get(trait) is not None]
 
-    def _alias_ids(self, conn: sa.Connection, ws: str, ev: TrackedEvent, ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _alias_ids(
+        self, conn: sa.Connection, ws: str, ev: TrackedEvent, ids: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
         """alias links previousId (an earlier userId or anonymousId) to the new userId."""
         prev = ev.previous_id or ""
         for t in ("user_id", "anonymous_id"):
@@ -363,14 +373,19 @@ class Writer:
                 attributes=sa.bindparam("attrs"),
                 recent_events=sa.bindparam("recent"),
                 last_seen_at=sa.case(
-                    (profiles.c.last_seen_at < sa.bindparam("ls", type_=profiles.c.last_seen_at.type), sa.bindparam("ls")),
+                    (
+                        profiles.c.last_seen_at < sa.bindparam("ls", type_=profiles.c.last_seen_at.type),
+                        sa.bindparam("ls"),
+                    ),
                     else_=profiles.c.last_seen_at,
                 ),
             )
         )
         conn.execute(stmt, rows)
 
-    def _append_events(self, keep: list[tuple[str, str, TrackedEvent]], profile_ids: list[str], map_ops: list[Any]) -> None:
+    def _append_events(
+        self, keep: list[tuple[str, str, TrackedEvent]], profile_ids: list[str], map_ops: list[Any]
+    ) -> None:
         dumps = orjson.dumps
         evs = [e for _, _, e in keep]
         cols = {
@@ -477,3 +492,30 @@ def _first_seen_context(ev: TrackedEvent) -> dict[str, Any]:
         if isinstance(v, dict):
             out[k] = v
     return out
+
+
+def rebuild_recent_events(ctx: WriteContext, conn: sa.Connection, ws: str, profile_ids: list[str]) -> None:
+    """Recompute the recent-events list of live profiles from the event log (after an unmerge)."""
+    keep = ctx.writer.recent_keep
+    cur = ctx.analytical.cursor()
+    try:
+        for pid in profile_ids:
+            rows = cur.execute(
+                """SELECT message_id, "timestamp", type, coalesce(event, name), properties
+                   FROM events_resolved WHERE workspace_id = ? AND canonical_id = ?
+                   ORDER BY "timestamp" DESC LIMIT ?""",
+                [ws, pid, keep],
+            ).fetchall()
+            recent = []
+            for mid, ts, etype, name, props in rows:
+                p = orjson.loads(props) if props else {}
+                if len(p) > 12:
+                    p = dict(list(p.items())[:12])
+                recent.append({"message_id": mid, "ts": ts.isoformat(), "type": etype, "event": name, "properties": p})
+            conn.execute(
+                profiles.update()
+                .where(profiles.c.profile_id == pid)
+                .values(recent_events=orjson.dumps(recent).decode())
+            )
+    finally:
+        cur.close()

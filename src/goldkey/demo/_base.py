@@ -150,9 +150,7 @@ def uuid_strings(rng: np.random.Generator, n: int) -> list[str]:
 
 def token_strings(rng: np.random.Generator, n: int, nchars: int, prefix: str = "") -> list[str]:
     """Return ``n`` random URL-safe base64-alphabet tokens (WeChat OpenID/UnionID style)."""
-    alphabet = np.frombuffer(
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", dtype=np.uint8
-    )
+    alphabet = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", dtype=np.uint8)
     raw = rng.integers(0, 64, size=(n, nchars), dtype=np.uint8)
     return [prefix + s.decode() for s in alphabet[raw].view(f"S{nchars}").ravel()]
 
@@ -446,9 +444,7 @@ def pinyin_names(rng: np.random.Generator, female: np.ndarray) -> list[str]:
     sur = rng.integers(0, len(_SURNAMES_PY), n)
     gf = rng.integers(0, len(_GIVEN_PY_F), n)
     gm = rng.integers(0, len(_GIVEN_PY_M), n)
-    return [
-        f"{_SURNAMES_PY[sur[i]]} {_GIVEN_PY_F[gf[i]] if female[i] else _GIVEN_PY_M[gm[i]]}" for i in range(n)
-    ]
+    return [f"{_SURNAMES_PY[sur[i]]} {_GIVEN_PY_F[gf[i]] if female[i] else _GIVEN_PY_M[gm[i]]}" for i in range(n)]
 
 
 def emails(rng: np.random.Generator, n: int) -> list[str]:
@@ -556,12 +552,7 @@ def inject_dirt(
     bad_rows = np.sort(chosen[n_dirty : n_dirty + n_bad])
     dup_rows = np.sort(chosen[n_dirty + n_bad :])
     touched = set(
-        spec.ids
-        + spec.phones
-        + spec.emails
-        + spec.dates
-        + spec.amounts
-        + ([spec.region] if spec.region else [])
+        spec.ids + spec.phones + spec.emails + spec.dates + spec.amounts + ([spec.region] if spec.region else [])
     )
     cols: dict[str, list[Any]] = {c: df[c].to_list() for c in touched}
     log: list[tuple[int, str, str, str, str]] = []  # (orig row, severity, issue, column, value)
@@ -628,10 +619,7 @@ def inject_dirt(
     final_pos[order] = np.arange(len(order))
     rows = [(brand, kind, int(final_pos[r]), sev, issue, c, v) for r, sev, issue, c, v in log]
     # the copy of dup_rows[j] sits at index n + j of the pre-sort arrays
-    rows += [
-        (brand, kind, int(final_pos[n + j]), "duplicate", "exact_duplicate", "", "")
-        for j in range(len(dup_rows))
-    ]
+    rows += [(brand, kind, int(final_pos[n + j]), "duplicate", "exact_duplicate", "", "") for j in range(len(dup_rows))]
     rows.sort(key=lambda t: t[2])
     log_df = pl.DataFrame(rows, schema=_DIRT_SCHEMA, orient="row") if rows else _empty_dirt_log()
     dirty = sum(1 for r in rows if r[3] == "dirty")
@@ -716,9 +704,7 @@ def message_ids(brand_no: int, seed: int, start: int, n: int) -> list[str]:
     lo = splitmix64(((np.uint64(brand_no) << np.uint64(40)) | idx) ^ (salt << np.uint64(44)))
     hi = splitmix64(lo ^ np.uint64(0x5DEECE66D) ^ salt)
     shifts = np.arange(60, -4, -4, dtype=np.uint64)
-    nib = np.concatenate(
-        [(hi[:, None] >> shifts) & np.uint64(15), (lo[:, None] >> shifts) & np.uint64(15)], axis=1
-    )
+    nib = np.concatenate([(hi[:, None] >> shifts) & np.uint64(15), (lo[:, None] >> shifts) & np.uint64(15)], axis=1)
     chars = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nib.astype(np.intp)]
     chars[:, 12] = ord("4")  # version nibble (taken from the high half, uniqueness is kept)
     out = np.full((n, 36), ord("-"), dtype=np.uint8)
@@ -768,10 +754,7 @@ def write_events(
         kinds = events["kind"][lo:hi].tolist()
         ps, ms = events["p"][lo:hi].tolist(), events["m"][lo:hi].tolist()
         as_, bs, cs = events["a"][lo:hi].tolist(), events["b"][lo:hi].tolist(), events["c"][lo:hi].tolist()
-        lines = [
-            dumps(renderers[kinds[i]](ts[i], mids[i], ps[i], ms[i], as_[i], bs[i], cs[i]))
-            for i in range(hi - lo)
-        ]
+        lines = [dumps(renderers[kinds[i]](ts[i], mids[i], ps[i], ms[i], as_[i], bs[i], cs[i])) for i in range(hi - lo)]
         path = out_dir / f"events-{f_no + 1:04d}.jsonl"
         with open(path, "wb") as fh:
             if lines:

@@ -61,9 +61,7 @@ NAME = "明眸 Eye Care"
 BRAND_NO = 1
 
 # event kinds
-K_VIEW, K_PVIEW, K_PADD, K_CHECKOUT, K_IDENTIFY, K_SIGNUP, K_QR, K_ORDER, K_INV_SENT, K_INV_ACC, K_ALIAS = (
-    range(11)
-)
+K_VIEW, K_PVIEW, K_PADD, K_CHECKOUT, K_IDENTIFY, K_SIGNUP, K_QR, K_ORDER, K_INV_SENT, K_INV_ACC, K_ALIAS = range(11)
 # identity modes: anonymous (primary device), user + anonymous, anonymous (second device), server (user only)
 M_ANON, M_USER, M_ANON2, M_SERVER = range(4)
 # customer segments
@@ -247,9 +245,7 @@ class _World:
         self.in_crm = self.seg != SEG_NEW
         self.online = self.seg != SEG_OFFLINE
         crm_no = unique_ints(r, n, 0, 89_999_999)
-        self.crm_id = [
-            f"M{10_000_000 + int(x):08d}" if c else None for x, c in zip(crm_no, self.in_crm, strict=True)
-        ]
+        self.crm_id = [f"M{10_000_000 + int(x):08d}" if c else None for x, c in zip(crm_no, self.in_crm, strict=True)]
         uid_no = unique_ints(r, n, 0, 16**10)
         self.user_id = [f"mm{int(x):010x}" if o else None for x, o in zip(uid_no, self.online, strict=True)]
         self.bound = r.random(n) < np.array([0.15, 0.62, 0.78])[self.seg]
@@ -257,18 +253,14 @@ class _World:
         self.unionid = token_strings(r, n, 28, "o")
         self.crm_has_openid = self.bound & self.in_crm & ((self.seg == SEG_OFFLINE) | (r.random(n) < 0.7))
         u = r.random(n)
-        self.platform = np.where(
-            self.bound, np.where(u < 0.75, P_MINI, P_WEB), np.where(u < 0.55, P_APP, P_WEB)
-        )
+        self.platform = np.where(self.bound, np.where(u < 0.75, P_MINI, P_WEB), np.where(u < 0.55, P_APP, P_WEB))
         self.anon = uuid_strings(r, n)
         self.device = uuid_strings(r, n)
         self.ip = random_ips(r, n)
         self.os_ver = r.integers(0, 4, n)
 
         # hidden preferences
-        gp = np.array(
-            [[0.03, 0.22, 0.20, 0.17, 0.38], [0.06, 0.20, 0.18, 0.16, 0.40], [0.40, 0.14, 0.14, 0.07, 0.25]]
-        )
+        gp = np.array([[0.03, 0.22, 0.20, 0.17, 0.38], [0.06, 0.20, 0.18, 0.16, 0.40], [0.40, 0.14, 0.14, 0.07, 0.25]])
         self.group = choice_rows(r, gp[self.seg])
         g = self.group
         self.churn = _beta(r, 2.0, 5.0, n)
@@ -322,9 +314,7 @@ class _World:
 
         # favourites (only products launched before the history)
         old_lens = self.lenses[self.prod_launch[self.lenses] < 0]
-        lens_pop = np.array([3, 1, 2, 2, 3, 1, 2, 2, 2, 1, 3, 2, 1, 1, 1, 3, 2, 2], dtype=float)[
-            : len(old_lens)
-        ]
+        lens_pop = np.array([3, 1, 2, 2, 3, 1, 2, 2, 2, 1, 3, 2, 1, 1, 1, 3, 2, 2], dtype=float)[: len(old_lens)]
         self.fav_lens = old_lens[pick(r, n, lens_pop)]
         self.fav_lens2 = old_lens[pick(r, n, lens_pop)]
         self.fav_sol = self.sols[pick(r, n, [3, 2, 1, 2, 1, 2, 1, 3, 1, 1])]
@@ -333,9 +323,7 @@ class _World:
         rank = np.argsort(np.argsort(-(self.intensity * r.lognormal(0, 0.5, n)))) / max(n - 1, 1)
         self.tier = np.where(rank < 0.05, 3, np.where(rank < 0.2, 2, np.where(rank < 0.5, 1, 0)))
         self.tier = np.where(self.in_crm, self.tier, 0)
-        self.points = (np.array([800, 5000, 14000, 40000])[self.tier] * r.lognormal(0, 0.45, n)).astype(
-            np.int64
-        )
+        self.points = (np.array([800, 5000, 14000, 40000])[self.tier] * r.lognormal(0, 0.45, n)).astype(np.int64)
 
     # ------------------------------------------------------------------------------------- campaigns
     def campaigns(self) -> None:
@@ -352,9 +340,9 @@ class _World:
         self.camp_coupon = [f"MMC{k:03d}{OFFERS[k % 5][:2].upper()}" for k in range(n_slots)]
         members = np.flatnonzero(self.online)
         self.density = min(1.0, self.budget / max(1, len(members) * 36))
-        match = np.stack(
-            [self.p_lens, self.p_sol, self.p_trial, 0.3 + 0.7 * self.price, np.full(self.n, 0.4)], axis=1
-        )[members]  # (m, offers)
+        match = np.stack([self.p_lens, self.p_sol, self.p_trial, 0.3 + 0.7 * self.price, np.full(self.n, 0.4)], axis=1)[
+            members
+        ]  # (m, offers)
         prob = self.brr[members, None] * match[:, self.camp_offer] * 1.3 * self.density
         active = (self.camp_start[None, :] >= self.ident[members, None] - 3 * MS_DAY) & (
             self.camp_start[None, :] < self.end[members, None]
@@ -399,9 +387,7 @@ class _World:
         k = 1 + r.poisson(rate * span / 90.0)
         k = np.where(self.group[buyers] == G_SAME, np.maximum(k, 3), k)
         op = np.repeat(buyers, k)
-        ots = self.p_start[op] + (
-            r.random(len(op)) * (np.minimum(self.end[op], H) - self.p_start[op])
-        ).astype(np.int64)
+        ots = self.p_start[op] + (r.random(len(op)) * (np.minimum(self.end[op], H) - self.p_start[op])).astype(np.int64)
         # price-sensitive customers wait for the next promotion window
         promos = _promo_windows(self.cfg)
         ps = np.array([p[0] for p in promos], dtype=np.int64) - self.T0
@@ -536,9 +522,7 @@ class _World:
         self.l_o = np.asarray(l_o, dtype=np.int64)
         self.l_sku = np.asarray(l_sku, dtype=np.int64)
         self.l_q = np.asarray(l_q, dtype=np.int64)
-        o_factor = (
-            np.where(o_promo, 0.85, 1.0) * np.where(o_coupon >= 0, 0.9, 1.0) * TIER_PRICE[self.tier[o_p]]
-        )
+        o_factor = np.where(o_promo, 0.85, 1.0) * np.where(o_coupon >= 0, 0.9, 1.0) * TIER_PRICE[self.tier[o_p]]
         unit = np.round(self.prod_price[self.l_sku] * o_factor[self.l_o], 2)
         unit = np.where(o_offer[self.l_o] == 2, 0.0, unit)
         self.l_unit = unit
@@ -572,9 +556,9 @@ class _World:
         cand = on[(self.end[on] - self.ident[on]) > 20 * MS_DAY]
         al = cand[r.random(len(cand)) < 0.05]
         self.alias_ts = np.full(n, 2**62, dtype=np.int64)
-        self.alias_ts[al] = self.ident[al] + (
-            r.uniform(0.1, 0.9, len(al)) * (self.end[al] - self.ident[al])
-        ).astype(np.int64)
+        self.alias_ts[al] = self.ident[al] + (r.uniform(0.1, 0.9, len(al)) * (self.end[al] - self.ident[al])).astype(
+            np.int64
+        )
         self.anon2 = uuid_strings(r, n)
         t.add(K_ALIAS, self.alias_ts[al], al, M_USER)
 
@@ -640,9 +624,7 @@ class _World:
         m = np.flatnonzero(self.online)
         extra = r.poisson(self.referral[m] * 8 * self.density)
         xp = np.repeat(m, extra)
-        xs = self.ident[xp] + (r.random(len(xp)) * (np.minimum(self.end[xp], H) - self.ident[xp])).astype(
-            np.int64
-        )
+        xs = self.ident[xp] + (r.random(len(xp)) * (np.minimum(self.end[xp], H) - self.ident[xp])).astype(np.int64)
         self.inv_from = np.concatenate([inviter, xp])
         self.inv_ts = np.concatenate([sent, xs])
         self.inv_to = np.concatenate([invited, np.full(len(xp), -1)])
@@ -672,9 +654,7 @@ class _World:
         sol = np.select([g == G_SOL, g == G_LENS], [0.45, 0.05 + 0.5 * self.p_sol], 0.2 + 0.4 * self.p_sol)
         return np.stack([lens, sol, np.full(self.n, 0.12)], axis=1)
 
-    def _pick_skus(
-        self, r: np.random.Generator, p: np.ndarray, cat: np.ndarray, ts: np.ndarray
-    ) -> np.ndarray:
+    def _pick_skus(self, r: np.random.Generator, p: np.ndarray, cat: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Return one product per (person, category, time): favourites first, then any launched product."""
         m = len(p)
         pp = np.minimum(p, self.n - 1)
@@ -683,9 +663,7 @@ class _World:
         rand_l = np.where(self.prod_launch[rand_l] <= ts, rand_l, self.fav_lens[pp])
         fav_share = np.where(self.group[pp] == G_SAME, 0.8, 0.4) * known
         lens = np.where(r.random(m) < fav_share, self.fav_lens[pp], rand_l)
-        sol = np.where(
-            (r.random(m) < 0.5) & known, self.fav_sol[pp], self.sols[r.integers(0, len(self.sols), m)]
-        )
+        sol = np.where((r.random(m) < 0.5) & known, self.fav_sol[pp], self.sols[r.integers(0, len(self.sols), m)])
         acc = self.accs[r.integers(0, len(self.accs), m)]
         return np.select([cat == 0, cat == 1], [lens, sol], acc)
 
@@ -820,11 +798,7 @@ class _World:
                     "app": {"name": "明眸会员小程序", "version": "3.2.1", "build": "321"},
                     "os": os_,
                 }
-            ua = (
-                f"MingMou/5.4.0 (iPhone; iOS {osv}; Scale/3.00)"
-                if ios
-                else f"MingMou/5.4.0 (Linux; Android {osv})"
-            )
+            ua = f"MingMou/5.4.0 (iPhone; iOS {osv}; Scale/3.00)" if ios else f"MingMou/5.4.0 (Linux; Android {osv})"
             return {
                 "ip": ip,
                 "userAgent": ua,
@@ -835,9 +809,7 @@ class _World:
                 "os": os_,
             }
 
-        ctx = [
-            ctx_for(int(self.platform[i]), self.ip[i], self.device[i], int(self.os_ver[i])) for i in range(n)
-        ]
+        ctx = [ctx_for(int(self.platform[i]), self.ip[i], self.device[i], int(self.os_ver[i])) for i in range(n)]
         ctx += [ctx_for(int(self.v_platform[j]), self.v_ip[j], self.v_anon[j], j) for j in range(V)]
         self.ctx = ctx
         self.ctx2 = {}
@@ -1076,9 +1048,7 @@ class _World:
         )
         prod, c, log = inject_dirt(
             prod,
-            DirtSpec(
-                amounts=["零售价"], dates=["上市日期"], allow_bad=False, allow_duplicates=False, rate=0.05
-            ),
+            DirtSpec(amounts=["零售价"], dates=["上市日期"], allow_bad=False, allow_duplicates=False, rate=0.05),
             r,
             BRAND,
             "products",
@@ -1089,11 +1059,7 @@ class _World:
 
         crm = np.flatnonzero(self.in_crm)
         crm = crm[np.argsort(np.array([self.crm_id[i] for i in crm]))]
-        reg_ms = (
-            self.T0
-            + self.registered[crm]
-            + hour_profile(rng_for(self.cfg.seed, BRAND, "reg"), len(crm), "store")
-        )
+        reg_ms = self.T0 + self.registered[crm] + hour_profile(rng_for(self.cfg.seed, BRAND, "reg"), len(crm), "store")
         cust = pl.DataFrame(
             {
                 "会员编号": [self.crm_id[i] for i in crm],
@@ -1134,9 +1100,7 @@ class _World:
         lp = self.o_p[lo]
         online = self.o_online[lo]
         st = self.o_store[lo]
-        region = np.where(
-            st >= 0, np.array([CITIES[s[0]][0] for s in self.stores])[np.maximum(st, 0)], self.prov[lp]
-        )
+        region = np.where(st >= 0, np.array([CITIES[s[0]][0] for s in self.stores])[np.maximum(st, 0)], self.prov[lp])
         orders = pl.DataFrame(
             {
                 "订单号": [self.o_id[i] for i in lo.tolist()],
@@ -1177,9 +1141,7 @@ class _World:
         logs.append(log)
 
         fb, self.fb_repeat = eyecare_feedback(self, rng_for(self.cfg.seed, BRAND, "feedback"))
-        fb, c, log = inject_dirt(
-            fb, DirtSpec(ids=["member_no", "mobile"], phones=["mobile"]), r, BRAND, "feedback"
-        )
+        fb, c, log = inject_dirt(fb, DirtSpec(ids=["member_no", "mobile"], phones=["mobile"]), r, BRAND, "feedback")
         fb = fb.with_columns(
             pl.col("score").cast(pl.Int64),
             pl.col("created").str.to_datetime("%Y-%m-%d %H:%M:%S", time_unit="ms"),

@@ -82,9 +82,7 @@ class MarketManifest:
                 {
                     "brand": b.brand,
                     "name": b.name,
-                    "imports": [
-                        {"kind": f.kind, "path": rel(f.path), "mapping": f.mapping} for f in b.imports
-                    ],
+                    "imports": [{"kind": f.kind, "path": rel(f.path), "mapping": f.mapping} for f in b.imports],
                     "event_files": [rel(p) for p in b.event_files],
                 }
                 for b in self.brands
@@ -143,13 +141,9 @@ def generate(
     n_op = config.customers - n_eye
     # The operator goes first: its window length is rounded to whole days, the eye-care brand then
     # absorbs the difference so that the total stays close to the target.
-    op = generate_operator(
-        root / "operator", config, n_op, round(config.events * OPERATOR_EVENT_SHARE), progress, 0
-    )
+    op = generate_operator(root / "operator", config, n_op, round(config.events * OPERATOR_EVENT_SHARE), progress, 0)
     op_events = op.counts["operator.events"]
-    eye = generate_eyecare(
-        root / "eyecare", config, n_eye, max(0, config.events - op_events), progress, op_events
-    )
+    eye = generate_eyecare(root / "eyecare", config, n_eye, max(0, config.events - op_events), progress, op_events)
 
     truth_dir = root / TRUTH_DIR
     truth_dir.mkdir(exist_ok=True)
@@ -167,9 +161,7 @@ def generate(
         counts.update(res.counts)
     for res in (eye, op):
         b = res.files.brand
-        counts[f"{b}.bad"] = sum(
-            v for k, v in res.counts.items() if k.startswith(f"{b}.") and k.endswith(".bad")
-        )
+        counts[f"{b}.bad"] = sum(v for k, v in res.counts.items() if k.startswith(f"{b}.") and k.endswith(".bad"))
     manifest = MarketManifest(root, config, [eye.files, op.files], truth_path, counts)
     manifest.save()
     return manifest

@@ -182,9 +182,7 @@ class _Acc:
     def __init__(self) -> None:
         self.parts: dict[int, list[tuple[np.ndarray, ...]]] = {}
 
-    def add(
-        self, kind: int, ts: np.ndarray, p: np.ndarray, m: Any, a: Any = -1, b: Any = -1, c: Any = 0.0
-    ) -> None:
+    def add(self, kind: int, ts: np.ndarray, p: np.ndarray, m: Any, a: Any = -1, b: Any = -1, c: Any = 0.0) -> None:
         n = len(ts)
         if n:
             self.parts.setdefault(kind, []).append(
@@ -208,9 +206,7 @@ class _Operator:
         self.W = int(min(cfg.days, max(MIN_WINDOW_DAYS, w)))
         self.w0 = cfg.days - self.W  # first window day (index from history start)
         self.outlets = [
-            f"Skyline {CITIES[ci][2]} {_OUTLET[(ci + k) % 5]} Store"
-            for ci in range(len(CITIES))
-            for k in range(2)
+            f"Skyline {CITIES[ci][2]} {_OUTLET[(ci + k) % 5]} Store" for ci in range(len(CITIES)) for k in range(2)
         ]
         self.hs_launch = np.array([epoch_ms(dt.date.fromisoformat(h[4])) - self.T0 for h in HANDSETS])
 
@@ -241,9 +237,7 @@ class _Operator:
         self.dpp = np.clip(r.beta(2.0, 4.0, n) + 0.1 * (self.intensity > 0.9), 0, 1)
         self.churn = r.beta(2.0, 6.0, n)
         will_churn = r.random(n) < self.churn * 0.3
-        self.churn_ts = np.where(will_churn, (self.w0 + r.random(n) * self.W) * MS_DAY, 2**62).astype(
-            np.int64
-        )
+        self.churn_ts = np.where(will_churn, (self.w0 + r.random(n) * self.W) * MS_DAY, 2**62).astype(np.int64)
         self.brr = np.clip(r.beta(2.0, 18.0, n) * (1 - 0.5 * self.churn), 0.003, 0.6)
         self.app = r.random(n) < np.clip(0.95 - 0.012 * (age - 18), 0.2, 0.9)
         aff = r.dirichlet([1.2, 1.2, 1.2, 1.2], n)
@@ -389,9 +383,7 @@ class _Operator:
             low = idx[alive & (balance < self.trigger) & (r.random(n) < self.p_top)]
             if len(low):
                 amt = TOPUP_AMOUNTS[
-                    np.clip(
-                        np.searchsorted(TOPUP_AMOUNTS, self.fee[low] * r.uniform(0.5, 2.0, len(low))), 0, 4
-                    )
+                    np.clip(np.searchsorted(TOPUP_AMOUNTS, self.fee[low] * r.uniform(0.5, 2.0, len(low))), 0, 4)
                 ]
                 chw = np.tile(np.array([4.0, 3.0, 2.0, 1.0, 1.0]), (len(low), 1))
                 chw[:, 0] *= self.app[low]
@@ -406,10 +398,7 @@ class _Operator:
                 sel = idx[alive]
                 minutes = r.gamma(2.0, 30.0 * self.social[sel] / 20.0)
                 contacts = r.poisson(self.social[sel] * 0.35)
-                charge = (
-                    np.maximum(0, minutes - self.plan_min[sel] / 4.3) * 0.15
-                    + (r.random(len(sel)) < 0.3) * 2.0
-                )
+                charge = np.maximum(0, minutes - self.plan_min[sel] / 4.3) * 0.15 + (r.random(len(sel)) < 0.3) * 2.0
                 balance[sel] -= charge
                 if emit:
                     ts = day_ms + 2 * MS_HOUR + r.integers(0, MS_HOUR, len(sel))
@@ -430,9 +419,7 @@ class _Operator:
             chg = idx[alive & (r.random(n) < hz) & emit]
             if len(chg):
                 avail = self.hs_launch <= day_ms
-                wts = np.tile(
-                    np.where(avail, 1.0, 0.0) * (1 + (self.hs_launch > day_ms - 365 * MS_DAY)), (len(chg), 1)
-                )
+                wts = np.tile(np.where(avail, 1.0, 0.0) * (1 + (self.hs_launch > day_ms - 365 * MS_DAY)), (len(chg), 1))
                 new = choice_rows(r, wts)
                 ts = day_ms + hour_profile(r, len(chg), "store")
                 acc.add(K_HANDSET, ts + 3 * MS_HOUR, chg, M_SERVER, a=new, b=handset[chg])
@@ -519,9 +506,7 @@ class _Operator:
         rank[order] = np.arange(len(order))
         win = rank[len(h_ts) :]  # final index of each window order
         days = ((self.T0 + self.o_ts) // MS_DAY).astype("datetime64[D]")
-        self.o_id = [
-            f"SO{d[:4]}{d[5:7]}{d[8:10]}{i:07d}" for i, d in enumerate(np.datetime_as_string(days).tolist())
-        ]
+        self.o_id = [f"SO{d[:4]}{d[5:7]}{d[8:10]}{i:07d}" for i, d in enumerate(np.datetime_as_string(days).tolist())]
         t = EventTable()
         acc.into(t)
         if w_n:
@@ -534,9 +519,7 @@ class _Operator:
         app_ctx: dict[int, dict[str, Any]] = {}
         uid, anon = self.user_id, self.anon
         month_names = {v: f"{y}{m:02d}" for (y, m), v in self.months.items()}
-        prods = [
-            {"product_id": p[0], "sku": p[0], "name": p[1], "category": p[2], "price": p[5]} for p in PRODUCTS
-        ]
+        prods = [{"product_id": p[0], "sku": p[0], "name": p[1], "category": p[2], "price": p[5]} for p in PRODUCTS]
 
         def actx(p: int) -> dict[str, Any]:
             c = app_ctx.get(p)
@@ -593,14 +576,10 @@ class _Operator:
             )
 
         def topup(ts: str, mid: str, p: int, m: int, a: int, b: int, c: float) -> dict[str, Any]:
-            return track(
-                "Top Up", ts, mid, p, {"amount": float(a), "currency": CURRENCY, "channel": TOPUP_CHANNELS[b]}
-            )
+            return track("Top Up", ts, mid, p, {"amount": float(a), "currency": CURRENCY, "channel": TOPUP_CHANNELS[b]})
 
         def calls(ts: str, mid: str, p: int, m: int, a: int, b: int, c: float) -> dict[str, Any]:
-            return track(
-                "Call Summary", ts, mid, p, {"minutes": a, "contacts": b, "calls": int(c), "period": "week"}
-            )
+            return track("Call Summary", ts, mid, p, {"minutes": a, "contacts": b, "calls": int(c), "period": "week"})
 
         def handset(ts: str, mid: str, p: int, m: int, a: int, b: int, c: float) -> dict[str, Any]:
             return track(

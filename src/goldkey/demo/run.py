@@ -84,8 +84,14 @@ def _market(settings: Settings, customers: int, events: int, seed: int, console:
                 return manifest
         except Exception:  # noqa: BLE001 - regenerate a stale or partial market
             pass
-    with Progress(TextColumn("generating demo market"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("generating demo market"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("gen", total=events)
         return generate(out, cfg, progress=lambda n: bar.update(task, completed=n))
 
@@ -97,12 +103,23 @@ def _credentials(gk: Goldkey, brand: str, name: str) -> BrandCredentials:
         return BrandCredentials(brand, name, ws.workspace_id, ws.write_key, ws.admin_token)
     # secrets are stored hashed: a re-run issues fresh ones
     return BrandCredentials(
-        brand, name, ws_id, gk.workspaces.create_key(ws_id, "write", "demo"), gk.workspaces.create_key(ws_id, "admin", "demo")
+        brand,
+        name,
+        ws_id,
+        gk.workspaces.create_key(ws_id, "write", "demo"),
+        gk.workspaces.create_key(ws_id, "admin", "demo"),
     )
 
 
-def _send_events(url: str, creds: BrandCredentials, files: list[Path], bar: Progress, task: Any,
-                 counts: dict[str, int], lock: threading.Lock) -> None:
+def _send_events(
+    url: str,
+    creds: BrandCredentials,
+    files: list[Path],
+    bar: Progress,
+    task: Any,
+    counts: dict[str, int],
+    lock: threading.Lock,
+) -> None:
     auth = "Basic " + base64.b64encode(f"{creds.write_key}:".encode()).decode()
 
     def batches() -> Any:
@@ -125,8 +142,9 @@ def _send_events(url: str, creds: BrandCredentials, files: list[Path], bar: Prog
     def post(client: httpx.Client, chunk: list[bytes]) -> None:
         body = b'{"batch":[' + b",".join(chunk) + b"]}"
         for attempt in range(30):
-            r = client.post(url + "/v1/batch", content=body,
-                            headers={"Authorization": auth, "Content-Type": "application/json"})
+            r = client.post(
+                url + "/v1/batch", content=body, headers={"Authorization": auth, "Content-Type": "application/json"}
+            )
             if r.status_code == 503:
                 time.sleep(float(r.headers.get("Retry-After", "1")) * (1 + attempt / 10))
                 continue
@@ -188,15 +206,30 @@ def run_demo(
             for imp in before:
                 import_results.append(_import(gk, creds, imp, console))
             total = manifest.counts.get(f"{files.brand}.events", 0) or None
-            with Progress(TextColumn(f"{creds.name}: events via /v1/batch"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=True) as bar:
+            with Progress(
+                TextColumn(f"{creds.name}: events via /v1/batch"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
                 task = bar.add_task("events", total=total)
                 _send_events(url, creds, files.event_files, bar, task, counts, lock)
             for imp in after:
                 import_results.append(_import(gk, creds, imp, console))
         t_load = time.perf_counter() - t1
-        result = DemoResult(url, brands, counts["sent"], counts["accepted"], counts["duplicates"],
-                            counts["rejected"], import_results, t_gen, t_load)
+        result = DemoResult(
+            url,
+            brands,
+            counts["sent"],
+            counts["accepted"],
+            counts["duplicates"],
+            counts["rejected"],
+            import_results,
+            t_gen,
+            t_load,
+        )
         _print_summary(console, gk, result)
         if serve_forever:
             console.print("[bold]Serving.[/bold] Press Ctrl-C to stop.")
@@ -212,14 +245,26 @@ def run_demo(
 
 
 def _import(gk: Goldkey, creds: BrandCredentials, imp: Any, console: Console) -> dict[str, Any]:
-    with Progress(TextColumn(f"{creds.name}: import {imp.kind} ({imp.path.name}) {{task.description}}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn(f"{creds.name}: import {imp.kind} ({imp.path.name}) {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("", total=None)
-        s = gk.importer.run(creds.workspace_id, imp.kind, imp.path, imp.mapping,
-                            progress=lambda stage, done, total: bar.update(task, description=stage,
-                                                                             completed=done, total=total))
-    console.print(f"  {creds.name}: {imp.kind:<9} read {s.rows_read:>7}  accepted {s.accepted:>7}  "
-                  f"quarantined {s.quarantined:>4}  duplicates merged {s.duplicates_merged:>4}  [{s.status}]")
+        s = gk.importer.run(
+            creds.workspace_id,
+            imp.kind,
+            imp.path,
+            imp.mapping,
+            progress=lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total),
+        )
+    console.print(
+        f"  {creds.name}: {imp.kind:<9} read {s.rows_read:>7}  accepted {s.accepted:>7}  "
+        f"quarantined {s.quarantined:>4}  duplicates merged {s.duplicates_merged:>4}  ({s.status})"
+    )
     out = s.as_dict()
     out["workspace"] = creds.name
     return out
@@ -231,24 +276,40 @@ def _print_summary(console: Console, gk: Goldkey, r: DemoResult) -> None:
     from goldkey.store.operational import merges, profiles
 
     console.rule("Goldkey demo loaded")
-    console.print(f"events sent {r.events_sent}, accepted {r.events_accepted}, duplicates {r.events_duplicate}, "
-                  f"rejected {r.events_rejected}; generated in {r.seconds_generate:.1f}s, loaded in {r.seconds_load:.1f}s")
+    console.print(
+        f"events sent {r.events_sent}, accepted {r.events_accepted}, duplicates {r.events_duplicate}, "
+        f"rejected {r.events_rejected}; generated in {r.seconds_generate:.1f}s, loaded in {r.seconds_load:.1f}s"
+    )
     for b in r.brands:
         with gk.engine.connect() as conn:
-            live = conn.execute(sa.select(sa.func.count()).select_from(profiles).where(
-                profiles.c.workspace_id == b.workspace_id, profiles.c.merged_into.is_(None))).scalar()
-            existing = conn.execute(sa.select(sa.func.count()).select_from(profiles).where(
-                profiles.c.workspace_id == b.workspace_id, profiles.c.merged_into.is_(None),
-                profiles.c.origin == "existing")).scalar()
-            n_merges = conn.execute(sa.select(sa.func.count()).select_from(merges).where(
-                merges.c.workspace_id == b.workspace_id)).scalar()
+            live = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(profiles)
+                .where(profiles.c.workspace_id == b.workspace_id, profiles.c.merged_into.is_(None))
+            ).scalar()
+            existing = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(profiles)
+                .where(
+                    profiles.c.workspace_id == b.workspace_id,
+                    profiles.c.merged_into.is_(None),
+                    profiles.c.origin == "existing",
+                )
+            ).scalar()
+            n_merges = conn.execute(
+                sa.select(sa.func.count()).select_from(merges).where(merges.c.workspace_id == b.workspace_id)
+            ).scalar()
         n_events = gk.analytical.query("SELECT count(*) FROM events WHERE workspace_id = ?", [b.workspace_id])[0][0]
         console.print(f"\n[bold]{b.name}[/bold]  workspace {b.workspace_id}")
-        console.print(f"  profiles {live} (existing customers {existing}, new {live - existing}), merges {n_merges}, "
-                      f"events {n_events}")
+        console.print(
+            f"  profiles {live} (existing customers {existing}, new {live - existing}), merges {n_merges}, "
+            f"events {n_events}"
+        )
         console.print(f"  write key:   {b.write_key}")
         console.print(f"  admin token: {b.admin_token}")
     console.print(f"\nAPI: {r.url}   docs: {r.url}/docs   health: {r.url}/healthz")
     if r.brands:
-        console.print(f"Try: curl -H 'Authorization: Bearer {r.brands[0].admin_token}' "
-                      f"'{r.url}/api/v1/profiles/lookup?phone=<a phone from the CRM file>'")
+        console.print(
+            f"Try: curl -H 'Authorization: Bearer {r.brands[0].admin_token}' "
+            f"'{r.url}/api/v1/profiles/lookup?phone=<a phone from the CRM file>'"
+        )

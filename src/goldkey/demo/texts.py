@@ -144,9 +144,7 @@ def _records(
     ts = t_lo[fp] + (r.random(len(fp)) * span).astype(np.int64)
     ts = ts // MS_DAY * MS_DAY + hour_profile(r, len(fp))
     c = churn[fp]
-    probs = np.stack(
-        [0.15 + 0.45 * c, np.full(len(fp), 0.3), np.full(len(fp), 0.35), np.full(len(fp), 0.12)], axis=1
-    )
+    probs = np.stack([0.15 + 0.45 * c, np.full(len(fp), 0.3), np.full(len(fp), 0.35), np.full(len(fp), 0.12)], axis=1)
     cum = np.cumsum(probs, axis=1)
     kind = (cum < (r.random(len(fp)) * cum[:, -1])[:, None]).sum(axis=1)
     # repeat complaints: the same customer complains again about the same topic, still unanswered

@@ -121,7 +121,8 @@ class WorkspaceService:
                 self._cache[h] = cred
         if cred.kind != kind:
             raise Unauthorized(
-                "a write key can only send events; use an admin token" if kind == "admin"
+                "a write key can only send events; use an admin token"
+                if kind == "admin"
                 else "an admin token is not a write key"
             )
         return cred

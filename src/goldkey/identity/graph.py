@@ -227,8 +227,14 @@ class IdentityGraph:
                 self._attach(uow, workspace_id, target, t, v, at, source, rules)
         for t, v, reason in refused:
             uow.conflicts.append(
-                dict(workspace_id=workspace_id, profile_id=target, id_type=t, id_value=v,
-                     reason=f"not linked: {reason}", created_at=utcnow())
+                dict(
+                    workspace_id=workspace_id,
+                    profile_id=target,
+                    id_type=t,
+                    id_value=v,
+                    reason=f"not linked: {reason}",
+                    created_at=utcnow(),
+                )
             )
         return target
 
@@ -242,8 +248,17 @@ class IdentityGraph:
                 return t
         return None
 
-    def _attach(self, uow: UnitOfWork, workspace_id: str, target: str, id_type: str, value: str,
-                at: datetime, source: str, rules: IdentityRules) -> None:
+    def _attach(
+        self,
+        uow: UnitOfWork,
+        workspace_id: str,
+        target: str,
+        id_type: str,
+        value: str,
+        at: datetime,
+        source: str,
+        rules: IdentityRules,
+    ) -> None:
         held = self._held(uow, target, id_type)
         if value in held:
             return
@@ -261,8 +276,14 @@ class IdentityGraph:
             return
         held.add(value)
         uow.new_identities.append(
-            dict(workspace_id=workspace_id, id_type=id_type, id_value=value, profile_id=target,
-                 first_seen_at=at, source=source)
+            dict(
+                workspace_id=workspace_id,
+                id_type=id_type,
+                id_value=value,
+                profile_id=target,
+                first_seen_at=at,
+                source=source,
+            )
         )
         self._cache[(workspace_id, id_type, value)] = target
 
@@ -274,9 +295,7 @@ class IdentityGraph:
             if profile_id not in uow.new_profiles:
                 self.flush(uow)
                 rows = uow.conn.execute(
-                    sa.select(identities.c.id_type, identities.c.id_value).where(
-                        identities.c.profile_id == profile_id
-                    )
+                    sa.select(identities.c.id_type, identities.c.id_value).where(identities.c.profile_id == profile_id)
                 ).all()
                 for r in rows:
                     per.setdefault(r.id_type, set()).add(r.id_value)
@@ -378,7 +397,9 @@ class IdentityGraph:
         loser_ids = [
             (r.id_type, r.id_value)
             for r in conn.execute(
-                sa.select(identities.c.id_type, identities.c.id_value).where(identities.c.profile_id == loser.profile_id)
+                sa.select(identities.c.id_type, identities.c.id_value).where(
+                    identities.c.profile_id == loser.profile_id
+                )
             )
         ]
         subtree = [
@@ -417,14 +438,10 @@ class IdentityGraph:
             .values(merged_into=winner.profile_id, updated_at=now)
         )
         conn.execute(
-            profiles.update()
-            .where(profiles.c.canonical_id == loser.profile_id)
-            .values(canonical_id=winner.profile_id)
+            profiles.update().where(profiles.c.canonical_id == loser.profile_id).values(canonical_id=winner.profile_id)
         )
         conn.execute(
-            identities.update()
-            .where(identities.c.profile_id == loser.profile_id)
-            .values(profile_id=winner.profile_id)
+            identities.update().where(identities.c.profile_id == loser.profile_id).values(profile_id=winner.profile_id)
         )
         merge_id = new_id("mrg")
         conn.execute(
@@ -522,9 +539,7 @@ class IdentityGraph:
                 updated_at=now,
             )
         )
-        conn.execute(
-            profiles.update().where(profiles.c.profile_id.in_(subtree)).values(canonical_id=m.loser_id)
-        )
+        conn.execute(profiles.update().where(profiles.c.profile_id.in_(subtree)).values(canonical_id=m.loser_id))
         attrs = orjson.loads(winner.attributes)
         loser_attrs = orjson.loads(lb["attributes"])
         for k in detail["keys_from_loser"]:
@@ -535,6 +550,9 @@ class IdentityGraph:
             .where(profiles.c.profile_id == m.winner_id)
             .values(
                 attributes=_j(attrs),
+                traits=wb["traits"],
+                tags=wb["tags"],
+                scores=wb["scores"],
                 order_summary=wb["order_summary"],
                 origin=wb["origin"],
                 first_seen_at=datetime.fromisoformat(wb["first_seen_at"]),
@@ -568,8 +586,18 @@ class IdentityGraph:
             )
         )
         uow.map_ops.append(
-            ("unmerge", workspace_id, {"loser": m.loser_id, "winner": m.winner_id, "subtree": subtree,
-                                       "identities": moved_ids, "since": as_utc(m.created_at)}, None)
+            (
+                "unmerge",
+                workspace_id,
+                {
+                    "loser": m.loser_id,
+                    "winner": m.winner_id,
+                    "subtree": subtree,
+                    "identities": moved_ids,
+                    "since": as_utc(m.created_at),
+                },
+                None,
+            )
         )
         return {
             "merge_id": merge_id,
@@ -581,9 +609,7 @@ class IdentityGraph:
     def _subtree(self, conn: sa.Connection, root: str) -> list[str]:
         out, frontier = [root], [root]
         while frontier:
-            rows = conn.execute(
-                sa.select(profiles.c.profile_id).where(profiles.c.merged_into.in_(frontier))
-            ).all()
+            rows = conn.execute(sa.select(profiles.c.profile_id).where(profiles.c.merged_into.in_(frontier))).all()
             frontier = [r.profile_id for r in rows]
             out.extend(frontier)
         return out

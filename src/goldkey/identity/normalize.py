@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
-import phonenumbers
+from goldkey.collect.cleaning import normalise_phone
 
-_CN_MOBILE = re.compile(r"^(?:\+?86)?(1[3-9]\d{9})$")
-_SEPARATORS = re.compile(r"[\s\-().]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-@lru_cache(maxsize=200_000)
 def normalize_phone(raw: str, region: str = "CN") -> str | None:
     """Return ``raw`` as an E.164 phone number, or None when it is not a valid number."""
-    s = _SEPARATORS.sub("", raw.strip())
-    if region == "CN":
-        m = _CN_MOBILE.match(s)
-        if m:
-            return "+86" + m.group(1)
-    try:
-        num = phonenumbers.parse(s, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(num):
-        return None
-    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    # the same rules (and cache) as imports, so a number matches whichever path it arrived by
+    return normalise_phone(raw, region)
 
 
 def normalize_email(raw: str) -> str | None:

@@ -68,7 +68,8 @@ class IdentityRules(BaseModel):
         for k, n in v.items():
             if n < 1:
                 raise ValueError(f"limit for {k!r} must be at least 1")
-        return v
+        # types not named keep their default limit (a partial document never drops them to 1)
+        return {**DEFAULT_LIMITS, **v}
 
     def all_types(self) -> list[str]:
         """Return every identifier type in priority order (custom types not listed go last)."""

@@ -17,9 +17,9 @@ _loads = orjson.loads
 
 _P = profiles.c
 _PROFILE_SQL = sa.select(profiles).where(_P.profile_id == sa.bindparam("pid"), _P.workspace_id == sa.bindparam("ws"))
-_IDS_SQL = sa.select(identities.c.id_type, identities.c.id_value, identities.c.first_seen_at, identities.c.source).where(
-    identities.c.profile_id == sa.bindparam("pid")
-)
+_IDS_SQL = sa.select(
+    identities.c.id_type, identities.c.id_value, identities.c.first_seen_at, identities.c.source
+).where(identities.c.profile_id == sa.bindparam("pid"))
 _SUBTREE_SQL = sa.select(_P.profile_id).where(_P.canonical_id == sa.bindparam("pid"))
 
 
@@ -90,14 +90,25 @@ class ProfileService:
             .limit(20)
         ).all()
         merge_rows = conn.execute(
-            sa.select(merges.c.merge_id, merges.c.winner_id, merges.c.loser_id, merges.c.id_type, merges.c.id_value,
-                      merges.c.created_at, merges.c.undone_at)
+            sa.select(
+                merges.c.merge_id,
+                merges.c.winner_id,
+                merges.c.loser_id,
+                merges.c.id_type,
+                merges.c.id_value,
+                merges.c.created_at,
+                merges.c.undone_at,
+            )
             .where(merges.c.workspace_id == ws, sa.or_(merges.c.winner_id.in_(subtree), merges.c.loser_id.in_(subtree)))
             .order_by(merges.c.created_at)
         ).all()
         conflicts = conn.execute(
-            sa.select(identity_conflicts.c.id_type, identity_conflicts.c.id_value, identity_conflicts.c.reason,
-                      identity_conflicts.c.created_at)
+            sa.select(
+                identity_conflicts.c.id_type,
+                identity_conflicts.c.id_value,
+                identity_conflicts.c.reason,
+                identity_conflicts.c.created_at,
+            )
             .where(identity_conflicts.c.workspace_id == ws, identity_conflicts.c.profile_id == pid)
             .order_by(identity_conflicts.c.conflict_id.desc())
             .limit(20)
@@ -115,8 +126,13 @@ class ProfileService:
             "attributes": _loads(row.attributes),
             "identities": ids,
             "consents": [
-                {"channel": c.channel, "purpose": c.purpose, "status": c.status, "source": c.source,
-                 "updated_at": as_utc(c.updated_at)}
+                {
+                    "channel": c.channel,
+                    "purpose": c.purpose,
+                    "status": c.status,
+                    "source": c.source,
+                    "updated_at": as_utc(c.updated_at),
+                }
                 for c in latest.values()
             ],
             "traits": _loads(row.traits),
@@ -125,14 +141,27 @@ class ProfileService:
             "order_summary": _loads(row.order_summary),
             "events": _loads(row.recent_events)[:n_events],
             "feedback": [
-                {"feedback_id": f.feedback_id, "kind": f.kind, "channel": f.channel, "topic": f.topic,
-                 "text": f.text, "rating": f.rating, "status": f.status, "created_at": as_utc(f.created_at)}
+                {
+                    "feedback_id": f.feedback_id,
+                    "kind": f.kind,
+                    "channel": f.channel,
+                    "topic": f.topic,
+                    "text": f.text,
+                    "rating": f.rating,
+                    "status": f.status,
+                    "created_at": as_utc(f.created_at),
+                }
                 for f in fb
             ],
             "merges": [
-                {"merge_id": m.merge_id, "winner_id": m.winner_id, "loser_id": m.loser_id,
-                 "linked_by": {"type": m.id_type, "value": m.id_value},
-                 "created_at": as_utc(m.created_at), "undone_at": as_utc(m.undone_at)}
+                {
+                    "merge_id": m.merge_id,
+                    "winner_id": m.winner_id,
+                    "loser_id": m.loser_id,
+                    "linked_by": {"type": m.id_type, "value": m.id_value},
+                    "created_at": as_utc(m.created_at),
+                    "undone_at": as_utc(m.undone_at),
+                }
                 for m in merge_rows
             ],
             "identity_conflicts": [

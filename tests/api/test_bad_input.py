@@ -1,0 +1,567 @@
+"""The tracking API and the admin API refuse bad input with a clear 4xx naming the problem, never a 5xx.
+
+Runs in-process against a real Goldkey instance (real SQLite and DuckDB files, real writer thread)
+through the ``env`` fixture of ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Env
+
+EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+
+
+def _ok_event(etype: str = "track", **extra: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {"userId": "u1", "messageId": f"m-{uuid.uuid4()}"}
+    if etype == "track":
+        ev["event"] = "Clicked"
+    if etype == "group":
+        ev["groupId"] = "g1"
+    if etype == "alias":
+        ev["previousId"] = "anon-1"
+    ev.update(extra)
+    return ev
+
+
+def _raw_post(env: Env, path: str, content: bytes, headers: dict[str, str] | None = None) -> Any:
+    h = {"Content-Type": "application/json", **env.write_auth()}
+    if headers is not None:
+        h = {"Content-Type": "application/json", **headers}
+    return env.client.post(path, content=content, headers=h)
+
+
+def _assert_error(r: Any, status: int, field: str | None = None, *, mentions: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    if field is not None:
+        assert body.get("field") == field, body
+        assert field in body["error"], body
+    if mentions is not None:
+        assert mentions.lower() in body["error"].lower(), body
+    return body
+
+
+def _count_events(env: Env, workspace_id: str, message_id: str | None = None) -> int:
+    if message_id is None:
+        rows = env.gk.analytical.query("SELECT count(*) FROM events WHERE workspace_id = ?", [workspace_id])
+    else:
+        rows = env.gk.analytical.query(
+            "SELECT count(*) FROM events WHERE workspace_id = ? AND message_id = ?",
+            [workspace_id, message_id],
+        )
+    return int(rows[0][0])
+
+
+# -- malformed bodies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/identify", "/v1/batch"])
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"", b'{"userId": "u1",', b"\xff\xfe\x00garbage", b'{"a": 1} trailing', b"[1, 2"],
+)
+def test_malformed_json_is_400_naming_the_problem(env: Env, path: str, content: bytes) -> None:
+    body = _assert_error(_raw_post(env, path, content), 400, mentions="JSON")
+    assert body["field"] is None
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/page"])
+@pytest.mark.parametrize("content", [b"[]", b"42", b'"a string"', b"null", b"true"])
+def test_json_that_is_not_an_object_is_400(env: Env, path: str, content: bytes) -> None:
+    _assert_error(_raw_post(env, path, content), 400)
+
+
+@pytest.mark.parametrize("content", [b"[]", b"{}", b'{"batch": {}}', b'{"batch": "x"}', b'{"batch": null}'])
+def test_batch_without_a_list_is_400_field_batch(env: Env, content: bytes) -> None:
+    _assert_error(_raw_post(env, "/v1/batch", content), 400, "batch")
+
+
+# -- wrong types --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"properties": [1, 2, 3]}, "properties"),
+        ({"properties": "text"}, "properties"),
+        ({"traits": [1]}, "traits"),
+        ({"context": "ctx"}, "context"),
+        ({"context": {"traits": [1]}}, "context.traits"),
+        ({"userId": {"id": 1}}, "userId"),
+        ({"userId": [1]}, "userId"),
+        ({"userId": True}, "userId"),
+        ({"userId": "x" * 201}, "userId"),
+        ({"anonymousId": {"a": 1}}, "anonymousId"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+        ({"timestamp": "2024-13-45T99:00:00Z"}, "timestamp"),
+        ({"timestamp": 1700000000}, "timestamp"),
+        ({"sentAt": "not a date"}, "sentAt"),
+        ({"originalTimestamp": ["2024-01-01"]}, "originalTimestamp"),
+        ({"messageId": {"id": 1}}, "messageId"),
+        ({"messageId": True}, "messageId"),
+        ({"messageId": "m" * 201}, "messageId"),
+        ({"name": 12}, "name"),
+        ({"type": "identify"}, "type"),
+        ({"event": 5}, "event"),
+        ({"event": "   "}, "event"),
+        ({"event": "e" * 201}, "event"),
+    ],
+)
+def test_wrong_types_are_400_naming_the_field(env: Env, override: dict[str, Any], field: str) -> None:
+    r = env.post("/v1/track", _ok_event("track", **override))
+    _assert_error(r, 400, field)
+
+
+@pytest.mark.parametrize("etype", [t for t in EVENT_TYPES if t != "alias"])
+def test_missing_user_and_anonymous_id_is_400_field_userid(env: Env, etype: str) -> None:
+    ev = _ok_event(etype)
+    del ev["userId"]
+    _assert_error(env.post(f"/v1/{etype}", ev), 400, "userId")
+    _assert_error(env.post(f"/v1/{etype}", {**ev, "userId": "", "anonymousId": None}), 400, "userId")
+
+
+def test_track_without_event_is_400(env: Env) -> None:
+    _assert_error(env.post("/v1/track", {"userId": "u1"}), 400, "event")
+    _assert_error(env.post("/v1/track", {"userId": "u1", "event": ""}), 400, "event")
+
+
+def test_alias_without_previous_id_is_400(env: Env) -> None:
+    _assert_error(env.post("/v1/alias", {"userId": "u1"}), 400, "previousId")
+    _assert_error(env.post("/v1/alias", {"previousId": "a1"}), 400, "userId")
+
+
+def test_group_without_group_id_is_400(env: Env) -> None:
+    _assert_error(env.post("/v1/group", {"userId": "u1"}), 400, "groupId")
+
+
+def test_unknown_type_in_batch_is_rejected_naming_type(env: Env) -> None:
+    r = env.post("/v1/batch", {"batch": [{"type": "purchase", "userId": "u1"}, {"userId": "u1", "event": "x"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 0
+    assert [(x["record"], x["field"]) for x in body["rejected"]] == [(0, "type"), (1, "type")]
+
+
+def test_none_of_the_bad_requests_stored_anything(env: Env) -> None:
+    for ev in ({"userId": {"a": 1}, "event": "x"}, {"event": "x"}, {"userId": "u1", "timestamp": "no"}):
+        assert env.post("/v1/track", ev).status_code == 400
+    assert _count_events(env, env.ws.workspace_id) == 0
+
+
+# -- sizes --------------------------------------------------------------------------------------
+
+
+def test_oversized_single_event_is_413(env: Env) -> None:
+    ev = _ok_event("track", properties={"blob": "x" * (33 * 1024)})
+    body = _assert_error(env.post("/v1/track", ev), 413)
+    assert "32768" in body["error"] or "limit" in body["error"]
+    assert _count_events(env, env.ws.workspace_id) == 0
+
+
+def test_event_just_under_the_limit_is_accepted(env: Env) -> None:
+    ev = _ok_event("track", properties={"blob": "x" * (30 * 1024)})
+    r = env.post("/v1/track", ev)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1
+
+
+def test_oversized_event_inside_a_batch_is_rejected_not_the_batch(env: Env) -> None:
+    big = _ok_event("track", type="track", properties={"blob": "y" * (40 * 1024)})
+    small = _ok_event("track", type="track")
+    r = env.post("/v1/batch", {"batch": [small, big]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 1
+    assert len(body["rejected"]) == 1 and body["rejected"][0]["record"] == 1
+    assert _count_events(env, env.ws.workspace_id) == 1
+
+
+def test_batch_over_500_kb_is_413(env: Env) -> None:
+    events = [_ok_event("track", type="track", properties={"blob": "z" * 10_000}) for _ in range(60)]
+    body = _assert_error(env.post("/v1/batch", {"batch": events}), 413)
+    assert "limit" in body["error"]
+    assert _count_events(env, env.ws.workspace_id) == 0
+
+
+# -- authentication and workspace isolation ----------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+def test_no_auth_is_401(env: Env, path: str) -> None:
+    body = {"batch": [_ok_event("track", type="track")]} if path == "/v1/batch" else _ok_event("track")
+    r = env.client.post(path, json=body)
+    _assert_error(r, 401)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic " + base64.b64encode(b"gkw_doesnotexist:").decode(),
+        "Basic " + base64.b64encode(b":").decode(),
+        "Basic !!!not-base64!!!",
+        "Bearer gkw_doesnotexist",
+        "Digest abc",
+        "Basic",
+    ],
+)
+def test_unknown_or_malformed_write_key_is_401(env: Env, header: str) -> None:
+    r = env.client.post("/v1/track", json=_ok_event("track"), headers={"Authorization": header})
+    _assert_error(r, 401)
+    assert _count_events(env, env.ws.workspace_id) == 0
+
+
+def test_unknown_write_key_in_body_is_401(env: Env) -> None:
+    r = env.client.post("/v1/batch", json={"writeKey": "gkw_nope", "batch": [_ok_event("track", type="track")]})
+    _assert_error(r, 401)
+
+
+def test_write_key_in_body_is_accepted_like_segment(env: Env) -> None:
+    r = env.client.post("/v1/batch", json={"writeKey": env.ws.write_key, "batch": [_ok_event("track", type="track")]})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1
+
+
+def test_admin_token_used_as_write_key_is_401(env: Env) -> None:
+    r = env.post("/v1/track", _ok_event("track"), key=env.ws.admin_token)
+    _assert_error(r, 401)
+    r = env.client.post("/v1/track", json=_ok_event("track"), headers=env.admin_auth())
+    _assert_error(r, 401)
+    assert _count_events(env, env.ws.workspace_id) == 0
+
+
+@pytest.mark.parametrize("path", ["/api/v1/profiles/lookup?user_id=u1", "/api/v1/quarantine", "/api/v1/imports"])
+def test_write_key_used_on_admin_api_is_401(env: Env, path: str) -> None:
+    _assert_error(env.client.get(path, headers=env.admin_auth(env.ws.write_key)), 401)
+    _assert_error(env.client.get(path, headers=env.write_auth()), 401)
+    _assert_error(env.client.get(path), 401)
+    _assert_error(env.client.get(path, headers=env.admin_auth("gka_unknown")), 401)
+
+
+def test_workspaces_are_isolated(env: Env) -> None:
+    b = env.gk.workspaces.create("B")
+    a_ws = env.ws.workspace_id
+    r = env.post("/v1/identify", {"userId": "only-in-a", "traits": {"email": "a@example.com"}})
+    assert r.status_code == 200, r.text
+    r = env.post("/v1/track", {"userId": "only-in-b", "event": "x"}, key=b.write_key)
+    assert r.status_code == 200, r.text
+
+    # A's write key never makes events land in B: the event is in A, not in B
+    assert _count_events(env, a_ws) == 1
+    assert _count_events(env, b.workspace_id) == 1
+    rows = env.gk.analytical.query("SELECT workspace_id, user_id FROM events ORDER BY user_id")
+    assert rows == [(a_ws, "only-in-a"), (b.workspace_id, "only-in-b")]
+
+    # A writeKey in the body cannot redirect the event to another workspace than the header's key
+    r = env.client.post(
+        "/v1/batch",
+        json={"writeKey": b.write_key, "batch": [{"type": "track", "userId": "sneaky", "event": "x"}]},
+        headers=env.write_auth(),
+    )
+    assert r.status_code == 200, r.text
+    assert env.gk.analytical.query("SELECT workspace_id FROM events WHERE user_id = 'sneaky'") == [(a_ws,)]
+
+    # B's admin token cannot read A's profiles, and vice versa
+    r = env.client.get("/api/v1/profiles/lookup?user_id=only-in-a", headers=env.admin_auth(b.admin_token))
+    _assert_error(r, 404)
+    r = env.client.get("/api/v1/profiles/lookup?email=a@example.com", headers=env.admin_auth(b.admin_token))
+    _assert_error(r, 404)
+    own = env.client.get("/api/v1/profiles/lookup?user_id=only-in-a", headers=env.admin_auth())
+    assert own.status_code == 200, own.text
+    pid = own.json()["profile_id"]
+    _assert_error(env.client.get(f"/api/v1/profiles/{pid}", headers=env.admin_auth(b.admin_token)), 404)
+    _assert_error(env.client.get("/api/v1/profiles/lookup?user_id=only-in-b", headers=env.admin_auth()), 404)
+    assert (
+        env.client.get("/api/v1/profiles/lookup?user_id=only-in-b", headers=env.admin_auth(b.admin_token)).status_code
+        == 200
+    )
+
+
+# -- partial batches and the quarantine ---------------------------------------------------------
+
+
+def test_batch_with_invalid_events_accepts_the_rest_and_quarantines_them(env: Env) -> None:
+    good = [_ok_event("track", type="track", userId=f"good-{i}") for i in range(3)]
+    bad_props = {
+        "type": "track",
+        "userId": "bad-1",
+        "event": "x",
+        "properties": [1, 2],
+        "messageId": "bad-props",
+    }
+    no_user = {"type": "track", "event": "x", "messageId": "bad-nouser"}
+    bad_ts = {"type": "page", "userId": "bad-3", "timestamp": "soon", "messageId": "bad-ts"}
+    not_obj = "just a string"
+    batch = [good[0], bad_props, good[1], no_user, bad_ts, not_obj, good[2]]
+    r = env.post("/v1/batch", {"batch": batch})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["success"] is True
+    assert body["accepted"] == 3
+    assert body["duplicates"] == 0
+    got = sorted((x["record"], x["field"]) for x in body["rejected"])
+    assert got == [(1, "properties"), (3, "userId"), (4, "timestamp"), (5, None)]
+    assert all(x["error"] for x in body["rejected"])
+    assert _count_events(env, env.ws.workspace_id) == 3
+    stored = {m for (m,) in env.gk.analytical.query("SELECT message_id FROM events")}
+    assert stored == {e["messageId"] for e in good}
+
+    q = env.client.get("/api/v1/quarantine", headers=env.admin_auth())
+    assert q.status_code == 200, q.text
+    rows = [x for x in q.json() if x["source"] == "tracking"]
+    assert len(rows) == 4
+    by_record = {x["record"]: x for x in rows}
+    assert set(by_record) == {"1", "3", "4", "5"}
+    assert by_record["1"]["field"] == "properties" and by_record["1"]["raw"] == bad_props
+    assert by_record["3"]["field"] == "userId" and by_record["3"]["raw"] == no_user
+    assert by_record["4"]["field"] == "timestamp" and by_record["4"]["raw"] == bad_ts
+    assert by_record["5"]["raw"] == not_obj
+    assert all(x["reason"] for x in rows)
+
+    # another workspace's admin token sees none of it
+    b = env.gk.workspaces.create("B")
+    qb = env.client.get("/api/v1/quarantine", headers=env.admin_auth(b.admin_token))
+    assert qb.status_code == 200 and qb.json() == []
+
+
+def test_batch_of_only_invalid_events_is_200_with_all_rejected(env: Env) -> None:
+    r = env.post("/v1/batch", {"batch": [{"type": "track"}, 5, None]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 0
+    assert [x["record"] for x in body["rejected"]] == [0, 1, 2]
+
+
+def test_empty_batch_is_ok(env: Env) -> None:
+    r = env.post("/v1/batch", {"batch": []})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"success": True, "accepted": 0, "duplicates": 0, "rejected": []}
+
+
+# -- messageId de-duplication ------------------------------------------------------------------
+
+
+def test_same_message_id_twice_is_stored_once(env: Env) -> None:
+    ev = _ok_event("track")
+    r1 = env.post("/v1/track", ev)
+    assert r1.status_code == 200 and r1.json()["accepted"] == 1 and r1.json()["duplicates"] == 0
+    r2 = env.post("/v1/track", ev)
+    assert r2.status_code == 200, r2.text
+    assert r2.json()["accepted"] == 0 and r2.json()["duplicates"] == 1
+    # also as part of a batch, and twice inside the same batch
+    r3 = env.post("/v1/batch", {"batch": [{**ev, "type": "track"}, {**ev, "type": "track"}]})
+    assert r3.json()["accepted"] == 0 and r3.json()["duplicates"] == 2
+    fresh = _ok_event("track", type="track")
+    r4 = env.post("/v1/batch", {"batch": [fresh, fresh]})
+    assert r4.json()["accepted"] == 1 and r4.json()["duplicates"] == 1
+    assert _count_events(env, env.ws.workspace_id, ev["messageId"]) == 1
+    assert _count_events(env, env.ws.workspace_id, fresh["messageId"]) == 1
+
+
+def test_same_message_id_in_two_workspaces_is_not_a_duplicate(env: Env) -> None:
+    b = env.gk.workspaces.create("B")
+    ev = _ok_event("track")
+    assert env.post("/v1/track", ev).json()["accepted"] == 1
+    assert env.post("/v1/track", ev, key=b.write_key).json()["accepted"] == 1
+    assert _count_events(env, env.ws.workspace_id, ev["messageId"]) == 1
+    assert _count_events(env, b.workspace_id, ev["messageId"]) == 1
+
+
+# -- timestamps --------------------------------------------------------------------------------
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def test_clock_skew_is_corrected_with_sent_at(env: Env) -> None:
+    # The client's clock is wrong: it says the event happened at T and was sent at T+1h, while the
+    # server receives it now. The event happened 1h before it was sent: store now - 1h.
+    client_t = datetime(2020, 1, 1, 12, 0, tzinfo=UTC)
+    ev = _ok_event("track", userId="skewed", timestamp=_iso(client_t), sentAt=_iso(client_t + timedelta(hours=1)))
+    before = datetime.now(UTC)
+    r = env.post("/v1/track", ev)
+    after = datetime.now(UTC)
+    assert r.status_code == 200, r.text
+
+    rows = env.gk.analytical.query(
+        "SELECT epoch_us(timestamp), epoch_us(original_timestamp), epoch_us(sent_at), epoch_us(received_at) "
+        "FROM events WHERE message_id = ?",
+        [ev["messageId"]],
+    )
+    assert len(rows) == 1
+    ts_us, orig_us, sent_us, recv_us = rows[0]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    ts = epoch + timedelta(microseconds=ts_us)
+    received = epoch + timedelta(microseconds=recv_us)
+    assert before - timedelta(seconds=1) <= received <= after + timedelta(seconds=1)
+    assert ts == received - timedelta(hours=1)
+    assert abs(ts - (datetime.now(UTC) - timedelta(hours=1))) < timedelta(minutes=1)
+    assert epoch + timedelta(microseconds=orig_us) == client_t
+    assert epoch + timedelta(microseconds=sent_us) == client_t + timedelta(hours=1)
+
+    # the profile's recent events show the corrected time too
+    p = env.client.get("/api/v1/profiles/lookup?user_id=skewed", headers=env.admin_auth())
+    assert p.status_code == 200, p.text
+    recent = [e for e in p.json()["events"] if e["message_id"] == ev["messageId"]]
+    assert len(recent) == 1
+    assert abs(datetime.fromisoformat(recent[0]["ts"]) - ts) < timedelta(milliseconds=1)
+
+
+def test_batch_level_sent_at_corrects_every_event(env: Env) -> None:
+    client_now = datetime(2021, 6, 1, 8, 0, tzinfo=UTC)
+    evs = [
+        _ok_event("track", type="track", userId="b-skew", timestamp=_iso(client_now - timedelta(minutes=m)))
+        for m in (5, 10)
+    ]
+    r = env.post("/v1/batch", {"batch": evs, "sentAt": _iso(client_now)})
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    rows = env.gk.analytical.query(
+        "SELECT message_id, epoch_us(received_at) - epoch_us(timestamp) FROM events WHERE user_id = 'b-skew'"
+    )
+    lag = {m: d for m, d in rows}
+    assert lag[evs[0]["messageId"]] == 5 * 60 * 1_000_000
+    assert lag[evs[1]["messageId"]] == 10 * 60 * 1_000_000
+
+
+def test_timestamp_without_sent_at_is_kept(env: Env) -> None:
+    t = datetime(2022, 3, 4, 5, 6, 7, 123000, tzinfo=UTC)
+    ev = _ok_event("track", userId="no-sent", timestamp=_iso(t))
+    assert env.post("/v1/track", ev).status_code == 200
+    (ts_us,) = env.gk.analytical.query(
+        "SELECT epoch_us(timestamp) FROM events WHERE message_id = ?", [ev["messageId"]]
+    )[0]
+    assert datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ts_us) == t
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "sent_at"),
+    [
+        ("0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00"),
+        ("9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+00:00"),
+        ("9999-12-31T23:59:59-23:59", None),
+        ("0001-01-01T00:00:00+23:59", None),
+        ("0001-01-01T00:00:00", None),
+        ("9999-12-31T23:59:59.999999", None),
+    ],
+)
+def test_extreme_timestamps_never_500_nor_poison_other_events(env: Env, timestamp: str, sent_at: str | None) -> None:
+    ev = _ok_event("track", userId="extreme", timestamp=timestamp)
+    if sent_at is not None:
+        ev["sentAt"] = sent_at
+    r = env.post("/v1/track", ev)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["field"] in ("timestamp", "sentAt"), r.text
+    # the same event inside a batch, next to a good event: the good one is always stored
+    good = _ok_event("track", type="track", userId="bystander")
+    r = env.post("/v1/batch", {"batch": [{**ev, "type": "track", "messageId": f"x-{uuid.uuid4()}"}, good]})
+    assert r.status_code == 200, r.text
+    assert _count_events(env, env.ws.workspace_id, good["messageId"]) == 1
+    # the writer is still healthy
+    h = env.client.get("/healthz")
+    assert h.status_code == 200, h.text
+    assert h.json()["last_error"] is None, h.json()
+
+
+# -- never a 500 -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"userId": "u1", "event": "x", "properties": {"n": 18446744073709551616}}',
+        b'{"userId": "u1", "event": "x", "properties": {"n": NaN}}',
+        b'{"userId": 1e400, "event": "x"}',
+        b'{"userId": "u1", "event": "x", "context": {"device": {"id": {"nested": true}}}}',
+        b'{"userId": "u1", "event": "x", "context": {"device": {"id": [1, 2]}}}',
+        b'{"userId": "u1", "event": "x", "traits": {"email": {"a": 1}, "phone": [1]}}',
+        b'{"userId": "u1", "event": "x", "traits": {"email": 12345, "phone": true}}',
+        b'{"userId": "u1", "event": "x", "context": {"traits": {"email": ["x@y.z"]}}}',
+        b'{"userId": "\\u0000", "event": "\\u0000"}',
+        b'{"userId": "\\ud800", "event": "x"}',
+        b'{"userId": 0, "event": "x"}',
+        b'{"userId": -1.5, "event": "x"}',
+        '{"userId": "用户", "event": "购买", "properties": {"金额": 1}}'.encode(),
+    ],
+)
+def test_odd_but_parseable_values_never_500(env: Env, content: bytes) -> None:
+    r = _raw_post(env, "/v1/track", content)
+    assert r.status_code in (200, 400), (r.status_code, r.text)
+    r = _raw_post(env, "/v1/batch", b'{"batch": [' + content.replace(b"{", b'{"type": "track", ', 1) + b"]}")
+    assert r.status_code in (200, 400), (r.status_code, r.text)
+    h = env.client.get("/healthz")
+    assert h.json()["last_error"] is None, h.json()
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "user_id=a&email=b", "nope=1", "phone=abc", "email=", "user_id=" + "x" * 5000, "user_id=%00"],
+)
+def test_bad_lookups_are_4xx(env: Env, query: str) -> None:
+    r = env.client.get(f"/api/v1/profiles/lookup?{query}", headers=env.admin_auth())
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert r.json().get("error")
+
+
+def test_quarantine_query_validation_is_4xx(env: Env) -> None:
+    for q in ("limit=0", "limit=100000", "offset=-1", "limit=abc"):
+        r = env.client.get(f"/api/v1/quarantine?{q}", headers=env.admin_auth())
+        assert 400 <= r.status_code < 500, (q, r.status_code, r.text)
+
+
+# -- compressed bodies (RudderStack's SDK gzips by default, Segment's optionally) ---------------
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
+def test_gzip_body_is_accepted(env: Env) -> None:
+    ev = _ok_event("track", type="track")
+    r = _raw_post(
+        env, "/v1/batch", _gz(orjson.dumps({"batch": [ev]})), {**env.write_auth(), "Content-Encoding": "gzip"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1
+    single = _ok_event("track")
+    r = _raw_post(env, "/v1/track", _gz(orjson.dumps(single)), {**env.write_auth(), "Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert _count_events(env, env.ws.workspace_id) == 2
+
+
+def test_gzip_bomb_is_413_by_decompressed_size(env: Env) -> None:
+    # 10 MB of JSON compresses to ~10 KB: the limits apply to the decompressed body
+    bomb = _gz(b'{"batch": [' + b" " * 10_000_000 + b"]}")
+    assert len(bomb) < 500 * 1024
+    headers = {**env.write_auth(), "Content-Encoding": "gzip"}
+    _assert_error(_raw_post(env, "/v1/batch", bomb, headers), 413)
+    small_bomb = _gz(b'{"userId": "u1", "event": "x", "p": "' + b"a" * 40_000 + b'"}')
+    assert len(small_bomb) < 32 * 1024
+    _assert_error(_raw_post(env, "/v1/track", small_bomb, headers), 413)
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding"),
+    [(b"not gzip at all", "gzip"), (b"\x1f\x8b\x08\x00garbage", "gzip"), (b'{"batch": []}', "br")],
+)
+def test_bad_or_unknown_content_encoding_is_400(env: Env, content: bytes, encoding: str) -> None:
+    r = _raw_post(env, "/v1/batch", content, {**env.write_auth(), "Content-Encoding": encoding})
+    _assert_error(r, 400)
+
+
+def test_truncated_gzip_is_400(env: Env) -> None:
+    whole = _gz(b'{"batch": [{"type": "track", "userId": "u1", "event": "x"}]}')
+    r = _raw_post(env, "/v1/batch", whole[: len(whole) // 2], {**env.write_auth(), "Content-Encoding": "gzip"})
+    _assert_error(r, 400)
+    assert _count_events(env, env.ws.workspace_id) == 0
