@@ -30,7 +30,7 @@ from goldkey.core.errors import Overloaded
 from goldkey.identity.graph import IdentityGraph, UnitOfWork, _merge_recent
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.ops.metrics import METRICS
-from goldkey.store.analytical import EVENT_SCHEMA, AnalyticalStore
+from goldkey.store.analytical import RAW_EVENT_SCHEMA, AnalyticalStore
 from goldkey.store.operational import profiles
 
 log = logging.getLogger(__name__)
@@ -290,17 +290,48 @@ class Writer:
         map_ops: list[tuple[str, str, Any, Any]] = []
         with self.engine.begin() as conn:
             uow = UnitOfWork(conn)
-            normalised = [graph.normalised(ws, self._identifiers(ws, ev)) for ws, _, ev in keep]
+            # Events of one batch mostly repeat a few users' identifiers (an SDK batch is one
+            # device's queue): normalise and resolve each distinct identifier set once.
+            norm_memo: dict[Any, list[tuple[str, str]]] = {}
+            normalised = []
+            custom_of = {ws: graph.custom_identifiers(ws) for ws in {w for w, _, _ in keep}}
+            for ws, _, ev in keep:
+                custom = custom_of[ws]
+                raw = ev.identifiers
+                if custom and ev.traits:
+                    raw = raw + [(name, ev.traits[t]) for name, t in custom if ev.traits.get(t) is not None]
+                try:
+                    mkey: Any = (ws, *raw)
+                    ids = norm_memo.get(mkey)
+                except TypeError:  # an unhashable trait value: not memoised
+                    mkey, ids = None, None
+                if ids is None:
+                    ids = graph.normalised(ws, raw)
+                    if mkey is not None:
+                        norm_memo[mkey] = ids
+                normalised.append(ids)
             graph.prefetch(conn, {(ws, t, v) for (ws, _, _), ids in zip(keep, normalised, strict=True) for t, v in ids})
+            pid_memo: dict[Any, str] = {}
+            merges_seen = 0
             for (ws, source, ev), ids in zip(keep, normalised, strict=True):
-                at = micros_to_datetime(ev.timestamp)
                 if ev.type == "alias" and ev.previous_id:
                     ids = self._alias_ids(conn, ws, ev, ids)
-                pid = graph.resolve(uow, ws, ids, at, source, _first_seen_context(ev))
+                    pid = graph.resolve(uow, ws, ids, micros_to_datetime(ev.timestamp), source, _first_seen_context(ev))
+                else:
+                    rkey = (ws, *ids)
+                    pid = pid_memo.get(rkey)  # type: ignore[assignment]
+                    if pid is None:
+                        pid = graph.resolve(
+                            uow, ws, ids, micros_to_datetime(ev.timestamp), source, _first_seen_context(ev)
+                        )
+                        pid_memo[rkey] = pid
+                if len(uow.merged) != merges_seen:  # a merge moved profiles: forget resolved sets
+                    merges_seen = len(uow.merged)
+                    pid_memo.clear()
                 profile_ids.append(pid)
                 d = uow.delta(pid)
-                if d.last_seen is None or at > d.last_seen:
-                    d.last_seen = at
+                if d.last_seen is None or ev.timestamp > d.last_seen:
+                    d.last_seen = ev.timestamp
                 if ev.type == "identify" and ev.traits:
                     d.attributes.update(ev.traits)
                     for key in ("phone", "email"):
@@ -310,7 +341,7 @@ class Writer:
                                 d.attributes[key] = norm
                 elif ev.type == "group" and ev.group_id:
                     d.attributes.setdefault("groups", {})[ev.group_id] = ev.traits or True
-                d.recent.append(_compact(ev, at))
+                d.recent.append(ev)
             # merges late in the batch may have moved earlier events' profiles
             if uow.merged:
                 canon = _follow(uow.merged)
@@ -321,13 +352,6 @@ class Writer:
         self._append_events(keep, profile_ids, map_ops)
         self.dedupe.add_many(now_micros(), batch_keys)
         return results
-
-    def _identifiers(self, ws: str, ev: TrackedEvent) -> list[tuple[str, Any]]:
-        """The event's identifiers, plus the workspace's custom identifier types found in its traits."""
-        custom = self.graph.custom_identifiers(ws)
-        if not custom or not ev.traits:
-            return ev.identifiers
-        return ev.identifiers + [(name, ev.traits[trait]) for name, trait in custom if ev.traits.get(trait) is not None]
 
     def _alias_ids(
         self, conn: sa.Connection, ws: str, ev: TrackedEvent, ids: list[tuple[str, str]]
@@ -352,9 +376,12 @@ class Writer:
             ):
                 current[r.profile_id] = (r.attributes, r.recent_events)
         rows = []
+        keep = self.recent_keep
         for pid, d in uow.deltas.items():
             attrs_raw, recent_raw = current[pid]
-            recent = _merge_recent(orjson.loads(recent_raw), d.recent, self.recent_keep)
+            newest = d.recent if len(d.recent) <= keep else sorted(d.recent, key=_ts, reverse=True)[:keep]
+            fresh = [_compact(ev, micros_to_datetime(ev.timestamp)) for ev in newest]
+            recent = _merge_recent(orjson.loads(recent_raw), fresh, keep)
             attrs = orjson.loads(attrs_raw)
             if d.attributes:
                 attrs.update(d.attributes)
@@ -363,7 +390,7 @@ class Writer:
                     "pid": pid,
                     "attrs": orjson.dumps(attrs).decode() if d.attributes else attrs_raw,
                     "recent": orjson.dumps(recent).decode(),
-                    "ls": d.last_seen,
+                    "ls": micros_to_datetime(d.last_seen) if d.last_seen is not None else None,
                 }
             )
         stmt = (
@@ -388,38 +415,29 @@ class Writer:
     ) -> None:
         dumps = orjson.dumps
         evs = [e for _, _, e in keep]
-        cols = {
-            "workspace_id": [w for w, _, _ in keep],
-            "message_id": [e.message_id for e in evs],
-            "type": [e.type for e in evs],
-            "event": [e.event for e in evs],
-            "name": [e.name for e in evs],
-            "profile_id": profile_ids,
-            "user_id": [e.user_id for e in evs],
-            "anonymous_id": [e.anonymous_id for e in evs],
-            "group_id": [e.group_id for e in evs],
-            "previous_id": [e.previous_id for e in evs],
-            "timestamp": [e.timestamp for e in evs],
-            "original_timestamp": [e.original_timestamp for e in evs],
-            "sent_at": [e.sent_at for e in evs],
-            "received_at": [e.received_at for e in evs],
-            "properties": [dumps(e.properties, default=str).decode() for e in evs],
-            "traits": [dumps(e.traits, default=str).decode() if e.traits else None for e in evs],
-            "context": [dumps(e.context, default=str).decode() for e in evs],
-            "source": [s for _, s, _ in keep],
-        }
-        arrays = []
-        for name, typ in zip(EVENT_SCHEMA.names, EVENT_SCHEMA.types, strict=True):
-            if typ == _US_TS:
-                arrays.append(pa.array(cols[name], pa.int64()).cast(_US_TS))
-            else:
-                arrays.append(pa.array(cols[name], typ))
-        table = pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+        ts = pa.int64()
+        table = pa.Table.from_arrays(
+            [
+                pa.array([w for w, _, _ in keep], pa.string()),
+                pa.array([e.message_id for e in evs], pa.string()),
+                pa.array([e.type for e in evs], pa.string()),
+                pa.array(profile_ids, pa.string()),
+                pa.array([e.user_id for e in evs], pa.string()),
+                pa.array([e.anonymous_id for e in evs], pa.string()),
+                pa.array([e.timestamp for e in evs], ts).cast(_US_TS),
+                pa.array([e.original_timestamp for e in evs], ts).cast(_US_TS),
+                pa.array([e.sent_at for e in evs], ts).cast(_US_TS),
+                pa.array([e.received_at for e in evs], ts).cast(_US_TS),
+                pa.array([s for _, s, _ in keep], pa.string()),
+                pa.array([dumps(e.body, default=str) for e in evs], pa.binary()).cast(pa.string()),
+            ],
+            schema=RAW_EVENT_SCHEMA,
+        )
         with self.analytical.write_lock:
             con = self.analytical.cursor()
             try:
                 con.execute("BEGIN TRANSACTION")
-                self.analytical.append("events", table, con)
+                self.analytical.append_raw_events(table, con)
                 apply_map_ops(con, map_ops)
                 con.execute("COMMIT")
             except BaseException:
@@ -466,6 +484,10 @@ def _follow(merged: list[tuple[str, str]]) -> dict[str, str]:
             q = parent[q]
         out[p] = q
     return out
+
+
+def _ts(ev: TrackedEvent) -> int:
+    return ev.timestamp
 
 
 def _compact(ev: TrackedEvent, at: Any) -> dict[str, Any]:

@@ -33,9 +33,9 @@ _MISSING = ""
 class ProfileDelta:
     """Changes to one profile gathered during a unit of work, written once at the end."""
 
-    last_seen: datetime | None = None
+    last_seen: int | None = None  # epoch microseconds
     attributes: dict[str, Any] = field(default_factory=dict)
-    recent: list[dict[str, Any]] = field(default_factory=list)
+    recent: list[Any] = field(default_factory=list)  # TrackedEvents, compacted when written
 
 
 @dataclass
