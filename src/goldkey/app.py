@@ -13,7 +13,9 @@ from fastapi.responses import Response
 
 from goldkey import __version__
 from goldkey.api import imports, ops, profiles, tracking, workspace
-from goldkey.core.errors import GoldkeyError, InvalidInput
+from goldkey.api.errors import error_parts
+from goldkey.core.errors import GoldkeyError
+from goldkey.ops.tuning import tune_gc
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
 
@@ -30,6 +32,7 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = gk is None
         app.state.gk = gk or Goldkey.open(settings or Settings())
+        tune_gc()
         try:
             yield
         finally:
@@ -48,15 +51,8 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
 
     @app.exception_handler(GoldkeyError)
     async def goldkey_error(_: Request, exc: GoldkeyError) -> Response:
-        body: dict[str, object] = {"error": str(exc)}
-        if isinstance(exc, InvalidInput):
-            body = {"error": str(exc), "field": exc.field, "record": exc.record}
-        # Segment's and RudderStack's SDKs read `code` and `message` from error answers
-        body["code"] = type(exc).__name__
-        body["message"] = str(exc)
-        retry = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry)} if retry is not None else None
-        return _error(exc.status_code, body, headers)
+        status, body, headers = error_parts(exc)
+        return Response(body, status_code=status, media_type="application/json", headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -74,6 +70,7 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
 
     for module in (tracking, profiles, imports, workspace, ops):
         app.include_router(module.router)
+    app.add_middleware(tracking.TrackingFastPath)
     _document_write_key(app)
     return app
 

@@ -21,9 +21,9 @@ def get_gk(request: Request) -> Goldkey:
 GK = Annotated[Goldkey, Depends(get_gk)]
 
 
-def write_key_from(request: Request) -> str | None:
-    """Return the write key from HTTP Basic (the key as user name, as Segment's SDKs send it)."""
-    auth = request.headers.get("authorization")
+def write_key_from_header(auth: str | None) -> str | None:
+    """Return the write key from an Authorization header: HTTP Basic with the key as user name
+    (as Segment's SDKs send it) or Bearer. Raises Unauthorized for a malformed header."""
     if not auth:
         return None
     scheme, _, value = auth.partition(" ")

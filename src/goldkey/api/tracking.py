@@ -15,8 +15,9 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from goldkey.api.errors import error_parts
 from goldkey.api.schemas import ErrorBody, TrackingAck, TrackingBatch, TrackingEvent
-from goldkey.collect.tracking import EVENT_TYPES, TrackedEvent, normalise_event, now_micros
+from goldkey.collect.tracking import EVENT_TYPES, TrackedEvent, _parse_ts, normalise_event, now_micros
 from goldkey.core.clock import utcnow
 from goldkey.core.errors import GoldkeyError, InvalidInput, StoreUnavailable, TooLarge, Unauthorized
 from goldkey.ops.metrics import METRICS
@@ -49,12 +50,12 @@ def _body_doc(model: type) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _decoded(request: Request, body: bytes, limit: int, what: str) -> bytes:
+def _decoded(encoding: str | None, body: bytes, limit: int, what: str) -> bytes:
     """Undo ``Content-Encoding: gzip`` (RudderStack's SDK gzips by default, Segment's optionally).
 
     The size limit applies to the decompressed body, which is never inflated beyond it.
     """
-    enc = request.headers.get("content-encoding", "").strip().lower()
+    enc = (encoding or "").strip().lower()
     if enc in ("", "identity"):
         return body
     if enc not in ("gzip", "x-gzip", "deflate"):
@@ -78,10 +79,10 @@ def _parse(body: bytes) -> Any:
         raise InvalidInput(f"body is not valid JSON: {exc}") from None
 
 
-def _workspace(gk: Goldkey, request: Request, data: Any) -> str:
-    from goldkey.api.deps import write_key_from
+def _workspace(gk: Goldkey, authorization: str | None, data: Any) -> str:
+    from goldkey.api.deps import write_key_from_header
 
-    key = write_key_from(request)
+    key = write_key_from_header(authorization)
     body_key = data.get("writeKey") if isinstance(data, dict) else None
     if key is None and isinstance(body_key, str):
         key = body_key
@@ -98,9 +99,9 @@ async def _ingest(
         await run_in_threadpool(_quarantine, gk, ws, rejected, raw)
     accepted = duplicates = 0
     if events:
-        fut = gk.writer.submit_events(ws, events)
+        fut = gk.writer.submit_events_async(ws, events, asyncio.get_running_loop())
         try:
-            res = await asyncio.wrap_future(fut)
+            res = await fut
         except GoldkeyError:
             raise
         except Exception as exc:  # a store failed: nothing of this request was acknowledged
@@ -138,33 +139,38 @@ def _quarantine(gk: Goldkey, ws: str, rejected: list[InvalidInput], raw: list[An
         )
 
 
-@router.post("/v1/batch", response_model=TrackingAck, responses=_ERRORS, openapi_extra=_body_doc(TrackingBatch))
-async def batch(request: Request) -> Response:
-    """Accept a batch of events (at most 500 KB; each event at most 32 KB)."""
-    gk: Goldkey = request.app.state.gk
-    body = await request.body()
+async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None, encoding: str | None) -> bytes:
+    """Handle one tracking request (``kind``: "batch" or an event type); return the JSON ack.
+
+    Raises GoldkeyError subclasses (answered as 4xx/503 with a body naming the problem).
+    """
+    limit = gk.settings.max_batch_bytes if kind == "batch" else gk.settings.max_event_bytes
+    what = "batch" if kind == "batch" else "event"
     received = now_micros()
-    METRICS.events_received.inc(0)
-    if len(body) > gk.settings.max_batch_bytes:
-        raise TooLarge(f"batch is {len(body)} bytes; the limit is {gk.settings.max_batch_bytes}")
-    body = _decoded(request, body, gk.settings.max_batch_bytes, "batch")
+    if len(body) > limit:
+        raise TooLarge(f"{what} is {len(body)} bytes; the limit is {limit}")
+    body = _decoded(encoding, body, limit, what)
     data = _parse(body)
-    ws = _workspace(gk, request, data)
+    ws = _workspace(gk, authorization, data)
+    if kind != "batch":
+        METRICS.events_received.inc()
+        try:
+            ev = normalise_event(data, received_at=received, forced_type=kind, size=len(body))
+        except InvalidInput:
+            METRICS.events_rejected.inc()
+            raise
+        return await _ingest(gk, ws, [ev], [], [])
     if not isinstance(data, dict) or not isinstance(data.get("batch"), list):
         raise InvalidInput("must be a list of events", field="batch")
     items = data["batch"]
     METRICS.events_received.inc(len(items))
-    sent_at = None
-    if data.get("sentAt") is not None:
-        from goldkey.collect.tracking import _parse_ts
-
-        sent_at = _parse_ts(data.get("sentAt"), "sentAt", None)
+    sent_at = _parse_ts(data.get("sentAt"), "sentAt", None) if data.get("sentAt") is not None else None
     ctx = data.get("context") if isinstance(data.get("context"), dict) else None
     small = len(body) <= gk.settings.max_event_bytes
     events: list[TrackedEvent] = []
     rejected: list[InvalidInput] = []
     raw_rejected: list[Any] = []
-    limit = gk.settings.max_event_bytes
+    max_event = gk.settings.max_event_bytes
     for i, item in enumerate(items):
         try:
             events.append(
@@ -174,33 +180,37 @@ async def batch(request: Request) -> Response:
                     batch_sent_at=sent_at,
                     batch_context=ctx,
                     record=i,
-                    max_event_bytes=limit,
+                    max_event_bytes=max_event,
                     size=0 if small else None,
                 )
             )
         except InvalidInput as exc:
             rejected.append(exc)
             raw_rejected.append(item)
-    return Response(await _ingest(gk, ws, events, rejected, raw_rejected), media_type="application/json")
+    return await _ingest(gk, ws, events, rejected, raw_rejected)
+
+
+async def _route(request: Request, kind: str) -> Response:
+    body = await request.body()
+    out = await handle(
+        request.app.state.gk,
+        kind,
+        body,
+        request.headers.get("authorization"),
+        request.headers.get("content-encoding"),
+    )
+    return Response(out, media_type="application/json")
+
+
+@router.post("/v1/batch", response_model=TrackingAck, responses=_ERRORS, openapi_extra=_body_doc(TrackingBatch))
+async def batch(request: Request) -> Response:
+    """Accept a batch of events (at most 500 KB; each event at most 32 KB)."""
+    return await _route(request, "batch")
 
 
 def _single(event_type: str) -> Any:
     async def endpoint(request: Request) -> Response:
-        gk: Goldkey = request.app.state.gk
-        body = await request.body()
-        received = now_micros()
-        if len(body) > gk.settings.max_event_bytes:
-            raise TooLarge(f"event is {len(body)} bytes; the limit is {gk.settings.max_event_bytes}")
-        body = _decoded(request, body, gk.settings.max_event_bytes, "event")
-        data = _parse(body)
-        ws = _workspace(gk, request, data)
-        METRICS.events_received.inc()
-        try:
-            ev = normalise_event(data, received_at=received, forced_type=event_type, size=len(body))
-        except InvalidInput:
-            METRICS.events_rejected.inc()
-            raise
-        return Response(await _ingest(gk, ws, [ev], [], []), media_type="application/json")
+        return await _route(request, event_type)
 
     endpoint.__name__ = event_type
     endpoint.__doc__ = f"Accept one `{event_type}` event (at most 32 KB)."
@@ -217,3 +227,51 @@ for _t in EVENT_TYPES:
         openapi_extra=_body_doc(TrackingEvent),
         name=f"tracking_{_t}",
     )
+
+TRACKING_PATHS = {f"/v1/{t}": t for t in (*EVENT_TYPES, "batch")}
+
+
+class TrackingFastPath:
+    """ASGI middleware answering ``POST /v1/*`` without the framework's per-request machinery
+    (routing, dependency resolution, Request/Response objects): the tracking API is the hot
+    path. It runs the same ``handle`` as the documented routes, which stay in the OpenAPI schema."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kind = TRACKING_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if kind is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        gk: Goldkey = scope["app"].state.gk
+        cap = gk.settings.max_batch_bytes + 1
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            if size < cap:
+                chunks.append(chunk)
+            size += len(chunk)
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        authorization = encoding = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-encoding":
+                encoding = value.decode("latin-1")
+        headers = [(b"content-type", b"application/json")]
+        try:
+            out = await handle(gk, kind, body, authorization, encoding)
+            status = 200
+        except GoldkeyError as exc:
+            status, out, extra = error_parts(exc)
+            headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        headers.append((b"content-length", str(len(out)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})

@@ -100,7 +100,6 @@ class TrackedEvent:
     traits: dict[str, Any]
     context: dict[str, Any]
     raw_size: int = 0
-    body: dict[str, Any] = field(default_factory=dict)  # the event as sent (stored as JSON)
     identifiers: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -166,7 +165,6 @@ def normalise_event(
     context = _obj(body.get("context"), "context", record)
     if batch_context:
         context = {**batch_context, **context}
-        body = {**body, "context": context}
     ctx_traits = _obj(context.get("traits"), "context.traits", record)
 
     message_id = body.get("messageId")
@@ -225,7 +223,6 @@ def normalise_event(
         traits=traits or ctx_traits,
         context=context,
         raw_size=size,
-        body=body,
         identifiers=ident,
     )
 

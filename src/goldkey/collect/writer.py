@@ -12,6 +12,7 @@ group commits, so DuckDB has exactly one writer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -30,12 +31,16 @@ from goldkey.core.errors import Overloaded
 from goldkey.identity.graph import IdentityGraph, UnitOfWork, _merge_recent
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.ops.metrics import METRICS
-from goldkey.store.analytical import RAW_EVENT_SCHEMA, AnalyticalStore
+from goldkey.store.analytical import EVENT_SCHEMA, AnalyticalStore
 from goldkey.store.operational import profiles
 
 log = logging.getLogger(__name__)
 
 _US_TS = pa.timestamp("us", tz="UTC")
+# DuckDB's automatic checkpoint would run inside an acknowledged commit and stall every waiting
+# request; the writer checkpoints when idle instead, or when the WAL grows past this size.
+IDLE_CHECKPOINT_SECONDS = 2.0
+FORCED_CHECKPOINT_WAL_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -51,7 +56,29 @@ class _EventItem:
     workspace_id: str
     events: list[TrackedEvent]
     source: str
-    future: Future[IngestResult] = field(default_factory=Future)
+    future: Future[IngestResult] | None = field(default_factory=Future)
+    afuture: asyncio.Future[IngestResult] | None = None  # completed on its event loop
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def settle(self, result: IngestResult | None, error: BaseException | None, later: dict[Any, list[Any]]) -> None:
+        """Complete the waiting request (asyncio futures are gathered per loop in ``later``)."""
+        if self.afuture is not None:
+            later.setdefault(self.loop, []).append((self.afuture, result, error))
+        elif self.future is not None:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)  # type: ignore[arg-type]
+
+
+def _settle_async(pairs: list[tuple[asyncio.Future[IngestResult], IngestResult | None, BaseException | None]]) -> None:
+    for fut, result, error in pairs:
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -126,6 +153,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.last_commit_at: float | None = None
+        self._dirty = False
         self.last_error: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -171,6 +199,21 @@ class Writer:
         Raises Overloaded (nothing queued) when the queue is full.
         """
         item = _EventItem(workspace_id, events, source)
+        self._enqueue(item)
+        assert item.future is not None
+        return item.future
+
+    def submit_events_async(
+        self, workspace_id: str, events: list[TrackedEvent], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[IngestResult]:
+        """Like ``submit_events`` for a caller on ``loop``: the asyncio future completes there once
+        the events are durable (one wake-up of the loop per group commit, not per request)."""
+        fut: asyncio.Future[IngestResult] = loop.create_future()
+        self._enqueue(_EventItem(workspace_id, events, "tracking", None, fut, loop))
+        return fut
+
+    def _enqueue(self, item: _EventItem) -> None:
+        events = item.events
         with self._cond:
             if self._stopping:
                 raise Overloaded("server is shutting down", retry_after=5)
@@ -183,7 +226,6 @@ class Writer:
             self._queued_events += len(events)
             METRICS.queue_depth.set(self._queued_events)
             self._cond.notify()
-        return item.future
 
     def submit_command(self, fn: Callable[[WriteContext], Any]) -> Future[Any]:
         """Run ``fn(context)`` on the writer thread; return a future of its result."""
@@ -203,10 +245,16 @@ class Writer:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
-                    self._cond.wait()
+                    if not self._cond.wait(timeout=IDLE_CHECKPOINT_SECONDS) and self._dirty:
+                        break  # idle: fold the WAL into the file while nobody waits on a commit
                 if not self._queue and self._stopping:
                     return
-                head = self._queue[0]
+                head = self._queue[0] if self._queue else None
+            if head is None:
+                self._checkpoint()
+                continue
+            if self._dirty and self.analytical.wal_bytes() > FORCED_CHECKPOINT_WAL_BYTES:
+                self._checkpoint()  # never busy enough to let the WAL (and recovery time) grow unbounded
             if isinstance(head, _CommandItem):
                 with self._cond:
                     self._queue.popleft()
@@ -247,12 +295,19 @@ class Writer:
             log.exception("group commit failed")
             self.last_error = repr(exc)
             self.graph.invalidate()
+            later: dict[Any, list[Any]] = {}
             for item in batch:
-                item.future.set_exception(exc)
+                item.settle(None, exc, later)
+            for loop, pairs in later.items():
+                loop.call_soon_threadsafe(_settle_async, pairs)
             METRICS.commit_failures.inc()
         else:
+            self._dirty = True
+            later = {}
             for item, res in zip(batch, results, strict=True):
-                item.future.set_result(res)
+                item.settle(res, None, later)
+            for loop, pairs in later.items():
+                loop.call_soon_threadsafe(_settle_async, pairs)
             self.last_commit_at = time.time()
             METRICS.events_accepted.inc(sum(r.accepted for r in results))
             METRICS.events_duplicate.inc(sum(r.duplicates for r in results))
@@ -261,6 +316,13 @@ class Writer:
                 self._queued_events -= n_events
                 METRICS.queue_depth.set(self._queued_events)
             METRICS.commit_seconds.observe(time.perf_counter() - t0)
+
+    def _checkpoint(self) -> None:
+        try:
+            self.analytical.checkpoint()
+            self._dirty = False
+        except Exception:  # noqa: BLE001 - retried at the next idle moment
+            log.exception("checkpoint failed")
 
     # -- the group commit -------------------------------------------------------------------
     def write_events(self, batch: list[_EventItem]) -> list[IngestResult]:
@@ -416,28 +478,42 @@ class Writer:
         dumps = orjson.dumps
         evs = [e for _, _, e in keep]
         ts = pa.int64()
+        string = pa.string()
+
+        def text(values: list[Any]) -> pa.Array:
+            return pa.array(values, string)
+
+        def stamps(values: list[Any]) -> pa.Array:
+            return pa.array(values, ts).cast(_US_TS)
+
         table = pa.Table.from_arrays(
             [
-                pa.array([w for w, _, _ in keep], pa.string()),
-                pa.array([e.message_id for e in evs], pa.string()),
-                pa.array([e.type for e in evs], pa.string()),
-                pa.array(profile_ids, pa.string()),
-                pa.array([e.user_id for e in evs], pa.string()),
-                pa.array([e.anonymous_id for e in evs], pa.string()),
-                pa.array([e.timestamp for e in evs], ts).cast(_US_TS),
-                pa.array([e.original_timestamp for e in evs], ts).cast(_US_TS),
-                pa.array([e.sent_at for e in evs], ts).cast(_US_TS),
-                pa.array([e.received_at for e in evs], ts).cast(_US_TS),
-                pa.array([s for _, s, _ in keep], pa.string()),
-                pa.array([dumps(e.body, default=str) for e in evs], pa.binary()).cast(pa.string()),
+                text([w for w, _, _ in keep]),
+                text([e.message_id for e in evs]),
+                text([e.type for e in evs]),
+                text([e.event for e in evs]),
+                text([e.name for e in evs]),
+                text(profile_ids),
+                text([e.user_id for e in evs]),
+                text([e.anonymous_id for e in evs]),
+                text([e.group_id for e in evs]),
+                text([e.previous_id for e in evs]),
+                stamps([e.timestamp for e in evs]),
+                stamps([e.original_timestamp for e in evs]),
+                stamps([e.sent_at for e in evs]),
+                stamps([e.received_at for e in evs]),
+                pa.array([dumps(e.properties) for e in evs], pa.binary()).cast(string),
+                pa.array([dumps(e.traits) if e.traits else None for e in evs], pa.binary()).cast(string),
+                pa.array([dumps(e.context) for e in evs], pa.binary()).cast(string),
+                text([s for _, s, _ in keep]),
             ],
-            schema=RAW_EVENT_SCHEMA,
+            schema=EVENT_SCHEMA,
         )
         with self.analytical.write_lock:
             con = self.analytical.cursor()
             try:
                 con.execute("BEGIN TRANSACTION")
-                self.analytical.append_raw_events(table, con)
+                self.analytical.append("events", table, con)
                 apply_map_ops(con, map_ops)
                 con.execute("COMMIT")
             except BaseException:

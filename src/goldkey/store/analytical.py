@@ -36,44 +36,6 @@ EVENT_COLUMNS: list[tuple[str, pa.DataType]] = [
 ]
 EVENT_SCHEMA = pa.schema(EVENT_COLUMNS)
 
-# What the writer hands over: the normalised columns plus the event as sent, from which DuckDB
-# extracts the rest in C (far cheaper than building every column in Python).
-RAW_EVENT_SCHEMA = pa.schema(
-    [
-        ("workspace_id", pa.string()),
-        ("message_id", pa.string()),
-        ("type", pa.string()),
-        ("profile_id", pa.string()),
-        ("user_id", pa.string()),
-        ("anonymous_id", pa.string()),
-        ("timestamp", pa.timestamp("us", tz="UTC")),
-        ("original_timestamp", pa.timestamp("us", tz="UTC")),
-        ("sent_at", pa.timestamp("us", tz="UTC")),
-        ("received_at", pa.timestamp("us", tz="UTC")),
-        ("source", pa.string()),
-        ("raw", pa.string()),
-    ]
-)
-
-_INSERT_RAW = """
-INSERT INTO events (workspace_id, message_id, type, event, name, profile_id, user_id, anonymous_id,
-                    group_id, previous_id, "timestamp", original_timestamp, sent_at, received_at,
-                    properties, traits, context, source)
-SELECT workspace_id, message_id, type,
-       CASE WHEN type = 'track' THEN (j ->> '$.event') END,
-       (j ->> '$.name'),
-       profile_id, user_id, anonymous_id,
-       nullif((j ->> '$.groupId'), ''),
-       nullif((j ->> '$.previousId'), ''),
-       "timestamp", original_timestamp, sent_at, received_at,
-       coalesce((j -> '$.properties'), '{}'::JSON),
-       CASE WHEN json_type(j, '$.traits') = 'OBJECT' AND (j -> '$.traits')::VARCHAR <> '{}' THEN (j -> '$.traits')
-            WHEN json_type(j, '$.context.traits') = 'OBJECT' THEN (j -> '$.context.traits') END,
-       coalesce((j -> '$.context'), '{}'::JSON),
-       source
-FROM (SELECT *, raw::JSON AS j FROM _raw_events)
-"""
-
 _DDL = [
     """CREATE TABLE IF NOT EXISTS events (
         workspace_id VARCHAR NOT NULL, message_id VARCHAR NOT NULL, type VARCHAR NOT NULL,
@@ -112,6 +74,9 @@ class AnalyticalStore:
         self._con = duckdb.connect(str(path))
         self.write_lock = threading.RLock()
         with self.write_lock:
+            # the writer checkpoints when idle (see collect.writer); automatic checkpoints would
+            # land inside acknowledged commits
+            self._con.execute("SET wal_autocheckpoint = '4GB'")
             for ddl in _DDL:
                 self._con.execute(ddl)
 
@@ -131,14 +96,6 @@ class AnalyticalStore:
         finally:
             target.unregister("_append_src")
 
-    def append_raw_events(self, data: pa.Table, con: duckdb.DuckDBPyConnection) -> None:
-        """Append events given as RAW_EVENT_SCHEMA rows inside the caller's transaction."""
-        con.register("_raw_events", data)
-        try:
-            con.execute(_INSERT_RAW)
-        finally:
-            con.unregister("_raw_events")
-
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query with bound parameters on a fresh cursor and return all rows."""
         cur = self.cursor()
@@ -152,6 +109,13 @@ class AnalyticalStore:
         import ibis
 
         return ibis.duckdb.from_connection(self.cursor())
+
+    def wal_bytes(self) -> int:
+        """Return the size of the write-ahead log not yet folded into the database file."""
+        try:
+            return (self.path.parent / (self.path.name + ".wal")).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def checkpoint(self) -> None:
         """Fold the WAL into the database file."""
