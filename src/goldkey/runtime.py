@@ -15,14 +15,14 @@ from typing import IO
 import sqlalchemy as sa
 
 from goldkey.collect.importer import Importer
-from goldkey.collect.writer import Writer
+from goldkey.collect.writer import Writer, sync_profile_map
 from goldkey.core.errors import GoldkeyError
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
 from goldkey.profiles.service import ProfileService
 from goldkey.settings import Settings
 from goldkey.store.analytical import AnalyticalStore
-from goldkey.store.operational import create_operational_engine, migrate, profiles
+from goldkey.store.operational import create_operational_engine, migrate
 
 
 class DataDirInUse(GoldkeyError):
@@ -55,7 +55,7 @@ class Goldkey:
         migrate(engine)
         _fail_interrupted_imports(engine)
         analytical = AnalyticalStore(settings.resolved_analytical_path())
-        _sync_profile_map(engine, analytical)
+        sync_profile_map(engine, analytical)
         workspaces = WorkspaceService(engine)
         graph = IdentityGraph(workspaces.rules, settings.default_phone_region, settings.recent_events_per_profile)
         writer = Writer(
@@ -123,32 +123,3 @@ def _fail_interrupted_imports(engine: sa.Engine) -> None:
                 finished_at=utcnow(),
             )
         )
-
-
-def _sync_profile_map(engine: sa.Engine, analytical: AnalyticalStore) -> None:
-    """Rebuild the analytical profile map from the operational store (the source of truth), so a
-    crash between the two stores' commits never leaves events pointing at a merged-away profile."""
-    import pyarrow as pa
-
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(profiles.c.workspace_id, profiles.c.profile_id, profiles.c.canonical_id).where(
-                profiles.c.canonical_id != profiles.c.profile_id
-            )
-        ).all()
-    tbl = pa.table(
-        {
-            "workspace_id": pa.array([r.workspace_id for r in rows], pa.string()),
-            "profile_id": pa.array([r.profile_id for r in rows], pa.string()),
-            "canonical_id": pa.array([r.canonical_id for r in rows], pa.string()),
-        }
-    )
-    with analytical.write_lock:
-        con = analytical.cursor()
-        try:
-            con.execute("BEGIN TRANSACTION")
-            con.execute("DELETE FROM profile_map")
-            analytical.append("profile_map", tbl, con)
-            con.execute("COMMIT")
-        finally:
-            con.close()

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         500 * 1024, description="Largest accepted batch body, as the Segment spec sets (500 KB)."
     )
     recent_events_per_profile: int = Field(
-        30, description="Events kept on each operational profile row for the timeline and real-time rules."
+        20, description="Events kept on each operational profile row for the timeline and real-time rules."
     )
 
     def resolved_operational_url(self) -> str:

@@ -34,9 +34,10 @@ async def create_import(
         raise InvalidInput(f"not valid JSON: {exc}", field="mapping") from None
     if not isinstance(mapping_obj, dict) or not all(isinstance(v, str) for v in mapping_obj.values()):
         raise InvalidInput("must be a JSON object of column -> field names", field="mapping")
-    name = Path(file.filename or "upload.csv").name
+    name = Path(file.filename or "upload.csv").name[:200] or "upload.csv"
+    suffix = Path(name).suffix.lower() if Path(name).suffix.isascii() else ""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
+        path = Path(tmp) / f"upload{suffix[:10]}"
         with path.open("wb") as f:
             while chunk := await file.read(1 << 20):
                 f.write(chunk)

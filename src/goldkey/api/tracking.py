@@ -25,6 +25,7 @@ from goldkey.runtime import Goldkey
 from goldkey.store.operational import quarantine
 
 router = APIRouter(tags=["tracking"])
+ACK_TIMEOUT_SECONDS = 60
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed JSON or an invalid event (names the field)"},
@@ -101,7 +102,11 @@ async def _ingest(
     if events:
         fut = gk.writer.submit_events_async(ws, events, asyncio.get_running_loop())
         try:
-            res = await fut
+            res = await asyncio.wait_for(fut, ACK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"not acknowledged within {ACK_TIMEOUT_SECONDS} s; retry (a retry is de-duplicated by messageId)"
+            ) from None
         except GoldkeyError:
             raise
         except Exception as exc:  # a store failed: nothing of this request was acknowledged

@@ -69,6 +69,8 @@ def _id_str(value: Any, fieldname: str, record: int | None) -> str | None:
     s = str(value)
     if len(s) > 200:
         raise InvalidInput("longer than 200 characters", field=fieldname, record=record)
+    if not s.isprintable():
+        raise InvalidInput("contains control characters", field=fieldname, record=record)
     return s
 
 

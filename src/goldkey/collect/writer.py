@@ -100,8 +100,9 @@ class WriteContext:
 class DedupeWindow:
     """messageIds seen recently, per workspace, for de-duplication (Segment's look-back window)."""
 
-    def __init__(self, hours: int) -> None:
+    def __init__(self, hours: int, max_keys: int = 50_000_000) -> None:
         self.window_us = hours * 3_600_000_000
+        self.max_keys = max_keys
         self._seen: set[int] = set()
         self._by_time: deque[tuple[int, list[int]]] = deque()
 
@@ -116,7 +117,8 @@ class DedupeWindow:
         self._seen.update(keys)
         self._by_time.append((at_us, keys))
         cutoff = at_us - self.window_us
-        while self._by_time and self._by_time[0][0] < cutoff:
+        # bounded by time and, under a sustained flood, by memory: oldest ids are forgotten first
+        while self._by_time and (self._by_time[0][0] < cutoff or len(self._seen) > self.max_keys):
             _, old = self._by_time.popleft()
             self._seen.difference_update(old)
 
@@ -154,6 +156,7 @@ class Writer:
         self._stopping = False
         self.last_commit_at: float | None = None
         self._dirty = False
+        self._map_stale = False
         self.last_error: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -228,9 +231,14 @@ class Writer:
             self._cond.notify()
 
     def submit_command(self, fn: Callable[[WriteContext], Any]) -> Future[Any]:
-        """Run ``fn(context)`` on the writer thread; return a future of its result."""
+        """Run ``fn(context)`` on the writer thread; return a future of its result.
+
+        Raises Overloaded when the writer is stopping.
+        """
         item = _CommandItem(fn)
         with self._cond:
+            if self._stopping:
+                raise Overloaded("server is shutting down", retry_after=5)
             self._queue.append(item)
             self._cond.notify()
         return item.future
@@ -289,29 +297,37 @@ class Writer:
     def _commit_events(self, batch: list[_EventItem]) -> None:
         t0 = time.perf_counter()
         n_events = sum(len(i.events) for i in batch)
+        later: dict[Any, list[Any]] = {}
         try:
-            results = self.write_events(batch)
-        except BaseException as exc:  # noqa: BLE001 - every waiting request learns of it
-            log.exception("group commit failed")
-            self.last_error = repr(exc)
-            self.graph.invalidate()
-            later: dict[Any, list[Any]] = {}
-            for item in batch:
-                item.settle(None, exc, later)
-            for loop, pairs in later.items():
-                loop.call_soon_threadsafe(_settle_async, pairs)
-            METRICS.commit_failures.inc()
-        else:
-            self._dirty = True
-            later = {}
-            for item, res in zip(batch, results, strict=True):
-                item.settle(res, None, later)
-            for loop, pairs in later.items():
-                loop.call_soon_threadsafe(_settle_async, pairs)
-            self.last_commit_at = time.time()
-            METRICS.events_accepted.inc(sum(r.accepted for r in results))
-            METRICS.events_duplicate.inc(sum(r.duplicates for r in results))
+            outcomes: list[tuple[_EventItem, IngestResult | None, BaseException | None]]
+            try:
+                results = self._write_repairing(batch)
+                outcomes = [(item, res, None) for item, res in zip(batch, results, strict=True)]
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests
+                log.exception("group commit failed")
+                self.last_error = repr(exc)
+                METRICS.commit_failures.inc()
+                if len(batch) == 1:
+                    outcomes = [(batch[0], None, exc)]
+                else:
+                    # one bad request must not fail the others that shared its commit
+                    outcomes = []
+                    for item in batch:
+                        try:
+                            outcomes.append((item, self._write_repairing([item])[0], None))
+                        except BaseException as item_exc:  # noqa: BLE001
+                            outcomes.append((item, None, item_exc))
+            done = [res for _, res, err in outcomes if err is None and res is not None]
+            if done:
+                self._dirty = True
+                self.last_commit_at = time.time()
+                METRICS.events_accepted.inc(sum(r.accepted for r in done))
+                METRICS.events_duplicate.inc(sum(r.duplicates for r in done))
+            for item, res, err in outcomes:
+                item.settle(res, err, later)
         finally:
+            for loop, pairs in later.items():
+                loop.call_soon_threadsafe(_settle_async, pairs)
             with self._cond:
                 self._queued_events -= n_events
                 METRICS.queue_depth.set(self._queued_events)
@@ -323,6 +339,19 @@ class Writer:
             self._dirty = False
         except Exception:  # noqa: BLE001 - retried at the next idle moment
             log.exception("checkpoint failed")
+
+    def _write_repairing(self, batch: list[_EventItem]) -> list[IngestResult]:
+        """write_events, first repairing the profile map if an earlier commit failed between the
+        operational store's commit and the analytical one."""
+        if self._map_stale:
+            sync_profile_map(self.engine, self.analytical)
+            self._map_stale = False
+        try:
+            return self.write_events(batch)
+        except BaseException:
+            self.graph.invalidate()
+            self._map_stale = True
+            raise
 
     # -- the group commit -------------------------------------------------------------------
     def write_events(self, batch: list[_EventItem]) -> list[IngestResult]:
@@ -509,18 +538,9 @@ class Writer:
             ],
             schema=EVENT_SCHEMA,
         )
-        with self.analytical.write_lock:
-            con = self.analytical.cursor()
-            try:
-                con.execute("BEGIN TRANSACTION")
-                self.analytical.append("events", table, con)
-                apply_map_ops(con, map_ops)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.close()
+        with self.analytical.transaction() as con:
+            self.analytical.append("events", table, con)
+            apply_map_ops(con, map_ops)
 
 
 def apply_map_ops(con: Any, ops: list[tuple[str, str, Any, Any]]) -> None:
@@ -617,3 +637,16 @@ def rebuild_recent_events(ctx: WriteContext, conn: sa.Connection, ws: str, profi
             )
     finally:
         cur.close()
+
+
+def sync_profile_map(engine: sa.Engine, analytical: AnalyticalStore) -> None:
+    """Rebuild the analytical profile map from the operational store (the source of truth), so a
+    failure or crash between the two stores' commits never leaves events on a merged-away profile."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(profiles.c.workspace_id, profiles.c.profile_id, profiles.c.canonical_id).where(
+                profiles.c.canonical_id != profiles.c.profile_id
+            )
+        ).all()
+    with analytical.transaction() as con:
+        analytical.rebuild_profile_map(con, [(r.workspace_id, r.profile_id, r.canonical_id) for r in rows])

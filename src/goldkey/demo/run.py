@@ -22,6 +22,7 @@ from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
 
 BATCH_EVENTS = 200
+WINDOW_EVENTS = 50_000
 
 
 @dataclass
@@ -123,14 +124,17 @@ def _send_events(
     auth = "Basic " + base64.b64encode(f"{creds.write_key}:".encode()).decode()
 
     def batches() -> Any:
-        for f in files:
-            with f.open("rb") as fh:
+        # An SDK sends one device's queue per batch. The generated files are in time order
+        # across all customers, so each window of the stream is regrouped by device (each
+        # device's events stay in order) before it is sent, as the customers' SDKs would have.
+        window: dict[bytes, list[bytes]] = {}
+        in_window = 0
+
+        def flush() -> Any:
+            for lines in window.values():
                 chunk: list[bytes] = []
                 size = 0
-                for line in fh:
-                    line = line.rstrip(b"\n")
-                    if not line:
-                        continue
+                for line in lines:
                     if chunk and (len(chunk) >= BATCH_EVENTS or size + len(line) > 450_000):
                         yield chunk
                         chunk, size = [], 0
@@ -138,6 +142,22 @@ def _send_events(
                     size += len(line) + 1
                 if chunk:
                     yield chunk
+            window.clear()
+
+        for f in files:
+            with f.open("rb") as fh:
+                for line in fh:
+                    line = line.rstrip(b"\n")
+                    if not line:
+                        continue
+                    ev = orjson.loads(line)
+                    device = str(ev.get("anonymousId") or ev.get("userId") or "").encode()
+                    window.setdefault(device, []).append(line)
+                    in_window += 1
+                    if in_window >= WINDOW_EVENTS:
+                        yield from flush()
+                        in_window = 0
+        yield from flush()
 
     def post(client: httpx.Client, chunk: list[bytes]) -> None:
         body = b'{"batch":[' + b",".join(chunk) + b"]}"

@@ -26,7 +26,7 @@ def normalize_identifier(id_type: str, raw: object, region: str = "CN") -> str |
     if raw is None or isinstance(raw, (dict, list, bool)):
         return None
     s = str(raw).strip()
-    if not s or len(s) > 200:
+    if not s or len(s) > 200 or not s.isprintable():
         return None
     if id_type == "phone":
         return normalize_phone(s, region)

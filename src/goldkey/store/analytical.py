@@ -8,6 +8,8 @@ commit (never row by row); readers take their own cursor. Batch work reaches the
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,37 @@ class AnalyticalStore:
         finally:
             target.unregister("_append_src")
 
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Yield a cursor inside BEGIN ... COMMIT under the write lock; roll back on any error
+        (a failing rollback never hides the original error)."""
+        with self.write_lock:
+            con = self.cursor()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    with suppress(Exception):
+                        con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.close()
+
+    def rebuild_profile_map(self, con: duckdb.DuckDBPyConnection, rows: list[tuple[str, str, str]]) -> None:
+        """Replace the profile map with ``rows`` of (workspace_id, profile_id, canonical_id),
+        inside the caller's transaction."""
+        tbl = pa.table(
+            {
+                "workspace_id": pa.array([r[0] for r in rows], pa.string()),
+                "profile_id": pa.array([r[1] for r in rows], pa.string()),
+                "canonical_id": pa.array([r[2] for r in rows], pa.string()),
+            }
+        )
+        con.execute("DELETE FROM profile_map")
+        self.append("profile_map", tbl, con)
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query with bound parameters on a fresh cursor and return all rows."""
         cur = self.cursor()
@@ -104,11 +137,16 @@ class AnalyticalStore:
         finally:
             cur.close()
 
-    def ibis_connection(self) -> Any:
-        """Return an Ibis DuckDB backend over this store's connection."""
+    @contextmanager
+    def ibis_connection(self) -> Iterator[Any]:
+        """Yield an Ibis DuckDB backend over a cursor of this store; the cursor is closed after."""
         import ibis
 
-        return ibis.duckdb.from_connection(self.cursor())
+        cur = self.cursor()
+        try:
+            yield ibis.duckdb.from_connection(cur)
+        finally:
+            cur.close()
 
     def wal_bytes(self) -> int:
         """Return the size of the write-ahead log not yet folded into the database file."""
