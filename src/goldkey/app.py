@@ -45,6 +45,9 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         description="Open-source precision-marketing platform: tracking API (Segment/RudderStack "
         "compatible), imports, identity resolution and the 360° customer profile.",
         lifespan=lifespan,
+        # no per-request tracing: it would trace every tracking call once an OpenTelemetry SDK
+        # is installed; /metrics is the operations interface
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     if gk is not None:
         app.state.gk = gk

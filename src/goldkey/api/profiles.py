@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
+from goldkey.api import deps
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody, ProfilePublic, UnmergeResult
 from goldkey.core.errors import InvalidInput
+from goldkey.govern.workspaces import Credential
 from goldkey.identity.graph import UnitOfWork
 from goldkey.runtime import Goldkey
 
@@ -21,6 +24,26 @@ _ERR: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 401: {"model
 
 # Timestamps as pydantic writes them for ProfilePublic: ISO 8601, UTC as "Z"
 _JSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+async def _read_admin(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(deps._bearer)]
+) -> Credential:
+    """deps.admin for the read routes, as an async dependency: FastAPI runs a plain ``def``
+    dependency in the thread pool, a hop that costs more than the (cached) check itself. Inline on
+    SQLite; on PostgreSQL a key not yet cached is looked up in the database, so there it goes to the
+    thread pool as before."""
+    if deps.get_gk(request).engine.dialect.name == "sqlite":
+        return deps.admin(request, creds)
+    return await run_in_threadpool(deps.admin, request, creds)
+
+
+async def _read_gk(request: Request) -> Goldkey:
+    return deps.get_gk(request)
+
+
+_ReadGK = Annotated[Goldkey, Depends(_read_gk)]
+_ReadAdmin = Annotated[Credential, Depends(_read_admin)]
 
 
 async def _profile_response(gk: Goldkey, read: Callable[[], dict[str, Any]]) -> Response:
@@ -37,7 +60,7 @@ async def _profile_response(gk: Goldkey, read: Callable[[], dict[str, Any]]) -> 
 
 
 @router.get("/lookup", response_model=ProfilePublic, responses=_ERR)
-async def lookup(request: Request, gk: GK, cred: Admin) -> Response:
+async def lookup(request: Request, gk: _ReadGK, cred: _ReadAdmin) -> Response:
     """Find a profile by exactly one identifier given as a query parameter, e.g. `?phone=13912345678`,
     `?user_id=u1`, `?wechat_openid=...` (types: the workspace's identifier types)."""
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "events"]
@@ -55,7 +78,7 @@ async def lookup(request: Request, gk: GK, cred: Admin) -> Response:
 
 
 @router.get("/{profile_id}", response_model=ProfilePublic, responses=_ERR)
-async def get_profile(profile_id: str, gk: GK, cred: Admin) -> Response:
+async def get_profile(profile_id: str, gk: _ReadGK, cred: _ReadAdmin) -> Response:
     """Return the 360° profile; an id that was merged away returns the profile it went into."""
     return await _profile_response(gk, lambda: gk.profiles.get(cred.workspace_id, profile_id))
 

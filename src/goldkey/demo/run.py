@@ -22,7 +22,7 @@ from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
 
 BATCH_EVENTS = 200
-WINDOW_EVENTS = 50_000
+WINDOW_EVENTS = 500_000
 
 
 @dataclass
@@ -131,17 +131,17 @@ def _send_events(
         in_window = 0
 
         def flush() -> Any:
-            for lines in window.values():
-                chunk: list[bytes] = []
-                size = 0
+            chunk: list[bytes] = []
+            size = 0
+            for lines in window.values():  # each device's events stay together and in order
                 for line in lines:
                     if chunk and (len(chunk) >= BATCH_EVENTS or size + len(line) > 450_000):
                         yield chunk
                         chunk, size = [], 0
                     chunk.append(line)
                     size += len(line) + 1
-                if chunk:
-                    yield chunk
+            if chunk:
+                yield chunk
             window.clear()
 
         for f in files:
