@@ -67,7 +67,7 @@ def quarantine_list(
     cred: Admin,
     import_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Rejected records with the reason, the field and the raw record, newest first."""
     return list_quarantine(gk.engine, cred.workspace_id, import_id, limit, offset)

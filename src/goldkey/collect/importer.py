@@ -9,6 +9,7 @@ was imported already is reported as ``unchanged`` without being written again.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +25,13 @@ import sqlalchemy as sa
 from goldkey.collect.cleaning import CleaningOptions, CleanResult, Rejection, clean
 from goldkey.collect.import_schemas import SCHEMAS, ImportSchema
 from goldkey.collect.reading import ImportFileError, MappingError, apply_mapping, file_digest, read_table
-from goldkey.collect.writer import WriteContext, Writer
+from goldkey.collect.writer import WriteContext, Writer, _follow
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.core.ids import new_id
-from goldkey.identity.graph import UnitOfWork
+from goldkey.identity.graph import UnitOfWork, executemany, fetch_in, ts_column, ts_param
 from goldkey.ops.metrics import METRICS
-from goldkey.store.operational import feedback, imports, products, profiles, quarantine
+from goldkey.store.operational import feedback, imports, products, quarantine
 from goldkey.store.upsert import upsert
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,134 @@ def _jsonable(v: Any) -> Any:
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return v
+
+
+# -- columnwise building blocks ---------------------------------------------------------------
+_NOT_ATTRIBUTES = ("__record", "extra", "__dedupe_key")
+
+
+def _utc(e: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A Datetime expression in UTC (naive values are UTC already, as ``as_utc`` takes them)."""
+    if dtype.time_zone is None:  # type: ignore[attr-defined]
+        return e.dt.replace_time_zone("UTC")
+    return e.dt.convert_time_zone("UTC")
+
+
+def _iso_expr(e: pl.Expr) -> pl.Expr:
+    """``datetime.isoformat()`` of aware UTC datetimes (microseconds only when there are any)."""
+    return (
+        pl.when(e.dt.microsecond() == 0)
+        .then(e.dt.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+        .otherwise(e.dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00"))
+    )
+
+
+def _iso(s: pl.Series) -> pl.Series:
+    return pl.select(_iso_expr(_utc(pl.lit(s), s.dtype))).to_series()
+
+
+def _json_value(e: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:
+    """The expression whose JSON encoding is that of ``_jsonable`` + orjson, or None when the
+    type needs Python."""
+    if dtype == pl.Utf8 or dtype == pl.Boolean or dtype == pl.Float64 or dtype.is_integer():
+        return e
+    if dtype == pl.Float32:
+        return e.cast(pl.Float64)
+    if isinstance(dtype, pl.Datetime):
+        return _iso_expr(_utc(e, dtype))
+    if dtype == pl.Date:
+        return e.dt.strftime("%Y-%m-%d")
+    return None
+
+
+def _json_member(name: str, e: pl.Expr) -> pl.Expr:
+    """``"name":<value as JSON>`` (null when the value is null)."""
+    enc = pl.struct(e.alias(name)).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}")
+    return pl.when(e.is_not_null()).then(enc)
+
+
+def attribute_json(df: pl.DataFrame) -> pl.Series:
+    """Each customer row's attributes as JSON text: the ``extra`` entries, then every other
+    column, leaving out nulls (a column's value wins over an ``extra`` entry of the same name)."""
+    cols = [c for c in df.columns if c not in _NOT_ATTRIBUTES]
+    members: list[pl.Expr] = []
+    extra_t = df.schema.get("extra")
+    if extra_t is not None:
+        if not isinstance(extra_t, pl.Struct):
+            return _attribute_json_py(df)
+        for f in extra_t.fields:
+            v = _json_value(pl.col("extra").struct.field(f.name), f.dtype)
+            if v is None:
+                return _attribute_json_py(df)
+            m = _json_member(f.name, v)
+            if f.name in cols:
+                m = pl.when(pl.col(f.name).is_null()).then(m)
+            members.append(m)
+    for c in cols:
+        v = _json_value(pl.col(c), df.schema[c])
+        if v is None:
+            return _attribute_json_py(df)
+        members.append(_json_member(c, v))
+    if not members:
+        return pl.Series("attributes", ["{}"] * df.height, pl.Utf8)
+    body = pl.concat_str(members, separator=",", ignore_nulls=True)
+    return df.select((pl.lit("{") + body + pl.lit("}")).alias("attributes")).to_series()
+
+
+def _attribute_json_py(df: pl.DataFrame) -> pl.Series:
+    out = []
+    for r in df.iter_rows(named=True):
+        a: dict[str, Any] = {}
+        extra = r.get("extra")
+        if isinstance(extra, str) and extra:
+            extra = orjson.loads(extra)
+        if isinstance(extra, dict):
+            a.update({k: v for k, v in extra.items() if v is not None})
+        for k, v in r.items():
+            if k in _NOT_ATTRIBUTES or v is None:
+                continue
+            a[k] = _jsonable(v)
+        out.append(orjson.dumps(a, default=str).decode())
+    return pl.Series("attributes", out, pl.Utf8)
+
+
+def _earlier_than(conn: sa.Connection) -> Callable[[str, Any], bool]:
+    """Return ``before(ts, stored)``: is ``ts`` (a bulk timestamp parameter, see ``ts_column``)
+    earlier than a DateTime value as the DBAPI cursor reads it back?"""
+    if conn.dialect.name == "sqlite":  # both text in the same fixed-width form
+        return lambda ts, stored: ts < stored
+    return lambda ts, stored: datetime.fromisoformat(ts) < as_utc(stored)  # type: ignore[operator]
+
+
+def _as_text(values: list[Any]) -> pl.Series:
+    """Python values as the text ``normalize_identifier`` reads them as (None where it refuses)."""
+    return pl.Series(
+        [None if v is None or isinstance(v, (dict, list, bool)) else str(v) for v in values], dtype=pl.Utf8
+    )
+
+
+def _trait_values(df: pl.DataFrame, trait: str) -> pl.Series:
+    """A custom identifier's raw values: the column named ``trait``, else the ``extra`` entry."""
+    col = df[trait] if trait in df.columns else None
+    extra_t = df.schema.get("extra")
+    ex = None
+    if isinstance(extra_t, pl.Struct):
+        if trait in {f.name for f in extra_t.fields}:
+            ex = df["extra"].struct.field(trait)
+    elif extra_t is not None:  # JSON text: value by value
+        vals = []
+        for e in df["extra"].to_list():
+            if isinstance(e, str) and e:
+                e = orjson.loads(e)
+            vals.append(e.get(trait) if isinstance(e, dict) else None)
+        ex = _as_text(vals)
+    if ex is None:
+        return col if col is not None else pl.Series(trait, [None] * df.height, pl.Utf8)
+    if col is None:
+        return ex.alias(trait)
+    if col.dtype == ex.dtype:
+        return pl.select(pl.coalesce(pl.lit(col), pl.lit(ex))).to_series().alias(trait)
+    return _as_text([a if a is not None else b for a, b in zip(col.to_list(), ex.to_list(), strict=True)]).alias(trait)
 
 
 class Importer:
@@ -136,7 +265,16 @@ class Importer:
         METRICS.import_rows.labels("read").inc(result.rows_read)
 
         def write(ctx: WriteContext) -> ImportSummary:
-            return self._write(ctx, workspace_id, import_id, kind, schema, result, filename, progress)
+            # The write builds millions of short-lived tuples for the bulk statements; the cyclic
+            # collector would walk the growing heap again and again for no garbage (reference
+            # counting frees them), so it pauses for the import.
+            paused = gc.isenabled()
+            gc.disable()
+            try:
+                return self._write(ctx, workspace_id, import_id, kind, schema, result, filename, progress)
+            finally:
+                if paused:
+                    gc.enable()
 
         try:
             summary: ImportSummary = self.writer.run_command(write)
@@ -194,19 +332,23 @@ class Importer:
                 raise InvalidInput(f"unknown import kind {kind!r}", field="kind")
             rejections = list(result.rejected) + extra_rejections
             if rejections:
-                conn.execute(
-                    quarantine.insert(),
+                now = ts_param(conn)(utcnow())
+                source = f"import:{kind}"
+                executemany(
+                    conn,
+                    "INSERT INTO quarantine (workspace_id, source, import_id, record, field, value, reason, raw,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        dict(
-                            workspace_id=ws,
-                            source=f"import:{kind}",
-                            import_id=import_id,
-                            record=str(r.record),
-                            field=r.field,
-                            value=None if r.value is None else str(r.value)[:2000],
-                            reason=r.reason,
-                            raw=orjson.dumps(r.raw, default=str).decode(),
-                            created_at=utcnow(),
+                        (
+                            ws,
+                            source,
+                            import_id,
+                            str(r.record),
+                            r.field,
+                            None if r.value is None else str(r.value)[:2000],
+                            r.reason,
+                            orjson.dumps(r.raw, default=str).decode(),
+                            now,
                         )
                         for r in rejections
                     ],
@@ -244,43 +386,36 @@ class Importer:
         ctx: WriteContext,
         uow: UnitOfWork,
         ws: str,
-        rows: list[dict[str, Any]],
+        df: pl.DataFrame,
         at_field: str | None,
         source: str,
         progress: Progress | None = None,
         stage: str = "resolving",
-    ) -> list[str]:
+        attributes: pl.Series | None = None,
+    ) -> tuple[list[str], pl.Series]:
+        """Resolve every row's customer in bulk (``IdentityGraph.resolve_many``); return the
+        profile of each row and the mask of rows that created their profile on their own."""
         graph = ctx.graph
-        present = [f for f in IDENTIFIER_FIELDS if rows and f in rows[0]]
-        custom = graph.custom_identifiers(ws)
-
-        def raw_ids(r: dict[str, Any]) -> list[tuple[str, Any]]:
-            out = [(f, r[f]) for f in present if r.get(f) is not None]
-            if custom:
-                extra = r.get("extra")
-                if isinstance(extra, str) and extra:
-                    extra = orjson.loads(extra)
-                for name, trait in custom:
-                    v = r.get(trait)
-                    if v is None and isinstance(extra, dict):
-                        v = extra.get(trait)
-                    if v is not None:
-                        out.append((name, v))
-            return out
-
-        norm = [graph.normalised(ws, raw_ids(r)) for r in rows]
-        graph.prefetch(uow.conn, {(ws, t, v) for ids in norm for t, v in ids})
-        out = []
+        raw: list[tuple[str, pl.Series]] = [(f, df[f]) for f in IDENTIFIER_FIELDS if f in df.columns]
+        for name, trait in graph.custom_identifiers(ws):
+            raw.append((name, _trait_values(df, trait)))
         now = utcnow()
-        step = max(1, len(rows) // 50)
-        for i, (r, ids) in enumerate(zip(rows, norm, strict=True)):
-            at = as_utc(r.get(at_field)) if at_field and r.get(at_field) else now
-            out.append(graph.resolve(uow, ws, ids, at, source, {"import": source}))
-            if progress and i % step == 0:
-                progress(stage, i, len(rows))
-        if progress:
-            progress(stage, len(rows), len(rows))
-        return out
+        if at_field and at_field in df.columns and isinstance(df.schema[at_field], pl.Datetime):
+            at = df[at_field]
+            at = at.dt.replace_time_zone("UTC") if at.dtype.time_zone is None else at.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
+            at = at.fill_null(now)
+        elif at_field and at_field in df.columns:  # not a datetime column: value by value, as before
+            at = pl.Series([as_utc(v) if v else now for v in df[at_field].to_list()], dtype=pl.Datetime("us", "UTC"))
+        else:
+            at = pl.repeat(now, df.height, eager=True, dtype=pl.Datetime("us", "UTC"))
+
+        def report(done: int, total: int) -> None:
+            if progress:
+                progress(stage, done, total)
+
+        return graph.resolve_many(
+            uow, ws, raw, at, source, {"import": source}, attributes=attributes, progress=report if progress else None
+        )
 
     def _products(self, conn: sa.Connection, ws: str, df: pl.DataFrame) -> int:
         now = utcnow()
@@ -292,89 +427,92 @@ class Importer:
     def _customers(
         self, ctx: WriteContext, conn: sa.Connection, ws: str, df: pl.DataFrame, progress: Progress | None
     ) -> tuple[int, list[Any]]:
-        rows = self._rows(df)
+        attrs = attribute_json(df)
         uow = UnitOfWork(conn)
-        pids = self._resolve_rows(ctx, uow, ws, rows, "registered_at", "import:customers", progress)
+        pids, fresh = self._resolve_rows(
+            ctx, uow, ws, df, "registered_at", "import:customers", progress, attributes=attrs
+        )
         ctx.graph.flush(uow)
         if uow.merged:
-            from goldkey.collect.writer import _follow
-
             canon = _follow(uow.merged)
             pids = [canon.get(p, p) for p in pids]
-        attrs_by_pid: dict[str, dict[str, Any]] = {}
-        first_by_pid: dict[str, Any] = {}
-        for r, pid in zip(rows, pids, strict=True):
-            a = attrs_by_pid.setdefault(pid, {})
-            extra = r.get("extra")
-            if isinstance(extra, str) and extra:
-                extra = orjson.loads(extra)
-            if isinstance(extra, dict):
-                a.update({k: v for k, v in extra.items() if v is not None})
-            for k, v in r.items():
-                if k in ("__record", "extra", "__dedupe_key") or v is None:
-                    continue
-                a[k] = _jsonable(v)
-            reg = r.get("registered_at")
-            if reg is not None:
-                reg = as_utc(reg)
-                if pid not in first_by_pid or reg < first_by_pid[pid]:
-                    first_by_pid[pid] = reg
-        ids = list(attrs_by_pid)
-        current = {}
-        for i in range(0, len(ids), 500):
-            for row in conn.execute(
-                sa.select(
-                    profiles.c.profile_id,
-                    profiles.c.attributes,
-                    profiles.c.first_seen_at,
-                    profiles.c.first_seen_source,
-                    profiles.c.first_seen_context,
-                ).where(profiles.c.profile_id.in_(ids[i : i + 500]))
-            ):
-                current[row.profile_id] = row
-        updates = []
-        now = utcnow()
-        for pid, a in attrs_by_pid.items():
-            cur = current[pid]
-            merged = {**orjson.loads(cur.attributes), **a}
-            first = as_utc(cur.first_seen_at)
-            reg = first_by_pid.get(pid)
-            earlier = reg is not None and (first is None or reg < first)
-            updates.append(
-                {
-                    "pid": pid,
-                    "attrs": orjson.dumps(merged).decode(),
-                    "fs": reg if earlier else first,
-                    "fss": "import:customers" if earlier else cur.first_seen_source,
-                    "fsc": orjson.dumps({"import": "customers", "registered_at": reg.isoformat()}).decode()
-                    if earlier
-                    else cur.first_seen_context,
-                    "now": now,
-                }
-            )
-        stmt = (
-            profiles.update()
-            .where(profiles.c.profile_id == sa.bindparam("pid"))
-            .values(
-                attributes=sa.bindparam("attrs"),
-                origin="existing",
-                first_seen_at=sa.bindparam("fs"),
-                first_seen_source=sa.bindparam("fss"),
-                first_seen_context=sa.bindparam("fsc"),
-                updated_at=sa.bindparam("now"),
+        # Profiles a row created on its own were written with its attributes and registration
+        # time already; the others (known customers, several rows of one customer) are merged
+        # into what the profile holds.
+        rest = fresh.not_()
+        if not rest.any():
+            return df.height, uow.map_ops
+        reg = df["registered_at"] if "registered_at" in df.columns else pl.repeat(None, df.height, eager=True)
+        if isinstance(reg.dtype, pl.Datetime):
+            reg = reg.dt.replace_time_zone("UTC") if reg.dtype.time_zone is None else reg.dt.convert_time_zone("UTC")
+        else:
+            reg = pl.Series([as_utc(v) for v in reg.to_list()], dtype=pl.Datetime("us", "UTC"))
+        frame = pl.DataFrame({"pid": pids, "attrs": attrs, "reg": reg}).filter(rest)
+        loads = orjson.loads
+        # the attributes each profile receives: one row's JSON as it is, several rows' merged
+        incoming: dict[str, str | dict[str, Any]] = {}
+        for pid, a in zip(frame["pid"].to_list(), frame["attrs"].to_list(), strict=True):
+            prev = incoming.get(pid)
+            if prev is None:
+                incoming[pid] = a
+            else:
+                d = loads(prev) if isinstance(prev, str) else prev
+                d.update(loads(a))
+                incoming[pid] = d
+        firsts = frame.group_by("pid", maintain_order=True).agg(pl.col("reg").min())
+        first_reg = dict(
+            zip(
+                firsts["pid"].to_list(),
+                zip(ts_column(conn, firsts["reg"]), _iso(firsts["reg"]).to_list(), strict=True),
+                strict=True,
             )
         )
-        for i in range(0, len(updates), 5000):
-            conn.execute(stmt, updates[i : i + 5000])
-        return len(rows), uow.map_ops
+        current = {
+            r[0]: r[1:]
+            for r in fetch_in(
+                conn,
+                "SELECT profile_id, attributes, origin, first_seen_at FROM profiles WHERE profile_id IN ({in})",
+                [],
+                list(incoming),
+            )
+        }
+        before = _earlier_than(conn)
+        now = ts_param(conn)(utcnow())
+        updates = []
+        for pid, a in incoming.items():
+            cur_text, origin, cur_first = current[pid]
+            if a == cur_text:  # the very attributes it holds (a re-import of the same row)
+                text = cur_text
+            else:
+                cur = loads(cur_text)
+                merged = {**cur, **(loads(a) if isinstance(a, str) else a)}
+                text = cur_text if merged == cur else orjson.dumps(merged).decode()
+            fs, iso = first_reg[pid]
+            earlier = fs is not None and before(fs, cur_first)
+            if text is cur_text and origin == "existing" and not earlier:
+                continue  # nothing changes (an identical re-import): no write
+            ctx_json = orjson.dumps({"import": "customers", "registered_at": iso}).decode() if earlier else None
+            updates.append((text, fs, fs, ctx_json, fs, fs, now, pid))
+        executemany(
+            conn,
+            """UPDATE profiles SET attributes = ?, origin = 'existing',
+                   first_seen_source = CASE WHEN ? < first_seen_at THEN 'import:customers'
+                                            ELSE first_seen_source END,
+                   first_seen_context = CASE WHEN ? < first_seen_at THEN ? ELSE first_seen_context END,
+                   first_seen_at = CASE WHEN ? < first_seen_at THEN ? ELSE first_seen_at END,
+                   updated_at = ?
+               WHERE profile_id = ?""",
+            updates,
+        )
+        return df.height, uow.map_ops
 
     def _feedback(
         self, ctx: WriteContext, conn: sa.Connection, ws: str, import_id: str, df: pl.DataFrame
     ) -> tuple[int, list[Any]]:
-        rows = self._rows(df)
         uow = UnitOfWork(conn)
-        pids = self._resolve_rows(ctx, uow, ws, rows, "created_at", "import:feedback")
+        pids, _ = self._resolve_rows(ctx, uow, ws, df, "created_at", "import:feedback")
         ctx.graph.flush(uow)
+        rows = self._rows(df)
         cols = [c.name for c in feedback.columns if c.name not in ("workspace_id", "profile_id", "import_id")]
         out = []
         for r, pid in zip(rows, pids, strict=True):
@@ -397,18 +535,17 @@ class Importer:
             return 0, []
         if "line_amount" not in df.columns:
             df = df.with_columns(pl.lit(None, pl.Float64).alias("line_amount"))
-        # one customer resolution per order (its first line)
-        firsts = df.group_by("order_id", maintain_order=True).first()
-        rows = self._rows(firsts)
+        # one customer resolution per order (its first line), from the columns it reads
+        custom = [trait for _, trait in ctx.graph.custom_identifiers(ws)]
+        needed = {"order_id", "ordered_at", "extra", *IDENTIFIER_FIELDS, *custom}
+        firsts = df.select([c for c in df.columns if c in needed]).group_by("order_id", maintain_order=True).first()
         uow = UnitOfWork(conn)
-        pids = self._resolve_rows(ctx, uow, ws, rows, "ordered_at", "import:orders", progress)
+        pids, _ = self._resolve_rows(ctx, uow, ws, firsts, "ordered_at", "import:orders", progress)
         ctx.graph.flush(uow)
         if uow.merged:
-            from goldkey.collect.writer import _follow
-
             canon = _follow(uow.merged)
             pids = [canon.get(p, p) for p in pids]
-        owner = pl.DataFrame({"order_id": firsts["order_id"], "profile_id": pids})
+        owner = pl.DataFrame({"order_id": firsts["order_id"], "profile_id": pl.Series(pids, dtype=pl.Utf8)})
         lines = df.with_columns((pl.int_range(pl.len()).over("order_id") + 1).cast(pl.Int32).alias("line_no"))
 
         def col(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -472,7 +609,7 @@ class Importer:
                 raise
             finally:
                 con.close()
-        refresh_order_summaries(ctx, conn, ws, sorted(set(pids)))
+        refresh_order_summaries(ctx, conn, ws, pl.Series(pids, dtype=pl.Utf8).unique().to_list())
         return df.height, []
 
 
@@ -482,51 +619,72 @@ def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, pro
         return
     cur = ctx.analytical.cursor()
     try:
-        cur.register("_p", pa.table({"canonical_id": profile_ids}))
+        cur.register("_p", pa.table({"canonical_id": pa.array(profile_ids, pa.string())}))
+        # Only these profiles' orders and their lines are read, not the workspace's; SKUs and
+        # categories are made distinct before they are listed (far cheaper than listing per order,
+        # flattening and making the lists distinct).
         tbl = cur.sql(
             """
-            SELECT o.canonical_id, count(*) AS orders, round(sum(o.total_amount), 2) AS revenue,
-                   min(o.ordered_at) AS first_order_at, max(o.ordered_at) AS last_order_at,
-                   list_sort(list_distinct(flatten(list(l.skus)))) AS skus,
-                   list_sort(list_distinct(flatten(list(l.cats)))) AS categories
-            FROM orders_resolved o
-            JOIN _p USING (canonical_id)
-            LEFT JOIN (SELECT order_id, list(sku) FILTER (WHERE sku IS NOT NULL) AS skus,
-                              list(category) FILTER (WHERE category IS NOT NULL) AS cats
-                       FROM order_lines WHERE workspace_id = ? GROUP BY order_id) l USING (order_id)
-            WHERE o.workspace_id = ?
-            GROUP BY o.canonical_id
+            WITH o AS (
+                SELECT o.canonical_id, o.order_id, o.total_amount, o.ordered_at
+                FROM orders_resolved o SEMI JOIN _p USING (canonical_id)
+                WHERE o.workspace_id = ?),
+            a AS (
+                SELECT canonical_id, count(*) AS orders, round(sum(total_amount), 2) AS revenue,
+                       epoch_us(min(ordered_at)) AS first_us, epoch_us(max(ordered_at)) AS last_us
+                FROM o GROUP BY canonical_id),
+            ol AS (
+                SELECT o.canonical_id, l.sku, l.category
+                FROM order_lines l JOIN o USING (order_id)
+                WHERE l.workspace_id = ?),
+            s AS (
+                SELECT canonical_id, list(sku ORDER BY sku) AS skus
+                FROM (SELECT DISTINCT canonical_id, sku FROM ol WHERE sku IS NOT NULL)
+                GROUP BY canonical_id),
+            c AS (
+                SELECT canonical_id, list(category ORDER BY category) AS categories
+                FROM (SELECT DISTINCT canonical_id, category FROM ol WHERE category IS NOT NULL)
+                GROUP BY canonical_id)
+            SELECT a.*, s.skus, c.categories
+            FROM a LEFT JOIN s USING (canonical_id) LEFT JOIN c USING (canonical_id)
             """,
             params=[ws, ws],
         ).to_arrow_table()
+        cur.unregister("_p")
     finally:
         cur.close()
-    rows = []
-    for r in tbl.to_pylist():
-        rows.append(
-            {
-                "pid": r["canonical_id"],
-                "summary": orjson.dumps(
-                    {
-                        "orders": r["orders"],
-                        "revenue": r["revenue"],
-                        "first_order_at": as_utc(r["first_order_at"]).isoformat() if r["first_order_at"] else None,
-                        "last_order_at": as_utc(r["last_order_at"]).isoformat() if r["last_order_at"] else None,
-                        "skus": r["skus"] or [],
-                        "categories": r["categories"] or [],
-                    }
-                ).decode(),
-            }
+    found = pl.from_arrow(tbl)
+    assert isinstance(found, pl.DataFrame)
+    empty = pl.lit([], pl.List(pl.Utf8))
+    when = {c: pl.col(c).cast(pl.Datetime("us", "UTC")) for c in ("first_us", "last_us")}
+    summaries = found.select(
+        pl.col("canonical_id"),
+        pl.struct(
+            pl.col("orders").cast(pl.Int64),
+            pl.col("revenue").cast(pl.Float64),
+            _iso_expr(when["first_us"]).alias("first_order_at"),
+            _iso_expr(when["last_us"]).alias("last_order_at"),
+            pl.col("skus").cast(pl.List(pl.Utf8)).fill_null(empty),
+            pl.col("categories").cast(pl.List(pl.Utf8)).fill_null(empty),
         )
-    found = {r["pid"] for r in rows}
-    rows += [{"pid": p, "summary": "{}"} for p in profile_ids if p not in found]
-    stmt = (
-        profiles.update()
-        .where(profiles.c.profile_id == sa.bindparam("pid"))
-        .values(order_summary=sa.bindparam("summary"))
+        .struct.json_encode()
+        .alias("summary"),
     )
-    for i in range(0, len(rows), 5000):
-        conn.execute(stmt, rows[i : i + 5000])
+    seen = set(summaries["canonical_id"].to_list())
+    missing = [p for p in profile_ids if p not in seen]
+    if missing:
+        summaries = pl.concat(
+            [summaries, pl.DataFrame({"canonical_id": missing, "summary": ["{}"] * len(missing)})],
+            how="vertical_relaxed",
+        )
+    # in key order (neighbouring rows share pages); unchanged summaries are not rewritten
+    summaries = summaries.sort("canonical_id")
+    s, p = summaries["summary"].to_list(), summaries["canonical_id"].to_list()
+    executemany(
+        conn,
+        "UPDATE profiles SET order_summary = ? WHERE profile_id = ? AND order_summary <> ?",
+        list(zip(s, p, s, strict=True)),
+    )
 
 
 def list_quarantine(

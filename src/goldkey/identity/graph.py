@@ -8,17 +8,20 @@ the in-memory caches here are only touched by that one thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 import orjson
+import polars as pl
 import sqlalchemy as sa
 
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import Conflict, NotFound
-from goldkey.core.ids import new_id
+from goldkey.core.ids import new_id, new_ids
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.identity.rules import IdentityRules
 from goldkey.store.operational import audit_log, identities, identity_conflicts, merges, profiles
@@ -109,6 +112,136 @@ def combine_order_summaries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, A
     }
 
 
+# -- bulk SQL ---------------------------------------------------------------------------------
+# Bulk writes bypass SQLAlchemy's per-row parameter processing (its compiled-statement and
+# type-converter work costs far more than the database does): statements run on the DBAPI
+# cursor of the caller's connection, inside its transaction, with values already in the form
+# SQLAlchemy would have stored. SQLite keeps DateTime columns as naive text
+# 'YYYY-MM-DD HH:MM:SS.ffffff' (the wall time of the value, which is UTC throughout Goldkey);
+# PostgreSQL gets datetimes, or text with an explicit +00:00 that it casts to timestamptz.
+
+_SQLITE_TS = "%Y-%m-%d %H:%M:%S%.6f"
+
+
+def _is_sqlite(conn: sa.Connection) -> bool:
+    return conn.dialect.name == "sqlite"
+
+
+def executemany(conn: sa.Connection, sql: str, rows: Sequence[Sequence[Any]], chunk: int = 50_000) -> None:
+    """Run ``sql`` (``?`` placeholders) once per parameter tuple on the DBAPI cursor of ``conn``."""
+    if not rows:
+        return
+    if not _is_sqlite(conn):
+        sql = sql.replace("?", "%s")
+    cur = conn.connection.cursor()
+    try:
+        for i in range(0, len(rows), chunk):
+            cur.executemany(sql, rows[i : i + chunk])
+    finally:
+        cur.close()
+
+
+def fetch_in(conn: sa.Connection, sql: str, params: Sequence[Any], values: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run ``sql`` whose last condition is ``<column> IN ({in})`` for all ``values`` in as few
+    statements as the driver allows; return every row. ``?`` are the placeholders of ``params``."""
+    if not values:
+        return []
+    cur = conn.connection.cursor()
+    out: list[tuple[Any, ...]] = []
+    try:
+        if _is_sqlite(conn):
+            try:
+                limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[union-attr]
+            except (AttributeError, sqlite3.Error):  # pragma: no cover - Python < 3.11
+                limit = 999
+            step = max(1, min(30_000, limit - len(params) - 1))
+            for i in range(0, len(values), step):
+                chunk = list(values[i : i + step])
+                cur.execute(sql.format(**{"in": ",".join("?" * len(chunk))}), [*params, *chunk])
+                out += cur.fetchall()
+        else:
+            text = sql.replace("?", "%s").format(**{"in": "SELECT unnest(%s::text[])"})
+            for i in range(0, len(values), 100_000):
+                cur.execute(text, [*params, list(values[i : i + 100_000])])
+                out += cur.fetchall()
+    finally:
+        cur.close()
+    return [tuple(r) for r in out]
+
+
+def ts_param(conn: sa.Connection) -> Callable[[datetime | None], Any]:
+    """Return a function giving a datetime in the form the connection's bulk statements take."""
+    if not _is_sqlite(conn):
+        return lambda d: d
+
+    def sqlite_ts(d: datetime | None) -> str | None:
+        if d is None:
+            return None
+        return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - SQLAlchemy's format
+            d.year,
+            d.month,
+            d.day,
+            d.hour,
+            d.minute,
+            d.second,
+            d.microsecond,
+        )
+
+    return sqlite_ts
+
+
+def ts_column(conn: sa.Connection, s: pl.Series) -> list[str | None]:
+    """Return a Datetime series (aware, or naive UTC) as bulk-statement parameters."""
+    if s.dtype.time_zone is not None:  # type: ignore[union-attr]
+        s = s.dt.convert_time_zone("UTC")
+    if _is_sqlite(conn):
+        return s.dt.strftime(_SQLITE_TS).to_list()
+    return s.dt.strftime(_SQLITE_TS + "+00:00").to_list()
+
+
+_COPY_MIN_ROWS = 100  # PostgreSQL: from this many rows on, COPY instead of INSERTs
+
+
+def _bulk_insert(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cols = ", ".join(columns)
+    if not rows:
+        return
+    if not _is_sqlite(conn) and len(rows) >= _COPY_MIN_ROWS:
+        cur = conn.connection.cursor()
+        if hasattr(cur, "copy"):  # psycopg 3: COPY, far cheaper than many INSERTs
+            try:
+                with cur.copy(f"COPY {table.name} ({cols}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            finally:
+                cur.close()
+            return
+        cur.close()
+    marks = ", ".join("?" * len(columns))
+    executemany(conn, f"INSERT INTO {table.name} ({cols}) VALUES ({marks})", rows)
+
+
+_PROFILE_COLS = (
+    "profile_id",
+    "workspace_id",
+    "canonical_id",
+    "attributes",
+    "origin",
+    "first_seen_at",
+    "first_seen_source",
+    "first_seen_context",
+    "last_seen_at",
+    "created_at",
+    "updated_at",
+)
+_IDENTITY_COLS = ("workspace_id", "id_type", "id_value", "profile_id", "first_seen_at", "source")
+_CONFLICT_COLS = ("workspace_id", "profile_id", "id_type", "id_value", "reason", "created_at")
+# a value that is plain printable ASCII without surrounding blanks and at most 200 long: for these
+# ``normalize_identifier``'s strip and length rules change nothing and lower-casing is ASCII's
+_PLAIN = r"^[!-~](?:[ -~]{0,198}[!-~])?$"
+_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
 class IdentityGraph:
     """Resolves identifiers to profiles and keeps the graph consistent under merges."""
 
@@ -116,12 +249,23 @@ class IdentityGraph:
         self._rules_of = rules_of  # callable workspace_id -> IdentityRules
         self.region = region
         self.recent_keep = recent_keep
-        self._cache: dict[IdKey, str] = {}
+        # (workspace_id, id_type) -> id_value -> owning profile ("" when nobody owns it)
+        self._cache: dict[tuple[str, str], dict[str, str]] = {}
 
     # -- caches -----------------------------------------------------------------------------
     def invalidate(self) -> None:
         """Forget cached identifiers (after a failed unit of work)."""
         self._cache.clear()
+
+    def _get(self, key: IdKey) -> str | None:
+        sub = self._cache.get((key[0], key[1]))
+        return None if sub is None else sub.get(key[2])
+
+    def _set(self, key: IdKey, profile_id: str) -> None:
+        sub = self._cache.get((key[0], key[1]))
+        if sub is None:
+            sub = self._cache[(key[0], key[1])] = {}
+        sub[key[2]] = profile_id
 
     def normalised(self, workspace_id: str, raw: Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:
         """Return distinct, normalised, unblocked identifiers in the workspace's priority order."""
@@ -139,33 +283,93 @@ class IdentityGraph:
         rules: IdentityRules = self._rules_of(workspace_id)
         return [(c.name, c.trait) for c in rules.custom]
 
+    def normalised_column(self, workspace_id: str, id_type: str, values: pl.Series) -> pl.Series:
+        """Return ``values`` of one identifier type normalised (as ``normalised`` would), null
+        where a value cannot identify anyone or is blocked; vectorised for plain values, value by
+        value (once per distinct value) for the rest."""
+        rules: IdentityRules = self._rules_of(workspace_id)
+        region = self.region
+
+        def one(v: Any) -> str | None:
+            n = normalize_identifier(id_type, v, region)
+            return None if n is None or rules.is_blocked(id_type, n) else n
+
+        def by_value(s: pl.Series) -> pl.Series:
+            uniq = s.drop_nulls().unique()
+            if uniq.len() == 0:
+                return pl.Series(s.name, [None] * s.len(), pl.Utf8)
+            return s.replace_strict(uniq, [one(v) for v in uniq.to_list()], default=None, return_dtype=pl.Utf8)
+
+        name = values.name
+        if values.dtype != pl.Utf8:
+            if values.dtype.is_nested() or values.dtype == pl.Boolean:
+                return pl.Series(name, [None] * values.len(), pl.Utf8)
+            return by_value(values).alias(name)
+        from goldkey.collect.cleaning import _CN_MOBILE  # the phone rules the cleaning uses
+
+        v = pl.col("v")
+        plain = v.str.contains(_PLAIN)
+        if id_type == "phone":
+            # an E.164 CN mobile is its own normal form; anything else is settled value by value
+            if _CN_MOBILE is None:
+                return by_value(values).alias(name)
+            ok = plain & v.str.starts_with("+86") & (v.str.len_bytes() == 14) & v.str.slice(3).str.contains(_CN_MOBILE)
+            fast = pl.when(ok).then(v)
+        elif id_type == "email":
+            low = v.str.to_lowercase()
+            ok = plain
+            fast = pl.when(plain & low.str.contains(_EMAIL)).then(low)
+        else:
+            ok = plain
+            fast = pl.when(plain).then(v)
+        blocked_all = list(rules._blocked_all)
+        blocked_typed = list(rules._blocked_typed.get(id_type, ()))
+        frame = pl.DataFrame({"v": values}).select(fast.alias("n"), (ok | v.is_null()).alias("ok"))
+        n = pl.col("n")
+        frame = frame.with_columns(
+            pl.when(n.str.to_lowercase().is_in(blocked_all) | n.is_in(blocked_typed)).then(None).otherwise(n).alias("n")
+        )
+        out = frame["n"]
+        todo = ~frame["ok"]
+        if todo.any():
+            out = out.clone().scatter(todo.arg_true(), by_value(values.filter(todo)))
+        return out.alias(name)
+
     def prefetch(self, conn: sa.Connection, keys: Iterable[IdKey]) -> None:
-        """Load the owners of identifiers not yet cached, in a few IN queries."""
-        by_type: dict[tuple[str, str], list[str]] = {}
+        """Load the owners of identifiers not yet cached, in a few IN queries. Call it at the start
+        of a unit of work: a cache grown too large is dropped first."""
+        if sum(map(len, self._cache.values())) > 3_000_000:
+            self.invalidate()
+        self._fill(conn, keys)
+
+    def _fill(self, conn: sa.Connection, keys: Iterable[IdKey]) -> None:
+        by_type: dict[tuple[str, str], set[str]] = {}
         for k in keys:
-            if k not in self._cache:
-                by_type.setdefault((k[0], k[1]), []).append(k[2])
+            sub = self._cache.get((k[0], k[1]))
+            if sub is None or k[2] not in sub:
+                by_type.setdefault((k[0], k[1]), set()).add(k[2])
         for (ws, id_type), values in by_type.items():
-            for i in range(0, len(values), 500):
-                chunk = values[i : i + 500]
-                rows = conn.execute(
-                    sa.select(identities.c.id_value, identities.c.profile_id).where(
-                        identities.c.workspace_id == ws,
-                        identities.c.id_type == id_type,
-                        identities.c.id_value.in_(chunk),
-                    )
-                ).all()
-                found = {r.id_value: r.profile_id for r in rows}
-                for v in chunk:
-                    self._cache[(ws, id_type, v)] = found.get(v, _MISSING)
-        if len(self._cache) > 3_000_000:
-            self._cache.clear()
+            found = self._lookup(conn, ws, id_type, list(values))
+            sub = self._cache.setdefault((ws, id_type), {})
+            for v in values:
+                sub[v] = found.get(v, _MISSING)
+
+    @staticmethod
+    def _lookup(conn: sa.Connection, ws: str, id_type: str, values: Sequence[str]) -> dict[str, str]:
+        """Return {value: owning profile} of those ``values`` the database knows."""
+        rows = fetch_in(
+            conn,
+            "SELECT id_value, profile_id FROM identities WHERE workspace_id = ? AND id_type = ? AND id_value IN ({in})",
+            [ws, id_type],
+            values,
+        )
+        return dict(rows)  # type: ignore[arg-type]
 
     def _owner(self, conn: sa.Connection, key: IdKey) -> str | None:
-        pid = self._cache.get(key)
+        pid = self._get(key)
         if pid is None:
-            self.prefetch(conn, [key])
-            pid = self._cache[key]
+            self._fill(conn, [key])
+            pid = self._get(key)
         return pid or None
 
     # -- resolution -------------------------------------------------------------------------
@@ -238,6 +442,245 @@ class IdentityGraph:
             )
         return target
 
+    def resolve_many(
+        self,
+        uow: UnitOfWork,
+        workspace_id: str,
+        raw_ids: Sequence[tuple[str, pl.Series]],
+        at: pl.Series,
+        source: str,
+        context: dict[str, Any] | None = None,
+        attributes: pl.Series | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[list[str], pl.Series]:
+        """Resolve many records at once; return each record's profile (as ``resolve`` would have
+        returned it, record by record in order; merges may still move it: follow ``uow.merged``)
+        and a mask of the records that created their profile on their own.
+
+        ``raw_ids`` are identifier columns (type, raw values) in the order ``resolve``'s callers
+        list them; ``at`` is each record's time (aware). A profile created by one record alone
+        starts with that record's ``attributes`` (JSON text) when given.
+
+        Records split three ways, with the same outcome as resolving them one by one:
+
+        * all identifiers already belong to one profile: that profile, nothing to write;
+        * no identifier is known, none is shared with a record holding a different set of
+          identifiers, and no type exceeds its limit: the records with that set share one new
+          profile, created in bulk with its identities (records without any identifier get a
+          profile each, as ``resolve`` gives them);
+        * everything else (merges, conflicts, partly known records): ``resolve``, in order.
+        Profiles and identities created in bulk are written at once (on the unit's connection).
+        """
+        n = at.len()
+        ws = workspace_id
+        conn = uow.conn
+        rules: IdentityRules = self._rules_of(ws)
+        self.flush(uow)  # the database is now the whole truth next to the cache
+        if sum(map(len, self._cache.values())) > 3_000_000:
+            self.invalidate()
+        # one normalised column per identifier type, in priority order
+        by_type: dict[str, list[pl.Series]] = {}
+        for id_type, series in raw_ids:
+            by_type.setdefault(id_type, []).append(self.normalised_column(ws, id_type, series))
+        types = sorted(by_type, key=rules.rank)
+        cols: dict[str, pl.Series] = {}
+        # A type given by several columns: records holding more than one value of it go the
+        # record-by-record way (it dedupes and enforces the limit), and so do the records holding
+        # any of those values; the others hold one value of the type at most.
+        several = pl.Series("several", [False] * n, pl.Boolean)
+        for t in types:
+            group = by_type[t]
+            if len(group) == 1:
+                cols[t] = group[0].alias(t)
+                continue
+            count = pl.select(pl.sum_horizontal([pl.lit(c).is_not_null() for c in group])).to_series()
+            cols[t] = pl.select(pl.coalesce([pl.lit(c) for c in group])).to_series().alias(t)
+            many = count > 1
+            if many.any():
+                held = pl.concat([c.filter(many) for c in group]).drop_nulls().unique()
+                several = several | many | cols[t].is_in(held.implode()).fill_null(False)
+        frame = pl.DataFrame(list(cols.values())) if cols else pl.DataFrame({"_": pl.repeat(0, n, eager=True)})
+
+        # owners: the cache, then the database for the rest
+        owner_cols: list[pl.Series] = []
+        for t in types:
+            col = frame[t]
+            if col.null_count() == n:
+                continue
+            sub = self._cache.get((ws, t))
+            in_use = self._type_in_use(conn, ws, t)
+            if not sub and not in_use:
+                continue  # nobody holds an identifier of this type yet
+            vals = col.to_list()
+            got: list[str | None] = list(map(sub.get, vals)) if sub else [None] * n
+            if in_use:
+                unknown = [x for x, g in zip(vals, got, strict=True) if g is None and x is not None]
+                found = self._lookup(conn, ws, t, unknown) if unknown else {}
+                if found:
+                    got = [found.get(x) if g is None and x is not None else g for x, g in zip(vals, got, strict=True)]
+            owners = pl.Series(t, got, pl.Utf8)
+            owners = pl.select(pl.when(pl.lit(owners) != _MISSING).then(pl.lit(owners))).to_series()
+            if owners.null_count() < n:
+                owner_cols.append(owners)
+
+        v = [pl.col(t) for t in types]
+        o = [pl.lit(c) for c in owner_cols]
+        n_ids = pl.sum_horizontal([c.is_not_null() for c in v]) if v else pl.lit(0)
+        n_known = pl.sum_horizontal([c.is_not_null() for c in o]) if o else pl.lit(0)
+        owner = pl.coalesce(o) if o else pl.lit(None, pl.Utf8)
+        one_owner = pl.all_horizontal([c.is_null() | (c == owner) for c in o]) if o else pl.lit(True)
+        # a value held by several records: only records with the very same set may share it
+        dup = pl.any_horizontal([c.is_not_null() & c.is_duplicated() for c in v]) if v else pl.lit(False)
+        rows = frame.with_columns(
+            n_ids.alias("n_ids"),
+            n_known.alias("n_known"),
+            owner.alias("owner"),
+            one_owner.alias("one_owner"),
+            dup.alias("dup"),
+            several.alias("several"),
+        ).select("n_ids", "n_known", "owner", "one_owner", "dup", "several")
+        key = pl.concat_str(
+            [
+                pl.when(c.is_not_null()).then(c.str.len_bytes().cast(pl.Utf8) + ":" + c).otherwise(pl.lit("-"))
+                for c in v
+            ],
+            separator="|",
+        )
+        dups = frame.with_row_index("row").filter(rows["dup"])
+        grouped = pl.DataFrame(schema={"row": pl.UInt32, "key": pl.Utf8, "shared": pl.Boolean})
+        if dups.height:
+            dups = dups.with_columns(key.alias("key"))
+            grouped = dups.select(
+                "row",
+                "key",
+                pl.any_horizontal([c.is_not_null() & (pl.col("key").n_unique().over(c) > 1) for c in v]).alias(
+                    "shared"
+                ),
+            )
+        rows = rows.with_row_index("row").join(grouped, on="row", how="left", maintain_order="left")
+        rows = rows.with_columns(
+            pl.when(pl.col("several"))
+            .then(pl.lit("slow"))
+            .when((pl.col("n_ids") > 0) & (pl.col("n_known") == pl.col("n_ids")) & pl.col("one_owner"))
+            .then(pl.lit("known"))
+            .when((pl.col("n_known") == 0) & ~pl.col("shared").fill_null(False))
+            .then(pl.lit("new"))
+            .otherwise(pl.lit("slow"))
+            .alias("how"),
+        )
+        pids: list[str | None] = (
+            rows.select(pl.when(pl.col("how") == "known").then(pl.col("owner"))).to_series().to_list()
+        )
+
+        # the rest, one by one and in order, exactly as before
+        slow_rows = rows.filter(pl.col("how") == "slow")["row"]
+        if progress:
+            progress(0, n)
+        if slow_rows.len():
+            raw_slow = [(t, s.gather(slow_rows).to_list()) for t, s in raw_ids]
+            slow_ids = [
+                self.normalised(ws, [(t, vals[i]) for t, vals in raw_slow if vals[i] is not None])
+                for i in range(slow_rows.len())
+            ]
+            self._fill(conn, {(ws, t, x) for ids in slow_ids for t, x in ids})
+            ctx = context or {}
+            slow_at = at.gather(slow_rows).to_list()
+            step = max(1, slow_rows.len() // 50)
+            for i, (r, ids, when) in enumerate(zip(slow_rows.to_list(), slow_ids, slow_at, strict=True)):
+                pids[r] = self.resolve(uow, ws, ids, as_utc(when), source, ctx)  # type: ignore[arg-type]
+                if progress and i % step == 0:
+                    progress(i, n)
+
+        # New profiles: one per identifier set, first seen with the set's first record. Their ids
+        # follow the first-seen times, so the profile table's indexes all grow at their end.
+        new = rows.filter(pl.col("how") == "new").select("row", "key", "dup")
+        shared_sets = new.filter(pl.col("dup"))
+        groups = pl.concat(
+            [
+                new.filter(~pl.col("dup")).select(pl.col("row").alias("first"), pl.lit(1, pl.UInt32).alias("size")),
+                shared_sets.group_by("key", maintain_order=True)
+                .agg(pl.col("row").first().alias("first"), pl.len().cast(pl.UInt32).alias("size"))
+                .select("first", "size"),
+            ]
+        )
+        fresh = pl.Series("fresh", [False] * n, pl.Boolean)
+        if groups.height:
+            groups = (
+                groups.with_columns(at.gather(groups["first"]).alias("at"))
+                .sort("at", "first")
+                .with_columns(pl.Series("pid", new_ids("prf", groups.height), pl.Utf8))
+            )
+            new_pids = groups["pid"]
+            for r, p in zip(groups["first"].to_list(), new_pids.to_list(), strict=True):
+                pids[r] = p
+            if shared_sets.height:
+                members = shared_sets.join(
+                    shared_sets.group_by("key").agg(pl.col("row").min().alias("first")), on="key"
+                ).join(groups.select("first", "pid"), on="first")
+                for r, p in zip(members["row"].to_list(), members["pid"].to_list(), strict=True):
+                    pids[r] = p
+            firsts = groups["first"]
+            single = groups["size"] == 1
+            if attributes is not None:
+                attrs = pl.select(
+                    pl.when(single).then(attributes.gather(firsts)).otherwise(pl.lit("{}")).fill_null("{}")
+                ).to_series()
+                fresh = fresh.scatter(firsts.filter(single), True)
+            else:
+                attrs = pl.repeat("{}", groups.height, eager=True, dtype=pl.Utf8)
+            ts = ts_column(conn, groups["at"])
+            now = ts_param(conn)(utcnow())
+            origin = "existing" if source.startswith("import:") else "new"
+            plist = new_pids.to_list()
+            _bulk_insert(
+                conn,
+                profiles,
+                _PROFILE_COLS,
+                list(
+                    zip(
+                        plist,
+                        repeat(ws),
+                        plist,
+                        attrs.to_list(),
+                        repeat(origin),
+                        ts,
+                        repeat(source),
+                        repeat(_j(context or {})),
+                        ts,
+                        repeat(now),
+                        repeat(now),
+                    )
+                ),
+            )
+            held = frame.gather(firsts).with_columns(new_pids, pl.Series("at", ts, pl.Utf8))
+            for t in types:
+                mine = held.select(t, "pid", "at").filter(pl.col(t).is_not_null())
+                if not mine.height:
+                    continue
+                vals, owners = mine[t].to_list(), mine["pid"].to_list()
+                _bulk_insert(
+                    conn,
+                    identities,
+                    _IDENTITY_COLS,
+                    list(zip(repeat(ws), repeat(t), vals, owners, mine["at"].to_list(), repeat(source))),
+                )
+                # as ``_attach`` does (and replacing what the cache said: nobody)
+                self._cache.setdefault((ws, t), {}).update(zip(vals, owners, strict=True))
+        if progress:
+            progress(n, n)
+        return pids, fresh  # type: ignore[return-value]
+
+    @staticmethod
+    def _type_in_use(conn: sa.Connection, ws: str, id_type: str) -> bool:
+        """Return whether the workspace holds any identifier of the type (else none can match)."""
+        row = conn.exec_driver_sql(
+            "SELECT 1 FROM identities WHERE workspace_id = ? AND id_type = ? LIMIT 1"
+            if _is_sqlite(conn)
+            else "SELECT 1 FROM identities WHERE workspace_id = %s AND id_type = %s LIMIT 1",
+            (ws, id_type),
+        ).first()
+        return row is not None
+
     def _clash(self, uow: UnitOfWork, owner: str, pending: list[tuple[str, str]], rules: IdentityRules) -> str | None:
         """Return the identifier type ``owner`` could not also hold with ``pending``, or None."""
         extra: dict[str, set[str]] = {}
@@ -285,7 +728,7 @@ class IdentityGraph:
                 source=source,
             )
         )
-        self._cache[(workspace_id, id_type, value)] = target
+        self._set((workspace_id, id_type, value), target)
 
     def _held(self, uow: UnitOfWork, profile_id: str, id_type: str) -> set[str]:
         """Return the values of ``id_type`` the profile holds, including this unit's additions."""
@@ -317,7 +760,7 @@ class IdentityGraph:
         for t in types:
             ha, hb = self._held(uow, a, t), self._held(uow, b, t)
             if ha and hb and len(ha | hb) > rules.limit(t):
-                link = next(((it, v) for it, v in ids if self._cache.get((workspace_id, it, v)) == b), ids[0])
+                link = next(((it, v) for it, v in ids if self._get((workspace_id, it, v)) == b), ids[0])
                 uow.conflicts.append(
                     dict(
                         workspace_id=workspace_id,
@@ -330,39 +773,64 @@ class IdentityGraph:
                     )
                 )
                 return a
-        link = next(((it, v) for it, v in ids if self._cache.get((workspace_id, it, v)) == b), ids[0])
+        link = next(((it, v) for it, v in ids if self._get((workspace_id, it, v)) == b), ids[0])
         return self.merge(uow, workspace_id, a, b, link, actor="identity-resolution")
 
     # -- merge and unmerge ------------------------------------------------------------------
     def flush(self, uow: UnitOfWork) -> None:
         """Write pending new profiles and identities so SQL sees them."""
+        conn = uow.conn
+        ts = ts_param(conn)
         if uow.new_profiles:
-            now = utcnow()
-            uow.conn.execute(
-                profiles.insert(),
-                [
-                    dict(
-                        profile_id=p.profile_id,
-                        workspace_id=p.workspace_id,
-                        merged_into=None,
-                        canonical_id=p.profile_id,
-                        origin=p.origin,
-                        first_seen_at=p.first_seen_at,
-                        first_seen_source=p.source,
-                        first_seen_context=_j(p.context),
-                        last_seen_at=p.first_seen_at,
-                        created_at=now,
-                        updated_at=now,
+            now = ts(utcnow())
+            rows = []
+            for p in uow.new_profiles.values():
+                first = ts(p.first_seen_at)
+                rows.append(
+                    (
+                        p.profile_id,
+                        p.workspace_id,
+                        p.profile_id,
+                        "{}",
+                        p.origin,
+                        first,
+                        p.source,
+                        _j(p.context),
+                        first,
+                        now,
+                        now,
                     )
-                    for p in uow.new_profiles.values()
-                ],
-            )
+                )
+            _bulk_insert(conn, profiles, _PROFILE_COLS, rows)
             uow.new_profiles.clear()
         if uow.new_identities:
-            uow.conn.execute(identities.insert(), uow.new_identities)
+            _bulk_insert(
+                conn,
+                identities,
+                _IDENTITY_COLS,
+                [
+                    (
+                        i["workspace_id"],
+                        i["id_type"],
+                        i["id_value"],
+                        i["profile_id"],
+                        ts(i["first_seen_at"]),
+                        i["source"],
+                    )
+                    for i in uow.new_identities
+                ],
+            )
             uow.new_identities.clear()
         if uow.conflicts:
-            uow.conn.execute(identity_conflicts.insert(), uow.conflicts)
+            _bulk_insert(
+                conn,
+                identity_conflicts,
+                _CONFLICT_COLS,
+                [
+                    (c["workspace_id"], c["profile_id"], c["id_type"], c["id_value"], c["reason"], ts(c["created_at"]))
+                    for c in uow.conflicts
+                ],
+            )
             uow.conflicts.clear()
 
     def _row(self, conn: sa.Connection, profile_id: str) -> sa.Row[Any]:
@@ -474,8 +942,12 @@ class IdentityGraph:
                 at=now,
             )
         )
-        for key in [k for k, v in self._cache.items() if v == loser.profile_id]:
-            self._cache[key] = winner.profile_id
+        # the cache only names an owner the database (flushed above) agrees with, so the entries
+        # naming the loser are among its identities
+        for t, v in loser_ids:
+            sub = self._cache.get((workspace_id, t))
+            if sub is not None and sub.get(v) == loser.profile_id:
+                sub[v] = winner.profile_id
         lp = uow.pending_ids.pop(loser.profile_id, None)
         wp = uow.pending_ids.get(winner.profile_id)
         if wp is not None:
@@ -573,7 +1045,7 @@ class IdentityGraph:
                 )
                 .values(profile_id=m.loser_id)
             )
-            self._cache[(workspace_id, id_type, value)] = m.loser_id
+            self._set((workspace_id, id_type, value), m.loser_id)
         conn.execute(merges.update().where(merges.c.merge_id == merge_id).values(undone_at=now))
         conn.execute(
             audit_log.insert().values(
