@@ -169,3 +169,70 @@ def test_workspaces_are_isolated(env_any: Any) -> None:
     assert "city" not in mine["attributes"] and "phone" not in theirs["attributes"]
     r = env.client.get(f"/api/v1/profiles/{mine['profile_id']}", headers=env.admin_auth(other.admin_token))
     assert r.status_code == 404
+
+
+def test_one_merge_per_pair_even_when_several_ids_link_it(env_any: Any) -> None:
+    env = env_any
+    ident(env, "m1", userId="u1")
+    ident(env, "m2", anonymousId="a1", traits={"email": "e@x.com"})
+    ident(env, "m3", userId="u1", anonymousId="a1", traits={"email": "e@x.com"})
+    p = lookup(env, user_id="u1")
+    assert len(p["merges"]) == 1
+    assert resolved_events(env, p["profile_id"]) == ["m1", "m2", "m3"]  # each once
+
+
+def test_undo_restores_an_overwritten_attribute_and_keeps_later_merges(env: Any, tmp_path: Any) -> None:
+    ident(env, "m1", userId="u1", traits={"name": "Alice"}, timestamp="2022-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1", traits={"name": "Bob"})
+    ident(env, "m3", userId="u1", anonymousId="a1")
+    first = lookup(env, user_id="u1")["merges"][0]["merge_id"]
+    # a later merge brings a CRM customer (existing) into the same profile
+    env.gk.importer.run(env.ws.workspace_id, "customers", _crm(tmp_path), {})
+    ident(env, "m4", userId="u1", traits={"crm_id": "C9"})
+    assert lookup(env, user_id="u1")["origin"] == "existing"
+    r = env.client.post(f"/api/v1/profiles/merges/{first}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    p = lookup(env, user_id="u1")
+    assert p["attributes"]["name"] == "Alice"
+    assert lookup(env, anonymous_id="a1")["attributes"]["name"] == "Bob"
+    assert p["origin"] == "existing" and lookup(env, crm_id="C9")["profile_id"] == p["profile_id"]
+
+
+def _crm(tmp_path: Any) -> Any:
+    f = tmp_path / "crm.csv"
+    f.write_text("crm_id,name,registered_at\nC9,Carol,2023-01-01\n", encoding="utf-8")
+    return f
+
+
+def test_events_of_a_batch_go_back_with_their_profile_on_undo(env: Any) -> None:
+    ident(env, "m1", userId="u1")
+    r = env.post(
+        "/v1/batch",
+        {
+            "batch": [
+                {"type": "track", "anonymousId": "a1", "event": "E", "messageId": "m2"},
+                {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m3"},
+            ]
+        },
+    )
+    assert r.json()["accepted"] == 2
+    p = lookup(env, user_id="u1")
+    merge_id = p["merges"][0]["merge_id"]
+    assert env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth()).status_code == 200
+    assert resolved_events(env, lookup(env, anonymous_id="a1")["profile_id"]) == ["m2"]
+
+
+def test_alias_from_one_user_id_to_another_merges(env: Any) -> None:
+    ident(env, "m1", userId="old-id", traits={"email": "o@x.com"})
+    r = env.post("/v1/alias", {"previousId": "old-id", "userId": "new-id", "messageId": "m2"})
+    assert r.status_code == 200
+    p = lookup(env, user_id="new-id")
+    assert p["profile_id"] == lookup(env, user_id="old-id")["profile_id"]
+    assert p["merges"] and not p["identity_conflicts"]
+
+
+def test_blocked_only_ids_share_one_unidentified_profile(env: Any) -> None:
+    for i in range(3):
+        assert env.post("/v1/track", {"userId": "test", "event": "E", "messageId": f"t{i}"}).status_code == 200
+    owners = env.gk.analytical.query("SELECT DISTINCT profile_id FROM events WHERE message_id LIKE 't%'")
+    assert len(owners) == 1

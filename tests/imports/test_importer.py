@@ -179,3 +179,15 @@ def test_import_through_api_with_parquet_and_excel(env: Any, tmp_path: Path) -> 
         "/api/v1/imports", headers=env.admin_auth(), files={"file": ("x.csv", b"a\n1\n")}, data={"kind": "stuff"}
     )
     assert unknown.status_code == 400 and unknown.json()["field"] == "kind"
+
+
+def test_reimported_order_that_changed_hands_leaves_the_old_owner(env: Any, tmp_path: Path) -> None:
+    env.gk.importer.run(env.ws.workspace_id, "customers", crm_file(tmp_path), CRM_MAPPING)
+    header = ["order_id", "ordered_at", "crm_id", "sku", "unit_price"]
+    first = write_csv(tmp_path / "o1.csv", header, [["O1", "2024-01-01", "C001", "S1", "10"]])
+    env.gk.importer.run(env.ws.workspace_id, "orders", first, {})
+    assert lookup(env, crm_id="C001")["order_summary"]["orders"] == 1
+    fixed = write_csv(tmp_path / "o2.csv", header, [["O1", "2024-01-01", "C002", "S1", "10"]])
+    env.gk.importer.run(env.ws.workspace_id, "orders", fixed, {})
+    assert lookup(env, crm_id="C001")["order_summary"].get("orders", 0) == 0
+    assert lookup(env, crm_id="C002")["order_summary"]["orders"] == 1

@@ -367,12 +367,12 @@ class Importer:
         if map_ops:
             from goldkey.collect.writer import apply_map_ops
 
-            with ctx.analytical.write_lock:
-                con = ctx.analytical.cursor()
-                try:
+            try:
+                with ctx.analytical.transaction() as con:
                     apply_map_ops(con, map_ops)
-                finally:
-                    con.close()
+            except BaseException:
+                ctx.writer.mark_map_stale()  # the operational side committed: repair at the next commit
+                raise
         return ImportSummary(
             import_id, kind, "done", result.rows_read, accepted, len(rejections), result.duplicates_merged, filename
         )
@@ -585,31 +585,30 @@ class Importer:
             )
         )
         order_ids = orders_out["order_id"].to_list()
-        with ctx.analytical.write_lock:
-            con = ctx.analytical.cursor()
+        from goldkey.collect.writer import apply_map_ops
+
+        with ctx.analytical.transaction() as con:
+            con.register("_ids", pa.table({"order_id": order_ids}))
             try:
-                con.execute("BEGIN TRANSACTION")
-                ids_tbl = pa.table({"order_id": order_ids})
-                con.register("_ids", ids_tbl)
+                # a re-imported order may have changed hands: its previous owner is recounted too
+                previous = con.execute(
+                    "SELECT DISTINCT canonical_id FROM orders_resolved WHERE workspace_id = ? "
+                    "AND order_id IN (SELECT order_id FROM _ids)",
+                    [ws],
+                ).fetchall()
                 con.execute(
                     "DELETE FROM orders WHERE workspace_id = ? AND order_id IN (SELECT order_id FROM _ids)", [ws]
                 )
                 con.execute(
                     "DELETE FROM order_lines WHERE workspace_id = ? AND order_id IN (SELECT order_id FROM _ids)", [ws]
                 )
-                con.unregister("_ids")
-                ctx.analytical.append("orders", orders_out.to_arrow(), con)
-                ctx.analytical.append("order_lines", lines_out.to_arrow(), con)
-                from goldkey.collect.writer import apply_map_ops
-
-                apply_map_ops(con, uow.map_ops)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             finally:
-                con.close()
-        refresh_order_summaries(ctx, conn, ws, pl.Series(pids, dtype=pl.Utf8).unique().to_list())
+                con.unregister("_ids")
+            ctx.analytical.append("orders", orders_out.to_arrow(), con)
+            ctx.analytical.append("order_lines", lines_out.to_arrow(), con)
+            apply_map_ops(con, uow.map_ops)
+        affected = set(pl.Series(pids, dtype=pl.Utf8).unique().to_list()) | {r[0] for r in previous}
+        refresh_order_summaries(ctx, conn, ws, sorted(affected))
         return df.height, []
 
 

@@ -340,6 +340,11 @@ class Writer:
         except Exception:  # noqa: BLE001 - retried at the next idle moment
             log.exception("checkpoint failed")
 
+    def mark_map_stale(self) -> None:
+        """Rebuild the analytical profile map before the next commit (a merge committed in the
+        operational store did not reach it)."""
+        self._map_stale = True
+
     def _write_repairing(self, batch: list[_EventItem]) -> list[IngestResult]:
         """write_events, first repairing the profile map if an earlier commit failed between the
         operational store's commit and the analytical one."""
@@ -406,8 +411,9 @@ class Writer:
             merges_seen = 0
             for (ws, source, ev), ids in zip(keep, normalised, strict=True):
                 if ev.type == "alias" and ev.previous_id:
-                    ids = self._alias_ids(conn, ws, ev, ids)
-                    pid = graph.resolve(uow, ws, ids, micros_to_datetime(ev.timestamp), source, _first_seen_context(ev))
+                    at = micros_to_datetime(ev.timestamp)
+                    pid = graph.resolve(uow, ws, ids, at, source, _first_seen_context(ev))
+                    pid = graph.alias(uow, ws, pid, ev.previous_id, at, source)
                 else:
                     rkey = (ws, *ids)
                     pid = pid_memo.get(rkey)  # type: ignore[assignment]
@@ -433,26 +439,15 @@ class Writer:
                 elif ev.type == "group" and ev.group_id:
                     d.attributes.setdefault("groups", {})[ev.group_id] = ev.traits or True
                 d.recent.append(ev)
-            # merges late in the batch may have moved earlier events' profiles
-            if uow.merged:
-                canon = _follow(uow.merged)
-                profile_ids = [canon.get(p, p) for p in profile_ids]
+            # Each event keeps the profile it resolved to when it arrived, even if that profile
+            # was merged later in this batch: the profile map resolves it while the merge stands,
+            # and an undo gives the event back to the profile it came from.
             graph.flush(uow)
             self._apply_deltas(conn, uow)
             map_ops = uow.map_ops
         self._append_events(keep, profile_ids, map_ops)
         self.dedupe.add_many(now_micros(), batch_keys)
         return results
-
-    def _alias_ids(
-        self, conn: sa.Connection, ws: str, ev: TrackedEvent, ids: list[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
-        """alias links previousId (an earlier userId or anonymousId) to the new userId."""
-        prev = ev.previous_id or ""
-        for t in ("user_id", "anonymous_id"):
-            if self.graph._owner(conn, (ws, t, prev)):
-                return self.graph.normalised(ws, [*[(a, b) for a, b in ids], (t, prev)])
-        return self.graph.normalised(ws, [*[(a, b) for a, b in ids], ("anonymous_id", prev)])
 
     def _apply_deltas(self, conn: sa.Connection, uow: UnitOfWork) -> None:
         if not uow.deltas:
@@ -550,6 +545,7 @@ def apply_map_ops(con: Any, ops: list[tuple[str, str, Any, Any]]) -> None:
             con.execute(
                 "UPDATE profile_map SET canonical_id = ? WHERE workspace_id = ? AND canonical_id = ?", [b, ws, a]
             )
+            con.execute("DELETE FROM profile_map WHERE workspace_id = ? AND profile_id = ?", [ws, a])
             con.execute("INSERT INTO profile_map VALUES (?, ?, ?)", [ws, a, b])
         elif op == "unmerge":
             loser, winner, subtree = a["loser"], a["winner"], a["subtree"]

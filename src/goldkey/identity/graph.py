@@ -384,6 +384,10 @@ class IdentityGraph:
     ) -> str:
         """Return the canonical profile for normalised identifiers ``ids`` (priority order),
         creating a profile, attaching new identifiers and merging profiles as the rules allow."""
+        if not ids and not source.startswith("import:"):
+            # tracking events whose ids are all blocked share one profile; an imported record
+            # with only blocked ids still stands for one customer and keeps its own
+            return self._unidentified(uow, workspace_id, at, source)
         owners: list[str | None] = []
         for id_type, value in ids:
             owners.append(self._owner(uow.conn, (workspace_id, id_type, value)))
@@ -398,7 +402,10 @@ class IdentityGraph:
         # profile names the target, but only if that profile can also hold the higher-priority
         # identifiers that nobody owns yet (a family phone must not pull a new user_id into the
         # profile of the person who registered it first).
+        merges_before = len(uow.merged)
         for (id_type, value), owner in zip(ids, owners, strict=True):
+            if len(uow.merged) != merges_before:  # a merge moved identifiers: owners changed
+                owner = self._owner(uow.conn, (workspace_id, id_type, value))
             if owner is None:
                 if target is None:
                     pending.append((id_type, value))
@@ -681,6 +688,39 @@ class IdentityGraph:
         ).first()
         return row is not None
 
+    def alias(
+        self, uow: UnitOfWork, workspace_id: str, profile_id: str, previous_id: str, at: datetime, source: str
+    ) -> str:
+        """Apply a Segment ``alias``: the earlier id (a userId or anonymousId) and ``profile_id``
+        are one person. An alias is an explicit statement, so it merges even where the per-type
+        limits would refuse an inferred link (two user_ids after a user-id change). Return the
+        surviving profile."""
+        rules: IdentityRules = self._rules_of(workspace_id)
+        for id_type in ("user_id", "anonymous_id"):
+            norm = self.normalised(workspace_id, [(id_type, previous_id)])
+            if not norm:
+                return profile_id  # a blocked value never links anyone
+            owner = self._owner(uow.conn, (workspace_id, *norm[0]))
+            if owner is not None:
+                if owner == profile_id:
+                    return profile_id
+                return self.merge(uow, workspace_id, profile_id, owner, norm[0], actor="alias")
+        norm = self.normalised(workspace_id, [("anonymous_id", previous_id)])
+        self._attach(uow, workspace_id, profile_id, *norm[0], at, source, rules)
+        return profile_id
+
+    def _unidentified(self, uow: UnitOfWork, workspace_id: str, at: datetime, source: str) -> str:
+        """Return the workspace's profile for events whose identifiers are all blocked values
+        (e.g. userId "test"): they are kept, on one profile, instead of one new profile each."""
+        pid = unidentified_profile_id(workspace_id)
+        if pid in uow.new_profiles:
+            return pid
+        exists = uow.conn.execute(sa.select(profiles.c.profile_id).where(profiles.c.profile_id == pid)).first()
+        if exists is None:
+            uow.new_profiles[pid] = NewProfile(workspace_id, pid, "new", at, "unidentified", {})
+            uow.pending_ids[pid] = {}
+        return pid
+
     def _clash(self, uow: UnitOfWork, owner: str, pending: list[tuple[str, str]], rules: IdentityRules) -> str | None:
         """Return the identifier type ``owner`` could not also hold with ``pending``, or None."""
         extra: dict[str, set[str]] = {}
@@ -857,11 +897,14 @@ class IdentityGraph:
         self.flush(uow)
         conn = uow.conn
         ra, rb = self._row(conn, a), self._row(conn, b)
+        if ra.merged_into is not None or rb.merged_into is not None or ra.profile_id == rb.profile_id:
+            return str(ra.canonical_id)  # merged already (the same pair reached twice)
         winner, loser = (ra, rb) if ra.first_seen_at <= rb.first_seen_at else (rb, ra)
         wa, la = orjson.loads(winner.attributes), orjson.loads(loser.attributes)
         newer_first = loser.last_seen_at > winner.last_seen_at
         combined = {**wa, **la} if newer_first else {**la, **wa}
         keys_from_loser = [k for k in la if k not in wa]
+        winner_overwritten = {k: wa[k] for k in la if k in wa and combined[k] != wa[k]}
         loser_ids = [
             (r.id_type, r.id_value)
             for r in conn.execute(
@@ -926,6 +969,7 @@ class IdentityGraph:
                         "loser_before": _row_dict(loser),
                         "loser_identities": loser_ids,
                         "keys_from_loser": keys_from_loser,
+                        "winner_overwritten": winner_overwritten,
                         "subtree": subtree,
                     }
                 ),
@@ -1017,19 +1061,40 @@ class IdentityGraph:
         for k in detail["keys_from_loser"]:
             if k in attrs and attrs[k] == loser_attrs.get(k):
                 del attrs[k]
+        for k, v in detail.get("winner_overwritten", {}).items():
+            if attrs.get(k) == loser_attrs.get(k):
+                attrs[k] = v  # the loser's value had won the clash: the winner's own comes back
+        # The winner's derived fields: its own state before this merge, combined again with the
+        # profiles merged into it later (their rows keep their own pre-merge state), so undoing
+        # an early merge never drops what later merges brought.
+        others = conn.execute(
+            sa.select(profiles).where(profiles.c.canonical_id == m.winner_id, profiles.c.profile_id != m.winner_id)
+        ).all()
+        traits, tags, scores = orjson.loads(wb["traits"]), orjson.loads(wb["tags"]), orjson.loads(wb["scores"])
+        origin = wb["origin"]
+        first = (as_utc(datetime.fromisoformat(wb["first_seen_at"])), wb["first_seen_source"], wb["first_seen_context"])
+        for o in others:
+            traits = {**orjson.loads(o.traits), **traits}
+            tags = {**orjson.loads(o.tags), **tags}
+            scores = {**orjson.loads(o.scores), **scores}
+            if o.origin == "existing":
+                origin = "existing"
+            seen = as_utc(o.first_seen_at)
+            if seen is not None and first[0] is not None and seen < first[0]:
+                first = (seen, o.first_seen_source, o.first_seen_context)
         conn.execute(
             profiles.update()
             .where(profiles.c.profile_id == m.winner_id)
             .values(
                 attributes=_j(attrs),
-                traits=wb["traits"],
-                tags=wb["tags"],
-                scores=wb["scores"],
+                traits=_j(traits),
+                tags=_j(tags),
+                scores=_j(scores),
                 order_summary=wb["order_summary"],
-                origin=wb["origin"],
-                first_seen_at=datetime.fromisoformat(wb["first_seen_at"]),
-                first_seen_source=wb["first_seen_source"],
-                first_seen_context=wb["first_seen_context"],
+                origin=origin,
+                first_seen_at=first[0],
+                first_seen_source=first[1],
+                first_seen_context=first[2],
                 updated_at=now,
             )
         )
@@ -1085,3 +1150,8 @@ class IdentityGraph:
             frontier = [r.profile_id for r in rows]
             out.extend(frontier)
         return out
+
+
+def unidentified_profile_id(workspace_id: str) -> str:
+    """Return the id of the workspace's profile for events with no usable identifier."""
+    return "prf_" + workspace_id.split("_", 1)[-1]
