@@ -15,7 +15,7 @@ from goldkey import __version__
 from goldkey.api import imports, ops, profiles, tracking, workspace
 from goldkey.api.errors import error_parts
 from goldkey.core.errors import GoldkeyError
-from goldkey.ops.tuning import tune_gc
+from goldkey.ops.tuning import restore_gc, tune_gc
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
 
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         try:
             yield
         finally:
+            restore_gc()
             if owned:
                 app.state.gk.close()
 

@@ -15,3 +15,13 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def restore_gc() -> None:
+    """Undo ``tune_gc`` (at shutdown), so that frozen objects are collected normally again."""
+    gc.unfreeze()
+    gc.set_threshold(*_DEFAULT_THRESHOLDS)
+    gc.collect()
+
+
+_DEFAULT_THRESHOLDS = gc.get_threshold()
