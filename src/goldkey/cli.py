@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from goldkey.progress import progress_bar
 from goldkey.settings import Settings
 
 app = typer.Typer(
@@ -155,14 +155,7 @@ def _import_local(
         raise
     try:
         ws = _workspace_id(gk, workspace)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with progress_bar(console, "{task.description}") as bar:
             task = bar.add_task("reading", total=None)
 
             def progress(stage: str, done: int, total: int) -> None:

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -582,17 +583,17 @@ def _ts(ev: TrackedEvent) -> int:
     return ev.timestamp
 
 
-def _compact(ev: TrackedEvent, at: Any) -> dict[str, Any]:
-    props = ev.properties
-    if len(props) > 12:
-        props = dict(list(props.items())[:12])
-    return {
-        "message_id": ev.message_id,
-        "ts": at.isoformat(),
-        "type": ev.type,
-        "event": ev.event or ev.name,
-        "properties": props,
-    }
+def compact_event(
+    message_id: str, at: datetime, etype: str, name: str | None, properties: dict[str, Any]
+) -> dict[str, Any]:
+    """Return an event as a profile's recent-events list keeps it (at most 12 properties)."""
+    if len(properties) > 12:
+        properties = dict(list(properties.items())[:12])
+    return {"message_id": message_id, "ts": at.isoformat(), "type": etype, "event": name, "properties": properties}
+
+
+def _compact(ev: TrackedEvent, at: datetime) -> dict[str, Any]:
+    return compact_event(ev.message_id, at, ev.type, ev.event or ev.name, ev.properties)
 
 
 def _first_seen_context(ev: TrackedEvent) -> dict[str, Any]:
@@ -620,12 +621,10 @@ def rebuild_recent_events(ctx: WriteContext, conn: sa.Connection, ws: str, profi
                    ORDER BY "timestamp" DESC LIMIT ?""",
                 [ws, pid, keep],
             ).fetchall()
-            recent = []
-            for mid, ts, etype, name, props in rows:
-                p = orjson.loads(props) if props else {}
-                if len(p) > 12:
-                    p = dict(list(p.items())[:12])
-                recent.append({"message_id": mid, "ts": ts.isoformat(), "type": etype, "event": name, "properties": p})
+            recent = [
+                compact_event(mid, ts, etype, name, orjson.loads(props) if props else {})
+                for mid, ts, etype, name, props in rows
+            ]
             conn.execute(
                 profiles.update()
                 .where(profiles.c.profile_id == pid)

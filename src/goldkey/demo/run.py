@@ -15,9 +15,10 @@ import httpx
 import orjson
 import uvicorn
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from goldkey.app import create_app
+from goldkey.progress import progress_bar
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
 
@@ -85,14 +86,7 @@ def _market(settings: Settings, customers: int, events: int, seed: int, console:
                 return manifest
         except Exception:  # noqa: BLE001 - regenerate a stale or partial market
             pass
-    with Progress(
-        TextColumn("generating demo market"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar(console, "generating demo market") as bar:
         task = bar.add_task("gen", total=events)
         return generate(out, cfg, progress=lambda n: bar.update(task, completed=n))
 
@@ -226,14 +220,7 @@ def run_demo(
             for imp in before:
                 import_results.append(_import(gk, creds, imp, console))
             total = manifest.counts.get(f"{files.brand}.events", 0) or None
-            with Progress(
-                TextColumn(f"{creds.name}: events via /v1/batch"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-            ) as bar:
+            with progress_bar(console, f"{creds.name}: events via /v1/batch") as bar:
                 task = bar.add_task("events", total=total)
                 _send_events(url, creds, files.event_files, bar, task, counts, lock)
             for imp in after:
@@ -265,14 +252,7 @@ def run_demo(
 
 
 def _import(gk: Goldkey, creds: BrandCredentials, imp: Any, console: Console) -> dict[str, Any]:
-    with Progress(
-        TextColumn(f"{creds.name}: import {imp.kind} ({imp.path.name}) {{task.description}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar(console, f"{creds.name}: import {imp.kind} ({imp.path.name}) {{task.description}}") as bar:
         task = bar.add_task("", total=None)
         s = gk.importer.run(
             creds.workspace_id,
