@@ -203,6 +203,109 @@ audit_log = sa.Table(
 )
 
 
+# --------------------------------------------------------------------------- audience (tags, traits, segments)
+
+fields = sa.Table(
+    "fields",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("field", sa.String(200), primary_key=True),  # attributes.city | traits.x | tags.y | ...
+    sa.Column("type", sa.String(10), nullable=False),  # string | number | boolean | datetime | list
+    sa.Column("source", sa.String(20), nullable=False),  # inferred | declared | builtin | trait | tag | model
+    sa.Column("label", sa.String(200), nullable=False, server_default=""),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+traits = sa.Table(
+    "traits",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("definition", sa.Text, nullable=False),  # JSON of audience.traits.TraitDefinition
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # new | computed | failed
+    sa.Column("computed_at", TS),
+    sa.Column("computed_as_of", TS),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+tags = sa.Table(
+    "tags",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("kind", sa.String(10), nullable=False),  # rule | manual | model
+    sa.Column("value_type", sa.String(10), nullable=False),  # enum | boolean | number
+    sa.Column("category", sa.String(20), nullable=False),  # fixed | interests | social | consumption | dynamic
+    sa.Column("owner", sa.String(100), nullable=False, server_default=""),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("definition", sa.Text, nullable=False, server_default="{}"),  # JSON: rules per value, enum values
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # new | computed | failed
+    sa.Column("computed_at", TS),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("segment_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("version", sa.Integer, nullable=False),  # the current version
+    sa.Column("realtime", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("size", sa.Integer),
+    sa.Column("computed_at", TS),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("deleted_at", TS),
+    sa.UniqueConstraint("workspace_id", "name", name="uq_segments_name"),
+)
+
+segment_versions = sa.Table(
+    "segment_versions",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("segment_id", sa.String(40), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False, server_default=""),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+segment_snapshots = sa.Table(
+    "segment_snapshots",
+    metadata,
+    sa.Column("snapshot_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("segment_id", sa.String(40), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("entered", sa.Integer, nullable=False),
+    sa.Column("exited", sa.Integer, nullable=False),
+    sa.Column("as_of", TS, nullable=False),
+    sa.Column("took_ms", sa.Integer, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_segment_snapshots", "workspace_id", "segment_id", "created_at"),
+)
+
+segment_members = sa.Table(
+    "segment_members",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("segment_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("entered_at", TS, nullable=False),
+    sa.Index("ix_segment_members_profile", "workspace_id", "profile_id"),
+)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

@@ -1,0 +1,1 @@
+"""The condition language: models, save-time checks, the in-memory evaluator and the batch compiler."""

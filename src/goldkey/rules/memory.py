@@ -1,0 +1,362 @@
+"""The in-memory evaluator: one profile and its events, in microseconds, with explanations.
+
+``compile_rule(rule, catalog)`` turns a rule into nested closures once; ``matches(profile, events,
+as_of)`` then runs them. A profile is a mapping of field (``attributes.city``, ``traits.x`` ...)
+to its stored value; values are typed through ``goldkey.rules.values.coerce`` with the catalog's
+type, exactly as the batch side types them when it builds its profile table. Events are ``Event``
+records (or anything with the same attributes).
+
+This evaluator is the reference for the language's semantics (see ``goldkey.rules.model``); the
+batch compiler must select exactly the profiles this one matches (tests/rules prove it).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from goldkey.core.clock import to_iso
+from goldkey.rules.model import (
+    AndCondition,
+    AttributeCondition,
+    Count,
+    EventCondition,
+    NotCondition,
+    OrCondition,
+    PropertyFilter,
+    SequenceCondition,
+    SequenceStep,
+    Window,
+)
+from goldkey.rules.values import as_of_utc, coerce, days, relative_or_absolute, to_utc, window_bounds
+
+
+@dataclass(slots=True)
+class Event:
+    """An event as the evaluator sees it."""
+
+    type: str
+    event: str | None
+    timestamp: datetime  # aware UTC
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+
+Predicate = Callable[[Mapping[str, Any], Sequence[Any]], bool]
+
+
+class CompiledRule:
+    """A rule compiled for one catalog. Thread-safe; bind per ``as_of`` is cached for the last instant."""
+
+    def __init__(self, rule: Any, catalog: Mapping[str, str]) -> None:
+        self.rule = rule
+        self.catalog = dict(catalog)
+        self._bound_at: datetime | None = None
+        self._pred: Predicate | None = None
+
+    def at(self, as_of: datetime | None = None) -> Predicate:
+        """Return the predicate ``(profile, events) -> bool`` for evaluation time ``as_of``."""
+        t = as_of_utc(as_of)
+        if self._pred is None or t != self._bound_at:
+            pred = _compile(self.rule, self.catalog, t)
+            self._bound_at, self._pred = t, pred
+            return pred
+        return self._pred
+
+    def matches(self, profile: Mapping[str, Any], events: Sequence[Any] = (), as_of: datetime | None = None) -> bool:
+        """Whether the profile (with its events) satisfies the rule at ``as_of``."""
+        return self.at(as_of)(profile, events)
+
+    def explain(self, profile: Mapping[str, Any], events: Sequence[Any] = (), as_of: datetime | None = None) -> dict:
+        """The evaluation as a tree: every clause with its result and the values it saw."""
+        return _explain(self.rule, self.catalog, profile, events, as_of_utc(as_of), "rule")
+
+
+def compile_rule(rule: Any, catalog: Mapping[str, str]) -> CompiledRule:
+    """Compile a parsed (and checked) rule for the given field catalog."""
+    return CompiledRule(rule, catalog)
+
+
+# --------------------------------------------------------------------------- comparisons
+
+_CMP = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+}
+
+
+def _value_test(op: str, ftype: str, value: Any, as_of: datetime) -> Callable[[Any], bool]:
+    """A test on a present, typed value (missing values are handled by the caller)."""
+    if op == "is_set":
+        return lambda v: True
+    if op in _CMP:
+        ref = coerce(value, ftype)
+        f = _CMP[op]
+        return lambda v: f(v, ref)
+    if op == "between":
+        if ftype == "datetime":
+            lo, hi = to_utc(value[0]), to_utc(value[1])
+        else:
+            lo, hi = coerce(value[0], ftype), coerce(value[1], ftype)
+        return lambda v: lo <= v <= hi
+    if op in ("in", "not_in"):
+        refs = frozenset(coerce(x, ftype) for x in value)
+        if op == "in":
+            return lambda v: v in refs
+        return lambda v: v not in refs
+    if op == "contains":
+        return lambda v: value in v
+    if op == "not_contains":
+        return lambda v: value not in v
+    if op == "starts_with":
+        return lambda v: v.startswith(value)
+    if op == "before":
+        t = relative_or_absolute(value, as_of)
+        return lambda v: v < t
+    if op == "after":
+        t = relative_or_absolute(value, as_of)
+        return lambda v: v > t
+    if op == "within_last_days":
+        lo = as_of - days(value)
+        return lambda v: lo <= v <= as_of
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def _attribute(node: AttributeCondition, catalog: Mapping[str, str], as_of: datetime) -> Predicate:
+    ftype = catalog[node.field]
+    key = node.field
+    if node.op == "is_not_set":
+        return lambda p, e: coerce(p.get(key), ftype) is None
+    test = _value_test(node.op, ftype, node.value, as_of)
+
+    def pred(p: Mapping[str, Any], e: Sequence[Any]) -> bool:
+        v = coerce(p.get(key), ftype)
+        return v is not None and test(v)
+
+    return pred
+
+
+def _prop_value(props: Mapping[str, Any], name: str, ptype: str) -> Any:
+    v = props.get(name) if props else None
+    if v is None:
+        return None
+    if ptype == "string":
+        return v if isinstance(v, str) else None
+    if ptype == "number":
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    return v if isinstance(v, bool) else None
+
+
+def _filter(f: PropertyFilter, as_of: datetime) -> Callable[[Mapping[str, Any]], bool]:
+    ptype = f.value_type
+    name = f.property
+    if f.op == "is_not_set":
+        return lambda props: _prop_value(props, name, ptype) is None
+    test = _value_test(f.op, ptype, f.value, as_of)
+
+    def check(props: Mapping[str, Any]) -> bool:
+        v = _prop_value(props, name, ptype)
+        return v is not None and test(v)
+
+    return check
+
+
+def _event_matcher(
+    etype: str, name: str | None, where: Sequence[PropertyFilter], as_of: datetime
+) -> Callable[[Any], bool]:
+    filters = [_filter(f, as_of) for f in where]
+    by_event = etype == "track"
+
+    def match(ev: Any) -> bool:
+        if ev.type != etype:
+            return False
+        if name is not None and (ev.event if by_event else ev.name) != name:
+            return False
+        for f in filters:
+            if not f(ev.properties):
+                return False
+        return True
+
+    return match
+
+
+def _in_window(window: Window | None, as_of: datetime) -> Callable[[datetime], bool]:
+    lo, end = window_bounds(window, as_of)
+    if lo is not None and end is not None:
+        return lambda ts: lo <= ts < end and ts <= as_of
+    if lo is not None:
+        return lambda ts: lo <= ts <= as_of
+    if end is not None:
+        return lambda ts: ts < end and ts <= as_of
+    return lambda ts: ts <= as_of
+
+
+def _count_test(c: Count) -> Callable[[int], bool]:
+    n = c.n
+    if c.op == "at_least":
+        return lambda k: k >= n
+    if c.op == "at_most":
+        return lambda k: k <= n
+    return lambda k: k == n
+
+
+def _event(node: EventCondition, as_of: datetime) -> Predicate:
+    match = _event_matcher(node.type, node.event, node.where, as_of)
+    inside = _in_window(node.window, as_of)
+    c = node.effective_count
+    if c.op == "at_least" and c.n >= 1:
+        n = c.n
+
+        def at_least(p: Mapping[str, Any], events: Sequence[Any]) -> bool:
+            k = 0
+            for ev in events:
+                if inside(ev.timestamp) and match(ev):
+                    k += 1
+                    if k >= n:
+                        return True
+            return False
+
+        return at_least
+    test = _count_test(c)
+    return lambda p, events: test(sum(1 for ev in events if inside(ev.timestamp) and match(ev)))
+
+
+def _sequence_hits(node: SequenceCondition, events: Sequence[Any], as_of: datetime) -> list[Any] | None:
+    """The first chain of events satisfying the sequence, or None."""
+    matchers = [_event_matcher(s.type, s.event, s.where, as_of) for s in node.steps]
+    first_inside = _in_window(node.window, as_of)
+    span = days(node.within_days)
+    evs = sorted((ev for ev in events if ev.timestamp <= as_of), key=lambda ev: ev.timestamp)
+    for i, e1 in enumerate(evs):
+        if not (first_inside(e1.timestamp) and matchers[0](e1)):
+            continue
+        limit = e1.timestamp + span
+        chain = [e1]
+        prev_ts = e1.timestamp
+        step = 1
+        for ev in evs[i + 1 :]:
+            if ev.timestamp > limit:
+                break
+            if ev.timestamp > prev_ts and matchers[step](ev):
+                chain.append(ev)
+                prev_ts = ev.timestamp
+                step += 1
+                if step == len(matchers):
+                    return chain
+        # greedy earliest choice per step is optimal: an earlier match leaves the most room
+    return None
+
+
+def _sequence(node: SequenceCondition, as_of: datetime) -> Predicate:
+    did = node.did
+    return lambda p, events: (_sequence_hits(node, events, as_of) is not None) == did
+
+
+def _compile(node: Any, catalog: Mapping[str, str], as_of: datetime) -> Predicate:
+    if isinstance(node, AttributeCondition):
+        return _attribute(node, catalog, as_of)
+    if isinstance(node, EventCondition):
+        return _event(node, as_of)
+    if isinstance(node, SequenceCondition):
+        return _sequence(node, as_of)
+    if isinstance(node, AndCondition):
+        parts = [_compile(c, catalog, as_of) for c in node.conditions]
+        if len(parts) == 1:
+            return parts[0]
+        return lambda p, e: all(f(p, e) for f in parts)
+    if isinstance(node, OrCondition):
+        parts = [_compile(c, catalog, as_of) for c in node.conditions]
+        if len(parts) == 1:
+            return parts[0]
+        return lambda p, e: any(f(p, e) for f in parts)
+    if isinstance(node, NotCondition):
+        inner = _compile(node.condition, catalog, as_of)
+        return lambda p, e: not inner(p, e)
+    raise TypeError(f"not a condition: {node!r}")
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return to_iso(v)
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "model_dump"):
+        return v.model_dump(mode="json")
+    return v
+
+
+def _window_desc(w: Window | None, as_of: datetime) -> dict[str, Any]:
+    lo, end = window_bounds(w, as_of)
+    return {"from": to_iso(lo), "until": to_iso(end), "as_of": to_iso(as_of)}
+
+
+def _explain(
+    node: Any, catalog: Mapping[str, str], profile: Mapping[str, Any], events: Sequence[Any], as_of: datetime, path: str
+) -> dict[str, Any]:
+    if isinstance(node, AttributeCondition):
+        ok = _attribute(node, catalog, as_of)(profile, events)
+        seen = coerce(profile.get(node.field), catalog[node.field])
+        return {
+            "path": path,
+            "kind": "attribute",
+            "matched": ok,
+            "field": node.field,
+            "op": node.op,
+            "value": _jsonable(node.value),
+            "seen": _jsonable(seen),
+        }
+    if isinstance(node, EventCondition):
+        match = _event_matcher(node.type, node.event, node.where, as_of)
+        inside = _in_window(node.window, as_of)
+        hits = [ev for ev in events if inside(ev.timestamp) and match(ev)]
+        c = node.effective_count
+        ok = _count_test(c)(len(hits))
+        return {
+            "path": path,
+            "kind": "event",
+            "matched": ok,
+            "event": node.event,
+            "type": node.type,
+            "needed": f"{c.op} {c.n}",
+            "seen_count": len(hits),
+            "last_seen": to_iso(max((ev.timestamp for ev in hits), default=None)),
+            "window": _window_desc(node.window, as_of),
+        }
+    if isinstance(node, SequenceCondition):
+        chain = _sequence_hits(node, events, as_of)
+        ok = (chain is not None) == node.did
+        return {
+            "path": path,
+            "kind": "sequence",
+            "matched": ok,
+            "did": node.did,
+            "steps": [_step_desc(s) for s in node.steps],
+            "within_days": node.within_days,
+            "chain": [to_iso(ev.timestamp) for ev in chain] if chain else None,
+            "window": _window_desc(node.window, as_of),
+        }
+    if isinstance(node, AndCondition | OrCondition):
+        kids = [
+            _explain(c, catalog, profile, events, as_of, f"{path}.conditions[{i}]")
+            for i, c in enumerate(node.conditions)
+        ]
+        agg = all if isinstance(node, AndCondition) else any
+        return {"path": path, "kind": node.kind, "matched": agg(k["matched"] for k in kids), "conditions": kids}
+    if isinstance(node, NotCondition):
+        kid = _explain(node.condition, catalog, profile, events, as_of, f"{path}.condition")
+        return {"path": path, "kind": "not", "matched": not kid["matched"], "condition": kid}
+    raise TypeError(f"not a condition: {node!r}")
+
+
+def _step_desc(s: SequenceStep) -> dict[str, Any]:
+    return {"type": s.type, "event": s.event, "where": [f.model_dump(mode="json", exclude_none=True) for f in s.where]}
