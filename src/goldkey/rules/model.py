@@ -79,8 +79,8 @@ NO_VALUE_OPS = frozenset({"is_set", "is_not_set"})
 LIST_VALUE_OPS = frozenset({"in", "not_in", "between"})
 
 FIELD_SOURCES = ("attributes", "traits", "tags", "scores", "profile", "orders")
-_NAME = re.compile(r"^[^\W\d]\w{0,99}$")  # a word: letters (any script), digits, underscore
-_FIELD = re.compile(r"^(attributes|traits|tags|scores|profile|orders)\.([^\W\d]\w{0,99})$")
+_NAME = re.compile(r"^[^\W\d]\w{0,99}\Z")  # a word: letters (any script), digits, underscore
+_FIELD = re.compile(r"^(attributes|traits|tags|scores|profile|orders)\.([^\W\d]\w{0,99})\Z")
 EVENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 MAX_DEPTH = 8
 MAX_CONDITIONS = 64

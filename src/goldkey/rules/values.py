@@ -43,11 +43,14 @@ def coerce(value: Any, ftype: str) -> Any:
         if isinstance(value, bool):
             return None
         if isinstance(value, int | float):
-            f = float(value)
+            try:
+                f = float(value)
+            except OverflowError:  # an int beyond float's range
+                return None
         elif isinstance(value, str):
             try:
                 f = float(value.strip())
-            except ValueError:
+            except (ValueError, OverflowError):
                 return None
         else:
             return None
