@@ -55,6 +55,18 @@ class Settings(BaseSettings):
     recent_events_per_profile: int = Field(
         20, description="Events kept on each operational profile row for the timeline and real-time rules."
     )
+    realtime_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often profiles changed by new events are re-evaluated against real-time segments "
+        "(segment_entered / segment_exited within about this many seconds).",
+    )
+    segment_refresh_minutes: float = Field(
+        60.0,
+        ge=0,
+        description="Every segment is re-materialised (a size snapshot) when its last compute is older than this; "
+        "0 turns the schedule off.",
+    )
 
     def resolved_operational_url(self) -> str:
         """Return the operational store URL, defaulting to the SQLite file in the data directory."""

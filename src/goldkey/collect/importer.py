@@ -200,6 +200,8 @@ class Importer:
         self.engine = engine
         self.writer = writer
         self.region = region
+        # called with (workspace_id, kind) after an import wrote something (profile facts go stale)
+        self.listeners: list[Callable[[str, str], None]] = []
 
     def run(
         self,
@@ -288,6 +290,8 @@ class Importer:
             raise
         METRICS.import_rows.labels("accepted").inc(summary.accepted)
         METRICS.import_rows.labels("quarantined").inc(summary.quarantined)
+        for listener in self.listeners:
+            listener(workspace_id, kind)
         return summary
 
     def _previous(self, ws: str, kind: str, digest: str, mapping_json: str) -> Any:

@@ -159,6 +159,9 @@ class Writer:
         self._dirty = False
         self._map_stale = False
         self.last_error: str | None = None
+        # called on the writer thread after each durable group commit with the stored
+        # (workspace_id, profile_id, event) triples; must be quick (hand work to another thread)
+        self.listeners: list[Callable[[list[tuple[str, str, TrackedEvent]]], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -448,6 +451,13 @@ class Writer:
             map_ops = uow.map_ops
         self._append_events(keep, profile_ids, map_ops)
         self.dedupe.add_many(now_micros(), batch_keys)
+        if self.listeners:
+            stored = [(ws, pid, ev) for (ws, _, ev), pid in zip(keep, profile_ids, strict=True)]
+            for listener in self.listeners:
+                try:
+                    listener(stored)
+                except Exception:  # a listener never fails a commit that is already durable
+                    log.exception("commit listener failed")
         return results
 
     def _apply_deltas(self, conn: sa.Connection, uow: UnitOfWork) -> None:

@@ -72,7 +72,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("description", sa.Text(), server_default="", nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("realtime", sa.Boolean(), server_default=sa.text("1"), nullable=False),
+        sa.Column("realtime", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.Column("size", sa.Integer(), nullable=True),
         sa.Column("computed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

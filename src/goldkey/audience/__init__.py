@@ -1,0 +1,1 @@
+"""Audience: the field catalog, profile facts, traits, tags, segments and real-time membership."""

@@ -1,0 +1,185 @@
+"""What tags, segments and real-time membership share: batch membership through the compiler,
+a profile's events for the in-memory evaluator, the events a workspace has seen, and emitting
+Goldkey's own events (``segment_entered``, ``Tag Changed`` ...) into the event log."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import sqlalchemy as sa
+
+from goldkey.audience.catalog import PROFILE_VALUE_COLUMNS, infer_attribute_fields, load_catalog, profile_values
+from goldkey.audience.facts import FactsCache, events_for, facts_for
+from goldkey.core.clock import utcnow
+from goldkey.core.errors import InvalidInput
+from goldkey.core.ids import new_ids
+from goldkey.rules.memory import Event
+from goldkey.rules.model import AttributeCondition, iter_nodes, parse_rule
+from goldkey.rules.values import check_rule
+from goldkey.store.analytical import EVENT_SCHEMA, AnalyticalStore
+from goldkey.store.operational import identities, profiles
+
+_US = pa.timestamp("us", tz="UTC")
+
+
+def parse_and_check(engine: sa.Engine, analytical: AnalyticalStore, ws: str, data: Any,
+                    prefix: str = "rule") -> Any:
+    """Parse a rule from JSON and check it against the workspace's catalog and events; every
+    problem raises InvalidInput naming the clause (``rule.conditions[1].value``)."""
+    from pydantic import ValidationError
+
+    try:
+        rule = parse_rule(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(_loc(p) for p in err["loc"] if not _is_tag(p))
+        raise InvalidInput(err["msg"].removeprefix("Value error, "),
+                           field=f"{prefix}.{loc}".replace(".[", "[") if loc else prefix) from None
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field=prefix) from None
+    catalog = load_catalog(engine, ws)
+    named = {n.field for _, n in iter_nodes(rule) if isinstance(n, AttributeCondition)}
+    if any(f.startswith("attributes.") and f not in catalog for f in named):
+        infer_attribute_fields(engine, ws)  # attributes seen since the last inference
+        catalog = load_catalog(engine, ws)
+    check_rule(rule, catalog, known_events(analytical, ws), prefix=prefix)
+    return rule
+
+
+_NODE_KINDS = {"attribute", "event", "sequence", "and", "or", "not"}
+
+
+def _is_tag(p: Any) -> bool:
+    # pydantic puts the union member (the discriminator value) into the location
+    return isinstance(p, str) and p in _NODE_KINDS
+
+
+def _loc(p: Any) -> str:
+    return f"[{p}]" if isinstance(p, int) else str(p)
+
+
+_events_cache: dict[tuple[int, str], tuple[float, frozenset[str]]] = {}
+_events_lock = threading.Lock()
+
+
+def known_events(analytical: AnalyticalStore, ws: str, max_age: float = 30.0) -> frozenset[str]:
+    """The track event names workspace ``ws`` has received (cached for ``max_age`` seconds), plus
+    Goldkey's own events."""
+    key = (id(analytical), ws)
+    with _events_lock:
+        hit = _events_cache.get(key)
+    if hit and time.monotonic() - hit[0] < max_age:
+        return hit[1]
+    rows = analytical.query("SELECT DISTINCT event FROM events WHERE workspace_id = ? AND event IS NOT NULL", [ws])
+    names = frozenset([r[0] for r in rows] + list(OWN_EVENTS))
+    with _events_lock:
+        _events_cache[key] = (time.monotonic(), names)
+    return names
+
+
+OWN_EVENTS = ("segment_entered", "segment_exited", "Tag Changed")
+
+
+def batch_member_ids(facts: FactsCache, analytical: AnalyticalStore, ws: str, rule: Any, as_of: datetime,
+                     *, fresh: bool = True) -> pa.Table:
+    """The profiles ``rule`` selects at ``as_of``, by the batch compiler over the facts table, as an
+    Arrow table with one column ``profile_id``. ``fresh=True`` rebuilds the facts first (a
+    materialisation); otherwise they are rebuilt only when changed (see FactsCache)."""
+    from goldkey.rules.batch import members
+
+    info = facts.ensure(ws, force=fresh)
+    with analytical.ibis_connection() as con:
+        expr = members(rule, info.catalog, facts_for(con, ws), events_for(con, ws), as_of)
+        return expr.to_pyarrow()
+
+
+def batch_count(facts: FactsCache, analytical: AnalyticalStore, ws: str, rule: Any, as_of: datetime,
+                *, fresh: bool = False) -> int:
+    """How many profiles ``rule`` selects."""
+    from goldkey.rules.batch import members
+
+    info = facts.ensure(ws, force=fresh)
+    with analytical.ibis_connection() as con:
+        expr = members(rule, info.catalog, facts_for(con, ws), events_for(con, ws), as_of)
+        return int(expr.count().to_pyarrow().as_py())
+
+
+def load_profile_values(engine: sa.Engine, ws: str, pids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{profile_id: {field: value}}`` for live profiles among ``pids`` (what the in-memory
+    evaluator reads)."""
+    out: dict[str, dict[str, Any]] = {}
+    cols = [profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
+    with engine.connect() as c:
+        for i in range(0, len(pids), 500):
+            chunk = list(pids[i : i + 500])
+            for r in c.execute(sa.select(*cols).where(
+                    profiles.c.workspace_id == ws, profiles.c.profile_id.in_(chunk), profiles.c.merged_into.is_(None))):
+                out[r.profile_id] = profile_values(r)
+            for r in c.execute(sa.select(identities.c.profile_id, identities.c.id_type).where(
+                    identities.c.workspace_id == ws, identities.c.profile_id.in_(chunk))):
+                if r.profile_id in out:
+                    out[r.profile_id].setdefault("profile.identifier_types", []).append(r.id_type)
+    for v in out.values():
+        if "profile.identifier_types" in v:
+            v["profile.identifier_types"] = sorted(set(v["profile.identifier_types"]))
+    return out
+
+
+def load_events(analytical: AnalyticalStore, ws: str, pids: Iterable[str]) -> dict[str, list[Event]]:
+    """Every stored event of the live profiles ``pids`` (merged profiles' events included), as
+    evaluator events, oldest first."""
+    ids = pa.table({"pid": pa.array(list(pids), pa.string())})
+    cur = analytical.cursor()
+    try:
+        cur.register("_pids", ids)
+        tbl = cur.sql(
+            """SELECT canonical_id, type, event, name, "timestamp", properties
+               FROM events_resolved WHERE workspace_id = $ws AND canonical_id IN (SELECT pid FROM _pids)
+               ORDER BY canonical_id, "timestamp" """,
+            params={"ws": ws},
+        ).to_arrow_table()
+        cur.unregister("_pids")
+    finally:
+        cur.close()
+    out: dict[str, list[Event]] = {}
+    loads = orjson.loads
+    for pid, typ, ev, name, ts, props in zip(*(tbl.column(i).to_pylist() for i in range(6)), strict=True):
+        out.setdefault(pid, []).append(Event(typ, ev, ts, loads(props) if props else {}, name))
+    return out
+
+
+def emit_events(analytical: AnalyticalStore, con: Any, ws: str, rows: list[tuple[str, str, dict[str, Any]]],
+                source: str, at: datetime | None = None) -> int:
+    """Append Goldkey's own track events ``(profile_id, event, properties)`` inside the caller's
+    DuckDB transaction (run on the writer thread). Returns how many were written."""
+    if not rows:
+        return 0
+    at = at or utcnow()
+    n = len(rows)
+    ts = pa.array([at] * n, _US)
+    none = pa.nulls(n, pa.string())
+    table = pa.Table.from_arrays(
+        [
+            pa.array([ws] * n, pa.string()),
+            pa.array(new_ids("msg", n), pa.string()),
+            pa.array(["track"] * n, pa.string()),
+            pa.array([r[1] for r in rows], pa.string()),
+            none,
+            pa.array([r[0] for r in rows], pa.string()),
+            none, none, none, none,
+            ts, ts, ts, ts,
+            pa.array([orjson.dumps(r[2]).decode() for r in rows], pa.string()),
+            none,
+            pa.array(["{}"] * n, pa.string()),
+            pa.array([source] * n, pa.string()),
+        ],
+        schema=EVENT_SCHEMA,
+    )
+    analytical.append("events", table, con)
+    return n

@@ -1,0 +1,423 @@
+"""Tags: named labels on profiles, of four kinds and three value types.
+
+- **rule** tags compute their value from the condition language: an ordered list of
+  ``{value, rule}`` (the first matching rule gives the value; a boolean tag has one rule, whose
+  members get ``true``);
+- **manual** tags are set through the API or from a CSV list;
+- **model** tags are written by the insight models (they use ``set_values`` like manual tags).
+
+Value types: ``enum`` (one of ``values``), ``boolean`` and ``number``. A profile without the tag
+has no key: a boolean tag stores ``true`` only, so "not VIP" is ``tags.vip is_not_set``.
+Each tag has a category (fixed, interests, social, consumption, dynamic), an owner and a
+description; coverage counts profiles per value; every change is a ``Tag Changed`` event
+(properties ``tag``, ``value``, ``previous``), so "became VIP in the last 30 days" is a rule.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from goldkey.audience.catalog import declare_field, remove_field
+from goldkey.audience.common import batch_member_ids, emit_events, parse_and_check
+from goldkey.audience.facts import FactsCache, facts_for
+from goldkey.core.clock import to_iso, utcnow
+from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.identity.normalize import normalize_identifier
+from goldkey.rules.model import parse_rule, rule_to_json
+from goldkey.rules.values import as_of_utc, field_column
+from goldkey.store.analytical import AnalyticalStore
+from goldkey.store.operational import audit_log, identities, profiles, quarantine, tags
+
+T = tags.c
+_NAME = re.compile(r"^[^\W\d]\w{0,63}\Z")
+CATEGORIES = ("fixed", "interests", "social", "consumption", "dynamic")
+_FIELD_TYPE = {"enum": "string", "boolean": "boolean", "number": "number"}
+
+
+class TagRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str | bool | float = True
+    rule: dict[str, Any]
+
+
+class TagDefinition(BaseModel):
+    """A tag as the API takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["rule", "manual", "model"]
+    value_type: Literal["enum", "boolean", "number"]
+    category: Literal["fixed", "interests", "social", "consumption", "dynamic"]
+    owner: str = ""
+    description: str = ""
+    values: list[str] = Field(default_factory=list, description="the allowed values of an enum tag")
+    rules: list[TagRule] = Field(default_factory=list, max_length=50)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("a tag name is 1-64 letters, digits or underscores, not starting with a digit")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TagDefinition:
+        if self.kind == "rule":
+            if not self.rules:
+                raise ValueError("a rule tag needs at least one {value, rule}")
+            if self.value_type == "number":
+                raise ValueError("rule tags are enum or boolean; numbers come from traits or models")
+            if self.value_type == "boolean" and (len(self.rules) != 1 or self.rules[0].value is not True):
+                raise ValueError("a boolean rule tag has exactly one rule (its members get true)")
+            if self.value_type == "enum":
+                for r in self.rules:
+                    if not isinstance(r.value, str):
+                        raise ValueError(f"enum tag values are strings (got {r.value!r})")
+                if not self.values:
+                    self.values = list(dict.fromkeys(str(r.value) for r in self.rules))
+                missing = [r.value for r in self.rules if r.value not in self.values]
+                if missing:
+                    raise ValueError(f"rule values {missing} are not among the tag's values")
+        elif self.rules:
+            raise ValueError(f"a {self.kind} tag has no rules")
+        if self.value_type == "enum" and not self.values:
+            raise ValueError("an enum tag needs its list of values")
+        return self
+
+
+def _validation_error(exc: ValidationError, prefix: str = "") -> InvalidInput:
+    err = exc.errors()[0]
+    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]).replace(".[", "[")
+    return InvalidInput(err["msg"].removeprefix("Value error, "), field=(prefix + loc) or None)
+
+
+class TagService:
+    """Define, compute and set tags of a workspace."""
+
+    def __init__(self, engine: sa.Engine, analytical: AnalyticalStore, writer: Any, facts: FactsCache,
+                 realtime: Any = None) -> None:
+        self.engine = engine
+        self.analytical = analytical
+        self.writer = writer
+        self.facts = facts
+        self.realtime = realtime
+
+    # -- definitions ------------------------------------------------------------------------
+    def _validate(self, ws: str, data: dict[str, Any]) -> TagDefinition:
+        try:
+            d = TagDefinition.model_validate(data)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        for i, r in enumerate(d.rules):
+            parsed = parse_and_check(self.engine, self.analytical, ws, r.rule, prefix=f"rules[{i}].rule")
+            r.rule = rule_to_json(parsed)
+        return d
+
+    def create(self, ws: str, data: dict[str, Any], actor: str = "api") -> dict[str, Any]:
+        d = self._validate(ws, data)
+        now = utcnow()
+        with self.engine.begin() as c:
+            if c.execute(sa.select(T.name).where(T.workspace_id == ws, T.name == d.name)).first():
+                raise Conflict(f"a tag named {d.name!r} already exists")
+            c.execute(tags.insert().values(
+                workspace_id=ws, name=d.name, kind=d.kind, value_type=d.value_type, category=d.category,
+                owner=d.owner, description=d.description, definition=_def_json(d), version=1, status="new",
+                created_at=now, updated_at=now))
+            declare_field(c, ws, f"tags.{d.name}", _FIELD_TYPE[d.value_type], "tag", label=d.name,
+                          description=d.description)
+            _audit(c, ws, actor, "tag.create", d.name)
+        return self.get(ws, d.name)
+
+    def update(self, ws: str, name: str, data: dict[str, Any], actor: str = "api") -> dict[str, Any]:
+        cur = self.get(ws, name)
+        merged = {**{k: cur[k] for k in ("name", "kind", "value_type", "category", "owner", "description", "values",
+                                         "rules")}, **data, "name": name}
+        d = self._validate(ws, merged)
+        with self.engine.begin() as c:
+            c.execute(tags.update().where(T.workspace_id == ws, T.name == name).values(
+                kind=d.kind, value_type=d.value_type, category=d.category, owner=d.owner, description=d.description,
+                definition=_def_json(d), version=T.version + 1, updated_at=utcnow()))
+            declare_field(c, ws, f"tags.{d.name}", _FIELD_TYPE[d.value_type], "tag", label=d.name,
+                          description=d.description)
+            _audit(c, ws, actor, "tag.update", name)
+        return self.get(ws, name)
+
+    def delete(self, ws: str, name: str, actor: str = "api") -> int:
+        """Delete a tag and remove it from every profile; returns how many profiles had it."""
+        self.get(ws, name)
+        holders = self._holders(ws, name)
+        removed = self._write(ws, name, {p: None for p in holders}, source="tags")
+        with self.engine.begin() as c:
+            c.execute(tags.delete().where(T.workspace_id == ws, T.name == name))
+            remove_field(c, ws, f"tags.{name}")
+            _audit(c, ws, actor, "tag.delete", name)
+        return removed
+
+    def get(self, ws: str, name: str) -> dict[str, Any]:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(tags).where(T.workspace_id == ws, T.name == name)).first()
+        if r is None:
+            raise NotFound(f"tag {name!r} not found")
+        return _tag_dict(r)
+
+    def list(self, ws: str, category: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(tags).where(T.workspace_id == ws)
+        if category:
+            q = q.where(T.category == category)
+        with self.engine.connect() as c:
+            return [_tag_dict(r) for r in c.execute(q.order_by(T.category, T.name))]
+
+    # -- values -----------------------------------------------------------------------------
+    def compute(self, ws: str, name: str, *, as_of: datetime | None = None) -> dict[str, Any]:
+        """Evaluate a rule tag over every profile and write the changes (with Tag Changed events)."""
+        t0 = time.perf_counter()
+        tag = self.get(ws, name)
+        if tag["kind"] != "rule":
+            raise InvalidInput(f"tag {name!r} is a {tag['kind']} tag; only rule tags are computed", field="name")
+        t = as_of_utc(as_of)
+        new: dict[str, Any] = {}
+        self.facts.ensure(ws, force=True)
+        for r in tag["rules"]:
+            ids = batch_member_ids(self.facts, self.analytical, ws, parse_rule(r["rule"]), t)
+            for pid in ids.column("profile_id").to_pylist():
+                new.setdefault(pid, r["value"])  # the first matching rule wins
+        current = self._holders(ws, name)
+        changes = {p: v for p, v in new.items() if current.get(p) != v}
+        changes.update({p: None for p in current if p not in new})
+        changed = self._write(ws, name, changes, source="tags")
+        with self.engine.begin() as c:
+            c.execute(tags.update().where(T.workspace_id == ws, T.name == name).values(
+                status="computed", computed_at=utcnow()))
+        return {"tag": name, "profiles": len(new), "changed": changed, "as_of": to_iso(t),
+                "took_ms": int((time.perf_counter() - t0) * 1000)}
+
+    def compute_all(self, ws: str) -> list[dict[str, Any]]:
+        return [self.compute(ws, t["name"]) for t in self.list(ws) if t["kind"] == "rule"]
+
+    def set_values(self, ws: str, name: str, assignments: list[dict[str, Any]], *, source: str = "api",
+                   replace: bool = False) -> dict[str, Any]:
+        """Set a manual or model tag: each assignment names a profile (``profile_id``, or an
+        identifier such as ``{"phone": "139..."}``) and a ``value`` (``null`` removes the tag).
+        ``replace`` removes the tag from profiles not in the list. Bad rows are rejected with their
+        index and field; nothing is written when any row is bad."""
+        tag = self.get(ws, name)
+        if tag["kind"] == "rule":
+            raise InvalidInput(f"tag {name!r} is computed from its rules; it cannot be set by hand", field="name")
+        resolved: dict[str, Any] = {}
+        errors: list[dict[str, Any]] = []
+        for i, a in enumerate(assignments):
+            try:
+                pid = self._resolve_profile(ws, a)
+                resolved[pid] = self._check_value(tag, a.get("value", True if tag["value_type"] == "boolean" else None),
+                                                  allow_none=True)
+            except InvalidInput as exc:
+                errors.append({"record": i, "field": exc.field, "error": exc.message})
+        if errors:
+            err = InvalidInput(f"{len(errors)} of {len(assignments)} rows are invalid; first: {errors[0]['error']}",
+                               field=errors[0]["field"], record=errors[0]["record"])
+            err.errors = errors  # type: ignore[attr-defined]
+            raise err
+        current = self._holders(ws, name)
+        changes = {p: v for p, v in resolved.items() if current.get(p) != v}
+        if replace:
+            changes.update({p: None for p in current if p not in resolved})
+        changed = self._write(ws, name, changes, source=source)
+        return {"tag": name, "rows": len(assignments), "profiles": len(resolved), "changed": changed}
+
+    def import_csv(self, ws: str, name: str, data: bytes, *, replace: bool = False) -> dict[str, Any]:
+        """Set a manual tag from a CSV list. Columns: ``profile_id`` or one identifier column
+        (``phone``, ``email``, ``user_id``, ``crm_id`` ...), and ``value`` (optional for boolean
+        tags). Rows that name no profile, or carry a bad value, go to the quarantine; the rest are set."""
+        tag = self.get(ws, name)
+        text = data.decode("utf-8-sig", errors="strict") if data else ""
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            raise InvalidInput("the CSV has no header row", field="file")
+        good: list[dict[str, Any]] = []
+        bad: list[tuple[int, str | None, str, dict[str, Any]]] = []
+        for i, row in enumerate(reader, start=2):  # line numbers as a spreadsheet shows them
+            a: dict[str, Any] = {k: v for k, v in row.items() if k and v not in (None, "") and k != "value"}
+            if "value" in row and row["value"] not in (None, ""):
+                a["value"] = _parse_cell(row["value"], tag["value_type"])
+            try:
+                pid = self._resolve_profile(ws, a)
+                value = self._check_value(tag, a.get("value", True if tag["value_type"] == "boolean" else None))
+                good.append({"profile_id": pid, "value": value})
+            except InvalidInput as exc:
+                bad.append((i, exc.field, exc.message, row))
+        if bad:
+            now = utcnow()
+            with self.engine.begin() as c:
+                c.execute(quarantine.insert(), [
+                    {"workspace_id": ws, "source": f"tag:{name}", "import_id": None, "record": f"line {i}",
+                     "field": f, "value": str(row.get(f) if f else "")[:1000], "reason": msg,
+                     "raw": orjson.dumps(row).decode(), "created_at": now} for i, f, msg, row in bad])
+        report = self.set_values(ws, name, good, source="tags:import", replace=replace) if good or replace else {
+            "tag": name, "rows": 0, "profiles": 0, "changed": 0}
+        report.update({"rows": len(good) + len(bad), "quarantined": len(bad)})
+        return report
+
+    def _resolve_profile(self, ws: str, a: dict[str, Any]) -> str:
+        if a.get("profile_id"):
+            with self.engine.connect() as c:
+                r = c.execute(sa.select(profiles.c.canonical_id).where(
+                    profiles.c.workspace_id == ws, profiles.c.profile_id == str(a["profile_id"]))).first()
+            if r is None:
+                raise InvalidInput(f"no profile {a['profile_id']!r} in this workspace", field="profile_id")
+            return r.canonical_id
+        ids = [(k, v) for k, v in a.items() if k not in ("value", "profile_id")]
+        if len(ids) != 1:
+            raise InvalidInput("name the profile by profile_id or by exactly one identifier", field="profile_id")
+        t, v = ids[0]
+        norm = normalize_identifier(t, v, "CN")
+        if norm is None:
+            raise InvalidInput(f"{v!r} is not a valid {t}", field=t)
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(identities.c.profile_id).where(
+                identities.c.workspace_id == ws, identities.c.id_type == t, identities.c.id_value == norm)).first()
+        if r is None:
+            raise InvalidInput(f"no profile with {t} {norm!r}", field=t)
+        return r.profile_id
+
+    @staticmethod
+    def _check_value(tag: dict[str, Any], v: Any, allow_none: bool = False) -> Any:
+        if v is None:
+            if allow_none:
+                return None
+            raise InvalidInput("a value is required", field="value")
+        vt = tag["value_type"]
+        if vt == "boolean":
+            if not isinstance(v, bool):
+                raise InvalidInput(f"{v!r} is not true/false", field="value")
+            return v
+        if vt == "number":
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise InvalidInput(f"{v!r} is not a number", field="value")
+            return float(v)
+        if not isinstance(v, str) or v not in tag["values"]:
+            raise InvalidInput(f"{v!r} is not one of {tag['values']}", field="value")
+        return v
+
+    # -- reading ----------------------------------------------------------------------------
+    def coverage(self, ws: str, name: str) -> dict[str, Any]:
+        """How many live profiles carry each value of the tag (from the batch facts)."""
+        self.get(ws, name)
+        info = self.facts.ensure(ws)
+        col = field_column(f"tags.{name}")
+        with self.analytical.ibis_connection() as con:
+            t = facts_for(con, ws)
+            rows = t.group_by(value=t[col]).aggregate(profiles=t.count()).to_pyarrow().to_pylist()
+        counts = [{"value": r["value"], "profiles": r["profiles"]} for r in rows if r["value"] is not None]
+        counts.sort(key=lambda r: -r["profiles"])
+        tagged = sum(r["profiles"] for r in counts)
+        return {"tag": name, "total_profiles": info.profiles, "tagged": tagged,
+                "coverage": round(tagged / info.profiles, 4) if info.profiles else 0.0, "values": counts}
+
+    def history(self, ws: str, name: str, *, profile_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Changes of the tag, newest first (optionally of one profile)."""
+        sql = ("SELECT canonical_id, \"timestamp\", properties FROM events_resolved WHERE workspace_id = ? "
+               "AND type = 'track' AND event = 'Tag Changed' AND json_extract_string(properties, '$.tag') = ?")
+        params: list[Any] = [ws, name]
+        if profile_id:
+            sql += " AND canonical_id = ?"
+            params.append(profile_id)
+        sql += " ORDER BY \"timestamp\" DESC LIMIT ?"
+        params.append(max(1, min(limit, 1000)))
+        out = []
+        for pid, ts, props in self.analytical.query(sql, params):
+            p = orjson.loads(props)
+            out.append({"profile_id": pid, "at": to_iso(ts), "value": p.get("value"), "previous": p.get("previous"),
+                        "source": p.get("source")})
+        return out
+
+    def _holders(self, ws: str, name: str) -> dict[str, Any]:
+        """{profile_id: value} of live profiles that carry the tag."""
+        out: dict[str, Any] = {}
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(profiles.c.profile_id, profiles.c.tags).where(
+                profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None), profiles.c.tags != "{}"))
+            for pid, raw in rows:
+                v = orjson.loads(raw).get(name)
+                if v is not None:
+                    out[pid] = v
+        return out
+
+    def _write(self, ws: str, name: str, changes: dict[str, Any], *, source: str) -> int:
+        """Apply {profile_id: value or None} on the writer thread, with a Tag Changed event each."""
+        if not changes:
+            return 0
+        at = utcnow()
+
+        def run(ctx: Any) -> int:
+            ids = sorted(changes)
+            events: list[tuple[str, str, dict[str, Any]]] = []
+            with ctx.engine.begin() as c:
+                updates = []
+                for i in range(0, len(ids), 500):
+                    for pid, raw in c.execute(sa.select(profiles.c.profile_id, profiles.c.tags).where(
+                            profiles.c.profile_id.in_(ids[i : i + 500]))):
+                        cur = orjson.loads(raw)
+                        prev = cur.get(name)
+                        new = changes[pid]
+                        if prev == new:
+                            continue
+                        if new is None:
+                            cur.pop(name, None)
+                        else:
+                            cur[name] = new
+                        updates.append({"pid": pid, "tags": orjson.dumps(cur).decode()})
+                        events.append((pid, "Tag Changed", {"tag": name, "value": new, "previous": prev,
+                                                            "source": source}))
+                if updates:
+                    c.execute(profiles.update().where(profiles.c.profile_id == sa.bindparam("pid"))
+                              .values(tags=sa.bindparam("tags")), updates)
+                    with ctx.analytical.transaction() as con:
+                        emit_events(ctx.analytical, con, ws, events, "tags", at)
+            return len(updates)
+
+        n = self.writer.run_command(run)
+        self.facts.touch(ws)
+        if self.realtime is not None and n:
+            self.realtime.notify(ws, list(changes))
+        return n
+
+
+def _parse_cell(v: str, vt: str) -> Any:
+    v = v.strip()
+    if vt == "boolean":
+        low = v.lower()
+        if low in ("true", "1", "yes", "y", "是"):
+            return True
+        return False if low in ("false", "0", "no", "n", "否") else v
+    if vt == "number":
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _def_json(d: TagDefinition) -> str:
+    return orjson.dumps({"values": d.values, "rules": [{"value": r.value, "rule": r.rule} for r in d.rules]}).decode()
+
+
+def _tag_dict(r: Any) -> dict[str, Any]:
+    d = orjson.loads(r.definition)
+    return {"name": r.name, "kind": r.kind, "value_type": r.value_type, "category": r.category, "owner": r.owner,
+            "description": r.description, "values": d.get("values", []), "rules": d.get("rules", []),
+            "version": r.version, "status": r.status, "computed_at": to_iso(r.computed_at),
+            "created_at": to_iso(r.created_at), "updated_at": to_iso(r.updated_at)}
+
+
+def _audit(c: sa.Connection, ws: str, actor: str, action: str, target: str) -> None:
+    c.execute(audit_log.insert().values(workspace_id=ws, actor=actor, action=action, target=target, detail="{}",
+                                        at=utcnow()))
