@@ -7,7 +7,7 @@ when a benchmark itself failed.
 
 Usage::
 
-    python benchmarks/run_all.py [--quick] [--only ingest import profile_read writer]
+    python benchmarks/run_all.py [--quick] [--only ingest import profile_read writer segments rules_memory]
 
 ``--quick`` runs every benchmark with small sizes (the whole run takes under 3 minutes).
 """
@@ -36,6 +36,8 @@ BENCHES = {
     "import": ("bench_import.py", 150, 3600),
     "profile_read": ("bench_profile_read.py", 150, 1800),
     "writer": ("bench_writer.py", 90, 900),
+    "segments": ("bench_segments.py", 180, 1200),
+    "rules_memory": ("bench_rules_memory.py", 60, 300),
 }
 
 

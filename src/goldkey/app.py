@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from goldkey import __version__
-from goldkey.api import imports, ops, profiles, tracking, workspace
+from goldkey.api import audience, imports, ops, profiles, tracking, traits, workspace
 from goldkey.api.errors import error_parts
 from goldkey.core.errors import GoldkeyError
 from goldkey.ops.tuning import restore_gc, tune_gc
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
             },
         )
 
-    for module in (tracking, profiles, imports, workspace, ops):
+    for module in (tracking, profiles, imports, workspace, audience, traits, ops):
         app.include_router(module.router)
     app.add_middleware(tracking.TrackingFastPath)
     _document_write_key(app)

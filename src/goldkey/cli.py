@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from goldkey.audience.cli import segment_app, tag_app
+from goldkey.audience.traits_cli import traits_app
 from goldkey.progress import progress_bar
 from goldkey.settings import Settings
 
@@ -20,6 +22,9 @@ app = typer.Typer(
 )
 workspace_app = typer.Typer(help="Create and list workspaces (brands).", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
+app.add_typer(segment_app, name="segment")
+app.add_typer(tag_app, name="tag")
+app.add_typer(traits_app, name="traits")
 console = Console(stderr=True)
 
 DataDir = Annotated[

@@ -14,6 +14,11 @@ from typing import IO
 
 import sqlalchemy as sa
 
+from goldkey.audience.facts import FactsCache
+from goldkey.audience.realtime import RealtimeSegments
+from goldkey.audience.segments import SegmentService
+from goldkey.audience.tags import TagService
+from goldkey.audience.traits import TraitService
 from goldkey.collect.importer import Importer
 from goldkey.collect.writer import Writer, sync_profile_map
 from goldkey.core.errors import GoldkeyError
@@ -41,6 +46,11 @@ class Goldkey:
     writer: Writer
     profiles: ProfileService
     importer: Importer
+    facts: FactsCache
+    segments: SegmentService
+    tags: TagService
+    traits: TraitService
+    realtime: RealtimeSegments
     _lock_file: IO[str] | None = None
 
     @classmethod
@@ -69,6 +79,18 @@ class Goldkey:
             recent_keep=settings.recent_events_per_profile,
         )
         writer.start()
+        facts = FactsCache(engine, analytical)
+        facts.attach(writer)
+        importer = Importer(engine, writer, settings.default_phone_region)
+        importer.listeners.append(lambda ws, _kind: facts.touch(ws))
+        segments = SegmentService(engine, analytical, writer, facts)
+        realtime = RealtimeSegments(
+            segments, interval=settings.realtime_interval_seconds, refresh_minutes=settings.segment_refresh_minutes
+        )
+        realtime.attach(writer)
+        realtime.start()
+        traits = TraitService(engine, analytical, writer, facts)
+        traits.start()  # the incremental path and the schedule
         return cls(
             settings=settings,
             engine=engine,
@@ -77,12 +99,19 @@ class Goldkey:
             graph=graph,
             writer=writer,
             profiles=ProfileService(engine, settings.default_phone_region),
-            importer=Importer(engine, writer, settings.default_phone_region),
+            importer=importer,
+            facts=facts,
+            segments=segments,
+            tags=TagService(engine, analytical, writer, facts, realtime),
+            traits=traits,
+            realtime=realtime,
             _lock_file=lock,
         )
 
     def close(self) -> None:
         """Drain the writer, checkpoint and close the stores, release the data directory."""
+        self.realtime.stop()
+        self.traits.stop()
         self.writer.stop()
         self.analytical.close()
         self.engine.dispose()

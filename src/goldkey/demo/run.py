@@ -7,7 +7,7 @@ import base64
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from goldkey.app import create_app
+from goldkey.demo.audience import define_audience
 from goldkey.progress import progress_bar
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
@@ -50,6 +51,8 @@ class DemoResult:
     imports: list[dict[str, Any]]
     seconds_generate: float
     seconds_load: float
+    audience: dict[str, Any] = field(default_factory=dict)
+    seconds_audience: float = 0.0
 
 
 class BackgroundServer:
@@ -226,6 +229,14 @@ def run_demo(
             for imp in after:
                 import_results.append(_import(gk, creds, imp, console))
         t_load = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        audience = {}
+        with progress_bar(console, "traits, tags and segments via the REST API") as bar:
+            task = bar.add_task("audience", total=len(brands))
+            for creds in brands:
+                audience[creds.brand] = define_audience(url, creds.admin_token, creds.brand)
+                bar.advance(task)
+        t_aud = time.perf_counter() - t2
         result = DemoResult(
             url,
             brands,
@@ -236,6 +247,8 @@ def run_demo(
             import_results,
             t_gen,
             t_load,
+            audience,
+            t_aud,
         )
         _print_summary(console, gk, result)
         if serve_forever:
@@ -305,6 +318,11 @@ def _print_summary(console: Console, gk: Goldkey, r: DemoResult) -> None:
             f"  profiles {live} (existing customers {existing}, new {live - existing}), merges {n_merges}, "
             f"events {n_events}"
         )
+        aud = r.audience.get(b.brand, {})
+        for name, cov in aud.get("tags", {}).items():
+            console.print(f"  tag {name}: {cov}")
+        for name, seg in aud.get("segments", {}).items():
+            console.print(f"  segment {name}: {seg['size']} members ({seg['took_ms']} ms)")
         console.print(f"  write key:   {b.write_key}")
         console.print(f"  admin token: {b.admin_token}")
     console.print(f"\nAPI: {r.url}   docs: {r.url}/docs   health: {r.url}/healthz")
