@@ -90,6 +90,7 @@ class Goldkey:
         realtime.attach(writer)
         realtime.start()
         traits = TraitService(engine, analytical, writer, facts)
+        traits.on_applied.append(realtime.notify)
         traits.start()  # the incremental path and the schedule
         return cls(
             settings=settings,

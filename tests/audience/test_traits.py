@@ -322,6 +322,23 @@ def test_batch_values_of_every_aggregate_match_plain_python(env: Env, svc: Trait
         assert got.get("days_since_order") == ((later - max(e["ts"] for e in oc)) // DAY if oc else None)
 
 
+def test_property_names_in_any_script_boolean_filters_and_quotes(env: Env, svc: TraitService) -> None:
+    ws = env.ws.workspace_id
+    sent = [({"价格": 12.5, "首单": True, "渠道": "小程序"}, 1), ({"价格": 7, "首单": False, "渠道": "门店"}, 2),
+            ({"价格": "9", "首单": True, "渠道": 'say "hi" \\ ok'}, 3), ({"首单": "true"}, 4)]
+    _send(env, [{"type": "track", "messageId": f"c{i}", "userId": "u1", "event": "下单", "properties": p,
+                 "timestamp": (AS_OF - i * DAY).isoformat()} for p, i in sent])
+    svc.create(ws, {"name": "消费", "event": "下单", "aggregate": "sum", "property": "价格"})
+    svc.create(ws, {"name": "首单次数", "event": "下单", "aggregate": "count",
+                    "where": [{"property": "首单", "op": "eq", "value": True}]})
+    svc.create(ws, {"name": "last_channel", "event": "下单", "aggregate": "last", "property": "渠道"})
+    svc.create(ws, {"name": "quoted", "event": "下单", "aggregate": "count",
+                    "where": [{"property": "渠道", "op": "eq", "value": 'say "hi" \\ ok'}]})
+    svc.compute(ws, as_of=AS_OF)
+    assert _profile_traits(env, _pid(env, user_id="u1")) == {
+        "消费": 19.5, "首单次数": 2, "last_channel": "小程序", "quoted": 1}
+
+
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)

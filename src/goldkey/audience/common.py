@@ -87,7 +87,7 @@ OWN_EVENTS = ("segment_entered", "segment_exited", "Tag Changed")
 
 
 def batch_member_ids(facts: FactsCache, analytical: AnalyticalStore, ws: str, rule: Any, as_of: datetime,
-                     *, fresh: bool = True) -> pa.Table:
+                     *, fresh: bool = False) -> pa.Table:
     """The profiles ``rule`` selects at ``as_of``, by the batch compiler over the facts table, as an
     Arrow table with one column ``profile_id``. ``fresh=True`` rebuilds the facts first (a
     materialisation); otherwise they are rebuilt only when changed (see FactsCache)."""

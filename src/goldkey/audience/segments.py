@@ -244,7 +244,7 @@ class SegmentService:
         t0 = time.perf_counter()
         version, rule = self.rule_of(ws, sid)
         t = as_of_utc(as_of)
-        ids = batch_member_ids(self.facts, self.analytical, ws, rule, t, fresh=True)
+        ids = batch_member_ids(self.facts, self.analytical, ws, rule, t)
         new = set(ids.column("profile_id").to_pylist())
         entered, exited = self.writer.run_command(lambda ctx: self._apply(ctx, ws, sid, new, t, full=True))
         took = int((time.perf_counter() - t0) * 1000)

@@ -185,7 +185,6 @@ class TagService:
             raise InvalidInput(f"tag {name!r} is a {tag['kind']} tag; only rule tags are computed", field="name")
         t = as_of_utc(as_of)
         new: dict[str, Any] = {}
-        self.facts.ensure(ws, force=True)
         for r in tag["rules"]:
             ids = batch_member_ids(self.facts, self.analytical, ws, parse_rule(r["rule"]), t)
             for pid in ids.column("profile_id").to_pylist():

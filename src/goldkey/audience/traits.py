@@ -813,6 +813,9 @@ class TraitService:
         self._stop_event = threading.Event()
         self._last_attempt: dict[tuple[str, str], datetime] = {}
         self._loaded_at = 0.0
+        # called with (workspace, profile ids) after incremental updates landed (real-time segments
+        # re-evaluate those profiles: a segment on a trait follows the trait within seconds)
+        self.on_applied: list[Callable[[str, list[str]], None]] = []
 
     # ---------------------------------------------------------------------------- definitions
     def create(self, ws: str, definition: Any, *, actor: str = "system") -> dict[str, Any]:
@@ -1538,6 +1541,15 @@ class TraitService:
                     self._overflowed.update(i.ws for i in items)
             for ws in touched:
                 self._touch(ws, soft=True)
+            if touched and self.on_applied:
+                changed: dict[str, set[str]] = {}
+                for it in items:
+                    if it.ws in touched:
+                        changed.setdefault(it.ws, set()).add(it.profile_id)
+                for ws, pids in changed.items():
+                    for cb in self.on_applied:
+                        with contextlib.suppress(Exception):
+                            cb(ws, sorted(pids))
             with self._cond:
                 self._applied_seq = max(self._applied_seq, items[-1].seq)
                 self._cond.notify_all()

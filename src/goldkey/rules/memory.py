@@ -228,10 +228,11 @@ def _event(node: EventCondition, as_of: datetime) -> Predicate:
     return lambda p, events: test(sum(1 for ev in events if inside(ev.timestamp) and match(ev)))
 
 
-def _sequence_hits(node: SequenceCondition, events: Sequence[Any], as_of: datetime) -> list[Any] | None:
+def _sequence_hits(node: SequenceCondition, events: Sequence[Any], as_of: datetime,
+                   prepared: tuple[list[Callable[[Any], bool]], Callable[[datetime], bool]] | None = None
+                   ) -> list[Any] | None:
     """The first chain of events satisfying the sequence, or None."""
-    matchers = [_event_matcher(s.type, s.event, s.where, as_of) for s in node.steps]
-    first_inside = _in_window(node.window, as_of)
+    matchers, first_inside = prepared or _prepare_sequence(node, as_of)
     span = days(node.within_days)
     evs = sorted((ev for ev in events if ev.timestamp <= as_of), key=lambda ev: ev.timestamp)
     for i, e1 in enumerate(evs):
@@ -254,9 +255,15 @@ def _sequence_hits(node: SequenceCondition, events: Sequence[Any], as_of: dateti
     return None
 
 
+def _prepare_sequence(node: SequenceCondition, as_of: datetime
+                      ) -> tuple[list[Callable[[Any], bool]], Callable[[datetime], bool]]:
+    return [_event_matcher(s.type, s.event, s.where, as_of) for s in node.steps], _in_window(node.window, as_of)
+
+
 def _sequence(node: SequenceCondition, as_of: datetime) -> Predicate:
     did = node.did
-    return lambda p, events: (_sequence_hits(node, events, as_of) is not None) == did
+    prepared = _prepare_sequence(node, as_of)  # once per bind, not per profile
+    return lambda p, events: (_sequence_hits(node, events, as_of, prepared) is not None) == did
 
 
 def _compile(node: Any, catalog: Mapping[str, str], as_of: datetime) -> Predicate:
