@@ -14,6 +14,7 @@ import math
 import re
 import threading
 import time
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,18 +45,31 @@ class FactsInfo:
     seconds: float
 
 
+_Row = namedtuple("_Row", PROFILE_VALUE_COLUMNS)  # type: ignore[misc]
+
+
 def _profile_rows(engine: sa.Engine, ws: str) -> tuple[list[Any], dict[str, list[str]]]:
+    """The live profiles' value columns and each profile's identifier types.
+
+    On SQLite the rows come straight from the driver (SQLAlchemy's per-row timestamp processing
+    costs more than the query): timestamps then arrive as the stored text, which ``coerce`` reads
+    to the same aware UTC datetimes."""
     cols = [profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
+    q = sa.select(*cols).where(profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None))
+    qi = sa.select(identities.c.profile_id, identities.c.id_type).where(identities.c.workspace_id == ws).distinct()
     id_types: dict[str, list[str]] = {}
     with engine.connect() as c:
-        rows = c.execute(
-            sa.select(*cols).where(profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None))
-        ).all()
-        for pid, t in c.execute(
-            sa.select(identities.c.profile_id, identities.c.id_type)
-            .where(identities.c.workspace_id == ws)
-            .distinct()
-        ):
+        if c.dialect.name == "sqlite":
+            raw = c.connection.driver_connection
+            assert raw is not None
+            rows = [_Row(*r) for r in raw.execute(
+                f"SELECT {', '.join(PROFILE_VALUE_COLUMNS)} FROM profiles "
+                "WHERE workspace_id = ? AND merged_into IS NULL", (ws,))]
+            pairs = raw.execute("SELECT DISTINCT profile_id, id_type FROM identities WHERE workspace_id = ?", (ws,))
+        else:
+            rows = c.execute(q).all()
+            pairs = c.execute(qi)
+        for pid, t in pairs:
             id_types.setdefault(pid, []).append(t)
     return rows, id_types
 

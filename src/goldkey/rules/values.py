@@ -72,6 +72,8 @@ def coerce(value: Any, ftype: str) -> Any:
 
 def to_utc(value: Any, tz: str = "UTC") -> datetime | None:
     """Return ``value`` (datetime, date or ISO string) as aware UTC; naive values are in ``tz``."""
+    if type(value) is datetime and tz == "UTC":  # the common case, fast
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, date):
