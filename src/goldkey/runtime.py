@@ -103,7 +103,7 @@ class Goldkey:
             importer=importer,
             facts=facts,
             segments=segments,
-            tags=TagService(engine, analytical, writer, facts, realtime),
+            tags=TagService(engine, analytical, writer, facts, realtime, settings.default_phone_region),
             traits=traits,
             realtime=realtime,
             _lock_file=lock,

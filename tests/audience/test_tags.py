@@ -125,3 +125,20 @@ def test_invalid_tag_definitions(env: Env) -> None:
         if field:
             assert r.json()["field"] == field, r.json()
     assert env.client.get("/api/v1/tags", headers=h).json() == []
+
+
+def test_new_tag_is_usable_at_once_and_false_removes(env: Env) -> None:
+    ids = load_people(env)
+    h = env.admin_auth()
+    tag = {"name": "vip", "kind": "manual", "value_type": "boolean", "category": "dynamic"}
+    assert env.client.post("/api/v1/tags", json=tag, headers=h).status_code == 201
+    # coverage and rules on the new tag work before any value is set
+    assert env.client.get("/api/v1/tags/vip/coverage", headers=h).json()["tagged"] == 0
+    rule = {"kind": "attribute", "field": "tags.vip", "op": "is_not_set"}
+    assert env.client.post("/api/v1/segments/estimate", json={"rule": rule}, headers=h).json()["size"] == 5
+    env.client.post("/api/v1/tags/vip/values", headers=h, json={"assignments": [
+        {"profile_id": ids["u1"], "value": True}, {"profile_id": ids["u2"], "value": True}]})
+    env.client.post("/api/v1/tags/vip/values", headers=h, json={"assignments": [
+        {"profile_id": ids["u2"], "value": False}]})
+    cov = env.client.get("/api/v1/tags/vip/coverage", headers=h).json()
+    assert cov["tagged"] == 1 and cov["values"] == [{"value": True, "profiles": 1}]

@@ -20,7 +20,7 @@ from goldkey.core.clock import utcnow
 from goldkey.core.errors import InvalidInput
 from goldkey.core.ids import new_ids
 from goldkey.rules.memory import Event
-from goldkey.rules.model import AttributeCondition, iter_nodes, parse_rule
+from goldkey.rules.model import AttributeCondition, EventCondition, SequenceCondition, iter_nodes, parse_rule
 from goldkey.rules.values import check_rule
 from goldkey.store.analytical import EVENT_SCHEMA, AnalyticalStore
 from goldkey.store.operational import identities, profiles
@@ -38,7 +38,7 @@ def parse_and_check(engine: sa.Engine, analytical: AnalyticalStore, ws: str, dat
         rule = parse_rule(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(_loc(p) for p in err["loc"] if not _is_tag(p))
+        loc = ".".join(_loc(p) for p in _clean_loc(err["loc"]))
         raise InvalidInput(err["msg"].removeprefix("Value error, "),
                            field=f"{prefix}.{loc}".replace(".[", "[") if loc else prefix) from None
     except ValueError as exc:
@@ -48,16 +48,32 @@ def parse_and_check(engine: sa.Engine, analytical: AnalyticalStore, ws: str, dat
     if any(f.startswith("attributes.") and f not in catalog for f in named):
         infer_attribute_fields(engine, ws)  # attributes seen since the last inference
         catalog = load_catalog(engine, ws)
-    check_rule(rule, catalog, known_events(analytical, ws), prefix=prefix)
+    events = known_events(analytical, ws)
+    named_events = {n.event for _, n in iter_nodes(rule) if isinstance(n, EventCondition) and n.event}
+    named_events |= {s.event for _, n in iter_nodes(rule) if isinstance(n, SequenceCondition) for s in n.steps
+                     if s.event}
+    if named_events - events:
+        events = known_events(analytical, ws, max_age=0)  # an event received since the cache was filled
+    check_rule(rule, catalog, events, prefix=prefix)
     return rule
 
 
 _NODE_KINDS = {"attribute", "event", "sequence", "and", "or", "not"}
 
 
-def _is_tag(p: Any) -> bool:
-    # pydantic puts the union member (the discriminator value) into the location
-    return isinstance(p, str) and p in _NODE_KINDS
+def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
+    """pydantic's error location without the union members it inserts: the condition kind (the
+    discriminator, at the start, after a list index or after ``condition``) and the scalar type
+    tried for a ``value`` (everything after ``value`` is dropped)."""
+    out: list[Any] = []
+    for i, p in enumerate(loc):
+        prev = loc[i - 1] if i else None
+        if isinstance(p, str) and p in _NODE_KINDS and (i == 0 or isinstance(prev, int) or prev == "condition"):
+            continue
+        out.append(p)
+        if p == "value":
+            break
+    return out
 
 
 def _loc(p: Any) -> str:
@@ -74,7 +90,7 @@ def known_events(analytical: AnalyticalStore, ws: str, max_age: float = 30.0) ->
     key = (id(analytical), ws)
     with _events_lock:
         hit = _events_cache.get(key)
-    if hit and time.monotonic() - hit[0] < max_age:
+    if hit and time.monotonic() - hit[0] < max_age and max_age > 0:
         return hit[1]
     rows = analytical.query("SELECT DISTINCT event FROM events WHERE workspace_id = ? AND event IS NOT NULL", [ws])
     names = frozenset([r[0] for r in rows] + list(OWN_EVENTS))
@@ -89,11 +105,12 @@ OWN_EVENTS = ("segment_entered", "segment_exited", "Tag Changed")
 def batch_member_ids(facts: FactsCache, analytical: AnalyticalStore, ws: str, rule: Any, as_of: datetime,
                      *, fresh: bool = False) -> pa.Table:
     """The profiles ``rule`` selects at ``as_of``, by the batch compiler over the facts table, as an
-    Arrow table with one column ``profile_id``. ``fresh=True`` rebuilds the facts first (a
-    materialisation); otherwise they are rebuilt only when changed (see FactsCache)."""
+    Arrow table with one column ``profile_id``. ``fresh=True`` (materialisations) rebuilds the facts
+    when anything changed since the last build; otherwise plain event traffic may be up to
+    ``FactsCache.soft_age`` seconds behind (live estimates)."""
     from goldkey.rules.batch import members
 
-    info = facts.ensure(ws, force=fresh)
+    info = facts.ensure(ws, strict=fresh)
     with analytical.ibis_connection() as con:
         expr = members(rule, info.catalog, facts_for(con, ws), events_for(con, ws), as_of)
         return expr.to_pyarrow()

@@ -186,18 +186,23 @@ class FactsCache:
 
         writer.listeners.append(on_commit)
 
-    def ensure(self, ws: str, *, force: bool = False) -> FactsInfo:
+    def ensure(self, ws: str, *, force: bool = False, strict: bool = False) -> FactsInfo:
+        """The workspace's facts, rebuilt when changed. ``strict`` (materialisations) also rebuilds
+        for plain event traffic since the last build; otherwise that drift is allowed for
+        ``soft_age`` seconds (live estimates). A changed field catalog always rebuilds."""
         with self._lock:
             gen = self._generation.get(ws, 0)
             built = self._built.get(ws)
             soft = ws in self._soft
-        if not force and built is not None and built[1] == gen and not (
-                soft and time.monotonic() - built[0] >= self.soft_age):
+        if (not force and built is not None and built[1] == gen
+                and not (soft and (strict or time.monotonic() - built[0] >= self.soft_age))
+                and load_catalog(self.engine, ws) == built[2].catalog):
             return built[2]
         with self._build_lock:  # one build at a time; a waiting caller reuses the fresh build
             with self._lock:
                 built2 = self._built.get(ws)
-            if not force and built2 is not None and built2 is not built and built2[1] == self._generation.get(ws, 0):
+            if (not force and built2 is not None and built2 is not built
+                    and built2[1] == self._generation.get(ws, 0) and not (strict and ws in self._soft)):
                 return built2[2]
             with self._lock:
                 self._soft.discard(ws)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -143,12 +144,16 @@ class SegmentService:
         """Delete a segment (its versions and snapshots stay for the audit trail; members go)."""
         cur = self._row(ws, sid)
         now = utcnow()
-        with self.engine.begin() as c:
-            # the name is freed for a new segment
-            c.execute(segments.update().where(S.workspace_id == ws, S.segment_id == sid).values(
-                deleted_at=now, name=f"{cur.name[:150]} (deleted {sid})"))
-            c.execute(segment_members.delete().where(M.workspace_id == ws, M.segment_id == sid))
-            _audit(c, ws, actor, "segment.delete", sid, {})
+
+        def run(ctx: Any) -> None:  # on the writer thread, so no compute or real-time round interleaves
+            with self.engine.begin() as c:
+                # the name is freed for a new segment
+                c.execute(segments.update().where(S.workspace_id == ws, S.segment_id == sid).values(
+                    deleted_at=now, name=f"{cur.name[:150]} (deleted {sid})"))
+                c.execute(segment_members.delete().where(M.workspace_id == ws, M.segment_id == sid))
+                _audit(c, ws, actor, "segment.delete", sid, {})
+
+        self.writer.run_command(run)
 
     def get(self, ws: str, sid: str) -> dict[str, Any]:
         r = self._row(ws, sid)
@@ -244,17 +249,12 @@ class SegmentService:
         t0 = time.perf_counter()
         version, rule = self.rule_of(ws, sid)
         t = as_of_utc(as_of)
-        ids = batch_member_ids(self.facts, self.analytical, ws, rule, t)
+        ids = batch_member_ids(self.facts, self.analytical, ws, rule, t, fresh=True)
         new = set(ids.column("profile_id").to_pylist())
-        entered, exited = self.writer.run_command(lambda ctx: self._apply(ctx, ws, sid, new, t, full=True))
         took = int((time.perf_counter() - t0) * 1000)
-        now = utcnow()
-        with self.engine.begin() as c:
-            c.execute(segment_snapshots.insert().values(workspace_id=ws, segment_id=sid, version=version,
-                                                        size=len(new), entered=entered, exited=exited, as_of=t,
-                                                        took_ms=took, created_at=now))
-            c.execute(segments.update().where(S.workspace_id == ws, S.segment_id == sid).values(
-                size=len(new), computed_at=now))
+        snapshot = {"version": version, "took_ms": took, "as_of": t}
+        entered, exited = self.writer.run_command(
+            lambda ctx: self._apply(ctx, ws, sid, new, t, full=True, snapshot=snapshot))
         return {"segment_id": sid, "version": version, "size": len(new), "entered": entered, "exited": exited,
                 "as_of": to_iso(t), "took_ms": took}
 
@@ -262,10 +262,14 @@ class SegmentService:
         return [self.compute(ws, s["segment_id"]) for s in self.list(ws)]
 
     def _apply(self, ctx: Any, ws: str, sid: str, members: set[str], at: datetime, *, full: bool,
-               scope: set[str] | None = None) -> tuple[int, int]:
+               scope: set[str] | None = None, snapshot: dict[str, Any] | None = None) -> tuple[int, int]:
         """On the writer thread: make the stored membership of ``sid`` equal ``members`` (within
-        ``scope`` profiles when not ``full``), and emit the change events. Returns (entered, exited)."""
+        ``scope`` profiles when not ``full``), keep the size, record the snapshot of a full compute,
+        and emit the change events. A deleted segment is left alone. Returns (entered, exited)."""
         with self.engine.begin() as c:
+            if c.execute(sa.select(S.segment_id).where(S.workspace_id == ws, S.segment_id == sid,
+                                                       S.deleted_at.is_(None))).first() is None:
+                return 0, 0
             q = sa.select(M.profile_id).where(M.workspace_id == ws, M.segment_id == sid)
             if full:
                 current = set(c.execute(q).scalars())
@@ -283,7 +287,16 @@ class SegmentService:
             for i in range(0, len(exited), 500):
                 c.execute(segment_members.delete().where(
                     M.workspace_id == ws, M.segment_id == sid, M.profile_id.in_(exited[i : i + 500])))
-            if not full and (entered or exited):
+            if full:
+                now = utcnow()
+                c.execute(segments.update().where(S.workspace_id == ws, S.segment_id == sid).values(
+                    size=len(members), computed_at=now))
+                if snapshot is not None:
+                    c.execute(segment_snapshots.insert().values(
+                        workspace_id=ws, segment_id=sid, version=snapshot["version"], size=len(members),
+                        entered=len(entered), exited=len(exited), as_of=snapshot["as_of"],
+                        took_ms=snapshot["took_ms"], created_at=now))
+            elif entered or exited:
                 c.execute(segments.update().where(S.workspace_id == ws, S.segment_id == sid).values(
                     size=sa.func.coalesce(S.size, 0) + len(entered) - len(exited)))
             rows = [(p, "segment_entered", {"segment_id": sid}) for p in entered]
@@ -299,12 +312,13 @@ class SegmentService:
         self._row(ws, sid)
         limit = max(1, min(limit, 1000))
         with self.engine.connect() as c:
-            total = c.execute(sa.select(sa.func.count()).select_from(segment_members).where(
-                M.workspace_id == ws, M.segment_id == sid)).scalar_one()
+            total = c.execute(sa.select(sa.func.count()).select_from(
+                segment_members.join(profiles, profiles.c.profile_id == M.profile_id)).where(
+                M.workspace_id == ws, M.segment_id == sid, profiles.c.merged_into.is_(None))).scalar_one()
             rows = c.execute(
                 sa.select(M.profile_id, M.entered_at, profiles.c.attributes)
                 .join(profiles, profiles.c.profile_id == M.profile_id)
-                .where(M.workspace_id == ws, M.segment_id == sid)
+                .where(M.workspace_id == ws, M.segment_id == sid, profiles.c.merged_into.is_(None))
                 .order_by(M.profile_id).limit(limit).offset(offset)
             ).all()
         items = []
@@ -339,10 +353,11 @@ class SegmentService:
                                   "only_b": sizes.get(y, 0) - n})
         return {"sizes": {s: sizes.get(s, 0) for s in sids}, "pairs": pairs}
 
-    def export_rows(self, ws: str, sid: str, *, kind: str = "csv", mask: bool = True) -> Iterator[list[Any]]:
+    def export_rows(self, ws: str, sid: str, *, kind: str = "csv", mask: bool = True) -> list[list[Any]]:
         """Rows of an export, header first. ``csv``: every member with name, phone, e-mail.
-        ``call_list``: only members who consented to calls (channel ``call`` or ``phone``,
-        status granted) and have a phone; the phone shown in full or masked (``mask``)."""
+        ``call_list``: only members whose latest ``call`` decision for marketing, across every
+        profile merged into them, is granted (a denial wins a tie) and who have a phone; the phone
+        shown in full or masked (``mask``). Read in one go, so a download holds no connection."""
         if kind not in ("csv", "call_list"):
             raise InvalidInput("export kind must be csv or call_list", field="kind")
         self._row(ws, sid)
@@ -351,26 +366,39 @@ class SegmentService:
         q = (sa.select(M.profile_id, profiles.c.attributes, ph.c.id_value.label("phone"))
              .join(profiles, profiles.c.profile_id == M.profile_id)
              .outerjoin(ph, sa.and_(ph.c.workspace_id == ws, ph.c.profile_id == M.profile_id, ph.c.id_type == "phone"))
-             .where(M.workspace_id == ws, M.segment_id == sid).order_by(M.profile_id))
-        if kind == "call_list":
-            consented = sa.select(consents.c.profile_id).where(
-                consents.c.workspace_id == ws, consents.c.channel == "call", consents.c.purpose == "marketing",
-                consents.c.status == "granted")
-            q = q.where(M.profile_id.in_(consented), ph.c.id_value.is_not(None))
-            yield ["profile_id", "name", "phone", "city", "member_tier"]
-        else:
-            yield ["profile_id", "name", "phone", "email", "city"]
-        seen: set[str] = set()
+             .where(M.workspace_id == ws, M.segment_id == sid, profiles.c.merged_into.is_(None))
+             .order_by(M.profile_id, ph.c.id_value))
         with self.engine.connect() as c:
-            for r in c.execute(q):
-                if r.profile_id in seen:  # several phones: the first one
+            found = c.execute(q).all()
+            granted: set[str] | None = None
+            if kind == "call_list":
+                granted = set()
+                latest: dict[str, tuple[Any, str]] = {}
+                rows = c.execute(
+                    sa.select(profiles.c.canonical_id, consents.c.status, consents.c.updated_at)
+                    .join(profiles, profiles.c.profile_id == consents.c.profile_id)
+                    .where(consents.c.workspace_id == ws, consents.c.channel == "call",
+                           consents.c.purpose == "marketing"))
+                for cid, status, at in rows:
+                    prev = latest.get(cid)
+                    if prev is None or at > prev[0] or (at == prev[0] and status == "denied"):
+                        latest[cid] = (at, status)
+                granted = {cid for cid, (_, status) in latest.items() if status == "granted"}
+        out: list[list[Any]] = [["profile_id", "name", "phone", "city", "member_tier"] if kind == "call_list"
+                                else ["profile_id", "name", "phone", "email", "city"]]
+        seen: set[str] = set()
+        for r in found:
+            if r.profile_id in seen:  # several phones: the first one
+                continue
+            seen.add(r.profile_id)
+            a = orjson.loads(r.attributes)
+            if granted is not None:
+                if r.profile_id not in granted or not r.phone:
                     continue
-                seen.add(r.profile_id)
-                a = orjson.loads(r.attributes)
-                if kind == "call_list":
-                    yield [r.profile_id, a.get("name"), show(r.phone), a.get("city"), a.get("member_tier")]
-                else:
-                    yield [r.profile_id, a.get("name"), show(r.phone), a.get("email"), a.get("city")]
+                out.append([r.profile_id, a.get("name"), show(r.phone), a.get("city"), a.get("member_tier")])
+            else:
+                out.append([r.profile_id, a.get("name"), show(r.phone), a.get("email"), a.get("city")])
+        return out
 
     def export_csv(self, ws: str, sid: str, *, kind: str = "csv", mask: bool = True) -> Iterator[str]:
         """The export as CSV text chunks (UTF-8 with BOM so that Excel opens Chinese names)."""
@@ -378,7 +406,7 @@ class SegmentService:
         w = csv.writer(buf)
         yield "\ufeff"
         for i, row in enumerate(self.export_rows(ws, sid, kind=kind, mask=mask)):
-            w.writerow(row)
+            w.writerow([_cell(v) for v in row])
             if i % 1000 == 0:
                 yield buf.getvalue()
                 buf.seek(0)
@@ -429,7 +457,13 @@ class SegmentService:
         t = as_of_utc(as_of)
         values = load_profile_values(self.engine, ws, pids)
         events = load_events(self.analytical, ws, list(values))
-        scope = set(pids)  # profiles merged away since are in scope too: they leave every segment
+        scope = set(pids)
+        # profiles merged into these since they were evaluated leave every segment
+        with self.engine.connect() as c:
+            for i in range(0, len(pids), 500):
+                scope |= set(c.execute(sa.select(profiles.c.profile_id).where(
+                    profiles.c.workspace_id == ws, profiles.c.canonical_id.in_(pids[i : i + 500]),
+                    profiles.c.merged_into.is_not(None))).scalars())
         changed: dict[str, tuple[int, int]] = {}
         for sid, comp in rules:
             pred = comp.at(t)
@@ -439,6 +473,16 @@ class SegmentService:
             if res != (0, 0):
                 changed[sid] = res
         return changed
+
+
+_PHONE = re.compile(r"^\+[\d*]+\Z")
+
+
+def _cell(v: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula (names come from customers)."""
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") and not _PHONE.match(v):
+        return "'" + v
+    return v
 
 
 def _check_name(name: str) -> str:

@@ -104,7 +104,8 @@ class TagService:
     """Define, compute and set tags of a workspace."""
 
     def __init__(self, engine: sa.Engine, analytical: AnalyticalStore, writer: Any, facts: FactsCache,
-                 realtime: Any = None) -> None:
+                 realtime: Any = None, region: str = "CN") -> None:
+        self.region = region
         self.engine = engine
         self.analytical = analytical
         self.writer = writer
@@ -135,6 +136,7 @@ class TagService:
             declare_field(c, ws, f"tags.{d.name}", _FIELD_TYPE[d.value_type], "tag", label=d.name,
                           description=d.description)
             _audit(c, ws, actor, "tag.create", d.name)
+        self.facts.touch(ws)  # a new field in the catalog
         return self.get(ws, d.name)
 
     def update(self, ws: str, name: str, data: dict[str, Any], actor: str = "api") -> dict[str, Any]:
@@ -149,6 +151,7 @@ class TagService:
             declare_field(c, ws, f"tags.{d.name}", _FIELD_TYPE[d.value_type], "tag", label=d.name,
                           description=d.description)
             _audit(c, ws, actor, "tag.update", name)
+        self.facts.touch(ws)
         return self.get(ws, name)
 
     def delete(self, ws: str, name: str, actor: str = "api") -> int:
@@ -160,6 +163,7 @@ class TagService:
             c.execute(tags.delete().where(T.workspace_id == ws, T.name == name))
             remove_field(c, ws, f"tags.{name}")
             _audit(c, ws, actor, "tag.delete", name)
+        self.facts.touch(ws)
         return removed
 
     def get(self, ws: str, name: str) -> dict[str, Any]:
@@ -186,7 +190,7 @@ class TagService:
         t = as_of_utc(as_of)
         new: dict[str, Any] = {}
         for r in tag["rules"]:
-            ids = batch_member_ids(self.facts, self.analytical, ws, parse_rule(r["rule"]), t)
+            ids = batch_member_ids(self.facts, self.analytical, ws, parse_rule(r["rule"]), t, fresh=True)
             for pid in ids.column("profile_id").to_pylist():
                 new.setdefault(pid, r["value"])  # the first matching rule wins
         current = self._holders(ws, name)
@@ -237,7 +241,13 @@ class TagService:
         (``phone``, ``email``, ``user_id``, ``crm_id`` ...), and ``value`` (optional for boolean
         tags). Rows that name no profile, or carry a bad value, go to the quarantine; the rest are set."""
         tag = self.get(ws, name)
-        text = data.decode("utf-8-sig", errors="strict") if data else ""
+        try:
+            text = data.decode("utf-8-sig") if data else ""
+        except UnicodeDecodeError:
+            try:
+                text = data.decode("gb18030")  # what Excel on a Chinese Windows saves
+            except UnicodeDecodeError:
+                raise InvalidInput("the file is neither UTF-8 nor GB18030 text", field="file") from None
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames:
             raise InvalidInput("the CSV has no header row", field="file")
@@ -253,6 +263,9 @@ class TagService:
                 good.append({"profile_id": pid, "value": value})
             except InvalidInput as exc:
                 bad.append((i, exc.field, exc.message, row))
+            else:
+                if good[-1]["value"] is None:  # "false" in a boolean list: remove the tag
+                    good[-1]["value"] = None
         if bad:
             now = utcnow()
             with self.engine.begin() as c:
@@ -260,9 +273,12 @@ class TagService:
                     {"workspace_id": ws, "source": f"tag:{name}", "import_id": None, "record": f"line {i}",
                      "field": f, "value": str(row.get(f) if f else "")[:1000], "reason": msg,
                      "raw": orjson.dumps(row).decode(), "created_at": now} for i, f, msg, row in bad])
-        report = self.set_values(ws, name, good, source="tags:import", replace=replace) if good or replace else {
+        # a list with rejected rows is incomplete: it sets what it names but removes nobody
+        replace_ok = replace and not bad
+        report = self.set_values(ws, name, good, source="tags:import", replace=replace_ok) if good or replace_ok else {
             "tag": name, "rows": 0, "profiles": 0, "changed": 0}
-        report.update({"rows": len(good) + len(bad), "quarantined": len(bad)})
+        report.update({"rows": len(good) + len(bad), "quarantined": len(bad),
+                       "replace_skipped": bool(replace and bad)})
         return report
 
     def _resolve_profile(self, ws: str, a: dict[str, Any]) -> str:
@@ -277,7 +293,7 @@ class TagService:
         if len(ids) != 1:
             raise InvalidInput("name the profile by profile_id or by exactly one identifier", field="profile_id")
         t, v = ids[0]
-        norm = normalize_identifier(t, v, "CN")
+        norm = normalize_identifier(t, v, self.region)
         if norm is None:
             raise InvalidInput(f"{v!r} is not a valid {t}", field=t)
         with self.engine.connect() as c:
@@ -297,7 +313,7 @@ class TagService:
         if vt == "boolean":
             if not isinstance(v, bool):
                 raise InvalidInput(f"{v!r} is not true/false", field="value")
-            return v
+            return True if v else None  # a boolean tag stores true only: false removes it
         if vt == "number":
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise InvalidInput(f"{v!r} is not a number", field="value")
