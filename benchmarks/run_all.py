@@ -38,6 +38,8 @@ BENCHES = {
     "writer": ("bench_writer.py", 90, 900),
     "segments": ("bench_segments.py", 180, 1200),
     "rules_memory": ("bench_rules_memory.py", 60, 300),
+    "traits": ("bench_traits.py", 180, 1800),
+    "rfm": ("bench_rfm.py", 60, 300),
 }
 
 

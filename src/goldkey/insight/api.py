@@ -1,0 +1,116 @@
+"""Insight API: run the RFM model and read the model registry (see docs/insight.md).
+
+Not yet mounted by ``goldkey.app``: add ``app.include_router(insight_api.router)``. Every route
+takes an admin token and works in that token's workspace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from goldkey.api.deps import GK, Admin
+from goldkey.api.schemas import ErrorBody
+from goldkey.core.errors import InvalidInput
+from goldkey.insight.rfm import RFMDefinition, RFMService
+
+router = APIRouter(prefix="/api/v1/insight", tags=["insight"])
+
+_ERR: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+_RUN_ERR: dict[int | str, dict[str, Any]] = {
+    **_ERR,
+    400: {"model": ErrorBody, "description": "Invalid definition, or no orders to score"},
+    409: {"model": ErrorBody, "description": "A non-model tag named rfm_group / rfm_value_tier exists"},
+}
+
+
+class RFMRunReport(BaseModel):
+    """What an RFM run did."""
+
+    model: str
+    version: int = Field(description="The model version written with the scores and tags.")
+    as_of: str | None
+    profiles: int = Field(description="Customers scored.")
+    scores_written: int
+    group_tag_changed: int
+    tier_tag_changed: int
+    metrics: dict[str, Any]
+    fit_ms: int
+    took_ms: int
+
+
+class ModelMeta(BaseModel):
+    """One fitted model version's metadata."""
+
+    workspace_id: str
+    name: str
+    kind: str
+    version: int
+    definition: dict[str, Any]
+    definition_hash: str
+    created_at: str
+    metrics: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    models: list[ModelMeta]
+
+
+def rfm_service(gk: Any) -> RFMService:
+    """The instance's RFM service (``gk.rfm`` once wired in the runtime; built on demand until then)."""
+    svc = getattr(gk, "rfm", None)
+    return svc if svc is not None else RFMService.from_goldkey(gk)
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``$defs`` references inlined (for the OpenAPI request body)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.split("/")[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+_RUN_BODY = {"requestBody": {"required": False, "content": {"application/json": {
+    "schema": _inline(RFMDefinition.model_json_schema())}}}}
+
+
+@router.post("/rfm/run", response_model=RFMRunReport, responses=_RUN_ERR, openapi_extra=_RUN_BODY)
+async def run_rfm(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
+    """Fit RFM (a new model version) and write `scores.rfm_*` and the `rfm_group` /
+    `rfm_value_tier` model tags to the profiles. The body is the definition (all optional)."""
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("send the RFM definition as a JSON object", field="body")
+    return await run_in_threadpool(rfm_service(gk).run, cred.workspace_id, body)
+
+
+@router.get("/models", response_model=ModelList, responses=_ERR)
+def list_models(gk: GK, cred: Admin) -> dict[str, Any]:
+    """The latest fitted version of every model of the workspace."""
+    return {"models": rfm_service(gk).registry.list(cred.workspace_id)}
+
+
+@router.get("/models/{name}", response_model=ModelMeta, responses=_ERR)
+def get_model(name: str, gk: GK, cred: Admin, version: int | None = None) -> dict[str, Any]:
+    """A model's latest (or the given) version: definition, metrics, creation time."""
+    reg = rfm_service(gk).registry
+    meta = reg.list(cred.workspace_id)
+    kind = next((m["kind"] for m in meta if m["name"] == name), name)
+    return reg.load(cred.workspace_id, name, version, kind=kind).meta()

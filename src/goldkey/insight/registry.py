@@ -1,0 +1,149 @@
+"""A small file-based model registry.
+
+Every fitted model is stored under ``<data_dir>/models/<workspace>/<model_name>/v<N>/`` as
+
+- ``artifact.json``: the fitted state (cut points, coefficients ...), JSON only;
+- ``meta.json``: ``kind``, ``name``, ``version``, ``definition`` and its ``definition_hash``,
+  ``created_at`` and ``metrics``.
+
+Versions only grow; a version directory is written under a temporary name and renamed into place,
+so a reader never sees half a version. ``load`` checks the stored kind and definition hash against
+the model asking for it and raises :class:`ModelMismatch` when they differ: an artifact fitted for
+one model never loads into another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from goldkey.core.clock import to_iso, utcnow
+from goldkey.core.errors import Conflict, InvalidInput, NotFound
+
+_SAFE = re.compile(r"^[A-Za-z0-9_\-]{1,100}\Z")
+_VERSION_DIR = re.compile(r"^v(\d+)\Z")
+
+
+class ModelMismatch(Conflict):
+    """An artifact was asked to load into a model of another kind or definition."""
+
+
+def definition_hash(definition: dict[str, Any]) -> str:
+    """A stable hash of a model definition (canonical JSON, sorted keys)."""
+    raw = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One stored version of a model: its metadata and fitted artifact."""
+
+    workspace_id: str
+    name: str
+    kind: str
+    version: int
+    definition: dict[str, Any]
+    definition_hash: str
+    created_at: str
+    metrics: dict[str, Any]
+    artifact: dict[str, Any]
+    path: Path
+
+    def meta(self) -> dict[str, Any]:
+        return {"workspace_id": self.workspace_id, "name": self.name, "kind": self.kind, "version": self.version,
+                "definition": self.definition, "definition_hash": self.definition_hash,
+                "created_at": self.created_at, "metrics": self.metrics}
+
+
+class ModelRegistry:
+    """Save and load versioned model artifacts under ``root`` (normally ``<data_dir>/models``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+
+    def _dir(self, ws: str, name: str) -> Path:
+        for label, v in (("workspace", ws), ("model name", name)):
+            if not _SAFE.match(v):
+                raise InvalidInput(f"{label} {v!r} must be 1-100 letters, digits, '_' or '-'", field="name")
+        return self.root / ws / name
+
+    def versions(self, ws: str, name: str) -> list[int]:
+        """The stored versions of a model, ascending."""
+        d = self._dir(ws, name)
+        if not d.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_DIR.match(p.name)) and p.is_dir())
+
+    def save(self, ws: str, name: str, *, kind: str, definition: dict[str, Any], artifact: dict[str, Any],
+             metrics: dict[str, Any]) -> ModelVersion:
+        """Store a new version (the next number) and return it."""
+        d = self._dir(ws, name)
+        d.mkdir(parents=True, exist_ok=True)
+        created = to_iso(utcnow()) or ""
+        with self._lock:
+            version = (self.versions(ws, name) or [0])[-1] + 1
+            meta = {"workspace_id": ws, "name": name, "kind": kind, "version": version, "definition": definition,
+                    "definition_hash": definition_hash(definition), "created_at": created, "metrics": metrics}
+            tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=d))
+            try:
+                opt = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+                (tmp / "artifact.json").write_bytes(orjson.dumps(artifact, option=opt))
+                (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=opt))
+                for f in tmp.iterdir():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                os.rename(tmp, d / f"v{version}")
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return self.load(ws, name, version, kind=kind, definition=definition)
+
+    def load(self, ws: str, name: str, version: int | None = None, *, kind: str,
+             definition: dict[str, Any] | None = None) -> ModelVersion:
+        """Load a version (the latest when ``version`` is None) for a model of ``kind`` and, when
+        given, ``definition``. Raises NotFound, or ModelMismatch when the artifact belongs to a
+        model of another kind or definition."""
+        d = self._dir(ws, name)
+        if version is None:
+            vs = self.versions(ws, name)
+            if not vs:
+                raise NotFound(f"model {name!r} has no fitted version yet")
+            version = vs[-1]
+        p = d / f"v{version}"
+        try:
+            meta = orjson.loads((p / "meta.json").read_bytes())
+            artifact = orjson.loads((p / "artifact.json").read_bytes())
+        except FileNotFoundError:
+            raise NotFound(f"model {name!r} has no version {version}") from None
+        if meta.get("kind") != kind:
+            raise ModelMismatch(f"model {name!r} v{version} is a {meta.get('kind')!r} model; "
+                                f"it cannot load into a {kind!r} model")
+        if definition is not None and meta.get("definition_hash") != definition_hash(definition):
+            raise ModelMismatch(f"model {name!r} v{version} was fitted for another definition "
+                                f"({meta.get('definition_hash')}); refit it for this one")
+        return ModelVersion(workspace_id=meta["workspace_id"], name=meta["name"], kind=meta["kind"],
+                            version=int(meta["version"]), definition=meta["definition"],
+                            definition_hash=meta["definition_hash"], created_at=meta["created_at"],
+                            metrics=meta.get("metrics", {}), artifact=artifact, path=p)
+
+    def list(self, ws: str) -> list[dict[str, Any]]:
+        """The latest version's metadata of every model of the workspace."""
+        base = self.root / ws
+        if not _SAFE.match(ws) or not base.is_dir():
+            return []
+        out = []
+        for d in sorted(base.iterdir()):
+            vs = self.versions(ws, d.name) if d.is_dir() and _SAFE.match(d.name) else []
+            if vs:
+                out.append(orjson.loads((d / f"v{vs[-1]}" / "meta.json").read_bytes()))
+        return out

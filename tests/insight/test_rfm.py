@@ -1,0 +1,262 @@
+"""RFM: scores against an independent pandas computation, ties, groups, write-back, registry."""
+
+from __future__ import annotations
+
+import csv
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from goldkey.core.errors import InvalidInput
+from goldkey.insight.registry import ModelMismatch, ModelRegistry
+from goldkey.insight.rfm import GROUPS, RFMDefinition, RFMService, compute_rfm, group_of
+
+AS_OF = datetime(2024, 7, 1, tzinfo=UTC)
+HEADER = ["order_id", "ordered_at", "crm_id", "sku", "category", "quantity", "unit_price"]
+
+
+def _orders(n_customers: int = 57, seed: int = 7) -> list[dict[str, Any]]:
+    """Orders with many ties (amounts and days drawn from small sets), plus some outside the window."""
+    rng = random.Random(seed)
+    rows = []
+    oid = 0
+    for c in range(n_customers):
+        for _ in range(rng.choice([1, 1, 2, 3, 5])):
+            oid += 1
+            days = rng.choice([0, 1, 3, 10, 30, 90, 200, 400])  # 400: outside a 365-day window
+            at = AS_OF - timedelta(days=days, hours=rng.choice([1, 5]))
+            rows.append({"order_id": f"O{oid:05d}", "ordered_at": at, "crm_id": f"C{c:03d}",
+                         "amount": rng.choice([50, 100, 100, 300, 1200, 6000])})
+    return rows
+
+
+def _import(env: Any, tmp: Path, rows: list[dict[str, Any]]) -> None:
+    path = tmp / "orders.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        for r in rows:
+            w.writerow([r["order_id"], r["ordered_at"].strftime("%Y-%m-%dT%H:%M:%SZ"), r["crm_id"], "SKU", "lens", "1",
+                        str(r["amount"])])
+    s = env.gk.importer.run(env.ws.workspace_id, "orders", path, {})
+    assert s.status == "done" and s.quarantined == 0, s
+
+
+def _pid_of(env: Any, crm: str) -> str:
+    r = env.client.get("/api/v1/profiles/lookup", params={"crm_id": crm}, headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    return r.json()["profile_id"]
+
+
+def _ntile(n: int) -> np.ndarray:
+    """NTILE(5) over n ordered rows: the first n % 5 tiles get one row more."""
+    sizes = [n // 5 + (1 if i < n % 5 else 0) for i in range(5)]
+    return np.repeat(np.arange(1, 6), sizes)
+
+
+def _reference(env: Any, rows: list[dict[str, Any]], lookback: int = 365) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    df = df[(df.ordered_at <= AS_OF) & (df.ordered_at > AS_OF - timedelta(days=lookback))]
+    g = df.groupby("crm_id").agg(last=("ordered_at", "max"), frequency=("order_id", "nunique"),
+                                 monetary=("amount", "sum")).reset_index()
+    g["profile_id"] = [_pid_of(env, c) for c in g.crm_id]
+    g["recency_days"] = ((AS_OF - g["last"]).dt.total_seconds() // 86400).astype(int)
+    # higher is better; ties by profile id ascending
+    for score, col, asc in (("r", "recency_days", False), ("f", "frequency", True), ("m", "monetary", True)):
+        order = g.sort_values([col, "profile_id"], ascending=[asc, True]).index
+        g.loc[order, f"{score}_score"] = _ntile(len(g))
+    return g.set_index("profile_id").sort_index()
+
+
+def test_quintiles_match_an_independent_computation_and_ties_are_deterministic(env: Any, tmp_path: Path) -> None:
+    rows = _orders()
+    _import(env, tmp_path, rows)
+    ws = env.ws.workspace_id
+    ref = _reference(env, rows)
+    tbl = compute_rfm(env.gk.analytical, ws, RFMDefinition(), AS_OF)
+    got = tbl.to_pandas().set_index("profile_id").sort_index()
+    assert list(got.index) == list(ref.index)
+    assert (got.recency_days == ref.recency_days).all()
+    assert (got.frequency == ref.frequency).all()
+    assert np.allclose(got.monetary, ref.monetary)
+    for s in ("r", "f", "m"):
+        assert (got[f"{s}_score"].astype(int) == ref[f"{s}_score"].astype(int)).all(), s
+        counts = got[f"{s}_score"].value_counts()
+        assert counts.max() - counts.min() <= 1  # quintiles are balanced even with heavy ties
+    assert (got.rfm_group == [group_of(int(r), int(f)) for r, f in zip(got.r_score, got.f_score, strict=True)]).all()
+    # ties broken the same way every time
+    again = compute_rfm(env.gk.analytical, ws, RFMDefinition(), AS_OF)
+    assert again.equals(tbl)
+    # value tiers: the highest threshold reached
+    tiers = got.value_tier
+    assert (tiers[got.monetary >= 5000] == "high").all()
+    assert (tiers[(got.monetary >= 1000) & (got.monetary < 5000)] == "medium").all()
+    assert (tiers[got.monetary < 1000] == "low").all()
+    custom = compute_rfm(env.gk.analytical, ws, {"value_tiers": [{"name": "vip", "min_monetary": 6000}]}, AS_OF)
+    ct = custom.to_pandas().set_index("profile_id")
+    assert set(ct.value_tier.dropna()) == {"vip"} and ct.value_tier.isna().any()
+
+
+def test_group_grid_covers_every_cell_with_named_groups() -> None:
+    cells = {group_of(r, f) for r in range(1, 6) for f in range(1, 6)}
+    assert cells == set(GROUPS)
+    assert group_of(5, 5) == "champions" and group_of(1, 1) == "lost" and group_of(1, 5) == "cant_lose_them"
+    assert group_of(2, 2) == "hibernating" and group_of(2, 3) == "at_risk" and group_of(5, 1) == "new_customers"
+    assert GROUPS["hibernating"][1] == "沉睡客户" and GROUPS["loyal_customers"][1] == "忠诚客户"
+
+
+def test_run_writes_scores_and_model_tags_with_the_version(env: Any, tmp_path: Path) -> None:
+    rows = _orders(n_customers=20, seed=3)
+    _import(env, tmp_path, rows)
+    ws = env.ws.workspace_id
+    svc = RFMService.from_goldkey(env.gk)
+    d = {"as_of": AS_OF.isoformat()}
+    rep = svc.run(ws, d)
+    assert rep["version"] == 1 and rep["profiles"] == rep["scores_written"] > 0
+    assert sum(rep["metrics"]["groups"].values()) == rep["profiles"]
+    tbl = compute_rfm(env.gk.analytical, ws, d).to_pandas().set_index("profile_id")
+    pid = tbl.index[0]
+    r = env.client.get(f"/api/v1/profiles/{pid}", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert p["scores"]["rfm_r"] == tbl.loc[pid, "r_score"] and p["scores"]["rfm_m"] == tbl.loc[pid, "m_score"]
+    assert p["scores"]["rfm_model_version"] == 1
+    assert p["tags"]["rfm_group"] == tbl.loc[pid, "rfm_group"]
+    assert p["tags"]["rfm_value_tier"] == tbl.loc[pid, "value_tier"]
+    tag = env.gk.tags.get(ws, "rfm_group")
+    assert tag["kind"] == "model" and tag["category"] == "consumption" and "v1" in tag["description"]
+    hist = env.gk.tags.history(ws, "rfm_group", profile_id=pid)
+    assert hist and hist[0]["source"] == "model:rfm:v1"
+    # a refit is version 2; the scores say so; unchanged tags are not rewritten
+    rep2 = svc.run(ws, d)
+    assert rep2["version"] == 2 and rep2["group_tag_changed"] == 0
+    p = env.client.get(f"/api/v1/profiles/{pid}", headers=env.admin_auth()).json()
+    assert p["scores"]["rfm_model_version"] == 2
+    assert svc.latest(ws, d).version == 2 and svc.latest(ws).metrics["profiles"] == rep["profiles"]
+    # a narrower window scores fewer customers: the others lose their RFM scores and tags
+    short = {"as_of": AS_OF.isoformat(), "lookback_days": 5}
+    kept = set(compute_rfm(env.gk.analytical, ws, short).column("profile_id").to_pylist())
+    dropped = [p for p in tbl.index if p not in kept]
+    assert kept and dropped
+    rep3 = svc.run(ws, short)
+    assert rep3["version"] == 3 and rep3["profiles"] == len(kept)
+    gone = env.client.get(f"/api/v1/profiles/{dropped[0]}", headers=env.admin_auth()).json()
+    assert "rfm_r" not in gone["scores"] and "rfm_group" not in gone["tags"] and "rfm_value_tier" not in gone["tags"]
+    assert env.gk.tags.coverage(ws, "rfm_group")["tagged"] == len(kept)
+
+
+class _PublicTagsOnly:
+    """A tag service exposing only the public API (the fallback write path)."""
+
+    def __init__(self, tags: Any) -> None:
+        self._t = tags
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._t, name)
+
+
+def test_fallback_through_set_values_gives_the_same_tags(env: Any, tmp_path: Path) -> None:
+    _import(env, tmp_path, _orders(n_customers=15, seed=5))
+    ws = env.ws.workspace_id
+    svc = RFMService.from_goldkey(env.gk)
+    svc.tags = _PublicTagsOnly(env.gk.tags)
+    svc.run(ws, {"as_of": AS_OF.isoformat()})
+    tbl = compute_rfm(env.gk.analytical, ws, {"as_of": AS_OF.isoformat()}).to_pandas()
+    for pid, group in zip(tbl.profile_id, tbl.rfm_group, strict=True):
+        assert env.gk.profiles.get(ws, pid)["tags"]["rfm_group"] == group
+
+
+def test_artifact_refuses_to_load_into_a_different_model(env: Any, tmp_path: Path) -> None:
+    _import(env, tmp_path, _orders(n_customers=10))
+    ws = env.ws.workspace_id
+    svc = RFMService.from_goldkey(env.gk)
+    _, mv = svc.fit(ws, {"as_of": AS_OF.isoformat()})
+    assert mv.version == 1 and mv.artifact["cut_points"]["r"][0]["score"] == 1
+    assert (mv.path / "meta.json").exists() and (mv.path / "artifact.json").exists()
+    reg: ModelRegistry = svc.registry
+    with pytest.raises(ModelMismatch, match="cannot load into a 'churn' model"):
+        reg.load(ws, "rfm", 1, kind="churn")
+    with pytest.raises(ModelMismatch, match="another definition"):
+        svc.latest(ws, {"as_of": AS_OF.isoformat(), "lookback_days": 90})
+    assert svc.latest(ws, {"as_of": AS_OF.isoformat()}).version == 1
+    with pytest.raises(InvalidInput):
+        reg.load("../etc", "rfm", kind="rfm")
+
+
+def test_empty_workspace_is_a_clear_error(env: Any) -> None:
+    svc = RFMService.from_goldkey(env.gk)
+    with pytest.raises(InvalidInput, match="no orders to score"):
+        svc.run(env.ws.workspace_id)
+    with pytest.raises(InvalidInput, match="value tier names must be unique"):
+        svc.run(env.ws.workspace_id, {"value_tiers": [{"name": "a", "min_monetary": 1}, {"name": "a",
+                                                                                          "min_monetary": 2}]})
+    assert svc.registry.versions(env.ws.workspace_id, "rfm") == []
+
+
+def test_api_runs_rfm_and_lists_models(env: Any, tmp_path: Path) -> None:
+    from goldkey.insight.api import router
+
+    env.client.app.include_router(router)
+    h = env.admin_auth()
+    r = env.client.post("/api/v1/insight/rfm/run", json={}, headers=h)
+    assert r.status_code == 400 and "no orders to score" in r.text
+    r = env.client.post("/api/v1/insight/rfm/run", json={"lookback_days": 0}, headers=h)
+    assert r.status_code == 400 and "lookback_days" in r.text
+    _import(env, tmp_path, _orders(n_customers=12))
+    r = env.client.post("/api/v1/insight/rfm/run", json={"as_of": AS_OF.isoformat()}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 1 and r.json()["profiles"] > 0
+    models = env.client.get("/api/v1/insight/models", headers=h).json()["models"]
+    assert [(m["name"], m["kind"], m["version"]) for m in models] == [("rfm", "rfm", 1)]
+    m = env.client.get("/api/v1/insight/models/rfm", headers=h).json()
+    assert m["metrics"]["profiles"] == r.json()["profiles"]
+    assert env.client.get("/api/v1/insight/models/churn", headers=h).status_code == 404
+    assert env.client.get("/api/v1/insight/models/rfm", params={"version": 9}, headers=h).status_code == 404
+    assert env.client.get("/api/v1/insight/models", headers=env.write_auth()).status_code == 401
+
+
+def test_cli_runs_rfm_and_lists_models(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from goldkey.cli import app
+    from goldkey.insight.cli import insight_app
+
+    runner = CliRunner()
+    d = str(tmp_path / "data")
+    r = runner.invoke(app, ["workspace", "create", "Shop", "--json", "--data-dir", d])
+    assert r.exit_code == 0, r.output
+    empty = runner.invoke(insight_app, ["rfm", "-w", "Shop", "--data-dir", d])
+    assert empty.exit_code == 1 and "no orders to score" in empty.output
+    path = tmp_path / "o.csv"
+    path.write_text("order_id,ordered_at,crm_id,sku,quantity,unit_price\n"
+                    "O1,2024-06-01T10:00:00Z,C1,S,1,100\nO2,2024-06-20T10:00:00Z,C2,S,2,50\n", encoding="utf-8")
+    r = runner.invoke(app, ["import", "orders", str(path), "-w", "Shop", "--data-dir", d])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(insight_app, ["rfm", "-w", "Shop", "--data-dir", d, "--as-of", "2024-07-01T00:00:00"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["profiles"] == 2
+    r = runner.invoke(insight_app, ["models", "-w", "Shop", "--data-dir", d])
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["version"] == 1
+
+
+def test_refit_when_due(env: Any, tmp_path: Path) -> None:
+    _import(env, tmp_path, _orders(n_customers=8))
+    ws = env.ws.workspace_id
+    svc = RFMService.from_goldkey(env.gk)
+    assert svc.refit_if_due(ws) is None  # no model yet
+    svc.run(ws, {"refit_every_hours": 6, "lookback_days": 3650})
+    assert svc.refit_if_due(ws) is None  # fitted just now
+    later = datetime.now(UTC) + timedelta(hours=7)
+    rep = svc.refit_if_due(ws, now=later)
+    assert rep is not None and rep["version"] == 2
+    svc.run(ws, {"refit_every_hours": None, "lookback_days": 3650})
+    assert svc.refit_if_due(ws, now=later + timedelta(days=30)) is None
