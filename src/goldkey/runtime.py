@@ -24,6 +24,7 @@ from goldkey.collect.writer import Writer, sync_profile_map
 from goldkey.core.errors import GoldkeyError
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
+from goldkey.insight.rfm import RFMService
 from goldkey.profiles.service import ProfileService
 from goldkey.settings import Settings
 from goldkey.store.analytical import AnalyticalStore
@@ -51,6 +52,7 @@ class Goldkey:
     tags: TagService
     traits: TraitService
     realtime: RealtimeSegments
+    rfm: RFMService | None = None
     _lock_file: IO[str] | None = None
 
     @classmethod
@@ -92,7 +94,7 @@ class Goldkey:
         traits = TraitService(engine, analytical, writer, facts)
         traits.on_applied.append(realtime.notify)
         traits.start()  # the incremental path and the schedule
-        return cls(
+        gk = cls(
             settings=settings,
             engine=engine,
             analytical=analytical,
@@ -108,6 +110,8 @@ class Goldkey:
             realtime=realtime,
             _lock_file=lock,
         )
+        gk.rfm = RFMService.from_goldkey(gk)
+        return gk
 
     def close(self) -> None:
         """Drain the writer, checkpoint and close the stores, release the data directory."""
