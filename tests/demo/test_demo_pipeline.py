@@ -61,6 +61,7 @@ def test_demo_pipeline_small(tmp_path: Path) -> None:
         check_eyecare_groups(gk, eyecare.workspace_id, tmp_path / "data" / "demo-market" / "_truth")
         operator = next(b for b in result.brands if b.brand != "eyecare")
         assert result.audience["eyecare"]["segments"] and result.audience[operator.brand]["segments"]
+        assert result.audience["eyecare"]["rfm"]["profiles"] > 0
     finally:
         gk.close()
 

@@ -321,6 +321,8 @@ def _print_summary(console: Console, gk: Goldkey, r: DemoResult) -> None:
         aud = r.audience.get(b.brand, {})
         for name, cov in aud.get("tags", {}).items():
             console.print(f"  tag {name}: {cov}")
+        if aud.get("rfm"):
+            console.print(f"  RFM model v{aud['rfm']['version']}: {aud['rfm']['profiles']} customers scored")
         for name, seg in aud.get("segments", {}).items():
             console.print(f"  segment {name}: {seg['size']} members ({seg['took_ms']} ms)")
         console.print(f"  write key:   {b.write_key}")
