@@ -1,11 +1,15 @@
 """The batch compiler: a rule becomes one Ibis expression over a profile table and an event table.
 
 ``members(rule, catalog, profiles, events, as_of)`` returns a table with one column, ``profile_id``:
-every profile the rule selects, exactly as ``goldkey.rules.memory`` would select it profile by
+every profile the rule selects, once, exactly as ``goldkey.rules.memory`` would select it profile by
 profile (tests/rules/test_agreement.py proves it). The same expression runs on DuckDB and on PySpark.
 
 Shape of the query (the cost is one pass over the events, whatever the rule):
 
+- when the rule reads events, the conjuncts of its top-level ``and`` that read none (attribute
+  conditions, and ``and``/``or``/``not`` of them) filter the profile table first, and only the
+  events of the profiles left are read (a semi-join, which DuckDB applies in the events' scan): a
+  profile they reject is out whatever its events;
 - every ``event`` condition of the rule becomes a conditional count in ONE grouped aggregation over
   the events that can matter (``timestamp <= as_of``, inside the union of the windows, of the
   types and names the rule mentions); identical event conditions share a count;
@@ -14,17 +18,24 @@ Shape of the query (the cost is one pass over the events, whatever the rule):
 - the profile table (only the columns the rule reads) is left-joined to those once each, and the
   rule is one boolean expression over the row: attribute conditions are column predicates, event
   conditions compare a count, sequences test a flag. Every leaf is coalesced to false, so ``not``
-  is plain negation (two-valued logic, as in the model's docstring).
+  is plain negation (two-valued logic, as in the model's docstring). Each join adds at most one
+  row per profile, so the result has one row per selected profile without a ``distinct``.
 
 Nothing from the rule is ever spliced into SQL: values, event names and property names are Ibis
 literals (property names are also restricted to word characters by the model). Window edges and
 relative times are computed here, in Python, with ``goldkey.rules.values`` and bound as literals.
 
 Event properties: ``events.properties`` is a JSON column (or a string holding JSON). On DuckDB the
-typed unwraps of Ibis (``.str`` / ``.float`` / ``.bool``) check the JSON type. On PySpark, Ibis
-reads a property with ``get_json_object``, which strips the quotes of strings (so ``"5"`` would pass
-for the number 5 and a plain string breaks its unwrap UDF); there the property's raw JSON text is
-read with the ``$[*].name`` path over ``[properties]``, which keeps strings quoted, and typed from it.
+typed unwraps of Ibis (``.str`` / ``.float`` / ``.bool``) check the JSON type. Every JSON read
+costs, so before the counts (and in each sequence step) every distinct property is extracted once
+per event into a column (``properties -> '$.name'``, only on the events of the types and names
+whose filters read it), every distinct (property, type) unwrapped once from that, and the filters
+compare those columns (a missing or other-typed value is NULL there, so a test on it is false
+without a separate presence test). On PySpark, Ibis reads a property with
+``get_json_object``, which strips the quotes of strings (so ``"5"`` would pass for the number 5 and
+a plain string breaks its unwrap UDF); there the property's raw JSON text is read with the
+``$[*].name`` path over ``[properties]``, which keeps strings quoted, and typed from it (in each
+filter).
 """
 
 from __future__ import annotations
@@ -68,10 +79,11 @@ _TS = "timestamp('UTC', 6)"
 
 
 def members(rule: Any, catalog: Mapping[str, str], profiles: ir.Table, events: ir.Table, as_of: datetime) -> ir.Table:
-    """Return a table with one column `profile_id`: every profile of `profiles` the rule selects (distinct).
+    """Return a table with one column `profile_id`: every profile of `profiles` the rule selects.
 
-    ``profiles`` has ``profile_id`` and, for each catalog field it uses, the column
-    ``field_column(field)`` typed per ``BATCH_TYPES`` (NULL = missing). ``events`` has
+    ``profiles`` has one row per ``profile_id`` (so the result has one per selected profile) and,
+    for each catalog field the rule uses, the column ``field_column(field)`` typed per
+    ``BATCH_TYPES`` (NULL = missing). ``events`` has
     ``profile_id``, ``type``, ``event``, ``name``, ``timestamp`` (UTC) and ``properties`` (JSON, or a
     string of JSON). ``rule`` is a parsed rule; it is checked against ``catalog`` first
     (``check_rule``, raising ``InvalidInput``), since a rule that does not fit the catalog has no
@@ -164,6 +176,18 @@ def _leaf(
     return (test if present is None else present & test).fill_null(False)
 
 
+def _where(pred: ir.BooleanValue) -> ir.BooleanValue:
+    """``pred`` as a filter: a row with a NULL test is dropped like one with a false test, so an
+    outer ``fill_null(False)`` goes (the engine then sees the plain test, e.g. an IN it can push
+    into the scan)."""
+    op = pred.op()
+    if isinstance(op, ops.Coalesce) and len(op.arg) == 2:
+        last = op.arg[1]
+        if isinstance(last, ops.Literal) and last.value is False:
+            return op.arg[0].to_expr()
+    return pred
+
+
 def _present(col: ir.Value, ftype: str) -> ir.BooleanValue:
     """Whether a profile column holds a value, as ``coerce`` sees it (NaN/inf and [] are missing)."""
     if ftype == "number":
@@ -181,6 +205,11 @@ def _get_json_object(doc: str, path: str) -> str:  # pragma: no cover - a SQL bu
     """Spark's get_json_object."""
 
 
+def _check_name(name: str) -> None:
+    if not _WORD.fullmatch(name):  # the model already guarantees it; never build a path otherwise
+        raise ValueError(f"bad property name {name[:120]!r}")
+
+
 class _Props:
     """Typed top-level event properties: the JSON value of the filter's type, or NULL."""
 
@@ -192,14 +221,23 @@ class _Props:
         self.spark = backend == "pyspark"
 
     def value(self, t: ir.Table, name: str, ptype: str) -> ir.Value:
-        if not _WORD.fullmatch(name):  # the model already guarantees it; never build a path otherwise
-            raise ValueError(f"bad property name {name[:120]!r}")
-        props = t["properties"]
         if self.spark:
-            return self._spark(props, name, ptype)
+            _check_name(name)
+            return self._spark(t["properties"], name, ptype)
+        return self.typed(self.item(t, name), ptype)
+
+    @staticmethod
+    def item(t: ir.Table, name: str) -> ir.Value:
+        """DuckDB: the property's JSON value (``properties -> '$.name'``), NULL when absent."""
+        _check_name(name)
+        props = t["properties"]
         if props.type().is_string():
             props = props.cast("json")
-        item = props[ibis.literal(name, type="string")]
+        return props[ibis.literal(name, type="string")]
+
+    @staticmethod
+    def typed(item: ir.Value, ptype: str) -> ir.Value:
+        """DuckDB: a JSON value as ``ptype`` when it is a JSON value of that type, else NULL."""
         if ptype == "string":
             return item.str
         if ptype == "number":
@@ -226,6 +264,24 @@ class _Props:
 
 
 # --------------------------------------------------------------------------- the compiler
+
+_Key = tuple[str, str]  # (property, type)
+
+
+def _conjuncts(node: Any) -> list[Any]:
+    """The conditions that must all hold for ``node`` to hold (nested ``and`` flattened)."""
+    if isinstance(node, AndCondition):
+        return [c for sub in node.conditions for c in _conjuncts(sub)]
+    return [node]
+
+
+def _reads_events(node: Any) -> bool:
+    """Whether ``node`` has an event or sequence condition anywhere below it."""
+    if isinstance(node, AndCondition | OrCondition):
+        return any(_reads_events(c) for c in node.conditions)
+    if isinstance(node, NotCondition):
+        return _reads_events(node.condition)
+    return isinstance(node, EventCondition | SequenceCondition)
 
 
 @dataclass
@@ -255,14 +311,22 @@ class _Compiler:
         self.events = events
         self.as_of = as_of
         self.props = _Props(events)
+        self.keep: ir.Table | None = None  # the profiles whose events can matter (None: all)
 
     # ---- the whole query
 
     def members(self, rule: Any, profiles: ir.Table) -> ir.Table:
         plan = _Plan()
-        build = self._tree(rule, plan)
+        parts = [(c, self._tree(c, plan)) for c in _conjuncts(rule)]  # the rule holds when all hold
         cols = ["profile_id", *(c for c in plan.fields if c != "profile_id")]
         t = profiles.select(*cols)
+        # the conjuncts that read no events decide alone: filter the profiles by them first and
+        # read only those profiles' events (a semi-join under the events' scan)
+        alone = [build for c, build in parts if not _reads_events(c)]
+        if alone and (plan.counts or plan.sequences):
+            t = t.filter(*(_where(build(t)) for build in alone))
+            self.keep = t.select("profile_id")
+            parts = [(c, build) for c, build in parts if _reads_events(c)]
         if plan.counts:
             agg = self._counts(plan)
             names = [c for c, _ in plan.counts.values()]
@@ -274,7 +338,9 @@ class _Compiler:
             hits = self._sequence(node).mutate(**{col: ibis.literal(True)})
             t = t.left_join(hits, t["profile_id"] == hits["profile_id"]).select(*(t[c] for c in cols), hits[col])
             cols.append(col)
-        return t.filter(build(t)).select("profile_id").distinct()
+        # one row per profile already: the profile table has one per profile_id and every join
+        # adds at most one row (counts are grouped by profile, sequence hits distinct)
+        return t.filter(*(_where(build(t)) for _, build in parts)).select("profile_id")
 
     def _tree(self, node: Any, plan: _Plan) -> Callable[[ir.Table], ir.BooleanValue]:
         """Record what ``node`` needs in ``plan``; return a builder of its predicate on the joined row."""
@@ -326,16 +392,64 @@ class _Compiler:
 
     # ---- events
 
-    def _match(self, t: ir.Table, etype: str, name: str | None, where: list[PropertyFilter]) -> ir.BooleanValue:
-        """Type, name and property filters of one event condition or step (two-valued)."""
+    @staticmethod
+    def _kind(t: ir.Table, etype: str, name: str | None) -> ir.BooleanValue:
+        """The event is of type ``etype`` and (when given) named ``name`` (NULL when it has no name)."""
         pred = t["type"] == ibis.literal(etype, type="string")
         if name is not None:
             pred &= (t["event"] if etype == "track" else t["name"]) == ibis.literal(name, type="string")
+        return pred
+
+    def _match(
+        self, t: ir.Table, etype: str, name: str | None, where: list[PropertyFilter], typed: Mapping[_Key, str]
+    ) -> ir.BooleanValue:
+        """Type, name and property filters of one event condition or step (two-valued).
+
+        A property is read from its column in ``typed`` (see ``_with_props``) when it has one."""
+        pred = self._kind(t, etype, name)
         for f in where:
             ptype = f.value_type
-            v = self.props.value(t, f.property, ptype)
+            col = typed.get((f.property, ptype))
+            v = t[col] if col is not None else self.props.value(t, f.property, ptype)
             pred &= _leaf(None, v, f.op, ptype, f.value, self.as_of)
         return pred.fill_null(False)
+
+    def _with_props(
+        self, ev: ir.Table, uses: list[tuple[str, str | None, list[PropertyFilter]]]
+    ) -> tuple[ir.Table, dict[_Key, str]]:
+        """DuckDB: ``ev`` with every property that ``uses`` (type, name, filters) read, read once.
+
+        Each distinct property becomes a JSON column (one parse of ``properties`` per row), only
+        on the rows of the kinds whose filters read it (no other matcher looks at it there); each
+        distinct (property, type) becomes a typed column over it, which the matchers compare.
+        Returns the table and ``{(property, type): column}``. PySpark: ``ev`` as is, ``{}``."""
+        if self.props.spark:
+            return ev, {}
+        readers: dict[str, set[tuple[str, str | None]]] = {}
+        keys: dict[_Key, None] = {}
+        for etype, name, where in uses:
+            for f in where:
+                readers.setdefault(f.property, set()).add((etype, name))
+                keys.setdefault((f.property, f.value_type), None)
+        if not keys:
+            return ev, {}
+        kinds = {(etype, name) for etype, name, _ in uses}
+        items: dict[str, str] = {}
+        json_cols: dict[str, ir.Value] = {}
+        for prop, by in readers.items():
+            item = self.props.item(ev, prop)
+            if not all(k in by or (k[0], None) in by for k in kinds):  # some candidates never read it
+                guard = None
+                for etype, name in sorted(by, key=repr):
+                    k = self._kind(ev, etype, name)
+                    guard = k if guard is None else guard | k
+                item = ibis.ifelse(guard, item, ibis.null(item.type()))
+            items[prop] = f"_gk_j{len(items)}"
+            json_cols[items[prop]] = item
+        ev = ev.mutate(**json_cols)
+        typed = {key: f"_gk_v{i}" for i, key in enumerate(keys)}
+        values = {typed[(prop, ptype)]: self.props.typed(ev[items[prop]], ptype) for prop, ptype in keys}
+        return ev.mutate(**values), typed
 
     def _in_window(self, t: ir.Table, window: Window | None) -> ir.BooleanValue | None:
         lo, end = window_bounds(window, self.as_of)
@@ -347,7 +461,8 @@ class _Compiler:
         return pred
 
     def _candidates(self, nodes: list[tuple[str, str | None, Window | None]]) -> ir.Table:
-        """The events up to ``as_of`` that any of ``(type, name, window)`` could count."""
+        """The events up to ``as_of`` that any of ``(type, name, window)`` could count (of the
+        profiles in ``self.keep``, when set)."""
         ev = self.events
         pred = ev["timestamp"] <= _ts(self.as_of)
         bounds = [window_bounds(w, self.as_of) for _, _, w in nodes]
@@ -370,15 +485,18 @@ class _Compiler:
             kinds = k if kinds is None else kinds | k
         if kinds is not None:
             pred &= kinds
+        if self.keep is not None:
+            pred &= ev["profile_id"].isin(self.keep["profile_id"])
         return ev.filter(pred)
 
     def _counts(self, plan: _Plan) -> ir.Table:
         """One grouped aggregation: the number of matching events per profile for every event condition."""
         nodes = [n for _, n in plan.counts.values()]
         ev = self._candidates([(n.type, n.event, n.window) for n in nodes])
+        ev, typed = self._with_props(ev, [(n.type, n.event, n.where) for n in nodes])
         metrics = {}
         for col, node in plan.counts.values():
-            pred = self._match(ev, node.type, node.event, node.where)
+            pred = self._match(ev, node.type, node.event, node.where, typed)
             window = self._in_window(ev, node.window)
             if window is not None:
                 pred = pred & window
@@ -388,7 +506,8 @@ class _Compiler:
     def _step(self, step: SequenceStep, window: Window | None) -> ir.Table:
         """The distinct (profile, timestamp) of events matching one step (the first one in its window)."""
         ev = self._candidates([(step.type, step.event, window)])
-        pred = self._match(ev, step.type, step.event, step.where)
+        ev, typed = self._with_props(ev, [(step.type, step.event, step.where)])
+        pred = self._match(ev, step.type, step.event, step.where, typed)
         if window is not None:
             pred &= self._in_window(ev, window)
         return ev.filter(pred).select("profile_id", ts=ev["timestamp"]).distinct()
