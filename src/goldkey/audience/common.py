@@ -155,10 +155,19 @@ def load_events(analytical: AnalyticalStore, ws: str, pids: Iterable[str]) -> di
     cur = analytical.cursor()
     try:
         cur.register("_pids", ids)
+        # the same rows as events_resolved filtered by canonical id, but the profile map is looked
+        # up for these profiles only and the event scan filters on profile_id (pushed into the scan)
         tbl = cur.sql(
-            """SELECT canonical_id, type, event, name, "timestamp", properties
-               FROM events_resolved WHERE workspace_id = $ws AND canonical_id IN (SELECT pid FROM _pids)
-               ORDER BY canonical_id, "timestamp" """,
+            """WITH ids AS (
+                   SELECT pid AS profile_id, pid AS canonical_id FROM _pids
+                   UNION ALL
+                   SELECT m.profile_id, m.canonical_id FROM profile_map m
+                   WHERE m.workspace_id = $ws AND m.canonical_id IN (SELECT pid FROM _pids)
+                     AND m.profile_id <> m.canonical_id)
+               SELECT ids.canonical_id, e.type, e.event, e.name, e."timestamp", e.properties
+               FROM events e JOIN ids ON e.profile_id = ids.profile_id
+               WHERE e.workspace_id = $ws
+               ORDER BY ids.canonical_id, e."timestamp" """,
             params={"ws": ws},
         ).to_arrow_table()
         cur.unregister("_pids")
