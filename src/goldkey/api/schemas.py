@@ -190,3 +190,20 @@ class Health(BaseModel):
     queue_capacity: int
     seconds_since_last_commit: float | None
     last_error: str | None
+
+
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``$defs`` references inlined (for the OpenAPI request body)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.split("/")[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from goldkey.api.deps import GK, Admin
-from goldkey.api.schemas import ErrorBody
+from goldkey.api.schemas import ErrorBody, inline_schema
 from goldkey.audience.traits import TraitDefinition
 from goldkey.core.errors import InvalidInput
 
@@ -76,27 +76,10 @@ class ComputeReport(BaseModel):
     seconds: dict[str, float]
 
 
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON schema with its ``$defs`` references inlined (for the OpenAPI request body)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return walk(dict(defs[ref.split("/")[-1]]))
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)  # type: ignore[no-any-return]
-
-
 _DEFINITION_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": _inline(TraitDefinition.model_json_schema())}},
+        "content": {"application/json": {"schema": inline_schema(TraitDefinition.model_json_schema())}},
     }
 }
 

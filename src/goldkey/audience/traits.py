@@ -90,7 +90,7 @@ ORDER_LINE_COLUMNS: dict[str, str] = {
     "status": "string",
 }
 
-_TRAIT_NAME = re.compile(r"^[^\W\d]\w{0,63}$")
+_TRAIT_NAME = re.compile(r"^[^\W\d]\w{0,63}\Z")
 DAY_US = 86_400_000_000
 # an event timestamped this long before the batch horizon is late: it does not replace `last`
 # incrementally (the next batch run places it)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from goldkey.api.deps import GK, Admin
-from goldkey.api.schemas import ErrorBody
+from goldkey.api.schemas import ErrorBody, inline_schema
 from goldkey.core.errors import InvalidInput
 from goldkey.insight.rfm import RFMDefinition, RFMService
 
@@ -66,25 +66,8 @@ def rfm_service(gk: Any) -> RFMService:
     return svc if svc is not None else RFMService.from_goldkey(gk)
 
 
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON schema with its ``$defs`` references inlined (for the OpenAPI request body)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return walk(dict(defs[ref.split("/")[-1]]))
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)  # type: ignore[no-any-return]
-
-
 _RUN_BODY = {"requestBody": {"required": False, "content": {"application/json": {
-    "schema": _inline(RFMDefinition.model_json_schema())}}}}
+    "schema": inline_schema(RFMDefinition.model_json_schema())}}}}
 
 
 @router.post("/rfm/run", response_model=RFMRunReport, responses=_RUN_ERR, openapi_extra=_RUN_BODY)
