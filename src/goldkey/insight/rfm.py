@@ -41,13 +41,12 @@ import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from goldkey.audience.catalog import declare_field
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
 from goldkey.insight.registry import ModelRegistry, ModelVersion
+from goldkey.insight.writeback import declare_scores, write_scores
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
-from goldkey.store.operational import profiles
 
 MODEL_NAME = "rfm"
 MODEL_KIND = "rfm"
@@ -263,11 +262,9 @@ class RFMService:
         self._check_tags(ws, d)  # before anything is saved: a clash with a hand-made tag fails early
         tbl, mv = self.fit(ws, d)
         t_fit = time.perf_counter()
-        with self.engine.begin() as c:
-            for f, label in (("rfm_r", "RFM recency score 1-5"), ("rfm_f", "RFM frequency score 1-5"),
-                             ("rfm_m", "RFM monetary score 1-5"), ("rfm_model_version", "RFM model version")):
-                declare_field(c, ws, f"scores.{f}", "number", "model", label=label,
-                              description=f"written by model {MODEL_NAME} v{mv.version}")
+        declare_scores(self.engine, ws, {"rfm_r": "RFM recency score 1-5", "rfm_f": "RFM frequency score 1-5",
+                                         "rfm_m": "RFM monetary score 1-5", "rfm_model_version": "RFM model version"},
+                       MODEL_NAME, mv.version)
         scored = self._write_scores(ws, tbl, mv.version)
         self._ensure_tags(ws, d, mv.version)
         source = f"model:{MODEL_NAME}:v{mv.version}"
@@ -357,34 +354,8 @@ class RFMService:
 
     def _write_scores(self, ws: str, tbl: pa.Table, version: int) -> int:
         """Set scores.rfm_* on the scored profiles and remove them from live profiles no longer
-        scored, on the writer thread. Returns the number of profiles updated."""
+        scored (one shared write-back path). Returns the number of profiles updated."""
         cols = [tbl.column(c).to_pylist() for c in ("profile_id", "r_score", "f_score", "m_score")]
-        new = {p: (r, f, m) for p, r, f, m in zip(*cols, strict=True)}
-
-        def run(ctx: Any) -> int:
-            updates = []
-            with ctx.engine.begin() as c:
-                rows = c.execute(sa.select(profiles.c.profile_id, profiles.c.scores).where(
-                    profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None)))
-                for pid, raw in rows:
-                    cur = orjson.loads(raw) if raw else {}
-                    before = dict(cur)
-                    s = new.get(pid)
-                    if s is None:
-                        for k in SCORE_FIELDS:
-                            cur.pop(k, None)
-                    else:
-                        cur.update({"rfm_r": float(s[0]), "rfm_f": float(s[1]), "rfm_m": float(s[2]),
-                                    "rfm_model_version": float(version)})
-                    if cur != before:
-                        updates.append({"pid": pid, "scores": orjson.dumps(cur).decode()})
-                for i in range(0, len(updates), 5000):
-                    c.execute(profiles.update().where(profiles.c.profile_id == sa.bindparam("pid"))
-                              .values(scores=sa.bindparam("scores")), updates[i : i + 5000])
-            return len(updates)
-
-        n = self.writer.run_command(run)
-        self.facts.touch(ws)
-        if self.realtime is not None and n:
-            self.realtime.notify(ws, list(new))
-        return n
+        values = {p: {"rfm_r": r, "rfm_f": f, "rfm_m": m, "rfm_model_version": version}
+                  for p, r, f, m in zip(*cols, strict=True)}
+        return write_scores(self, ws, SCORE_FIELDS, values)

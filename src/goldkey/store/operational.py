@@ -306,6 +306,33 @@ segment_members = sa.Table(
 )
 
 
+# -- insight: per-profile model outputs that are not plain numbers (reasons, recommendations, ...) ------
+profile_insights = sa.Table(
+    "profile_insights",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("model", sa.String(100), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON: reasons, items, details of this model's output
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+feedback_insights = sa.Table(
+    "feedback_insights",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("feedback_id", sa.String(100), primary_key=True),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("language", sa.String(10), nullable=False),
+    sa.Column("sentiment", sa.Float, nullable=False),  # probability the text is positive, 0..1
+    sa.Column("label", sa.String(10), nullable=False),  # positive / negative / neutral
+    sa.Column("topics", sa.Text, nullable=False),  # JSON list of topic keys
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_feedback_insights_profile", "workspace_id", "profile_id"),
+)
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
