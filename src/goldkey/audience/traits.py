@@ -458,15 +458,18 @@ def _window_cond(ts: Any, w: Window | None, as_of: datetime) -> Any:
 PER_VALUE = frozenset({"distinct_count", "most_frequent"})
 
 
-def _rows(base: Any, specs: list[_Spec], as_of: datetime, source: str) -> tuple[Any, dict[tuple[str, str], str]]:
-    """The rows ``specs`` may read, one per event (or order line): ``profile_id``, ``ts`` (epoch
-    microseconds), ``b_<col>`` (the trait's type, name and window match) and one typed column per
-    (property, type) read for values or filters; returns the table and those columns' names.
+def _rows_sql(base: Any, specs: list[_Spec], as_of: datetime, source: str,
+              name: str) -> tuple[str, dict[tuple[str, str], str]]:
+    """SQL for the rows ``specs`` may read, one per event (or order line): ``profile_id``, ``ts``
+    (epoch microseconds), ``b_<col>`` (the trait's type, name and window match) and one typed column
+    per (property, type) read for values or filters; returns the SQL and those columns' names.
 
-    Every property is extracted in one pass over the row's JSON (``json_extract`` with a list of
-    paths), then typed. Each of the two steps is an UNNEST of a one-item list: an operator of its
-    own, which DuckDB cannot fold into every expression that reads its result (it does inline plain
-    projections, which would parse the JSON once per reader).
+    Every property is extracted in ONE parse of the row's JSON (``json_extract`` with a list of
+    paths) in a MATERIALIZED common table expression ``name``, and typed in the query over it. The
+    materialisation is what keeps it one parse: as a plain projection DuckDB would inline the
+    extraction into every expression that reads it and parse the JSON once per reader. All the
+    aggregations of one source then read the result (see ``TraitService._aggregate``), so the
+    events are scanned and parsed once per refresh, not once per aggregation.
     """
     ibis = _ibis()
     import ibis.expr.datatypes as dt
@@ -495,36 +498,31 @@ def _rows(base: Any, specs: list[_Spec], as_of: datetime, source: str) -> tuple[
         level1[f"b_{s.col}"] = basic(rows, s.defn).fill_null(False)
     frag_at: dict[str, int] = {}
     if source == "events" and needs:
-        readers = list({id(r): r for users in needs.values() for r in users}.values())
-        used = [basic(rows, r.defn) for r in readers]
-        when = ibis.or_(*used) if len(used) > 1 else used[0]
         names = sorted({prop for prop, _ in needs})
         frag_at = {p: i for i, p in enumerate(names)}
         paths = ibis.literal([f"$.{_json_key(p)}" for p in names], type=dt.Array(dt.string))
         multi = _builtin("scalar", "json_extract", (dt.json, dt.Array(dt.string)), dt.Array(dt.json))
-        frags = ibis.ifelse(when, multi(rows.properties, paths), ibis.null(dt.Array(dt.json)))
-        level1["frags"] = ibis.array([frags]).unnest()
+        level1["frags"] = multi(rows.properties, paths)
     elif needs:
         for prop in {prop for prop, _ in needs}:
             level1[f"c_{prop}"] = rows[prop]
     t1 = rows.select(**level1)
 
+    raw = ibis.table(t1.schema(), name=name)
     keep = ["profile_id", "ts", *(f"b_{s.col}" for s in specs)]
     typed: dict[str, Any] = {}
     for (prop, kind), col in value_col.items():
         if source == "events":
             # typed only on the rows of a trait that reads it
-            readers = [t1[f"b_{r.col}"] for r in {id(r): r for r in needs[(prop, kind)]}.values()]
+            readers = [raw[f"b_{r.col}"] for r in {id(r): r for r in needs[(prop, kind)]}.values()]
             when = ibis.or_(*readers) if len(readers) > 1 else readers[0]
-            value = _extract(t1.frags[frag_at[prop]], kind)
+            value = _extract(raw.frags[frag_at[prop]], kind)
             typed[col] = ibis.ifelse(when, value, ibis.null(value.type()))
         else:
-            c = t1[f"c_{prop}"]
+            c = raw[f"c_{prop}"]
             typed[col] = c.cast("float64") if kind == "number" else c
-    if source == "events" and typed:
-        t2 = t1.select(*keep, typed=ibis.array([ibis.struct(typed)]).unnest())
-        return t2.select(*keep, **{col: t2.typed[col] for col in typed}), value_col
-    return t1.select(*keep, **typed), value_col
+    out = raw.select(*keep, **typed)
+    return f'WITH "{name}" AS MATERIALIZED ({ibis.to_sql(t1)}) {ibis.to_sql(out)}', value_col
 
 
 def _match(t: Any, s: _Spec, value_col: dict[tuple[str, str], str]) -> Any:
@@ -535,14 +533,13 @@ def _match(t: Any, s: _Spec, value_col: dict[tuple[str, str], str]) -> Any:
     return match
 
 
-def _aggregate_simple(base: Any, specs: list[_Spec], as_of: datetime, source: str) -> Any:
+def _aggregate_simple(t: Any, value_col: dict[tuple[str, str], str], specs: list[_Spec], as_of: datetime) -> Any:
     """ONE grouped aggregation for all the traits of a source that keep a fixed-size state per
     profile (count, sum, avg, min, max, first, last, days_since_last): ``CASE WHEN match THEN value
     END`` per trait over the rows of ``_rows``."""
     ibis = _ibis()
     import ibis.expr.datatypes as dt
 
-    t, value_col = _rows(base, specs, as_of, source)
     aggs: dict[str, Any] = {}
     days_cols: list[str] = []
     for s in specs:
@@ -578,14 +575,13 @@ def _aggregate_simple(base: Any, specs: list[_Spec], as_of: datetime, source: st
     return out
 
 
-def _aggregate_per_value(base: Any, s: _Spec, as_of: datetime, source: str) -> Any:
+def _aggregate_per_value(t: Any, value_col: dict[tuple[str, str], str], s: _Spec) -> Any:
     """A distinct_count or most_frequent trait: rows counted per (profile, value), then per profile
     the number of values, or the value with the highest count (of equals the greatest: DuckDB's
     mode() breaks ties by arrival order, which changes from run to run)."""
     ibis = _ibis()
     import ibis.expr.datatypes as dt
 
-    t, value_col = _rows(base, [s], as_of, source)
     d = s.defn
     x = t[value_col[(d.property or "", d.input_type or "string")]]
     counted = (
@@ -602,13 +598,14 @@ def _aggregate_per_value(base: Any, s: _Spec, as_of: datetime, source: str) -> A
     return counted.group_by("pid").aggregate(**{s.col: best}).rename(profile_id="pid")
 
 
-def _aggregate_source(base: Any, specs: list[_Spec], as_of: datetime, source: str) -> list[Any]:
+def _aggregate_source(t: Any, value_col: dict[tuple[str, str], str], specs: list[_Spec], as_of: datetime
+                      ) -> list[Any]:
     """The aggregations of one source: one grouped aggregation for all fixed-state traits, and one
     (profile, value) grouping per distinct_count / most_frequent trait. Each is a table of
     ``profile_id`` and the traits' columns."""
     simple = [s for s in specs if s.defn.aggregate not in PER_VALUE]
-    parts = [_aggregate_simple(base, simple, as_of, source)] if simple else []
-    parts += [_aggregate_per_value(base, s, as_of, source) for s in specs if s.defn.aggregate in PER_VALUE]
+    parts = [_aggregate_simple(t, value_col, simple, as_of)] if simple else []
+    parts += [_aggregate_per_value(t, value_col, s) for s in specs if s.defn.aggregate in PER_VALUE]
     return parts
 
 
@@ -1096,9 +1093,27 @@ class TraitService:
         by_source: dict[str, list[_Spec]] = {}
         for s in specs:
             by_source.setdefault(s.defn.source, []).append(s)
-        for source, group in by_source.items():
-            base = events_for(con, ws) if source == "events" else _order_lines_for(con, ws)
-            parts += _aggregate_source(base, group, as_of, source)
+        registered: list[str] = []
+        try:
+            for source, group in by_source.items():
+                base = events_for(con, ws) if source == "events" else _order_lines_for(con, ws)
+                # the rows every trait of the source reads, scanned and typed once (see _rows_sql)
+                name = f"{tmp}_rows_{source}"
+                t0 = time.perf_counter()
+                sql, value_col = _rows_sql(base, group, as_of, source, f"{tmp}_raw_{source}")
+                cur.register(name, cur.sql(sql).to_arrow_table())
+                registered.append(name)
+                log.debug("trait rows of %s read in %.2fs", source, time.perf_counter() - t0)
+                parts += _aggregate_source(con.table(name), value_col, group, as_of)
+            return self._join_parts(cur, con, parts, specs, tmp)
+        finally:
+            for n in registered:
+                with contextlib.suppress(Exception):
+                    cur.unregister(n)
+
+    def _join_parts(self, cur: Any, con: Any, parts: list[Any], specs: list[_Spec], tmp: str) -> dict[str, int]:
+        """Run each aggregation and join them on the profile into the temp table ``tmp``."""
+        ibis = _ibis()
         # each aggregation on its own (a query runs on every core; one big query of joined
         # aggregations, or a CREATE TABLE AS, does not), then joined on the profile as Arrow
         tables = []
