@@ -14,6 +14,8 @@ from typing import IO
 
 import sqlalchemy as sa
 
+from goldkey.activate.receipts import Receipts
+from goldkey.activate.sender import Sender
 from goldkey.audience.facts import FactsCache
 from goldkey.audience.realtime import RealtimeSegments
 from goldkey.audience.segments import SegmentService
@@ -53,6 +55,8 @@ class Goldkey:
     traits: TraitService
     realtime: RealtimeSegments
     rfm: RFMService | None = None
+    sender: Sender | None = None
+    receipts: Receipts | None = None
     _lock_file: IO[str] | None = None
 
     @classmethod
@@ -111,12 +115,16 @@ class Goldkey:
             _lock_file=lock,
         )
         gk.rfm = RFMService.from_goldkey(gk)
+        gk.sender = Sender.from_goldkey(gk)
+        gk.receipts = Receipts(gk.sender)
         return gk
 
     def close(self) -> None:
         """Drain the writer, checkpoint and close the stores, release the data directory."""
         self.realtime.stop()
         self.traits.stop()
+        if self.sender is not None:
+            self.sender.channels.close()
         self.writer.stop()
         self.analytical.close()
         self.engine.dispose()

@@ -333,6 +333,90 @@ feedback_insights = sa.Table(
     sa.Index("ix_feedback_insights_profile", "workspace_id", "profile_id"),
 )
 
+# -- activation: channels, the message log, suppressions, send counters (see docs/channels.md) -------
+channels = sa.Table(
+    "channels",
+    metadata,
+    sa.Column("channel_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # email | sms | wechat | push | webhook | call | sink
+    sa.Column("provider", sa.String(40), nullable=False, server_default=""),  # twilio | aliyun | generic | ...
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),  # JSON of the channel's config model (no secrets)
+    sa.Column("secrets", sa.Text, nullable=False, server_default=""),  # Fernet token of the secrets' JSON
+    sa.Column("status", sa.String(20), nullable=False),  # active | disabled
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("workspace_id", "name", name="uq_channels_name"),
+    sa.Index("ix_channels_ws", "workspace_id"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("message_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(40), nullable=False),
+    sa.Column("channel_id", sa.String(40), nullable=False),
+    sa.Column("channel", sa.String(20), nullable=False),  # the consent channel: email | sms | wechat | ...
+    sa.Column("purpose", sa.String(40), nullable=False),
+    sa.Column("message_key", sa.String(200), nullable=False),  # de-duplication: one per profile and key
+    sa.Column("ref", sa.String(200), nullable=False, server_default=""),  # campaign:<id> | journey:<id>:<step>
+    sa.Column("template_id", sa.String(100), nullable=False, server_default=""),
+    sa.Column("status", sa.String(20), nullable=False),  # queued | sending | sent | failed | delivered | dead
+    sa.Column("reason", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cost", sa.Float),
+    sa.Column("address", sa.String(200)),  # masked
+    sa.Column("provider_message_id", sa.String(200)),
+    sa.Column("claim", sa.String(40)),  # the delivery run that owns a message being sent
+    sa.Column("payload", sa.Text),  # the rendered message of a dead-lettered send, for a re-drive
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("sent_at", TS),
+    sa.Column("delivered_at", TS),
+    sa.Column("opened_at", TS),
+    sa.Column("clicked_at", TS),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("workspace_id", "message_key", "profile_id", name="uq_messages_key"),
+    sa.Index("ix_messages_profile", "workspace_id", "profile_id", "created_at"),
+    sa.Index("ix_messages_provider", "channel_id", "provider_message_id"),
+    sa.Index("ix_messages_status", "workspace_id", "status"),
+)
+
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("channel", sa.String(20), primary_key=True),  # a consent channel, or "*" for every channel
+    sa.Column("reason", sa.String(300), nullable=False),
+    sa.Column("source", sa.String(60), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS),
+)
+
+send_counters = sa.Table(
+    "send_counters",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("channel", sa.String(20), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),  # the send's date in the workspace's time zone
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+send_policies = sa.Table(
+    "send_policies",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("policy", sa.Text, nullable=False),  # JSON of activate.guardrails.SendPolicy
+    # bumped by every reservation: its row lock serialises reservations of one workspace (SQLite and
+    # PostgreSQL alike), so two campaigns can never both pass a customer's cap
+    sa.Column("reservations", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

@@ -1,0 +1,1 @@
+"""Activation: channels, templates, send guardrails, the send pipeline and delivery receipts."""

@@ -1,0 +1,111 @@
+"""Configured channels of a workspace: saved validated, credentials encrypted and write-only.
+
+``save`` validates the config with the channel class (``Channel.validate_config``: a channel without
+its credentials is refused here, naming the missing ``secrets.<name>``), encrypts the secrets with
+the installation key (``activate.keys``) and stores them; ``public`` never returns them, only which
+secret names are set. ``open`` builds a live channel instance (cached until the config changes).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import orjson
+import sqlalchemy as sa
+
+from goldkey.activate.channels.base import Channel, channel_class
+from goldkey.activate.keys import Keys
+from goldkey.core.clock import to_iso, utcnow
+from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.ids import new_id
+from goldkey.store.operational import channels
+
+
+class ChannelStore:
+    """Saves, lists and opens the channels of every workspace."""
+
+    def __init__(self, engine: sa.Engine, keys: Keys, transport: httpx.BaseTransport | None = None) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.transport = transport
+        self._open: dict[str, tuple[Any, Channel]] = {}
+        self._lock = threading.Lock()
+
+    def save(self, ws: str, *, name: str, kind: str, provider: str = "", config: Mapping[str, Any],
+             secrets: Mapping[str, str] | None = None, channel_id: str | None = None) -> dict[str, Any]:
+        """Create (or, with ``channel_id``, replace) a channel; raise InvalidInput / Conflict.
+        When replacing, omitted secrets keep their stored values."""
+        if not name.strip() or len(name) > 200:
+            raise InvalidInput("name must be 1 to 200 characters", field="name")
+        cls = channel_class(kind, provider)
+        stored: dict[str, str] = {}
+        if channel_id is not None:
+            row = self._row(ws, channel_id)
+            stored = self.keys.decrypt(row.secrets)
+        merged = {**stored, **{k: v for k, v in (secrets or {}).items() if v is not None}}
+        parsed = cls.validate_config(config, merged)
+        now = utcnow()
+        values = {"workspace_id": ws, "kind": cls.kind, "provider": cls.provider, "name": name.strip(),
+                  "config": parsed.model_dump_json(), "secrets": self.keys.encrypt(merged), "status": "active",
+                  "updated_at": now}
+        try:
+            with self.engine.begin() as c:
+                if channel_id is None:
+                    channel_id = new_id("chn")
+                    c.execute(channels.insert().values(channel_id=channel_id, created_at=now, **values))
+                else:
+                    c.execute(channels.update().where(channels.c.channel_id == channel_id).values(**values))
+        except sa.exc.IntegrityError:
+            raise Conflict(f"a channel named {name!r} already exists") from None
+        with self._lock:
+            self._drop(channel_id)
+        return self.get(ws, channel_id)
+
+    def _row(self, ws: str, channel_id: str) -> Any:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(channels).where(channels.c.workspace_id == ws,
+                                                      channels.c.channel_id == channel_id)).first()
+        if row is None:
+            raise NotFound(f"channel {channel_id!r} not found")
+        return row
+
+    def public(self, row: Any) -> dict[str, Any]:
+        """A channel as the API shows it: no secret values, only their names."""
+        return {"channel_id": row.channel_id, "name": row.name, "kind": row.kind, "provider": row.provider,
+                "config": orjson.loads(row.config), "secrets_set": sorted(self.keys.decrypt(row.secrets)),
+                "status": row.status, "created_at": to_iso(row.created_at), "updated_at": to_iso(row.updated_at)}
+
+    def get(self, ws: str, channel_id: str) -> dict[str, Any]:
+        return self.public(self._row(ws, channel_id))
+
+    def list(self, ws: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(channels).where(channels.c.workspace_id == ws).order_by(channels.c.name)).all()
+        return [self.public(r) for r in rows]
+
+    def open(self, ws: str, channel_id: str) -> Channel:
+        """The live channel (built once per config version); raise NotFound."""
+        row = self._row(ws, channel_id)
+        with self._lock:
+            hit = self._open.get(channel_id)
+            if hit is not None and hit[0] == row.updated_at:
+                return hit[1]
+            self._drop(channel_id)
+            cls = channel_class(row.kind, row.provider)
+            secrets = self.keys.decrypt(row.secrets)
+            ch = cls(cls.validate_config(orjson.loads(row.config), secrets), secrets, transport=self.transport)
+            self._open[channel_id] = (row.updated_at, ch)
+            return ch
+
+    def _drop(self, channel_id: str) -> None:
+        old = self._open.pop(channel_id, None)
+        if old is not None:
+            old[1].close()
+
+    def close(self) -> None:
+        with self._lock:
+            for cid in list(self._open):
+                self._drop(cid)

@@ -1,0 +1,125 @@
+"""Responses come back as events: deliveries, opens, clicks, replies and unsubscribes.
+
+Provider receipts (``POST /api/v1/receipts/{channel_id}``) are parsed and verified by the channel
+(``Channel.parse_receipts``) and matched to the message log by our message id or the provider's;
+opens (``/t/o/{token}.gif``), clicks (``/t/c/{token}``) and unsubscribes (``/t/u/{token}``) carry a
+token signed by ``activate.keys`` that names the message, so nobody can act on someone else's. Each
+becomes an event in the same event log, on the message's profile: ``Message Delivered``,
+``Message Delivery Failed``, ``Message Opened`` (first open only), ``Link Clicked`` (every click),
+``Message Replied``, ``Unsubscribed`` -- and an unsubscribe withdraws the consent for the message's
+channel and purpose (``govern.consent.set_consent``, audited).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from goldkey.activate.channels.base import Receipt
+from goldkey.activate.sender import Sender
+from goldkey.core.clock import utcnow
+from goldkey.core.errors import NotFound
+from goldkey.govern.consent import set_consent
+from goldkey.store.operational import messages
+
+_EVENT = {"delivered": "Message Delivered", "failed": "Message Delivery Failed", "opened": "Message Opened",
+          "clicked": "Link Clicked", "replied": "Message Replied", "unsubscribed": "Unsubscribed"}
+
+
+class Receipts:
+    """Turns provider receipts and tracking hits into message-log updates and events."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.engine = sender.engine
+
+    def _message(self, mid: str) -> Any:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(messages).where(messages.c.message_id == mid)).first()
+        if row is None:
+            raise NotFound("unknown link")
+        return row
+
+    def provider(self, ws: str, channel_id: str, body: bytes, headers: Mapping[str, str],
+                 query: Mapping[str, str]) -> dict[str, int]:
+        """Handle a provider callback; raise Unauthorized for a bad signature."""
+        ch = self.sender.channels.open(ws, channel_id)
+        matched = unmatched = 0
+        for rc in ch.parse_receipts(body, headers, query):
+            row = self._match(ws, channel_id, rc)
+            if row is None:
+                unmatched += 1
+                continue
+            matched += 1
+            self.record(row, rc)
+        return {"matched": matched, "unmatched": unmatched}
+
+    def _match(self, ws: str, channel_id: str, rc: Receipt) -> Any:
+        m = messages.c
+        q = sa.select(messages).where(m.workspace_id == ws, m.channel_id == channel_id)
+        if rc.message_id:
+            q = q.where(m.message_id == rc.message_id)
+        elif rc.provider_message_id:
+            q = q.where(m.provider_message_id == rc.provider_message_id)
+        else:
+            return None
+        with self.engine.connect() as c:
+            return c.execute(q).first()
+
+    def record(self, row: Any, rc: Receipt) -> bool:
+        """Apply one receipt to its message; returns whether an event was written (repeats of a
+        delivery or an open are not)."""
+        m = messages.c
+        now = rc.at or utcnow()
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        cond = [m.message_id == row.message_id]
+        if rc.status == "delivered":
+            values.update(status="delivered", delivered_at=now)
+            cond.append(m.delivered_at.is_(None))
+        elif rc.status == "failed":
+            values.update(status="failed", reason=f"delivery failed: {rc.reason or 'no reason given'}")
+            cond.append(m.status.in_(["sent", "sending"]))
+        elif rc.status == "opened":
+            values.update(opened_at=now)
+            cond.append(m.opened_at.is_(None))
+        elif rc.status == "clicked":
+            values.update(clicked_at=sa.func.coalesce(m.clicked_at, now))
+        with self.engine.begin() as c:
+            changed = c.execute(messages.update().where(*cond).values(**values)).rowcount
+        if not changed and rc.status != "unsubscribed" and rc.status != "replied":
+            return False
+        props: dict[str, Any] = {"message_id": row.message_id, "channel_id": row.channel_id,
+                                 "channel": row.channel, "ref": row.ref, "purpose": row.purpose}
+        if rc.reason:
+            props["reason"] = rc.reason
+        if rc.text:
+            props["text"] = rc.text[:2000]
+        if rc.status == "unsubscribed":
+            set_consent(self.engine, row.workspace_id, row.profile_id, row.channel, "denied", purpose=row.purpose,
+                        source=f"unsubscribe:{row.message_id}"[:60], actor="unsubscribe")
+        self.sender.emit(row.workspace_id, [(row.profile_id, _EVENT[rc.status], props)])
+        return True
+
+    # -- tracking hits ------------------------------------------------------------------------------
+    def open(self, token: str) -> None:
+        (mid,) = self.sender.keys.verify("o", token)
+        self.record(self._message(mid), Receipt("opened", message_id=mid))
+
+    def click(self, token: str) -> str:
+        """Record the click; return the URL to redirect to."""
+        mid, url = self.sender.keys.verify("c", token)
+        row = self._message(mid)
+        rc = Receipt("clicked", message_id=mid)
+        self.record(row, rc)
+        return str(url)
+
+    def unsubscribe_target(self, token: str) -> Any:
+        (mid,) = self.sender.keys.verify("u", token)
+        return self._message(mid)
+
+    def unsubscribe(self, token: str) -> Any:
+        row = self.unsubscribe_target(token)
+        self.record(row, Receipt("unsubscribed", message_id=row.message_id))
+        return row
