@@ -87,6 +87,11 @@ class FeedbackPublic(BaseModel):
     rating: int | None
     status: str
     created_at: datetime | None
+    sentiment: dict[str, Any] | None = Field(
+        default=None,
+        description="Text analysis of this feedback once run: `positive` (probability, 0-1), `label` "
+        "(positive / neutral / negative) and `topics` (pain-point keys).",
+    )
 
 
 class MergePublic(BaseModel):
@@ -125,6 +130,11 @@ class ProfilePublic(BaseModel):
     traits: dict[str, Any] = Field(description="Computed traits (filled by the traits work).")
     tags: dict[str, Any] = Field(description="Tags (filled by the tags work).")
     scores: dict[str, Any] = Field(description="Model scores (filled by the insight work).")
+    insights: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per-model details behind the scores, by model name: `version` and the model's "
+        "payload, e.g. the reasons of a churn score or recommended products.",
+    )
     order_summary: dict[str, Any]
     events: list[dict[str, Any]] = Field(description="Most recent events, newest first.")
     feedback: list[FeedbackPublic]

@@ -32,7 +32,16 @@ from sqlalchemy.engine import Dialect, Engine
 from goldkey.core.clock import as_utc
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.identity.normalize import normalize_identifier
-from goldkey.store.operational import consents, feedback, identities, identity_conflicts, merges, profiles
+from goldkey.store.operational import (
+    consents,
+    feedback,
+    feedback_insights,
+    identities,
+    identity_conflicts,
+    merges,
+    profile_insights,
+    profiles,
+)
 
 _loads = orjson.loads
 
@@ -96,8 +105,12 @@ def _consents(merged: bool) -> sa.Select[Any]:
 
 def _feedback(merged: bool) -> sa.Select[Any]:
     f = feedback.c
+    fi = feedback_insights.c
     return (
-        sa.select(f.feedback_id, f.kind, f.channel, f.topic, f.text, f.rating, f.status, f.created_at)
+        sa.select(f.feedback_id, f.kind, f.channel, f.topic, f.text, f.rating, f.status, f.created_at,
+                  fi.sentiment, fi.label, fi.topics)
+        .select_from(feedback.outerjoin(feedback_insights, sa.and_(fi.workspace_id == f.workspace_id,
+                                                                   fi.feedback_id == f.feedback_id)))
         .where(f.workspace_id == _WS, _of(f.profile_id, merged))
         .order_by(f.created_at.desc())
         .limit(20)
@@ -131,7 +144,11 @@ _CONFLICTS = (
     .order_by(_C.conflict_id.desc())
     .limit(20)
 )
+# per-profile model outputs that are not numbers (reasons of a churn score, recommended items ...)
+_PI = profile_insights.c
+_INSIGHTS = sa.select(_PI.model, _PI.version, _PI.payload).where(_PI.workspace_id == _WS, _PI.profile_id == _PID)
 _STATEMENTS = (
+    _INSIGHTS,
     _PROFILE_BY_ID,
     _PROFILE_BY_IDENTIFIER,
     _SUBTREE,
@@ -258,6 +275,7 @@ class ProfileService:
         fb = run(_FEEDBACK[merged], key)
         merge_rows = run(_MERGES[merged], key)
         conflicts = run(_CONFLICTS, key)
+        insights = {m: {"version": v, **_loads(p)} for m, v, p in run(_INSIGHTS, key)}
         return {
             "profile_id": pid,
             "workspace_id": ws,
@@ -277,6 +295,7 @@ class ProfileService:
             "traits": _loads(traits),
             "tags": _loads(tags),
             "scores": _loads(scores),
+            "insights": insights,
             "order_summary": _loads(order_summary),
             "events": _loads(recent_events)[:n_events],
             "feedback": [
@@ -289,8 +308,10 @@ class ProfileService:
                     "rating": rating,
                     "status": status,
                     "created_at": as_utc(at),
+                    "sentiment": None if label is None else {"positive": sentiment, "label": label,
+                                                             "topics": _loads(topics)},
                 }
-                for fid, kind, ch, topic, text, rating, status, at in fb
+                for fid, kind, ch, topic, text, rating, status, at, sentiment, label, topics in fb
             ],
             "merges": [
                 {
