@@ -26,6 +26,7 @@ from goldkey.collect.writer import Writer, sync_profile_map
 from goldkey.core.errors import GoldkeyError
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
+from goldkey.insight.clv import CLVService
 from goldkey.insight.rfm import RFMService
 from goldkey.profiles.service import ProfileService
 from goldkey.settings import Settings
@@ -55,6 +56,7 @@ class Goldkey:
     traits: TraitService
     realtime: RealtimeSegments
     rfm: RFMService | None = None
+    clv: CLVService | None = None
     sender: Sender | None = None
     receipts: Receipts | None = None
     _lock_file: IO[str] | None = None
@@ -115,6 +117,7 @@ class Goldkey:
             _lock_file=lock,
         )
         gk.rfm = RFMService.from_goldkey(gk)
+        gk.clv = CLVService.from_goldkey(gk)
         gk.sender = Sender.from_goldkey(gk)
         gk.receipts = Receipts(gk.sender)
         return gk
