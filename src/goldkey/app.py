@@ -16,7 +16,7 @@ from goldkey.api import activate, audience, imports, ops, profiles, tracking, tr
 from goldkey.api.errors import error_parts
 from goldkey.core.errors import GoldkeyError
 from goldkey.insight import api as insight_api
-from goldkey.insight import clv_api
+from goldkey.insight import clv_api, text_api
 from goldkey.ops.tuning import restore_gc, tune_gc
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
@@ -74,7 +74,8 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
             },
         )
 
-    for module in (tracking, profiles, imports, workspace, audience, traits, insight_api, activate, clv_api, ops):
+    for module in (tracking, profiles, imports, workspace, audience, traits, insight_api, activate, ops,
+                   clv_api, text_api):
         app.include_router(module.router)
     app.add_middleware(tracking.TrackingFastPath)
     _document_write_key(app)

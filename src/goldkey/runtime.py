@@ -28,6 +28,7 @@ from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
 from goldkey.insight.clv import CLVService
 from goldkey.insight.rfm import RFMService
+from goldkey.insight.text import FeedbackTextService
 from goldkey.profiles.service import ProfileService
 from goldkey.settings import Settings
 from goldkey.store.analytical import AnalyticalStore
@@ -57,6 +58,7 @@ class Goldkey:
     realtime: RealtimeSegments
     rfm: RFMService | None = None
     clv: CLVService | None = None
+    feedback_text: FeedbackTextService | None = None
     sender: Sender | None = None
     receipts: Receipts | None = None
     _lock_file: IO[str] | None = None
@@ -118,6 +120,7 @@ class Goldkey:
         )
         gk.rfm = RFMService.from_goldkey(gk)
         gk.clv = CLVService.from_goldkey(gk)
+        gk.feedback_text = FeedbackTextService.from_goldkey(gk)
         gk.sender = Sender.from_goldkey(gk)
         gk.receipts = Receipts(gk.sender)
         return gk
