@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from goldkey import __version__
-from goldkey.api import activate, audience, imports, ops, profiles, tracking, traits, workspace
+from goldkey.api import activate, audience, console, imports, ops, profiles, tracking, traits, workspace
 from goldkey.api.errors import error_parts
 from goldkey.core.errors import GoldkeyError
 from goldkey.insight import api as insight_api
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
     for module in (tracking, profiles, imports, workspace, audience, traits, insight_api, activate, ops,
                    clv_api, text_api):
         app.include_router(module.router)
+    app.include_router(console.router)  # last: its SPA fallback must never shadow an API route
     app.add_middleware(tracking.TrackingFastPath)
     _document_write_key(app)
     return app

@@ -1,0 +1,168 @@
+/** The console shell: providers (language, Ant Design locale and theme, session), the sider menu,
+ * the header (workspace switcher, language switch, sign-out) and the routes. */
+import { App as AntApp, Button, ConfigProvider, Dropdown, Layout, Menu, Segmented, Space, Typography } from "antd";
+import {
+  AppstoreOutlined,
+  DashboardOutlined,
+  DownOutlined,
+  LogoutOutlined,
+  PlusOutlined,
+  TagsOutlined,
+  TeamOutlined,
+  UsergroupAddOutlined,
+} from "@ant-design/icons";
+import zhCN from "antd/locale/zh_CN";
+import enUS from "antd/locale/en_US";
+import dayjs from "dayjs";
+import "dayjs/locale/zh-cn";
+import { useState } from "react";
+import { BrowserRouter, Navigate, Route, Routes, useLocation, useNavigate } from "react-router-dom";
+import { I18nProvider, useI18n } from "./i18n";
+import { SessionProvider, useSession } from "./session";
+import { SignIn } from "./pages/SignIn";
+import { OverviewPage } from "./pages/Overview";
+import { CustomersPage } from "./pages/Customers";
+import { ProfilePage } from "./pages/Profile";
+import { TagsPage } from "./pages/Tags";
+import { SegmentsPage } from "./pages/Segments";
+import { SegmentBuilderPage } from "./pages/SegmentBuilder";
+import { SegmentDetailPage } from "./pages/SegmentDetail";
+
+export function App() {
+  return (
+    <I18nProvider>
+      <Themed />
+    </I18nProvider>
+  );
+}
+
+function Themed() {
+  const { lang } = useI18n();
+  dayjs.locale(lang === "zh-CN" ? "zh-cn" : "en");
+  return (
+    <ConfigProvider
+      locale={lang === "zh-CN" ? zhCN : enUS}
+      theme={{ token: { colorPrimary: "#a8770f", colorLink: "#8a6210", borderRadius: 6, fontFamily: "-apple-system, BlinkMacSystemFont, 'Segoe UI', 'PingFang SC', 'Hiragino Sans GB', 'Microsoft YaHei', 'Noto Sans CJK SC', sans-serif" } }}
+    >
+      <AntApp>
+        <SessionProvider>
+          <BrowserRouter>
+            <Routes>
+              <Route path="/sign-in" element={<SignIn />} />
+              <Route path="/*" element={<Shell />} />
+            </Routes>
+          </BrowserRouter>
+        </SessionProvider>
+      </AntApp>
+    </ConfigProvider>
+  );
+}
+
+function LangSwitch() {
+  const { lang, setLang } = useI18n();
+  return (
+    <Segmented
+      aria-label="Language / 语言"
+      value={lang}
+      onChange={(v) => setLang(v as "zh-CN" | "en")}
+      options={[
+        { value: "zh-CN", label: "中文" },
+        { value: "en", label: "EN" },
+      ]}
+    />
+  );
+}
+
+export function Brand({ compact = false }: { compact?: boolean }) {
+  return (
+    <Space align="center" size={8}>
+      <span className="gk-logo" aria-hidden>金</span>
+      {!compact && <Typography.Text strong style={{ fontSize: 17, color: "inherit" }}>Goldkey</Typography.Text>}
+    </Space>
+  );
+}
+
+function WorkspaceSwitcher() {
+  const { t } = useI18n();
+  const { sessions, current, switchTo, signOut } = useSession();
+  const navigate = useNavigate();
+  if (!current) return null;
+  const items = [
+    ...sessions.map((s) => ({ key: s.workspace_id, label: s.name + (s.workspace_id === current.workspace_id ? " ✓" : "") })),
+    { type: "divider" as const },
+    { key: "__add", icon: <PlusOutlined />, label: t("header.addWorkspace") },
+    { key: "__out", icon: <LogoutOutlined />, label: t("header.signOut", { name: current.name }) },
+  ];
+  return (
+    <Dropdown
+      trigger={["click"]}
+      menu={{
+        items,
+        onClick: ({ key }) => {
+          if (key === "__add") navigate("/sign-in?add=1");
+          else if (key === "__out") signOut(current.workspace_id);
+          else {
+            switchTo(key);
+            navigate("/");
+          }
+        },
+      }}
+    >
+      <Button data-testid="workspace-switcher" aria-label={t("header.workspace")}>
+        <Space>
+          <AppstoreOutlined />
+          {current.name}
+          <DownOutlined />
+        </Space>
+      </Button>
+    </Dropdown>
+  );
+}
+
+function Shell() {
+  const { t } = useI18n();
+  const { current } = useSession();
+  const location = useLocation();
+  const navigate = useNavigate();
+  const [narrow, setNarrow] = useState(false);
+  if (!current) return <Navigate to="/sign-in" replace />;
+  const section = "/" + (location.pathname.split("/")[1] ?? "");
+  const menu = [
+    { key: "/", icon: <DashboardOutlined />, label: t("nav.overview") },
+    { key: "/customers", icon: <TeamOutlined />, label: t("nav.customers") },
+    { key: "/segments", icon: <UsergroupAddOutlined />, label: t("nav.segments") },
+    { key: "/tags", icon: <TagsOutlined />, label: t("nav.tags") },
+  ];
+  return (
+    <Layout style={{ minHeight: "100vh" }}>
+      <Layout.Sider width={208} breakpoint="lg" collapsedWidth={64} collapsed={narrow} onBreakpoint={setNarrow} trigger={null} theme="dark" className="gk-sider">
+        <div className="gk-brand"><Brand compact={narrow} /></div>
+        <Menu theme="dark" mode="inline" selectedKeys={[section]} items={menu} onClick={({ key }) => navigate(key)} />
+      </Layout.Sider>
+      <Layout>
+        <Layout.Header className="gk-header">
+          <Typography.Text type="secondary" className="gk-header-note">{t("header.note")}</Typography.Text>
+          <Space size="middle">
+            <WorkspaceSwitcher />
+            <LangSwitch />
+          </Space>
+        </Layout.Header>
+        <Layout.Content className="gk-content" key={current.workspace_id}>
+          <Routes>
+            <Route path="/" element={<OverviewPage />} />
+            <Route path="/customers" element={<CustomersPage />} />
+            <Route path="/customers/:profileId" element={<ProfilePage />} />
+            <Route path="/segments" element={<SegmentsPage />} />
+            <Route path="/segments/new" element={<SegmentBuilderPage />} />
+            <Route path="/segments/:segmentId" element={<SegmentDetailPage />} />
+            <Route path="/segments/:segmentId/edit" element={<SegmentBuilderPage />} />
+            <Route path="/tags" element={<TagsPage />} />
+            <Route path="*" element={<Navigate to="/" replace />} />
+          </Routes>
+        </Layout.Content>
+      </Layout>
+    </Layout>
+  );
+}
+
+export { LangSwitch };

@@ -1,0 +1,165 @@
+/** The 360° profile: attributes, identities and merges, consents, tags, traits, scores and insights,
+ * recent events, orders and feedback. */
+import { Badge, Card, Col, Descriptions, Empty, Row, Space, Statistic, Table, Tag, Timeline, Typography } from "antd";
+import { ArrowLeftOutlined } from "@ant-design/icons";
+import { Link, useParams } from "react-router-dom";
+import { api, type ProfilePublic } from "../api/client";
+import { PageHead } from "../components/PageHead";
+import { Async } from "../components/States";
+import { useI18n, type I18n } from "../i18n";
+import { useApi } from "../useApi";
+
+type Dict = Record<string, unknown>;
+
+function show(v: unknown, i18n: I18n): string {
+  if (v === null || v === undefined || v === "") return "—";
+  if (typeof v === "boolean") return v ? i18n.t("common.yes") : i18n.t("common.no");
+  if (typeof v === "number") return i18n.num(v, 2);
+  if (typeof v === "string" && /^\d{4}-\d\d-\d\dT\d\d:\d\d/.test(v)) return i18n.dateTime(v);
+  if (Array.isArray(v)) return v.map((x) => show(x, i18n)).join(", ");
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+function KeyValues({ data, i18n, prefix, empty }: { data: Dict; i18n: I18n; prefix?: string; empty: string }) {
+  const entries = Object.entries(data ?? {});
+  if (!entries.length) return <Empty image={Empty.PRESENTED_IMAGE_SIMPLE} description={empty} />;
+  return (
+    <Descriptions size="small" column={{ xs: 1, sm: 1, md: 2, lg: 2, xl: 2, xxl: 2 }} bordered>
+      {entries.map(([k, v]) => (
+        <Descriptions.Item key={k} label={prefix ? i18n.tOr(`${prefix}.${k}`, k) : k}>{show(v, i18n)}</Descriptions.Item>
+      ))}
+    </Descriptions>
+  );
+}
+
+export function ProfilePage() {
+  const { profileId = "" } = useParams();
+  const i18n = useI18n();
+  const { t } = i18n;
+  const profile = useApi((signal) => api.get("/api/v1/profiles/{profile_id}", { path: { profile_id: profileId }, signal }), [profileId]);
+  return (
+    <div>
+      <Link to="/customers"><ArrowLeftOutlined /> {t("profile.back")}</Link>
+      <Async value={profile} rows={12}>{(p) => <ProfileView p={p} i18n={i18n} />}</Async>
+    </div>
+  );
+}
+
+function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
+  const { t, tOr, dateTime, num, money } = i18n;
+  const attrs = p.attributes as Dict;
+  const name = (attrs.name as string) || (attrs.email as string) || p.profile_id;
+  const os = p.order_summary as Dict;
+  const insights = (p as unknown as Dict).insights as Dict | undefined;
+  return (
+    <>
+      <PageHead
+        title={<span data-testid="profile-name">{name}</span>}
+        sub={<Space wrap>
+          <span className="gk-mono">{p.profile_id}</span>
+          <Tag color={p.origin === "existing" ? "gold" : "blue"}>{t(`profile.origin.${p.origin}`)}</Tag>
+          {p.requested_id !== p.profile_id && <Tag>{t("profile.mergedFrom", { id: p.requested_id })}</Tag>}
+        </Space>}
+      />
+      <Row gutter={[16, 16]}>
+        <Col xs={24} md={6}><Card><Statistic title={t("profile.firstSeen")} value={dateTime(p.first_seen_at)} valueStyle={{ fontSize: 18 }} /><Typography.Text type="secondary">{tOr(`sources.${p.first_seen_source}`, p.first_seen_source)}</Typography.Text></Card></Col>
+        <Col xs={24} md={6}><Card><Statistic title={t("profile.lastSeen")} value={dateTime(p.last_seen_at)} valueStyle={{ fontSize: 18 }} /></Card></Col>
+        <Col xs={24} md={6}><Card><Statistic title={t("profile.orders")} value={num((os.orders as number) ?? 0)} valueStyle={{ fontSize: 18 }} /><Typography.Text type="secondary">{t("profile.lastOrder", { when: dateTime(os.last_order_at as string) })}</Typography.Text></Card></Col>
+        <Col xs={24} md={6}><Card><Statistic title={t("profile.revenue")} value={money((os.revenue as number) ?? 0, (os.currency as string) ?? "CNY")} valueStyle={{ fontSize: 18 }} /><Typography.Text type="secondary">{t("profile.firstOrder", { when: dateTime(os.first_order_at as string) })}</Typography.Text></Card></Col>
+
+        <Col xs={24} xl={12}><Card title={t("profile.attributes")}><KeyValues data={attrs} i18n={i18n} prefix="attrs" empty={t("profile.noAttributes")} /></Card></Col>
+        <Col xs={24} xl={12}>
+          <Card title={t("profile.tags")} style={{ marginBottom: 16 }}>
+            {Object.keys(p.tags).length ? (
+              <Space wrap>{Object.entries(p.tags as Dict).map(([k, v]) => (
+                <Tag key={k} color="gold">{tOr(`tagNames.${k}`, k)}{v === true ? "" : `: ${tOr(`rfm.group.${String(v)}`, tOr(`rfm.tier.${String(v)}`, show(v, i18n)))}`}</Tag>
+              ))}</Space>
+            ) : <Empty image={Empty.PRESENTED_IMAGE_SIMPLE} description={t("profile.noTags")} />}
+          </Card>
+          <Card title={t("profile.traits")} style={{ marginBottom: 16 }}><KeyValues data={p.traits as Dict} i18n={i18n} empty={t("profile.noTraits")} /></Card>
+          <Card title={t("profile.scores")}><KeyValues data={p.scores as Dict} i18n={i18n} prefix="scoreNames" empty={t("profile.noScores")} /></Card>
+        </Col>
+        {insights && Object.keys(insights).length > 0 && (
+          <Col xs={24}><Card title={t("profile.insights")}>
+            {Object.entries(insights).map(([model, payload]) => (
+              <Descriptions key={model} title={model} size="small" bordered column={1} style={{ marginBottom: 12 }}>
+                {Object.entries((payload as Dict) ?? {}).map(([k, v]) => <Descriptions.Item key={k} label={k}>{show(v, i18n)}</Descriptions.Item>)}
+              </Descriptions>
+            ))}
+          </Card></Col>
+        )}
+        <Col xs={24} xl={12}>
+          <Card title={t("profile.identities")}>
+            <Table size="small" rowKey={(r) => `${r.type}:${r.value}`} dataSource={p.identities} pagination={false}
+              columns={[
+                { title: t("profile.idType"), dataIndex: "type", render: (v: string) => tOr(`idTypes.${v}`, v) },
+                { title: t("profile.idValue"), dataIndex: "value", render: (v: string) => <span className="gk-mono">{v}</span> },
+                { title: t("profile.source"), dataIndex: "source", render: (v: string) => tOr(`sources.${v}`, v) },
+                { title: t("profile.since"), dataIndex: "first_seen_at", render: (v: string) => dateTime(v) },
+              ]} />
+          </Card>
+        </Col>
+        <Col xs={24} xl={12}>
+          <Card title={t("profile.consents")} style={{ marginBottom: 16 }}>
+            <Table size="small" rowKey={(r) => `${r.channel}:${r.purpose}`} dataSource={p.consents} pagination={false}
+              locale={{ emptyText: t("profile.noConsents") }}
+              columns={[
+                { title: t("profile.channel"), dataIndex: "channel", render: (v: string) => tOr(`channels.${v}`, v) },
+                { title: t("profile.purpose"), dataIndex: "purpose" },
+                { title: t("profile.status"), dataIndex: "status", render: (v: string) => <Badge status={v === "granted" ? "success" : "error"} text={tOr(`consent.${v}`, v)} /> },
+                { title: t("profile.updated"), dataIndex: "updated_at", render: (v: string) => dateTime(v) },
+              ]} />
+          </Card>
+          <Card title={t("profile.merges")}>
+            <Table size="small" rowKey="merge_id" dataSource={p.merges} pagination={false} locale={{ emptyText: t("profile.noMerges") }}
+              columns={[
+                { title: t("profile.mergedProfile"), dataIndex: "loser_id", render: (v: string) => <span className="gk-mono">{v}</span> },
+                { title: t("profile.linkedBy"), dataIndex: "linked_by", render: (v: Record<string, string>) => Object.entries(v).map(([k, x]) => `${tOr(`idTypes.${k}`, k)}: ${x}`).join("; ") },
+                { title: t("profile.when"), dataIndex: "created_at", render: (v: string) => dateTime(v) },
+                { title: t("profile.status"), dataIndex: "undone_at", render: (v: string | null) => (v ? <Tag>{t("profile.undone")}</Tag> : <Tag color="green">{t("profile.active")}</Tag>) },
+              ]} />
+            {p.identity_conflicts.length > 0 && (
+              <Typography.Paragraph type="warning" style={{ marginTop: 8 }}>{t("profile.conflicts", { n: p.identity_conflicts.length })}</Typography.Paragraph>
+            )}
+          </Card>
+        </Col>
+        <Col xs={24} xl={12}>
+          <Card title={t("profile.timeline")} extra={<Typography.Text type="secondary">{t("profile.latestN", { n: Math.min(p.events.length, 20) })}</Typography.Text>}>
+            {p.events.length ? (
+              <Timeline items={(p.events as Dict[]).slice(0, 20).map((e) => ({
+                color: e.type === "track" ? "blue" : "gray",
+                children: (
+                  <div>
+                    <Typography.Text strong>{(e.event as string) || (e.name as string) || tOr(`eventTypes.${e.type}`, String(e.type))}</Typography.Text>
+                    <Typography.Text type="secondary" style={{ marginLeft: 8 }}>{dateTime(e.ts as string)}</Typography.Text>
+                    {e.properties && Object.keys(e.properties as Dict).length > 0 ? (
+                      <div className="gk-mono" style={{ color: "#595959" }}>
+                        {Object.entries(e.properties as Dict).filter(([, v]) => typeof v !== "object").slice(0, 4).map(([k, v]) => `${k}: ${String(v)}`).join(" · ")}
+                      </div>
+                    ) : null}
+                  </div>
+                ),
+              }))} />
+            ) : <Empty image={Empty.PRESENTED_IMAGE_SIMPLE} description={t("profile.noEvents")} />}
+          </Card>
+        </Col>
+        <Col xs={24} xl={12}>
+          <Card title={t("profile.orderSummary")} style={{ marginBottom: 16 }}>
+            <KeyValues data={{ ...os, ...(typeof os.revenue === "number" ? { revenue: money(os.revenue as number, (os.currency as string) ?? "CNY") } : {}) }} i18n={i18n} prefix="orderKeys" empty={t("profile.noOrders")} />
+          </Card>
+          <Card title={t("profile.feedback")}>
+            <Table size="small" rowKey="feedback_id" dataSource={p.feedback} pagination={{ pageSize: 5, hideOnSinglePage: true }}
+              locale={{ emptyText: t("profile.noFeedback") }}
+              columns={[
+                { title: t("profile.when"), dataIndex: "created_at", render: (v: string) => dateTime(v), width: 150 },
+                { title: t("profile.fbKind"), dataIndex: "kind" },
+                { title: t("profile.rating"), dataIndex: "rating", render: (v: number | null) => (v === null ? "—" : "★".repeat(v)) },
+                { title: t("profile.text"), dataIndex: "text" },
+              ]} />
+          </Card>
+        </Col>
+      </Row>
+    </>
+  );
+}
