@@ -26,7 +26,9 @@ from goldkey.collect.writer import Writer, sync_profile_map
 from goldkey.core.errors import GoldkeyError
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
+from goldkey.insight.clusters import ClusterService
 from goldkey.insight.clv import CLVService
+from goldkey.insight.lifecycle import LifecycleService
 from goldkey.insight.rfm import RFMService
 from goldkey.insight.text import FeedbackTextService
 from goldkey.profiles.service import ProfileService
@@ -58,6 +60,8 @@ class Goldkey:
     realtime: RealtimeSegments
     rfm: RFMService | None = None
     clv: CLVService | None = None
+    lifecycle: LifecycleService | None = None
+    clusters: ClusterService | None = None
     feedback_text: FeedbackTextService | None = None
     sender: Sender | None = None
     receipts: Receipts | None = None
@@ -120,6 +124,8 @@ class Goldkey:
         )
         gk.rfm = RFMService.from_goldkey(gk)
         gk.clv = CLVService.from_goldkey(gk)
+        gk.lifecycle = LifecycleService.from_goldkey(gk)
+        gk.clusters = ClusterService.from_goldkey(gk)
         gk.feedback_text = FeedbackTextService.from_goldkey(gk)
         gk.sender = Sender.from_goldkey(gk)
         gk.receipts = Receipts(gk.sender)

@@ -1,0 +1,208 @@
+"""Lifecycle, clustering and report benchmark.
+
+Goal from the issue (reported, not asserted): RFM + lifecycle for all customers at 1M in under 10 s.
+
+Builds a real Goldkey instance (``Goldkey.open`` on a temp data directory: SQLite operational store,
+DuckDB analytical store, the writer thread) with one workspace, then generates synthetic data in
+bulk, NOT through the importer or the tracking API (they have their own benchmarks):
+
+- ``--profiles`` live profiles inserted straight into the operational ``profiles`` table;
+- ``--orders`` orders in DuckDB's ``orders`` table (as ``bench_rfm.py``: every profile has at least
+  one, times spread over two years, hash-based amounts);
+- ``--events`` track events (view -> add -> checkout journeys with a ``category`` property and a
+  UTM ``context.campaign.source``) in DuckDB's ``events`` table.
+
+Then it times, through the product code:
+
+1. ``compute_rfm`` + ``fit_summary`` (the RFM computation) and ``LifecycleService.compute`` (the
+   ``lc_*`` feature query, the seven default stage rules through the batch compiler on a profile
+   table of the live profiles, first-match assignment): "RFM + lifecycle compute";
+2. the full runs with write-back, ``RFMService.run`` and ``LifecycleService.run`` (registry save,
+   ``write_scores`` to every profile row, the model tags with one Tag Changed event per change,
+   one Lifecycle Stage Changed event per transition): a first run (every profile changes) and a
+   second run (nothing changes);
+3. clustering: ``ClusterService.fit`` (``customer_features``, log/standardise, k by silhouette on a
+   10k sample over k = 2..8, final k-means on everyone, descriptions) at ``--cluster-sizes``
+   customers (the first N profiles' data);
+4. reports: a 3-step funnel over 30 days with a breakdown, the monthly cohort table, the channel
+   report.
+
+Usage::
+
+    python benchmarks/bench_lifecycle.py [--quick] [--profiles 1000000] [--orders 3000000]
+                                         [--events 3000000] [--no-writeback]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from goldkey.insight.clusters import ClusterService  # noqa: E402
+from goldkey.insight.lifecycle import LifecycleService  # noqa: E402
+from goldkey.insight.reports import channels, cohorts, funnel  # noqa: E402
+from goldkey.insight.rfm import RFMDefinition, RFMService, compute_rfm, fit_summary  # noqa: E402
+from goldkey.runtime import Goldkey  # noqa: E402
+from goldkey.settings import Settings  # noqa: E402
+
+AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _pid(expr: str) -> str:
+    return f"'p' || lpad(({expr})::VARCHAR, 8, '0')"
+
+
+def build(gk: Goldkey, ws: str, n_profiles: int, n_orders: int, n_events: int) -> dict[str, float]:
+    out = {}
+    t0 = time.perf_counter()
+    raw = gk.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        ts = "2024-01-01 00:00:00.000000"
+        chunk = 100_000
+        for lo in range(0, n_profiles, chunk):
+            cur.executemany(
+                "INSERT INTO profiles (profile_id, workspace_id, canonical_id, origin, first_seen_at, "
+                "first_seen_source, last_seen_at, created_at, updated_at) VALUES (?, ?, ?, 'existing', ?, "
+                "'import:customers', ?, ?, ?)",
+                [(f"p{i:08d}", ws, f"p{i:08d}", ts, ts, ts, ts) for i in range(lo, min(lo + chunk, n_profiles))])
+        raw.commit()
+    finally:
+        raw.close()
+    out["profiles_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with gk.analytical.transaction() as con:
+        con.execute(
+            f"""INSERT INTO orders (workspace_id, order_id, profile_id, ordered_at, total_amount, currency, channel,
+                                    status)
+               SELECT ?, 'O' || i::VARCHAR, {_pid('CASE WHEN i < ? THEN i ELSE hash(i) % ? END')},
+                      CAST(? AS TIMESTAMPTZ) - to_seconds(((hash(i * 7 + 1) % (720 * 86400))::BIGINT)),
+                      round(((hash(i * 13 + 5) % 200000)::DOUBLE) / 100, 2), 'CNY', 'store', 'paid'
+               FROM range(?) t(i)""",
+            [ws, n_profiles, n_profiles, AS_OF, n_orders])
+        con.execute(
+            f"""INSERT INTO events (workspace_id, message_id, type, event, profile_id, "timestamp", received_at,
+                                    properties, context, source)
+               SELECT ?, 'm' || i::VARCHAR, 'track',
+                      ['Product Viewed', 'Product Added', 'Checkout Started'][(i % 3) + 1],
+                      {_pid('hash(i // 3) % ?')},
+                      CAST(? AS TIMESTAMPTZ) - to_seconds((hash(i // 3) % (60 * 86400))::BIGINT)
+                          + to_seconds(((i % 3) * 3600 * (1 + hash(i) % 60))::BIGINT),
+                      CAST(? AS TIMESTAMPTZ),
+                      '{{"category": "' || ['lens', 'frames', 'solution'][((hash(i // 3) % 3) + 1)::BIGINT] || '"}}',
+                      '{{"campaign": {{"source": "'
+                          || ['wechat', 'baidu', 'douyin', 'xhs'][((hash(i // 3 + 7) % 4) + 1)::BIGINT]
+                          || '", "medium": "cpc"}}}}',
+                      'bench'
+               FROM range(?) t(i) WHERE (i % 3) = 0 OR hash(i * 31) % 100 < 60""",
+            [ws, n_profiles, AS_OF, AS_OF, n_events])
+    gk.analytical.checkpoint()
+    out["analytical_s"] = time.perf_counter() - t0
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    r = fn()
+    return time.perf_counter() - t0, r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="100k profiles, 300k orders, 300k events")
+    ap.add_argument("--profiles", type=int, default=1_000_000)
+    ap.add_argument("--orders", type=int, default=3_000_000)
+    ap.add_argument("--events", type=int, default=3_000_000)
+    ap.add_argument("--cluster-sizes", default="100000,1000000")
+    ap.add_argument("--no-writeback", action="store_true", help="skip the full runs with write-back")
+    a = ap.parse_args()
+    if a.quick:
+        a.profiles, a.orders, a.events, a.cluster_sizes = 100_000, 300_000, 300_000, "20000,100000"
+    res: dict[str, Any] = {"bench": "lifecycle", "profiles": a.profiles, "orders": a.orders, "events": a.events}
+    with tempfile.TemporaryDirectory(prefix="goldkey-bench-lifecycle-") as tmp:
+        gk = Goldkey.open(Settings(data_dir=Path(tmp)))
+        try:
+            ws = gk.workspaces.create("Bench").workspace_id
+            res["build"] = build(gk, ws, a.profiles, a.orders, a.events)
+            print(f"built {a.profiles:,} profiles, {a.orders:,} orders, events: {res['build']}", flush=True)
+            lc, rfm = LifecycleService.from_goldkey(gk), RFMService.from_goldkey(gk)
+            d_lc, d_rfm = {"as_of": AS_OF.isoformat()}, RFMDefinition(as_of=AS_OF)
+            # 1. compute only (best of 3)
+            runs = []
+            for _ in range(3):
+                s_rfm, tbl = timed(lambda: fit_summary(compute_rfm(gk.analytical, ws, d_rfm, AS_OF)))
+                s_lc, (feats, stages, parts) = timed(lambda: lc.compute(ws, d_lc))
+                runs.append({"rfm_s": round(s_rfm, 2), "lifecycle_s": round(s_lc, 2),
+                             "lifecycle_features_s": round(parts["features_s"], 2),
+                             "lifecycle_rules_s": round(parts["rules_s"], 2), "total_s": round(s_rfm + s_lc, 2)})
+            best = min(runs, key=lambda r: r["total_s"])
+            res["compute"] = {"runs": runs, "best": best, "customers": feats.num_rows, "staged": stages.height,
+                              "stages": dict(stages.group_by("label").len().iter_rows())}
+            print(f"RFM + lifecycle compute over {feats.num_rows:,} customers: best {best['total_s']} s "
+                  f"(RFM {best['rfm_s']} s, lifecycle {best['lifecycle_s']} s = features "
+                  f"{best['lifecycle_features_s']} s + 7 rules {best['lifecycle_rules_s']} s); goal < 10 s", flush=True)
+            # 2. full runs with write-back
+            if not a.no_writeback:
+                wb = {}
+                for label in ("first", "second"):
+                    s1, r1 = timed(lambda: rfm.run(ws, d_rfm))
+                    s2, r2 = timed(lambda: lc.run(ws, d_lc))
+                    wb[label] = {"rfm_run_s": round(s1, 1), "lifecycle_run_s": round(s2, 1),
+                                 "total_s": round(s1 + s2, 1), "lifecycle_timings_ms": r2["timings_ms"],
+                                 "lifecycle_tag_changed": r2["tag_changed"],
+                                 "transition_events": r2["transition_events"], "rfm_fit_ms": r1["fit_ms"]}
+                    print(f"full run ({label}): RFM {s1:.1f} s + lifecycle {s2:.1f} s "
+                          f"(lifecycle phases ms: {r2['timings_ms']})", flush=True)
+                res["writeback"] = wb
+            # 3. clustering: the features once, the fit on the first n customers, the service at full size
+            from goldkey.insight.clusters import fit_clusters, load_features, parse_definition
+
+            cl = ClusterService.from_goldkey(gk)
+            d_cl = parse_definition({"as_of": AS_OF.isoformat(), "lookback_days": 3650})
+            s_feat, feat_df = timed(lambda: load_features(gk.analytical, ws, d_cl, AS_OF))
+            res["clusters"] = {"features_s": round(s_feat, 1), "customers": feat_df.height, "fits": []}
+            for n in (int(x) for x in a.cluster_sizes.split(",") if x):
+                s, (labels, _, met) = timed(lambda n=n: fit_clusters(feat_df.head(n), d_cl))
+                res["clusters"]["fits"].append({"customers": labels.height, "fit_s": round(s, 1), "k": met["k"],
+                                                "silhouette": met["silhouette"]})
+                print(f"k-means fit over {labels.height:,} customers: {s:.1f} s, k={met['k']} "
+                      f"silhouette {met['silhouette']}", flush=True)
+            s, (labels, mv, parts) = timed(lambda: cl.fit(ws, d_cl))
+            res["clusters"]["service_fit"] = {"customers": labels.height, "total_s": round(s, 1),
+                                              **{k: round(v, 1) for k, v in parts.items()}}
+            print(f"ClusterService.fit over {labels.height:,} customers: {s:.1f} s ({parts})", flush=True)
+            # 4. reports
+            rep: dict[str, Any] = {}
+            steps = [{"event": e} for e in ("Product Viewed", "Product Added", "Checkout Started")]
+            s, f = timed(lambda: funnel(gk.analytical, ws, {"steps": steps, "start": AS_OF - timedelta(days=30),
+                                                            "end": AS_OF, "breakdown": "context.campaign.source"}))
+            rep["funnel_s"] = round(s, 2)
+            rep["funnel_steps"] = [x["profiles"] for x in f["steps"]]
+            s, c = timed(lambda: cohorts(gk.analytical, ws, {"end": AS_OF, "periods": 12}))
+            rep["cohorts_s"], rep["cohorts"] = round(s, 2), len(c["cohorts"])
+            s, ch = timed(lambda: channels(gk.engine, gk.analytical, ws, {"end": AS_OF, "costs": {"wechat": 1e6}}))
+            rep["channels_s"], rep["channels"] = round(s, 2), len(ch["channels"])
+            res["reports"] = rep
+            print(f"reports: {rep}", flush=True)
+        finally:
+            gk.close()
+    res["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    res["goal_s"] = 10.0
+    res["meets_goal_compute"] = res["compute"]["best"]["total_s"] < 10.0
+    if "writeback" in res:
+        res["meets_goal_with_writeback"] = res["writeback"]["second"]["total_s"] < 10.0
+    print("BENCH-SUMMARY-JSON:" + json.dumps(res, default=str))
+
+
+if __name__ == "__main__":
+    main()
