@@ -26,6 +26,7 @@ from goldkey.collect.writer import Writer, sync_profile_map
 from goldkey.core.errors import GoldkeyError
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
+from goldkey.insight.churn import ChurnService
 from goldkey.insight.clusters import ClusterService
 from goldkey.insight.clv import CLVService
 from goldkey.insight.lifecycle import LifecycleService
@@ -60,6 +61,7 @@ class Goldkey:
     realtime: RealtimeSegments
     rfm: RFMService | None = None
     clv: CLVService | None = None
+    churn: ChurnService | None = None
     lifecycle: LifecycleService | None = None
     clusters: ClusterService | None = None
     feedback_text: FeedbackTextService | None = None
@@ -124,6 +126,7 @@ class Goldkey:
         )
         gk.rfm = RFMService.from_goldkey(gk)
         gk.clv = CLVService.from_goldkey(gk)
+        gk.churn = ChurnService.from_goldkey(gk)
         gk.lifecycle = LifecycleService.from_goldkey(gk)
         gk.clusters = ClusterService.from_goldkey(gk)
         gk.feedback_text = FeedbackTextService.from_goldkey(gk)
