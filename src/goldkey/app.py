@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from goldkey import __version__
-from goldkey.api import activate, audience, console, imports, ops, profiles, tracking, traits, workspace
+from goldkey.api import activate, audience, campaigns, console, imports, journeys, ops, profiles, tracking, traits, workspace
 from goldkey.api.errors import error_parts
 from goldkey.core.errors import GoldkeyError
 from goldkey.insight import affinity_api, churn_api, clv_api, lifecycle_api, text_api
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         )
 
     for module in (tracking, profiles, imports, workspace, audience, traits, insight_api, activate, ops,
-                   clv_api, text_api, lifecycle_api, churn_api, affinity_api):
+                   clv_api, text_api, lifecycle_api, churn_api, affinity_api, campaigns, journeys):
         app.include_router(module.router)
     app.include_router(console.router)  # last: its SPA fallback must never shadow an API route
     app.add_middleware(tracking.TrackingFastPath)

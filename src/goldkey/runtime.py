@@ -14,8 +14,12 @@ from typing import IO
 
 import sqlalchemy as sa
 
+from goldkey.activate.campaigns import CampaignService
+from goldkey.activate.journey_engine import JourneyEngine
+from goldkey.activate.journeys import JourneyService
 from goldkey.activate.receipts import Receipts
 from goldkey.activate.sender import Sender
+from goldkey.activate.triggers import TriggerService
 from goldkey.audience.facts import FactsCache
 from goldkey.audience.realtime import RealtimeSegments
 from goldkey.audience.segments import SegmentService
@@ -67,6 +71,10 @@ class Goldkey:
     feedback_text: FeedbackTextService | None = None
     sender: Sender | None = None
     receipts: Receipts | None = None
+    campaigns: CampaignService | None = None
+    triggers: TriggerService | None = None
+    journeys: JourneyService | None = None
+    journey_engine: JourneyEngine | None = None
     _lock_file: IO[str] | None = None
 
     @classmethod
@@ -132,12 +140,24 @@ class Goldkey:
         gk.feedback_text = FeedbackTextService.from_goldkey(gk)
         gk.sender = Sender.from_goldkey(gk)
         gk.receipts = Receipts(gk.sender)
+        gk.campaigns = CampaignService.from_goldkey(gk)
+        gk.campaigns.start()
+        gk.triggers = TriggerService.from_goldkey(gk)
+        gk.triggers.attach(writer)
+        gk.triggers.start()
+        gk.journeys = JourneyService.from_goldkey(gk)
+        gk.journey_engine = JourneyEngine.from_goldkey(gk)
+        gk.journey_engine.attach(writer)
+        gk.journey_engine.start()
         return gk
 
     def close(self) -> None:
         """Drain the writer, checkpoint and close the stores, release the data directory."""
         self.realtime.stop()
         self.traits.stop()
+        for svc in (self.journey_engine, self.triggers, self.campaigns):
+            if svc is not None:
+                svc.stop()
         if self.sender is not None:
             self.sender.channels.close()
         self.writer.stop()

@@ -1,5 +1,6 @@
 """Guardrails and the send pipeline on the real stores: consent, suppression, caps, quiet hours,
-de-duplication, concurrency (hypothesis), SMTP delivery to a real aiosmtpd server, tracking."""
+de-duplication, concurrency (hypothesis), SMTP delivery to a real aiosmtpd server, tracking. The
+guardrail tests run on SQLite and on PostgreSQL (``env_any``): the reservation is atomic on both."""
 
 from __future__ import annotations
 
@@ -22,16 +23,6 @@ from goldkey.audience.catalog import load_catalog
 from goldkey.core.errors import InvalidInput
 from goldkey.govern.consent import set_consent
 from goldkey.store.operational import messages, profiles
-
-
-@pytest.fixture(autouse=True)
-def _mounted(env: Any) -> None:
-    """Mount the activation routes when goldkey.app does not (yet) include them."""
-    from goldkey.api import activate as activate_api
-
-    if not any(getattr(r, "path", "") == "/api/v1/channels" for r in env.client.app.routes):
-        env.client.app.include_router(activate_api.router)
-
 
 NOON_SH = datetime(2026, 3, 4, 4, 0, tzinfo=UTC)  # 12:00 in Shanghai
 NIGHT_SH = datetime(2026, 3, 4, 15, 0, tzinfo=UTC)  # 23:00 in Shanghai
@@ -57,7 +48,8 @@ def _grant(env: Any, pids: list[str], channel: str = "sms", status: str = "grant
         set_consent(env.gk.engine, env.ws.workspace_id, p, channel, status)
 
 
-def test_each_guardrail_gives_its_reason(env: Any) -> None:
+def test_each_guardrail_gives_its_reason(env_any: Any) -> None:
+    env = env_any  # SQLite and PostgreSQL: the reservation must be atomic on both
     ws = env.ws.workspace_id
     pids = _profiles(env, 6)
     g = Guardrails(env.gk.engine)
@@ -85,7 +77,8 @@ def test_each_guardrail_gives_its_reason(env: Any) -> None:
         g.check(ws, "fax", "marketing", pids, "k", NOON_SH)
 
 
-def test_quiet_hours_follow_the_customers_time_zone(env: Any) -> None:
+def test_quiet_hours_follow_the_customers_time_zone(env_any: Any) -> None:
+    env = env_any  # SQLite and PostgreSQL: the reservation must be atomic on both
     ws = env.ws.workspace_id
     pids = _profiles(env, 2, tz="Europe/London")  # 15:00 UTC is 15:00 in London: not quiet
     _grant(env, pids)
@@ -95,7 +88,8 @@ def test_quiet_hours_follow_the_customers_time_zone(env: Any) -> None:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_no_send_ever_reaches_an_opted_out_suppressed_or_capped_customer(env: Any, data: st.DataObject) -> None:
+def test_no_send_ever_reaches_an_opted_out_suppressed_or_capped_customer(env_any: Any, data: st.DataObject) -> None:
+    env = env_any  # SQLite and PostgreSQL: the reservation must be atomic on both
     """Random consents, suppressions, caps and concurrent campaigns (threads): every reserved
     message goes to a consenting, unsuppressed customer, and no customer exceeds a cap."""
     ws = env.ws.workspace_id

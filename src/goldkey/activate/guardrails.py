@@ -24,7 +24,6 @@ never both pass the same customer's cap.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -38,12 +37,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import InvalidInput
 from goldkey.core.ids import new_ids
-from goldkey.govern.consent import CHANNELS
-from goldkey.store.operational import consents, messages, profiles, send_counters, send_policies, suppressions
+from goldkey.govern.consent import CHANNELS, latest_decision
+from goldkey.store.operational import messages, profiles, send_counters, send_policies, suppressions
 from goldkey.store.upsert import upsert
 
-CHUNK = 5000  # profiles per query / per reservation transaction (well under SQLite's 32766 parameters)
+CHUNK = 5000  # profiles per IN (...) list (well under SQLite's 32766 parameters)
+GUARD_CHUNK = 20_000  # profiles per guardrail query / per reservation transaction (the workspace lock's hold)
 OVERALL = "*"
+
+# The audience of one query, per connection: a temporary table joined by the guardrail and address
+# queries, so a chunk is one set-based query instead of IN lists of thousands of bound parameters.
+AUDIENCE = sa.Table("gk_audience", sa.MetaData(), sa.Column("profile_id", sa.String(40), primary_key=True),
+                    prefixes=["TEMPORARY"])
+
+
+def fill_audience(c: sa.Connection, ids: Sequence[str]) -> sa.Table:
+    """Put ``ids`` (distinct) in the connection's temporary ``gk_audience`` table, created on first use
+    (SQLite and PostgreSQL temporary tables are private to their connection)."""
+    c.execute(sa.text("CREATE TEMPORARY TABLE IF NOT EXISTS gk_audience (profile_id VARCHAR(40) PRIMARY KEY)"))
+    c.execute(AUDIENCE.delete())
+    if ids:  # straight DBAPI executemany of 1-tuples: SQLAlchemy's per-row parameter handling costs 5x more
+        mark = "?" if c.dialect.paramstyle == "qmark" else "%s"
+        c.exec_driver_sql(f"INSERT INTO gk_audience (profile_id) VALUES ({mark})", [(p,) for p in ids])
+    return AUDIENCE
+
+
+def json_text(dialect: str, column: Any, key: str) -> Any:
+    """``column`` (JSON text) -> the text of its top-level ``key``, on SQLite or PostgreSQL."""
+    if dialect == "postgresql":
+        return sa.cast(column, sa.JSON)[key].as_string()
+    return sa.func.json_extract(column, f"$.{key}")
 
 
 class Cap(BaseModel):
@@ -149,7 +172,7 @@ def parse_policy(data: Any) -> SendPolicy:
         raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or "policy") from None
 
 
-def _chunks(ids: Sequence[str], n: int = CHUNK) -> Iterator[list[str]]:
+def _chunks(ids: Sequence[str], n: int = GUARD_CHUNK) -> Iterator[list[str]]:
     for i in range(0, len(ids), n):
         yield list(ids[i : i + n])
 
@@ -275,42 +298,62 @@ class Guardrails:
     def _check_chunk(self, c: sa.Connection, pol: SendPolicy, ws: str, channel: str, purpose: str,
                      ids: list[str], message_key: str, now: datetime) -> Verdict:
         out = Verdict()
-        live = self._live_timezones(c, ws, ids)
-        supp = self._suppressed(c, ws, channel, ids, now)
-        consent = self.latest_consents(c, ws, channel, purpose, ids)
-        dup = self._already_sent(c, ws, message_key, ids)
         exempt = purpose in pol.exempt_purposes
-        counts = {} if exempt else self._counts(c, pol, ws, ids, now)
         ws_tz = ZoneInfo(pol.timezone)
         today = now.astimezone(ws_tz).date()
+        fill_audience(c, ids)
+        q = self._facts_query(c.dialect.name, ws, channel, purpose, message_key, today, now)
+        rows = {r[0]: r for r in c.execute(q)}
+        quiet: dict[ZoneInfo, datetime | None] = {}  # the end of the quiet window depends on the zone only
         for pid in ids:
-            if pid not in live:
+            r = rows.get(pid)
+            if r is None or not r.live:
                 out.suppressed[pid] = "not a live profile (unknown, or merged into another)"
-            elif pid in supp:
-                out.suppressed[pid] = f"suppressed: {supp[pid]}"
-            elif consent.get(pid) != "granted":
-                out.suppressed[pid] = (f"opted out of {channel}/{purpose}" if consent.get(pid) == "denied"
+            elif r.suppressed is not None:
+                out.suppressed[pid] = f"suppressed: {r.suppressed}"
+            elif r.consent != "granted":
+                out.suppressed[pid] = (f"opted out of {channel}/{purpose}" if r.consent == "denied"
                                        else f"no consent for {channel}/{purpose}")
-            elif pid in dup:
+            elif r.dup:
                 out.suppressed[pid] = f"duplicate: message {message_key!r} already sent"
-            elif not exempt and (why := self._capped(pol, channel, counts.get(pid), today)):
+            elif not exempt and (why := self._capped(pol, channel, (r.day_ch, r.day_all, r.week_ch, r.week_all))):
                 out.suppressed[pid] = why
             elif not exempt and pol.quiet_hours is not None and (
-                    until := self._quiet_until(pol.quiet_hours, now, self._tz(live[pid]) or ws_tz)):
+                    until := self._quiet(quiet, pol.quiet_hours, now, self._tz(r.tz) or ws_tz)):
                 out.deferred[pid] = until
             else:
                 out.allowed.append(pid)
         return out
 
-    def _live_timezones(self, c: sa.Connection, ws: str, ids: list[str]) -> dict[str, str | None]:
-        p = profiles.c
-        if c.dialect.name == "postgresql":
-            tz = sa.cast(p.attributes, sa.JSON)["timezone"].as_string()
-        else:
-            tz = sa.func.json_extract(p.attributes, "$.timezone")
-        rows = c.execute(sa.select(p.profile_id, tz).where(
-            p.workspace_id == ws, p.profile_id.in_(ids), p.merged_into.is_(None))).all()
-        return {r[0]: r[1] for r in rows}
+    @staticmethod
+    def _facts_query(dialect: str, ws: str, channel: str, purpose: str, message_key: str, today: date,
+                     now: datetime) -> Any:
+        """One row per audience member (the temporary ``gk_audience`` table): whether the profile is
+        live, its time zone, an active suppression's reason, the latest consent decision, whether
+        ``message_key`` already went to it, and its send counts today / this week on ``channel``
+        and on every channel. Correlated subqueries on indexed keys: no per-customer round trip."""
+        a, p, s, m, k = AUDIENCE.c, profiles.c, suppressions.c, messages.c, send_counters.c
+        tz = json_text(dialect, p.attributes, "timezone")
+        supp = (sa.select(s.reason).where(s.workspace_id == ws, s.profile_id == a.profile_id,
+                                          s.channel.in_([channel, OVERALL]),
+                                          sa.or_(s.expires_at.is_(None), s.expires_at > now))
+                .limit(1).scalar_subquery())
+        dup = sa.exists().where(m.workspace_id == ws, m.message_key == message_key, m.profile_id == a.profile_id)
+        start = week_start(today)
+
+        def count(*where: Any) -> Any:
+            return sa.func.coalesce(sa.select(sa.func.sum(k.count)).where(
+                k.workspace_id == ws, k.profile_id == a.profile_id, *where).scalar_subquery(), 0)
+
+        return (sa.select(a.profile_id, p.profile_id.is_not(None).label("live"), tz.label("tz"),
+                          supp.label("suppressed"),
+                          latest_decision(channel, purpose, a.profile_id).label("consent"), dup.label("dup"),
+                          count(k.channel == channel, k.day == today).label("day_ch"),
+                          count(k.day == today).label("day_all"),
+                          count(k.channel == channel, k.day >= start, k.day <= today).label("week_ch"),
+                          count(k.day >= start, k.day <= today).label("week_all"))
+                .select_from(AUDIENCE.outerjoin(profiles, sa.and_(p.profile_id == a.profile_id, p.workspace_id == ws,
+                                                                  p.merged_into.is_(None)))))
 
     def _tz(self, name: str | None) -> ZoneInfo | None:
         if not name or not isinstance(name, str):
@@ -323,64 +366,34 @@ class Guardrails:
         return self._tz_cache[name]
 
     @staticmethod
-    def _suppressed(c: sa.Connection, ws: str, channel: str, ids: list[str], now: datetime) -> dict[str, str]:
-        s = suppressions.c
-        rows = c.execute(sa.select(s.profile_id, s.reason, s.expires_at).where(
-            s.workspace_id == ws, s.profile_id.in_(ids), s.channel.in_([channel, OVERALL]))).all()
-        return {r.profile_id: r.reason for r in rows if r.expires_at is None or as_utc(r.expires_at) > now}
-
-    @staticmethod
     def latest_consents(c: sa.Connection, ws: str, channel: str, purpose: str, ids: list[str]) -> dict[str, str]:
         """``{live profile id: granted | denied}``: the latest decision across every profile merged
-        into it (a denial wins a tie); profiles without any decision are absent."""
-        k, p = consents.c, profiles.c
-        rows = c.execute(sa.select(p.canonical_id, k.status, k.updated_at)
-                         .join(profiles, p.profile_id == k.profile_id)
-                         .where(k.workspace_id == ws, k.channel == channel, k.purpose == purpose,
-                                p.canonical_id.in_(ids))).all()
-        latest: dict[str, tuple[datetime, str]] = {}
-        for cid, status, at in rows:
-            at = as_utc(at)
-            prev = latest.get(cid)
-            if prev is None or at > prev[0] or (at == prev[0] and status == "denied"):
-                latest[cid] = (at, status)
-        return {cid: st for cid, (_, st) in latest.items()}
+        into it (``govern.consent.latest_decision``); profiles without any decision are absent."""
+        fill_audience(c, ids)
+        q = sa.select(AUDIENCE.c.profile_id, latest_decision(channel, purpose, AUDIENCE.c.profile_id))
+        return {pid: st for pid, st in c.execute(q) if st is not None}
 
     @staticmethod
-    def _already_sent(c: sa.Connection, ws: str, message_key: str, ids: list[str]) -> set[str]:
-        m = messages.c
-        return set(c.execute(sa.select(m.profile_id).where(
-            m.workspace_id == ws, m.message_key == message_key, m.profile_id.in_(ids))).scalars())
-
-    @staticmethod
-    def _counts(c: sa.Connection, pol: SendPolicy, ws: str, ids: list[str],
-                now: datetime) -> dict[str, dict[tuple[str, date], int]]:
-        start = week_start(now.astimezone(ZoneInfo(pol.timezone)).date())
-        k = send_counters.c
-        out: dict[str, dict[tuple[str, date], int]] = defaultdict(dict)
-        for pid, ch, day, n in c.execute(sa.select(k.profile_id, k.channel, k.day, k.count).where(
-                k.workspace_id == ws, k.profile_id.in_(ids), k.day >= start)):
-            out[pid][(ch, day)] = n
-        return out
-
-    @staticmethod
-    def _capped(pol: SendPolicy, channel: str, counts: dict[tuple[str, date], int] | None, today: date) -> str | None:
-        if not counts:
-            counts = {}
-        start = week_start(today)
-        for key in (channel, OVERALL):
+    def _capped(pol: SendPolicy, channel: str, n: tuple[int, int, int, int]) -> str | None:
+        """The cap ``n`` = (today on channel, today overall, this week on channel, this week overall)
+        reaches, as a reason; None when under every cap."""
+        day_ch, day_all, week_ch, week_all = n
+        for key, day_n, week_n in ((channel, day_ch, week_ch), (OVERALL, day_all, week_all)):
             cap = pol.caps.get(key)
             if cap is None:
                 continue
-            rel = [(d, n) for (ch, d), n in counts.items() if key == OVERALL or ch == key]
-            day_n = sum(n for d, n in rel if d == today)
-            week_n = sum(n for d, n in rel if start <= d <= today)
             label = "all channels" if key == OVERALL else key
             if cap.day is not None and day_n >= cap.day:
                 return f"frequency cap: {label} {day_n}/{cap.day} today"
             if cap.week is not None and week_n >= cap.week:
                 return f"frequency cap: {label} {week_n}/{cap.week} this week"
         return None
+
+    def _quiet(self, cache: dict[ZoneInfo, datetime | None], q: QuietHours, now: datetime,
+               tz: ZoneInfo) -> datetime | None:
+        if tz not in cache:
+            cache[tz] = self._quiet_until(q, now, tz)
+        return cache[tz]
 
     @staticmethod
     def _quiet_until(q: QuietHours, now: datetime, tz: ZoneInfo) -> datetime | None:
@@ -398,21 +411,25 @@ class Guardrails:
     @staticmethod
     def _claim(c: sa.Connection, pol: SendPolicy, ws: str, channel: str, purpose: str, message_key: str,
                spec: SendSpec, ids: dict[str, str], now: datetime) -> None:
-        c.execute(messages.insert(), [
-            {"message_id": mid, "workspace_id": ws, "profile_id": pid, "channel_id": spec.channel_id,
-             "channel": channel, "purpose": purpose, "message_key": message_key, "ref": spec.ref,
-             "template_id": spec.template_id, "status": "queued", "attempts": 0,
-             "address": spec.addresses.get(pid), "created_at": now, "updated_at": now}
-            for pid, mid in ids.items()])
+        """Insert the ``queued`` rows and count the sends: straight DBAPI ``executemany`` of tuples for
+        the rows (SQLAlchemy's per-row parameter handling was most of a 1M reservation), then one
+        ``INSERT ... SELECT ... ON CONFLICT`` over the audience table for the counters."""
+        mark = "?" if c.dialect.paramstyle == "qmark" else "%s"
+        to_db = sa.DateTime(timezone=True).bind_processor(c.dialect)
+        at = to_db(now) if to_db else now
+        cols = ("message_id", "workspace_id", "profile_id", "channel_id", "channel", "purpose", "message_key", "ref",
+                "template_id", "status", "attempts", "address", "created_at", "updated_at")
+        c.exec_driver_sql(
+            f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})",
+            [(mid, ws, pid, spec.channel_id, channel, purpose, message_key, spec.ref, spec.template_id, "queued", 0,
+              spec.addresses.get(pid), at, at) for pid, mid in ids.items()])
         if purpose in pol.exempt_purposes:
             return
-        if c.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+        fill_audience(c, list(ids))
         day = now.astimezone(ZoneInfo(pol.timezone)).date()
-        stmt = insert(send_counters)
-        stmt = stmt.on_conflict_do_update(index_elements=["workspace_id", "profile_id", "channel", "day"],
-                                          set_={"count": send_counters.c.count + stmt.excluded.count})
-        c.execute(stmt, [{"workspace_id": ws, "profile_id": pid, "channel": channel, "day": day, "count": 1}
-                         for pid in ids])
+        # "WHERE true": SQLite needs it to read ON CONFLICT after INSERT ... SELECT
+        c.execute(sa.text(
+            "INSERT INTO send_counters (workspace_id, profile_id, channel, day, count) "
+            "SELECT :ws, profile_id, :channel, :day, 1 FROM gk_audience WHERE true "
+            "ON CONFLICT (workspace_id, profile_id, channel, day) DO UPDATE SET count = send_counters.count + 1"
+        ).bindparams(sa.bindparam("day", type_=sa.Date)), {"ws": ws, "channel": channel, "day": day})

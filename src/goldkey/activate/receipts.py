@@ -5,9 +5,15 @@ Provider receipts (``POST /api/v1/receipts/{channel_id}``) are parsed and verifi
 opens (``/t/o/{token}.gif``), clicks (``/t/c/{token}``) and unsubscribes (``/t/u/{token}``) carry a
 token signed by ``activate.keys`` that names the message, so nobody can act on someone else's. Each
 becomes an event in the same event log, on the message's profile: ``Message Delivered``,
-``Message Delivery Failed``, ``Message Opened`` (first open only), ``Link Clicked`` (every click),
-``Message Replied``, ``Unsubscribed`` -- and an unsubscribe withdraws the consent for the message's
-channel and purpose (``govern.consent.set_consent``, audited).
+``Message Failed`` (``stage: "delivery"``; the sender's own failures carry ``stage: "send"``),
+``Message Opened`` (first open only), ``Link Clicked`` (every click), ``Message Replied``,
+``Unsubscribed`` -- and an unsubscribe withdraws the consent for the message's channel and purpose
+(``govern.consent.set_consent``, audited).
+
+A reply carries no message id: it is matched by the sender's address (the channel's identifier
+type, e.g. the phone) to the customer and the latest message this channel sent them. A reply that
+is an opt-out keyword (``TD``/``T``/``退订`` as Chinese SMS rules require, Twilio's ``STOP``,
+``STOPALL``, ``UNSUBSCRIBE``, ``CANCEL``, ``END``, ``QUIT``) also unsubscribes the customer.
 """
 
 from __future__ import annotations
@@ -22,10 +28,20 @@ from goldkey.activate.sender import Sender
 from goldkey.core.clock import utcnow
 from goldkey.core.errors import NotFound
 from goldkey.govern.consent import set_consent
-from goldkey.store.operational import messages
+from goldkey.store.operational import identities, messages, profiles
 
-_EVENT = {"delivered": "Message Delivered", "failed": "Message Delivery Failed", "opened": "Message Opened",
+_EVENT = {"delivered": "Message Delivered", "failed": "Message Failed", "opened": "Message Opened",
           "clicked": "Link Clicked", "replied": "Message Replied", "unsubscribed": "Unsubscribed"}
+OPT_OUT = {"TD", "T", "退订", "退", "取消订阅", "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"}
+
+
+def is_opt_out(text: str | None) -> bool:
+    """Whether a reply asks to stop the messages (the whole reply is a keyword, any case, spaces or
+    trailing punctuation ignored)."""
+    if not text:
+        return False
+    word = text.strip().strip("。.!！ ").upper().replace(" ", "")
+    return word in OPT_OUT
 
 
 class Receipts:
@@ -48,19 +64,27 @@ class Receipts:
         ch = self.sender.channels.open(ws, channel_id)
         matched = unmatched = 0
         for rc in ch.parse_receipts(body, headers, query):
-            row = self._match(ws, channel_id, rc)
+            row = self._match(ws, channel_id, ch.address_type, rc)
             if row is None:
                 unmatched += 1
                 continue
             matched += 1
             self.record(row, rc)
+            if rc.status == "replied" and is_opt_out(rc.text):
+                self.record(row, Receipt("unsubscribed", message_id=row.message_id, reason=f"replied {rc.text!r}"))
         return {"matched": matched, "unmatched": unmatched}
 
-    def _match(self, ws: str, channel_id: str, rc: Receipt) -> Any:
+    def _match(self, ws: str, channel_id: str, address_type: str, rc: Receipt) -> Any:
         m = messages.c
         q = sa.select(messages).where(m.workspace_id == ws, m.channel_id == channel_id)
         if rc.message_id:
             q = q.where(m.message_id == rc.message_id)
+        elif rc.status == "replied" and rc.from_address:
+            i, p = identities.c, profiles.c
+            customer = (sa.select(p.canonical_id).join(identities, i.profile_id == p.profile_id)
+                        .where(i.workspace_id == ws, i.id_type == address_type, i.id_value == rc.from_address)
+                        .scalar_subquery())
+            q = q.where(m.profile_id.in_(sa.select(customer))).order_by(m.created_at.desc()).limit(1)
         elif rc.provider_message_id:
             q = q.where(m.provider_message_id == rc.provider_message_id)
         else:
@@ -92,6 +116,8 @@ class Receipts:
             return False
         props: dict[str, Any] = {"message_id": row.message_id, "channel_id": row.channel_id,
                                  "channel": row.channel, "ref": row.ref, "purpose": row.purpose}
+        if rc.status == "failed":
+            props["stage"] = "delivery"
         if rc.reason:
             props["reason"] = rc.reason
         if rc.text:

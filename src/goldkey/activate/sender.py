@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from goldkey.activate.channel_store import ChannelStore
 from goldkey.activate.channels.base import Channel, OutboundMessage, SendResult
-from goldkey.activate.guardrails import CHUNK, Guardrails, SendSpec
+from goldkey.activate.guardrails import AUDIENCE, GUARD_CHUNK, Guardrails, SendSpec, fill_audience, json_text
 from goldkey.activate.keys import Keys, load_or_create_key
 from goldkey.activate.templates import CompiledTemplate, Rendered, RenderError
 from goldkey.audience.common import emit_events, load_profile_values
@@ -146,27 +146,30 @@ def mask(address: str | None) -> str | None:
 
 def load_addresses(engine: sa.Engine, ws: str, profile_ids: Sequence[str], address_type: str) -> dict[str, str]:
     """``{profile_id: address}``: the profile's ``address_type`` identifier (the smallest value when it
-    holds several), else ``attributes.<address_type>``; ``profile_id`` addresses the profile itself."""
+    holds several), else ``attributes.<address_type>``; ``profile_id`` addresses the profile itself.
+    One set-based query per chunk through the connection's temporary audience table."""
+    ids = list(dict.fromkeys(profile_ids))
     if address_type == "profile_id":
-        return {p: p for p in profile_ids}
+        return {p: p for p in ids}
     out: dict[str, str] = {}
-    i = identities.c
+    a, i, p = AUDIENCE.c, identities.c, profiles.c
+    # ``workspace_id || ''`` keeps the identities key out of the plan: SQLite (no statistics on the
+    # temporary table) would otherwise walk the workspace's whole (workspace, id_type, value) key
+    # range for every customer instead of looking the profile up in ix_identities_profile
+    ident = sa.select(sa.func.min(i.id_value)).where(i.profile_id == a.profile_id, i.workspace_id.concat("") == ws,
+                                                     i.id_type == address_type).scalar_subquery()
     with engine.connect() as c:
-        for k in range(0, len(profile_ids), CHUNK):
-            chunk = list(profile_ids[k : k + CHUNK])
-            for pid, value in c.execute(sa.select(i.profile_id, sa.func.min(i.id_value)).where(
-                    i.workspace_id == ws, i.id_type == address_type, i.profile_id.in_(chunk)).group_by(i.profile_id)):
-                out[pid] = value
-            missing = [p for p in chunk if p not in out]
-            if missing:
-                if c.dialect.name == "postgresql":
-                    attr = sa.cast(profiles.c.attributes, sa.JSON)[address_type].as_string()
-                else:
-                    attr = sa.func.json_extract(profiles.c.attributes, f"$.{address_type}")
-                for pid, value in c.execute(sa.select(profiles.c.profile_id, attr).where(
-                        profiles.c.workspace_id == ws, profiles.c.profile_id.in_(missing))):
-                    if isinstance(value, str) and value.strip():
-                        out[pid] = value.strip()
+        q = (sa.select(a.profile_id, ident, json_text(c.dialect.name, p.attributes, address_type))
+             .select_from(AUDIENCE.outerjoin(profiles, sa.and_(p.profile_id == a.profile_id,
+                                                                p.workspace_id == ws))))
+        for k in range(0, len(ids), GUARD_CHUNK):
+            fill_audience(c, ids[k : k + GUARD_CHUNK])
+            for pid, identity, attr in c.execute(q):
+                if identity:
+                    out[pid] = identity
+                elif isinstance(attr, str) and attr.strip():
+                    out[pid] = attr.strip()
+        c.rollback()
     return out
 
 
@@ -357,7 +360,8 @@ class Sender:
                 events.append((r.profile_id, "Message Sent", {**props, "cost": cost,
                                                               "currency": ch.config.currency}))
             else:
-                events.append((r.profile_id, "Message Failed", {**props, "reason": res.reason, "status": status}))
+                events.append((r.profile_id, "Message Failed", {**props, "reason": res.reason, "status": status,
+                                                               "stage": "send"}))
         m = messages.c
         with self.engine.begin() as c:
             c.execute(messages.update().where(m.message_id == sa.bindparam("mid")).values(

@@ -1,7 +1,7 @@
 """Activation API: channels (credentials write-only), send policy, suppressions, the message log,
 provider receipts, and the public tracking endpoints (open pixel, click redirect, unsubscribe).
 
-Not yet mounted by ``goldkey.app``: add ``activate`` to the router tuple. Admin routes take an
+Admin routes take an
 admin token; ``/t/...`` are public and authorised by their signed token alone; receipts are
 authorised by the provider's signature (``Channel.parse_receipts``).
 """
@@ -9,10 +9,12 @@ authorised by the provider's signature (``Channel.parse_receipts``).
 from __future__ import annotations
 
 import base64
+from dataclasses import asdict
 from datetime import datetime
 from html import escape
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -23,11 +25,12 @@ from goldkey.activate.receipts import Receipts
 from goldkey.activate.sender import Sender
 from goldkey.api.deps import GK, Admin
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import NotFound
+from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.store.operational import messages
 
 router = APIRouter(tags=["activation"])
 
+MESSAGE_STATUSES = ("queued", "sending", "sent", "delivered", "failed", "dead")
 _GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
 
@@ -119,7 +122,10 @@ async def add_suppressions(body: SuppressionCreate, gk: GK, cred: Admin) -> dict
 @router.get("/api/v1/messages")
 async def list_messages(gk: GK, cred: Admin, profile_id: str | None = None, status: str | None = None,
                         ref: str | None = None, limit: int = 100) -> dict[str, Any]:
-    """The message log, newest first (addresses masked)."""
+    """The message log, newest first (addresses masked). ``status=dead`` lists the dead letters:
+    messages of dead-letter channels (webhook, push) that failed after every retry, with the reason."""
+    if status is not None and status not in MESSAGE_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(MESSAGE_STATUSES)}", field="status")
     m = messages.c
     q = sa.select(m.message_id, m.profile_id, m.channel_id, m.channel, m.purpose, m.message_key, m.ref,
                   m.template_id, m.status, m.reason, m.attempts, m.cost, m.address, m.created_at, m.sent_at,
@@ -141,9 +147,40 @@ async def list_messages(gk: GK, cred: Admin, profile_id: str | None = None, stat
     return {"messages": out}
 
 
+@router.get("/api/v1/messages/{message_id}")
+async def get_message(message_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
+    """One message of the log; a dead letter includes the payload a re-drive sends again."""
+    m = messages.c
+    with gk.engine.connect() as c:
+        row = c.execute(sa.select(messages).where(m.workspace_id == cred.workspace_id,
+                                                  m.message_id == message_id)).first()
+    if row is None:
+        raise NotFound(f"message {message_id!r} not found")
+    d = {k: v for k, v in row._mapping.items() if k not in ("claim", "workspace_id")}
+    for k in ("created_at", "sent_at", "delivered_at", "opened_at", "clicked_at", "updated_at"):
+        d[k] = to_iso(d[k])
+    d["payload"] = orjson.loads(d["payload"]) if d["payload"] else None
+    if d["payload"]:  # the log shows masked addresses only
+        d["payload"]["to"] = d["address"]
+    return d
+
+
+class Redrive(BaseModel):
+    message_ids: list[str] = Field(min_length=1, max_length=10_000)
+
+
+@router.post("/api/v1/messages/redrive")
+async def redrive(body: Redrive, gk: GK, cred: Admin) -> dict[str, Any]:
+    """Send dead-lettered messages again from their stored payload (each at most once more)."""
+    sender, _ = activation(gk)
+    rep = await run_in_threadpool(sender.redrive, cred.workspace_id, body.message_ids)
+    return asdict(rep)
+
+
 @router.post("/api/v1/receipts/{channel_id}")
-async def provider_receipt(channel_id: str, request: Request, gk: GK) -> dict[str, int]:
-    """A provider's delivery-receipt callback, verified by the provider's signature."""
+async def provider_receipt(channel_id: str, request: Request, gk: GK) -> dict[str, Any]:
+    """A provider's delivery-receipt or reply callback, verified by the provider's signature.
+    Answers ``{"code": 0, "msg": "ok", ...}`` (the acknowledgement Aliyun's push expects)."""
     _, receipts = activation(gk)
     from goldkey.store.operational import channels
 
@@ -152,8 +189,9 @@ async def provider_receipt(channel_id: str, request: Request, gk: GK) -> dict[st
     if ws is None:
         raise NotFound(f"channel {channel_id!r} not found")
     body = await request.body()
-    return await run_in_threadpool(receipts.provider, ws, channel_id, body, dict(request.headers),
-                                   dict(request.query_params))
+    counts = await run_in_threadpool(receipts.provider, ws, channel_id, body, dict(request.headers),
+                                     dict(request.query_params))
+    return {"code": 0, "msg": "ok", **counts}
 
 
 @router.get("/t/o/{token}.gif", include_in_schema=False)

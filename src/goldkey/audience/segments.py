@@ -35,13 +35,13 @@ from goldkey.audience.facts import FactsCache
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
 from goldkey.core.ids import new_id
+from goldkey.govern.consent import latest_decision
 from goldkey.rules.memory import compile_rule
 from goldkey.rules.model import parse_rule, rule_to_json
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import (
     audit_log,
-    consents,
     identities,
     profiles,
     segment_members,
@@ -356,34 +356,23 @@ class SegmentService:
     def export_rows(self, ws: str, sid: str, *, kind: str = "csv", mask: bool = True) -> list[list[Any]]:
         """Rows of an export, header first. ``csv``: every member with name, phone, e-mail.
         ``call_list``: only members whose latest ``call`` decision for marketing, across every
-        profile merged into them, is granted (a denial wins a tie) and who have a phone; the phone
+        profile merged into them, is granted (``govern.consent.latest_decision``, the rule the send
+        guardrails and the call-list channel apply) and who have a phone; the phone
         shown in full or masked (``mask``). Read in one go, so a download holds no connection."""
         if kind not in ("csv", "call_list"):
             raise InvalidInput("export kind must be csv or call_list", field="kind")
         self._row(ws, sid)
         show = mask_phone if mask else (lambda p: p)
         ph = identities.alias("ph")
-        q = (sa.select(M.profile_id, profiles.c.attributes, ph.c.id_value.label("phone"))
+        call_list = kind == "call_list"
+        consent = (latest_decision("call", "marketing", M.profile_id) if call_list else sa.null()).label("consent")
+        q = (sa.select(M.profile_id, profiles.c.attributes, ph.c.id_value.label("phone"), consent)
              .join(profiles, profiles.c.profile_id == M.profile_id)
              .outerjoin(ph, sa.and_(ph.c.workspace_id == ws, ph.c.profile_id == M.profile_id, ph.c.id_type == "phone"))
              .where(M.workspace_id == ws, M.segment_id == sid, profiles.c.merged_into.is_(None))
              .order_by(M.profile_id, ph.c.id_value))
         with self.engine.connect() as c:
             found = c.execute(q).all()
-            granted: set[str] | None = None
-            if kind == "call_list":
-                granted = set()
-                latest: dict[str, tuple[Any, str]] = {}
-                rows = c.execute(
-                    sa.select(profiles.c.canonical_id, consents.c.status, consents.c.updated_at)
-                    .join(profiles, profiles.c.profile_id == consents.c.profile_id)
-                    .where(consents.c.workspace_id == ws, consents.c.channel == "call",
-                           consents.c.purpose == "marketing"))
-                for cid, status, at in rows:
-                    prev = latest.get(cid)
-                    if prev is None or at > prev[0] or (at == prev[0] and status == "denied"):
-                        latest[cid] = (at, status)
-                granted = {cid for cid, (_, status) in latest.items() if status == "granted"}
         out: list[list[Any]] = [["profile_id", "name", "phone", "city", "member_tier"] if kind == "call_list"
                                 else ["profile_id", "name", "phone", "email", "city"]]
         seen: set[str] = set()
@@ -392,8 +381,8 @@ class SegmentService:
                 continue
             seen.add(r.profile_id)
             a = orjson.loads(r.attributes)
-            if granted is not None:
-                if r.profile_id not in granted or not r.phone:
+            if call_list:
+                if r.consent != "granted" or not r.phone:
                     continue
                 out.append([r.profile_id, a.get("name"), show(r.phone), a.get("city"), a.get("member_tier")])
             else:

@@ -54,3 +54,24 @@ def has_consent(conn: sa.Connection, ws: str, profile_id: str, channel: str, pur
     r = conn.execute(sa.select(c.status).where(c.workspace_id == ws, c.profile_id == profile_id,
                                                c.channel == channel, c.purpose == purpose)).first()
     return r is not None and r.status == "granted"
+
+
+def latest_decision(channel: str, purpose: str, customer: Any) -> Any:
+    """A correlated SQL expression: the customer's latest ``channel``/``purpose`` decision
+    (``'granted'``, ``'denied'`` or NULL when none) across every profile merged into ``customer``
+    (a column holding a live profile id). The latest ``updated_at`` wins and a denial wins a tie.
+
+    The one definition of "may we contact this customer": the send guardrails
+    (``activate.guardrails``) and the segments' call-list export both use it, in set-based queries
+    (one subquery per row, served by ``ix_profiles_canonical`` and the consents key)."""
+    merged = profiles.alias("merged")
+    k, m = consents.c, merged.c
+    denied_first = sa.case((k.status == "denied", 0), else_=1)
+    return (sa.select(k.status)
+            .select_from(consents.join(merged, m.profile_id == k.profile_id))
+            # profile ids are unique across workspaces, so the workspace is matched through the merged
+            # profile rather than as a constant: the planner (SQLite keeps no statistics here) then walks
+            # from the customer to its merged profiles (ix_profiles_canonical), then their consent rows
+            .where(m.canonical_id == customer, k.workspace_id == m.workspace_id,
+                   k.channel == channel, k.purpose == purpose)
+            .order_by(k.updated_at.desc(), denied_first).limit(1).scalar_subquery())

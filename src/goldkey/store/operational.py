@@ -451,3 +451,151 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+# -- campaigns and triggers (activate/campaigns.py, activate/triggers.py; migration 0005) --------------
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("campaign_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("definition", sa.Text, nullable=False),  # JSON of activate.campaigns.CampaignDefinition
+    sa.Column("status", sa.String(20), nullable=False),  # draft|scheduled|running|paused|done|cancelled|failed
+    sa.Column("run", sa.Integer, nullable=False, server_default="0"),  # the current (or last) run
+    sa.Column("next_run_at", TS),  # when the scheduler starts (or resumes) the next run
+    sa.Column("error", sa.Text),
+    sa.Column("created_by", sa.String(100), nullable=False, server_default="api"),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("workspace_id", "name", name="uq_campaigns_name"),
+    sa.Index("ix_campaigns_due", "status", "next_run_at"),
+)
+
+campaign_runs = sa.Table(
+    "campaign_runs",
+    metadata,
+    sa.Column("campaign_id", sa.String(40), primary_key=True),
+    sa.Column("run", sa.Integer, primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # running | done | cancelled | failed
+    sa.Column("started_at", TS, nullable=False),  # the attribution clock of the run's holdout
+    sa.Column("finished_at", TS),
+    sa.Column("targeted", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("unmatched", sa.Integer, nullable=False, server_default="0"),  # uploaded identifiers not found
+)
+
+campaign_members = sa.Table(
+    "campaign_members",
+    metadata,
+    sa.Column("campaign_id", sa.String(40), primary_key=True),
+    sa.Column("run", sa.Integer, primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("arm", sa.String(40), nullable=False),  # a variant key, or "holdout"
+    # holdout | pending | queued (message reserved) | suppressed | deferred (quiet hours) | cancelled
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("reason", sa.String(300)),
+    sa.Column("message_id", sa.String(40)),
+    sa.Column("retry_at", TS),
+    sa.Index("ix_campaign_members_status", "campaign_id", "run", "status"),
+)
+
+triggers = sa.Table(
+    "triggers",
+    metadata,
+    sa.Column("trigger_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # realtime | after_event | date
+    sa.Column("definition", sa.Text, nullable=False),  # JSON of activate.triggers.TriggerDefinition
+    sa.Column("status", sa.String(20), nullable=False),  # active | paused
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("workspace_id", "name", name="uq_triggers_name"),
+)
+
+trigger_firings = sa.Table(
+    "trigger_firings",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("trigger_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("window_key", sa.String(40), primary_key=True),  # at most once per customer and window
+    sa.Column("fired_at", TS, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # queued | suppressed | deferred | failed
+    sa.Column("reason", sa.String(300)),
+    sa.Column("message_id", sa.String(40)),
+    sa.Column("latency_ms", sa.Float),  # event committed -> message queued (real-time triggers)
+    sa.Column("retry_at", TS),  # deferred by quiet hours: when to send
+    sa.Index("ix_trigger_firings_time", "trigger_id", "fired_at"),
+)
+
+
+# -- journeys (activate/journeys.py, activate/journey_engine.py; migration 0006) ------------------------
+journeys = sa.Table(
+    "journeys",
+    metadata,
+    sa.Column("journey_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("draft", sa.Text, nullable=False),  # JSON of activate.journeys.JourneyDefinition (editable)
+    sa.Column("status", sa.String(20), nullable=False),  # draft | active | paused
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),  # the published version; 0 = none
+    sa.Column("entry_cursor", TS),  # segment / trigger entries: the last entry time already admitted
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.UniqueConstraint("workspace_id", "name", name="uq_journeys_name"),
+    sa.Index("ix_journeys_status", "status"),
+)
+
+journey_versions = sa.Table(
+    "journey_versions",
+    metadata,
+    sa.Column("journey_id", sa.String(40), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("definition", sa.Text, nullable=False),  # immutable once published
+    sa.Column("published_by", sa.String(100), nullable=False, server_default="api"),
+    sa.Column("published_at", TS, nullable=False),
+)
+
+journey_states = sa.Table(
+    "journey_states",
+    metadata,
+    sa.Column("journey_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("entry", sa.Integer, nullable=False),  # 1 for the first entry, 2 after a re-entry ...
+    sa.Column("step", sa.Integer, nullable=False),  # steps taken in this entry: the idempotency counter
+    sa.Column("node_id", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # active | waiting | exited | converted
+    sa.Column("signal", sa.String(20)),  # what ended a wait early: "event"
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),  # failed tries of the current step
+    sa.Column("entered_at", TS, nullable=False),
+    sa.Column("wake_at", TS),  # when the current node is due (null: waiting for an event only)
+    sa.Column("finished_at", TS),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_journey_states_due", "status", "wake_at"),
+    sa.Index("ix_journey_states_profile", "workspace_id", "profile_id"),
+    sa.Index("ix_journey_states_node", "journey_id", "node_id", "status"),
+)
+
+journey_steps = sa.Table(
+    "journey_steps",
+    metadata,
+    sa.Column("journey_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("entry", sa.Integer, primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),  # (journey, profile, entry, step): a step happens once
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("node_id", sa.String(100), nullable=False),
+    sa.Column("node_type", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # done | running (an effect claimed, not yet recorded)
+    sa.Column("outcome", sa.String(300), nullable=False),  # entered | yes | no | <branch> | sent | suppressed: ...
+    sa.Column("next_node", sa.String(100)),
+    sa.Column("at", TS, nullable=False),
+    sa.Index("ix_journey_steps_node", "journey_id", "node_id"),
+)

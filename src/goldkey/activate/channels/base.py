@@ -92,6 +92,7 @@ class Receipt:
     at: datetime | None = None
     reason: str | None = None
     text: str | None = None  # a reply's text
+    from_address: str | None = None  # who replied (inbound messages carry no message id)
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,9 @@ class Channel(ABC):
     secret_fields: ClassVar[tuple[str, ...]] = ()  # required secrets
     optional_secret_fields: ClassVar[tuple[str, ...]] = ()
     # the provider drops a repeated request with the same message id, so a timed-out request may be
-    # retried without risking a second delivery
-    deduplicates_by_message_id: ClassVar[bool] = False
+    # retried without risking a second delivery (a class default; webhook-style channels set it per
+    # instance from their ``receiver_deduplicates`` setting)
+    deduplicates_by_message_id: bool = False
     # provider-side templates: the message is the provider template id + parameters, not our text
     uses_provider_template: ClassVar[bool] = False
     # a message that fails after every retry is kept as "dead" with its payload, for a re-drive

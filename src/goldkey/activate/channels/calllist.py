@@ -29,6 +29,8 @@ class CallListConfig(ChannelConfig):
     path: str | None = Field(None, description="CSV file (mode file).")
     url: str | None = Field(None, pattern=r"^https?://", description="Call-centre endpoint (mode webhook).")
     rate_per_second: float = Field(1000.0, gt=0)
+    receiver_deduplicates: bool = Field(
+        False, description="mode webhook: the call centre drops a repeated Idempotency-Key (timeouts are retried).")
 
 
 @register
@@ -38,12 +40,13 @@ class CallListChannel(Channel):
     address_type = "phone"
     config_model = CallListConfig
     optional_secret_fields = ("signing_secret",)
-    deduplicates_by_message_id = True
     config: CallListConfig
 
     def __init__(self, config: CallListConfig, secrets: dict[str, str], **kw: object) -> None:  # type: ignore[override]
         super().__init__(config, secrets, **kw)  # type: ignore[arg-type]
         self._lock = threading.Lock()
+        # a local file append cannot time out half-way; a call centre's endpoint is like a webhook
+        self.deduplicates_by_message_id = config.mode == "file" or config.receiver_deduplicates
 
     @classmethod
     def check(cls, config: CallListConfig, secrets: dict[str, str]) -> None:  # type: ignore[override]

@@ -6,9 +6,11 @@ unsubscribe headers of RFC 2369 / RFC 8058 (``List-Unsubscribe`` + ``List-Unsubs
 which large mailbox providers require of bulk senders. Security: implicit TLS (``ssl``, port 465),
 ``starttls`` (587) or ``none`` (a local relay). One connection is kept open per channel and reused.
 
-Failure classes: a 4xx reply (temporary) or a refused connection is retried; a 5xx reply
-(permanent: unknown mailbox ...) is not; a connection lost after the message data went out has an
-unknown outcome and is not retried, so a customer never gets the mail twice.
+Login is one AUTH exchange with one mechanism, so a wrong password fails at once as "SMTP login
+refused" (not retried: it will not get better). Failure classes: a 4xx reply (temporary) or a
+refused connection is retried; a 5xx reply (permanent: unknown mailbox ...) is not; a connection
+lost after the message data went out has an unknown outcome and is not retried, so a customer never
+gets the mail twice.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class EmailConfig(ChannelConfig):
     port: int = Field(587, ge=1, le=65535)
     security: Literal["starttls", "ssl", "none"] = "starttls"
     auth: bool = Field(True, description="Log in with secrets.username / secrets.password.")
+    auth_mechanism: Literal["auto", "PLAIN", "LOGIN", "CRAM-MD5"] = Field(
+        "auto", description="SASL mechanism; auto takes the first of PLAIN, LOGIN, CRAM-MD5 the server offers.")
     from_address: str = Field(min_length=3, max_length=255)
     from_name: str = Field("", max_length=200)
     reply_to: str | None = None
@@ -100,8 +104,32 @@ class EmailChannel(Channel):
             if cfg.security == "starttls":
                 smtp.starttls(context=ssl.create_default_context())
         if cfg.auth:
-            smtp.login(self.secrets["username"], self.secrets["password"])
+            try:
+                self._login(smtp)
+            except BaseException:
+                smtp.close()
+                raise
         return smtp
+
+    def _login(self, smtp: smtplib.SMTP) -> None:
+        """AUTH with one mechanism (RFC 4954). ``smtplib.login`` would try every advertised mechanism
+        in turn after a refusal, and some servers never answer the second attempt: a wrong password
+        then surfaced as a timeout instead of a refused login."""
+        smtp.ehlo_or_helo_if_needed()
+        if not smtp.has_extn("auth"):
+            raise smtplib.SMTPNotSupportedError("the server offers no AUTH; set config.auth to false")
+        offered = smtp.esmtp_features["auth"].upper().split()
+        want = self.config.auth_mechanism
+        mech = next((m for m in ("PLAIN", "LOGIN", "CRAM-MD5") if m in offered), None) if want == "auto" else want
+        if mech is None or mech not in offered:
+            raise smtplib.SMTPNotSupportedError(f"the server offers AUTH {' '.join(offered)}, not {mech or want}")
+        smtp.user, smtp.password = self.secrets["username"], self.secrets["password"]
+        method = {"PLAIN": smtp.auth_plain, "LOGIN": smtp.auth_login, "CRAM-MD5": smtp.auth_cram_md5}[mech]
+        try:
+            smtp.auth(mech, method, initial_response_ok=True)
+        except (TimeoutError, smtplib.SMTPServerDisconnected) as exc:
+            raise _NoLoginAnswer(f"the SMTP server did not answer the login (AUTH {mech}) within "
+                                 f"{self.config.timeout_seconds:g} s: {exc}") from None
 
     def send(self, message: OutboundMessage) -> SendResult:
         em = self.build(message)
@@ -116,6 +144,10 @@ class EmailChannel(Channel):
                     self._smtp = self._connect()
             except smtplib.SMTPAuthenticationError as exc:
                 return SendResult.failed(f"SMTP login refused: {exc.smtp_code} {_text(exc.smtp_error)}")
+            except smtplib.SMTPNotSupportedError as exc:
+                return SendResult.failed(f"SMTP login impossible: {exc}")
+            except _NoLoginAnswer as exc:  # nothing was sent yet: safe to retry
+                return SendResult.failed(str(exc), retryable=True)
             except (OSError, smtplib.SMTPException) as exc:
                 self._smtp = None
                 return SendResult.failed(f"could not connect to {self.config.host}:{self.config.port}: {exc}",
@@ -145,6 +177,10 @@ class EmailChannel(Channel):
                 except (OSError, smtplib.SMTPException):
                     pass
                 self._smtp = None
+
+
+class _NoLoginAnswer(Exception):
+    """The server left the AUTH command unanswered."""
 
 
 def _text(b: bytes | str) -> str:

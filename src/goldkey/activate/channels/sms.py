@@ -2,17 +2,26 @@
 
 - ``twilio`` (international): ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` with HTTP
   Basic auth (Account SID : Auth Token) and a form body (``To``, ``From`` or
-  ``MessagingServiceSid``, ``Body``, ``StatusCallback``). Status callbacks are verified with
+  ``MessagingServiceSid``, ``Body``, ``StatusCallback``); success is ``201`` with the message resource
+  (``sid``, ``status``), an error ``4xx`` with ``{"code": 21211, "message": ..., "status": 400}``.
+  Status callbacks (``MessageStatus`` = delivered / undelivered / failed / read, ``ErrorCode``) and
+  incoming messages (``From``, ``Body``: replies such as STOP) are posted to
+  ``status_callback_url`` (our ``/api/v1/receipts/{channel_id}``) and verified with
   ``X-Twilio-Signature`` = Base64(HMAC-SHA1(auth token, URL + the sorted POST parameters, each name
   followed by its value)), as Twilio documents.
 - ``aliyun`` (China): the Dysmsapi ``SendSms`` RPC call (Version 2017-05-25) signed as Alibaba
   Cloud's RPC signature v1 documents: the parameters sorted, each percent-encoded (RFC 3986, space
   as %20, ``*`` as %2A, ``~`` kept), joined as the canonical query string;
   ``StringToSign = GET&%2F&percentEncode(canonical)``; ``Signature = Base64(HMAC-SHA1(secret + "&",
-  StringToSign))``. Mainland numbers go without +86, others as country code + number. Delivery
-  reports arrive as Aliyun's HTTP batch push (a JSON list with ``biz_id``, ``out_id``, ``success``).
+  StringToSign))``. Mainland numbers go without +86, others as country code + number. Success is
+  ``{"Code": "OK", "BizId": ...}``; throttling (``isv.BUSINESS_LIMIT_CONTROL``) and other business
+  errors are not retried (Aliyun counts them against the day's quota), system errors are. Delivery
+  reports (SmsReport: a JSON list with ``biz_id``, ``out_id``, ``success``, ``err_code``) and replies
+  (SmsUp: ``phone_number``, ``content``) arrive as Aliyun's HTTP batch push, which is not signed:
+  set the optional secret ``receipt_token`` and put ``?token=<it>`` in the push URL.
 - ``generic``: ``POST`` JSON to any gateway, signed like Goldkey's webhooks (``X-Goldkey-Signature:
-  t=...,v1=HMAC-SHA256``) with ``Idempotency-Key`` = our message id; the gateway must drop repeats.
+  t=...,v1=HMAC-SHA256``) with ``Idempotency-Key`` = our message id; a timed-out request is retried
+  only when the gateway is declared to drop repeats (``receiver_deduplicates``).
 
 The cost of a message is its price times its parts: 160 GSM-7 characters (153 per part when
 split) or 70 UCS-2 characters (67 per part) -- any Chinese character makes a message UCS-2.
@@ -133,6 +142,9 @@ class TwilioSms(SmsChannel):
         sig = headers.get("x-twilio-signature", "")
         if not hmac.compare_digest(sig, twilio_signature(self.secrets["auth_token"], url, params)):
             raise Unauthorized("X-Twilio-Signature does not match")
+        if "MessageStatus" not in params and "Body" in params:  # an incoming SMS to our number: a reply
+            return [Receipt("replied", provider_message_id=params.get("MessageSid"), text=params["Body"],
+                            from_address=normalize_phone(params.get("From", "")) or params.get("From"))]
         status = params.get("MessageStatus", "")
         mapped = {"delivered": "delivered", "undelivered": "failed", "failed": "failed", "read": "opened"}.get(status)
         if mapped is None:
@@ -170,11 +182,20 @@ def aliyun_phone(e164: str) -> str:
     return e164[3:] if e164.startswith("+86") else e164.lstrip("+")
 
 
+def aliyun_to_e164(number: str) -> str | None:
+    """An Aliyun phone number (mainland without +86, others with the country code) in E.164."""
+    digits = number.strip().lstrip("+")
+    if len(digits) == 11 and digits.startswith("1"):
+        digits = "86" + digits
+    return normalize_phone("+" + digits)
+
+
 @register
 class AliyunSms(SmsChannel):
     provider = "aliyun"
     config_model = AliyunConfig
     secret_fields = ("access_key_secret",)
+    optional_secret_fields = ("receipt_token",)
     uses_provider_template = True
     config: AliyunConfig
 
@@ -216,14 +237,21 @@ class AliyunSms(SmsChannel):
                                  retryable=code in _ALIYUN_RETRYABLE or http_status_retryable(r.status_code))
 
     def parse_receipts(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[Receipt]:
+        token = self.secrets.get("receipt_token")
+        if token and not hmac.compare_digest(query.get("token", ""), token):
+            raise Unauthorized("the Aliyun push URL's token does not match secrets.receipt_token")
         try:
             items = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise InvalidInput("an Aliyun SMS report is a JSON list", field="body") from None
-        if not isinstance(items, list):
-            raise InvalidInput("an Aliyun SMS report is a JSON list", field="body")
+        if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+            raise InvalidInput("an Aliyun SMS report is a JSON list of objects", field="body")
         out = []
         for it in items:
+            if "content" in it and "success" not in it:  # SmsUp: a reply from the customer
+                out.append(Receipt("replied", text=str(it["content"]), from_address=aliyun_to_e164(
+                    str(it.get("phone_number", "")))))
+                continue
             ok = it.get("success") in (True, "true")
             out.append(Receipt("delivered" if ok else "failed", message_id=it.get("out_id") or None,
                                provider_message_id=it.get("biz_id"),
@@ -234,6 +262,8 @@ class AliyunSms(SmsChannel):
 # -- a generic HTTP JSON gateway --------------------------------------------------------------------
 class GenericSmsConfig(ChannelConfig):
     url: str = Field(pattern=r"^https?://", description="The gateway's send URL.")
+    receiver_deduplicates: bool = Field(
+        False, description="The gateway drops a repeated Idempotency-Key, so a timed-out request may be retried.")
 
 
 @register
@@ -241,8 +271,11 @@ class GenericSms(SmsChannel):
     provider = "generic"
     config_model = GenericSmsConfig
     secret_fields = ("signing_secret",)
-    deduplicates_by_message_id = True  # part of the contract: the gateway drops a repeated Idempotency-Key
     config: GenericSmsConfig
+
+    def __init__(self, config: GenericSmsConfig, secrets: dict[str, str], **kw: object) -> None:  # type: ignore[override]
+        super().__init__(config, secrets, **kw)  # type: ignore[arg-type]
+        self.deduplicates_by_message_id = config.receiver_deduplicates
 
     def send(self, message: OutboundMessage) -> SendResult:
         body = orjson.dumps({"message_id": message.message_id, "to": message.to, "text": message.text,

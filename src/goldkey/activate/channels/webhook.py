@@ -1,11 +1,14 @@
 """Webhooks: a signed JSON POST per message to a partner's URL.
 
 The body is ``{"message_id", "profile_id", "text", "subject", "params", "url", "metadata"}``; the
-headers carry ``Idempotency-Key`` (our message id: the receiver must drop repeats, which makes
-retries after a timeout safe) and ``X-Goldkey-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
-"<t>." + body>`` (Stripe's documented scheme; the timestamp defeats replays). Failed attempts are
-retried with exponential backoff by the sender; a message that still fails is dead-lettered (status
-``dead`` with its payload kept for a re-drive). Receivers verify with ``verify_signature``.
+headers carry ``Idempotency-Key`` (our message id) and ``X-Goldkey-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+"<t>." + body>`` (Stripe's documented scheme; the timestamp defeats replays). Refused connections, 429 and 5xx answers
+are retried with exponential backoff by the sender; a message that still fails is dead-lettered
+(status ``dead`` with its payload kept, listed by ``GET /api/v1/messages?status=dead`` and sent again
+by ``POST /api/v1/messages/redrive``). A request that timed out after it went out has an unknown
+outcome: it is retried only when the receiver declares that it drops repeats of an
+``Idempotency-Key`` (``receiver_deduplicates: true``); otherwise it fails at once, so the receiver
+never gets the message twice. Receivers verify with ``verify_signature``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class WebhookConfig(ChannelConfig):
     url: str = Field(pattern=r"^https?://", description="Where each message is POSTed.")
     consent_channel: Literal["email", "sms", "wechat", "push", "call"] = Field(
         "push", description="The consent (and caps) the receiver's messages fall under.")
+    receiver_deduplicates: bool = Field(
+        False, description="The receiver drops a repeated Idempotency-Key, so a timed-out request may be retried.")
 
 
 def signed_post(channel: Channel, url: str, body: bytes, message_id: str) -> SendResult:
@@ -56,13 +61,13 @@ class WebhookChannel(Channel):
     address_type = "profile_id"
     config_model = WebhookConfig
     secret_fields = ("signing_secret",)
-    deduplicates_by_message_id = True
     dead_letter = True
     config: WebhookConfig
 
     def __init__(self, config: WebhookConfig, secrets: dict[str, str], **kw: object) -> None:  # type: ignore[override]
         super().__init__(config, secrets, **kw)  # type: ignore[arg-type]
         self.consent_channel = config.consent_channel
+        self.deduplicates_by_message_id = config.receiver_deduplicates
 
     def send(self, message: OutboundMessage) -> SendResult:
         body = orjson.dumps({"message_id": message.message_id, "profile_id": message.profile_id,

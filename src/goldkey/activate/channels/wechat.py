@@ -1,4 +1,5 @@
-"""WeChat official-account template messages (模板消息), by the official account API.
+"""WeChat official-account template messages (模板消息) and customer-service messages (客服消息),
+by the official account API.
 
 - Access token: ``GET {base}/cgi-bin/token?grant_type=client_credential&appid=APPID&secret=APPSECRET``
   answers ``{"access_token": "...", "expires_in": 7200}``; it is cached until shortly before it
@@ -107,16 +108,21 @@ class WeChatTemplate(Channel):
             data["miniprogram"] = {"appid": cfg.miniprogram_appid, "pagepath": cfg.miniprogram_pagepath or ""}
         return data
 
+    send_path = "/cgi-bin/message/template/send"
+
     def send(self, message: OutboundMessage) -> SendResult:
         if not (message.metadata.get("provider_template") or self.config.template_id):
             return SendResult.failed("no WeChat template id: set the template's provider_template")
-        payload = self.payload(message)
+        return self.post_with_token(self.payload(message))
+
+    def post_with_token(self, payload: dict[str, object]) -> SendResult:
+        """POST ``payload`` to ``send_path`` with the access token; a token error (40001 ...) fetches
+        a new token and sends once more."""
         for attempt in (1, 2):
             token = self.access_token(refresh=attempt == 2)
             if isinstance(token, SendResult):
                 return token
-            r = self.request("POST", self._url("/cgi-bin/message/template/send"), params={"access_token": token},
-                             json=payload)
+            r = self.request("POST", self._url(self.send_path), params={"access_token": token}, json=payload)
             if isinstance(r, SendResult):
                 return r
             try:
@@ -125,7 +131,7 @@ class WeChatTemplate(Channel):
                 body = {}
             code = body.get("errcode", -2 if r.status_code != 200 else 0)
             if code == 0:
-                return SendResult.sent(str(body.get("msgid")))
+                return SendResult.sent(str(body["msgid"]) if "msgid" in body else None)
             if code in TOKEN_ERRORS and attempt == 1:
                 continue  # the token was revoked or expired early: fetch a new one and send again
             return SendResult.failed(f"WeChat errcode {code}: {body.get('errmsg', r.text[:200])}",
@@ -150,3 +156,24 @@ class WeChatTemplate(Channel):
         ok = status == "success"
         return [Receipt("delivered" if ok else "failed", provider_message_id=root.findtext("MsgID"),
                         reason=None if ok else status)]
+
+
+@register
+class WeChatCustomerService(WeChatTemplate):
+    """Customer-service messages (客服消息) of an official account: our own text, allowed within 48
+    hours of the customer's last interaction with the account (otherwise errcode 45015, not retried).
+
+    ``POST {base}/cgi-bin/message/custom/send?access_token=TOKEN`` with ``{"touser": OPENID,
+    "msgtype": "text", "text": {"content": ...}}``; the same access-token handling as template
+    messages. The API has no de-duplication key, so a timed-out request is not retried."""
+
+    provider = "custom"
+    uses_provider_template = False
+    deduplicates_by_message_id = False
+    send_path = "/cgi-bin/message/custom/send"
+
+    def payload(self, message: OutboundMessage) -> dict[str, object]:
+        return {"touser": message.to, "msgtype": "text", "text": {"content": message.text}}
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        return self.post_with_token(self.payload(message))

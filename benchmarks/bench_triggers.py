@@ -1,0 +1,169 @@
+"""Real-time trigger benchmark: events at a fixed rate through the writer, latency from the event
+being committed (and received) to the trigger's message being queued.
+
+Set-up (benchmark only): ``--users`` customers are created through the writer with identify events
+(phone numbers), and their SMS consent is granted in bulk in the operational store. A sink channel
+writes to /dev/null; no quiet hours, no caps. One real-time trigger is saved: ``Data Usage`` with
+``data_used_pct >= 75``, at most once per customer per month.
+
+Load: ``Data Usage`` events with a uniform ``data_used_pct`` in 0..100 for random customers, built
+and normalised as the tracking API does (``normalise_event``), submitted to the writer in small
+batches on an open-loop schedule of ``--rate`` events/s for ``--seconds`` (the submitter does not
+wait for acknowledgements, as many concurrent HTTP clients would not). Every committed event passes
+the trigger service's writer listener; matching ones are queued to its worker, which evaluates,
+claims the firing (``trigger_firings``) and sends through ``Sender.send`` (guardrails, reservation,
+delivery to the sink).
+
+Prints the achieved event rate, the firings, and p50/p95/p99 of (a) event committed -> message
+queued (sent to the sink included) and (b) event received -> message queued. Target: p99 < 50 ms at
+2,000 events/s. Printed, never asserted.
+
+Usage::
+
+    python benchmarks/bench_triggers.py [--rate 2000] [--seconds 30] [--users 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import random
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit_summary, machine_line, percentiles  # noqa: E402
+
+STAGES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+
+
+def _wrap(owner: Any, name: str, label: str) -> None:
+    """Time calls of ``owner.name`` in this process (where a worker round's time goes)."""
+    fn = getattr(owner, name)
+
+    @functools.wraps(fn)
+    def timed(*a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            STAGES[label][0] += time.perf_counter() - t0
+            STAGES[label][1] += 1
+
+    setattr(owner, name, timed)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=2000.0, help="events per second")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--batch", type=int, default=10, help="events per submission (an SDK flush)")
+    args = ap.parse_args()
+
+    import sqlalchemy as sa
+
+    from goldkey.activate.triggers import TriggerService
+    from goldkey.collect.tracking import normalise_event, now_micros
+    from goldkey.runtime import Goldkey
+    from goldkey.settings import Settings
+    from goldkey.store.operational import consents, identities, trigger_firings
+
+    print(machine_line(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="gk-bench-triggers-") as tmp:
+        gk = Goldkey.open(Settings(data_dir=Path(tmp)))
+        try:
+            ws = gk.workspaces.create("bench").workspace_id
+            t0 = time.perf_counter()
+            futs = []
+            for k in range(0, args.users, 500):
+                evs = [normalise_event({"type": "identify", "userId": f"u{i}",
+                                        "traits": {"name": f"客户{i}", "phone": f"+86139{i:08d}"}},
+                                       received_at=now_micros()) for i in range(k, min(args.users, k + 500))]
+                futs.append(gk.writer.submit_events(ws, evs))
+            for f in futs:
+                f.result()
+            now = datetime.now(UTC)
+            with gk.engine.begin() as c:
+                pids = c.execute(sa.select(identities.c.profile_id).where(
+                    identities.c.workspace_id == ws, identities.c.id_type == "phone")).scalars().all()
+                c.execute(consents.insert(), [{"workspace_id": ws, "profile_id": p, "channel": "sms",
+                                               "purpose": "marketing", "status": "granted", "source": "bench",
+                                               "updated_at": now} for p in pids])
+            print(f"set-up (benchmark only): {len(pids):,} customers with consent in {time.perf_counter() - t0:.1f} s",
+                  flush=True)
+            gk.sender.guardrails.set_policy(ws, {"quiet_hours": None, "caps": {}})
+            ch = gk.sender.channels.save(ws, name="sink", kind="sink",
+                                         config={"path": "/dev/null", "simulates": "sms"})
+            svc = TriggerService.from_goldkey(gk)
+            svc.create(ws, {"name": "data 75%", "kind": "realtime", "channel_id": ch["channel_id"],
+                            "event": {"kind": "event", "event": "Data Usage",
+                                      "where": [{"property": "data_used_pct", "op": "gte", "value": 75}]},
+                            "window": {"unit": "month"},
+                            "template": {"variants": {"zh": {"text": "{{ attributes.name }}，流量已用 75%"}}}})
+            svc.attach(gk.writer)
+            for owner, name, label in ((svc, "process", "worker round (total)"), (svc, "_claim", "claim firings"),
+                                       (svc, "_book", "book firings"), (gk.sender, "send", "Sender.send"),
+                                       (gk.sender.guardrails, "reserve", "  guardrails + reservation"),
+                                       (gk.sender, "deliver", "  delivery"), (gk.sender, "emit", "  events (writer)")):
+                _wrap(owner, name, label)
+            import goldkey.activate.sender as sender_module
+
+            _wrap(sender_module, "load_addresses", "  addresses")
+            _wrap(gk.sender.channels, "open", "  open channel")
+            svc.start()
+
+            rng = random.Random(5)
+            total = int(args.rate * args.seconds)
+            interval = args.batch / args.rate
+            sent, pending = 0, []
+            start = time.perf_counter()
+            behind = 0.0
+            while sent < total:
+                due = start + (sent / args.batch) * interval
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                else:
+                    behind = max(behind, -wait)
+                evs = [normalise_event({"type": "track", "userId": f"u{rng.randrange(args.users)}",
+                                        "event": "Data Usage",
+                                        "properties": {"data_used_pct": rng.randint(0, 100)}},
+                                       received_at=now_micros()) for _ in range(args.batch)]
+                pending.append(gk.writer.submit_events(ws, evs))
+                sent += args.batch
+            for f in pending:
+                f.result()
+            took = time.perf_counter() - start
+            time.sleep(1.0)  # the worker's last round
+            svc.stop()
+            with gk.engine.connect() as c:
+                firings = dict(c.execute(sa.select(trigger_firings.c.status, sa.func.count())
+                                         .group_by(trigger_firings.c.status)).all())
+            lat = percentiles(svc.latencies_ms)
+            rec = percentiles(svc.received_latencies_ms)
+            print(f"\n{total:,} events in {took:.1f} s = {total / took:,.0f} events/s committed "
+                  f"(target rate {args.rate:,.0f}/s; submitter at most {behind * 1000:.0f} ms behind schedule)")
+            print(f"firings by status: {firings}; worker errors: {svc.last_error}")
+            print("event committed -> message queued (and handed to the sink): "
+                  + ", ".join(f"{k} {v:.1f} ms" for k, v in lat.items()))
+            print("event received  -> message queued (and handed to the sink): "
+                  + ", ".join(f"{k} {v:.1f} ms" for k, v in rec.items()))
+            for label, (sec, calls) in STAGES.items():
+                print(f"  {label:<28} {sec:7.2f} s in {calls} calls ({sec / max(calls, 1) * 1000:.1f} ms each)")
+            print(f"target: p99 < 50 ms at 2,000 events/s -> committed p99 {lat.get('p99', float('nan')):.1f} ms")
+            emit_summary("bench_triggers", [{"events_per_s": round(total / took), "firings": sum(firings.values()),
+                                             **{f"committed_{k}_ms": round(v, 1) for k, v in lat.items()},
+                                             **{f"received_{k}_ms": round(v, 1) for k, v in rec.items()}}])
+        finally:
+            gk.close()
+
+
+if __name__ == "__main__":
+    main()

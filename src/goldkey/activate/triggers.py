@@ -1,0 +1,710 @@
+"""Triggers: a message at the customer's moment, in real time or on a timer.
+
+**Real-time triggers** fire on an incoming event and/or a profile state, both written in the rule
+language (``docs/rules.md``): ``event`` is an ``event`` condition matched against the event just
+committed (e.g. ``Data Usage`` with ``data_used_pct gte 75``); ``condition`` is any rule over the
+profile (``attributes.balance lt 5``; event clauses see the profile's history). Both run in the
+in-memory evaluator (``goldkey.rules.memory``) right behind the ingestion path: like the real-time
+segments (``goldkey.audience.realtime``) the service listens to the writer's durable commits
+(``Writer.listeners``); the listener only matches the event clause against the committed events and
+queues the hits (the writer never waits on a send); a worker thread takes everything queued, loads
+the profiles' current values in one query, evaluates ``condition``, claims the firings and sends
+through ``Sender.send`` (guardrails: consent, suppressions, caps, quiet hours). The measured latency
+is from the listener call (the event is durable) to the send's return (the message reserved in the
+message log and handed to the channel).
+
+**Time-based triggers** are checked by a loop every minute, with DuckDB queries:
+
+- ``after_event``: ``minutes`` after a matching event A with no matching event B since (abandoned
+  cart: ``Product Added`` without ``Order Completed``); the latest A of each customer counts, and A
+  events older than ``max_delay_minutes`` past their due time are not fired (after an outage);
+- ``date``: a date attribute's day (``yearly``: its anniversary — birthdays, membership anniversaries;
+  ``days_before`` N: N days ahead — plan renewal, lens replacement) at ``time_of_day`` in the
+  customer's own time zone (``attributes.timezone``, else the trigger's).
+
+**At most once.** Every firing is a row of ``trigger_firings`` whose primary key is (workspace,
+trigger, profile, window key): the key is the calendar window of the firing (``window``: ``hour``,
+``day``, ``week``, ``month`` in the trigger's time zone, or ``ever``) — a monthly data plan's
+"75 % used" offer is ``month`` — and, for a ``date`` trigger, the occurrence's date. A second
+firing in the same window fails on the key, in any process; the message key
+``trigger:<id>:<window>`` makes the sender refuse a duplicate as well. A firing the guardrails
+suppress is recorded with the reason and not retried in its window; one deferred by quiet hours is
+sent when the quiet window ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from goldkey.activate.campaigns import check_channel
+from goldkey.activate.sender import Sender, SendReport, SendRequest
+from goldkey.activate.templates import CompiledTemplate, compile_for_workspace
+from goldkey.audience.catalog import infer_attribute_fields, load_catalog
+from goldkey.audience.common import load_events, load_profile_values, parse_and_check
+from goldkey.collect.tracking import micros_to_datetime
+from goldkey.core.clock import as_utc, to_iso, utcnow
+from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.ids import new_id
+from goldkey.rules.memory import CompiledRule, Event, compile_rule
+from goldkey.rules.model import EventCondition, SequenceCondition, iter_nodes, parse_rule
+from goldkey.rules.values import check_rule, coerce, field_column
+from goldkey.store.operational import trigger_firings, triggers
+
+log = logging.getLogger(__name__)
+
+T = triggers.c
+F = trigger_firings.c
+
+
+# --------------------------------------------------------------------------- the definition
+
+
+class FiringWindow(BaseModel):
+    """At most one firing per customer per calendar window (in ``timezone``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    unit: Literal["hour", "day", "week", "month", "ever"] = "day"
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Asia/Shanghai)") from None
+        return v
+
+    def key(self, at: datetime) -> str:
+        """The window holding instant ``at``: ``d:2026-11-23``, ``m:2026-11``, ``w:2026-W48`` ..."""
+        local = at.astimezone(ZoneInfo(self.timezone))
+        if self.unit == "hour":
+            return local.strftime("h:%Y-%m-%dT%H")
+        if self.unit == "day":
+            return local.strftime("d:%Y-%m-%d")
+        if self.unit == "week":
+            y, w, _ = local.isocalendar()
+            return f"w:{y}-W{w:02d}"
+        if self.unit == "month":
+            return local.strftime("m:%Y-%m")
+        return "ever"
+
+
+class AfterEvent(BaseModel):
+    """``minutes`` after event A (``event``) without event B (``without``) since."""
+
+    model_config = ConfigDict(extra="forbid")
+    event: dict[str, Any] = Field(description="An event condition of the rule language (A).")
+    minutes: int = Field(ge=1, le=60 * 24 * 60)
+    without: dict[str, Any] | None = Field(None, description="An event condition (B) that cancels the firing.")
+    max_delay_minutes: int = Field(24 * 60, ge=1, le=60 * 24 * 30)
+
+
+class DateRule(BaseModel):
+    """A date attribute's day (or its anniversary), ``days_before`` earlier, at ``time_of_day``."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: str = Field(description="A datetime field, e.g. attributes.birthday or attributes.plan_renewal_at.")
+    yearly: bool = Field(False, description="Every year on the date's month and day (birthdays, anniversaries).")
+    days_before: int = Field(0, ge=0, le=365)
+    time_of_day: dtime = dtime(9, 0)
+
+
+class TriggerDefinition(BaseModel):
+    """A trigger as saved (``POST /api/v1/triggers``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["realtime", "after_event", "date"]
+    event: dict[str, Any] | None = Field(None, description="realtime: an event condition the new event must match.")
+    condition: dict[str, Any] | None = Field(None, description="realtime: a rule the profile must satisfy.")
+    after: AfterEvent | None = None
+    date: DateRule | None = None
+    window: FiringWindow = Field(default_factory=FiringWindow)
+    channel_id: str = Field(min_length=1, max_length=40)
+    purpose: str = Field("marketing", min_length=1, max_length=40)
+    template: dict[str, Any]
+    vars: dict[str, Any] = Field(default_factory=dict)
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _shape(self) -> TriggerDefinition:
+        if self.kind == "realtime":
+            if self.event is None and self.condition is None:
+                raise ValueError("a realtime trigger needs an event condition, a profile condition, or both")
+            if self.after is not None or self.date is not None:
+                raise ValueError("a realtime trigger takes event/condition, not after/date")
+        elif self.kind == "after_event":
+            if self.after is None or self.event is not None or self.date is not None:
+                raise ValueError("an after_event trigger takes 'after' (and optionally 'condition') only")
+        elif self.date is None or self.event is not None or self.after is not None:
+            raise ValueError("a date trigger takes 'date' (and optionally 'condition') only")
+        return self
+
+
+def parse_trigger(data: Any) -> TriggerDefinition:
+    """Parse a trigger document; raise InvalidInput naming the field."""
+    try:
+        return TriggerDefinition.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or "trigger") from None
+
+
+def _event_condition(rule: Any, where: str) -> EventCondition:
+    if not isinstance(rule, EventCondition):
+        raise InvalidInput("give an event condition ({\"kind\": \"event\", ...})", field=where)
+    if rule.window is not None or rule.count is not None or not rule.did:
+        raise InvalidInput("the event condition of a trigger matches one event: no window, count or did:false",
+                           field=where)
+    return rule
+
+
+@dataclass
+class Compiled:
+    """A saved trigger, ready to evaluate."""
+
+    trigger_id: str
+    workspace_id: str
+    d: TriggerDefinition
+    template: CompiledTemplate
+    event: CompiledRule | None
+    condition: CompiledRule | None
+    needs_history: bool
+    without: CompiledRule | None = None
+
+
+@dataclass
+class Hit:
+    """A committed event that matched a real-time trigger's event clause."""
+
+    trigger: Compiled
+    profile_id: str
+    committed: float  # time.perf_counter() when the listener saw the durable commit
+    received_us: int = 0  # when the API received the event (epoch microseconds)
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class TriggerService:
+    """Define triggers; fire them in real time (writer listener) and on a minute loop."""
+
+    def __init__(self, gk: Any, sender: Sender, *, tick_seconds: float = 60.0) -> None:
+        self.gk = gk
+        self.engine: sa.Engine = gk.engine
+        self.analytical = gk.analytical
+        self.sender = sender
+        self.tick_seconds = tick_seconds
+        self._realtime: dict[str, list[Compiled]] = {}  # ws -> compiled real-time triggers
+        self._loaded_at = 0.0
+        self._cache_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Hit | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.latencies_ms: list[float] = []  # event committed -> message queued, per real-time firing
+        self.received_latencies_ms: list[float] = []  # event received by the API -> message queued
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_goldkey(cls, gk: Any, **kw: Any) -> TriggerService:
+        sender = getattr(gk, "sender", None) or Sender.from_goldkey(gk)
+        return cls(gk, sender, **kw)
+
+    # -- definitions ------------------------------------------------------------------------
+    def create(self, ws: str, data: Any) -> dict[str, Any]:
+        """Validate and save a trigger; raise InvalidInput / Conflict."""
+        d = parse_trigger(data)
+        self.compile(ws, "new", d)
+        tid, now = new_id("trg"), utcnow()
+        with self.engine.begin() as c:
+            if c.execute(sa.select(T.trigger_id).where(T.workspace_id == ws, T.name == d.name)).first():
+                raise Conflict(f"a trigger named {d.name!r} already exists")
+            c.execute(triggers.insert().values(trigger_id=tid, workspace_id=ws, name=d.name, kind=d.kind,
+                                               definition=d.model_dump_json(),
+                                               status="active" if d.active else "paused",
+                                               created_at=now, updated_at=now))
+        self.reload()
+        return self.get(ws, tid)
+
+    def set_active(self, ws: str, tid: str, active: bool) -> dict[str, Any]:
+        self._row(ws, tid)
+        with self.engine.begin() as c:
+            c.execute(triggers.update().where(T.trigger_id == tid).values(
+                status="active" if active else "paused", updated_at=utcnow()))
+        self.reload()
+        return self.get(ws, tid)
+
+    def get(self, ws: str, tid: str) -> dict[str, Any]:
+        r = self._row(ws, tid)
+        with self.engine.connect() as c:
+            counts = dict(c.execute(sa.select(F.status, sa.func.count()).where(
+                F.workspace_id == ws, F.trigger_id == tid).group_by(F.status)).all())
+        return {"trigger_id": r.trigger_id, "name": r.name, "kind": r.kind, "status": r.status,
+                "definition": orjson.loads(r.definition), "firings": counts,
+                "created_at": to_iso(r.created_at), "updated_at": to_iso(r.updated_at)}
+
+    def list(self, ws: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            ids = c.execute(sa.select(T.trigger_id).where(T.workspace_id == ws).order_by(T.created_at)).scalars().all()
+        return [self.get(ws, t) for t in ids]
+
+    def firings(self, ws: str, tid: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        """A page of the trigger's firings, newest first."""
+        self._row(ws, tid)
+        with self.engine.connect() as c:
+            total = c.execute(sa.select(sa.func.count()).select_from(trigger_firings).where(
+                F.workspace_id == ws, F.trigger_id == tid)).scalar_one()
+            rows = c.execute(sa.select(trigger_firings).where(F.workspace_id == ws, F.trigger_id == tid)
+                             .order_by(F.fired_at.desc()).limit(max(1, min(limit, 1000))).offset(offset)).all()
+        return {"total": total, "items": [
+            {"profile_id": r.profile_id, "window_key": r.window_key, "fired_at": to_iso(r.fired_at),
+             "status": r.status, "reason": r.reason, "message_id": r.message_id, "latency_ms": r.latency_ms,
+             "retry_at": to_iso(r.retry_at)} for r in rows]}
+
+    def _row(self, ws: str, tid: str) -> Any:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(triggers).where(T.workspace_id == ws, T.trigger_id == tid)).first()
+        if r is None:
+            raise NotFound(f"trigger {tid!r} not found")
+        return r
+
+    # -- compile and validate ---------------------------------------------------------------------
+    def _rule(self, ws: str, data: Any, prefix: str) -> Any:
+        """Parse and check a rule; an event not received yet is allowed (a trigger is usually set up
+        before the traffic), everything else is checked as for segments."""
+        try:
+            return parse_and_check(self.engine, self.analytical, ws, data, prefix=prefix)
+        except InvalidInput as exc:
+            if not exc.message.startswith("unknown event"):
+                raise
+        rule = parse_rule(data)
+        check_rule(rule, load_catalog(self.engine, ws), None, prefix=prefix)
+        return rule
+
+    def compile(self, ws: str, tid: str, d: TriggerDefinition) -> Compiled:
+        """Check everything a trigger names (channel, template, rules, date field); raise InvalidInput."""
+        check_channel(self.sender, ws, d.channel_id)
+        try:
+            tpl = compile_for_workspace(self.engine, ws, d.template)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message, field=exc.field or "template") from None
+        missing = [n for n in tpl.template.vars if n not in d.vars]
+        if missing:
+            raise InvalidInput(f"the template declares vars {', '.join(missing)} but the trigger gives no value "
+                               "for them", field="template.vars")
+        catalog = load_catalog(self.engine, ws)
+        ev = cond = without = None
+        if d.event is not None:
+            ev = compile_rule(_event_condition(self._rule(ws, d.event, "event"), "event"), catalog)
+        if d.after is not None:
+            ev = compile_rule(_event_condition(self._rule(ws, d.after.event, "after.event"), "after.event"), catalog)
+            if d.after.without is not None:
+                without = compile_rule(_event_condition(self._rule(ws, d.after.without, "after.without"),
+                                                        "after.without"), catalog)
+        needs_history = False
+        if d.condition is not None:
+            rule = self._rule(ws, d.condition, "condition")
+            cond = compile_rule(rule, catalog)
+            needs_history = any(isinstance(n, EventCondition | SequenceCondition) for _, n in iter_nodes(rule))
+        if d.date is not None:
+            if d.date.field not in catalog:
+                infer_attribute_fields(self.engine, ws)  # attributes seen since the last inference
+                catalog = load_catalog(self.engine, ws)
+            ftype = catalog.get(d.date.field)
+            if ftype is None:
+                raise InvalidInput(f"unknown field {d.date.field!r}", field="date.field")
+            if ftype != "datetime":
+                raise InvalidInput(f"{d.date.field} is a {ftype} field; a date trigger needs a datetime field",
+                                   field="date.field")
+        return Compiled(tid, ws, d, tpl, ev, cond, needs_history, without)
+
+    def active(self, ws: str | None = None, kind: str | None = None) -> list[Compiled]:
+        """The active triggers (of a workspace, of a kind), compiled. A trigger that no longer
+        compiles (its channel was removed ...) is skipped and logged."""
+        q = sa.select(triggers).where(T.status == "active")
+        if ws is not None:
+            q = q.where(T.workspace_id == ws)
+        if kind is not None:
+            q = q.where(T.kind == kind)
+        with self.engine.connect() as c:
+            rows = c.execute(q.order_by(T.created_at)).all()
+        out = []
+        for r in rows:
+            try:
+                out.append(self.compile(r.workspace_id, r.trigger_id,
+                                        TriggerDefinition.model_validate_json(r.definition)))
+            except InvalidInput as exc:
+                log.warning("trigger %s skipped: %s", r.trigger_id, exc)
+        return out
+
+    def reload(self) -> None:
+        """Recompile the real-time triggers the listener matches."""
+        by_ws: dict[str, list[Compiled]] = {}
+        for t in self.active(kind="realtime"):
+            by_ws.setdefault(t.workspace_id, []).append(t)
+        with self._cache_lock:
+            self._realtime = by_ws
+            self._loaded_at = time.monotonic()
+
+    # -- real time ----------------------------------------------------------------------------
+    def attach(self, writer: Any) -> None:
+        """Listen to the writer's durable commits."""
+        writer.listeners.append(self._on_commit)
+
+    def _on_commit(self, stored: list[tuple[str, str, Any]]) -> None:
+        """On the writer thread: match the event clauses, queue the hits (never blocks on a send)."""
+        committed = time.perf_counter()
+        with self._cache_lock:
+            rt = self._realtime
+        if not rt:
+            return
+        now = utcnow()
+        for ws, pid, ev in stored:
+            trig = rt.get(ws)
+            if not trig:
+                continue
+            e: Event | None = None
+            for t in trig:
+                if t.event is not None:
+                    if e is None:
+                        e = Event(ev.type, ev.event, micros_to_datetime(ev.timestamp), ev.properties or {}, ev.name)
+                    if not t.event.matches({}, [e], max(now, e.timestamp)):
+                        continue
+                self._queue.put(Hit(t, pid, committed, ev.received_at))
+
+    def start(self) -> None:
+        """Start the real-time worker and the minute loop."""
+        if self._threads:
+            return
+        self._stop.clear()
+        self.reload()
+        for target, name in ((self._worker, "goldkey-triggers-realtime"), (self._loop, "goldkey-triggers-timer")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads = []
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            first = self._queue.get()
+            if first is None:
+                return
+            hits = [first]
+            while True:
+                try:
+                    h = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if h is None:
+                    self._stop.set()
+                    break
+                hits.append(h)
+            try:
+                self.process(hits)
+            except Exception as exc:
+                self.last_error = repr(exc)
+                log.exception("real-time trigger round failed")
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Process what is queued now, in the calling thread (tests, when the worker is not started)."""
+        hits = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                h = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if h is not None:
+                hits.append(h)
+        if hits:
+            self.process(hits)
+
+    def process(self, hits: Sequence[Hit]) -> int:
+        """Evaluate the profile conditions of queued hits and fire; returns how many messages were
+        reserved."""
+        by_trigger: dict[str, tuple[Compiled, dict[str, tuple[float, int]]]] = {}
+        for h in hits:
+            t, first = by_trigger.setdefault(h.trigger.trigger_id, (h.trigger, {}))
+            first.setdefault(h.profile_id, (h.committed, h.received_us))
+        fired = 0
+        now = utcnow()
+        for t, committed in by_trigger.values():
+            pids = list(committed)
+            if t.condition is not None:
+                values = load_profile_values(self.engine, t.workspace_id, pids)
+                events = load_events(self.analytical, t.workspace_id, list(values)) if t.needs_history else {}
+                pred = t.condition.at(now)
+                pids = [p for p in pids if p in values and pred(values[p], events.get(p, ()))]
+            if pids:
+                fired += self.fire(t, pids, {t.d.window.key(now): pids}, now, committed)
+        return fired
+
+    # -- firing ---------------------------------------------------------------------------------
+    def fire(self, t: Compiled, pids: Sequence[str], windows: dict[str, list[str]], now: datetime,
+             committed: dict[str, tuple[float, int]] | None = None) -> int:
+        """Claim (trigger, profile, window) for each profile and send to the claimed ones; returns
+        how many messages were reserved. ``committed``: per profile, when its event was committed
+        (``perf_counter``) and received (epoch µs), for the latency figures."""
+        reserved = 0
+        for window_key, group in windows.items():
+            claimed = self._claim(t, group, window_key, now)
+            if not claimed:
+                continue
+            rep = self.sender.send(SendRequest(t.workspace_id, t.d.channel_id, t.template, claimed,
+                                               f"trigger:{t.trigger_id}:{window_key}", purpose=t.d.purpose,
+                                               ref=f"trigger:{t.trigger_id}", vars=t.d.vars, now=now))
+            done = time.perf_counter()
+            lat = {p: (done - committed[p][0]) * 1000 for p in claimed} if committed else {}
+            if committed:
+                now_us = time.time() * 1e6
+                for p in rep.message_ids:
+                    self.latencies_ms.append(lat[p])
+                    if committed[p][1]:
+                        self.received_latencies_ms.append((now_us - committed[p][1]) / 1000)
+            self._book(t, window_key, rep, claimed, lat)
+            reserved += len(rep.message_ids)
+        return reserved
+
+    def _claim(self, t: Compiled, pids: Sequence[str], window_key: str, now: datetime) -> list[str]:
+        """Insert the firing rows; the ones whose key already exists were fired before (or by
+        another process just now) and are left out."""
+        ws, tid = t.workspace_id, t.trigger_id
+        claimed: list[str] = []
+        for k in range(0, len(pids), 5000):
+            chunk = list(dict.fromkeys(pids[k : k + 5000]))
+            with self.engine.begin() as c:
+                seen = set(c.execute(sa.select(F.profile_id).where(
+                    F.workspace_id == ws, F.trigger_id == tid, F.window_key == window_key,
+                    F.profile_id.in_(chunk))).scalars())
+                new = [p for p in chunk if p not in seen]
+                rows = [{"workspace_id": ws, "trigger_id": tid, "profile_id": p, "window_key": window_key,
+                         "fired_at": now, "status": "firing"} for p in new]
+                try:
+                    with c.begin_nested():
+                        if rows:
+                            c.execute(trigger_firings.insert(), rows)
+                    claimed += new
+                except sa.exc.IntegrityError:  # another process claimed some meanwhile: one by one
+                    for row in rows:
+                        try:
+                            with c.begin_nested():
+                                c.execute(trigger_firings.insert(), [row])
+                            claimed.append(row["profile_id"])
+                        except sa.exc.IntegrityError:
+                            continue
+        return claimed
+
+    def _book(self, t: Compiled, window_key: str, rep: SendReport, claimed: Sequence[str],
+              latency: dict[str, float]) -> None:
+        rows = []
+        for p in claimed:
+            if p in rep.message_ids:
+                rows.append({"p": p, "s": "queued", "r": None, "m": rep.message_ids[p], "l": latency.get(p), "t": None})
+            elif p in rep.deferred:
+                rows.append({"p": p, "s": "deferred", "r": f"quiet hours until {to_iso(rep.deferred[p])}", "m": None,
+                             "l": None, "t": rep.deferred[p]})
+            else:
+                rows.append({"p": p, "s": "suppressed", "r": (rep.suppressed.get(p) or "not sent")[:300], "m": None,
+                             "l": None, "t": None})
+        with self.engine.begin() as c:
+            c.execute(trigger_firings.update().where(
+                F.workspace_id == t.workspace_id, F.trigger_id == t.trigger_id, F.window_key == window_key,
+                F.profile_id == sa.bindparam("p")).values(
+                status=sa.bindparam("s"), reason=sa.bindparam("r"), message_id=sa.bindparam("m"),
+                latency_ms=sa.bindparam("l"), retry_at=sa.bindparam("t")), rows)
+
+    # -- the minute loop ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick_seconds):
+            try:
+                self.tick()
+            except Exception as exc:
+                self.last_error = repr(exc)
+                log.exception("trigger timer round failed")
+
+    def tick(self, now: datetime | None = None) -> dict[str, int]:
+        """Fire the time-based triggers due at ``now`` and the deferred firings; returns
+        {trigger_id: messages reserved}."""
+        now = as_utc(now) or utcnow()
+        out: dict[str, int] = {}
+        for t in self.active():
+            if t.d.kind == "after_event":
+                out[t.trigger_id] = self.run_after_event(t, now)
+            elif t.d.kind == "date":
+                out[t.trigger_id] = self.run_date(t, now)
+        self.retry_deferred(now)
+        if time.monotonic() - self._loaded_at > 60:
+            self.reload()  # triggers changed by another process
+        return out
+
+    def _with_condition(self, t: Compiled, pids: list[str], now: datetime) -> list[str]:
+        if t.condition is None or not pids:
+            return pids
+        values = load_profile_values(self.engine, t.workspace_id, pids)
+        events = load_events(self.analytical, t.workspace_id, list(values)) if t.needs_history else {}
+        pred = t.condition.at(now)
+        return [p for p in pids if p in values and pred(values[p], events.get(p, ()))]
+
+    def run_after_event(self, t: Compiled, now: datetime) -> int:
+        """Customers whose latest event A is ``minutes`` old or more (at most ``max_delay_minutes``
+        more) and who did no event B since."""
+        a = t.d.after
+        assert a is not None and t.event is not None
+        a_rule: EventCondition = t.event.rule
+        due = now - timedelta(minutes=a.minutes)
+        lo = due - timedelta(minutes=a.max_delay_minutes)
+        b_rule: EventCondition | None = t.without.rule if t.without is not None else None
+        cur = self.analytical.cursor()
+        try:
+            rows = cur.execute(
+                """SELECT canonical_id, type, event, name, "timestamp", properties FROM events_resolved
+                   WHERE workspace_id = ? AND type = ? AND (? IS NULL OR event = ? OR name = ?)
+                     AND "timestamp" >= ? AND "timestamp" <= ? ORDER BY "timestamp" """,
+                [t.workspace_id, a_rule.type, a_rule.event, a_rule.event, a_rule.event, lo, now]).fetchall()
+            latest: dict[str, Event] = {}
+            for pid, typ, ev, name, ts, props in rows:
+                e = Event(typ, ev, ts, orjson.loads(props) if props else {}, name)
+                if t.event.matches({}, [e], now):
+                    latest[pid] = e  # ordered by time: the last one wins
+            # a later A restarts the clock: only customers whose latest A is due
+            due_a = {p: e for p, e in latest.items() if lo <= e.timestamp <= due}
+            if not due_a:
+                return 0
+            cancelled: set[str] = set()
+            if b_rule is not None and t.without is not None:
+                cur.register("_due", _arrow_ids(list(due_a)))
+                rows = cur.execute(
+                    """SELECT canonical_id, type, event, name, "timestamp", properties FROM events_resolved
+                       WHERE workspace_id = ? AND type = ? AND (? IS NULL OR event = ? OR name = ?)
+                         AND "timestamp" >= ? AND canonical_id IN (SELECT pid FROM _due)""",
+                    [t.workspace_id, b_rule.type, b_rule.event, b_rule.event, b_rule.event, lo]).fetchall()
+                cur.unregister("_due")
+                for pid, typ, ev, name, ts, props in rows:
+                    if ts > due_a[pid].timestamp and t.without.matches(
+                            {}, [Event(typ, ev, ts, orjson.loads(props) if props else {}, name)], now):
+                        cancelled.add(pid)
+        finally:
+            cur.close()
+        pids = self._with_condition(t, sorted(set(due_a) - cancelled), now)
+        windows: dict[str, list[str]] = {}
+        for p in pids:
+            windows.setdefault(t.d.window.key(due_a[p].timestamp), []).append(p)
+        return self.fire(t, pids, windows, now) if pids else 0
+
+    def run_date(self, t: Compiled, now: datetime) -> int:
+        """Customers whose date (or anniversary) minus ``days_before`` is today in their time zone
+        and whose local time has reached ``time_of_day``."""
+        dr = t.d.date
+        assert dr is not None
+        info = self.gk.facts.ensure(t.workspace_id)
+        col = field_column(dr.field)
+        has_tz = info.catalog.get("attributes.timezone") == "string"
+        # candidates: the target day is today somewhere on Earth (UTC-12 .. UTC+14), i.e. yesterday,
+        # today or tomorrow in UTC; the exact local check follows in Python
+        days = [now.date() + timedelta(days=k) for k in (-1, 0, 1)]
+        targets = [x + timedelta(days=dr.days_before) for x in days]
+        cur = self.analytical.cursor()
+        try:
+            tz_sql = f', "{field_column("attributes.timezone")}"' if has_tz else ", NULL"
+            if dr.yearly:
+                md = [x.strftime("%m-%d") for x in targets] + (["02-29"] if any(
+                    x.month == 2 and x.day == 28 for x in targets) else [])
+                rows = cur.execute(f'SELECT profile_id, "{col}"{tz_sql} FROM "{info.table}" '
+                                   f'WHERE strftime("{col}" AT TIME ZONE \'UTC\', \'%m-%d\') IN '
+                                   f'(SELECT unnest(?::VARCHAR[]))', [md]).fetchall()
+            else:
+                rows = cur.execute(f'SELECT profile_id, "{col}"{tz_sql} FROM "{info.table}" '
+                                   f'WHERE CAST("{col}" AT TIME ZONE \'UTC\' AS DATE) IN (SELECT unnest(?::DATE[]))',
+                                   [targets]).fetchall()
+        finally:
+            cur.close()
+        windows: dict[str, list[str]] = {}
+        default_tz = ZoneInfo(t.d.window.timezone)
+        for pid, value, tzname in rows:
+            when = coerce(value, "datetime")
+            if when is None:
+                continue
+            tz = _zone(tzname) or default_tz
+            local = now.astimezone(tz)
+            occurrence = _occurrence(when.astimezone(UTC).date(), local.date(), dr.yearly, dr.days_before)
+            if occurrence is not None and local.time() >= dr.time_of_day:
+                windows.setdefault(f"date:{occurrence.isoformat()}", []).append(pid)
+        if not windows:
+            return 0
+        pids = set(self._with_condition(t, [p for g in windows.values() for p in g], now))
+        windows = {k: [p for p in g if p in pids] for k, g in windows.items()}
+        return self.fire(t, sorted(pids), {k: g for k, g in windows.items() if g}, now)
+
+    def retry_deferred(self, now: datetime) -> int:
+        """Send the firings deferred by quiet hours whose window has ended."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(F.workspace_id, F.trigger_id, F.window_key, F.profile_id).where(
+                F.status == "deferred", F.retry_at <= now)).all()
+        if not rows:
+            return 0
+        compiled = {t.trigger_id: t for t in self.active()}
+        groups: dict[tuple[str, str], list[str]] = {}
+        for r in rows:
+            groups.setdefault((r.trigger_id, r.window_key), []).append(r.profile_id)
+        n = 0
+        for (tid, key), pids in groups.items():
+            t = compiled.get(tid)
+            if t is None:
+                continue
+            rep = self.sender.send(SendRequest(t.workspace_id, t.d.channel_id, t.template, pids,
+                                               f"trigger:{tid}:{key}", purpose=t.d.purpose, ref=f"trigger:{tid}",
+                                               vars=t.d.vars, now=now))
+            self._book(t, key, rep, pids, {})
+            n += len(rep.message_ids)
+        return n
+
+
+def _arrow_ids(ids: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"pid": pa.array(ids, pa.string())})
+
+
+def _zone(name: Any) -> ZoneInfo | None:
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def _occurrence(value: date, today: date, yearly: bool, days_before: int) -> date | None:
+    """The occurrence of ``value`` that fires ``today`` (``days_before`` ahead), or None."""
+    target = today + timedelta(days=days_before)
+    if not yearly:
+        return value if value == target else None
+    day = value.day
+    if value.month == 2 and day == 29 and not _leap(target.year):
+        day = 28  # a 29 February date is celebrated on the 28th in common years
+    return target if (target.month, target.day) == (value.month, day) else None
+
+
+def _leap(y: int) -> bool:
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)

@@ -1,0 +1,59 @@
+"""The outbound-call list: only customers with ``call`` consent granted reach it (the same rule as the
+segments' call-list export, ``govern.consent.latest_decision``, including a denial on a merged
+profile), as CSV rows a call centre can open."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from goldkey.activate.sender import SendRequest
+from goldkey.activate.templates import compile_for_workspace
+
+NOON_SH = datetime(2026, 3, 4, 4, 0, tzinfo=UTC)
+
+
+def test_call_list_reaches_only_call_consented_customers(env: Any, tmp_path: Path) -> None:
+    ws, h = env.ws.workspace_id, env.admin_auth()
+    people = [("u0", "张三", "granted"), ("u1", "李四", "denied"), ("u2", "王五", None), ("u3", "赵六", "granted")]
+    for uid, name, _ in people:
+        env.post("/v1/identify", {"userId": uid, "traits": {"name": name, "phone": f"+861391234000{uid[1]}",
+                                                            "city": "上海", "member_tier": "gold"}})
+    pid = {uid: env.client.get(f"/api/v1/profiles/lookup?user_id={uid}", headers=h).json()["profile_id"]
+           for uid, _, _ in people}
+    for uid, _, status in people:
+        if status:
+            r = env.client.put(f"/api/v1/profiles/{pid[uid]}/consents", json={"channel": "call", "status": status},
+                               headers=h)
+            assert r.status_code == 200, r.text
+    # u3 also browsed anonymously and refused calls there; the later denial wins once the profiles merge
+    env.post("/v1/identify", {"anonymousId": "anon-3", "traits": {"name": "访客"}})
+    visitor = env.client.get("/api/v1/profiles/lookup?anonymous_id=anon-3", headers=h).json()["profile_id"]
+    env.client.put(f"/api/v1/profiles/{visitor}/consents", json={"channel": "call", "status": "denied"}, headers=h)
+    env.post("/v1/identify", {"userId": "u3", "anonymousId": "anon-3"})
+
+    path = tmp_path / "calls.csv"
+    cid = env.gk.sender.channels.save(ws, name="call centre", kind="call", config={"path": str(path)})["channel_id"]
+    tpl = compile_for_workspace(env.gk.engine, ws, {"variants": {"zh": {
+        "text": "回访{{ attributes.name }}：续费优惠"}}})
+
+    rep = env.gk.sender.send(SendRequest(ws, cid, tpl, list(pid.values()), "renewal-calls", now=NOON_SH))
+    assert rep.delivery.sent == 1, rep.summary()
+    assert rep.suppressed[pid["u1"]] == "opted out of call/marketing"
+    assert rep.suppressed[pid["u2"]] == "no consent for call/marketing"
+    assert rep.suppressed[pid["u3"]] == "opted out of call/marketing"
+    raw = path.read_bytes()
+    assert raw.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert rows[0] == ["message_id", "profile_id", "name", "phone", "city", "member_tier", "script"]
+    assert [r[1:] for r in rows[1:]] == [[pid["u0"], "张三", "+8613912340000", "上海", "gold", "回访张三：续费优惠"]]
+    # the segments' call-list export applies the very same rule
+    seg = env.client.post("/api/v1/segments", json={"name": "all", "rule": {
+        "kind": "attribute", "field": "profile.origin", "op": "is_set"}}, headers=h).json()
+    env.client.post(f"/api/v1/segments/{seg['segment_id']}/compute", headers=h)
+    r = env.client.get(f"/api/v1/segments/{seg['segment_id']}/export?kind=call_list&mask=false", headers=h)
+    exported = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert exported[1:] == [[pid["u0"], "张三", "+8613912340000", "上海", "gold"]]

@@ -1,0 +1,260 @@
+"""Triggers on the real stores: real-time firing through /v1/track (once per window, guardrails
+respected), a profile-state trigger, the abandoned-cart timer, date triggers in the customer's time
+zone, and bad definitions refused at save."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from goldkey.activate.triggers import FiringWindow, TriggerService, _occurrence
+from goldkey.govern.consent import set_consent
+from goldkey.store.operational import messages, trigger_firings
+
+OFFER = {"template_id": "data_pack",
+         "variants": {"zh": {"text": "{{ attributes.name }}，流量已用 75%，加购流量包立减 5 元"}}}
+DATA_EVENT = {"kind": "event", "event": "Data Usage",
+              "where": [{"property": "data_used_pct", "op": "gte", "value": 75}]}
+
+
+def mount(app: Any) -> None:
+    """Mount the campaigns/triggers router before the console's catch-all route."""
+    from goldkey.api import campaigns as api
+    from goldkey.api.console import _is_console
+
+    if any(getattr(r, "path", "") == "/api/v1/triggers" for r in app.routes):
+        return
+    app.include_router(api.router)
+    routes = app.router.routes
+    for r in [r for r in routes if _is_console(r)]:
+        routes.remove(r)
+        routes.append(r)
+
+
+def pids_by_user(env: Any, n: int) -> list[str]:
+    with env.gk.engine.connect() as c:
+        rows = c.execute(sa.text("SELECT id_value, profile_id FROM identities WHERE workspace_id = :w "
+                                 "AND id_type = 'user_id'"), {"w": env.ws.workspace_id}).all()
+    by = dict(rows)
+    return [by[f"u{i}"] for i in range(n)]
+
+
+def make_profiles(env: Any, n: int) -> list[str]:
+    batch = [{"type": "identify", "userId": f"u{i}", "traits": {"name": f"客户{i}", "phone": f"+86138{i:08d}"}}
+             for i in range(n)]
+    assert env.post("/v1/batch", {"batch": batch}).status_code == 200
+    return pids_by_user(env, n)
+
+
+def grant(env: Any, pids: list[str]) -> None:
+    for p in pids:
+        set_consent(env.gk.engine, env.ws.workspace_id, p, "sms", "granted")
+
+
+def sink(env: Any, tmp_path: Path) -> tuple[str, Path]:
+    out = tmp_path / "sink.jsonl"
+    ch = env.gk.sender.channels.save(env.ws.workspace_id, name="sink", kind="sink",
+                                     config={"path": str(out), "simulates": "sms", "cost_per_message": 0.05})
+    return str(ch["channel_id"]), out
+
+
+@pytest.fixture
+def svc(env: Any) -> Iterator[TriggerService]:
+    mount(env.client.app)
+    env.gk.sender.guardrails.set_policy(env.ws.workspace_id, {"quiet_hours": None, "caps": {}})
+    s = getattr(env.gk, "triggers", None)
+    if s is None:
+        s = TriggerService.from_goldkey(env.gk)
+        s.attach(env.gk.writer)
+        env.gk.triggers = s
+    else:
+        s.stop()  # the runtime's worker and timer: these tests drive the rounds themselves
+    yield s
+    s.stop()
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def track(env: Any, user: str, event: str, **props: Any) -> None:
+    r = env.post("/v1/track", {"userId": user, "event": event, "properties": props})
+    assert r.status_code == 200, r.text
+
+
+def test_realtime_trigger_fires_once_per_window_and_respects_guardrails(env: Any, svc: TriggerService,
+                                                                        tmp_path: Path) -> None:
+    ws = env.ws.workspace_id
+    pids = make_profiles(env, 3)
+    grant(env, pids[:2])  # u2 has no consent
+    env.gk.sender.guardrails.suppress(ws, [pids[1]], "sms", "complained")
+    cid, out = sink(env, tmp_path)
+    r = env.client.post("/api/v1/triggers", headers=env.admin_auth(), json={
+        "name": "流量 75% 提醒", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
+        "window": {"unit": "month", "timezone": "Asia/Shanghai"}})
+    assert r.status_code == 201, r.text
+    tid = r.json()["trigger_id"]
+    track(env, "u0", "Data Usage", data_used_pct=50)  # below the threshold
+    svc.drain()
+    assert not out.exists()
+    track(env, "u0", "Data Usage", data_used_pct=80)
+    track(env, "u1", "Data Usage", data_used_pct=90)
+    track(env, "u2", "Data Usage", data_used_pct=99)
+    svc.drain()
+    got = lines(out)
+    assert [x["profile_id"] for x in got] == [pids[0]] and "75%" in got[0]["text"]
+    track(env, "u0", "Data Usage", data_used_pct=95)  # the same month: never a second offer
+    track(env, "u0", "Data Usage", data_used_pct=99)
+    svc.drain()
+    assert len(lines(out)) == 1
+    page = env.client.get(f"/api/v1/triggers/{tid}/firings", headers=env.admin_auth()).json()
+    by = {f["profile_id"]: f for f in page["items"]}
+    assert page["total"] == 3
+    month = datetime.now(ZoneInfo("Asia/Shanghai")).strftime("m:%Y-%m")
+    assert by[pids[0]]["status"] == "queued" and by[pids[0]]["window_key"] == month
+    assert by[pids[0]]["latency_ms"] is not None and by[pids[0]]["latency_ms"] > 0
+    assert by[pids[1]]["status"] == "suppressed" and by[pids[1]]["reason"] == "suppressed: complained"
+    assert by[pids[2]]["status"] == "suppressed" and by[pids[2]]["reason"] == "no consent for sms/marketing"
+    # granting consent later does not re-fire in this window: at most once per customer and window
+    grant(env, [pids[2]])
+    track(env, "u2", "Data Usage", data_used_pct=100)
+    svc.drain()
+    assert len(lines(out)) == 1
+    with env.gk.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(trigger_firings)).scalar() == 3
+    listed = env.client.get("/api/v1/triggers", headers=env.admin_auth()).json()
+    assert listed[0]["firings"] == {"queued": 1, "suppressed": 2}
+
+
+def test_profile_state_trigger_in_the_background_worker(env: Any, svc: TriggerService, tmp_path: Path) -> None:
+    ws = env.ws.workspace_id
+    pids = make_profiles(env, 2)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    env.post("/v1/identify", {"userId": "u0", "traits": {"balance": 20}})
+    svc.create(ws, {"name": "余额不足", "kind": "realtime", "channel_id": cid,
+                    "condition": {"kind": "attribute", "field": "attributes.balance", "op": "lt", "value": 5},
+                    "template": {"variants": {"zh": {"text": "余额 {{ attributes.balance }} 元，请及时充值"}}}})
+    svc.start()
+    env.post("/v1/identify", {"userId": "u0", "traits": {"balance": 3.5}})
+    env.post("/v1/identify", {"userId": "u1", "traits": {"balance": 8}})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not lines(out):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    got = lines(out)
+    assert [x["profile_id"] for x in got] == [pids[0]] and "3.5" in got[0]["text"]
+    assert len(svc.latencies_ms) == 1 and svc.last_error is None
+
+
+def test_abandoned_cart_fires_only_without_the_follow_up(env: Any, svc: TriggerService, tmp_path: Path) -> None:
+    ws = env.ws.workspace_id
+    pids = make_profiles(env, 4)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    track(env, "u0", "Product Added", sku="lens-1")  # abandons the cart
+    track(env, "u1", "Product Added", sku="lens-1")
+    track(env, "u1", "Order Completed", revenue=199)  # buys: no reminder
+    track(env, "u2", "Order Completed", revenue=50)
+    track(env, "u2", "Product Added", sku="care-2")  # an order BEFORE the cart does not cancel it
+    track(env, "u3", "Product Added", sku="gift", gift=True)  # filtered out by the trigger's where
+    t = svc.create(ws, {"name": "购物车提醒", "kind": "after_event", "channel_id": cid,
+                        "after": {"event": {"kind": "event", "event": "Product Added",
+                                            "where": [{"property": "gift", "op": "is_not_set", "type": "boolean"}]},
+                                  "minutes": 30, "without": {"kind": "event", "event": "Order Completed"}},
+                        "template": {"variants": {"zh": {"text": "您的购物车还有商品"}}}})
+    now = datetime.now(UTC)
+    assert svc.tick(now + timedelta(minutes=10)) == {t["trigger_id"]: 0}  # not yet 30 minutes
+    assert not out.exists()
+    assert svc.tick(now + timedelta(minutes=31)) == {t["trigger_id"]: 2}
+    assert sorted(x["profile_id"] for x in lines(out)) == sorted([pids[0], pids[2]])
+    assert svc.tick(now + timedelta(minutes=32)) == {t["trigger_id"]: 0}  # once
+    assert len(lines(out)) == 2
+    # much later than max_delay_minutes: an old cart is not reminded after an outage
+    track(env, "u3", "Product Added", sku="lens-9")
+    assert svc.tick(now + timedelta(days=3)) == {t["trigger_id"]: 0}
+
+
+def test_birthday_and_renewal_in_the_customers_time_zone(env: Any, svc: TriggerService, tmp_path: Path) -> None:
+    ws = env.ws.workspace_id
+    now = datetime(2026, 6, 10, 3, 0, tzinfo=UTC)  # 11:00 in Shanghai, 04:00 in London, 23:00 (9 June) in New York
+    users = [("u0", "1990-06-10", "Asia/Shanghai"), ("u1", "1985-06-10", "America/New_York"),
+             ("u2", "1992-06-11", "Asia/Shanghai"), ("u3", "1988-06-10", "Europe/London")]
+    batch = [{"type": "identify", "userId": u, "traits": {"name": u, "phone": f"+8613800000{i:03d}", "birthday": b,
+                                                           "timezone": tz, "plan_renewal_at": "2026-06-13"}}
+             for i, (u, b, tz) in enumerate(users)]
+    assert env.post("/v1/batch", {"batch": batch}).status_code == 200
+    pids = pids_by_user(env, 4)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    bday = svc.create(ws, {"name": "生日祝福", "kind": "date", "channel_id": cid, "purpose": "marketing",
+                           "date": {"field": "attributes.birthday", "yearly": True, "time_of_day": "09:00"},
+                           "template": {"variants": {"zh": {"text": "生日快乐"}}}})
+    renew = svc.create(ws, {"name": "续费提醒", "kind": "date", "channel_id": cid,
+                            "date": {"field": "attributes.plan_renewal_at", "days_before": 3, "time_of_day": "08:00"},
+                            "template": {"variants": {"zh": {"text": "套餐 3 天后到期"}}}})
+    fired = svc.tick(now)
+    # u0: 10 June 11:00 local, after 09:00; u1: still 9 June in New York; u2: tomorrow; u3: 04:00 < 09:00
+    assert fired[bday["trigger_id"]] == 1
+    # renewal 13 June, 3 days before = 10 June: reached 08:00 in Shanghai (u0, u2), not in New York or London
+    assert fired[renew["trigger_id"]] == 2
+    assert svc.tick(now + timedelta(minutes=1))[bday["trigger_id"]] == 0  # once per occurrence
+    later = svc.tick(now + timedelta(hours=15))  # 09:00 in New York on 10 June, 19:00 in London
+    assert later[bday["trigger_id"]] == 2
+    with env.gk.engine.connect() as c:
+        keys = dict(c.execute(sa.select(trigger_firings.c.profile_id, trigger_firings.c.window_key).where(
+            trigger_firings.c.trigger_id == bday["trigger_id"])).all())
+    assert keys == {pids[0]: "date:2026-06-10", pids[1]: "date:2026-06-10", pids[3]: "date:2026-06-10"}
+    with env.gk.engine.connect() as c:
+        refs = c.execute(sa.select(messages.c.ref, sa.func.count()).group_by(messages.c.ref)).all()
+    assert dict(refs) == {f"trigger:{bday['trigger_id']}": 3, f"trigger:{renew['trigger_id']}": 4}
+
+
+def test_windows_and_occurrences() -> None:
+    w = FiringWindow(unit="week", timezone="Asia/Shanghai")
+    assert w.key(datetime(2026, 11, 22, 17, 0, tzinfo=UTC)) == "w:2026-W48"  # Monday 01:00 in Shanghai
+    assert FiringWindow(unit="day", timezone="UTC").key(datetime(2026, 1, 1, tzinfo=UTC)) == "d:2026-01-01"
+    assert FiringWindow(unit="ever").key(datetime.now(UTC)) == "ever"
+    from datetime import date
+
+    assert _occurrence(date(2000, 2, 29), date(2027, 2, 28), True, 0) == date(2027, 2, 28)
+    assert _occurrence(date(2000, 2, 29), date(2028, 2, 28), True, 0) is None  # leap year: the 29th
+    assert _occurrence(date(2026, 7, 1), date(2026, 6, 24), False, 7) == date(2026, 7, 1)
+
+
+def test_bad_trigger_definitions_are_refused(env: Any, svc: TriggerService, tmp_path: Path) -> None:
+    make_profiles(env, 1)
+    cid, _ = sink(env, tmp_path)
+    h = env.admin_auth()
+
+    def post(d: dict[str, Any]) -> Any:
+        return env.client.post("/api/v1/triggers", json={"name": "t", "channel_id": cid, "template": OFFER, **d},
+                               headers=h)
+
+    r = post({"kind": "realtime"})
+    assert r.status_code == 400 and "needs an event condition" in r.json()["error"]
+    r = post({"kind": "realtime", "condition": {"kind": "attribute", "field": "attributes.balence", "op": "lt",
+                                                "value": 5}})
+    assert r.status_code == 400 and r.json()["field"] == "condition.field", r.text
+    r = post({"kind": "realtime", "event": {"kind": "event", "event": "Data Usage", "window": {"last_days": 3}}})
+    assert r.status_code == 400 and "matches one event" in r.json()["error"]
+    bad = {"variants": {"zh": {"text": "{{ attributes.x }}"}}}
+    r = post({"kind": "realtime", "event": DATA_EVENT, "template": bad})
+    assert r.status_code == 400 and r.json()["field"] == "template.variants.zh.text"
+    r = post({"kind": "date", "date": {"field": "attributes.name"}})
+    assert r.status_code == 400 and "needs a datetime field" in r.json()["error"]
+    r = post({"kind": "realtime", "event": DATA_EVENT, "channel_id": "chn_nope"})
+    assert r.status_code == 400 and r.json()["field"] == "channel_id"
+    r = post({"kind": "realtime", "event": DATA_EVENT, "window": {"unit": "fortnight"}})
+    assert r.status_code == 400 and r.json()["field"] == "window.unit"
+    assert env.client.get("/api/v1/triggers", headers=h).json() == []
+    assert post({"kind": "realtime", "event": DATA_EVENT}).status_code == 201
+    assert post({"kind": "realtime", "event": DATA_EVENT}).status_code == 409
