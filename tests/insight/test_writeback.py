@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from goldkey.insight.writeback import read_profile_insights, write_profile_insights, write_scores
 
 
@@ -49,3 +51,45 @@ def test_profile_insights_replace_the_models_previous_run_and_show_in_the_profil
     other = env.gk.workspaces.create("other-brand")
     r = env.client.get(f"/api/v1/profiles/{b}", headers=env.admin_auth(other.admin_token))
     assert r.status_code == 404
+
+
+def test_scores_and_model_tags_in_chunks_on_both_operational_stores(env_any: Any, monkeypatch: Any) -> None:
+    """The bulk paths (raw DBAPI read, SQLite executemany / PostgreSQL UPDATE ... FROM unnest), cut
+    into writer commands of two profiles, give the same result as one pass."""
+    import goldkey.audience.tags as tags_mod
+    import goldkey.insight.writeback as wb
+    from goldkey.core.errors import InvalidInput
+
+    monkeypatch.setattr(wb, "WRITE_CHUNK", 2)
+    monkeypatch.setattr(tags_mod, "WRITE_CHUNK", 2)
+    env, ws = env_any, env_any.ws.workspace_id
+    pids = [_profile(env, f"u-{i}") for i in range(5)]
+    write_scores(env.gk, ws, ("other",), {pids[0]: {"other": 7}})
+    assert write_scores(env.gk, ws, ("m_x",), {p: {"m_x": i / 4} for i, p in enumerate(pids)}) == 5
+    assert [_scores(env, p) for p in pids[:2]] == [{"other": 7.0, "m_x": 0.0}, {"m_x": 0.25}]
+    # pids[0] no longer scored, pids[1] gets None (removed), pids[2] unchanged, the rest change
+    assert write_scores(env.gk, ws, ("m_x",), {pids[1]: {"m_x": None}, pids[2]: {"m_x": 0.5}, pids[3]: {"m_x": 9},
+                                              pids[4]: {"m_x": 9}}) == 4
+    assert [_scores(env, p) for p in pids] == [{"other": 7.0}, {}, {"m_x": 0.5}, {"m_x": 9.0}, {"m_x": 9.0}]
+
+    tags = env.gk.tags
+    tags.create(ws, {"name": "tier", "kind": "model", "value_type": "enum", "category": "consumption",
+                     "values": ["gold", "silver"]})
+    tags.create(ws, {"name": "flag", "kind": "model", "value_type": "boolean", "category": "dynamic"})
+    w = tags.set_model_values(ws, "tier", {pids[0]: "gold", pids[1]: "silver", pids[2]: "gold", pids[3]: None}, "m")
+    assert (w.changed, w.profiles, w.previous) == (3, 3, {})
+    assert tags.holders(ws, "tier") == {pids[0]: "gold", pids[1]: "silver", pids[2]: "gold"}
+    w = tags.set_model_values(ws, "tier", {pids[0]: "gold", pids[1]: "gold", pids[4]: "silver"}, "m")
+    assert w.changes == {pids[1]: "gold", pids[4]: "silver", pids[2]: None} and w.changed == 3
+    assert tags.holders(ws, "tier") == {pids[0]: "gold", pids[1]: "gold", pids[4]: "silver"}
+    assert tags.set_model_values(ws, "flag", {pids[0]: True, pids[1]: False}, "m").changed == 1
+    assert tags.holders(ws, "flag") == {pids[0]: True}
+    # the Tag Changed events: one per change, with the previous value
+    hist = {(h["profile_id"], h["value"], h["previous"]) for h in tags.history(ws, "tier")}
+    assert hist == {(pids[0], "gold", None), (pids[1], "silver", None), (pids[2], "gold", None),
+                    (pids[1], "gold", "silver"), (pids[4], "silver", None), (pids[2], None, "gold")}
+    # a value the tag does not allow: nothing is written
+    with pytest.raises(InvalidInput, match="bronze") as exc:
+        tags.set_model_values(ws, "tier", {pids[0]: "bronze"}, "m")
+    assert exc.value.field == "value"
+    assert tags.holders(ws, "tier")[pids[0]] == "gold"

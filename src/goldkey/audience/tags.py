@@ -19,8 +19,9 @@ import csv
 import io
 import re
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -157,7 +158,7 @@ class TagService:
     def delete(self, ws: str, name: str, actor: str = "api") -> int:
         """Delete a tag and remove it from every profile; returns how many profiles had it."""
         self.get(ws, name)
-        holders = self._holders(ws, name)
+        holders = self.holders(ws, name)
         removed = self._write(ws, name, {p: None for p in holders}, source="tags")
         with self.engine.begin() as c:
             c.execute(tags.delete().where(T.workspace_id == ws, T.name == name))
@@ -193,7 +194,7 @@ class TagService:
             ids = batch_member_ids(self.facts, self.analytical, ws, parse_rule(r["rule"]), t, fresh=True)
             for pid in ids.column("profile_id").to_pylist():
                 new.setdefault(pid, r["value"])  # the first matching rule wins
-        current = self._holders(ws, name)
+        current = self.holders(ws, name)
         changes = {p: v for p, v in new.items() if current.get(p) != v}
         changes.update({p: None for p in current if p not in new})
         changed = self._write(ws, name, changes, source="tags")
@@ -229,7 +230,7 @@ class TagService:
                                field=errors[0]["field"], record=errors[0]["record"])
             err.errors = errors  # type: ignore[attr-defined]
             raise err
-        current = self._holders(ws, name)
+        current = self.holders(ws, name)
         changes = {p: v for p, v in resolved.items() if current.get(p) != v}
         if replace:
             changes.update({p: None for p in current if p not in resolved})
@@ -354,56 +355,159 @@ class TagService:
                         "source": p.get("source")})
         return out
 
-    def _holders(self, ws: str, name: str) -> dict[str, Any]:
-        """{profile_id: value} of live profiles that carry the tag."""
-        out: dict[str, Any] = {}
+    def holders(self, ws: str, name: str) -> dict[str, Any]:
+        """{profile_id: value} of live profiles that carry the tag. Only rows whose ``tags`` text
+        contains the quoted name are fetched (straight from the DBAPI cursor) and parsed."""
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(profiles.c.profile_id, profiles.c.tags).where(
-                profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None), profiles.c.tags != "{}"))
-            for pid, raw in rows:
-                v = orjson.loads(raw).get(name)
-                if v is not None:
-                    out[pid] = v
+            rows = read_json_rows(c, ws, "tags", containing=orjson.dumps(name).decode())
+        out: dict[str, Any] = {}
+        loads = orjson.loads
+        for pid, raw in rows:
+            v = loads(raw).get(name)
+            if v is not None:
+                out[pid] = v
         return out
 
+    _holders = holders  # the older private name
+
+    def set_model_values(self, ws: str, name: str, values: Mapping[str, Any], source: str, *,
+                         current: dict[str, Any] | None = None) -> ModelTagWrite:
+        """Set a model's tag on exactly the profiles in ``values`` (live profile ids, e.g. straight
+        from ``orders_resolved``; a value of None - or False for a boolean tag - means no value) and
+        remove it from every other live profile, with a Tag Changed event per change.
+
+        This is what ``set_values(..., replace=True)`` does, without resolving each row's profile by
+        a query (~0.4 ms a row, minutes at 1M customers); every distinct value is checked against
+        the tag's type and allowed values first (nothing is written when one is bad). ``current``
+        is the holders when the caller has just read them (:meth:`holders`)."""
+        tag = self.get(ws, name)
+        if tag["kind"] == "rule":
+            raise InvalidInput(f"tag {name!r} is computed from its rules; a model cannot set it", field="name")
+        checked: dict[Any, Any] = {}
+        bad = []
+        for v in set(values.values()):
+            try:
+                checked[v] = self._check_value(tag, v, allow_none=True)
+            except InvalidInput:
+                bad.append(v)
+        if bad:
+            raise InvalidInput(f"values {sorted(bad, key=repr)} are not among tag {name!r}'s values", field="value")
+        new = {p: checked[v] for p, v in values.items() if checked[v] is not None}
+        if current is None:
+            current = self.holders(ws, name)
+        get = current.get
+        changes: dict[str, Any] = {p: v for p, v in new.items() if get(p) != v}
+        changes.update({p: None for p in current if p not in new})
+        changed = self._write(ws, name, changes, source=source)
+        return ModelTagWrite(name, len(new), current, changes, changed)
+
     def _write(self, ws: str, name: str, changes: dict[str, Any], *, source: str) -> int:
-        """Apply {profile_id: value or None} on the writer thread, with a Tag Changed event each."""
+        """Apply {profile_id: value or None} on the writer thread, with a Tag Changed event each,
+        ``WRITE_CHUNK`` profiles per writer command (event commits go on in between): each command
+        reads its profiles' ``tags``, writes the changed ones in one batch and appends their events
+        in one Arrow batch."""
         if not changes:
             return 0
         at = utcnow()
+        ids = sorted(changes)
 
-        def run(ctx: Any) -> int:
-            ids = sorted(changes)
+        def run(ctx: Any, chunk: list[str]) -> int:
             events: list[tuple[str, str, dict[str, Any]]] = []
+            updates: list[tuple[str, str]] = []
+            loads, dumps = orjson.loads, orjson.dumps
             with ctx.engine.begin() as c:
-                updates = []
-                for i in range(0, len(ids), 500):
-                    for pid, raw in c.execute(sa.select(profiles.c.profile_id, profiles.c.tags).where(
-                            profiles.c.profile_id.in_(ids[i : i + 500]))):
-                        cur = orjson.loads(raw)
-                        prev = cur.get(name)
-                        new = changes[pid]
-                        if prev == new:
-                            continue
-                        if new is None:
-                            cur.pop(name, None)
-                        else:
-                            cur[name] = new
-                        updates.append({"pid": pid, "tags": orjson.dumps(cur).decode()})
-                        events.append((pid, "Tag Changed", {"tag": name, "value": new, "previous": prev,
-                                                            "source": source}))
+                for pid, raw in read_json_rows(c, ws, "tags", ids=chunk, live_only=False):
+                    cur = loads(raw)
+                    prev = cur.get(name)
+                    new = changes[pid]
+                    if prev == new:
+                        continue
+                    if new is None:
+                        cur.pop(name, None)
+                    else:
+                        cur[name] = new
+                    updates.append((dumps(cur).decode(), pid))
+                    events.append((pid, "Tag Changed", {"tag": name, "value": new, "previous": prev,
+                                                        "source": source}))
                 if updates:
-                    c.execute(profiles.update().where(profiles.c.profile_id == sa.bindparam("pid"))
-                              .values(tags=sa.bindparam("tags")), updates)
+                    update_json_rows(c, "tags", updates)
                     with ctx.analytical.transaction() as con:
                         emit_events(ctx.analytical, con, ws, events, "tags", at)
             return len(updates)
 
-        n = self.writer.run_command(run)
+        n = 0
+        for i in range(0, len(ids), WRITE_CHUNK):
+            n += self.writer.run_command(lambda ctx, chunk=ids[i : i + WRITE_CHUNK]: run(ctx, chunk))
         self.facts.touch(ws)
         if self.realtime is not None and n:
             self.realtime.notify(ws, list(changes))
         return n
+
+
+class ModelTagWrite(NamedTuple):
+    """What :meth:`TagService.set_model_values` did."""
+
+    tag: str
+    profiles: int  # profiles that carry the tag now
+    previous: dict[str, Any]  # {profile_id: value} before
+    changes: dict[str, Any]  # {profile_id: new value or None} asked for
+    changed: int  # rows written (one Tag Changed event each)
+
+
+# -- bulk access to the profiles' JSON columns (shared with goldkey.insight.writeback) ----------
+WRITE_CHUNK = 50_000  # profiles per writer command
+_JSON_COLUMNS = ("tags", "scores")
+
+
+def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[str] | None = None,
+                   containing: str | None = None, live_only: bool = True) -> list[tuple[str, str]]:
+    """``(profile_id, <column> JSON text)`` of profiles of ``ws`` (live ones when ``live_only``),
+    optionally only ``ids`` and/or rows whose text contains ``containing``; read on the raw DBAPI
+    cursor (SQLAlchemy's per-row handling costs more than the query at 1M rows). The ids go as one
+    JSON array (SQLite ``json_each``) or one array parameter (PostgreSQL ``= ANY``)."""
+    if column not in _JSON_COLUMNS:
+        raise ValueError(f"not a JSON column of profiles: {column!r}")
+    sqlite = conn.dialect.name == "sqlite"
+    ph = "?" if sqlite else "%s"
+    sql = f"SELECT profile_id, {column} FROM profiles WHERE workspace_id = {ph}"
+    params: list[Any] = [ws]
+    if live_only:
+        sql += " AND merged_into IS NULL"
+    if ids is not None:
+        if sqlite:
+            sql += " AND profile_id IN (SELECT value FROM json_each(?))"
+            params.append(orjson.dumps(list(ids)).decode())
+        else:
+            sql += " AND profile_id = ANY(%s)"
+            params.append(list(ids))
+    if containing is not None:
+        sql += f" AND {'instr' if sqlite else 'strpos'}({column}, {ph}) > 0"
+        params.append(containing)
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+def update_json_rows(conn: sa.Connection, column: str, rows: Sequence[tuple[str, str]]) -> None:
+    """Set ``<column> = json`` for each ``(json, profile_id)`` inside the caller's transaction: one
+    prepared statement run for every row (SQLite ``executemany``), or one ``UPDATE ... FROM
+    unnest(...)`` (PostgreSQL)."""
+    if column not in _JSON_COLUMNS:
+        raise ValueError(f"not a JSON column of profiles: {column!r}")
+    if not rows:
+        return
+    cur = conn.connection.cursor()
+    try:
+        if conn.dialect.name == "sqlite":
+            cur.executemany(f"UPDATE profiles SET {column} = ? WHERE profile_id = ?", rows)
+        else:
+            cur.execute(f"UPDATE profiles AS p SET {column} = u.v FROM unnest(%s::text[], %s::text[]) AS u(v, id) "
+                        "WHERE p.profile_id = u.id", ([r[0] for r in rows], [r[1] for r in rows]))
+    finally:
+        cur.close()
 
 
 def _parse_cell(v: str, vt: str) -> Any:

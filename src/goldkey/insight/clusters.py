@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound
-from goldkey.insight.lifecycle import check_model_tag, ensure_model_tag, set_model_tag
+from goldkey.insight.lifecycle import check_model_tag, ensure_model_tag
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -340,7 +340,7 @@ class ClusterService:
             "description": f"customer cluster / 客户聚类 (model {MODEL_NAME} v{mv.version}; k-means, "
                            "c1 = highest mean revenue)"})
         values = dict(zip(labels["profile_id"].to_list(), labels["cluster"].to_list(), strict=True))
-        _, _, changed = set_model_tag(self.tags, ws, CLUSTER_TAG, values, f"model:{MODEL_NAME}:v{mv.version}")
+        changed = self.tags.set_model_values(ws, CLUSTER_TAG, values, f"model:{MODEL_NAME}:v{mv.version}").changed
         step("tag")
         return {"model": MODEL_NAME, "version": mv.version, "as_of": mv.artifact["as_of"], "k": mv.metrics["k"],
                 "customers": labels.height, "tag_changed": changed, "metrics": mv.metrics,

@@ -67,7 +67,7 @@ from goldkey.audience.facts import events_for, facts_table_name
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
 from goldkey.insight.registry import ModelRegistry, ModelVersion
-from goldkey.insight.writeback import declare_scores, write_scores
+from goldkey.insight.writeback import declare_scores, write_score_table
 from goldkey.rules.model import AttributeCondition, iter_nodes
 from goldkey.rules.values import as_of_utc, field_column
 from goldkey.store.analytical import AnalyticalStore
@@ -334,26 +334,6 @@ def transitions(previous: Mapping[str, Any], new: Mapping[str, Any], labels: lis
     return m
 
 
-def set_model_tag(tags: Any, ws: str, name: str, values: Mapping[str, Any], source: str,
-                  current: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """Set a model tag on exactly the profiles in ``values`` and remove it from every other
-    profile (a ``Tag Changed`` event per change, through the tag service's write path).
-    Returns (previous holders, changes, rows changed). Uses the tag service's ``_holders`` /
-    ``_write`` like :mod:`goldkey.insight.rfm` does (``set_values`` resolves each row by a query);
-    ``current`` is the holders when the caller has just read them."""
-    tag = tags.get(ws, name)
-    bad = {v for v in values.values() if v is not None and v not in tag["values"]}
-    if bad:
-        raise InvalidInput(f"values {sorted(bad)} are not among tag {name!r}'s values", field="value")
-    new = {p: v for p, v in values.items() if v is not None}
-    if current is None:
-        current = tags._holders(ws, name)
-    changes: dict[str, Any] = {p: v for p, v in new.items() if current.get(p) != v}
-    changes.update({p: None for p in current if p not in new})
-    changed = tags._write(ws, name, changes, source=source)
-    return current, changes, changed
-
-
 def ensure_model_tag(tags: Any, ws: str, spec: dict[str, Any]) -> None:
     """Create the model tag, or widen its values and refresh its description; a tag of that name
     that is not a model tag is a Conflict."""
@@ -456,7 +436,7 @@ class LifecycleService:
         feats, stages, timing = self.compute(ws, d, t)
         order = [s.stage for s in d.stage_rules()]
         new = dict(zip(stages["profile_id"].to_list(), stages["label"].to_list(), strict=True))
-        previous = self.tags._holders(ws, STAGE_TAG) if self._has_tag(ws) else {}
+        previous = self.tags.holders(ws, STAGE_TAG) if self._has_tag(ws) else {}
         matrix = transitions(previous, new, list(STAGES))
         counts = {k: 0 for k in STAGES}
         for k, n in stages.group_by("label").len().iter_rows():
@@ -477,8 +457,9 @@ class LifecycleService:
         step("scores")
         ensure_model_tag(self.tags, ws, self._tag_spec(mv.version))
         source = f"model:{MODEL_NAME}:v{mv.version}"
-        prev, changes, tag_changed = set_model_tag(self.tags, ws, STAGE_TAG, new, source, previous)
-        events = emit_transitions(self.writer, self.analytical, ws, prev, changes,
+        w = self.tags.set_model_values(ws, STAGE_TAG, new, source, current=previous)
+        tag_changed = w.changed
+        events = emit_transitions(self.writer, self.analytical, ws, w.previous, w.changes,
                                   {"model_version": mv.version, "as_of": to_iso(t)}, source)
         t_end = time.perf_counter()
         step("tag and events")
@@ -534,7 +515,4 @@ class LifecycleService:
                     f"{k}={v[1]}" for k, v in STAGES.items()) + f" (model {MODEL_NAME} v{version})"}
 
     def _write_scores(self, ws: str, feats: pa.Table, version: int) -> int:
-        cols = {c: feats.column(c).to_pylist() for c in feats.column_names}
-        pids = cols.pop("profile_id")
-        values = {p: {**{c: cols[c][i] for c in cols}, "lc_model_version": version} for i, p in enumerate(pids)}
-        return write_scores(self, ws, SCORE_FIELDS, values)
+        return write_score_table(self, ws, SCORE_FIELDS, feats, {"lc_model_version": version})

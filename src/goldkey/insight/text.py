@@ -687,14 +687,8 @@ class FeedbackTextService:
 
     def _set_tag(self, ws: str, name: str, values: dict[str, Any], source: str) -> int:
         """Set a model tag on exactly these profiles and remove it from all others (one Tag Changed
-        event per change), through the tag service's own write path (as RFM does)."""
-        if not (hasattr(self.tags, "_holders") and hasattr(self.tags, "_write")):
-            rows = [{"profile_id": p, "value": v} for p, v in values.items()]
-            return int(self.tags.set_values(ws, name, rows, source=source, replace=True)["changed"])
-        current = self.tags._holders(ws, name)
-        changes: dict[str, Any] = {p: v for p, v in values.items() if current.get(p) != v}
-        changes.update({p: None for p in current if p not in values})
-        return int(self.tags._write(ws, name, changes, source=source))
+        event per change), through the tag service's shared model write path."""
+        return int(self.tags.set_model_values(ws, name, values, source).changed)
 
     # -- alerts ---------------------------------------------------------------------------------
     def _emitted_alert_keys(self, ws: str) -> set[tuple[str, str, str]]:
