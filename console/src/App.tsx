@@ -2,7 +2,18 @@
  * the header (workspace switcher, language switch, sign-out) and the routes. */
 import { App as AntApp, Button, ConfigProvider, Dropdown, Layout, Menu, Segmented, Space, Typography } from "antd";
 import {
+  AimOutlined,
+  ApartmentOutlined,
   AppstoreOutlined,
+  BarChartOutlined,
+  BulbOutlined,
+  ClusterOutlined,
+  DeploymentUnitOutlined,
+  FundOutlined,
+  HeatMapOutlined,
+  NodeIndexOutlined,
+  NotificationOutlined,
+  ShoppingCartOutlined,
   DashboardOutlined,
   DownOutlined,
   LogoutOutlined,
@@ -27,6 +38,17 @@ import { TagsPage } from "./pages/Tags";
 import { SegmentsPage } from "./pages/Segments";
 import { SegmentBuilderPage } from "./pages/SegmentBuilder";
 import { SegmentDetailPage } from "./pages/SegmentDetail";
+import { RfmPage } from "./pages/insight/Rfm";
+import { ClvPage } from "./pages/insight/Clv";
+import { ChurnPage } from "./pages/insight/Churn";
+import { LifecyclePage } from "./pages/insight/Lifecycle";
+import { ClustersPage } from "./pages/insight/Clusters";
+import { CrossSellPage } from "./pages/insight/CrossSell";
+import { ReportsPage } from "./pages/insight/Reports";
+import { CampaignNewPage, CampaignsPage } from "./pages/activation/Campaigns";
+import { CampaignDetailPage } from "./pages/activation/CampaignDetail";
+import { JourneysPage } from "./pages/activation/Journeys";
+import { JourneyCanvasPage } from "./pages/activation/JourneyCanvas";
 
 export function App() {
   return (
@@ -126,18 +148,39 @@ function Shell() {
   const navigate = useNavigate();
   const [narrow, setNarrow] = useState(false);
   if (!current) return <Navigate to="/sign-in" replace />;
-  const section = "/" + (location.pathname.split("/")[1] ?? "");
+  const parts = location.pathname.split("/");
+  const section = parts[1] === "insight" ? `/insight/${parts[2] ?? ""}` : "/" + (parts[1] ?? "");
   const menu = [
     { key: "/", icon: <DashboardOutlined />, label: t("nav.overview") },
     { key: "/customers", icon: <TeamOutlined />, label: t("nav.customers") },
     { key: "/segments", icon: <UsergroupAddOutlined />, label: t("nav.segments") },
     { key: "/tags", icon: <TagsOutlined />, label: t("nav.tags") },
+    {
+      key: "insight", icon: <BulbOutlined />, label: t("nav.insight"),
+      children: [
+        { key: "/insight/rfm", icon: <HeatMapOutlined />, label: t("nav.rfm") },
+        { key: "/insight/clv", icon: <FundOutlined />, label: t("nav.clv") },
+        { key: "/insight/churn", icon: <AimOutlined />, label: t("nav.churn") },
+        { key: "/insight/lifecycle", icon: <NodeIndexOutlined />, label: t("nav.lifecycle") },
+        { key: "/insight/clusters", icon: <ClusterOutlined />, label: t("nav.clusters") },
+        { key: "/insight/cross-sell", icon: <ShoppingCartOutlined />, label: t("nav.crossSell") },
+        { key: "/insight/reports", icon: <BarChartOutlined />, label: t("nav.reports") },
+      ],
+    },
+    {
+      key: "activation", icon: <DeploymentUnitOutlined />, label: t("nav.activation"),
+      children: [
+        { key: "/campaigns", icon: <NotificationOutlined />, label: t("nav.campaigns") },
+        { key: "/journeys", icon: <ApartmentOutlined />, label: t("nav.journeys") },
+      ],
+    },
   ];
+  const open = section.startsWith("/insight") ? ["insight"] : section === "/campaigns" || section === "/journeys" ? ["activation"] : [];
   return (
     <Layout style={{ minHeight: "100vh" }}>
       <Layout.Sider width={208} breakpoint="lg" collapsedWidth={64} collapsed={narrow} onBreakpoint={setNarrow} trigger={null} theme="dark" className="gk-sider">
         <div className="gk-brand"><Brand compact={narrow} /></div>
-        <Menu theme="dark" mode="inline" selectedKeys={[section]} items={menu} onClick={({ key }) => navigate(key)} />
+        <Menu theme="dark" mode="inline" selectedKeys={[section]} defaultOpenKeys={open} items={menu} onClick={({ key }) => navigate(key)} />
       </Layout.Sider>
       <Layout>
         <Layout.Header className="gk-header">
@@ -157,6 +200,19 @@ function Shell() {
             <Route path="/segments/:segmentId" element={<SegmentDetailPage />} />
             <Route path="/segments/:segmentId/edit" element={<SegmentBuilderPage />} />
             <Route path="/tags" element={<TagsPage />} />
+            <Route path="/insight/rfm" element={<RfmPage />} />
+            <Route path="/insight/clv" element={<ClvPage />} />
+            <Route path="/insight/churn" element={<ChurnPage />} />
+            <Route path="/insight/lifecycle" element={<LifecyclePage />} />
+            <Route path="/insight/clusters" element={<ClustersPage />} />
+            <Route path="/insight/cross-sell" element={<CrossSellPage />} />
+            <Route path="/insight/reports" element={<ReportsPage />} />
+            <Route path="/campaigns" element={<CampaignsPage />} />
+            <Route path="/campaigns/new" element={<CampaignNewPage />} />
+            <Route path="/campaigns/:campaignId" element={<CampaignDetailPage />} />
+            <Route path="/journeys" element={<JourneysPage />} />
+            <Route path="/journeys/new" element={<JourneyCanvasPage />} />
+            <Route path="/journeys/:journeyId" element={<JourneyCanvasPage />} />
             <Route path="*" element={<Navigate to="/" replace />} />
           </Routes>
         </Layout.Content>

@@ -184,3 +184,32 @@ def test_missing_build_explains_how_to_build(env: Any, tmp_path: Path, monkeypat
         assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
         assert "make console" in r.text and "npm ci" in r.text
     assert env.client.get("/healthz").status_code == 200
+
+
+def test_rfm_grid_counts_the_scores_rfm_wrote(env: Any, tmp_path: Path) -> None:
+    empty = env.client.get("/api/v1/console/rfm-grid", headers=env.admin_auth())
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["version"] is None and empty.json()["scored"] == 0 and len(empty.json()["cells"]) == 25
+    path = tmp_path / "rfm-orders.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["order_id", "ordered_at", "crm_id", "sku", "category", "quantity", "unit_price", "currency"])
+        for i in range(40):  # customer i: i % 6 + 1 orders, the last one i * 9 days ago
+            for k in range(i % 6 + 1):
+                w.writerow([f"R{i}-{k}", _iso(i * 9 + k * 30 + 1), f"K{i}", "SKU1", "lens", "1", str(50 + i), "CNY"])
+    assert env.gk.importer.run(env.ws.workspace_id, "orders", path, {}).status == "done"
+    run = env.client.post("/api/v1/insight/rfm/run", json={}, headers=env.admin_auth())
+    assert run.status_code == 200, run.text
+    grid = env.client.get("/api/v1/console/rfm-grid", headers=env.admin_auth()).json()
+    assert grid["version"] == run.json()["version"] and grid["scored"] == run.json()["profiles"] == 40
+    # independently: every profile's scores through the profile API
+    expected: dict[tuple[int, int], int] = {}
+    for i in range(40):
+        prof = env.client.get("/api/v1/profiles/lookup", params={"crm_id": f"K{i}"}, headers=env.admin_auth()).json()
+        sc = prof["scores"]
+        expected[(sc["rfm_r"], sc["rfm_f"])] = expected.get((sc["rfm_r"], sc["rfm_f"]), 0) + 1
+    assert {(c["r"], c["f"]): c["profiles"] for c in grid["cells"] if c["profiles"]} == expected
+    groups = {g["group"]: g["profiles"] for g in grid["groups"]}
+    assert groups == {k: v for k, v in run.json()["metrics"]["groups"].items()}
+    assert next(g for g in grid["groups"] if g["group"] == "champions")["zh"] == "冠军客户（重要价值客户）"
+    assert env.client.get("/api/v1/console/rfm-grid").status_code == 401

@@ -111,3 +111,289 @@ export interface Coverage {
   coverage: number;
   values: { value: string | number | boolean; profiles: number }[];
 }
+
+// -- insight (src/goldkey/insight/*_api.py and /api/v1/console/rfm-grid) ----------------------------
+
+export interface ModelMeta {
+  name: string;
+  kind: string;
+  version: number;
+  created_at: string;
+  definition: Record<string, unknown>;
+  metrics: Record<string, unknown>;
+}
+
+export interface RFMGrid {
+  version: number | null;
+  scored: number;
+  cells: { r: number; f: number; group: string; profiles: number }[];
+  groups: { group: string; en: string; zh: string; description: string; profiles: number }[];
+}
+
+export interface CLVSummary {
+  model: string;
+  version: number;
+  as_of: string | null;
+  created_at: string;
+  period: string | null;
+  parameters: Record<string, Record<string, number>>;
+  metrics: Record<string, unknown>;
+  distribution: {
+    histogram: { from: number; to: number; profiles: number }[];
+    deciles: { decile: number; profiles: number; min: number; max: number; mean: number; sum: number; share: number }[];
+  };
+}
+
+export interface LiftRow {
+  decile: number;
+  customers: number;
+  positives: number;
+  rate: number;
+  lift: number;
+  cumulative_customers: number;
+  cumulative_positives: number;
+  cumulative_gain_pct: number;
+  cumulative_lift: number;
+  min_score: number;
+  max_score: number;
+}
+
+export interface ChurnVersion {
+  version: number;
+  created_at: string;
+  as_of: string | null;
+  cutoff: string | null;
+  auc: number;
+  pr_auc: number;
+  brier: number;
+  top_decile_lift: number;
+  base_rate: number;
+  labelled: number;
+  test: number;
+  lift_table: LiftRow[];
+  feature_importance: { feature: string; gain_share: number }[];
+  [k: string]: unknown;
+}
+
+export interface Evaluation {
+  name: string;
+  kind: string;
+  versions: ChurnVersion[];
+}
+
+export interface LifecycleSummary {
+  model: string;
+  version: number;
+  as_of: string | null;
+  created_at: string;
+  order: string[];
+  stages: { stage: string; en: string; zh: string; description: string; profiles: number }[];
+  transitions: Record<string, Record<string, number>>;
+  customers: number;
+  staged: number;
+  changed: number;
+}
+
+export interface Cluster {
+  cluster: string;
+  size: number;
+  share: number;
+  description_en: string;
+  description_zh: string;
+  means: Record<string, number>;
+  top_categories: Record<string, number>;
+}
+
+export interface Clusters {
+  model: string;
+  version: number;
+  as_of: string | null;
+  created_at: string;
+  k: number;
+  features: string[];
+  metrics: { silhouette: Record<string, number>; silhouette_best: number; customers: number };
+  clusters: Cluster[];
+}
+
+export interface AssociationRule {
+  antecedent: string[];
+  consequent: string[];
+  support: number;
+  confidence: number;
+  lift: number;
+  leverage: number;
+  conviction: number | null;
+  count: number;
+}
+
+export interface RuleList {
+  version: number;
+  scope: string;
+  level: string;
+  transactions: number;
+  rules: AssociationRule[];
+}
+
+export interface FunnelReport {
+  start: string;
+  end: string;
+  window_days: number;
+  steps: { step: number; event: string; profiles: number; conversion_pct: number; overall_pct: number; median_seconds_from_previous: number | null }[];
+}
+
+export interface CohortReport {
+  cohort_by: string;
+  activity: string;
+  period: string;
+  offsets: number[];
+  cohorts: { cohort: string; size: number; counts: number[]; pct: (number | null)[] }[];
+}
+
+export interface ChannelReport {
+  touch: string;
+  clv_available: boolean;
+  channels: {
+    source: string;
+    medium: string;
+    customers: number;
+    converted: number;
+    conversion_pct: number;
+    orders: number;
+    revenue: number;
+    revenue_per_customer: number | null;
+    avg_clv: number | null;
+    cost: number | null;
+    cac: number | null;
+    roas: number | null;
+  }[];
+}
+
+// -- activation (src/goldkey/api/activate.py, campaigns.py, journeys.py) ---------------------------
+
+export interface Channel {
+  channel_id: string;
+  name: string;
+  kind: string;
+  status: string;
+}
+
+export interface TemplateText {
+  subject?: string | null;
+  text: string;
+}
+
+export interface MessageTemplate {
+  variants: Partial<Record<"zh" | "en", TemplateText>>;
+  default_language?: "zh" | "en";
+  vars?: string[];
+}
+
+export interface CampaignProgress {
+  run: number;
+  targeted: number;
+  members: Record<string, number>;
+  messages: Record<string, number>;
+  unmatched: number;
+  run_status: string | null;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+export interface CampaignSummary {
+  campaign_id: string;
+  name: string;
+  status: string;
+  run: number;
+  next_run_at: string | null;
+  created_at: string;
+}
+
+export interface Campaign extends CampaignSummary {
+  error: string | null;
+  definition: {
+    audience: { segment_id?: string | null };
+    channel_id: string;
+    variants: { key: string; weight: number; template: MessageTemplate }[];
+    holdout_pct: number;
+    schedule: { kind: string; at?: string | null };
+    throttle_per_minute: number | null;
+    conversion: { event?: string | null; order: boolean; attribution_days: number };
+  };
+  updated_at: string;
+  progress: CampaignProgress;
+}
+
+export interface ArmReport {
+  arm: string;
+  targeted: number;
+  itt: { converted: number; conversion_rate: number | null; revenue: number; revenue_per_customer: number | null };
+  sent?: number;
+  delivered?: number;
+  opened?: number;
+  clicked?: number;
+  converted?: number;
+  conversion_rate?: number | null;
+  suppressed?: number;
+  revenue?: number;
+  cost?: number;
+  roi?: number | null;
+}
+
+export interface UpliftGroup {
+  n: number;
+  converted?: number;
+  conversion_rate?: number | null;
+  uplift?: number;
+  uplift_ci95?: [number, number];
+  incremental_revenue_per_customer?: number;
+  incremental_revenue_per_customer_ci95?: [number, number] | null;
+}
+
+export interface CampaignReport {
+  campaign_id: string;
+  run: number;
+  status: string;
+  attribution_days: number;
+  window_complete: boolean;
+  window_ends_at: string | null;
+  arms: ArmReport[];
+  uplift: { available: boolean; reason?: string; holdout?: UpliftGroup; [arm: string]: unknown };
+  method: Record<string, string>;
+}
+
+export interface JourneyNode {
+  id: string;
+  type: string;
+  config: Record<string, unknown>;
+  label?: string;
+  position?: { x: number; y: number } | null;
+}
+
+export interface JourneyEdge {
+  id?: string | null;
+  source: string;
+  target: string;
+  label?: string | null;
+}
+
+export interface JourneySummary {
+  journey_id: string;
+  name: string;
+  status: string;
+  version: number;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface Journey extends JourneySummary {
+  definition: { name: string; description?: string; graph: { nodes: JourneyNode[]; edges: JourneyEdge[] }; re_entry?: unknown };
+  versions: { version: number; published_at: string | null; published_by: string }[];
+}
+
+export interface JourneyStats {
+  journey_id: string;
+  version: number;
+  status: string;
+  totals: Record<string, number>;
+  nodes: { node_id: string; type: string; current: number; visits: number; outcomes: Record<string, number> }[];
+}

@@ -14,6 +14,8 @@ customers (live profiles of the operational store), active customers in a window
 among them, revenue and order counts, and daily / monthly series. Activity is a customer's tracked
 events and imported orders, resolved through the identity map (``events_resolved``,
 ``orders_resolved``); Goldkey's own events (``Tag Changed``, ``segment_entered`` ...) do not count.
+``GET /api/v1/console/rfm-grid`` counts live profiles per RFM recency x frequency score (the 5x5 grid
+of Fader/Hughes-style RFM segmentation, with the group names of ``goldkey.insight.rfm``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -34,6 +37,7 @@ from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody
 from goldkey.audience.common import OWN_EVENTS
 from goldkey.core.clock import as_utc, to_iso, utcnow
+from goldkey.insight.rfm import GRID, GROUPS
 from goldkey.runtime import Goldkey
 from goldkey.store.operational import profiles
 
@@ -193,6 +197,69 @@ async def get_overview(gk: GK, cred: Admin, days: Annotated[int, Query(ge=1, le=
     """The console dashboard's figures: customers, active customers in the last ``days`` days (new vs
     returning), revenue and orders, daily active customers and monthly revenue for the last 12 months."""
     return await run_in_threadpool(overview, gk, cred.workspace_id, days=days, as_of=as_of)
+
+
+class RFMCell(BaseModel):
+    r: int = Field(description="Recency score 1-5 (5 = most recent)")
+    f: int = Field(description="Frequency score 1-5 (5 = most orders)")
+    group: str = Field(description="The RFM group of the cell (goldkey.insight.rfm.GRID)")
+    profiles: int
+
+
+class RFMGroupInfo(BaseModel):
+    group: str
+    en: str
+    zh: str
+    description: str
+    profiles: int
+
+
+class RFMGrid(BaseModel):
+    """Live profiles per (R, F) score pair of the latest RFM run, with the named groups."""
+
+    version: int | None = Field(description="The RFM model version of the scores (null: RFM never ran)")
+    scored: int = Field(description="Live profiles holding an R and an F score")
+    cells: list[RFMCell] = Field(description="All 25 cells, r descending then f ascending")
+    groups: list[RFMGroupInfo]
+
+
+def rfm_grid(gk: Goldkey, ws: str) -> dict[str, Any]:
+    """Count live profiles of ``ws`` by ``scores.rfm_r`` x ``scores.rfm_f`` (the RFM model's write-back).
+
+    Profiles are streamed from the operational store and their score JSON parsed here (portable over
+    SQLite and PostgreSQL); only rows whose scores mention ``rfm_r`` are read."""
+    p = profiles.c
+    counts: dict[tuple[int, int], int] = {}
+    versions: dict[int, int] = {}
+    with gk.engine.connect() as c:
+        rows = c.execution_options(yield_per=5000).execute(sa.select(p.scores).where(
+            p.workspace_id == ws, p.merged_into.is_(None), p.scores.contains('"rfm_r"')))
+        for (raw,) in rows:
+            sc = orjson.loads(raw)
+            r, f = sc.get("rfm_r"), sc.get("rfm_f")
+            if isinstance(r, int | float) and isinstance(f, int | float) and 1 <= r <= 5 and 1 <= f <= 5:
+                counts[(int(r), int(f))] = counts.get((int(r), int(f)), 0) + 1
+                v = sc.get("rfm_model_version")
+                if isinstance(v, int | float):
+                    versions[int(v)] = versions.get(int(v), 0) + 1
+    cells = [{"r": r, "f": f, "group": GRID[r - 1][f - 1], "profiles": counts.get((r, f), 0)}
+             for r in range(5, 0, -1) for f in range(1, 6)]
+    by_group: dict[str, int] = {}
+    for cell in cells:
+        by_group[cell["group"]] = by_group.get(cell["group"], 0) + cell["profiles"]
+    return {
+        "version": max(versions) if versions else None,
+        "scored": sum(counts.values()),
+        "cells": cells,
+        "groups": [{"group": k, "en": en, "zh": zh, "description": d, "profiles": by_group.get(k, 0)}
+                   for k, (en, zh, d) in GROUPS.items()],
+    }
+
+
+@router.get("/api/v1/console/rfm-grid", response_model=RFMGrid, responses={401: {"model": ErrorBody}})
+async def get_rfm_grid(gk: GK, cred: Admin) -> dict[str, Any]:
+    """The RFM page's 5x5 heat map: live profiles per recency x frequency score and per named group."""
+    return await run_in_threadpool(rfm_grid, gk, cred.workspace_id)
 
 
 class EventProperty(BaseModel):
