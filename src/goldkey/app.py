@@ -12,7 +12,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from goldkey import __version__
-from goldkey.api import activate, audience, campaigns, console, imports, journeys, ops, profiles, tracking, traits, workspace
+from goldkey.api import (
+    activate,
+    audience,
+    campaigns,
+    console,
+    imports,
+    journeys,
+    ops,
+    profiles,
+    tracking,
+    traits,
+    workspace,
+)
 from goldkey.api.errors import error_parts
 from goldkey.core.errors import GoldkeyError
 from goldkey.insight import affinity_api, churn_api, clv_api, lifecycle_api, text_api
