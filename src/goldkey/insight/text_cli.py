@@ -16,15 +16,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from goldkey.insight.cli import DataDir, Workspace
+
 console = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Data directory (default ./goldkey-data, or GOLDKEY_DATA_DIR).", show_default=False
-    ),
-]
-Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")]
 
 
 def _open_and_run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
