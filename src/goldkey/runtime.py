@@ -28,6 +28,7 @@ from goldkey.audience.traits import TraitService
 from goldkey.collect.importer import Importer
 from goldkey.collect.writer import Writer, sync_profile_map
 from goldkey.core.errors import GoldkeyError
+from goldkey.govern.consent import ConsentCollector
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
 from goldkey.insight.churn import ChurnService
@@ -63,6 +64,7 @@ class Goldkey:
     tags: TagService
     traits: TraitService
     realtime: RealtimeSegments
+    consent: ConsentCollector | None = None
     rfm: RFMService | None = None
     clv: CLVService | None = None
     churn: ChurnService | None = None
@@ -103,6 +105,9 @@ class Goldkey:
             recent_keep=settings.recent_events_per_profile,
         )
         writer.start()
+        # first listener: consent that an identify carries is on record before a trigger on the same commit sends
+        consent = ConsentCollector(engine)
+        consent.attach(writer)
         facts = FactsCache(engine, analytical)
         facts.attach(writer)
         importer = Importer(engine, writer, settings.default_phone_region)
@@ -132,6 +137,7 @@ class Goldkey:
             realtime=realtime,
             _lock_file=lock,
         )
+        gk.consent = consent
         gk.rfm = RFMService.from_goldkey(gk)
         gk.clv = CLVService.from_goldkey(gk)
         gk.churn = ChurnService.from_goldkey(gk)

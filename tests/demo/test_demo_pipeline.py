@@ -3,7 +3,9 @@ tracking API over HTTP, then check what landed. Keeps `make demo` from breaking 
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import polars as pl
@@ -38,9 +40,11 @@ def test_demo_pipeline_small(tmp_path: Path) -> None:
 
     gk = Goldkey.open(settings)
     try:
-        # Goldkey's own events (tag changes, segment entries) are not counted
-        stored = gk.analytical.query("SELECT count(*) FROM events WHERE source NOT IN ('tags', 'segments')")[0][0]
-        assert stored == result.events_accepted
+        # Goldkey's own events (tag changes, segment entries, message receipts) are not counted; the closed
+        # loop's world sent its own (usage reports, online orders, WeChat bindings)
+        stored = gk.analytical.query(
+            "SELECT count(*) FROM events WHERE source NOT IN ('tags', 'segments', 'activate')")[0][0]
+        assert stored == result.events_accepted + result.loop.events_accepted
         with gk.engine.connect() as conn:
             existing = conn.execute(
                 sa.select(sa.func.count())
@@ -58,17 +62,54 @@ def test_demo_pipeline_small(tmp_path: Path) -> None:
             "SELECT count(DISTINCT canonical_id) FROM orders_resolved WHERE workspace_id = ?", [eyecare.workspace_id]
         )[0][0]
         assert with_orders > 0
-        check_eyecare_groups(gk, eyecare.workspace_id, tmp_path / "data" / "demo-market" / "_truth")
+        # the tags were computed before the closed loop added its orders: compare with the market's history
+        end = manifest.config.start + datetime.timedelta(days=manifest.config.days + 1)
+        check_eyecare_groups(gk, eyecare.workspace_id, tmp_path / "data" / "demo-market" / "_truth", end)
         operator = next(b for b in result.brands if b.brand != "eyecare")
         assert result.audience["eyecare"]["segments"] and result.audience[operator.brand]["segments"]
         assert result.audience["eyecare"]["rfm"]["profiles"] > 0
     finally:
         gk.close()
+    check_closed_loop(result.loop)
 
     # a second run re-uses the market, re-issues keys and loads nothing twice
     again = run_demo(settings, customers=400, events=20_000, seed=7, serve_forever=False, console=console)
     assert again.events_accepted == 0 and again.events_duplicate == generated
     assert all(i["status"] == "unchanged" for i in again.imports)
+    # the loop reports the same campaigns again and sends nothing twice
+    assert set(again.loop.campaigns) == set(result.loop.campaigns)
+    assert again.loop.world["eyecare"]["messages"] == 0 and again.loop.trigger["messages"] == 0
+
+
+def check_closed_loop(loop: Any) -> None:
+    """Campaigns ran with holdouts through the guardrails, the world's responses came back through the
+    importer and the tracking API and are attributed, and the real-time trigger fired on ingestion."""
+    assert len(loop.campaigns) == 4, list(loop.campaigns)
+    sent_total = 0
+    reasons: set[str] = set()
+    for name, rep in loop.campaigns.items():
+        arm = next(a for a in rep["arms"] if a["arm"] == "A")
+        hold = next(a for a in rep["arms"] if a["arm"] == "holdout")
+        assert hold["targeted"] > 0, name
+        assert arm["targeted"] == arm["sent"] + arm["suppressed"] + arm["failed"], (name, arm)
+        assert arm["deferred"] == 0 and arm["pending"] == 0, (name, arm)  # quiet hours are off in the demo
+        reasons |= set(arm["suppressed_by_reason"])
+        sent_total += arm["sent"]
+        # every customer the world made respond bought after the message: the report attributes them all
+        assert arm["converted"] >= loop.world["eyecare"]["responders"][name], (name, arm)
+        assert rep["uplift"]["available"], name
+    assert sent_total > 0
+    assert any(r.startswith(("no consent", "opted out")) for r in reasons), reasons
+    w = loop.world["eyecare"]
+    assert w["messages"] == sent_total  # what the sinks wrote is what the reports count as sent
+    assert w["messaged_without_consent"] == 0
+    assert w["responses"] > 0 and w["orders_imported"] > 0
+    assert set(loop.comparison) == {"targeted", "random", "targeted_beats_random"}
+    t = loop.trigger
+    assert t["usage_events"] > 0 and t["crossed_75pct"] > 0
+    assert t["messages"] == t["firings"].get("queued", 0) + t["firings"].get("sent", 0) > 0, t
+    assert t["messaged_without_consent"] == 0
+    assert t["latency_ms_p99"] is not None
 
 
 def _tagged(gk: Goldkey, ws: str, tag: str) -> set[str]:
@@ -81,13 +122,13 @@ def _tagged(gk: Goldkey, ws: str, tag: str) -> set[str]:
     return {pid for pid, tags in rows if orjson.loads(tags).get(tag) is True}
 
 
-def check_eyecare_groups(gk: Goldkey, ws: str, truth_dir: Path) -> None:
+def check_eyecare_groups(gk: Goldkey, ws: str, truth_dir: Path, end: datetime.date) -> None:
     """The eye-care groups the demo defined as rule tags select exactly the profiles that plain SQL
     over the imported orders and the identity table finds, and they track the market's hidden truth."""
-    lines = """
+    lines = f"""
         SELECT o.canonical_id AS pid, l.category, l.sku
         FROM orders_resolved o JOIN order_lines l ON l.workspace_id = o.workspace_id AND l.order_id = o.order_id
-        WHERE o.workspace_id = ?"""
+        WHERE o.workspace_id = ? AND o.ordered_at < DATE '{end.isoformat()}'"""
     solution_only = {r[0] for r in gk.analytical.query(
         f"SELECT pid FROM ({lines}) GROUP BY pid "
         "HAVING bool_or(category = 'solution') AND NOT bool_or(category = 'lens')", [ws])}
@@ -102,7 +143,9 @@ def check_eyecare_groups(gk: Goldkey, ws: str, truth_dir: Path) -> None:
     with gk.engine.connect() as conn:
         held: dict[str, set[str]] = {}
         for pid, t in conn.execute(
-            sa.select(identities.c.profile_id, identities.c.id_type).where(identities.c.workspace_id == ws)
+            sa.select(identities.c.profile_id, identities.c.id_type).where(
+                identities.c.workspace_id == ws, identities.c.first_seen_at < datetime.datetime(end.year, end.month,
+                                                                                                end.day))
         ):
             held.setdefault(pid, set()).add(t)
     members = {p for p, ts in held.items() if ts & {"crm_id", "user_id"}}

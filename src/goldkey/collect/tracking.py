@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from goldkey.core.errors import InvalidInput, TooLarge
+from goldkey.govern.consent import consent_decisions
 
 EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
@@ -164,6 +165,11 @@ def normalise_event(
 
     properties = _obj(body.get("properties"), "properties", record)
     traits = _obj(body.get("traits"), "traits", record)
+    if "consent" in traits and etype == "identify":  # checked here: a stored event is never refused later
+        try:
+            consent_decisions(traits)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message, field=exc.field, record=record) from None
     context = _obj(body.get("context"), "context", record)
     if batch_context:
         context = {**batch_context, **context}

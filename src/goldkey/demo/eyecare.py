@@ -324,6 +324,11 @@ class _World:
         self.tier = np.where(rank < 0.05, 3, np.where(rank < 0.2, 2, np.where(rank < 0.5, 1, 0)))
         self.tier = np.where(self.in_crm, self.tier, 0)
         self.points = (np.array([800, 5000, 14000, 40000])[self.tier] * r.lognormal(0, 0.45, n)).astype(np.int64)
+        # marketing consent ticked at the first login (own stream: the rest of the market is unchanged)
+        rc = rng_for(self.cfg.seed, BRAND, "consent")
+        self.ok_sms = rc.random(n) < 0.72
+        self.ok_email = rc.random(n) < 0.55
+        self.ok_push = rc.random(n) < np.where(self.platform == P_APP, 0.65, 0.0)
 
     # ------------------------------------------------------------------------------------- campaigns
     def campaigns(self) -> None:
@@ -953,6 +958,12 @@ class _World:
                 }
                 if self.email[p] is not None and int(ph[-2:]) % 3 == 0:
                     traits["email"] = self.email[p]
+                consent = {"sms": bool(self.ok_sms[p])}
+                if "email" in traits:
+                    consent["email"] = bool(self.ok_email[p])
+                if self.platform[p] == P_APP:
+                    consent["push"] = bool(self.ok_push[p])
+                traits["consent"] = consent
             else:
                 traits = {"phone": ph}
             if b == 1 or (self.bound[p] and self.bind[p] <= self.ident[p]):  # bound at first login or now
@@ -1185,6 +1196,10 @@ class _World:
                 "affinity_wechat": self.aff[:, 2],
                 "affinity_push": self.aff[:, 3],
                 "preferred_channel": np.array(CHANNELS)[np.argmax(self.aff, axis=1)].tolist(),
+                "device_id": self.device,
+                "wechat_openid": [o if b else None for o, b in zip(self.openid, self.bound, strict=True)],
+                "consent_sms": self.ok_sms,  # what the customer says at the first login (if any)
+                "consent_push": self.ok_push,
                 "base_response_rate": self.brr,
                 "price_sensitivity": self.price,
                 "churn_propensity": self.churn,

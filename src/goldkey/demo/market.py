@@ -46,6 +46,8 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 TRUTH_DIR = "_truth"
+#: bumped when the generator's output changes (2: marketing consent on identify; device ids in the truth)
+FORMAT = "goldkey-demo-market/2"
 EYECARE_CUSTOMER_SHARE = 0.6
 OPERATOR_EVENT_SHARE = 0.55
 
@@ -76,7 +78,7 @@ class MarketManifest:
         """Return the manifest as a JSON-safe dict with paths relative to ``out_dir``."""
         rel = self._rel
         return {
-            "format": "goldkey-demo-market/1",
+            "format": FORMAT,
             "config": self.config.to_json(),
             "brands": [
                 {
@@ -105,6 +107,8 @@ class MarketManifest:
         """Return the manifest stored in ``out_dir/manifest.json`` with absolute paths under ``out_dir``."""
         root = Path(out_dir).resolve()
         data = orjson.loads((root / MANIFEST_NAME).read_bytes())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{root}: a market of format {data.get('format')!r}; this generator writes {FORMAT!r}")
         brands = [
             BrandFiles(
                 brand=b["brand"],

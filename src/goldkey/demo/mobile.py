@@ -235,6 +235,10 @@ class _Operator:
         self.plan_min = np.array([p[3] for p in PLANS], dtype=np.float64)[self.plan]
         self.intensity = r.lognormal(-0.35, 0.45, n)
         self.dpp = np.clip(r.beta(2.0, 4.0, n) + 0.1 * (self.intensity > 0.9), 0, 1)
+        # marketing consent given when the app was first used (own stream: the rest is unchanged)
+        rc = rng_for(self.cfg.seed, BRAND, "consent")
+        self.ok_sms = rc.random(n) < 0.8
+        self.ok_push = rc.random(n) < 0.6
         self.churn = r.beta(2.0, 6.0, n)
         will_churn = r.random(n) < self.churn * 0.3
         self.churn_ts = np.where(will_churn, (self.w0 + r.random(n) * self.W) * MS_DAY, 2**62).astype(np.int64)
@@ -627,6 +631,7 @@ class _Operator:
                     "phone": self.phone[p],
                     "name": self.pname[p],
                     "plan": PLANS[int(self.plan[p])][0],
+                    "consent": {"sms": bool(self.ok_sms[p]), "push": bool(self.ok_push[p])},
                 },
                 "context": actx(p),
             }
@@ -806,6 +811,9 @@ class _Operator:
                 "affinity_wechat": self.aff[:, 2],
                 "affinity_push": self.aff[:, 3],
                 "preferred_channel": np.array(CHANNELS)[np.argmax(self.aff, axis=1)].tolist(),
+                "device_id": self.device,
+                "plan_mb": self.plan_mb.astype(np.int64),
+                "consent_sms": self.ok_sms,  # what the subscriber says in the app (if they identify)
                 "base_response_rate": self.brr,
                 "price_sensitivity": self.price,
                 "churn_propensity": self.churn,

@@ -53,6 +53,8 @@ class DemoResult:
     seconds_load: float
     audience: dict[str, Any] = field(default_factory=dict)
     seconds_audience: float = 0.0
+    loop: Any = None  # goldkey.demo.loop.LoopResult
+    seconds_loop: float = 0.0
 
 
 class BackgroundServer:
@@ -237,6 +239,13 @@ def run_demo(
                 audience[creds.brand] = define_audience(url, creds.admin_token, creds.brand)
                 bar.advance(task)
         t_aud = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        from goldkey.demo.loop import Loop, print_loop
+        from goldkey.demo.market import load_truth
+
+        with console.status("closed loop: campaigns, the trigger, and the market's responses"):
+            loop = Loop(gk, url, brands, load_truth(manifest), settings.data_dir / "demo-outbox", seed, console).run()
+        t_loop = time.perf_counter() - t3
         result = DemoResult(
             url,
             brands,
@@ -249,8 +258,11 @@ def run_demo(
             t_load,
             audience,
             t_aud,
+            loop,
+            t_loop,
         )
         _print_summary(console, gk, result)
+        print_loop(console, loop)
         if serve_forever:
             console.print("[bold]Serving.[/bold] Press Ctrl-C to stop.")
             try:

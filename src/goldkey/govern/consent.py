@@ -7,15 +7,18 @@ without a row for a channel has not consented.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
-from goldkey.core.clock import to_iso, utcnow
+from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.store.operational import audit_log, consents, profiles
 from goldkey.store.upsert import upsert
+
+log = logging.getLogger(__name__)
 
 CHANNELS = ("email", "sms", "call", "wechat", "push", "mail")
 STATUSES = ("granted", "denied")
@@ -75,3 +78,122 @@ def latest_decision(channel: str, purpose: str, customer: Any) -> Any:
             .where(m.canonical_id == customer, k.workspace_id == m.workspace_id,
                    k.channel == channel, k.purpose == purpose)
             .order_by(k.updated_at.desc(), denied_first).limit(1).scalar_subquery())
+
+
+# --------------------------------------------------------------------------- consent from tracking
+
+#: what an ``identify`` call may say for one channel (Braze/Iterable-style subscription states too; True == 1)
+_GRANTED = {True, "granted", "opted_in", "opt_in", "subscribed", "yes", "y", "true", "1", "同意", "是"}
+_DENIED = {False, "denied", "opted_out", "opt_out", "unsubscribed", "no", "n", "false", "0", "拒绝", "否"}
+
+
+def _status_of(value: Any) -> str | None:
+    v = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(v, bool) or isinstance(v, int | str):
+        if v in _GRANTED:
+            return "granted"
+        if v in _DENIED:
+            return "denied"
+    return None
+
+
+def consent_decisions(traits: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Read ``traits.consent`` of an identify call into (channel, purpose, status) decisions.
+
+    Two shapes, as documented in docs/tracking-api.md ("Marketing consent"): ``{"sms": true, "email": "denied"}`` (purpose
+    ``marketing``) or ``{"sms": {"marketing": true, "service": true}}``. Raises InvalidInput naming
+    the field (``traits.consent.<channel>[.<purpose>]``) for an unknown channel or value."""
+    raw = traits.get("consent")
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise InvalidInput("must be an object of channel -> decision", field="traits.consent")
+    out: list[tuple[str, str, str]] = []
+    for channel, value in raw.items():
+        where = f"traits.consent.{channel}"
+        if channel not in CHANNELS:
+            raise InvalidInput(f"unknown channel; use one of {', '.join(CHANNELS)}", field=where)
+        items = value.items() if isinstance(value, dict) else [("marketing", value)]
+        for purpose, v in items:
+            field = f"{where}.{purpose}" if isinstance(value, dict) else where
+            if not isinstance(purpose, str) or not 0 < len(purpose) <= 40:
+                raise InvalidInput("a purpose is 1 to 40 characters", field=field)
+            status = _status_of(v)
+            if status is None:
+                raise InvalidInput("must be true/false or granted/denied (opted_in/opted_out)", field=field)
+            out.append((channel, purpose, status))
+    return out
+
+
+class ConsentCollector:
+    """Records the consent decisions that ``identify`` calls carry (``traits.consent``), on the
+    writer's durable commits, before any trigger listening to the same commit decides to send.
+
+    A decision only replaces an older one: events can arrive late (a mobile SDK's queue), and a
+    late ``identify`` must not overturn what the customer decided afterwards (an unsubscribe)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.recorded = 0
+        self.refused = 0
+
+    def attach(self, writer: Any) -> None:
+        writer.listeners.append(self.on_commit)
+
+    def on_commit(self, stored: list[tuple[str, str, Any]]) -> None:
+        from goldkey.collect.tracking import micros_to_datetime
+
+        latest: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
+        for ws, pid, ev in stored:
+            if ev.type != "identify" or not ev.traits or "consent" not in ev.traits:
+                continue
+            try:
+                decisions = consent_decisions(ev.traits)
+            except InvalidInput as exc:  # tracking validates this at the edge; a stored event is never refused
+                self.refused += 1
+                log.warning("event %s: consent not recorded: %s", ev.message_id, exc)
+                continue
+            at = micros_to_datetime(ev.timestamp)
+            for channel, purpose, status in decisions:
+                key = (ws, pid, channel, purpose)
+                if key not in latest or latest[key][0] <= at:
+                    latest[key] = (at, status, ev.message_id)
+        if latest:
+            self.record(latest)
+
+    def record(self, latest: dict[tuple[str, str, str, str], tuple[Any, str, str]]) -> None:
+        """Upsert decisions keyed (workspace, profile, channel, purpose) -> (time, status, message id)
+        on each profile's live (canonical) profile, where newer than the stored one; audited."""
+        k = consents.c
+        with self.engine.begin() as c:
+            pids = sorted({key[1] for key in latest})
+            canon: dict[str, str] = {}
+            for i in range(0, len(pids), 500):
+                canon.update(c.execute(sa.select(profiles.c.profile_id, profiles.c.canonical_id)
+                                       .where(profiles.c.profile_id.in_(pids[i:i + 500]))).all())
+            want: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
+            for (ws, pid, ch, pu), v in latest.items():
+                key = (ws, canon.get(pid, pid), ch, pu)
+                if key not in want or want[key][0] <= v[0]:
+                    want[key] = v
+            live = sorted({key[1] for key in want})
+            have: dict[tuple[str, str, str, str], Any] = {}
+            for i in range(0, len(live), 500):
+                for r in c.execute(sa.select(k.workspace_id, k.profile_id, k.channel, k.purpose, k.updated_at)
+                                   .where(k.profile_id.in_(live[i:i + 500]))):
+                    have[(r.workspace_id, r.profile_id, r.channel, r.purpose)] = as_utc(r.updated_at)
+            rows, audit = [], []
+            for (ws, pid, ch, pu), (at, status, mid) in want.items():
+                old = have.get((ws, pid, ch, pu))
+                if old is not None and old > at:
+                    continue
+                rows.append({"workspace_id": ws, "profile_id": pid, "channel": ch, "purpose": pu,
+                             "status": status, "source": "identify", "updated_at": at})
+                audit.append({"workspace_id": ws, "actor": "tracking", "action": "consent.set", "target": pid,
+                              "detail": orjson.dumps({"channel": ch, "purpose": pu, "status": status,
+                                                      "source": "identify", "message_id": mid}).decode(),
+                              "at": utcnow()})
+            upsert(c, consents, rows, keys=["workspace_id", "profile_id", "channel", "purpose"])
+            if audit:
+                c.execute(audit_log.insert(), audit)
+        self.recorded += len(rows)
