@@ -14,8 +14,11 @@ after the sizes) and reused by later runs; ``--rebuild`` makes it again.
 
 Then, in-process: the ten traits are (re)created, stored values cleared, and:
 
-1. first computation: every profile gets its values (the write-back writes ~every profile);
-2. refresh with nothing changed (the steady state of the scheduled refresh);
+1. first computation: every profile gets its values (the write-back writes ~every profile); the
+   process has no baseline yet, so every profile's stored traits are read back and compared, and the
+   property cache is built from the log if the data directory has none (or appended to);
+2. refresh with nothing changed (the steady state of the scheduled refresh: new events appended to
+   the property cache, values compared with the first run's baseline in DuckDB);
 3. refresh after 1% of profiles received new events (written straight into DuckDB too);
 4. incremental path: events for 1,000 profiles through the writer, time until applied.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sqlite3
 import sys
@@ -207,10 +211,12 @@ def main() -> None:
             rep = svc.compute(ws)
             cpu = cpu_seconds() - c0
             s = rep["seconds"]
+            load = os.getloadavg()[0]
             print(f"{label:<34} aggregate {s['aggregate']:6.2f}s  write-back {s['write_back']:6.2f}s "
                   f"(compare {s['compare']:.2f}s, write {s['write']:.2f}s)  total {s['total']:6.2f}s  "
-                  f"CPU {cpu:6.2f}s  changed {rep['profiles_changed']:,}", flush=True)
-            rows.append({"run": label, **s, "cpu": round(cpu, 2), "changed": rep["profiles_changed"]})
+                  f"CPU {cpu:6.2f}s  changed {rep['profiles_changed']:,}  load {load:.1f}", flush=True)
+            rows.append({"run": label, **s, "cpu": round(cpu, 2), "changed": rep["profiles_changed"],
+                         "load": round(load, 2)})
             return rep
 
         run("1. first computation")

@@ -528,6 +528,113 @@ def test_batch_runs_overlapping_live_traffic_neither_lose_nor_double_count(env_a
     assert svc.compute(ws)["profiles_changed"] == 0
 
 
+def _fresh_compute_changes(env: Env, ws: str, as_of: datetime = AS_OF) -> int:
+    """What a from-scratch run would still change: a new service (no baselines: every profile's stored
+    traits are compared) over a property cache rebuilt from the event log."""
+    from goldkey.audience.property_cache import drop_cache
+
+    with env.gk.analytical.transaction() as cur:
+        drop_cache(cur, ws)
+    fresh = TraitService(env.gk.engine, env.gk.analytical, env.gk.writer)
+    return int(fresh.compute(ws, as_of=as_of)["profiles_changed"])
+
+
+def test_refreshes_from_the_property_cache_and_baseline_equal_a_full_recomputation(env: Env, svc: TraitService
+                                                                                  ) -> None:
+    """Refreshes append new events to the property cache and compare with the last run's values
+    (plus the profiles changed since: incremental updates, merges); after events, logins that merge
+    profiles, an undone merge and an event removed from the log, they still give exactly the values
+    plain Python gives, and a from-scratch run changes nothing."""
+    ws = env.ws.workspace_id
+    per_person, calls = generate(seed=11, people=12)
+    for d, _ in TRAITS:
+        svc.create(ws, d)
+    half = len(calls) // 2
+    _send(env, calls[:half])
+    first = svc.compute(ws, as_of=AS_OF)
+    assert first["profiles_changed"] > 0
+    _send(env, calls[half:])  # more events, and the logins (identify) that merge profiles
+    assert svc.flush()
+    svc.compute(ws, as_of=AS_OF)
+    for uid, evs in per_person.items():
+        got = _profile_traits(env, _pid(env, user_id=uid))
+        for d, ref in TRAITS:
+            _check(f"{uid}.{d['name']}", got.get(d["name"]), ref(evs))
+    assert svc.compute(ws, as_of=AS_OF)["profiles_changed"] == 0
+    assert _fresh_compute_changes(env, ws) == 0
+
+    # an undone merge moves events back to the restored profile: the cache is rebuilt
+    with env.gk.engine.connect() as c:
+        merge_id = c.execute(sa.text("SELECT merge_id FROM merges WHERE workspace_id = :ws LIMIT 1"),
+                             {"ws": ws}).scalar_one()
+    r = env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    assert svc.compute(ws, as_of=AS_OF)["profiles_changed"] > 0
+    assert _fresh_compute_changes(env, ws) == 0
+
+    # an event removed from the log behind the cache's back: the count no longer matches, rebuilt
+    svc.compute(ws, as_of=AS_OF)
+    with env.gk.analytical.transaction() as cur:
+        cur.execute("DELETE FROM events WHERE workspace_id = ? AND message_id = ?", [ws, calls[0]["messageId"]])
+    svc.compute(ws, as_of=AS_OF)
+    assert _fresh_compute_changes(env, ws) == 0
+
+
+def test_a_merge_and_its_undoing_between_refreshes(env: Env, svc: TraitService) -> None:
+    """A merge copies the loser's stored traits into the winner, which a baseline cannot see (the
+    winner's computed value may not change); undoing it moves events back to the restored profile,
+    which the property cache cannot see (it rebuilds)."""
+    ws = env.ws.workspace_id
+    svc.create(ws, LIVE_TRAITS[1])  # orders_30d
+    _send(env, [{"type": "track", "messageId": "m1", "userId": "u1", "event": "Product Viewed", "properties": {},
+                 "timestamp": (AS_OF - 40 * DAY).isoformat()}])
+    _send(env, [{"type": "track", "messageId": "m2", "anonymousId": "a1", "event": "Order Completed",
+                 "properties": {"total": 5}, "timestamp": (AS_OF - 25 * DAY).isoformat()}])
+    winner, anon = _pid(env, user_id="u1"), _pid(env, anonymous_id="a1")
+    svc.compute(ws, as_of=AS_OF)
+    assert _profile_traits(env, anon) == {"orders_30d": 1} and _profile_traits(env, winner) == {}
+    _send(env, [{"type": "identify", "messageId": "m3", "userId": "u1", "anonymousId": "a1"}])  # the login
+    assert _pid(env, anonymous_id="a1") == _pid(env, user_id="u1") == winner  # the first seen profile wins
+    assert svc.flush()
+    # ten days on, the one order is out of the window: the winner must not keep the copied value
+    later = AS_OF + 10 * DAY
+    svc.compute(ws, as_of=later)
+    assert _profile_traits(env, winner) == {}
+
+    # an order sent under the anonymous id after the login is stored on the winner ...
+    _send(env, [{"type": "track", "messageId": "m4", "anonymousId": "a1", "event": "Order Completed",
+                 "properties": {"total": 7}, "timestamp": (later - 1 * DAY).isoformat()}])
+    assert svc.flush()
+    svc.compute(ws, as_of=later)
+    assert _profile_traits(env, winner) == {"orders_30d": 1}
+    # ... and undoing the merge moves it back to the restored profile
+    with env.gk.engine.connect() as c:
+        merge_id = c.execute(sa.text("SELECT merge_id FROM merges WHERE workspace_id = :ws"), {"ws": ws}).scalar_one()
+    r = env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    svc.compute(ws, as_of=later)
+    assert _profile_traits(env, winner) == {}
+    assert _profile_traits(env, anon) == {"orders_30d": 1}
+    assert _fresh_compute_changes(env, ws, later) == 0
+
+
+def test_computing_different_sets_of_traits_keeps_each_baseline_honest(env: Env, svc: TraitService) -> None:
+    """Two sets of traits sharing one: each run writes the shared trait, which the other set's
+    baseline must not take for its own values."""
+    ws = env.ws.workspace_id
+    for d in LIVE_TRAITS[:3]:
+        svc.create(ws, d)
+    _send(env, [{"type": "track", "messageId": f"b{i}", "userId": f"u{i % 3}", "event": "Order Completed",
+                 "properties": {"total": i}, "timestamp": (AS_OF - (29.5 - i) * DAY).isoformat()} for i in range(30)])
+    svc.compute(ws, as_of=AS_OF)  # baseline of all three
+    svc.compute(ws, names=["orders_30d"], as_of=AS_OF + 20 * DAY)  # the window moved: values change
+    svc.compute(ws, as_of=AS_OF)  # back: the shared trait must be written again
+    for u in range(3):
+        got = _profile_traits(env, _pid(env, user_id=f"u{u}"))
+        assert got["orders_30d"] == sum(1 for i in range(30) if i % 3 == u), f"u{u}"
+    assert _fresh_compute_changes(env, ws) == 0
+
+
 # ------------------------------------------------------------------------------------ schedule
 
 
