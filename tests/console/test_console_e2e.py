@@ -268,6 +268,8 @@ def walk(page: Any, site: Site) -> None:
     assert operator.name in pg.get_by_test_id("workspace-switcher").inner_text()
     pg.get_by_test_id("workspace-switcher").click()
     menu = pg.locator(".ant-dropdown:visible")
+    # the menu opens with an animation: wait until both workspaces are listed before reading them
+    menu.get_by_role("menuitem").nth(1).wait_for()
     items = menu.get_by_role("menuitem").all_inner_texts()
     assert items[:2] == [eyecare.name, operator.name + " ✓"], items
     shot(pg, "workspace-switcher")

@@ -13,8 +13,8 @@ by dragging steps from the palette onto the canvas, publishing refused with the 
 offending step, then connected by dragging handles, published, and per-step counts shown once the
 journey runner moved the customers. Screenshots go to tests/console/screenshots/.
 
-Routers not yet mounted by ``goldkey.app`` are mounted on the test's app (before the console's
-catch-all) so that the walk runs against the code as it is.
+The demo's closed loop has already run its own campaigns in this market (and set its workspaces'
+quiet hours off), so the console's campaign is one more next to them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import pytest
 from rich.console import Console
 from test_console_e2e import Site, browser, page, pick, shot, sign_in  # noqa: F401 - fixtures
 
-from goldkey.api import console as console_api
 from goldkey.api.console import dist_dir
 from goldkey.app import create_app
 from goldkey.demo.run import BackgroundServer, run_demo
@@ -37,38 +36,6 @@ from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
 
 pytestmark = pytest.mark.slow
-
-#: routers the console's new pages use, by module; mounted here when goldkey.app does not mount them yet
-PENDING = ("goldkey.insight.churn_api", "goldkey.insight.lifecycle_api", "goldkey.insight.affinity_api",
-           "goldkey.api.campaigns", "goldkey.api.journeys")
-
-
-def _paths(app: Any) -> set[str]:
-    return {p for p in app.openapi()["paths"]}
-
-
-def mount_pending(app: Any) -> list[str]:
-    """Include every router of PENDING whose routes the app lacks, then move the console's router
-    back to the end (its SPA fallback must never shadow an API route). Returns what was mounted."""
-    import importlib
-
-    have = _paths(app)
-    mounted = []
-    for name in PENDING:
-        router = importlib.import_module(name).router
-        if not {r.path for r in router.routes} <= have:
-            app.include_router(router)
-            mounted.append(name)
-    if mounted:
-        routes = app.router.routes
-        cons = [r for r in routes if getattr(r, "original_router", None) is console_api.router
-                or getattr(r, "path", None) in ("/", "/{path:path}")]
-        for r in cons:
-            routes.remove(r)
-            routes.append(r)
-        app.openapi_schema = None
-    return mounted
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
@@ -84,7 +51,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         log.close()
     gk = Goldkey.open(settings)
     app = create_app(gk=gk)
-    mount_pending(app)
     server = BackgroundServer(app, "127.0.0.1", 0)
     try:
         s = Site(server.start(), gk, result.brands)
@@ -93,7 +59,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                          "/api/v1/insights/clusters/run", "/api/v1/insights/affinity/run"):
                 r = api.post(path, json={})
                 assert r.status_code == 200, (path, r.text)
-            r = api.post("/api/v1/channels", json={"name": "sink", "kind": "sink"})
+            r = api.post("/api/v1/channels", json={"name": "e2e-sink", "kind": "sink"})
             assert r.status_code == 201, r.text
         yield s
     finally:
@@ -107,12 +73,6 @@ def canvas_ok(pg: Any, scope: Any) -> None:
     assert c.bounding_box()["height"] > 100
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BROKEN (session 3, see the closing note): the insight walk passes, but the campaign launched "
-    "from the console finishes with 0 messages sent in variant A (cause not yet found: guardrails/consent of the "
-    "fixture's customers or quiet hours); the journey part has never run. Fix and remove this marker.",
-)
 def test_insight_campaign_and_journey_walk(page: Any, site: Site) -> None:  # noqa: F811
     try:
         walk(page, site)
@@ -212,33 +172,40 @@ def insight_pages(pg: Any, site: Site, api: Any) -> None:
     pg.locator(".ant-tabs-tabpane-active tbody tr").nth(len(ch["channels"]) - 1).wait_for()
     shot(pg, "insight-channels")
 
-    # CLV: this small market's order history cannot fit BG/NBD; the page shows the API's reason
+    # CLV: a run from the page either fits (the page then shows the API's version) or, when this small
+    # market's repeat purchases cannot identify BG/NBD, shows the API's refusal
     pg.get_by_role("menuitem", name="客户价值（CLV）").click()
     pg.get_by_text("还没有 CLV 模型").wait_for()
     pg.get_by_role("button", name=re.compile(r"运\s?行")).click()
-    alert = pg.get_by_role("alert").filter(has_text="模型无法运行")
-    alert.wait_for(timeout=60_000)
-    refused = api.post("/api/v1/insights/clv/run", json={})
-    if refused.status_code == 400:
-        assert refused.json()["error"].split(":")[0] in alert.inner_text()
+    done = pg.locator("[data-testid=model-version], [role=alert]:has-text('模型无法运行')").first
+    done.wait_for(timeout=90_000)
+    summary = api.get("/api/v1/insights/clv/summary")
+    if summary.status_code == 200:
+        assert pg.get_by_test_id("model-version").get_attribute("data-version") == str(summary.json()["version"])
+        canvas_ok(pg, card(pg, "CLV 分布"))
+    else:
+        refused = api.post("/api/v1/insights/clv/run", json={})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"].split(":")[0] in pg.get_by_role("alert").inner_text()
     shot(pg, "insight-clv")
 
 
 def campaign(pg: Any, site: Site, api: Any) -> None:
     segs = [s for s in api.get("/api/v1/segments").json() if (s["size"] or 0) > 0]
     seg = max(segs, key=lambda s: s["size"])
+    before = len(api.get("/api/v1/campaigns").json())
     pg.get_by_role("menuitem", name="营销触达").click()
     pg.get_by_role("menuitem", name="营销活动").click()
     pg.get_by_role("button", name=re.compile("新建活动")).click()
     pg.get_by_label("活动名称").fill("护理液促销 e2e")
     pick(pg, "人群", seg["name"])
-    pick(pg, "渠道", "sink", search=False)
+    pick(pg, "渠道", "e2e-sink", search=False)
     pg.get_by_label("文案（中文）").fill("{{ attributes.nmae }}您好，护理液第二瓶半价")
     pg.get_by_label("对照组比例").fill("20")
     pg.get_by_role("button", name="保存草稿").click()
     # refused by the server: the message on the template field, nothing saved
     pg.locator(".ant-form-item-explain-error", has_text="attributes.nmae").wait_for()
-    assert api.get("/api/v1/campaigns").json() == []
+    assert len(api.get("/api/v1/campaigns").json()) == before  # the demo's own campaigns only
     shot(pg, "campaign-form-error")
     pg.get_by_label("文案（中文）").fill("{{ attributes.name }}您好，护理液第二瓶半价")
     pg.get_by_role("button", name="保存草稿").click()
@@ -299,7 +266,7 @@ def journey(pg: Any, site: Site, api: Any) -> None:
     pg.get_by_test_id(f"node-{entry}").click()
     pick(pg, "人群", seg["name"])
     pg.get_by_test_id(f"node-{send}").click()
-    pick(pg, "渠道", "sink", search=False)
+    pick(pg, "渠道", "e2e-sink", search=False)
     pg.get_by_label("文案（中文）").fill("{{ attributes.name }}您好，欢迎回来")
     pg.get_by_label("旅程名称").fill("回访旅程 e2e")
     # publishing an unconnected graph is refused; the error is drawn on the step it names

@@ -345,7 +345,7 @@ function Editor({ journey, catalog }: { journey: Journey | null; catalog: Catalo
           {nodes.length === 0 && <div className="gk-canvas-hint"><Empty image={Empty.PRESENTED_IMAGE_SIMPLE} description={t("journeys.dropHint")} /></div>}
           <ReactFlow<StepNode, Edge> nodes={nodes} edges={edges} nodeTypes={nodeTypes} onNodesChange={onNodesChange} onEdgesChange={(c) => { setChecked(null); onEdgesChange(c); }}
             onConnect={onConnect} onSelectionChange={({ nodes: s }) => setSelected(s.length === 1 ? s[0].id : null)}
-            fitView={nodes.length > 0} fitViewOptions={{ maxZoom: 1 }} deleteKeyCode={["Delete", "Backspace"]} proOptions={{ hideAttribution: true }}
+            fitView={initial.nodes.length > 0} fitViewOptions={{ maxZoom: 1 }} deleteKeyCode={["Delete", "Backspace"]} proOptions={{ hideAttribution: true }}
             defaultEdgeOptions={{ type: "smoothstep" }} minZoom={0.3}>
             <Background gap={20} />
             <Controls showInteractive={false} />
