@@ -169,7 +169,7 @@ def test_spa_fallback_assets_and_api_untouched(env: Any, build: Path) -> None:
     for path in ("/api/v1/nope", "/api", "/v1/nope", "/t/abc", "/metrics/x", "/docs/x"):
         r = c.get(path)
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/json"), path
-    r = c.get("/api/v1/insight/rfm/run")  # exists for POST only
+    r = c.get("/api/v1/insights/rfm/run")  # exists for POST only
     assert r.status_code == 405 and "POST" in r.headers["allow"]
     assert c.get("/healthz").json()["status"] in ("ok", "degraded")
     assert c.get("/api/v1/workspace", headers=env.admin_auth()).json()["workspace_id"] == env.ws.workspace_id
@@ -198,7 +198,7 @@ def test_rfm_grid_counts_the_scores_rfm_wrote(env: Any, tmp_path: Path) -> None:
             for k in range(i % 6 + 1):
                 w.writerow([f"R{i}-{k}", _iso(i * 9 + k * 30 + 1), f"K{i}", "SKU1", "lens", "1", str(50 + i), "CNY"])
     assert env.gk.importer.run(env.ws.workspace_id, "orders", path, {}).status == "done"
-    run = env.client.post("/api/v1/insight/rfm/run", json={}, headers=env.admin_auth())
+    run = env.client.post("/api/v1/insights/rfm/run", json={}, headers=env.admin_auth())
     assert run.status_code == 200, run.text
     grid = env.client.get("/api/v1/console/rfm-grid", headers=env.admin_auth()).json()
     assert grid["version"] == run.json()["version"] and grid["scored"] == run.json()["profiles"] == 40

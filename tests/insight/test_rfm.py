@@ -205,21 +205,21 @@ def test_api_runs_rfm_and_lists_models(env: Any, tmp_path: Path) -> None:
 
     env.client.app.include_router(router)
     h = env.admin_auth()
-    r = env.client.post("/api/v1/insight/rfm/run", json={}, headers=h)
+    r = env.client.post("/api/v1/insights/rfm/run", json={}, headers=h)
     assert r.status_code == 400 and "no orders to score" in r.text
-    r = env.client.post("/api/v1/insight/rfm/run", json={"lookback_days": 0}, headers=h)
+    r = env.client.post("/api/v1/insights/rfm/run", json={"lookback_days": 0}, headers=h)
     assert r.status_code == 400 and "lookback_days" in r.text
     _import(env, tmp_path, _orders(n_customers=12))
-    r = env.client.post("/api/v1/insight/rfm/run", json={"as_of": AS_OF.isoformat()}, headers=h)
+    r = env.client.post("/api/v1/insights/rfm/run", json={"as_of": AS_OF.isoformat()}, headers=h)
     assert r.status_code == 200, r.text
     assert r.json()["version"] == 1 and r.json()["profiles"] > 0
-    models = env.client.get("/api/v1/insight/models", headers=h).json()["models"]
+    models = env.client.get("/api/v1/insights/models", headers=h).json()["models"]
     assert [(m["name"], m["kind"], m["version"]) for m in models] == [("rfm", "rfm", 1)]
-    m = env.client.get("/api/v1/insight/models/rfm", headers=h).json()
+    m = env.client.get("/api/v1/insights/models/rfm", headers=h).json()
     assert m["metrics"]["profiles"] == r.json()["profiles"]
-    assert env.client.get("/api/v1/insight/models/churn", headers=h).status_code == 404
-    assert env.client.get("/api/v1/insight/models/rfm", params={"version": 9}, headers=h).status_code == 404
-    assert env.client.get("/api/v1/insight/models", headers=env.write_auth()).status_code == 401
+    assert env.client.get("/api/v1/insights/models/churn", headers=h).status_code == 404
+    assert env.client.get("/api/v1/insights/models/rfm", params={"version": 9}, headers=h).status_code == 404
+    assert env.client.get("/api/v1/insights/models", headers=env.write_auth()).status_code == 401
 
 
 def test_cli_runs_rfm_and_lists_models(tmp_path: Path) -> None:

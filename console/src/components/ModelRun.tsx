@@ -18,7 +18,7 @@ export interface RunResult {
 export function useModelMeta(name: string) {
   return useApi<ModelMeta | null>(async (signal) => {
     try {
-      return await api.raw<ModelMeta>("get", `/api/v1/insight/models/${encodeURIComponent(name)}`, undefined, { signal });
+      return await api.raw<ModelMeta>("get", `/api/v1/insights/models/${encodeURIComponent(name)}`, undefined, { signal });
     } catch (e) {
       if (e instanceof ApiError && e.status === 404) return null;
       throw e;

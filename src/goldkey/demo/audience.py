@@ -106,7 +106,7 @@ def define_audience(url: str, admin_token: str, brand: str) -> dict[str, Any]:
                     _ok(c.post("/api/v1/traits", json=t))
             _ok(c.post("/api/v1/traits/compute", json={}))
         if brand == "eyecare":  # RFM groups and value tiers (two years: the market ended in mid-2026)
-            rfm = _ok(c.post("/api/v1/insight/rfm/run", json={"lookback_days": 730}))
+            rfm = _ok(c.post("/api/v1/insights/rfm/run", json={"lookback_days": 730}))
             out["rfm"] = {"version": rfm.get("version"), "profiles": rfm.get("profiles")}
         have = {t["name"] for t in _ok(c.get("/api/v1/tags"))}
         for t in tags:

@@ -18,7 +18,7 @@ from goldkey.api.schemas import ErrorBody, inline_schema
 from goldkey.core.errors import InvalidInput
 from goldkey.insight.rfm import RFMDefinition, RFMService
 
-router = APIRouter(prefix="/api/v1/insight", tags=["insight"])
+router = APIRouter(prefix="/api/v1/insights", tags=["insights"])
 
 _ERR: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
 _RUN_ERR: dict[int | str, dict[str, Any]] = {

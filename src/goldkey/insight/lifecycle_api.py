@@ -3,7 +3,7 @@ docs/lifecycle-and-reports.md).
 
 Not yet mounted by ``goldkey.app``: add ``app.include_router(lifecycle_api.router)``. Every route
 takes an admin token and works in that token's workspace. Request bodies are read as JSON and
-validated by the services, so a bad field is a 400 naming it (like ``/api/v1/insight/rfm/run``).
+validated by the services, so a bad field is a 400 naming it (like ``/api/v1/insights/rfm/run``).
 """
 
 from __future__ import annotations

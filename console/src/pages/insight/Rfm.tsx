@@ -1,5 +1,5 @@
 /** RFM: the 5×5 recency × frequency grid (profiles per cell, coloured by count, named by group) and
- * the groups with their sizes; "run / refit" runs POST /api/v1/insight/rfm/run. */
+ * the groups with their sizes; "run / refit" runs POST /api/v1/insights/rfm/run. */
 import { Card, Col, Row, Table, Typography } from "antd";
 import { useMemo } from "react";
 import { api } from "../../api/client";
@@ -17,7 +17,7 @@ export function RfmPage() {
   return (
     <div>
       <PageHead title={t("insight.rfm.title")} sub={t("insight.rfm.sub")}
-        extra={<ModelRun model="rfm" run={() => api.raw("post", "/api/v1/insight/rfm/run", {})} onDone={grid.reload} />} />
+        extra={<ModelRun model="rfm" run={() => api.raw("post", "/api/v1/insights/rfm/run", {})} onDone={grid.reload} />} />
       <Async value={grid} rows={8}>
         {(g) => (g.scored === 0 ? <Card><EmptyState text={t("insight.rfm.empty")} /></Card> : <RfmBody g={g} />)}
       </Async>
