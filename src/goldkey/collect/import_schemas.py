@@ -162,6 +162,13 @@ _FEEDBACK_STATUS_SYNONYMS = (
     ("closed", "resolved"),
 )
 
+_CONSENT_SYNONYMS = tuple((v, "granted") for v in (
+    "true", "yes", "y", "1", "opted_in", "opt_in", "subscribed", "同意", "是", "已同意", "接收", "订阅")) + tuple(
+    (v, "denied") for v in ("false", "no", "n", "0", "opted_out", "opt_out", "unsubscribed", "拒绝", "否", "不同意",
+                            "不接收", "退订"))
+#: consent columns of a customers file: marketing consent per channel (govern.consent.CHANNELS)
+CONSENT_FIELDS = {f"consent_{ch}": ch for ch in ("sms", "email", "wechat", "push", "call", "mail")}
+
 _T = FieldType
 
 CUSTOMERS = ImportSchema(
@@ -195,6 +202,11 @@ CUSTOMERS = ImportSchema(
         FieldSpec("handset", _T.STRING, help="handset model"),
         FieldSpec("handset_bought_at", _T.DATE, help="date the handset was bought"),
         FieldSpec("balance", _T.AMOUNT, help="account balance"),
+        *(FieldSpec(name, _T.ENUM, choices=("granted", "denied"), synonyms=_CONSENT_SYNONYMS,
+                    help=f"marketing consent for {ch}: granted / denied (是 / 否, Y / N, 同意 / 拒绝, 退订 ...)")
+          for name, ch in CONSENT_FIELDS.items()),
+        FieldSpec("consent_updated_at", _T.DATETIME,
+                  help="when the consent columns were decided (default: registered_at, else the import time)"),
     ),
     key=(DEDUPE_KEY,),
     identifier_fields=(

@@ -23,12 +23,13 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from goldkey.collect.cleaning import CleaningOptions, CleanResult, Rejection, clean
-from goldkey.collect.import_schemas import SCHEMAS, ImportSchema
+from goldkey.collect.import_schemas import CONSENT_FIELDS, SCHEMAS, ImportSchema
 from goldkey.collect.reading import ImportFileError, MappingError, apply_mapping, file_digest, read_table
 from goldkey.collect.writer import WriteContext, Writer, _follow
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.core.ids import new_id
+from goldkey.govern.consent import record_decisions
 from goldkey.identity.graph import UnitOfWork, executemany, fetch_in, ts_column, ts_param
 from goldkey.ops.metrics import METRICS
 from goldkey.store.operational import feedback, imports, products, quarantine
@@ -66,7 +67,7 @@ def _jsonable(v: Any) -> Any:
 
 
 # -- columnwise building blocks ---------------------------------------------------------------
-_NOT_ATTRIBUTES = ("__record", "extra", "__dedupe_key")
+_NOT_ATTRIBUTES = ("__record", "extra", "__dedupe_key", *CONSENT_FIELDS, "consent_updated_at")
 
 
 def _utc(e: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -428,6 +429,29 @@ class Importer:
         upsert(conn, products, rows, ["workspace_id", "sku"])
         return len(rows)
 
+    def _consents(self, conn: sa.Connection, ws: str, df: pl.DataFrame, pids: list[str]) -> None:
+        """Record the file's consent columns (``consent_<channel>``) as marketing consent decisions,
+        in the import's transaction. A decision is dated ``consent_updated_at``, else ``registered_at``,
+        else the import time, and only replaces an older one (a later unsubscribe stands)."""
+        cols = [c for c in CONSENT_FIELDS if c in df.columns]
+        if not cols:
+            return
+        now = utcnow()
+        upd, reg = ((df[c].to_list() if c in df.columns else [None] * df.height)
+                    for c in ("consent_updated_at", "registered_at"))
+        at = [as_utc(u) or as_utc(r) or now for u, r in zip(upd, reg, strict=True)]
+        latest: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
+        records = df["__record"].to_list() if "__record" in df.columns else list(range(df.height))
+        for c in cols:
+            for pid, status, t, rec in zip(pids, df[c].to_list(), at, records, strict=True):
+                if status is None:
+                    continue
+                key = (ws, pid, CONSENT_FIELDS[c], "marketing")
+                if key not in latest or latest[key][0] <= t:
+                    latest[key] = (t, status, f"row {rec}")
+        if latest:
+            record_decisions(conn, latest, source="import", actor="import:customers")
+
     def _customers(
         self, ctx: WriteContext, conn: sa.Connection, ws: str, df: pl.DataFrame, progress: Progress | None
     ) -> tuple[int, list[Any]]:
@@ -440,6 +464,7 @@ class Importer:
         if uow.merged:
             canon = _follow(uow.merged)
             pids = [canon.get(p, p) for p in pids]
+        self._consents(conn, ws, df, pids)
         # Profiles a row created on its own were written with its attributes and registration
         # time already; the others (known customers, several rows of one customer) are merged
         # into what the profile holds.

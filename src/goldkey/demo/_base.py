@@ -94,7 +94,7 @@ IMPORT_FIELDS: dict[str, frozenset[str]] = {
     "customers": frozenset(
         "crm_id user_id phone email wechat_openid wechat_unionid name gender birthday region city "
         "member_tier points registered_at store plan plan_data_mb monthly_fee handset handset_bought_at "
-        "balance".split()
+        "balance consent_sms consent_email consent_wechat consent_push consent_call consent_updated_at".split()
     ),
     "orders": frozenset(
         "order_id ordered_at crm_id phone user_id sku product_name category quantity unit_price "

@@ -161,6 +161,7 @@ CUSTOMER_MAP = {
     "微信UnionID": "wechat_unionid",
     "邮箱": "email",
     "所属门店": "store",
+    "接收营销短信": "consent_sms",
 }
 PRODUCT_MAP = {
     "商品编码": "sku",
@@ -1087,6 +1088,8 @@ class _World:
                 "微信UnionID": [self.unionid[i] if self.crm_has_openid[i] else None for i in crm],
                 "邮箱": [self.email[i] for i in crm],
                 "所属门店": [self.stores[int(self.home_store[i])][1] for i in crm],
+                # ticked on the membership form; the same disposition the customer shows online later
+                "接收营销短信": np.where(self.ok_sms[crm], "是", "否").tolist(),
             },
             schema={k: pl.String for k in CUSTOMER_MAP},
         )
@@ -1196,10 +1199,10 @@ class _World:
                 "affinity_wechat": self.aff[:, 2],
                 "affinity_push": self.aff[:, 3],
                 "preferred_channel": np.array(CHANNELS)[np.argmax(self.aff, axis=1)].tolist(),
-                "device_id": self.device,
-                "wechat_openid": [o if b else None for o, b in zip(self.openid, self.bound, strict=True)],
-                "consent_sms": self.ok_sms,  # what the customer says at the first login (if any)
-                "consent_push": self.ok_push,
+                "true_device_id": self.device,
+                "true_wechat_openid": [o if b else None for o, b in zip(self.openid, self.bound, strict=True)],
+                "true_consent_sms": self.ok_sms,  # what the customer says at the first login (if any)
+                "true_consent_push": self.ok_push,
                 "base_response_rate": self.brr,
                 "price_sensitivity": self.price,
                 "churn_propensity": self.churn,

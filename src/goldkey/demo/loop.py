@@ -184,8 +184,8 @@ class World:
         self.brand, self.seed = brand, seed
         self.rows = t.to_dicts()
         self.by_phone = {_digits(r["phone"]): i for i, r in enumerate(self.rows) if r.get("phone")}
-        self.by_device = {r["device_id"]: i for i, r in enumerate(self.rows) if r.get("device_id")}
-        self.by_openid = {r["wechat_openid"]: i for i, r in enumerate(self.rows) if r.get("wechat_openid")}
+        self.by_device = {r["true_device_id"]: i for i, r in enumerate(self.rows) if r.get("true_device_id")}
+        self.by_openid = {r["true_wechat_openid"]: i for i, r in enumerate(self.rows) if r.get("true_wechat_openid")}
 
     def person(self, simulates: str, to: str) -> int | None:
         if simulates in ("sms", "call"):
@@ -377,7 +377,7 @@ class Loop:
                     if i is None:
                         continue
                     p = world.rows[i]
-                    if not p.get(f"consent_{m['simulates']}", True):
+                    if not p.get(f"true_consent_{m['simulates']}", True):
                         counts["messaged_without_consent"] += 1  # the platform must never let this happen
                     aff = p.get(f"affinity_{m['simulates']}") or 0.25
                     base = p["base_response_rate"]
@@ -457,7 +457,7 @@ class Loop:
             for i, p in enumerate(world.rows):
                 if not p.get("user_id"):
                     continue
-                plan_mb = int(p.get("plan_mb") or 10240)
+                plan_mb = int(p.get("true_plan_mb") or 10240)
                 pct = min(99.0, 100 * world.draw("usage", i) ** (1 / (1 + p["usage_intensity"])))
                 used = int(plan_mb * pct / 100)
                 if pct >= 75:
@@ -510,7 +510,7 @@ class Loop:
                 "bought_not_messaged": bought_other, "crossed_not_messaged": len(crossing) - len(messaged),
                 "latency_ms_p50": round(lat[len(lat) // 2], 1) if lat else None,
                 "latency_ms_p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
-                "messaged_without_consent": sum(1 for i in messaged if not world.rows[i].get("consent_sms", True)),
+                "messaged_without_consent": sum(1 for i in messaged if not world.rows[i].get("true_consent_sms", True)),
             }
         finally:
             admin.close()

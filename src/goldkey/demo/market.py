@@ -46,8 +46,9 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 TRUTH_DIR = "_truth"
-#: bumped when the generator's output changes (2: marketing consent on identify; device ids in the truth)
-FORMAT = "goldkey-demo-market/2"
+#: bumped when the generator's output changes (2: marketing consent on identify, device ids in the truth;
+#: 3: the eye-care CRM file's SMS consent column)
+FORMAT = "goldkey-demo-market/3"
 EYECARE_CUSTOMER_SHARE = 0.6
 OPERATOR_EVENT_SHARE = 0.55
 

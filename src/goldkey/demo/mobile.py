@@ -811,9 +811,9 @@ class _Operator:
                 "affinity_wechat": self.aff[:, 2],
                 "affinity_push": self.aff[:, 3],
                 "preferred_channel": np.array(CHANNELS)[np.argmax(self.aff, axis=1)].tolist(),
-                "device_id": self.device,
-                "plan_mb": self.plan_mb.astype(np.int64),
-                "consent_sms": self.ok_sms,  # what the subscriber says in the app (if they identify)
+                "true_device_id": self.device,
+                "true_plan_mb": self.plan_mb.astype(np.int64),
+                "true_consent_sms": self.ok_sms,  # what the subscriber says in the app (if they identify)
                 "base_response_rate": self.brr,
                 "price_sensitivity": self.price,
                 "churn_propensity": self.churn,

@@ -100,9 +100,10 @@ def _status_of(value: Any) -> str | None:
 def consent_decisions(traits: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Read ``traits.consent`` of an identify call into (channel, purpose, status) decisions.
 
-    Two shapes, as documented in docs/tracking-api.md ("Marketing consent"): ``{"sms": true, "email": "denied"}`` (purpose
-    ``marketing``) or ``{"sms": {"marketing": true, "service": true}}``. Raises InvalidInput naming
-    the field (``traits.consent.<channel>[.<purpose>]``) for an unknown channel or value."""
+    Two shapes, as documented in docs/tracking-api.md ("Marketing consent"):
+    ``{"sms": true, "email": "denied"}`` (purpose ``marketing``) or
+    ``{"sms": {"marketing": true, "service": true}}``. Raises InvalidInput naming the field
+    (``traits.consent.<channel>[.<purpose>]``) for an unknown channel or value."""
     raw = traits.get("consent")
     if raw is None:
         return []
@@ -162,38 +163,47 @@ class ConsentCollector:
             self.record(latest)
 
     def record(self, latest: dict[tuple[str, str, str, str], tuple[Any, str, str]]) -> None:
-        """Upsert decisions keyed (workspace, profile, channel, purpose) -> (time, status, message id)
-        on each profile's live (canonical) profile, where newer than the stored one; audited."""
-        k = consents.c
+        """Upsert decisions keyed (workspace, profile, channel, purpose) -> (time, status, message id)."""
         with self.engine.begin() as c:
-            pids = sorted({key[1] for key in latest})
-            canon: dict[str, str] = {}
-            for i in range(0, len(pids), 500):
-                canon.update(c.execute(sa.select(profiles.c.profile_id, profiles.c.canonical_id)
-                                       .where(profiles.c.profile_id.in_(pids[i:i + 500]))).all())
-            want: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
-            for (ws, pid, ch, pu), v in latest.items():
-                key = (ws, canon.get(pid, pid), ch, pu)
-                if key not in want or want[key][0] <= v[0]:
-                    want[key] = v
-            live = sorted({key[1] for key in want})
-            have: dict[tuple[str, str, str, str], Any] = {}
-            for i in range(0, len(live), 500):
-                for r in c.execute(sa.select(k.workspace_id, k.profile_id, k.channel, k.purpose, k.updated_at)
-                                   .where(k.profile_id.in_(live[i:i + 500]))):
-                    have[(r.workspace_id, r.profile_id, r.channel, r.purpose)] = as_utc(r.updated_at)
-            rows, audit = [], []
-            for (ws, pid, ch, pu), (at, status, mid) in want.items():
-                old = have.get((ws, pid, ch, pu))
-                if old is not None and old > at:
-                    continue
-                rows.append({"workspace_id": ws, "profile_id": pid, "channel": ch, "purpose": pu,
-                             "status": status, "source": "identify", "updated_at": at})
-                audit.append({"workspace_id": ws, "actor": "tracking", "action": "consent.set", "target": pid,
-                              "detail": orjson.dumps({"channel": ch, "purpose": pu, "status": status,
-                                                      "source": "identify", "message_id": mid}).decode(),
-                              "at": utcnow()})
-            upsert(c, consents, rows, keys=["workspace_id", "profile_id", "channel", "purpose"])
-            if audit:
-                c.execute(audit_log.insert(), audit)
-        self.recorded += len(rows)
+            self.recorded += record_decisions(c, latest, source="identify", actor="tracking")
+
+
+def record_decisions(c: sa.Connection, latest: dict[tuple[str, str, str, str], tuple[Any, str, str]], *,
+                     source: str, actor: str) -> int:
+    """Upsert consent decisions keyed (workspace, profile, channel, purpose) -> (decided at, status,
+    reference) on each profile's live (canonical) profile, where newer than the stored decision;
+    audited. The one bulk path of tracked (identify) and imported (CRM file) consent. Returns how
+    many decisions changed the record."""
+    k = consents.c
+    pids = sorted({key[1] for key in latest})
+    canon: dict[str, str] = {}
+    for i in range(0, len(pids), 500):
+        canon.update(c.execute(sa.select(profiles.c.profile_id, profiles.c.canonical_id)
+                               .where(profiles.c.profile_id.in_(pids[i:i + 500]))).all())
+    want: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
+    for (ws, pid, ch, pu), v in latest.items():
+        key = (ws, canon.get(pid, pid), ch, pu)
+        if key not in want or want[key][0] <= v[0]:
+            want[key] = v
+    live = sorted({key[1] for key in want})
+    have: dict[tuple[str, str, str, str], Any] = {}
+    for i in range(0, len(live), 500):
+        for r in c.execute(sa.select(k.workspace_id, k.profile_id, k.channel, k.purpose, k.updated_at, k.status)
+                           .where(k.profile_id.in_(live[i:i + 500]))):
+            have[(r.workspace_id, r.profile_id, r.channel, r.purpose)] = (as_utc(r.updated_at), r.status)
+    rows, audit = [], []
+    now = utcnow()
+    for (ws, pid, ch, pu), (at, status, ref) in want.items():
+        old = have.get((ws, pid, ch, pu))
+        if old is not None and (old[0] > at or (old[0] == at and old[1] == status)):
+            continue  # a newer decision stands, or this very one is on record (a re-import)
+        rows.append({"workspace_id": ws, "profile_id": pid, "channel": ch, "purpose": pu,
+                     "status": status, "source": source, "updated_at": at})
+        audit.append({"workspace_id": ws, "actor": actor, "action": "consent.set", "target": pid,
+                      "detail": orjson.dumps({"channel": ch, "purpose": pu, "status": status,
+                                              "source": source, "ref": ref}).decode(),
+                      "at": now})
+    upsert(c, consents, rows, keys=["workspace_id", "profile_id", "channel", "purpose"])
+    if audit:
+        c.execute(audit_log.insert(), audit)
+    return len(rows)
