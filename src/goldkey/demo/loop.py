@@ -477,7 +477,12 @@ class Loop:
                     break
                 time.sleep(1.0)
             firings = t["firings"]
+            # reserved messages are delivered by the trigger's delivery worker: wait for them in the sink
+            want = firings.get("queued", 0) + firings.get("sent", 0)
             sent = read_outbox(sms_path, since)
+            while len(sent) < want and time.monotonic() < deadline + 120:
+                time.sleep(0.5)
+                sent = read_outbox(sms_path, since)
             messaged = set()
             resp = Responses()
             pack = {"sku": "DP-3G", "name": "3GB Data Pack", "category": "data_pack", "price": 20.0}
