@@ -86,6 +86,30 @@ def test_quiet_hours_follow_the_customers_time_zone(env_any: Any) -> None:
     assert v.allowed == pids
 
 
+def test_reserve_reads_addresses_in_its_transaction_and_recheck_sees_a_later_opt_out(env_any: Any) -> None:
+    env = env_any  # SQLite and PostgreSQL: the prepared statements run on both
+    ws = env.ws.workspace_id
+    pids = _profiles(env, 3)
+    _grant(env, pids)
+    g = Guardrails(env.gk.engine)
+    g.set_policy(ws, {"quiet_hours": None, "caps": {"sms": {"day": 1}}})
+    res = g.reserve(ws, "sms", "marketing", pids + ["prf_unknown"], "k1", SendSpec("chn_x"), NOON_SH,
+                    address_type="phone")
+    assert set(res.message_ids) == set(pids) and res.suppressed == {"prf_unknown": "no phone address"}
+    with env.gk.engine.connect() as c:
+        stored = dict(c.execute(sa.select(messages.c.profile_id, messages.c.address)).all())
+    assert {p: a[-4:] for p, a in stored.items()} == {p: f"13{i:04d}"[-4:] for i, p in enumerate(pids)}
+    assert all("****" in a for a in stored.values())  # masked in the message log
+    assert g.reserve(ws, "sms", "marketing", pids, "k2", SendSpec("chn_x"), NOON_SH,
+                     address_type="phone").suppressed[pids[0]] == "frequency cap: sms 1/1 today"
+    assert g.recheck(ws, "sms", "marketing", pids, NOON_SH) == {}
+    _grant(env, [pids[0]], status="denied")
+    g.suppress(ws, [pids[1]], "sms", "bounced")
+    assert g.recheck(ws, "sms", "marketing", pids + ["prf_unknown"], NOON_SH) == {
+        pids[0]: "opted out of sms/marketing", pids[1]: "suppressed: bounced",
+        "prf_unknown": "not a live profile any more (merged into another, or deleted)"}
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_no_send_ever_reaches_an_opted_out_suppressed_or_capped_customer(env_any: Any, data: st.DataObject) -> None:

@@ -134,6 +134,68 @@ def test_realtime_trigger_fires_once_per_window_and_respects_guardrails(env: Any
     assert listed[0]["firings"] == {"queued": 1, "suppressed": 2}
 
 
+def test_an_opt_out_between_queueing_and_sending_stops_the_message(env: Any, svc: TriggerService,
+                                                                   tmp_path: Path) -> None:
+    """The real-time round only reserves (firing + queued message, consent checked); the delivery
+    re-checks consent and suppressions, so a customer who opts out meanwhile gets nothing, and the
+    cap unit is given back."""
+    ws = env.ws.workspace_id
+    env.gk.sender.guardrails.set_policy(ws, {"quiet_hours": None, "caps": {"*": {"day": 3}}})
+    pids = make_profiles(env, 3)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    t = svc.create(ws, {"name": "流量 75%", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid,
+                        "template": OFFER, "window": {"unit": "month"}})
+    for i in range(3):
+        track(env, f"u{i}", "Data Usage", data_used_pct=80 + i)
+    svc.drain(deliver=False)  # reserved, not sent
+    with env.gk.engine.connect() as c:
+        queued = dict(c.execute(sa.select(messages.c.profile_id, messages.c.status)).all())
+        counted = dict(c.execute(sa.text("SELECT profile_id, count FROM send_counters")).all())
+    assert queued == {p: "queued" for p in pids} and counted == {p: 1 for p in pids}
+    assert not out.exists()
+    set_consent(env.gk.engine, ws, pids[1], "sms", "denied")  # opts out before the delivery
+    env.gk.sender.guardrails.suppress(ws, [pids[2]], "*", "complained")
+    svc.drain()
+    assert [x["profile_id"] for x in lines(out)] == [pids[0]]
+    with env.gk.engine.connect() as c:
+        rows = {r.profile_id: r for r in c.execute(sa.select(messages.c.profile_id, messages.c.status,
+                                                             messages.c.reason))}
+        counted = dict(c.execute(sa.text("SELECT profile_id, count FROM send_counters")).all())
+        firings = dict(c.execute(sa.select(trigger_firings.c.profile_id, trigger_firings.c.status)).all())
+    assert rows[pids[0]].status == "sent"
+    assert rows[pids[1]].status == "failed" and "opted out of sms/marketing" in rows[pids[1]].reason
+    assert rows[pids[2]].status == "failed" and "suppressed: complained" in rows[pids[2]].reason
+    assert counted == {pids[0]: 1, pids[1]: 0, pids[2]: 0}  # the cap units of unsent messages are given back
+    assert firings == {p: "queued" for p in pids}  # and they do not fire again this month
+    track(env, "u1", "Data Usage", data_used_pct=99)
+    svc.drain()
+    assert len(lines(out)) == 1
+    failed = env.gk.analytical.query(
+        "SELECT count(*) FROM events WHERE event = 'Message Failed' AND properties LIKE '%send-check%'")
+    assert failed == [(2,)]
+    assert svc.get(ws, t["trigger_id"])["firings"] == {"queued": 3}
+
+
+def test_messages_left_queued_are_delivered_once_after_a_restart(env: Any, svc: TriggerService,
+                                                                 tmp_path: Path) -> None:
+    ws = env.ws.workspace_id
+    pids = make_profiles(env, 2)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    svc.create(ws, {"name": "流量 75%", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid,
+                    "template": OFFER})
+    track(env, "u0", "Data Usage", data_used_pct=80)
+    track(env, "u1", "Data Usage", data_used_pct=90)
+    svc.drain(deliver=False)  # reserved; the process stops before its delivery worker sent them
+    fresh = TriggerService.from_goldkey(env.gk)  # the next process: nothing in its memory
+    assert fresh.deliver_pending() == 2
+    assert sorted(x["profile_id"] for x in lines(out)) == sorted(pids)
+    assert fresh.deliver_pending() == 0
+    svc.drain()  # the first process's hand-over, if it ever ran, finds them sent: never twice
+    assert len(lines(out)) == 2
+
+
 def test_profile_state_trigger_in_the_background_worker(env: Any, svc: TriggerService, tmp_path: Path) -> None:
     ws = env.ws.workspace_id
     pids = make_profiles(env, 2)

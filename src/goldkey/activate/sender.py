@@ -3,16 +3,16 @@ log -> ``Message Sent`` / ``Message Failed`` events.
 
 ``Sender.send(SendRequest)`` is what campaigns, triggers and journeys call:
 
-1. the customers' addresses are loaded in bulk (no address: not sent, reason given);
-2. ``Guardrails.reserve`` atomically claims each allowed customer: a ``queued`` row in ``messages``
-   (unique per workspace, ``message_key`` and profile) and the frequency-cap counters;
-3. ``deliver`` claims the queued rows (``queued -> sending`` in one UPDATE per batch, tagged with
+1. ``Guardrails.reserve`` loads the customers' addresses (no address: not sent, reason given) and
+   atomically claims each allowed customer: a ``queued`` row in ``messages`` (unique per workspace,
+   ``message_key`` and profile) and the frequency-cap counters;
+2. ``deliver`` claims the queued rows (``queued -> sending`` in one UPDATE per batch, tagged with
    the run's claim id, so two runs never send the same message), renders each customer's template,
    and sends through the channel on a thread pool held to the channel's rate limit;
-4. a failure that is safe to retry (``SendResult.retryable``) is retried with exponential backoff
+3. a failure that is safe to retry (``SendResult.retryable``) is retried with exponential backoff
    and jitter ("equal jitter", as AWS's architecture blog describes), up to ``max_attempts``; then the
    message is ``failed`` with the reason (or ``dead`` with its payload, for dead-letter channels);
-5. rows are updated and events written in batches through the writer thread.
+4. rows are updated and events written in batches through the writer thread.
 
 A message is sent at most once: only a ``queued`` row can be claimed, a timeout whose outcome is
 unknown is not retried unless the provider de-duplicates by our message id, and a row left
@@ -35,7 +35,13 @@ import sqlalchemy as sa
 
 from goldkey.activate.channel_store import ChannelStore
 from goldkey.activate.channels.base import Channel, OutboundMessage, SendResult
-from goldkey.activate.guardrails import AUDIENCE, GUARD_CHUNK, Guardrails, SendSpec, fill_audience, json_text
+from goldkey.activate.guardrails import (
+    GUARD_CHUNK,
+    Guardrails,
+    SendSpec,
+    audience_addresses,
+    fill_audience,
+)
 from goldkey.activate.keys import Keys, load_or_create_key
 from goldkey.activate.templates import CompiledTemplate, Rendered, RenderError
 from goldkey.audience.common import emit_events, load_profile_values
@@ -43,7 +49,7 @@ from goldkey.collect.writer import Writer
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import InvalidInput
 from goldkey.core.ids import new_id
-from goldkey.store.operational import identities, messages, profiles
+from goldkey.store.operational import messages
 
 BATCH = 2000
 # (message row, result, attempts made, payload kept for a dead letter, cost)
@@ -132,18 +138,6 @@ class TokenBucket:
             self.sleep(wait)
 
 
-def mask(address: str | None) -> str | None:
-    """An address as the message log shows it: ``+86138****8000``, ``a***@example.com``."""
-    if not address:
-        return address
-    if "@" in address:
-        user, _, domain = address.partition("@")
-        return f"{user[:1]}***@{domain}"
-    if len(address) > 8:
-        return address[:-8] + "****" + address[-4:]
-    return address[:2] + "***"
-
-
 def load_addresses(engine: sa.Engine, ws: str, profile_ids: Sequence[str], address_type: str) -> dict[str, str]:
     """``{profile_id: address}``: the profile's ``address_type`` identifier (the smallest value when it
     holds several), else ``attributes.<address_type>``; ``profile_id`` addresses the profile itself.
@@ -152,23 +146,10 @@ def load_addresses(engine: sa.Engine, ws: str, profile_ids: Sequence[str], addre
     if address_type == "profile_id":
         return {p: p for p in ids}
     out: dict[str, str] = {}
-    a, i, p = AUDIENCE.c, identities.c, profiles.c
-    # ``workspace_id || ''`` keeps the identities key out of the plan: SQLite (no statistics on the
-    # temporary table) would otherwise walk the workspace's whole (workspace, id_type, value) key
-    # range for every customer instead of looking the profile up in ix_identities_profile
-    ident = sa.select(sa.func.min(i.id_value)).where(i.profile_id == a.profile_id, i.workspace_id.concat("") == ws,
-                                                     i.id_type == address_type).scalar_subquery()
     with engine.connect() as c:
-        q = (sa.select(a.profile_id, ident, json_text(c.dialect.name, p.attributes, address_type))
-             .select_from(AUDIENCE.outerjoin(profiles, sa.and_(p.profile_id == a.profile_id,
-                                                                p.workspace_id == ws))))
         for k in range(0, len(ids), GUARD_CHUNK):
             fill_audience(c, ids[k : k + GUARD_CHUNK])
-            for pid, identity, attr in c.execute(q):
-                if identity:
-                    out[pid] = identity
-                elif isinstance(attr, str) and attr.strip():
-                    out[pid] = attr.strip()
+            out.update(audience_addresses(c, ws, address_type))
         c.rollback()
     return out
 
@@ -204,15 +185,13 @@ class Sender:
         ch = self.channels.open(req.workspace_id, req.channel_id)
         now = as_utc(req.now) or utcnow()
         ids = list(dict.fromkeys(req.profile_ids))
-        addresses = load_addresses(self.engine, req.workspace_id, ids, ch.address_type)
-        no_address = {p: f"no {ch.address_type} address" for p in ids if p not in addresses}
-        spec = SendSpec(req.channel_id, req.ref, req.template.template.template_id,
-                        {p: mask(a) or "" for p, a in addresses.items()})
-        res = self.guardrails.reserve(req.workspace_id, ch.consent_channel, req.purpose,
-                                      [p for p in ids if p in addresses], req.message_key, spec, now)
+        spec = SendSpec(req.channel_id, req.ref, req.template.template.template_id)
+        # addresses are looked up in the reservation's transaction (no address: refused with the reason)
+        res = self.guardrails.reserve(req.workspace_id, ch.consent_channel, req.purpose, ids, req.message_key, spec,
+                                      now, address_type=ch.address_type)
         delivery = self.deliver(req.workspace_id, list(res.message_ids.values()), req.template, vars=req.vars,
                                 vars_by_profile=req.vars_by_profile)
-        return SendReport(len(ids), res.message_ids, {**no_address, **res.suppressed}, res.deferred, delivery,
+        return SendReport(len(ids), res.message_ids, res.suppressed, res.deferred, delivery,
                           int((time.perf_counter() - t0) * 1000))
 
     # -- delivery ---------------------------------------------------------------------------------
@@ -232,13 +211,17 @@ class Sender:
         with self.engine.begin() as c:
             c.execute(messages.update().where(m.workspace_id == ws, m.message_id.in_(ids), m.status == "queued")
                       .values(status="sending", claim=claim, updated_at=utcnow()))
-            return c.execute(sa.select(m.message_id, m.profile_id, m.channel_id, m.purpose, m.ref, m.attempts,
-                                       m.message_key).where(m.message_id.in_(ids), m.claim == claim)).all()
+            return c.execute(sa.select(m.message_id, m.profile_id, m.channel_id, m.channel, m.purpose, m.ref,
+                                       m.attempts, m.message_key, m.created_at)
+                             .where(m.message_id.in_(ids), m.claim == claim)).all()
 
     def _deliver_batch(self, ws: str, ids: list[str], template: CompiledTemplate, common: Mapping[str, Any],
                        per: Mapping[str, Mapping[str, Any]]) -> DeliveryReport:
         rows = self._claim(ws, ids)
         report = DeliveryReport(skipped=len(ids) - len(rows))
+        if not rows:
+            return report
+        rows = self._recheck(ws, rows, report)
         if not rows:
             return report
         by_channel: dict[str, list[Any]] = {}
@@ -274,6 +257,44 @@ class Sender:
                     results += list(pool.map(one, group))
         self._finish(ws, results, report)
         return report
+
+    def _recheck(self, ws: str, rows: list[Any], report: DeliveryReport) -> list[Any]:
+        """The claimed rows that may still be sent. A message is reserved (consent, suppressions,
+        caps checked) some time before it is sent -- a delivery worker, a throttled campaign, a
+        restart -- and a customer who opted out or was suppressed meanwhile must not receive it:
+        those rows are failed with the reason (never sent), their cap units given back, and a
+        ``Message Failed`` event (stage ``send-check``) records why."""
+        groups: dict[tuple[str, str], list[Any]] = {}
+        for r in rows:
+            groups.setdefault((r.channel, r.purpose), []).append(r)
+        stopped: list[tuple[Any, str]] = []
+        for (channel, purpose), group in groups.items():
+            why = self.guardrails.recheck(ws, channel, purpose, [r.profile_id for r in group])
+            stopped += [(r, why[r.profile_id]) for r in group if r.profile_id in why]
+        if not stopped:
+            return rows
+        now = utcnow()
+        m = messages.c
+        updates = [{"mid": r.message_id, "reason": f"not sent: {why} after it was queued", "updated_at": now}
+                   for r, why in stopped]
+        with self.engine.begin() as c:
+            c.execute(messages.update().where(m.message_id == sa.bindparam("mid"), m.status == "sending").values(
+                status="failed", reason=sa.bindparam("reason"), updated_at=sa.bindparam("updated_at"), claim=None),
+                updates)
+        give_back: dict[tuple[str, str, Any], list[str]] = {}  # rows of one reservation share created_at
+        for r, _ in stopped:
+            give_back.setdefault((r.channel, r.purpose, r.created_at), []).append(r.profile_id)
+        for (channel, purpose, created), pids in give_back.items():
+            self.guardrails.release(ws, channel, purpose, pids, as_utc(created) or now)
+        report.failed += len(stopped)
+        key = "not sent: consent or suppression changed after it was queued"
+        report.reasons[key] = report.reasons.get(key, 0) + len(stopped)
+        self.emit(ws, [(r.profile_id, "Message Failed", {
+            "message_id": r.message_id, "channel_id": r.channel_id, "channel": r.channel, "ref": r.ref,
+            "purpose": r.purpose, "message_key": r.message_key, "reason": u["reason"], "status": "failed",
+            "stage": "send-check"}) for (r, _), u in zip(stopped, updates, strict=True)], now)
+        gone = {r.message_id for r, _ in stopped}
+        return [r for r in rows if r.message_id not in gone]
 
     def _message(self, ws: str, r: Any, to: str, ch: Channel, template: CompiledTemplate, values: dict[str, Any],
                  base: str, extra: Mapping[str, Any]) -> OutboundMessage:

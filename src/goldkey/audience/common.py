@@ -132,14 +132,17 @@ def load_profile_values(engine: sa.Engine, ws: str, pids: Sequence[str]) -> dict
     evaluator reads)."""
     out: dict[str, dict[str, Any]] = {}
     cols = [profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
+    # ``workspace_id || ''``: SQLite (no statistics) would otherwise pick the workspace index and scan
+    # every profile / identity of the workspace per chunk instead of looking the ids up
     with engine.connect() as c:
         for i in range(0, len(pids), 500):
             chunk = list(pids[i : i + 500])
             for r in c.execute(sa.select(*cols).where(
-                    profiles.c.workspace_id == ws, profiles.c.profile_id.in_(chunk), profiles.c.merged_into.is_(None))):
+                    profiles.c.workspace_id.concat("") == ws, profiles.c.profile_id.in_(chunk),
+                    profiles.c.merged_into.is_(None))):
                 out[r.profile_id] = profile_values(r)
             for r in c.execute(sa.select(identities.c.profile_id, identities.c.id_type).where(
-                    identities.c.workspace_id == ws, identities.c.profile_id.in_(chunk))):
+                    identities.c.workspace_id.concat("") == ws, identities.c.profile_id.in_(chunk))):
                 if r.profile_id in out:
                     out[r.profile_id].setdefault("profile.identifier_types", []).append(r.id_type)
     for v in out.values():
