@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import tempfile
@@ -191,17 +192,27 @@ def max_rate(
             "p99_ms": _ms(pc["p99"]),
         }
     wall = time.perf_counter() - t0
+    server_cpu = cpu_seconds(srv.proc.pid) - cpu0  # type: ignore[union-attr]
     out["threads"] = tc.line()
     out["commits"] = _commit_line(c0, _commits(srv), wall)
-    out["server_cpu_pct"] = round(100 * (cpu_seconds(srv.proc.pid) - cpu0) / wall)  # type: ignore[union-attr]
+    out["server_cpu_pct"] = round(100 * server_cpu / wall)
+    out["server_cpu_s"] = round(server_cpu, 2)
+    out["wall_s"] = round(wall, 2)
+    out["load_avg"] = round(os.getloadavg()[0], 1)
     out["generator_cpu_pct"] = round(100 * gen_cpu / wall)
     out["events_per_s"] = out["accepted"] / secs if secs else 0.0
     out["requests_per_s"] = out["requests"] / secs if secs else 0.0
+    # CPU per acknowledged event (batch) or request (track): what the server spends, whatever share
+    # of the shared cores it was given
+    out["cpu_us_per_event"] = 1e6 * server_cpu / max(1, out["accepted"])
+    out["cpu_us_per_request"] = 1e6 * server_cpu / max(1, out["requests"])
     print(
         f"  {label}: {out['requests']:,} requests in {secs:.1f} s -> {out['requests_per_s']:,.0f} req/s, "
         f"{out['events_per_s']:,.0f} events/s acknowledged (dup {out['duplicates']}, non-200 {out['non200']}, "
         f"socket errors {out['errors']}); closed-loop latency p50 {out['p50_ms']:.1f} ms p99 {out['p99_ms']:.1f} ms; "
         f"CPU: server {out['server_cpu_pct']}%, generator {out['generator_cpu_pct']}% (of one core)\n"
+        f"    server {out['server_cpu_s']} CPU-s in {out['wall_s']} s wall: {out['cpu_us_per_event']:,.1f} us CPU "
+        f"per event, {out['cpu_us_per_request']:,.1f} us per request; load average {out['load_avg']}\n"
         f"    {out['threads']}\n    {out['commits']}",
         flush=True,
     )
@@ -225,7 +236,14 @@ def fixed_rate(
     cpu0, t0 = cpu_seconds(srv.proc.pid), time.perf_counter()  # type: ignore[union-attr]
     r = open_loop(srv.port, src, rate=rate, seconds=args.seconds, conns=conns)
     wall = time.perf_counter() - t0
-    commits = tc.line() + "\n    " + _commit_line(c0, _commits(srv), wall)
+    server_cpu = cpu_seconds(srv.proc.pid) - cpu0  # type: ignore[union-attr]
+    commits = (
+        f"server {server_cpu:.2f} CPU-s in {wall:.2f} s wall, {1e6 * server_cpu / max(1, r.requests):,.1f} us CPU "
+        f"per request; load average {os.getloadavg()[0]:.1f}\n    "
+        + tc.line()
+        + "\n    "
+        + _commit_line(c0, _commits(srv), wall)
+    )
     totals.add_py(r)
     if r.first_error:
         print(f"  first non-200 answer: {r.first_error}")
@@ -243,7 +261,7 @@ def fixed_rate(
         "service_p99_ms": _ms(sv["p99"]),
         "late_sends": r.late_sends,
         "achieved_rate": r.requests / r.seconds if r.seconds else 0.0,
-        "server_cpu_pct": round(100 * (cpu_seconds(srv.proc.pid) - cpu0) / wall),  # type: ignore[union-attr]
+        "server_cpu_pct": round(100 * server_cpu / wall),
         "generator_cpu_pct": round(100 * r.generator_cpu / wall),
     }
     print(
@@ -400,11 +418,13 @@ def main() -> int:
     print("results:")
     print(
         f"  (a) batch      {a['events_per_s']:>12,.0f} events/s   target {TARGET_BATCH_EPS:,}  "
-        f"{verdict(a['events_per_s'] >= TARGET_BATCH_EPS)}"
+        f"{verdict(a['events_per_s'] >= TARGET_BATCH_EPS)}  ({a['cpu_us_per_event']:,.1f} us server CPU per event, "
+        f"server at {a['server_cpu_pct']}% of one core, load average {a['load_avg']})"
     )
     print(
         f"  (b) track      {b['requests_per_s']:>12,.0f} req/s      target {TARGET_TRACK_RPS:,}  "
-        f"{verdict(b['requests_per_s'] >= TARGET_TRACK_RPS)}"
+        f"{verdict(b['requests_per_s'] >= TARGET_TRACK_RPS)}  ({b['cpu_us_per_request']:,.1f} us server CPU per "
+        f"request, server at {b['server_cpu_pct']}% of one core, load average {b['load_avg']})"
     )
     print(
         f"  (c) batch p99  {ca['p99_ms']:>12,.1f} ms at {a['events_per_s'] / 2:,.0f} events/s   "
@@ -426,7 +446,8 @@ def main() -> int:
             "unit": "events/s",
             "target": f">= {TARGET_BATCH_EPS:,}",
             "met": a["events_per_s"] >= TARGET_BATCH_EPS,
-            "note": gen,
+            "note": f"{gen}; {a['cpu_us_per_event']:.1f} us CPU/event; {a['server_cpu_s']} CPU-s in {a['wall_s']} s; "
+            f"load {a['load_avg']}",
         },
         {
             "metric": "track throughput",
@@ -434,7 +455,8 @@ def main() -> int:
             "unit": "req/s",
             "target": f">= {TARGET_TRACK_RPS:,}",
             "met": b["requests_per_s"] >= TARGET_TRACK_RPS,
-            "note": gen,
+            "note": f"{gen}; {b['cpu_us_per_request']:.1f} us CPU/request; {b['server_cpu_s']} CPU-s "
+            f"in {b['wall_s']} s; load {b['load_avg']}",
         },
         {
             "metric": "batch ack p50/p95/p99 @ half",

@@ -20,6 +20,7 @@ from goldkey.api.schemas import ErrorBody, TrackingAck, TrackingBatch, TrackingE
 from goldkey.collect.tracking import EVENT_TYPES, TrackedEvent, _parse_ts, normalise_event, now_micros
 from goldkey.core.clock import utcnow
 from goldkey.core.errors import GoldkeyError, InvalidInput, StoreUnavailable, TooLarge, Unauthorized
+from goldkey.govern.workspaces import hash_secret
 from goldkey.ops.metrics import METRICS
 from goldkey.runtime import Goldkey
 from goldkey.store.operational import quarantine
@@ -80,16 +81,31 @@ def _parse(body: bytes) -> Any:
         raise InvalidInput(f"body is not valid JSON: {exc}") from None
 
 
+# Authorization header -> the hash of its write key: an SDK sends the same header on every
+# request, so the Basic decoding and the hash are done once; the key itself is still checked by
+# the workspace service on every request (its cache expires, so a revoked key is refused).
+_KEY_HASHES: dict[str, str] = {}
+_KEY_HASHES_MAX = 10_000
+
+
 def _workspace(gk: Goldkey, authorization: str | None, data: Any) -> str:
     from goldkey.api.deps import write_key_from_header
 
+    if authorization:
+        h = _KEY_HASHES.get(authorization)
+        if h is not None:
+            return gk.workspaces.authenticate_hash(h, "write").workspace_id
     key = write_key_from_header(authorization)
     body_key = data.get("writeKey") if isinstance(data, dict) else None
     if key is None and isinstance(body_key, str):
         key = body_key
     if not key:
         raise Unauthorized("missing write key: send it as the HTTP Basic user name")
-    return gk.workspaces.authenticate(key, "write").workspace_id
+    h = hash_secret(key)
+    cred = gk.workspaces.authenticate_hash(h, "write")
+    if authorization and len(_KEY_HASHES) < _KEY_HASHES_MAX:
+        _KEY_HASHES[authorization] = h  # only headers that named a live write key are remembered
+    return cred.workspace_id
 
 
 async def _ingest(

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from goldkey.collect.tracking import TrackedEvent, micros_to_datetime, now_micros
 from goldkey.core.errors import Overloaded
-from goldkey.identity.graph import IdentityGraph, UnitOfWork, _merge_recent
+from goldkey.identity.graph import IdentityGraph, UnitOfWork, _merge_recent, executemany, fetch_in, ts_param
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.ops.metrics import METRICS
 from goldkey.store.analytical import EVENT_SCHEMA, AnalyticalStore
@@ -41,7 +41,11 @@ _US_TS = pa.timestamp("us", tz="UTC")
 # DuckDB's automatic checkpoint would run inside an acknowledged commit and stall every waiting
 # request; the writer checkpoints when idle instead, or when the WAL grows past this size.
 IDLE_CHECKPOINT_SECONDS = 2.0
+# the longest the writer waits for more requests before a group commit (see Writer._gather)
+MAX_GATHER_SECONDS = 0.010
+GATHER_ENOUGH_EVENTS = 1_000
 FORCED_CHECKPOINT_WAL_BYTES = 256 * 1024 * 1024
+WAL_CHECK_SECONDS = 1.0  # how often the writer looks at the WAL's size while busy
 
 
 @dataclass
@@ -156,6 +160,9 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.last_commit_at: float | None = None
+        self._last_commit_s = 0.0  # duration of the last group commit
+        self._idle = False  # the writer waits for work (and must be woken), under _cond
+        self._next_wal_check = 0.0
         self._dirty = False
         self._map_stale = False
         self.last_error: str | None = None
@@ -232,7 +239,10 @@ class Writer:
             self._queue.append(item)
             self._queued_events += len(events)
             METRICS.queue_depth.set(self._queued_events)
-            self._cond.notify()
+            # while gathering, the writer wakes at its deadline anyway: waking it for every
+            # request would only make it contend for the GIL with the requests' event loop
+            if self._idle or self._queued_events >= GATHER_ENOUGH_EVENTS:
+                self._cond.notify()
 
     def submit_command(self, fn: Callable[[WriteContext], Any]) -> Future[Any]:
         """Run ``fn(context)`` on the writer thread; return a future of its result.
@@ -257,7 +267,12 @@ class Writer:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
-                    if not self._cond.wait(timeout=IDLE_CHECKPOINT_SECONDS) and self._dirty:
+                    self._idle = True
+                    try:
+                        woken = self._cond.wait(timeout=IDLE_CHECKPOINT_SECONDS)
+                    finally:
+                        self._idle = False
+                    if not woken and self._dirty:
                         break  # idle: fold the WAL into the file while nobody waits on a commit
                 if not self._queue and self._stopping:
                     return
@@ -265,8 +280,11 @@ class Writer:
             if head is None:
                 self._checkpoint()
                 continue
-            if self._dirty and self.analytical.wal_bytes() > FORCED_CHECKPOINT_WAL_BYTES:
-                self._checkpoint()  # never busy enough to let the WAL (and recovery time) grow unbounded
+            now = time.monotonic()
+            if self._dirty and now >= self._next_wal_check:  # a stat() per commit costs a GIL round trip
+                self._next_wal_check = now + WAL_CHECK_SECONDS
+                if self.analytical.wal_bytes() > FORCED_CHECKPOINT_WAL_BYTES:
+                    self._checkpoint()  # never busy enough to let the WAL (and recovery time) grow unbounded
             if isinstance(head, _CommandItem):
                 with self._cond:
                     self._queue.popleft()
@@ -280,9 +298,14 @@ class Writer:
             self._commit_events(batch)
 
     def _gather(self) -> list[_EventItem]:
+        """Take queued event requests for one group commit, waiting up to the gathering window
+        for more. The window grows with the last commit's duration (up to ``MAX_GATHER_SECONDS``):
+        a commit's fixed costs (two transactions, a DuckDB insert: milliseconds even for one
+        event) are then shared by more requests instead of being paid again for a handful."""
         batch: list[_EventItem] = []
         n = 0
-        deadline = time.monotonic() + self.wait_s
+        wait = max(self.wait_s, min(MAX_GATHER_SECONDS, 0.5 * self._last_commit_s))
+        deadline = time.monotonic() + wait
         with self._cond:
             while True:
                 while self._queue and isinstance(self._queue[0], _EventItem) and n < self.batch_max_events:
@@ -292,6 +315,8 @@ class Writer:
                     n += len(item.events)
                 if n >= self.batch_max_events or (self._queue and isinstance(self._queue[0], _CommandItem)):
                     break
+                if n >= GATHER_ENOUGH_EVENTS:
+                    break  # the fixed costs are shared widely enough: waiting only adds latency
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping:
                     break
@@ -335,7 +360,8 @@ class Writer:
             with self._cond:
                 self._queued_events -= n_events
                 METRICS.queue_depth.set(self._queued_events)
-            METRICS.commit_seconds.observe(time.perf_counter() - t0)
+            self._last_commit_s = time.perf_counter() - t0
+            METRICS.commit_seconds.observe(self._last_commit_s)
 
     def _checkpoint(self) -> None:
         try:
@@ -422,7 +448,9 @@ class Writer:
                     rkey = (ws, *ids)
                     pid = pid_memo.get(rkey)  # type: ignore[assignment]
                     if pid is None:
-                        pid = graph.resolve(
+                        # a returning user's identifiers are all cached with one owner: skip
+                        # building the first-seen context that only a new profile needs
+                        pid = graph.known_owner(ws, ids) or graph.resolve(
                             uow, ws, ids, micros_to_datetime(ev.timestamp), source, _first_seen_context(ev)
                         )
                         pid_memo[rkey] = pid
@@ -461,66 +489,62 @@ class Writer:
         return results
 
     def _apply_deltas(self, conn: sa.Connection, uow: UnitOfWork) -> None:
+        """Fold the unit's per-profile changes (recent events, attributes, last seen) into the
+        profile rows: one read and one update statement per chunk of profiles.
+
+        Statements run on the DBAPI cursor (as the identity graph's bulk writes do): SQLAlchemy's
+        per-row parameter processing cost more than SQLite's work here, for every profile of
+        every group commit. The attributes JSON is parsed only when this unit changes it.
+        """
         if not uow.deltas:
             return
         ids = list(uow.deltas)
-        current: dict[str, tuple[str, str]] = {}
-        for i in range(0, len(ids), 500):
-            for r in conn.execute(
-                sa.select(profiles.c.profile_id, profiles.c.attributes, profiles.c.recent_events).where(
-                    profiles.c.profile_id.in_(ids[i : i + 500])
-                )
-            ):
-                current[r.profile_id] = (r.attributes, r.recent_events)
-        rows = []
+        current: dict[str, tuple[str, str]] = {
+            pid: (attrs, recent)
+            for pid, attrs, recent in fetch_in(
+                conn,
+                "SELECT profile_id, attributes, recent_events FROM profiles WHERE profile_id IN ({in})",
+                [],
+                ids,
+            )
+        }
+        ts = ts_param(conn)
+        loads, dumps = orjson.loads, orjson.dumps
         keep = self.recent_keep
+        rows = []
         for pid, d in uow.deltas.items():
             attrs_raw, recent_raw = current[pid]
             newest = d.recent if len(d.recent) <= keep else sorted(d.recent, key=_ts, reverse=True)[:keep]
             fresh = [_compact(ev, micros_to_datetime(ev.timestamp)) for ev in newest]
-            recent = _merge_recent(orjson.loads(recent_raw), fresh, keep)
-            attrs = orjson.loads(attrs_raw)
+            recent = _merge_recent(loads(recent_raw), fresh, keep)
             if d.attributes:
+                attrs = loads(attrs_raw)
                 attrs.update(d.attributes)
-            rows.append(
-                {
-                    "pid": pid,
-                    "attrs": orjson.dumps(attrs).decode() if d.attributes else attrs_raw,
-                    "recent": orjson.dumps(recent).decode(),
-                    "ls": micros_to_datetime(d.last_seen) if d.last_seen is not None else None,
-                }
-            )
-        stmt = (
-            profiles.update()
-            .where(profiles.c.profile_id == sa.bindparam("pid"))
-            .values(
-                attributes=sa.bindparam("attrs"),
-                recent_events=sa.bindparam("recent"),
-                last_seen_at=sa.case(
-                    (
-                        profiles.c.last_seen_at < sa.bindparam("ls", type_=profiles.c.last_seen_at.type),
-                        sa.bindparam("ls"),
-                    ),
-                    else_=profiles.c.last_seen_at,
-                ),
-            )
+                attrs_raw = dumps(attrs).decode()
+            ls = ts(micros_to_datetime(d.last_seen)) if d.last_seen is not None else None
+            rows.append((attrs_raw, dumps(recent).decode(), ls, ls, pid))
+        # last_seen_at only moves forward (a late event never makes a profile look older)
+        executemany(
+            conn,
+            "UPDATE profiles SET attributes = ?, recent_events = ?, last_seen_at = CASE WHEN last_seen_at < ? "
+            "THEN ? ELSE last_seen_at END WHERE profile_id = ?",
+            rows,
         )
-        conn.execute(stmt, rows)
 
     def _append_events(
         self, keep: list[tuple[str, str, TrackedEvent]], profile_ids: list[str], map_ops: list[Any]
     ) -> None:
         dumps = orjson.dumps
         evs = [e for _, _, e in keep]
-        ts = pa.int64()
         string = pa.string()
 
         def text(values: list[Any]) -> pa.Array:
             return pa.array(values, string)
 
         def stamps(values: list[Any]) -> pa.Array:
-            return pa.array(values, ts).cast(_US_TS)
+            return pa.array(values, _US_TS)  # epoch microseconds taken as they are, no cast
 
+        # orjson's UTF-8 bytes go into the string columns as they are (no decode, no cast)
         table = pa.Table.from_arrays(
             [
                 text([w for w, _, _ in keep]),
@@ -537,9 +561,9 @@ class Writer:
                 stamps([e.original_timestamp for e in evs]),
                 stamps([e.sent_at for e in evs]),
                 stamps([e.received_at for e in evs]),
-                pa.array([dumps(e.properties) for e in evs], pa.binary()).cast(string),
-                pa.array([dumps(e.traits) if e.traits else None for e in evs], pa.binary()).cast(string),
-                pa.array([dumps(e.context) for e in evs], pa.binary()).cast(string),
+                text([dumps(e.properties) for e in evs]),
+                text([dumps(e.traits) if e.traits else None for e in evs]),
+                text([dumps(e.context) for e in evs]),
                 text([s for _, s, _ in keep]),
             ],
             schema=EVENT_SCHEMA,

@@ -372,6 +372,19 @@ class IdentityGraph:
             pid = self._get(key)
         return pid or None
 
+    def known_owner(self, workspace_id: str, ids: list[tuple[str, str]]) -> str | None:
+        """Return the profile owning every one of ``ids`` when the cache already says so (what
+        ``resolve`` would return without writing anything), else None: resolve them."""
+        owner = None
+        cache = self._cache
+        for id_type, value in ids:
+            sub = cache.get((workspace_id, id_type))
+            o = sub.get(value) if sub is not None else None
+            if not o or (owner is not None and o != owner):
+                return None
+            owner = o
+        return owner
+
     # -- resolution -------------------------------------------------------------------------
     def resolve(
         self,
