@@ -18,6 +18,7 @@ import {
   DownOutlined,
   LogoutOutlined,
   PlusOutlined,
+  SettingOutlined,
   TagsOutlined,
   TeamOutlined,
   UsergroupAddOutlined,
@@ -49,6 +50,7 @@ import { CampaignNewPage, CampaignsPage } from "./pages/activation/Campaigns";
 import { CampaignDetailPage } from "./pages/activation/CampaignDetail";
 import { JourneysPage } from "./pages/activation/Journeys";
 import { JourneyCanvasPage } from "./pages/activation/JourneyCanvas";
+import { SettingsPage } from "./pages/Settings";
 
 export function App() {
   return (
@@ -174,6 +176,7 @@ function Shell() {
         { key: "/journeys", icon: <ApartmentOutlined />, label: t("nav.journeys") },
       ],
     },
+    { key: "/settings", icon: <SettingOutlined />, label: t("nav.settings") },
   ];
   const open = section.startsWith("/insight") ? ["insight"] : section === "/campaigns" || section === "/journeys" ? ["activation"] : [];
   return (
@@ -213,6 +216,7 @@ function Shell() {
             <Route path="/journeys" element={<JourneysPage />} />
             <Route path="/journeys/new" element={<JourneyCanvasPage />} />
             <Route path="/journeys/:journeyId" element={<JourneyCanvasPage />} />
+            <Route path="/settings" element={<SettingsPage />} />
             <Route path="*" element={<Navigate to="/" replace />} />
           </Routes>
         </Layout.Content>

@@ -279,3 +279,214 @@ def walk(page: Any, site: Site) -> None:
     stored = pg.evaluate("JSON.parse(localStorage.getItem('goldkey.sessions')).map(s => s.workspace_id)")
     assert sorted(stored) == sorted([eyecare.workspace_id, operator.workspace_id])
     assert pg.errors == []
+
+
+def test_settings_campaign_uplift_and_messages(page: Any, site: Site) -> None:
+    try:
+        settings_walk(page, site)
+    except Exception:
+        shot(page, "failure-settings")
+        raise
+
+
+def settled(pg: Any) -> None:
+    """Wait until no drawer or dialog is still sliding in (Ant Design's motion classes are gone):
+    until then its inputs lie outside the viewport."""
+    pg.wait_for_function("() => !document.querySelector('.ant-drawer [class*=-motion-], "
+                         ".ant-modal-wrap [class*=-motion-], .ant-drawer-content-wrapper[class*=motion], "
+                         ".ant-modal[class*=zoom]')")
+
+
+def settings_walk(pg: Any, site: Site) -> None:
+    """The overview's recent campaigns against the report API, the messages on a profile against the
+    message log, and the channels and settings page: a channel created and edited with a write-only
+    credential, a refusal on the field it names, test sends, a write key created (shown once, works),
+    then revoked (refused at once), the send policy saved, the identity rules shown and edited."""
+    eyecare = site.brands[0]
+    api = site.api(eyecare.admin_token)
+    pg.goto(site.url + "/")
+    pg.wait_for_url(re.compile(r"/sign-in$"))
+    sign_in(pg, site, eyecare.admin_token)
+    pg.wait_for_url(site.url + "/")
+
+    # overview: the recent campaigns (the demo's closed loop ran them) with the report's uplift
+    ran = sorted((c for c in api.get("/api/v1/campaigns").json() if c["run"] > 0),
+                 key=lambda c: c["created_at"], reverse=True)[:6]
+    assert ran, "the demo runs campaigns"
+    card = pg.get_by_test_id("recent-campaigns")
+    for c in ran:
+        card.get_by_role("link", name=c["name"], exact=True).wait_for()
+    shown = {float(x.get_attribute("data-uplift")) for x in card.get_by_test_id("campaign-uplift").all()}
+    want = set()
+    for c in ran:
+        rep = api.get(f"/api/v1/campaigns/{c['campaign_id']}/report")
+        if rep.status_code == 200 and rep.json()["uplift"]["available"]:
+            want.add(rep.json()["uplift"]["treated"]["uplift"])
+    assert shown == want and want, (shown, want)
+    card.locator(".gk-chart canvas").first.wait_for()
+    pg.get_by_test_id("recent-campaigns").scroll_into_view_if_needed()
+    shot(pg, "overview-campaigns")
+
+    # a profile's messages equal the message log's (newest first, outcomes as tags)
+    pid = api.get("/api/v1/messages", params={"limit": 1}).json()["messages"][0]["profile_id"]
+    log = api.get("/api/v1/messages", params={"profile_id": pid, "limit": 50}).json()["messages"]
+    pg.goto(f"{site.url}/customers/{pid}")
+    msgs = pg.get_by_test_id("profile-messages")
+    msgs.locator("tbody tr.ant-table-row").first.wait_for()
+    assert msgs.locator("tbody tr.ant-table-row").count() == min(len(log), 8)
+    delivered = sum(1 for m in log if m["delivered_at"])
+    assert f"送达 {delivered}" in msgs.locator(".ant-card-head").inner_text()
+    msgs.scroll_into_view_if_needed()
+    shot(pg, "profile-messages")
+
+    # channels: the list equals the API's; a webhook created with a signing secret that never comes back
+    pg.get_by_role("menuitem", name="渠道与设置").click()
+    pg.get_by_role("heading", name="渠道与设置").wait_for()
+    channels = api.get("/api/v1/channels").json()
+    table = pg.get_by_test_id("channels-table")
+    for ch in channels:
+        table.get_by_text(ch["channel_id"]).wait_for()
+    pg.get_by_role("button", name="新建渠道").click()
+    form = pg.get_by_test_id("channel-form")
+    form.wait_for()
+    settled(pg)
+    pick(pg, "渠道类型", "Webhook")
+    form.get_by_label("渠道名称").fill("e2e webhook")
+    form.get_by_label("接收地址（URL）").fill("ftp://127.0.0.1/hook")
+    form.get_by_label("签名密钥").fill("s3cret-e2e-value")
+    form.get_by_role("button", name=re.compile(r"保\s*存")).click()
+    # the server refuses the URL: the message sits on that field, nothing is saved
+    form.locator(".ant-form-item-has-error", has=pg.get_by_label("接收地址（URL）")).wait_for()
+    assert not any(c["name"] == "e2e webhook" for c in api.get("/api/v1/channels").json())
+    shot(pg, "channel-refused")
+    form.get_by_label("接收地址（URL）").fill("http://127.0.0.1:9/hook")
+    form.get_by_role("button", name=re.compile(r"保\s*存")).click()
+    row = table.locator("tr", has_text="e2e webhook")
+    row.wait_for()
+    made = next(c for c in api.get("/api/v1/channels").json() if c["name"] == "e2e webhook")
+    assert made["secrets_set"] == ["signing_secret"] and made["config"]["url"] == "http://127.0.0.1:9/hook"
+    assert "签名密钥: 已设置" in row.inner_text()
+    assert "s3cret-e2e-value" not in pg.content()
+    shot(pg, "channels")
+
+    # edit: the stored secret shows as set and an empty field keeps it
+    row.get_by_role("button", name="编辑渠道 e2e webhook").click()
+    form = pg.get_by_test_id("channel-form")
+    form.wait_for()
+    settled(pg)
+    assert form.get_by_label("渠道名称").input_value() == "e2e webhook"
+    assert form.get_by_label("接收地址（URL）").input_value() == "http://127.0.0.1:9/hook"
+    assert form.get_by_label("签名密钥").input_value() == ""
+    form.get_by_text("已设置").first.wait_for()
+    shot(pg, "channel-edit")
+    form.get_by_label("渠道名称").fill("e2e webhook 2")
+    form.get_by_role("button", name=re.compile(r"保\s*存")).click()
+    table.locator("tr", has_text="e2e webhook 2").wait_for()
+    edited = api.get("/api/v1/channels").json()
+    edited_ch = next(c for c in edited if c["channel_id"] == made["channel_id"])
+    assert edited_ch["name"] == "e2e webhook 2" and edited_ch["secrets_set"] == ["signing_secret"]
+    store = site.gk.sender.channels
+    assert store.keys.decrypt(store._row(eyecare.workspace_id, made["channel_id"]).secrets) == {
+        "signing_secret": "s3cret-e2e-value"}
+
+    # a test send: refused by the closed port (the reason shown), accepted by the demo's sink
+    table.locator("tr", has_text="e2e webhook 2").get_by_role("button", name=re.compile("发送测试")).click()
+    dialog = pg.get_by_role("dialog")
+    dialog.get_by_label(re.compile("发送至")).fill("prf_test")
+    dialog.get_by_role("button", name=re.compile(r"发\s*送$")).click()
+    dialog.get_by_test_id("test-result").wait_for()
+    assert "未发送成功" in dialog.get_by_test_id("test-result").inner_text()
+    shot(pg, "channel-test")
+    dialog.get_by_role("button", name=re.compile(r"取\s*消")).click()
+    sink = next(c for c in channels if c["kind"] == "sink")
+    table.locator("tr", has_text=sink["channel_id"]).get_by_role("button", name=re.compile("发送测试")).click()
+    dialog = pg.get_by_role("dialog")
+    dialog.get_by_label(re.compile("发送至")).fill("+8613900000000")
+    dialog.get_by_role("button", name=re.compile(r"发\s*送$")).click()
+    dialog.get_by_text("测试消息已发送").wait_for()
+    dialog.get_by_role("button", name=re.compile(r"取\s*消")).click()
+
+    # keys: the list equals the API's; a new write key is shown once and works, then is revoked
+    pg.get_by_role("tab", name="API 密钥").click()
+    keys = pg.get_by_test_id("keys-table")
+    live = [k for k in api.get("/api/v1/workspace/keys").json() if not k["revoked_at"]]
+    keys.locator("tbody tr.ant-table-row").nth(len(live) - 1).wait_for()
+    assert keys.locator("tbody tr.ant-table-row").count() == len(live)
+    pg.get_by_role("button", name="新建写入密钥").click()
+    pg.get_by_label("备注").fill("e2e shop")
+    pg.get_by_role("dialog").get_by_role("button", name=re.compile(r"创\s*建")).click()
+    secret = pg.get_by_test_id("new-secret").inner_text().strip()
+    assert secret.startswith("gkw_")
+    shot(pg, "key-created")
+    track = {"userId": "e2e-key-user", "event": "Key Checked", "messageId": "e2e-key-1"}
+    assert httpx.post(site.url + "/v1/track", json=track, auth=(secret, "")).status_code == 200
+    pg.get_by_role("button", name="我已保存").click()
+    pg.get_by_test_id("new-secret").wait_for(state="detached")  # gone from the page once closed
+    assert keys.locator("tr", has_text="first admin token").get_by_text("当前登录所用").is_visible()
+    row = keys.locator("tr", has_text="e2e shop")
+    assert secret[:8] in row.inner_text() and secret not in pg.content()
+    row.get_by_role("button", name=re.compile("吊销密钥")).click()
+    pg.locator(".ant-popconfirm:visible").get_by_role("button", name=re.compile(r"吊\s*销")).click()
+    row.wait_for(state="detached")
+    assert httpx.post(site.url + "/v1/track", json={**track, "messageId": "e2e-key-2"},
+                      auth=(secret, "")).status_code == 401
+    pg.get_by_role("switch", name="显示已吊销").click()
+    keys.locator("tr", has_text="e2e shop").get_by_text("已吊销").wait_for()
+    shot(pg, "keys")
+
+    # the send policy: an SMS cap, quiet hours and an exempt purpose, saved through the form
+    before = api.get("/api/v1/send-policy").json()
+    pg.get_by_role("tab", name="发送策略").click()
+    pg.get_by_label("短信 每天上限").fill("2")
+    assert before["quiet_hours"] is None  # the demo turns them off; on again, from 22:30 to the default end
+    pg.get_by_role("switch", name="免打扰时段").click()
+    start = pg.get_by_role("textbox", name="开始", exact=True)
+    start.click()
+    start.fill("22:30")
+    start.press("Tab")  # Enter would submit the form
+    exempt = pg.get_by_role("combobox", name="豁免的消息用途")
+    exempt.click()
+    exempt.fill("service")
+    exempt.press("Enter")
+    pg.get_by_role("button", name="保存发送策略").click()
+    pg.get_by_text("发送策略已保存").wait_for()
+    after = api.get("/api/v1/send-policy").json()
+    assert after["caps"]["sms"] == {"day": 2, "week": None}
+    assert after["caps"]["*"] == before["caps"]["*"] and after["timezone"] == before["timezone"]
+    assert after["quiet_hours"] == {"start": "22:30:00", "end": "08:00:00"}
+    assert after["exempt_purposes"] == [*before["exempt_purposes"], "service"]
+    shot(pg, "send-policy")
+
+    # the identity rules as configured
+    pg.get_by_role("tab", name="身份识别规则").click()
+    rules = api.get("/api/v1/workspace/identity-rules").json()
+    prio = pg.get_by_test_id("identity-priority")
+    prio.locator("tbody tr.ant-table-row").nth(len(rules["priority"]) - 1).wait_for()
+    assert prio.locator("tbody tr.ant-table-row").count() == len(rules["priority"])
+    shot(pg, "identity-rules")
+    # edited in the page: phone one place up, e-mail limit 4, a blocked value added
+    pg.get_by_role("button", name="编辑规则").click()
+    editor = pg.get_by_test_id("identity-editor")
+    editor.get_by_role("button", name="上移 手机号").click()
+    editor.get_by_label("邮箱 每位客户最多").fill("4")
+    blocked = editor.get_by_role("combobox", name="屏蔽值")
+    blocked.fill("guest")
+    blocked.press("Enter")
+    shot(pg, "identity-edit")
+    editor.get_by_role("button", name="保存规则").click()
+    pg.get_by_test_id("identity-blocked").get_by_text("guest", exact=True).wait_for()
+    saved = api.get("/api/v1/workspace/identity-rules").json()
+    i = rules["priority"].index("phone")
+    want_prio = [*rules["priority"][:i - 1], "phone", rules["priority"][i - 1], *rules["priority"][i + 1:]]
+    assert saved["priority"] == want_prio
+    assert saved["limits"] == {**rules["limits"], "email": 4}
+    assert saved["blocked_values"] == [*rules["blocked_values"], "guest"]
+    assert saved["blocked_by_type"] == rules["blocked_by_type"] and saved["custom"] == rules["custom"]
+
+    # and in English
+    pg.get_by_text("EN", exact=True).click()
+    pg.get_by_role("tab", name="Channels").click()
+    pg.get_by_role("heading", name="Channels & settings").wait_for()
+    pg.get_by_test_id("channels-table").get_by_text("e2e webhook 2").wait_for()
+    shot(pg, "settings-en")
+    assert pg.errors == []

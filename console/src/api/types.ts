@@ -397,3 +397,78 @@ export interface JourneyStats {
   totals: Record<string, number>;
   nodes: { node_id: string; type: string; current: number; visits: number; outcomes: Record<string, number> }[];
 }
+
+/** GET /api/v1/console/channel-kinds: a registered channel class and its form. */
+export interface JsonSchemaProp {
+  type?: string;
+  enum?: string[];
+  anyOf?: { type?: string; pattern?: string }[];
+  default?: unknown;
+  description?: string;
+  title?: string;
+  minimum?: number;
+  maximum?: number;
+  exclusiveMinimum?: number;
+}
+
+export interface ChannelKind {
+  kind: string;
+  provider: string;
+  consent_channel: string;
+  address_type: string;
+  secret_fields: string[];
+  optional_secret_fields: string[];
+  uses_provider_template: boolean;
+  config_schema: { properties?: Record<string, JsonSchemaProp>; required?: string[] };
+}
+
+export interface ChannelPublic {
+  channel_id: string;
+  name: string;
+  kind: string;
+  provider: string;
+  config: Record<string, unknown>;
+  secrets_set: string[];
+  status: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface ApiKey {
+  key_id: string;
+  kind: "write" | "admin";
+  prefix: string;
+  label: string;
+  created_at: string;
+  revoked_at: string | null;
+}
+
+export interface SendPolicy {
+  timezone: string;
+  caps: Record<string, { day: number | null; week: number | null }>;
+  quiet_hours: { start: string; end: string } | null;
+  exempt_purposes: string[];
+  tracking_base_url: string;
+}
+
+/** GET /api/v1/messages: one row of the message log (address masked). */
+export interface MessageRow {
+  message_id: string;
+  profile_id: string;
+  channel_id: string;
+  channel: string;
+  purpose: string;
+  message_key: string;
+  ref: string | null;
+  template_id: string | null;
+  status: string;
+  reason: string | null;
+  attempts: number;
+  cost: number | null;
+  address: string | null;
+  created_at: string | null;
+  sent_at: string | null;
+  delivered_at: string | null;
+  opened_at: string | null;
+  clicked_at: string | null;
+}

@@ -1,8 +1,11 @@
-/** The overview dashboard: KPIs and charts from /api/v1/console/overview and the RFM tags' coverage. */
-import { Card, Col, Row, Segmented, Statistic, Typography } from "antd";
+/** The overview dashboard: KPIs and charts from /api/v1/console/overview, the RFM tags' coverage, and
+ * the recent campaigns with their uplift against the holdout (GET /api/v1/campaigns and each one's
+ * /report). */
+import { Card, Col, Row, Segmented, Statistic, Table, Tag, Typography } from "antd";
 import { useMemo, useState } from "react";
+import { Link } from "react-router-dom";
 import { api, ApiError } from "../api/client";
-import type { Coverage, Overview } from "../api/types";
+import type { CampaignReport, CampaignSummary, Coverage, Overview, UpliftGroup } from "../api/types";
 import { Chart } from "../components/Chart";
 import { PageHead } from "../components/PageHead";
 import { Async, EmptyState, ErrorState } from "../components/States";
@@ -51,6 +54,9 @@ export function OverviewPage() {
           <Card title={t("overview.dailyActive", { n: days })}>
             <Async value={ov}>{(o) => (o.daily_active.some((d) => d.active > 0) ? <DailyChart o={o} i18n={i18n} /> : <EmptyState text={t("overview.noActive", { n: days })} />)}</Async>
           </Card>
+        </Col>
+        <Col xs={24}>
+          <RecentCampaigns i18n={i18n} />
         </Col>
         <Col xs={24} xl={10}>
           <Card title={t("overview.valueTiers")}>
@@ -164,5 +170,123 @@ function TagChart({ value, i18n, prefix, kind }: { value: ReturnType<typeof useA
       <Chart option={option} height={kind === "pie" ? 300 : Math.max(240, data.length * 30)} label={foot} />
       <Typography.Text type="secondary" style={{ fontSize: 12 }}>{foot}</Typography.Text>
     </>
+  );
+}
+
+/** How many of the newest campaigns the overview reports on (one report request each). */
+const RECENT = 6;
+
+interface RecentRow {
+  campaign: CampaignSummary;
+  report: CampaignReport | null;
+}
+
+async function recentCampaigns(signal: AbortSignal): Promise<RecentRow[]> {
+  const all = await api.raw<CampaignSummary[]>("get", "/api/v1/campaigns", undefined, { signal });
+  const recent = [...all].filter((c) => c.run > 0).sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, RECENT);
+  return Promise.all(recent.map(async (campaign) => {
+    try {
+      const report = await api.raw<CampaignReport>("get", `/api/v1/campaigns/${encodeURIComponent(campaign.campaign_id)}/report`, undefined, { signal });
+      return { campaign, report };
+    } catch (e) {
+      if (e instanceof ApiError && (e.status === 404 || e.status === 409)) return { campaign, report: null };
+      throw e;
+    }
+  }));
+}
+
+function RecentCampaigns({ i18n }: { i18n: I18n }) {
+  const { t, num, pct, money } = i18n;
+  const rows = useApi(recentCampaigns);
+  const pp = (x: number | undefined | null) => (x === undefined || x === null ? "—" : `${x >= 0 ? "+" : ""}${(100 * x).toFixed(1)} pp`);
+  const withUplift = (rows.data ?? []).filter((r) => r.report?.uplift.available && (r.report.uplift.treated as UpliftGroup | undefined)?.uplift !== undefined);
+  const option = useMemo(() => {
+    const names = withUplift.map((r) => r.campaign.name);
+    const ups = withUplift.map((r) => r.report!.uplift.treated as UpliftGroup);
+    return {
+      tooltip: {
+        trigger: "axis", axisPointer: { type: "shadow" },
+        formatter: (ps: { dataIndex: number }[]) => {
+          const u = ups[ps[0].dataIndex];
+          return `${names[ps[0].dataIndex]}<br/>${t("overview.upliftSeries")}: ${pp(u.uplift)}<br/>95% CI: [${pp(u.uplift_ci95?.[0])}, ${pp(u.uplift_ci95?.[1])}]`;
+        },
+      },
+      grid: { left: 56, right: 16, top: 32, bottom: 56 },
+      xAxis: { type: "category", data: names, axisLabel: { interval: 0, width: Math.max(48, 340 / Math.max(1, names.length)), overflow: "truncate" } },
+      yAxis: { type: "value", name: t("overview.upliftAxis"), axisLabel: { formatter: "{value} pp" } },
+      series: [
+        { type: "bar", name: t("overview.upliftSeries"), barMaxWidth: 40, data: ups.map((u) => +(100 * (u.uplift ?? 0)).toFixed(3)),
+          itemStyle: { color: "#c8961e" }, markLine: { silent: true, symbol: "none", data: [{ yAxis: 0 }], label: { show: false }, lineStyle: { color: "#8c8c8c" } } },
+        {
+          type: "custom", name: "95% CI", data: ups.map((u, i) => [i, 100 * (u.uplift_ci95?.[0] ?? 0), 100 * (u.uplift_ci95?.[1] ?? 0)]),
+          renderItem: (_: unknown, api: { value: (i: number) => number; coord: (v: number[]) => number[] }) => {
+            const x = api.value(0), lo = api.coord([x, api.value(1)]), hi = api.coord([x, api.value(2)]);
+            const w = 8;
+            return { type: "group", children: [
+              { type: "line", shape: { x1: lo[0], y1: lo[1], x2: hi[0], y2: hi[1] }, style: { stroke: "#1f1f1f", lineWidth: 1.5 } },
+              { type: "line", shape: { x1: lo[0] - w, y1: lo[1], x2: lo[0] + w, y2: lo[1] }, style: { stroke: "#1f1f1f", lineWidth: 1.5 } },
+              { type: "line", shape: { x1: hi[0] - w, y1: hi[1], x2: hi[0] + w, y2: hi[1] }, style: { stroke: "#1f1f1f", lineWidth: 1.5 } },
+            ] };
+          },
+          z: 10,
+        },
+      ],
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [rows.data, t]);
+  return (
+    <Card title={t("overview.recentCampaigns")} extra={<Link to="/campaigns">{t("overview.allCampaigns")}</Link>} data-testid="recent-campaigns">
+      <Async value={rows} rows={5}>
+        {(list) => list.length === 0 ? <EmptyState text={t("overview.noCampaigns")} /> : (
+          <Row gutter={[16, 16]}>
+            <Col xs={24} xl={10}>
+              {withUplift.length ? <Chart option={option} height={300} label={t("overview.upliftChart")} />
+                : <EmptyState text={t("overview.noUplift")} />}
+              <Typography.Text type="secondary" style={{ fontSize: 12 }}>{t("overview.upliftNote")}</Typography.Text>
+            </Col>
+            <Col xs={24} xl={14}>
+              <Table<RecentRow>
+                size="small" pagination={false} rowKey={(r) => r.campaign.campaign_id} dataSource={list}
+                columns={[
+                  { title: t("overview.campaign"), key: "name", render: (_: unknown, r) => <Link to={`/campaigns/${r.campaign.campaign_id}`}>{r.campaign.name}</Link> },
+                  { title: t("overview.campaignStatus"), key: "status", render: (_: unknown, r) => <Tag>{i18n.tOr(`campaigns.status.${r.campaign.status}`, r.campaign.status)}</Tag> },
+                  { title: t("overview.targeted"), key: "n", align: "right", render: (_: unknown, r) => num(r.report?.arms.reduce((s, a) => s + a.targeted, 0)) },
+                  {
+                    title: t("overview.convTreatedHoldout"), key: "cr", align: "right",
+                    render: (_: unknown, r) => {
+                      const u = r.report?.uplift;
+                      if (!u?.available) return "—";
+                      return `${pct((u.treated as UpliftGroup | undefined)?.conversion_rate, 1)} / ${pct(u.holdout?.conversion_rate, 1)}`;
+                    },
+                  },
+                  {
+                    title: t("overview.upliftCol"), key: "u", align: "right",
+                    render: (_: unknown, r) => {
+                      const u = r.report?.uplift;
+                      if (!r.report) return <Typography.Text type="secondary">{t("overview.noReport")}</Typography.Text>;
+                      if (!u?.available) return <Typography.Text type="secondary">{t("overview.noHoldout")}</Typography.Text>;
+                      const g = u.treated as UpliftGroup | undefined;
+                      if (g?.uplift === undefined) return "—";
+                      const sig = g.uplift_ci95 && (g.uplift_ci95[0] > 0 || g.uplift_ci95[1] < 0);
+                      return <span data-testid="campaign-uplift" data-uplift={g.uplift}>
+                        <Typography.Text strong={!!sig} type={sig ? (g.uplift > 0 ? "success" : "danger") : undefined}>{pp(g.uplift)}</Typography.Text>
+                        <Typography.Text type="secondary" style={{ fontSize: 12 }}> [{pp(g.uplift_ci95?.[0])}, {pp(g.uplift_ci95?.[1])}]</Typography.Text>
+                      </span>;
+                    },
+                  },
+                  {
+                    title: t("overview.incrementalRevenue"), key: "rev", align: "right",
+                    render: (_: unknown, r) => {
+                      const g = r.report?.uplift.available ? (r.report.uplift.treated as UpliftGroup & { incremental_revenue?: number }) : undefined;
+                      return g?.incremental_revenue === undefined ? "—" : money(g.incremental_revenue);
+                    },
+                  },
+                ]}
+              />
+            </Col>
+          </Row>
+        )}
+      </Async>
+    </Card>
   );
 }

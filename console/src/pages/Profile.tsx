@@ -1,11 +1,12 @@
 /** The 360° profile: attributes, identities and merges, consents, tags, traits, scores and insights,
- * recent events, orders and feedback. */
+ * recent events, orders, the messages the customer received with their outcomes, and feedback. */
 import { Badge, Card, Col, Descriptions, Empty, Row, Space, Statistic, Table, Tag, Timeline, Typography } from "antd";
 import { ArrowLeftOutlined } from "@ant-design/icons";
 import { Link, useParams } from "react-router-dom";
 import { api, type ProfilePublic } from "../api/client";
+import type { MessageRow } from "../api/types";
 import { PageHead } from "../components/PageHead";
-import { Async } from "../components/States";
+import { Async, ErrorState } from "../components/States";
 import { useI18n, type I18n } from "../i18n";
 import { useApi } from "../useApi";
 
@@ -144,6 +145,9 @@ function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
             ) : <Empty image={Empty.PRESENTED_IMAGE_SIMPLE} description={t("profile.noEvents")} />}
           </Card>
         </Col>
+        <Col xs={24}>
+          <MessagesCard p={p} i18n={i18n} />
+        </Col>
         <Col xs={24} xl={12}>
           <Card title={t("profile.orderSummary")} style={{ marginBottom: 16 }}>
             <KeyValues data={{ ...os, ...(typeof os.revenue === "number" ? { revenue: money(os.revenue as number, (os.currency as string) ?? "CNY") } : {}) }} i18n={i18n} prefix="orderKeys" empty={t("profile.noOrders")} />
@@ -161,5 +165,61 @@ function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
         </Col>
       </Row>
     </>
+  );
+}
+
+/** The messages sent to this customer (and to the profiles merged into it), newest first. */
+const MESSAGE_LIMIT = 50;
+const OUTCOMES = ["sent_at", "delivered_at", "opened_at", "clicked_at"] as const;
+
+function refLink(ref: string | null, i18n: I18n) {
+  if (!ref) return "—";
+  const [kind, id] = ref.split(":");
+  if (kind === "campaign" && id) return <Link to={`/campaigns/${id}`}>{i18n.t("profile.msgCampaign")}</Link>;
+  if (kind === "journey" && id) return <Link to={`/journeys/${id}`}>{i18n.t("profile.msgJourney")}</Link>;
+  return <span className="gk-mono">{i18n.tOr(`profile.msgRef.${kind}`, kind)}</span>;
+}
+
+function MessagesCard({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
+  const { t, tOr, dateTime, num } = i18n;
+  const ids = [p.profile_id, ...(p.merges as { loser_id: string; undone_at: string | null }[]).filter((m) => !m.undone_at && m.loser_id !== p.profile_id).map((m) => m.loser_id)].slice(0, 6);
+  const msgs = useApi(async (signal) => {
+    const pages = await Promise.all(ids.map((id) => api.raw<{ messages: MessageRow[] }>("get", "/api/v1/messages", undefined, { query: { profile_id: id, limit: MESSAGE_LIMIT }, signal })));
+    return pages.flatMap((x) => x.messages).sort((a, b) => (b.created_at ?? "").localeCompare(a.created_at ?? "")).slice(0, MESSAGE_LIMIT);
+  }, [ids.join(",")]);
+  const counts = (msgs.data ?? []).reduce((acc, m) => {
+    for (const o of OUTCOMES) if (m[o]) acc[o] = (acc[o] ?? 0) + 1;
+    return acc;
+  }, {} as Record<string, number>);
+  return (
+    <Card title={t("profile.messages")} data-testid="profile-messages"
+      extra={msgs.data && msgs.data.length > 0 ? <Typography.Text type="secondary">{t("profile.msgSummary", { n: num(msgs.data.length), delivered: num(counts.delivered_at ?? 0), opened: num(counts.opened_at ?? 0), clicked: num(counts.clicked_at ?? 0) })}</Typography.Text> : null}>
+      {msgs.error ? <ErrorState error={msgs.error} onRetry={msgs.reload} /> : (
+        <Table<MessageRow> size="small" rowKey="message_id" loading={msgs.loading && !msgs.data} dataSource={msgs.data ?? []}
+          pagination={{ pageSize: 8, hideOnSinglePage: true }} locale={{ emptyText: <Empty image={Empty.PRESENTED_IMAGE_SIMPLE} description={t("profile.noMessages")} /> }}
+          columns={[
+            { title: t("profile.when"), dataIndex: "created_at", render: (v: string) => dateTime(v), width: 170 },
+            { title: t("profile.channel"), dataIndex: "channel", render: (v: string) => tOr(`channels.${v}`, v) },
+            { title: t("profile.purpose"), dataIndex: "purpose" },
+            { title: t("profile.msgFrom"), dataIndex: "ref", render: (v: string | null) => refLink(v, i18n) },
+            { title: t("profile.msgTo"), dataIndex: "address", render: (v: string | null) => <span className="gk-mono">{v ?? "—"}</span> },
+            {
+              title: t("profile.status"), dataIndex: "status",
+              render: (v: string, m) => <Space direction="vertical" size={0}>
+                <Badge status={v === "delivered" || v === "sent" ? "success" : v === "failed" || v === "dead" ? "error" : "processing"} text={tOr(`profile.msgStatus.${v}`, v)} />
+                {m.reason ? <Typography.Text type="secondary" style={{ fontSize: 12 }}>{m.reason}</Typography.Text> : null}
+              </Space>,
+            },
+            {
+              title: t("profile.msgOutcome"), key: "o",
+              render: (_: unknown, m) => <div className="gk-outcomes">{OUTCOMES.filter((o) => m[o]).map((o) => (
+                <Tag key={o} color={o === "clicked_at" ? "gold" : o === "opened_at" ? "blue" : o === "delivered_at" ? "green" : "default"} title={dateTime(m[o])}>
+                  {t(`profile.outcome.${o}`)}
+                </Tag>
+              ))}{OUTCOMES.every((o) => !m[o]) ? "—" : null}</div>,
+            },
+          ]} />
+      )}
+    </Card>
   );
 }

@@ -90,6 +90,16 @@ async def list_channels(gk: GK, cred: Admin) -> list[dict[str, Any]]:
     return sender.channels.list(cred.workspace_id)
 
 
+@router.put("/api/v1/channels/{channel_id}", response_model=ChannelPublic)
+async def update_channel(channel_id: str, body: ChannelCreate, gk: GK, cred: Admin) -> dict[str, Any]:
+    """Replace a channel's name and config, validated as on create; secrets left out keep their
+    stored values (the console never sees them, so it sends only the ones a user typed)."""
+    sender, _ = activation(gk)
+    return await run_in_threadpool(sender.channels.save, cred.workspace_id, name=body.name, kind=body.kind,
+                                   provider=body.provider, config=body.config, secrets=body.secrets,
+                                   channel_id=channel_id)
+
+
 @router.post("/api/v1/channels/{channel_id}/test")
 async def test_channel(channel_id: str, body: ChannelTest, gk: GK, cred: Admin) -> dict[str, Any]:
     """Send one test message to an address (no guardrails, not logged)."""

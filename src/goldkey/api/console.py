@@ -359,6 +359,45 @@ async def get_coverage(gk: GK, cred: Admin) -> dict[str, Any]:
     return await run_in_threadpool(field_coverage, gk, cred.workspace_id)
 
 
+# -- the channel form's catalogue ---------------------------------------------------------------------
+
+
+class ChannelKind(BaseModel):
+    """A registered channel class, as the console's channel form needs it."""
+
+    kind: str
+    provider: str
+    consent_channel: str = Field(description="The consent / cap channel its messages count against.")
+    address_type: str = Field(description="The identifier type (or profile_id) a message goes to.")
+    secret_fields: list[str] = Field(description="Credentials it requires (write-only).")
+    optional_secret_fields: list[str]
+    uses_provider_template: bool
+    config_schema: dict[str, Any] = Field(description="JSON Schema of its config.")
+
+
+def channel_kinds() -> list[dict[str, Any]]:
+    """Every registered (kind, provider) with its config's JSON Schema and secret names, so the
+    console draws each channel's form from the plugin's own declaration (a plugin channel gets a
+    form without console changes)."""
+    from goldkey.activate.channels.base import channel_class, registered
+
+    out = []
+    for kind, provider in registered():
+        cls = channel_class(kind, provider)
+        out.append({"kind": kind, "provider": provider, "consent_channel": cls.consent_channel,
+                    "address_type": cls.address_type, "secret_fields": list(cls.secret_fields),
+                    "optional_secret_fields": list(cls.optional_secret_fields),
+                    "uses_provider_template": cls.uses_provider_template,
+                    "config_schema": cls.config_model.model_json_schema()})
+    return out
+
+
+@router.get("/api/v1/console/channel-kinds", response_model=list[ChannelKind], responses={401: {"model": ErrorBody}})
+def get_channel_kinds(cred: Admin) -> list[dict[str, Any]]:
+    """The channel kinds this installation can send through, with their settings and credentials."""
+    return channel_kinds()
+
+
 # -- the single-page app ----------------------------------------------------------------------------
 
 _MISSING = """<!doctype html>

@@ -6,6 +6,7 @@ Only a SHA-256 hash of each secret is stored; the secret is shown once, when cre
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from threading import Lock
 
@@ -18,6 +19,11 @@ from goldkey.core.errors import Conflict, NotFound, Unauthorized
 from goldkey.core.ids import new_id, new_secret
 from goldkey.identity.rules import IdentityRules
 from goldkey.store.operational import api_keys, workspaces
+
+# how long a verified secret is trusted without asking the store again (a revoked key is refused
+# within this time), and how many verified secrets are remembered
+KEY_CACHE_SECONDS = 30.0
+KEY_CACHE_MAX = 100_000
 
 
 def hash_secret(secret: str) -> str:
@@ -49,7 +55,9 @@ class WorkspaceService:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._cache: dict[str, Credential] = {}
+        # secret hash -> (credential, monotonic expiry): a key revoked in the store is refused
+        # again within KEY_CACHE_SECONDS, while the hot path skips the query
+        self._cache: dict[str, tuple[Credential, float]] = {}
         self._rules: dict[str, IdentityRules] = {}
         self._lock = Lock()
 
@@ -105,9 +113,16 @@ class WorkspaceService:
 
         Raises Unauthorized for an unknown, revoked or wrong-kind secret.
         """
-        h = hash_secret(secret)
-        cred = self._cache.get(h)
-        if cred is None:
+        return self.authenticate_hash(hash_secret(secret), kind)
+
+    def authenticate_hash(self, h: str, kind: str) -> Credential:
+        """``authenticate`` for a secret already hashed with ``hash_secret`` (callers that see the
+        same secret on every request remember its hash). Raises Unauthorized as ``authenticate``."""
+        now = time.monotonic()
+        hit = self._cache.get(h)
+        if hit is not None and hit[1] > now:
+            cred = hit[0]
+        else:
             with self.engine.connect() as conn:
                 row = conn.execute(
                     sa.select(api_keys.c.workspace_id, api_keys.c.kind, api_keys.c.key_id).where(
@@ -115,10 +130,14 @@ class WorkspaceService:
                     )
                 ).first()
             if row is None:
+                with self._lock:
+                    self._cache.pop(h, None)
                 raise Unauthorized("unknown or revoked key")
             cred = Credential(row.workspace_id, row.kind, row.key_id)
             with self._lock:
-                self._cache[h] = cred
+                if len(self._cache) >= KEY_CACHE_MAX:
+                    self._cache.clear()
+                self._cache[h] = (cred, now + KEY_CACHE_SECONDS)
         if cred.kind != kind:
             raise Unauthorized(
                 "a write key can only send events; use an admin token"
@@ -126,6 +145,11 @@ class WorkspaceService:
                 else "an admin token is not a write key"
             )
         return cred
+
+    def forget(self, key_hash: str) -> None:
+        """Drop a key from the authentication cache (after revoking it: refused from the next request)."""
+        with self._lock:
+            self._cache.pop(key_hash, None)
 
     def get(self, workspace_id: str) -> dict[str, object]:
         """Return the workspace's public fields; raise NotFound."""
