@@ -306,3 +306,66 @@ def test_bad_goldkey_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:
     r = env.client.post("/api/v1/insights/churn/train", headers=env.admin_auth(), json={"horizon_days": 0})
     assert r.status_code == 400 and "horizon_days" in r.text
     assert svc.registry.versions(ws, "churn") == []
+
+
+# -- the large-data path ---------------------------------------------------------------------------------
+
+
+def _synthetic(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"recency": rng.exponential(60, n), "orders": rng.poisson(3, n).astype(float),
+                      "spend": rng.lognormal(4, 1, n), "channel": rng.choice(["app", "web", "store"], n)})
+    X.loc[rng.random(n) < 0.1, "spend"] = np.nan
+    logit = -1 + X["recency"] / 50 - 0.3 * X["orders"] + 0.5 * (X["channel"] == "web")
+    return X, (rng.random(n) < 1 / (1 + np.exp(-logit.to_numpy()))).astype(int)
+
+
+def test_large_data_path_subsamples_stops_early_and_calibrates_on_a_held_out_fold() -> None:
+    X, y = _synthetic(6000, 3)
+    p = ClassifierParams(holdout_calibration_above=1000, large_max_fit_rows=2000, n_estimators=300)
+    clf = TabularClassifier(p).fit(X, y)
+    assert len(clf.members) == 1
+    assert clf.cv["fit_rows"] == 2000 and "calibration fold of 600 rows" in clf.cv["method"]
+    assert 1 <= clf.cv["trees"] == clf.members[0].gbm.num_trees() <= 300
+    Xf, yf = _synthetic(3000, 4)
+    m = evaluate(yf, clf.predict_proba(Xf))
+    assert m["auc"] > 0.75 and abs(clf.predict_proba(Xf).mean() - yf.mean()) < 0.05
+    # the same fit twice gives the same model (seeded sample, deterministic trees)
+    again = TabularClassifier(p).fit(X, y)
+    assert np.array_equal(again.predict_proba(Xf), clf.predict_proba(Xf))
+
+
+def test_fast_tree_contributions_equal_lightgbm_pred_contrib() -> None:
+    from goldkey.insight.churn import _PATTERN_ROWS, _gbm_fit, _tree_contributions
+
+    rng = np.random.default_rng(5)
+    n = _PATTERN_ROWS + 1000
+    m = rng.normal(size=(n, 6))
+    m[rng.random(n) < 0.1, 0] = np.nan  # missing values take the default side
+    m[rng.random(n) < 0.3, 1] = 0.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-(m[:, 1] + np.nan_to_num(m[:, 0]) * m[:, 2])))).astype(int)
+    gbm = _gbm_fit(m[:20000], y[:20000], ClassifierParams(n_estimators=60))
+    fast = _tree_contributions(gbm, m)
+    exact = np.asarray(gbm.predict(m, pred_contrib=True), dtype=float)
+    assert fast.shape == exact.shape and np.allclose(fast, exact, rtol=0, atol=1e-10)
+
+
+def test_profile_insights_write_only_changes_and_replace_the_model_rows(env: Any) -> None:
+    from goldkey.insight.writeback import read_profile_insights, write_profile_insights
+    from goldkey.store.operational import profile_insights as t
+
+    ws, gk = env.ws.workspace_id, env.gk
+    assert write_profile_insights(gk, ws, "churn", 1, {"pa": {"score": 0.1}, "pb": {"score": 0.2}}) == 2
+    write_profile_insights(gk, ws, "other", 4, {"pa": {"x": 1}})
+    with gk.engine.connect() as c:
+        before = dict(c.execute(sa.select(t.c.profile_id, t.c.updated_at).where(t.c.model == "churn")).all())
+    assert write_profile_insights(gk, ws, "churn", 2, {"pb": {"score": 0.2}, "pc": {"score": 0.3}}) == 2
+    assert read_profile_insights(gk.engine, ws, "pa") == {"other": {"version": 4, "x": 1}}  # pa left churn only
+    assert read_profile_insights(gk.engine, ws, "pb") == {"churn": {"version": 2, "score": 0.2}}
+    assert read_profile_insights(gk.engine, ws, "pc") == {"churn": {"version": 2, "score": 0.3}}
+    with gk.engine.connect() as c:
+        after = dict(c.execute(sa.select(t.c.profile_id, t.c.updated_at).where(t.c.model == "churn")).all())
+    assert after["pb"] == before["pb"]  # unchanged details are not rewritten
+    write_profile_insights(gk, ws, "churn", 3, {"pb": {"score": 0.25}})
+    assert read_profile_insights(gk.engine, ws, "pb")["churn"] == {"version": 3, "score": 0.25}
+    assert read_profile_insights(gk.engine, ws, "pc") == {}

@@ -17,12 +17,23 @@ columns):
    stratified K-fold on the training data only (as ``CalibratedClassifierCV(ensemble=False)``
    does), then both models are refitted on all of it. Calibration is Platt's sigmoid (default; it
    keeps the order, so AUC and lift are unchanged) or isotonic regression (Zadrozny & Elkan, 2002).
-   Above ``holdout_calibration_above`` rows one held-out calibration fold replaces the K folds.
+   **Large data** (above ``holdout_calibration_above`` rows, 100k): one stratified held-out
+   calibration fold (``calibration_fraction``) replaces the K folds and the K-member ensemble; both
+   models are fitted on a stratified sample of at most ``large_max_fit_rows`` (200k) of the other
+   rows; the trees use ``large_learning_rate`` (0.1) and stop early on the calibration fold's log
+   loss (at most ``n_estimators``). Why: on 1M synthetic customers the holdout AUC was the same
+   (0.8464-0.8465) whether the trees saw 200k, 300k or 900k rows, at 0.03 x 400 trees or 0.1 with
+   early stopping, while the fit cost grows with rows x trees (540 s before, ~12 CPU-s after).
+   LightGBM stays on one thread by default: with 2 threads on the loaded shared 2-core machine the
+   same fit took 3.6x the CPU and twice the wall time (OpenMP threads spinning on each other).
+   The telco-sized path (K folds, the ensemble) is unchanged.
 4. *Reasons*: the blended logit is additive over the original columns: the trees' exact
    TreeSHAP contributions (LightGBM ``pred_contrib=True``, Lundberg et al., 2020; one-hot columns
    summed back to their column) plus the logistic terms ``coef * standardised value``, weighted by
    ``w`` and scaled by the sigmoid slope. A customer's reasons are the columns that pushed the score
-   up most, with the value and the column's human description.
+   up most, with the value and the column's human description. From 100k rows the TreeSHAP values
+   are computed per tree and per decision pattern (:func:`_tree_contributions`, exactly equal to
+   ``pred_contrib``, ~5x less CPU).
 
 **Goldkey** (:class:`ChurnService`): features are :func:`goldkey.insight.features.customer_features`
 as of a cutoff ``as_of - horizon_days``; labels come from the window ``[cutoff, as_of)`` after it:
@@ -92,6 +103,15 @@ class ClassifierParams(BaseModel):
     holdout_calibration_above: int = Field(default=100_000, ge=1000,
                                            description="above this many rows: one calibration fold, not K")
     calibration_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    large_max_fit_rows: int = Field(default=200_000, ge=1000,
+                                    description="above holdout_calibration_above rows: fit both models on at most "
+                                                "this many rows (a stratified sample of the fitting part)")
+    large_learning_rate: float = Field(default=0.1, gt=0, le=1,
+                                       description="above holdout_calibration_above rows: the trees' learning rate")
+    large_early_stopping_rounds: int = Field(default=20, ge=1,
+                                             description="above holdout_calibration_above rows: stop adding trees "
+                                                         "when the calibration fold's log loss has not improved "
+                                                         "for this many rounds (n_estimators stays the maximum)")
     max_categories: int = Field(default=30, ge=1, le=1000)
     min_rows: int = Field(default=40, ge=10)
     min_class_count: int = Field(default=10, ge=2)
@@ -169,8 +189,7 @@ class _Design:
                 continue
             cats = self.categories[c]
             named = [k for k in cats if k != OTHER]
-            v = X[c].astype("string").fillna("__missing__")
-            codes = np.asarray(pd.Index(named, dtype="object").get_indexer(v.to_numpy(dtype=object)), dtype=np.int64)
+            codes = _category_codes(X[c], named)
             if OTHER in cats:
                 codes = np.where(codes < 0, len(named), codes)
             for i, cat in enumerate(cats):
@@ -184,6 +203,23 @@ class _Design:
     def spec(self) -> dict[str, Any]:
         return {"features": self.features, "numeric": self.numeric, "categories": self.categories,
                 "columns": self.columns, "owner": self.owner}
+
+
+def _category_codes(col: pd.Series, named: list[str]) -> np.ndarray:
+    """Index of each value's text (missing: ``__missing__``) in ``named``, -1 when absent.
+
+    Why not ``astype("string")`` on the column: at 1M rows turning every value into a pandas string
+    costs seconds; a column of text takes the same mapping on its distinct values (factorised
+    first), which is the same result. Other columns (numbers, mixed objects, where 1 and 1.0 would
+    factorise together but print differently) keep the per-value conversion."""
+    index = pd.Index(named, dtype="object")
+    if col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in ("string", "empty"):
+        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        mapped = np.asarray(index.get_indexer(np.asarray(uniques, dtype=object)), dtype=np.int64)
+        missing = int(index.get_indexer(["__missing__"])[0])
+        return np.where(codes < 0, missing, mapped[np.maximum(codes, 0)] if mapped.size else missing)
+    v = col.astype("string").fillna("__missing__")
+    return np.asarray(index.get_indexer(v.to_numpy(dtype=object)), dtype=np.int64)
 
 
 class _Linear:
@@ -200,7 +236,8 @@ class _Linear:
     @staticmethod
     def _prep(m: np.ndarray, median: np.ndarray, log: np.ndarray) -> np.ndarray:
         z = np.where(np.isnan(m), median, m)
-        z[:, log] = np.log1p(np.maximum(z[:, log], 0))
+        for j in np.flatnonzero(log):  # column by column: a boolean column index copies the block twice
+            z[:, j] = np.log1p(np.maximum(z[:, j], 0))
         return z
 
     @classmethod
@@ -228,14 +265,26 @@ class _Linear:
                 "std": self.std.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept}
 
 
-def _gbm_fit(m: np.ndarray, y: np.ndarray, p: ClassifierParams) -> lgb.Booster:
-    params = {"objective": "binary", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
+def _gbm_fit(m: np.ndarray, y: np.ndarray, p: ClassifierParams,
+             valid: tuple[np.ndarray, np.ndarray] | None = None) -> lgb.Booster:
+    """The trees; with ``valid`` (the large-data path) at ``large_learning_rate``, stopped early on
+    ``valid``'s log loss and truncated to the best round."""
+    lr = p.learning_rate if valid is None else p.large_learning_rate
+    params = {"objective": "binary", "learning_rate": lr, "num_leaves": p.num_leaves,
               "min_data_in_leaf": p.min_child_samples, "bagging_fraction": p.subsample,
               "bagging_freq": 1 if p.subsample < 1 else 0, "feature_fraction": p.colsample_bytree,
               "lambda_l2": p.reg_lambda, "seed": p.seed,
               "num_threads": p.n_jobs or 1, "deterministic": True,
               "force_row_wise": True, "verbose": -1}
-    return lgb.train(params, lgb.Dataset(m, label=y, free_raw_data=True), num_boost_round=p.n_estimators)
+    train = lgb.Dataset(m, label=y, free_raw_data=True)
+    if valid is None:
+        return lgb.train(params, train, num_boost_round=p.n_estimators)
+    stop = lgb.early_stopping(p.large_early_stopping_rounds, first_metric_only=True, verbose=False)
+    booster = lgb.train({**params, "metric": "binary_logloss"}, train, num_boost_round=p.n_estimators,
+                        valid_sets=[lgb.Dataset(valid[0], label=valid[1], reference=train)], callbacks=[stop])
+    if booster.best_iteration and booster.best_iteration < booster.num_trees():
+        booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+    return booster
 
 
 class _Parts:
@@ -245,14 +294,91 @@ class _Parts:
         self.design, self.gbm, self.linear = design, gbm, linear
 
     @classmethod
-    def fit(cls, X: pd.DataFrame, y: np.ndarray, p: ClassifierParams) -> _Parts:
+    def fit(cls, X: pd.DataFrame, y: np.ndarray, p: ClassifierParams,
+            valid: tuple[pd.DataFrame, np.ndarray] | None = None) -> _Parts:
         design, m = _Design.learn(X, p.max_categories)
-        return cls(design, _gbm_fit(m, y, p), _Linear.fit(m, y, p.logistic_c))
+        stop = None if valid is None else (design.matrix(valid[0]), valid[1])
+        return cls(design, _gbm_fit(m, y, p, stop), _Linear.fit(m, y, p.logistic_c))
 
     def logits(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         m = self.design.matrix(X)
         g = np.asarray(self.gbm.predict(m, raw_score=True), dtype=float)
         return g, self.linear.terms(m).sum(axis=1) + self.linear.intercept
+
+
+_CONTRIB_CHUNK = 100_000  # rows per pred_contrib call: bounds LightGBM's temporaries
+_PATTERN_ROWS = 100_000  # from this many rows the per-tree pattern path beats one pred_contrib call (~12 ms a tree)
+
+
+def _node_paths(booster: lgb.Booster) -> list[list[tuple[int, float, bool, str]]] | None:
+    """Per tree its internal nodes as ``(feature, threshold, default_left, missing_type)``; None
+    when a tree has a split our decision rule does not cover (categorical, non-``<=``)."""
+    trees = []
+    for info in booster.dump_model()["tree_info"]:
+        nodes: list[tuple[int, float, bool, str]] = []
+        stack = [info["tree_structure"]]
+        while stack:
+            node = stack.pop()
+            if "split_feature" not in node:
+                continue
+            if node.get("decision_type") != "<=":
+                return None
+            nodes.append((int(node["split_feature"]), float(node["threshold"]), bool(node["default_left"]),
+                          str(node["missing_type"])))
+            stack += [node["left_child"], node["right_child"]]
+        trees.append(nodes)
+    return trees
+
+
+def _goes_left(col: np.ndarray, threshold: float, default_left: bool, missing: str) -> np.ndarray:
+    """LightGBM's ``Tree::NumericalDecision`` for a whole column: NaN counts as 0 unless the
+    missing type is NaN; a missing value (NaN, or zero for the Zero type) takes the default side."""
+    nan = np.isnan(col)
+    v = np.where(nan, 0.0, col) if missing != "NaN" else col
+    if missing == "NaN":
+        is_missing = nan
+    elif missing == "Zero":
+        is_missing = np.abs(v) <= 1e-35
+    else:
+        return v <= threshold
+    with np.errstate(invalid="ignore"):
+        return np.where(is_missing, default_left, v <= threshold)
+
+
+def _tree_contributions(booster: lgb.Booster, m: np.ndarray) -> np.ndarray:
+    """Exactly ``booster.predict(m, pred_contrib=True)`` (n x (columns + 1), TreeSHAP), computed
+    much faster for the small trees we grow.
+
+    Why it is exact: path-dependent TreeSHAP reads a row only through the side it takes at each
+    split of a tree, so two rows taking the same sides at every split of a tree get the same
+    contributions from it. Per tree, the rows are grouped by that pattern (at most 2^splits
+    groups: 8 for our 4-leaf trees), LightGBM's own TreeSHAP runs on one row of each group for that
+    tree alone (``start_iteration`` / ``num_iteration``), and the group's values are added to the
+    few columns the tree splits on (and the bias). Below ``_PATTERN_ROWS`` rows, with a tree it
+    does not cover or with deep trees, plain ``pred_contrib`` in chunks."""
+    n, k = m.shape[0], m.shape[1] + 1
+    trees = _node_paths(booster) if n >= _PATTERN_ROWS else None
+    if trees is None or any(len(nodes) > 12 for nodes in trees):
+        out = np.empty((n, k))
+        for lo in range(0, n, _CONTRIB_CHUNK):
+            part = m[lo : lo + _CONTRIB_CHUNK]
+            out[lo : lo + part.shape[0]] = np.asarray(booster.predict(part, pred_contrib=True),
+                                                      dtype=float).reshape(part.shape[0], k)
+        return out
+    out = np.zeros((n, k), order="F")  # column by column updates: keep columns contiguous
+    by_col = np.asfortranarray(m)  # and column reads
+    for t, nodes in enumerate(trees):
+        code = np.zeros(n, dtype=np.int64)
+        for bit, (f, thr, dl, miss) in enumerate(nodes):
+            code |= _goes_left(by_col[:, f], thr, dl, miss).astype(np.int64) << bit
+        present = np.flatnonzero(np.bincount(code, minlength=1 << len(nodes)))
+        first = [int(np.argmax(code == c)) for c in present]
+        phi = np.zeros((1 << len(nodes), k))
+        phi[present] = np.asarray(booster.predict(m[first], pred_contrib=True, start_iteration=t, num_iteration=1),
+                                  dtype=float).reshape(present.size, k)
+        for j in sorted({f for f, *_ in nodes} | {k - 1}):
+            out[:, j] += phi[code, j]
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -293,11 +419,23 @@ class TabularClassifier:
         p = self.params
         _check_labels(y, p)
         if y.size > p.holdout_calibration_above:
+            # large data: K refits would cost K times a fit whose quality no longer grows with the
+            # rows (see the module docstring): one stratified calibration fold, the models fitted on
+            # at most large_max_fit_rows of the rest, the trees stopped early on the calibration fold
             fit_idx, cal_idx = train_test_split(np.arange(y.size), test_size=p.calibration_fraction, stratify=y,
                                                 random_state=p.seed)
-            parts = _Parts.fit(X.iloc[fit_idx], y[fit_idx], p)
-            g, lin = parts.logits(X.iloc[cal_idx])
-            self._choose(g, lin, y[cal_idx], f"one held-out calibration fold of {cal_idx.size} rows")
+            if fit_idx.size > p.large_max_fit_rows:
+                fit_idx, _ = train_test_split(fit_idx, train_size=p.large_max_fit_rows, stratify=y[fit_idx],
+                                              random_state=p.seed)
+                fit_idx = np.sort(fit_idx)
+            Xc, yc = X.iloc[cal_idx], y[cal_idx]
+            parts = _Parts.fit(X.iloc[fit_idx], y[fit_idx], p, valid=(Xc, yc))
+            g, lin = parts.logits(Xc)
+            self._choose(g, lin, yc, f"one held-out calibration fold of {cal_idx.size} rows; fitted on "
+                                     f"{fit_idx.size} of the other rows, {parts.gbm.num_trees()} trees "
+                                     "(early stopping on the calibration fold)")
+            self.cv["fit_rows"] = int(fit_idx.size)
+            self.cv["trees"] = int(parts.gbm.num_trees())
             self.members = [parts]
             return self
         g = np.zeros(y.size)
@@ -367,11 +505,12 @@ class TabularClassifier:
         base = np.zeros(len(Xp))
         for parts in members:
             m = parts.design.matrix(Xp)
-            gc = np.asarray(parts.gbm.predict(m, pred_contrib=True), dtype=float).reshape(len(Xp), -1)
+            gc = _tree_contributions(parts.gbm, m)
             lt = parts.linear.terms(m)
             design_contrib = w * gc[:, :-1] + (1 - w) * lt
             base += w * gc[:, -1] + (1 - w) * parts.linear.intercept
-            np.add.at(out.T, np.asarray(parts.design.owner), design_contrib.T)
+            for j, owner in enumerate(parts.design.owner):  # the same sums as np.add.at, in the same order
+                out[:, owner] += design_contrib[:, j]
         out /= len(members)
         base /= len(members)
         scale = self.calibration.get("a", 1.0) if self.calibration.get("method") == "sigmoid" else 1.0
@@ -386,12 +525,13 @@ class TabularClassifier:
         feats = self._ready()[0].design.features
         desc = descriptions or {}
         order = np.argsort(-contrib, axis=1, kind="stable")[:, :top_k]
-        cols = {f: Xp[f].to_numpy() for f in feats}
+        # Python lists up front: per-element numpy scalars cost more than the rest of the loop
+        top = np.take_along_axis(contrib, order, axis=1).tolist()
+        cols = {f: Xp[f].tolist() for f in feats}
         out: list[list[dict[str, Any]]] = []
-        for i in range(contrib.shape[0]):
+        for i, (js, cs) in enumerate(zip(order.tolist(), top, strict=True)):
             row = []
-            for j in order[i]:
-                c = float(contrib[i, j])
+            for j, c in zip(js, cs, strict=True):
                 if c <= 0:
                     break
                 f = feats[j]

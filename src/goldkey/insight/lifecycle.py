@@ -50,6 +50,7 @@ and the transition matrix (previous stage -> new stage, ``none`` for no stage).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -254,33 +255,25 @@ def rule_fields(rules: list[Any]) -> set[str]:
     return {n.field for r in rules for _, n in iter_nodes(r) if isinstance(n, AttributeCondition)}
 
 
-def first_match(ids_per_rule: list[pa.Table], labels: list[str]) -> pl.DataFrame:
-    """``(profile_id, label)``: the label of the first rule (in order) each profile matches."""
-    parts = []
-    for i, t in enumerate(ids_per_rule):
-        df = pl.from_arrow(t.select(["profile_id"]))
-        assert isinstance(df, pl.DataFrame)
-        parts.append(df.with_columns(pl.col("profile_id").cast(pl.Utf8), pl.lit(i, dtype=pl.Int32).alias("_prio")))
-    if not parts:
-        return pl.DataFrame({"profile_id": [], "label": []}, schema={"profile_id": pl.Utf8, "label": pl.Utf8})
-    df = pl.concat(parts).group_by("profile_id").agg(pl.col("_prio").min())
-    lab = pl.DataFrame({"_prio": pl.Series(range(len(labels)), dtype=pl.Int32),
-                        "label": pl.Series(labels, dtype=pl.Utf8)})
-    return df.join(lab, on="_prio").select("profile_id", "label").sort("profile_id")
+def stage_profiles(engine: sa.Engine, analytical: AnalyticalStore, facts: Any, ws: str, rules: list[Any],
+                   labels: list[str], supplied: pa.Table, as_of: datetime) -> pl.DataFrame:
+    """``(profile_id, label)`` sorted by profile id: the label of the first rule (in order) each
+    live profile matches; profiles matching no rule are absent.
 
+    The rules go through the batch compiler on a profile table where the columns of ``supplied``
+    (``profile_id`` + ``field_column`` names) hold the given values (NULL for profiles absent from
+    it). When the rules read other fields, they come from the facts table (rebuilt when stale);
+    otherwise the live profile ids are read from the operational store.
 
-def evaluate_rules(engine: sa.Engine, analytical: AnalyticalStore, facts: Any, ws: str, rules: list[Any],
-                   supplied: pa.Table, as_of: datetime, *, first_match_only: bool = True) -> list[pa.Table]:
-    """The members of each parsed rule, through the batch compiler, on a profile table where the
-    columns of ``supplied`` (``profile_id`` + ``field_column`` names) hold the given values (NULL for
-    profiles absent from it). When the rules read other fields, they come from the facts table
-    (rebuilt when stale); otherwise the live profile ids are read from the operational store.
-
-    ``first_match_only``: the rules are tried in order and each profile is kept by the first rule
-    it matches only (its row leaves the profile table once matched), so the results are disjoint
-    and later rules scan fewer rows; otherwise every rule's full membership."""
+    Why one query: each rule's members get their priority (the rule's index), the member sets are
+    concatenated (``UNION ALL``) and grouped by profile keeping the smallest priority, all in ONE
+    DuckDB query. A rule's membership of a profile does not depend on other profiles, so this is
+    exactly "first match wins"; evaluating rule after rule and deleting the matched rows between
+    them cost a round trip, an Arrow result and a DELETE per stage (2.3x slower at 1M profiles)."""
     from goldkey.rules.batch import members
 
+    if len(rules) != len(labels):
+        raise ValueError("one label per rule")
     catalog = load_catalog(engine, ws)
     own = {c for c in supplied.column_names if c != "profile_id"}
     needs_facts = any(field_column(f) not in own for f in rule_fields(rules))
@@ -292,34 +285,40 @@ def evaluate_rules(engine: sa.Engine, analytical: AnalyticalStore, facts: Any, w
     for c in cols:  # our own column names, never user text; checked before they reach SQL
         if not c.replace("__", "").replace("_", "").isalnum():
             raise ValueError(f"bad column name {c!r}")
-    name = f"_gk_lc_{time.monotonic_ns()}"
+    tag = time.monotonic_ns()
+    name, sup, ids_name = f"_gk_lc_{tag}", f"_gk_lc_sup_{tag}", f"_gk_lc_ids_{tag}"
     cur = analytical.cursor()
     try:
-        cur.register("_gk_lc_sup", supplied)
+        cur.register(sup, supplied)
         if needs_facts:
             base = f'"{facts_table_name(ws)}"'
             facts_cols = [r[0] for r in cur.execute(f"DESCRIBE {base}").fetchall()]
             keep = ", ".join(f'b."{c}"' for c in facts_cols if c not in own)
         else:
-            cur.register("_gk_lc_ids", live_profile_ids(engine, ws))
-            base, keep = "_gk_lc_ids", "b.profile_id"
+            cur.register(ids_name, live_profile_ids(engine, ws))
+            base, keep = ids_name, "b.profile_id"
         picked = "".join(f', s."{c}"' for c in cols)
+        # materialised once: every rule's branch of the query reads it
         cur.execute(f"CREATE TEMP TABLE {name} AS SELECT {keep}{picked} FROM {base} b "
-                    "LEFT JOIN _gk_lc_sup s ON s.profile_id = b.profile_id")
+                    f"LEFT JOIN {sup} s ON s.profile_id = b.profile_id")
         con = ibis.duckdb.from_connection(cur)
         prof, ev = con.table(name), events_for(con, ws)
-        out = []
-        for r in rules:
-            ids = members(r, catalog, prof, ev, as_of).to_pyarrow()
-            out.append(ids)
-            if first_match_only and ids.num_rows:
-                cur.register("_gk_lc_hit", ids)
-                cur.execute(f"DELETE FROM {name} WHERE profile_id IN (SELECT profile_id FROM _gk_lc_hit)")
-                cur.unregister("_gk_lc_hit")
-        return out
+        parts = [members(r, catalog, prof, ev, as_of).mutate(_prio=ibis.literal(i, type="int32"))
+                 for i, r in enumerate(rules)]
+        hits = ibis.union(*parts, distinct=False) if len(parts) > 1 else parts[0]
+        first = hits.group_by("profile_id").aggregate(_prio=hits["_prio"].min())
+        tbl = first.to_pyarrow()
     finally:
         cur.execute(f"DROP TABLE IF EXISTS {name}")
+        for view in (sup, ids_name):
+            with contextlib.suppress(Exception):
+                cur.unregister(view)
         cur.close()
+    df = pl.from_arrow(tbl)
+    assert isinstance(df, pl.DataFrame)
+    return df.select(pl.col("profile_id").cast(pl.Utf8),
+                     pl.col("_prio").replace_strict(dict(enumerate(labels)), return_dtype=pl.Utf8).alias("label")
+                     ).sort("profile_id")
 
 
 def transitions(previous: Mapping[str, Any], new: Mapping[str, Any], labels: list[str]) -> dict[str, dict[str, int]]:
@@ -417,8 +416,8 @@ class LifecycleService:
         feats = compute_features(self.analytical, ws, d, t)
         t1 = time.perf_counter()
         supplied = feats.rename_columns(["profile_id", *(field_column(f"scores.{c}") for c in FEATURES)])
-        ids = evaluate_rules(self.engine, self.analytical, self.facts, ws, rules, supplied, t)
-        stages = first_match(ids, [s.stage for s in d.stage_rules()])
+        stages = stage_profiles(self.engine, self.analytical, self.facts, ws, rules,
+                                [s.stage for s in d.stage_rules()], supplied, t)
         t2 = time.perf_counter()
         return feats, stages, {"features_s": t1 - t0, "rules_s": t2 - t1}
 

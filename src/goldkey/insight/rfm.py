@@ -148,10 +148,13 @@ def _rfm_sql(n_tiers: int, n_excluded: int) -> str:
     tier_case = "NULL"
     if n_tiers:
         tier_case = "CASE " + " ".join("WHEN monetary >= ? THEN ?" for _ in range(n_tiers)) + " ELSE NULL END"
+    # orders are unique per (workspace, order_id): the importer, their only writer, deletes a
+    # re-imported order before appending it (as lifecycle's feature query relies on), so count(*)
+    # counts distinct orders; count(DISTINCT order_id) cost a third of the query at 1M customers
     return f"""
         WITH base AS (
             SELECT canonical_id AS profile_id, max(ordered_at) AS last_order_at,
-                   count(DISTINCT order_id) AS frequency, sum(total_amount) AS monetary
+                   count(*) AS frequency, sum(total_amount) AS monetary
             FROM orders_resolved
             WHERE workspace_id = ? AND ordered_at <= ? AND ordered_at > ?{status}
             GROUP BY canonical_id
