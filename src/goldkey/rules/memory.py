@@ -135,6 +135,13 @@ def _attribute(node: AttributeCondition, catalog: Mapping[str, str], as_of: date
     if node.op == "is_not_set":
         return lambda p, e: coerce(p.get(key), ftype) is None
     test = _value_test(node.op, ftype, node.value, as_of)
+    if ftype == "string":  # coerce of a string field is an isinstance test: skip the call
+
+        def string_pred(p: Mapping[str, Any], e: Sequence[Any]) -> bool:
+            v = p.get(key)
+            return isinstance(v, str) and test(v)
+
+        return string_pred
 
     def pred(p: Mapping[str, Any], e: Sequence[Any]) -> bool:
         v = coerce(p.get(key), ftype)
@@ -159,6 +166,21 @@ def _filter(f: PropertyFilter, as_of: datetime) -> Callable[[Mapping[str, Any]],
     name = f.property
     if f.op == "is_not_set":
         return lambda props: _prop_value(props, name, ptype) is None
+    if ptype == "string" and f.op in ("eq", "in"):
+        # the common filter (category = lens): only a string equals a string (or is in a set of
+        # them), so the typed read and the test collapse into one comparison
+        if f.op == "eq":
+            ref = coerce(f.value, ptype)
+            if isinstance(ref, str):
+                return lambda props: bool(props) and props.get(name) == ref
+        else:
+            refs = frozenset(r for r in (coerce(x, ptype) for x in f.value) if isinstance(r, str))
+
+            def string_in(props: Mapping[str, Any]) -> bool:
+                v = props.get(name) if props else None
+                return isinstance(v, str) and v in refs
+
+            return string_in
     test = _value_test(f.op, ptype, f.value, as_of)
 
     def check(props: Mapping[str, Any]) -> bool:
@@ -207,25 +229,73 @@ def _count_test(c: Count) -> Callable[[int], bool]:
     return lambda k: k == n
 
 
-def _event(node: EventCondition, as_of: datetime) -> Predicate:
-    match = _event_matcher(node.type, node.event, node.where, as_of)
-    inside = _in_window(node.window, as_of)
-    c = node.effective_count
-    if c.op == "at_least" and c.n >= 1:
-        n = c.n
+def _counter(
+    etype: str, name: str | None, where: Sequence[PropertyFilter], window: Window | None, as_of: datetime
+) -> Callable[[Sequence[Any], int], int]:
+    """``count(events, limit)``: how many events match (type, name, window, filters), counting no
+    further than ``limit`` (the count test is decided by then).
 
-        def at_least(p: Mapping[str, Any], events: Sequence[Any]) -> bool:
+    This loop is the evaluator's hot path (every event of the profile, for every event clause), so
+    it tests the name first (the most selective test, a plain attribute comparison) and makes the
+    other tests (type, window, property filters: function calls, datetime comparisons) only on the
+    events with the clause's name."""
+    filters = [_filter(f, as_of) for f in where]
+    inside = _in_window(window, as_of)
+
+    def rest(ev: Any) -> bool:
+        if ev.type != etype or not inside(ev.timestamp):
+            return False
+        for f in filters:
+            if not f(ev.properties):
+                return False
+        return True
+
+    if name is None:
+
+        def count_any(events: Sequence[Any], limit: int) -> int:
             k = 0
             for ev in events:
-                if inside(ev.timestamp) and match(ev):
+                if rest(ev):
                     k += 1
-                    if k >= n:
-                        return True
-            return False
+                    if k >= limit:
+                        break
+            return k
 
-        return at_least
-    test = _count_test(c)
-    return lambda p, events: test(sum(1 for ev in events if inside(ev.timestamp) and match(ev)))
+        return count_any
+    if etype == "track":  # a track event's name is in ``event``
+
+        def count_track(events: Sequence[Any], limit: int) -> int:
+            k = 0
+            for ev in events:
+                if ev.event == name and rest(ev):
+                    k += 1
+                    if k >= limit:
+                        break
+            return k
+
+        return count_track
+
+    def count_named(events: Sequence[Any], limit: int) -> int:  # page / screen: the name is in ``name``
+        k = 0
+        for ev in events:
+            if ev.name == name and rest(ev):
+                k += 1
+                if k >= limit:
+                    break
+        return k
+
+    return count_named
+
+
+def _event(node: EventCondition, as_of: datetime) -> Predicate:
+    count = _counter(node.type, node.event, node.where, node.window, as_of)
+    c = node.effective_count
+    n = c.n
+    if c.op == "at_least":
+        return lambda p, events: count(events, n) >= n
+    if c.op == "at_most":  # n + 1 matches decide it
+        return lambda p, events: count(events, n + 1) <= n
+    return lambda p, events: count(events, n + 1) == n
 
 
 def _sequence_hits(node: SequenceCondition, events: Sequence[Any], as_of: datetime,
@@ -277,12 +347,26 @@ def _compile(node: Any, catalog: Mapping[str, str], as_of: datetime) -> Predicat
         parts = [_compile(c, catalog, as_of) for c in node.conditions]
         if len(parts) == 1:
             return parts[0]
-        return lambda p, e: all(f(p, e) for f in parts)
+
+        def all_of(p: Mapping[str, Any], e: Sequence[Any]) -> bool:  # a loop: cheaper than all(<genexpr>)
+            for f in parts:
+                if not f(p, e):
+                    return False
+            return True
+
+        return all_of
     if isinstance(node, OrCondition):
         parts = [_compile(c, catalog, as_of) for c in node.conditions]
         if len(parts) == 1:
             return parts[0]
-        return lambda p, e: any(f(p, e) for f in parts)
+
+        def any_of(p: Mapping[str, Any], e: Sequence[Any]) -> bool:
+            for f in parts:
+                if f(p, e):
+                    return True
+            return False
+
+        return any_of
     if isinstance(node, NotCondition):
         inner = _compile(node.condition, catalog, as_of)
         return lambda p, e: not inner(p, e)
