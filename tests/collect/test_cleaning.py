@@ -129,6 +129,13 @@ def test_expected_fields_per_kind() -> None:
         "handset",
         "handset_bought_at",
         "balance",
+        "consent_sms",
+        "consent_email",
+        "consent_wechat",
+        "consent_push",
+        "consent_call",
+        "consent_mail",
+        "consent_updated_at",
     }
     assert set(ORDERS.field_names) == {
         "order_id",
