@@ -29,7 +29,7 @@ from goldkey.collect.writer import WriteContext, Writer, _follow
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.core.ids import new_id
-from goldkey.govern.consent import record_decisions
+from goldkey.govern.consent import keep_newest, record_decisions
 from goldkey.identity.graph import UnitOfWork, executemany, fetch_in, ts_column, ts_param
 from goldkey.ops.metrics import METRICS
 from goldkey.store.operational import feedback, imports, products, quarantine
@@ -446,9 +446,7 @@ class Importer:
             for pid, status, t, rec in zip(pids, df[c].to_list(), at, records, strict=True):
                 if status is None:
                     continue
-                key = (ws, pid, CONSENT_FIELDS[c], "marketing")
-                if key not in latest or latest[key][0] <= t:
-                    latest[key] = (t, status, f"row {rec}")
+                keep_newest(latest, (ws, pid, CONSENT_FIELDS[c], "marketing"), (t, status, f"row {rec}"))
         if latest:
             record_decisions(conn, latest, source="import", actor="import:customers")
 

@@ -126,6 +126,16 @@ def consent_decisions(traits: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
+Decisions = dict[tuple[str, str, str, str], tuple[Any, str, str]]
+
+
+def keep_newest(latest: Decisions, key: tuple[str, str, str, str], value: tuple[Any, str, str]) -> None:
+    """Keep, per (workspace, profile, channel, purpose), the latest decision (time, status, ref);
+    a later one at the same time wins."""
+    if key not in latest or latest[key][0] <= value[0]:
+        latest[key] = value
+
+
 class ConsentCollector:
     """Records the consent decisions that ``identify`` calls carry (``traits.consent``), on the
     writer's durable commits, before any trigger listening to the same commit decides to send.
@@ -156,9 +166,7 @@ class ConsentCollector:
                 continue
             at = micros_to_datetime(ev.timestamp)
             for channel, purpose, status in decisions:
-                key = (ws, pid, channel, purpose)
-                if key not in latest or latest[key][0] <= at:
-                    latest[key] = (at, status, ev.message_id)
+                keep_newest(latest, (ws, pid, channel, purpose), (at, status, ev.message_id))
         if latest:
             self.record(latest)
 
@@ -182,9 +190,7 @@ def record_decisions(c: sa.Connection, latest: dict[tuple[str, str, str, str], t
                                .where(profiles.c.profile_id.in_(pids[i:i + 500]))).all())
     want: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
     for (ws, pid, ch, pu), v in latest.items():
-        key = (ws, canon.get(pid, pid), ch, pu)
-        if key not in want or want[key][0] <= v[0]:
-            want[key] = v
+        keep_newest(want, (ws, canon.get(pid, pid), ch, pu), v)
     live = sorted({key[1] for key in want})
     have: dict[tuple[str, str, str, str], Any] = {}
     for i in range(0, len(live), 500):
