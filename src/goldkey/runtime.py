@@ -117,6 +117,8 @@ class Goldkey:
             segments, interval=settings.realtime_interval_seconds, refresh_minutes=settings.segment_refresh_minutes
         )
         realtime.attach(writer)
+        # CRM attributes, consents, orders and feedback an import changed re-enter real-time segments
+        importer.profile_listeners.append(realtime.notify)
         realtime.start()
         traits = TraitService(engine, analytical, writer, facts)
         traits.on_applied.append(realtime.notify)

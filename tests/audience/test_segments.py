@@ -203,6 +203,42 @@ def test_realtime_membership_follows_new_events(env: Env) -> None:
     assert u1 in {r[0] for r in rows}
 
 
+def test_realtime_membership_follows_crm_imports(env: Env, tmp_path: Any) -> None:
+    """A CRM import that changes a customer's attributes moves them in and out of real-time
+    segments within seconds, as an event would (not at the next scheduled compute)."""
+    people = load_people(env)
+    h = env.admin_auth()
+    ws = env.ws.workspace_id
+    rule = {"kind": "attribute", "field": "attributes.city", "op": "eq", "value": "广州"}
+    sid = env.client.post("/api/v1/segments", json={"name": "guangzhou", "rule": rule}, headers=h).json()["segment_id"]
+    assert env.client.post(f"/api/v1/segments/{sid}/compute", headers=h).json()["size"] == 0
+
+    crm = tmp_path / "crm.csv"
+    # u3 moves from 北京 to 广州 (matched by user id); a new CRM-only customer lives in 广州 too
+    crm.write_text("user_id,crm_id,city\nu3,,广州\n,C-NEW,广州\n", encoding="utf-8")
+    summary = env.gk.importer.run(ws, "customers", crm, {})
+    assert summary.accepted == 2
+    assert "profile_ids" not in summary.as_dict()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and env.gk.segments.get(ws, sid)["size"] < 2:
+        time.sleep(0.1)
+    assert env.gk.segments.is_member(ws, sid, people["u3"])
+    assert env.gk.segments.get(ws, sid)["size"] == 2
+
+    # and back out: u3 moves to 深圳
+    crm.write_text("user_id,city\nu3,深圳\n", encoding="utf-8")
+    env.gk.importer.run(ws, "customers", crm, {})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and env.gk.segments.is_member(ws, sid, people["u3"]):
+        time.sleep(0.1)
+    assert not env.gk.segments.is_member(ws, sid, people["u3"])
+    rows = env.gk.analytical.query(
+        "SELECT event FROM events WHERE workspace_id = ? AND profile_id = ? "
+        "AND json_extract_string(properties, '$.segment_id') = ? ORDER BY \"timestamp\"",
+        [ws, people["u3"], sid])
+    assert [r[0] for r in rows] == ["segment_entered", "segment_exited"]
+
+
 def test_workspaces_never_see_each_others_segments(env: Env) -> None:
     load_people(env)
     other = env.gk.workspaces.create("Other Brand")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,14 @@ class ImportSummary:
     quarantined: int
     duplicates_merged: int
     filename: str
+    # the profiles this import changed (attributes, consents, orders, feedback); not part of the
+    # summary a user sees, handed to the import's profile listeners (real-time segments)
+    profile_ids: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d.pop("profile_ids", None)
+        return d
 
 
 def _jsonable(v: Any) -> Any:
@@ -203,6 +208,8 @@ class Importer:
         self.region = region
         # called with (workspace_id, kind) after an import wrote something (profile facts go stale)
         self.listeners: list[Callable[[str, str], None]] = []
+        # called with (workspace_id, profile_ids) after an import changed those profiles
+        self.profile_listeners: list[Callable[[str, list[str]], None]] = []
 
     def run(
         self,
@@ -293,6 +300,9 @@ class Importer:
         METRICS.import_rows.labels("quarantined").inc(summary.quarantined)
         for listener in self.listeners:
             listener(workspace_id, kind)
+        if summary.profile_ids:
+            for profile_listener in self.profile_listeners:
+                profile_listener(workspace_id, list(summary.profile_ids))
         return summary
 
     def _previous(self, ws: str, kind: str, digest: str, mapping_json: str) -> Any:
@@ -323,16 +333,17 @@ class Importer:
     ) -> ImportSummary:
         df = result.accepted
         map_ops: list[Any] = []
+        touched: list[str] = []
         extra_rejections: list[Rejection] = []
         with ctx.engine.begin() as conn:
             if kind == "products":
                 accepted = self._products(conn, ws, df)
             elif kind == "customers":
-                accepted, map_ops = self._customers(ctx, conn, ws, df, progress)
+                accepted, map_ops, touched = self._customers(ctx, conn, ws, df, progress)
             elif kind == "feedback":
-                accepted, map_ops = self._feedback(ctx, conn, ws, import_id, df)
+                accepted, map_ops, touched = self._feedback(ctx, conn, ws, import_id, df)
             elif kind == "orders":
-                accepted, map_ops = self._orders(ctx, conn, ws, import_id, df, progress)
+                accepted, map_ops, touched = self._orders(ctx, conn, ws, import_id, df, progress)
             else:  # pragma: no cover - SCHEMAS and this dispatch are kept in step
                 raise InvalidInput(f"unknown import kind {kind!r}", field="kind")
             rejections = list(result.rejected) + extra_rejections
@@ -379,7 +390,8 @@ class Importer:
                 ctx.writer.mark_map_stale()  # the operational side committed: repair at the next commit
                 raise
         return ImportSummary(
-            import_id, kind, "done", result.rows_read, accepted, len(rejections), result.duplicates_merged, filename
+            import_id, kind, "done", result.rows_read, accepted, len(rejections), result.duplicates_merged, filename,
+            tuple(sorted(set(touched))),
         )
 
     @staticmethod
@@ -452,7 +464,7 @@ class Importer:
 
     def _customers(
         self, ctx: WriteContext, conn: sa.Connection, ws: str, df: pl.DataFrame, progress: Progress | None
-    ) -> tuple[int, list[Any]]:
+    ) -> tuple[int, list[Any], list[str]]:
         attrs = attribute_json(df)
         uow = UnitOfWork(conn)
         pids, fresh = self._resolve_rows(
@@ -468,7 +480,7 @@ class Importer:
         # into what the profile holds.
         rest = fresh.not_()
         if not rest.any():
-            return df.height, uow.map_ops
+            return df.height, uow.map_ops, pids
         reg = df["registered_at"] if "registered_at" in df.columns else pl.repeat(None, df.height, eager=True)
         if isinstance(reg.dtype, pl.Datetime):
             reg = reg.dt.replace_time_zone("UTC") if reg.dtype.time_zone is None else reg.dt.convert_time_zone("UTC")
@@ -531,11 +543,11 @@ class Importer:
                WHERE profile_id = ?""",
             updates,
         )
-        return df.height, uow.map_ops
+        return df.height, uow.map_ops, pids
 
     def _feedback(
         self, ctx: WriteContext, conn: sa.Connection, ws: str, import_id: str, df: pl.DataFrame
-    ) -> tuple[int, list[Any]]:
+    ) -> tuple[int, list[Any], list[str]]:
         uow = UnitOfWork(conn)
         pids, _ = self._resolve_rows(ctx, uow, ws, df, "created_at", "import:feedback")
         ctx.graph.flush(uow)
@@ -547,7 +559,7 @@ class Importer:
             d.update(workspace_id=ws, profile_id=pid, import_id=import_id, status=r.get("status") or "open")
             out.append(d)
         upsert(conn, feedback, out, ["workspace_id", "feedback_id"])
-        return len(rows), uow.map_ops
+        return len(rows), uow.map_ops, pids
 
     def _orders(
         self,
@@ -557,9 +569,9 @@ class Importer:
         import_id: str,
         df: pl.DataFrame,
         progress: Progress | None,
-    ) -> tuple[int, list[Any]]:
+    ) -> tuple[int, list[Any], list[str]]:
         if df.height == 0:
-            return 0, []
+            return 0, [], []
         if "line_amount" not in df.columns:
             df = df.with_columns(pl.lit(None, pl.Float64).alias("line_amount"))
         # one customer resolution per order (its first line), from the columns it reads
@@ -636,7 +648,7 @@ class Importer:
             apply_map_ops(con, uow.map_ops)
         affected = set(pl.Series(pids, dtype=pl.Utf8).unique().to_list()) | {r[0] for r in previous}
         refresh_order_summaries(ctx, conn, ws, sorted(affected))
-        return df.height, []
+        return df.height, [], sorted(affected)
 
 
 def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, profile_ids: list[str]) -> None:
