@@ -88,8 +88,11 @@ def main() -> None:
             with gk.engine.connect() as c:
                 pids = list(c.execute(sa.select(profiles.c.profile_id).where(
                     profiles.c.workspace_id == ws)).scalars())
-            svc = JourneyService(gk)
-            gk.journeys = svc  # type: ignore[attr-defined]
+            # the runtime runs its own journey engine thread; the benchmark drives the rounds itself,
+            # so that runner stops first (two runners on one store refuse each other's moves)
+            if gk.journey_engine is not None:
+                gk.journey_engine.stop()
+            svc = gk.journeys or JourneyService(gk)
             eng = JourneyEngine.from_goldkey(gk, batch=5000)
             graph = {"nodes": [
                 node("start", "entry", kind="event", event={"kind": "event", "event": "Signed Up"}),
