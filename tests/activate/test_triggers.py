@@ -15,7 +15,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from goldkey.activate.triggers import FiringWindow, TriggerService, _occurrence
+from goldkey.activate.triggers import FiringWindow, TriggerDefinition, TriggerService, _occurrence
 from goldkey.govern.consent import set_consent
 from goldkey.store.operational import messages, trigger_firings
 
@@ -320,3 +320,90 @@ def test_bad_trigger_definitions_are_refused(env: Any, svc: TriggerService, tmp_
     assert env.client.get("/api/v1/triggers", headers=h).json() == []
     assert post({"kind": "realtime", "event": DATA_EVENT}).status_code == 201
     assert post({"kind": "realtime", "event": DATA_EVENT}).status_code == 409
+
+
+def test_trigger_holdout_gets_no_message_and_the_report_measures_uplift(env: Any, svc: TriggerService,
+                                                                         tmp_path: Path) -> None:
+    """A trigger's control group: the same customers are held out in every window (recorded as
+    fired, never messaged), and the report compares conversions after each firing, treated vs
+    holdout, with the interval."""
+    from goldkey.activate.campaigns import hash_unit, newcombe_diff
+
+    ws = env.ws.workspace_id
+    n = 60
+    pids = make_profiles(env, n)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    h = env.admin_auth()
+    r = env.client.post("/api/v1/triggers", headers=h, json={
+        "name": "流量包 with holdout", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
+        "window": {"unit": "month"}, "holdout_pct": 30,
+        "conversion": {"order": True, "attribution_days": 7}})
+    assert r.status_code == 201, r.text
+    tid = r.json()["trigger_id"]
+    expected_held = {p for p in pids if hash_unit(tid, p) < 0.30}
+    assert 5 < len(expected_held) < n - 5
+    for i in range(n):
+        track(env, f"u{i}", "Data Usage", data_used_pct=80)
+    svc.drain()
+    firings = env.client.get(f"/api/v1/triggers/{tid}/firings", headers=h, params={"limit": 1000}).json()["items"]
+    held = {f["profile_id"] for f in firings if f["status"] == "holdout"}
+    assert held == expected_held
+    assert all(f["message_id"] is None for f in firings if f["status"] == "holdout")
+    messaged = {x["profile_id"] for x in lines(out)}
+    assert messaged == set(pids) - expected_held  # everyone else, nobody held out
+
+    # responses: 10 treated and 2 held-out customers buy after the firing; one treated customer's
+    # order from before the firing does not count
+    by_pid = dict(zip(pids, (f"u{i}" for i in range(n)), strict=True))
+    treated = sorted(set(pids) - expected_held)
+    later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    earlier = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    rows = ["order_id,ordered_at,user_id,sku,category,quantity,unit_price,line_amount"]
+    for k, p in enumerate(treated[:10] + sorted(expected_held)[:2]):
+        rows.append(f"O{k},{later},{by_pid[p]},DP-3G,data_pack,1,20,20")
+    rows.append(f"OLD,{earlier},{by_pid[treated[20]]},DP-3G,data_pack,1,20,20")
+    orders = tmp_path / "orders.csv"
+    orders.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert env.gk.importer.run(ws, "orders", orders, {}).accepted == 13
+
+    rep = env.client.get(f"/api/v1/triggers/{tid}/report", headers=h)
+    assert rep.status_code == 200, rep.text
+    rep = rep.json()
+    arms = {a["arm"]: a for a in rep["arms"]}
+    n1, n0 = n - len(expected_held), len(expected_held)
+    assert arms["treated"]["firings"] == n1 and arms["holdout"]["firings"] == n0
+    assert arms["treated"]["messaged"] == n1
+    assert arms["treated"]["converted"] == 10 and arms["holdout"]["converted"] == 2
+    assert arms["treated"]["revenue"] == 200.0 and arms["holdout"]["revenue"] == 40.0
+    diff, lo, hi = newcombe_diff(10, n1, 2, n0)
+    assert rep["uplift"]["available"] and rep["uplift"]["uplift"] == round(diff, 6)
+    assert rep["uplift"]["uplift_ci95"] == [round(lo, 6), round(hi, 6)]
+    assert rep["window_complete"] is False
+
+    # another month: the same customers are held out again
+    later_month = datetime.now(UTC) + timedelta(days=40)
+    assert set(held_out_again(svc, ws, tid, pids, later_month)) == expected_held
+
+
+def held_out_again(svc: TriggerService, ws: str, tid: str, pids: list[str], at: datetime) -> list[str]:
+    """Fire the trigger for ``pids`` in the window holding ``at``; the ones held out there."""
+    t = svc.compile(ws, tid, TriggerDefinition.model_validate_json(svc._row(ws, tid).definition))
+    svc.fire(t, pids, {t.d.window.key(at): pids}, at)
+    page = svc.firings(ws, tid, limit=1000)["items"]
+    return [f["profile_id"] for f in page if f["status"] == "holdout" and f["window_key"] == t.d.window.key(at)]
+
+
+def test_trigger_report_needs_a_conversion_goal(env: Any, svc: TriggerService, tmp_path: Path) -> None:
+    make_profiles(env, 1)
+    cid, _ = sink(env, tmp_path)
+    h = env.admin_auth()
+    tid = env.client.post("/api/v1/triggers", headers=h, json={
+        "name": "no goal", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid,
+        "template": OFFER}).json()["trigger_id"]
+    r = env.client.get(f"/api/v1/triggers/{tid}/report", headers=h)
+    assert r.status_code == 400 and "conversion" in r.text
+    bad = env.client.post("/api/v1/triggers", headers=h, json={
+        "name": "bad holdout", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
+        "holdout_pct": 95})
+    assert bad.status_code == 400 and "holdout_pct" in bad.text

@@ -110,6 +110,11 @@ def check_closed_loop(loop: Any) -> None:
     assert t["messages"] == t["firings"].get("queued", 0) + t["firings"].get("sent", 0) > 0, t
     assert t["messaged_without_consent"] == 0
     assert t["latency_ms_p99"] is not None
+    # the trigger's holdout: held-out firings got no message; the report compares the two arms
+    arms = {a["arm"]: a for a in t["report"]["arms"]}
+    assert arms["holdout"]["firings"] == t["firings"].get("holdout", 0) > 0, t
+    assert arms["treated"]["firings"] + arms["holdout"]["firings"] == sum(t["firings"].values())
+    assert t["report"]["uplift"]["available"], t["report"]
 
 
 def _tagged(gk: Goldkey, ws: str, tag: str) -> set[str]:

@@ -50,11 +50,13 @@ from datetime import time as dtime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 import orjson
+import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from goldkey.activate.campaigns import check_channel
+from goldkey.activate.campaigns import Conversion, check_channel, hash_unit, newcombe_diff, welch_diff
 from goldkey.activate.channels.base import Channel
 from goldkey.activate.guardrails import (
     AUDIENCE,
@@ -88,6 +90,24 @@ DELIVERY_MAX_YIELD_SECONDS = 2.0  # ... and waits at most this long for busy rea
 
 T = triggers.c
 F = trigger_firings.c
+HOLDOUT = "holdout"  # the firing status of a customer in the trigger's control group
+TRIGGER_REPORT_METHOD = {
+    "assignment": "sha256(trigger_id:profile_id) -> [0,1); below holdout_pct/100 = holdout (the same customers "
+                  "in every window), decided before the guardrails",
+    "unit": "a firing (a customer in one window); its response window starts at the firing",
+    "uplift": "intention to treat: every treated firing (messaged, suppressed or deferred) vs the holdout's "
+              "firings, each converted if the conversion happened within attribution_days after it",
+    "uplift_ci": "Newcombe (1998) hybrid score interval, method 10 (two Wilson intervals), 95%",
+    "revenue_ci": "Welch t interval of the difference of mean order revenue per firing, 95%",
+}
+
+
+def held_out(d: TriggerDefinition, trigger_id: str, profile_ids: Sequence[str]) -> list[str]:
+    """The customers among ``profile_ids`` in the trigger's control group."""
+    if not d.holdout_pct:
+        return []
+    cut = d.holdout_pct / 100
+    return [p for p in profile_ids if hash_unit(trigger_id, p) < cut]
 
 
 # the hot statements of a reservation, compiled once (``guardrails.Prepared``)
@@ -168,6 +188,14 @@ class TriggerDefinition(BaseModel):
     purpose: str = Field("marketing", min_length=1, max_length=40)
     template: dict[str, Any]
     vars: dict[str, Any] = Field(default_factory=dict)
+    holdout_pct: float = Field(
+        0.0, ge=0, le=90,
+        description="Share of customers held back (control group): their firings are recorded with status "
+                    "'holdout' and get no message. Chosen by sha256(trigger id:profile id), so the same "
+                    "customers stay held out in every window.")
+    conversion: Conversion | None = Field(
+        None, description="What counts as a response within attribution_days of a firing (an event name or any "
+                          "order): the report's conversion per arm and the uplift against the holdout.")
     active: bool = True
 
     @model_validator(mode="after")
@@ -309,6 +337,104 @@ class TriggerService:
             {"profile_id": r.profile_id, "window_key": r.window_key, "fired_at": to_iso(r.fired_at),
              "status": r.status, "reason": r.reason, "message_id": r.message_id, "latency_ms": r.latency_ms,
              "retry_at": to_iso(r.retry_at)} for r in rows]}
+
+    def report(self, ws: str, tid: str, *, since: datetime | None = None,
+               now: datetime | None = None) -> dict[str, Any]:
+        """The trigger's effect: per arm (treated, holdout) the firings since ``since`` and how many
+        converted within the attribution window after their firing, and the uplift of the treated
+        arm over the holdout with its 95% interval. Raises InvalidInput when the trigger has no
+        conversion goal; the uplift is unavailable without a holdout."""
+        r = self._row(ws, tid)
+        d = TriggerDefinition.model_validate_json(r.definition)
+        if d.conversion is None:
+            raise InvalidInput("the trigger has no conversion goal: set conversion (an event name or order: true) "
+                               "to measure its effect", field="conversion")
+        conv = d.conversion
+        m = messages.c
+        q = (sa.select(F.profile_id, F.status, F.fired_at, m.status.label("message_status"))
+             .select_from(trigger_firings.outerjoin(messages, sa.and_(m.message_id == F.message_id,
+                                                                       m.workspace_id == F.workspace_id)))
+             .where(F.workspace_id == ws, F.trigger_id == tid))
+        if since is not None:
+            q = q.where(F.fired_at >= as_utc(since))
+        with self.engine.connect() as c:
+            rows = c.execute(q).all()
+        fired = pa.table({
+            "k": pa.array(range(len(rows)), pa.int64()),
+            "profile_id": pa.array([x.profile_id for x in rows], pa.string()),
+            "fired_at": pa.array([as_utc(x.fired_at) for x in rows], pa.timestamp("us", tz="UTC"))})
+        converted = np.zeros(len(rows), bool)
+        revenue = np.zeros(len(rows), float)
+        if rows:
+            lo = min(as_utc(x.fired_at) for x in rows)
+            hi = max(as_utc(x.fired_at) for x in rows) + timedelta(days=conv.attribution_days)
+            if conv.order:
+                conv_sql = """SELECT canonical_id AS pid, ordered_at AS ts FROM orders_resolved
+                              WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi"""
+            else:
+                conv_sql = """SELECT canonical_id AS pid, "timestamp" AS ts FROM events_resolved
+                              WHERE workspace_id = $ws AND type = 'track' AND event = $event
+                                AND "timestamp" >= $lo AND "timestamp" < $hi"""
+            sql = f"""
+            WITH conv AS ({conv_sql}),
+            ord AS (SELECT canonical_id AS pid, ordered_at AS ts, total_amount AS amt FROM orders_resolved
+                    WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi),
+            c AS (SELECT _f.k FROM _f JOIN conv ON conv.pid = _f.profile_id AND conv.ts >= _f.fired_at
+                        AND conv.ts < _f.fired_at + to_days($days) GROUP BY _f.k),
+            r AS (SELECT _f.k, sum(ord.amt) AS amt FROM _f JOIN ord ON ord.pid = _f.profile_id
+                        AND ord.ts >= _f.fired_at AND ord.ts < _f.fired_at + to_days($days) GROUP BY _f.k)
+            SELECT _f.k, c.k IS NOT NULL AS converted, coalesce(r.amt, 0) AS revenue
+            FROM _f LEFT JOIN c USING (k) LEFT JOIN r USING (k) ORDER BY _f.k"""
+            params: dict[str, Any] = {"ws": ws, "lo": lo, "hi": hi, "days": conv.attribution_days}
+            if not conv.order:
+                params["event"] = conv.event
+            cur = self.analytical.cursor()
+            try:
+                cur.register("_f", fired)
+                tbl = cur.sql(sql, params=params).to_arrow_table()
+                cur.unregister("_f")
+            finally:
+                cur.close()
+            converted = np.asarray(tbl.column("converted").to_numpy(zero_copy_only=False), bool)
+            revenue = np.asarray(tbl.column("revenue").to_numpy(zero_copy_only=False), float)
+            revenue = np.nan_to_num(revenue)
+        status = np.array([x.status for x in rows], dtype=object)
+        mstatus = np.array([x.message_status for x in rows], dtype=object)
+        hold = status == HOLDOUT
+        arms = []
+        for name, sel in (("treated", ~hold), (HOLDOUT, hold)):
+            n = int(sel.sum())
+            k = int(converted[sel].sum())
+            arm: dict[str, Any] = {"arm": name, "firings": n, "converted": k,
+                                   "conversion_rate": round(k / n, 6) if n else None,
+                                   "revenue": round(float(revenue[sel].sum()), 2)}
+            if name == "treated":
+                arm.update(messaged=int(np.isin(mstatus[sel], ["queued", "sending", "sent", "delivered"]).sum()),
+                           sent=int(np.isin(mstatus[sel], ["sent", "delivered"]).sum()),
+                           suppressed=int((status[sel] == "suppressed").sum()),
+                           deferred=int((status[sel] == "deferred").sum()))
+            arms.append(arm)
+        n1, n0 = int((~hold).sum()), int(hold.sum())
+        if n0 == 0 or n1 == 0:
+            uplift: dict[str, Any] = {"available": False, "reason": (
+                "the trigger has no holdout (holdout_pct = 0)" if not d.holdout_pct
+                else "no firings in one of the arms yet")}
+        else:
+            k1, k0 = int(converted[~hold].sum()), int(converted[hold].sum())
+            diff, lo_ci, hi_ci = newcombe_diff(k1, n1, k0, n0)
+            rd, rlo, rhi = welch_diff(revenue[~hold], revenue[hold])
+            uplift = {"available": True, "uplift": round(diff, 6), "uplift_ci95": [round(lo_ci, 6), round(hi_ci, 6)],
+                      "incremental_conversions": round(diff * n1, 2),
+                      "incremental_revenue_per_firing": round(rd, 4),
+                      "incremental_revenue_per_firing_ci95": None if rlo is None else [round(rlo, 4), round(rhi, 4)]}
+        now = as_utc(now) or utcnow()
+        last = max((as_utc(x.fired_at) for x in rows), default=None)
+        window_end = last + timedelta(days=conv.attribution_days) if last else None
+        return {"trigger_id": tid, "name": r.name, "holdout_pct": d.holdout_pct,
+                "conversion": conv.model_dump(exclude_none=True), "since": to_iso(since),
+                "window_complete": window_end is not None and now >= window_end,
+                "window_ends_at": to_iso(window_end), "arms": arms, "uplift": uplift,
+                "method": TRIGGER_REPORT_METHOD}
 
     def _row(self, ws: str, tid: str) -> Any:
         with self.engine.connect() as c:
@@ -564,7 +690,12 @@ class TriggerService:
                     else [p for p in pids if p not in existing])
             if not todo:
                 return []
-            addresses = audience_addresses(c, ws, ch.address_type)
+            # the control group: recorded as fired (at most once per window, like the others), never messaged
+            held = [] if retry else held_out(t.d, tid, todo)
+            if held:
+                out_of = set(held)
+                todo = [p for p in todo if p not in out_of]
+            addresses = audience_addresses(c, ws, ch.address_type) if todo else {}
             reachable = [p for p in todo if p in addresses]
             spec = SendSpec(t.d.channel_id, f"trigger:{tid}", t.template.template.template_id,
                             {p: mask(addresses[p]) or "" for p in reachable})
@@ -572,6 +703,8 @@ class TriggerService:
                                         in_audience=True) if reachable else Reservation())
             at = time.perf_counter()
             rows = [self._firing_row(p, res, ch, committed, at) for p in todo]
+            rows += [{"profile_id": p, "status": HOLDOUT, "reason": None, "message_id": None, "latency_ms": None,
+                      "retry_at": None} for p in held]
             if retry:
                 c.execute(trigger_firings.update().where(
                     F.workspace_id == ws, F.trigger_id == tid, F.window_key == window_key,

@@ -7,6 +7,7 @@ Not yet mounted by ``goldkey.app``: add ``campaigns`` to the router tuple (befor
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -145,6 +146,21 @@ class FiringPage(BaseModel):
     items: list[Firing]
 
 
+class TriggerReport(BaseModel):
+    trigger_id: str
+    name: str
+    holdout_pct: float
+    conversion: dict[str, Any]
+    since: str | None
+    window_complete: bool = Field(description="Every firing's attribution window has ended.")
+    window_ends_at: str | None
+    arms: list[dict[str, Any]] = Field(description="treated (firings, messaged, sent, suppressed, deferred, "
+                                                   "converted, revenue) and holdout (firings, converted, revenue).")
+    uplift: dict[str, Any] = Field(description="Treated vs holdout: conversion uplift per firing with Newcombe's "
+                                               "95% interval, incremental revenue per firing with Welch's.")
+    method: dict[str, str]
+
+
 # -- campaigns ----------------------------------------------------------------------------------
 @router.post("/api/v1/campaigns", response_model=CampaignPublic, status_code=201, responses=_SAVE_ERR,
              openapi_extra=_CAMPAIGN_BODY)
@@ -217,6 +233,13 @@ async def create_trigger(request: Request, gk: GK, cred: Admin) -> dict[str, Any
 async def list_triggers(gk: GK, cred: Admin) -> list[dict[str, Any]]:
     """The workspace's triggers with their firing counts by status."""
     return await run_in_threadpool(trigger_service(gk).list, cred.workspace_id)
+
+
+@router.get("/api/v1/triggers/{trigger_id}/report", response_model=TriggerReport, responses=_SAVE_ERR)
+async def trigger_report(trigger_id: str, gk: GK, cred: Admin, since: datetime | None = None) -> dict[str, Any]:
+    """The trigger's effect: conversion within the attribution window after each firing, treated vs
+    the holdout, with the uplift and its 95% interval (``since``: only firings from then on)."""
+    return await run_in_threadpool(lambda: trigger_service(gk).report(cred.workspace_id, trigger_id, since=since))
 
 
 @router.get("/api/v1/triggers/{trigger_id}/firings", response_model=FiringPage, responses=_ERR)

@@ -445,6 +445,8 @@ class Loop:
                     "event": {"kind": "event", "event": "Data Usage Reported",
                               "where": [{"property": "used_pct", "op": "gte", "value": 75}]},
                     "window": {"unit": "month"}, "channel_id": sms,
+                    # a fifth of the customers is held back: the trigger's effect is measured, not guessed
+                    "holdout_pct": 20, "conversion": {"order": True, "attribution_days": 7},
                     "template": {"variants": {
                         "zh": {"text": "【Skyline】本月流量已用超 75%，3GB 流量包仅 20 元，回复 DP3 立即开通。退订回T"},
                         "en": {"text": "[Skyline] You have used over 75% of this month's data. 3GB for 20 CNY: reply "
@@ -500,19 +502,23 @@ class Loop:
                 if world.draw("pack", m["message_id"]) < chance:
                     resp.order("operator", p, pack, at, f"{m['message_id'][-12:]}")
             bought_msg = len(resp.orders)
+            buyers = {o["user_id"] for o in resp.orders if o.get("user_id")}
             bought_other = 0
-            for i in crossing:
-                if i in messaged:
+            for i in crossing:  # some would buy a pack anyway, messaged or not
+                p = world.rows[i]
+                if p.get("user_id") in buyers or world.draw("pack-organic", i) >= p["data_pack_propensity"] * 0.12:
                     continue
-                if world.draw("pack-organic", i) < world.rows[i]["data_pack_propensity"] * 0.12:
+                if i not in messaged:
                     bought_other += 1
-                    resp.order("operator", world.rows[i], pack, at, f"O{self.seed}{i:07d}")
+                resp.order("operator", p, pack, at, f"O{self.seed}{i:07d}")
             self._send_events("operator", resp.events)
             self._import_orders("operator", resp.orders, "orders-after-trigger")
             lat = [f.get("latency_ms") for f in admin.get(f"/api/v1/triggers/{trig['trigger_id']}/firings",
                                                          params={"limit": 1000})["items"]]  # the newest 1,000
             lat = sorted(x for x in lat if x is not None)
+            report = admin.get(f"/api/v1/triggers/{trig['trigger_id']}/report", params={"since": since})
             self.result.trigger = {
+                "report": report,
                 "name": name, "usage_events": len(events), "crossed_75pct": len(crossing), "firings": firings,
                 "messages": len(sent), "bought_after_message": bought_msg, "messaged": len(messaged),
                 "bought_not_messaged": bought_other, "crossed_not_messaged": len(crossing) - len(messaged),
@@ -597,9 +603,22 @@ def print_loop(console: Console, r: LoopResult) -> None:
         console.print(f"\n[bold]{t['name']}[/bold] (real time, on /v1/batch): {t['usage_events']} usage reports, "
                       f"{t['crossed_75pct']} crossed 75%, firings {t['firings']}, {t['messages']} messages; "
                       f"data packs bought: {t['bought_after_message']} of {t['messaged']} messaged, "
-                      f"{t['bought_not_messaged']} of {t['crossed_not_messaged']} not messaged (no consent: "
-                      f"observational, not a controlled comparison); event-to-queued latency p50 "
-                      f"{t['latency_ms_p50']} ms, p99 {t['latency_ms_p99']} ms")
+                      f"{t['bought_not_messaged']} of {t['crossed_not_messaged']} not messaged (held out or no "
+                      f"consent); event-to-queued latency p50 {t['latency_ms_p50']} ms, p99 {t['latency_ms_p99']} ms")
+        rep = t.get("report") or {}
+        arms = {a["arm"]: a for a in rep.get("arms", [])}
+        up = rep.get("uplift") or {}
+        if up.get("available"):
+            tr, ho = arms["treated"], arms["holdout"]
+            ci = up["uplift_ci95"]
+            console.print(f"  against its {rep['holdout_pct']:.0f}% holdout: bought within "
+                          f"{rep['conversion'].get('attribution_days')} days of the firing "
+                          f"{_pct(tr['conversion_rate'])} of {tr['firings']} treated firings ({tr['messaged']} "
+                          f"messaged, the rest suppressed: intention to treat) vs {_pct(ho['conversion_rate'])} of "
+                          f"{ho['firings']} held out -> uplift {_pp(up['uplift'])} (95% CI {_pp(ci[0])} to "
+                          f"{_pp(ci[1])}), {up['incremental_conversions']:.0f} incremental packs")
+        elif rep:
+            console.print(f"  uplift not available: {up.get('reason')}")
 
 
 def _pct(x: float | None) -> str:
