@@ -133,6 +133,9 @@ class Channel(ABC):
     uses_provider_template: ClassVar[bool] = False
     # a message that fails after every retry is kept as "dead" with its payload, for a re-drive
     dead_letter: ClassVar[bool] = False
+    # sends wait on a provider (network): the sender runs them on its worker threads; a channel
+    # that only writes locally says False and is sent to in the delivering thread
+    concurrent_sends: ClassVar[bool] = True
 
     def __init__(self, config: ChannelConfig, secrets: Mapping[str, str], *,
                  transport: httpx.BaseTransport | None = None) -> None:

@@ -10,7 +10,7 @@ import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import orjson
 from pydantic import Field
@@ -38,6 +38,7 @@ class SinkChannel(Channel):
     address_type = "phone"
     config_model = SinkConfig
     deduplicates_by_message_id = True  # a line per message id is what a re-read would count
+    concurrent_sends = False  # a local append: worker threads would only add hand-offs
     config: SinkConfig
 
     def __init__(self, config: SinkConfig, secrets: dict[str, str], **kw: object) -> None:  # type: ignore[override]
@@ -46,6 +47,7 @@ class SinkChannel(Channel):
         self.address_type = _ADDRESS[config.simulates]
         self._lock = threading.Lock()
         self._file = None if config.path == "-" else Path(config.path)
+        self._out: BinaryIO | None = None  # opened at the first send, kept for this instance's life
         if self._file is not None:
             self._file.parent.mkdir(parents=True, exist_ok=True)
 
@@ -55,6 +57,21 @@ class SinkChannel(Channel):
             if self._file is None:
                 sys.stdout.write(line.decode())
             else:
-                with self._file.open("ab") as f:
-                    f.write(line)
+                # one append handle per channel instance (a delivery round), a flushed line per message:
+                # opening and closing the file for every message was most of a sink's send
+                if self._out is None:
+                    self._out = self._file.open("ab", buffering=0)
+                self._out.write(line)
         return SendResult.sent(message.message_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+        super().close()
+
+    def __del__(self) -> None:
+        out = getattr(self, "_out", None)
+        if out is not None:
+            out.close()
