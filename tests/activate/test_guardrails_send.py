@@ -171,7 +171,8 @@ def _sink(env: Any, tmp_path: Path, sender: Sender) -> str:
     return str(ch["channel_id"])
 
 
-def test_send_pipeline_renders_logs_and_emits_events(env: Any, tmp_path: Path) -> None:
+def test_send_pipeline_renders_logs_and_emits_events(env_any: Any, tmp_path: Path) -> None:
+    env = env_any  # SQLite and PostgreSQL: the delivery's prepared statements run on both
     ws = env.ws.workspace_id
     pids = _profiles(env, 4)
     _grant(env, pids[:3])
