@@ -938,13 +938,7 @@ class CampaignService:
         params: dict[str, Any] = {"ws": ws, "lo": started, "hi": hi, "days": days, "ref": f"campaign:{cid}"}
         if not conv.order:
             params["event"] = conv.event
-        cur = self.analytical.cursor()
-        try:
-            cur.register("_m", members)
-            tbl = cur.sql(sql, params=params).to_arrow_table()
-            cur.unregister("_m")
-        finally:
-            cur.close()
+        tbl = self.analytical.query_arrow(sql, params, tables={"_m": members})
         return {name: np.asarray(tbl.column(name).to_numpy(zero_copy_only=False)) for name in tbl.column_names}
 
     def _arm_report(self, arm: str, per: dict[str, np.ndarray], d: CampaignDefinition) -> dict[str, Any]:

@@ -388,13 +388,7 @@ class TriggerService:
             params: dict[str, Any] = {"ws": ws, "lo": lo, "hi": hi, "days": conv.attribution_days}
             if not conv.order:
                 params["event"] = conv.event
-            cur = self.analytical.cursor()
-            try:
-                cur.register("_f", fired)
-                tbl = cur.sql(sql, params=params).to_arrow_table()
-                cur.unregister("_f")
-            finally:
-                cur.close()
+            tbl = self.analytical.query_arrow(sql, params, tables={"_f": fired})
             converted = np.asarray(tbl.column("converted").to_numpy(zero_copy_only=False), bool)
             revenue = np.asarray(tbl.column("revenue").to_numpy(zero_copy_only=False), float)
             revenue = np.nan_to_num(revenue)

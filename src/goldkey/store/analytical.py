@@ -137,6 +137,19 @@ class AnalyticalStore:
         finally:
             cur.close()
 
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None, *,
+                    tables: dict[str, pa.Table] | None = None) -> pa.Table:
+        """Run a read query with named parameters (``$name``) on a fresh cursor, with ``tables``
+        (Arrow tables of the caller, e.g. a campaign's members) registered under their names for
+        the query only; return the result as one Arrow table."""
+        cur = self.cursor()
+        try:
+            for name, tbl in (tables or {}).items():
+                cur.register(name, tbl)
+            return cur.sql(sql, params=params or {}).to_arrow_table()
+        finally:
+            cur.close()  # a closed cursor forgets what was registered on it
+
     @contextmanager
     def ibis_connection(self) -> Iterator[Any]:
         """Yield an Ibis DuckDB backend over a cursor of this store; the cursor is closed after."""
