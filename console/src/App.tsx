@@ -1,6 +1,6 @@
 /** The console shell: providers (language, Ant Design locale and theme, session), the sider menu,
  * the header (workspace switcher, language switch, sign-out) and the routes. */
-import { App as AntApp, Button, ConfigProvider, Dropdown, Layout, Menu, Segmented, Space, Typography } from "antd";
+import { App as AntApp, Button, ConfigProvider, Dropdown, Layout, Menu, Segmented, Space, Tag, Typography } from "antd";
 import {
   AimOutlined,
   ApartmentOutlined,
@@ -51,6 +51,7 @@ import { CampaignDetailPage } from "./pages/activation/CampaignDetail";
 import { JourneysPage } from "./pages/activation/Journeys";
 import { JourneyCanvasPage } from "./pages/activation/JourneyCanvas";
 import { SettingsPage } from "./pages/Settings";
+import { RoleGate } from "./components/RoleGate";
 
 export function App() {
   return (
@@ -112,7 +113,11 @@ function WorkspaceSwitcher() {
   const navigate = useNavigate();
   if (!current) return null;
   const items = [
-    ...sessions.map((s) => ({ key: s.workspace_id, label: s.name + (s.workspace_id === current.workspace_id ? " ✓" : "") })),
+    // a user's workspaces show the role there; an admin token's workspace is always admin
+    ...sessions.map((s) => ({
+      key: s.workspace_id,
+      label: s.name + (s.kind === "user" ? ` · ${t(`roles.${s.role}`)}` : "") + (s.workspace_id === current.workspace_id ? " ✓" : ""),
+    })),
     { type: "divider" as const },
     { key: "__add", icon: <PlusOutlined />, label: t("header.addWorkspace") },
     { key: "__out", icon: <LogoutOutlined />, label: t("header.signOut", { name: current.name }) },
@@ -187,7 +192,14 @@ function Shell() {
       </Layout.Sider>
       <Layout>
         <Layout.Header className="gk-header">
-          <Typography.Text type="secondary" className="gk-header-note">{t("header.note")}</Typography.Text>
+          {current.kind === "user" ? (
+            <Space size={6} className="gk-header-note">
+              <Typography.Text type="secondary">{t("header.noteUser", { email: current.email ?? "" })}</Typography.Text>
+              <Tag data-testid="current-role" aria-label={t("header.role", { role: t(`roles.${current.role}`) })}>{t(`roles.${current.role}`)}</Tag>
+            </Space>
+          ) : (
+            <Typography.Text type="secondary" className="gk-header-note">{t("header.note")}</Typography.Text>
+          )}
           <Space size="middle">
             <WorkspaceSwitcher />
             <LangSwitch />
@@ -199,9 +211,9 @@ function Shell() {
             <Route path="/customers" element={<CustomersPage />} />
             <Route path="/customers/:profileId" element={<ProfilePage />} />
             <Route path="/segments" element={<SegmentsPage />} />
-            <Route path="/segments/new" element={<SegmentBuilderPage />} />
+            <Route path="/segments/new" element={<RoleGate need="marketer"><SegmentBuilderPage /></RoleGate>} />
             <Route path="/segments/:segmentId" element={<SegmentDetailPage />} />
-            <Route path="/segments/:segmentId/edit" element={<SegmentBuilderPage />} />
+            <Route path="/segments/:segmentId/edit" element={<RoleGate need="marketer"><SegmentBuilderPage /></RoleGate>} />
             <Route path="/tags" element={<TagsPage />} />
             <Route path="/insight/rfm" element={<RfmPage />} />
             <Route path="/insight/clv" element={<ClvPage />} />
@@ -211,10 +223,10 @@ function Shell() {
             <Route path="/insight/cross-sell" element={<CrossSellPage />} />
             <Route path="/insight/reports" element={<ReportsPage />} />
             <Route path="/campaigns" element={<CampaignsPage />} />
-            <Route path="/campaigns/new" element={<CampaignNewPage />} />
+            <Route path="/campaigns/new" element={<RoleGate need="marketer"><CampaignNewPage /></RoleGate>} />
             <Route path="/campaigns/:campaignId" element={<CampaignDetailPage />} />
             <Route path="/journeys" element={<JourneysPage />} />
-            <Route path="/journeys/new" element={<JourneyCanvasPage />} />
+            <Route path="/journeys/new" element={<RoleGate need="marketer"><JourneyCanvasPage /></RoleGate>} />
             <Route path="/journeys/:journeyId" element={<JourneyCanvasPage />} />
             <Route path="/settings" element={<SettingsPage />} />
             <Route path="*" element={<Navigate to="/" replace />} />

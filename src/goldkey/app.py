@@ -15,6 +15,7 @@ from goldkey import __version__
 from goldkey.api import (
     activate,
     audience,
+    auth,
     campaigns,
     console,
     imports,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
     for module in (tracking, profiles, imports, workspace, audience, traits, insight_api, activate, ops,
                    clv_api, text_api, lifecycle_api, churn_api, affinity_api, campaigns, journeys):
         app.include_router(module.router)
+    app.include_router(auth.router)  # users: sign-in and the workspace's users
     app.include_router(console.router)  # last: its SPA fallback must never shadow an API route
     app.add_middleware(tracking.TrackingFastPath)
     _document_write_key(app)

@@ -25,6 +25,9 @@ app = typer.Typer(
 )
 workspace_app = typer.Typer(help="Create and list workspaces (brands).", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
+user_app = typer.Typer(help="Users and their role in a workspace (admin, marketer, analyst, viewer).",
+                       no_args_is_help=True)
+app.add_typer(user_app, name="user")
 app.add_typer(segment_app, name="segment")
 app.add_typer(tag_app, name="tag")
 app.add_typer(traits_app, name="traits")
@@ -108,6 +111,70 @@ def workspace_list(data_dir: DataDir = None) -> None:
     migrate(engine)
     for w in WorkspaceService(engine).list():
         print(f"{w['workspace_id']}\t{w['name']}")
+
+
+def _user_service(data_dir: Path | None) -> Any:
+    from goldkey.govern.users import UserService
+    from goldkey.store.operational import create_operational_engine, migrate
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_operational_engine(settings.resolved_operational_url())
+    migrate(engine)
+    return UserService(engine)
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Argument(help="The user's e-mail (their sign-in name).")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace id.")],
+    role: Annotated[str, typer.Option(help="admin | marketer | analyst | viewer")] = "viewer",
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input (else one is generated).")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a user with a role in a workspace and print the initial password (shown once). An
+    existing user is given the role (their password is not changed)."""
+    from goldkey.core.errors import GoldkeyError
+    from goldkey.govern.users import role_rank
+    from goldkey.govern.workspaces import WorkspaceService
+
+    svc = _user_service(data_dir)
+    try:
+        WorkspaceService(svc.engine).get(workspace)  # before creating anyone: an unknown workspace fails
+        role_rank(role)
+        existing = svc.find(email)
+        if existing is not None:
+            if password_stdin:
+                _fail(f"{existing['email']} exists already; its password is not changed here", 2)
+            out = svc.grant(workspace, existing["user_id"], role, actor="cli")
+            print(f"user_id: {out['user_id']}\nemail:   {out['email']}\nrole:    {out['role']} (existing user)")
+            return
+        password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+        if password is None:
+            from goldkey.govern.users import new_password
+
+            password = new_password()
+        user = svc.create_user(email, password, name)
+        out = svc.grant(workspace, user["user_id"], role, actor="cli")
+    except GoldkeyError as exc:
+        _fail(str(exc))
+        return
+    print(f"user_id:  {out['user_id']}\nemail:    {out['email']}\nrole:     {out['role']}")
+    if not password_stdin:
+        print(f"password: {password}")
+
+
+@user_app.command("list")
+def user_list(
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace id.")],
+    data_dir: DataDir = None,
+) -> None:
+    """List the users of a workspace: e-mail, role, name, user id (and 'disabled')."""
+    for u in _user_service(data_dir).list_users(workspace):
+        print("\t".join([u["email"], u["role"], u["name"], u["user_id"]] + (["disabled"] if u["disabled_at"] else [])))
 
 
 def _parse_mapping(pairs: list[str], mapping_file: Path | None) -> dict[str, str]:

@@ -44,6 +44,7 @@ class Site:
     url: str
     gk: Goldkey
     brands: list[BrandCredentials]
+    demo_user: tuple[str, str] | None = None  # e-mail, password: admin of both workspaces
 
     def api(self, token: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
@@ -80,7 +81,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     gk = Goldkey.open(settings)
     server = BackgroundServer(create_app(gk=gk), "127.0.0.1", 0)
     try:
-        yield Site(server.start(), gk, result.brands)
+        assert result.demo_user is not None
+        yield Site(server.start(), gk, result.brands, result.demo_user)
     finally:
         server.stop()
         gk.close()
@@ -112,6 +114,7 @@ def digits(text: str) -> int:
 
 
 def sign_in(pg: Any, site: Site, token: str) -> None:
+    pg.get_by_role("tab", name="令牌登录").click()  # the e-mail and password tab comes first
     pg.get_by_label("管理员令牌").fill(token)
     pg.locator("form button[type=submit]").click()
 
@@ -490,3 +493,99 @@ def settings_walk(pg: Any, site: Site) -> None:
     pg.get_by_test_id("channels-table").get_by_text("e2e webhook 2").wait_for()
     shot(pg, "settings-en")
     assert pg.errors == []
+
+
+def test_users_sign_in_and_roles(page: Any, site: Site) -> None:
+    try:
+        users_walk(page, site)
+    except Exception:
+        shot(page, "failure-users")
+        raise
+
+
+def sign_in_user(pg: Any, email: str, password: str) -> None:
+    pg.get_by_label("邮箱").fill(email)
+    pg.get_by_label("密码", exact=True).fill(password)
+    pg.locator("form button[type=submit]").click()
+
+
+def users_walk(pg: Any, site: Site) -> None:
+    """Sign in with e-mail and password as the demo user (admin of both workspaces, listed with the
+    role in the switcher), add an analyst in Settings -> Users (the initial password shown once),
+    sign out (the session ends on the server), sign in as the analyst: actions beyond the role are
+    not offered, and the API refuses them anyway."""
+    assert site.demo_user is not None
+    email, password = site.demo_user
+    eyecare, operator = site.brands[0], site.brands[1]
+    pg.goto(site.url + "/")
+    pg.wait_for_url(re.compile(r"/sign-in$"))
+    sign_in_user(pg, email, "not the password")
+    assert "邮箱或密码错误" in pg.get_by_role("alert").inner_text()
+    sign_in_user(pg, email, password)
+    pg.wait_for_url(site.url + "/")
+    assert pg.get_by_test_id("current-role").inner_text() == "管理员"
+    pg.get_by_test_id("workspace-switcher").click()
+    menu = pg.locator(".ant-dropdown:visible")
+    menu.get_by_role("menuitem").nth(1).wait_for()
+    items = menu.get_by_role("menuitem").all_inner_texts()[:2]
+    assert sorted(items) == sorted([f"{eyecare.name} · 管理员" + (" ✓" if eyecare.name in items[0] else ""),
+                                    f"{operator.name} · 管理员" + (" ✓" if operator.name in items[0] else "")]), items
+    shot(pg, "users-switcher")
+    menu.get_by_role("menuitem", name=re.compile(re.escape(eyecare.name))).click()
+    pg.wait_for_function("n => document.querySelector('[data-testid=workspace-switcher]').innerText.includes(n)",
+                         arg=eyecare.name)
+
+    # settings -> users: add an analyst; the initial password is shown once
+    pg.get_by_role("menuitem", name="渠道与设置").click()
+    pg.get_by_role("tab", name="用户").click()
+    table = pg.get_by_test_id("users-table")
+    table.get_by_text(email).wait_for()
+    pg.get_by_role("button", name=re.compile("添加用户")).click()
+    form = pg.get_by_test_id("invite-form")
+    form.wait_for()
+    settled(pg)
+    form.get_by_label("邮箱").fill("analyst@e2e.example")
+    form.get_by_label("姓名").fill("E2E Analyst")
+    pick(pg, "角色", "分析师", search=False)
+    pg.get_by_role("dialog").get_by_role("button", name=re.compile("添加用户")).click()
+    initial = pg.get_by_test_id("initial-password").inner_text().strip()
+    assert len(initial) >= 10
+    shot(pg, "user-invited")
+    pg.get_by_role("button", name="我已转交").click()
+    table.get_by_text("analyst@e2e.example").wait_for()
+    api = site.api(eyecare.admin_token)
+    listed = {u["email"]: u["role"] for u in api.get("/api/v1/workspace/users").json()}
+    assert listed == {email: "admin", "analyst@e2e.example": "analyst"}
+    shot(pg, "users")
+
+    # sign out: the session ends on the server too
+    token = pg.evaluate("JSON.parse(localStorage.getItem('goldkey.sessions'))[0].token")
+    assert token.startswith("gks_")
+    pg.get_by_test_id("workspace-switcher").click()
+    pg.locator(".ant-dropdown:visible").get_by_role("menuitem", name=re.compile("退出")).click()
+    pg.wait_for_url(re.compile(r"/sign-in$"))
+    me = httpx.get(site.url + "/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 401
+    assert pg.evaluate("localStorage.getItem('goldkey.sessions')") == "[]"
+
+    # the analyst: reads, but no create buttons, no admin tabs; the API refuses a segment
+    sign_in_user(pg, "analyst@e2e.example", initial)
+    pg.wait_for_url(site.url + "/")
+    assert pg.get_by_test_id("current-role").inner_text() == "分析师"
+    pg.get_by_role("menuitem", name="人群").click()
+    pg.get_by_role("heading", name="人群").wait_for()
+    assert pg.get_by_role("button", name=re.compile("新建人群")).count() == 0
+    pg.get_by_role("menuitem", name="渠道与设置").click()
+    pg.get_by_role("tab", name="发送策略").wait_for()
+    assert pg.get_by_role("tab").all_inner_texts() == ["发送策略", "身份识别规则"]
+    assert pg.get_by_role("button", name="保存发送策略").is_disabled()
+    pg.goto(site.url + "/campaigns/new")
+    pg.get_by_test_id("role-gate").wait_for()
+    shot(pg, "role-gate")
+    token = pg.evaluate("JSON.parse(localStorage.getItem('goldkey.sessions'))[0].token")
+    r = httpx.post(site.url + "/api/v1/segments", json={"name": "x", "rule": {"kind": "attribute",
+                   "field": "profile.origin", "op": "is_set"}},
+                   headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403 and "marketer" in r.json()["error"]
+    assert pg.errors == []
+

@@ -20,10 +20,14 @@ export class ApiError extends Error {
 }
 
 let tokenProvider: () => string | null = () => null;
+let workspaceProvider: () => string | null = () => null;
 let onUnauthorized: (token: string) => void = () => {};
 
-export function configureClient(getToken: () => string | null, unauthorized: (token: string) => void) {
+/** ``getWorkspace``: the workspace a user's session token (gks_…) acts in, sent as X-Goldkey-Workspace. */
+export function configureClient(getToken: () => string | null, unauthorized: (token: string) => void,
+  getWorkspace: () => string | null = () => null) {
   tokenProvider = getToken;
+  workspaceProvider = getWorkspace;
   onUnauthorized = unauthorized;
 }
 
@@ -43,6 +47,8 @@ export interface CallOptions {
   path?: Record<string, string>;
   query?: Record<string, string | number | boolean | undefined>;
   token?: string;
+  /** With ``token``: the workspace to name in X-Goldkey-Workspace (a user's session token). */
+  workspace?: string;
   signal?: AbortSignal;
 }
 
@@ -57,6 +63,8 @@ export async function request(method: string, path: string, body: unknown, opts:
   const token = opts.token ?? tokenProvider();
   const headers: Record<string, string> = { Accept: "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
+  const workspace = opts.token ? opts.workspace : workspaceProvider();
+  if (workspace && token?.startsWith("gks_")) headers["X-Goldkey-Workspace"] = workspace;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let res: Response;
   try {

@@ -472,3 +472,34 @@ export interface MessageRow {
   opened_at: string | null;
   clicked_at: string | null;
 }
+
+/** Users and roles (src/goldkey/api/auth.py). */
+export type UserRole = "admin" | "marketer" | "analyst" | "viewer";
+
+export interface UserGrant {
+  workspace_id: string;
+  name: string;
+  role: UserRole;
+}
+
+export interface LoginResult {
+  token: string;
+  expires_at: string;
+  user: { user_id: string; email: string; name: string; created_at: string | null; disabled_at: string | null };
+  grants: UserGrant[];
+}
+
+export interface WorkspaceUser {
+  user_id: string;
+  email: string;
+  name: string;
+  role: UserRole;
+  granted_at: string | null;
+  granted_by: string;
+  disabled_at: string | null;
+}
+
+export interface UserInvited extends WorkspaceUser {
+  created: boolean;
+  initial_password: string | null;
+}

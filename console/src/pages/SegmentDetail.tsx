@@ -10,6 +10,7 @@ import { PageHead } from "../components/PageHead";
 import { Async, EmptyState } from "../components/States";
 import { download } from "../download";
 import { useI18n } from "../i18n";
+import { useRole } from "../role";
 import { useApi } from "../useApi";
 import { RuleSummary } from "../rules/RuleSummary";
 
@@ -18,6 +19,7 @@ export function SegmentDetailPage() {
   const i18n = useI18n();
   const { t, num, dateTime } = i18n;
   const { message } = App.useApp();
+  const { can } = useRole();
   const navigate = useNavigate();
   const [page, setPage] = useState(1);
   const [busy, setBusy] = useState(false);
@@ -66,10 +68,10 @@ export function SegmentDetailPage() {
           <Link to="/segments">← {t("segment.back")}</Link>
           <PageHead title={s.name} sub={s.description || undefined}
             extra={<Space wrap>
-              <Button icon={<EditOutlined />} onClick={() => navigate(`/segments/${segmentId}/edit`)}>{t("segment.edit")}</Button>
-              <Button icon={<ReloadOutlined />} loading={busy} onClick={compute}>{t("segment.computeNow")}</Button>
-              <Button type="primary" icon={<DownloadOutlined />} onClick={() => exportCsv("csv")}>{t("segment.export")}</Button>
-              <Button onClick={() => exportCsv("call_list")}>{t("segment.exportCalls")}</Button>
+              {can("editAudience") && <Button icon={<EditOutlined />} onClick={() => navigate(`/segments/${segmentId}/edit`)}>{t("segment.edit")}</Button>}
+              {can("editAudience") && <Button icon={<ReloadOutlined />} loading={busy} onClick={compute}>{t("segment.computeNow")}</Button>}
+              {can("runModels") && <Button type="primary" icon={<DownloadOutlined />} onClick={() => exportCsv("csv")}>{t("segment.export")}</Button>}
+              {can("runModels") && <Button onClick={() => exportCsv("call_list")}>{t("segment.exportCalls")}</Button>}
             </Space>} />
           <Row gutter={[16, 16]}>
             <Col xs={24} md={8}><Card><Statistic title={t("segment.currentSize")} value={s.size === null ? "—" : num(s.size)} /></Card></Col>

@@ -8,18 +8,20 @@ import type { Segment } from "../api/types";
 import { PageHead } from "../components/PageHead";
 import { ErrorState } from "../components/States";
 import { useI18n } from "../i18n";
+import { useRole } from "../role";
 import { useApi } from "../useApi";
 
 export function SegmentsPage() {
   const { t, num, dateTime } = useI18n();
   const navigate = useNavigate();
+  const { can } = useRole();
   const [q, setQ] = useState("");
   const segs = useApi((signal) => api.raw<Segment[]>("get", "/api/v1/segments", undefined, { signal }));
   const rows = (segs.data ?? []).filter((s) => !q || s.name.toLowerCase().includes(q.toLowerCase()));
   return (
     <div>
       <PageHead title={t("segments.title")} sub={t("segments.sub")}
-        extra={<Button type="primary" icon={<PlusOutlined />} onClick={() => navigate("/segments/new")}>{t("segments.new")}</Button>} />
+        extra={can("editAudience") && <Button type="primary" icon={<PlusOutlined />} onClick={() => navigate("/segments/new")}>{t("segments.new")}</Button>} />
       <Card>
         {segs.error ? <ErrorState error={segs.error} onRetry={segs.reload} /> : (
           <>

@@ -1,6 +1,8 @@
 /** Channels and settings: the workspace's channels (create / edit with write-only credentials, send a
  * test), its API keys (list, create -- the secret shown once --, revoke), the send policy (caps,
- * quiet hours, time zone, exempt purposes) and the identity rules as configured.
+ * quiet hours, time zone, exempt purposes), the identity rules as configured, and the workspace's
+ * users with their roles (invite -- the initial password shown once --, change a role, remove).
+ * Non-admins see the send policy and identity rules read-only, and no channels, keys or users.
  *
  * Channel forms are drawn from the channel classes' own declaration (GET /api/v1/console/channel-kinds:
  * the config's JSON Schema and the secret names), so a plugin channel gets a form without changes
@@ -10,25 +12,36 @@ import {
   Alert, App, Badge, Button, Card, Col, Descriptions, Drawer, Empty, Form, Input, InputNumber, Modal, Popconfirm, Row,
   Select, Space, Switch, Table, Tabs, Tag, TimePicker, Typography,
 } from "antd";
-import { EditOutlined, KeyOutlined, PlusOutlined, SendOutlined, StopOutlined } from "@ant-design/icons";
+import { DeleteOutlined, EditOutlined, KeyOutlined, PlusOutlined, SendOutlined, StopOutlined, UserAddOutlined } from "@ant-design/icons";
 import dayjs, { type Dayjs } from "dayjs";
 import { useEffect, useMemo, useState } from "react";
 import { useSearchParams } from "react-router-dom";
 import { api, ApiError, type IdentityRules } from "../api/client";
-import type { ApiKey, ChannelKind, ChannelPublic, JsonSchemaProp, SendPolicy } from "../api/types";
+import type { ApiKey, ChannelKind, ChannelPublic, JsonSchemaProp, SendPolicy, UserInvited, UserRole, WorkspaceUser } from "../api/types";
 import { PageHead } from "../components/PageHead";
 import { Async, EmptyState, ErrorState } from "../components/States";
 import { useI18n } from "../i18n";
 import { useSession } from "../session";
+import { ROLES, useRole } from "../role";
 import { useApi } from "../useApi";
 
-const TABS = ["channels", "keys", "policy", "identity"] as const;
+const TABS = ["channels", "keys", "policy", "identity", "users"] as const;
 type TabKey = (typeof TABS)[number];
+const ADMIN_TABS: readonly TabKey[] = ["channels", "keys", "users"];
 
 export function SettingsPage() {
   const { t } = useI18n();
+  const { can } = useRole();
   const [params, setParams] = useSearchParams();
-  const tab = (TABS as readonly string[]).includes(params.get("tab") ?? "") ? (params.get("tab") as TabKey) : "channels";
+  const allowed = TABS.filter((k) => can("configure") || !ADMIN_TABS.includes(k));
+  const tab = (allowed as readonly string[]).includes(params.get("tab") ?? "") ? (params.get("tab") as TabKey) : allowed[0];
+  const items = [
+    { key: "channels", label: t("settings.tabs.channels"), children: <ChannelsTab /> },
+    { key: "keys", label: t("settings.tabs.keys"), children: <KeysTab /> },
+    { key: "policy", label: t("settings.tabs.policy"), children: <PolicyTab /> },
+    { key: "identity", label: t("settings.tabs.identity"), children: <IdentityTab /> },
+    { key: "users", label: t("settings.tabs.users"), children: <UsersTab /> },
+  ].filter((i) => (allowed as readonly string[]).includes(i.key));
   return (
     <div>
       <PageHead title={t("settings.title")} sub={t("settings.sub")} />
@@ -36,12 +49,7 @@ export function SettingsPage() {
         activeKey={tab}
         onChange={(k) => setParams({ tab: k }, { replace: true })}
         destroyOnHidden
-        items={[
-          { key: "channels", label: t("settings.tabs.channels"), children: <ChannelsTab /> },
-          { key: "keys", label: t("settings.tabs.keys"), children: <KeysTab /> },
-          { key: "policy", label: t("settings.tabs.policy"), children: <PolicyTab /> },
-          { key: "identity", label: t("settings.tabs.identity"), children: <IdentityTab /> },
-        ]}
+        items={items}
       />
     </div>
   );
@@ -434,6 +442,8 @@ function PolicyTab() {
 }
 
 function PolicyEditor({ policy, onSaved }: { policy: SendPolicy; onSaved: () => void }) {
+  const { role, can } = useRole();
+  const canConfigure = can("configure");
   const { t, tOr } = useI18n();
   const { message } = App.useApp();
   const [form] = Form.useForm<PolicyForm>();
@@ -532,7 +542,8 @@ function PolicyEditor({ policy, onSaved }: { policy: SendPolicy; onSaved: () => 
           </Card>
         </Col>
       </Row>
-      <Button type="primary" htmlType="submit" loading={busy} style={{ marginTop: 16 }}>{t("settings.policy.save")}</Button>
+      {!canConfigure && <Alert type="info" showIcon style={{ marginTop: 16 }} message={t("settings.readOnly", { role: t(`roles.${role}`) })} />}
+      <Button type="primary" htmlType="submit" loading={busy} disabled={!canConfigure} style={{ marginTop: 16 }}>{t("settings.policy.save")}</Button>
     </Form>
   );
 }
@@ -553,11 +564,12 @@ function IdentityTab() {
 
 function IdentityView({ rules: r, onEdit }: { rules: IdentityRules; onEdit: () => void }) {
   const { t, tOr, num } = useI18n();
+  const canConfigure = useRole().can("configure");
   return (
     <Row gutter={[16, 16]}>
       <Col xs={24}>
         <Alert type="info" showIcon message={t("settings.identity.help")}
-          action={<Button icon={<EditOutlined />} onClick={onEdit}>{t("settings.identity.edit")}</Button>} />
+          action={<Button icon={<EditOutlined />} onClick={onEdit} disabled={!canConfigure}>{t("settings.identity.edit")}</Button>} />
       </Col>
       <Col xs={24} xl={12}>
         <Card title={t("settings.identity.priority")}>
@@ -674,6 +686,115 @@ function IdentityEditor({ rules, onDone }: { rules: IdentityRules; onDone: (save
           ))}
         </Col>
       </Row>
+    </Card>
+  );
+}
+
+// -- users -----------------------------------------------------------------------------------------
+
+function UsersTab() {
+  const { t, dateTime } = useI18n();
+  const { message } = App.useApp();
+  const { current } = useSession();
+  const list = useApi((signal) => api.raw<WorkspaceUser[]>("get", "/api/v1/workspace/users", undefined, { signal }));
+  const [inviting, setInviting] = useState(false);
+  const [busy, setBusy] = useState(false);
+  const [created, setCreated] = useState<UserInvited | null>(null);
+  const [form] = Form.useForm<{ email: string; name: string; role: UserRole }>();
+  const roleLabel = (r: string) => t(`roles.${r}`);
+  const invite = async (v: { email: string; name: string; role: UserRole }) => {
+    setBusy(true);
+    try {
+      const r = await api.raw<UserInvited>("post", "/api/v1/workspace/users", { email: v.email.trim(), name: (v.name ?? "").trim(), role: v.role });
+      setInviting(false);
+      form.resetFields();
+      list.reload();
+      if (r.initial_password) setCreated(r);
+      else message.success(`${t("settings.users.added", { email: r.email, role: roleLabel(r.role) })} ${t("settings.users.existing", { email: r.email })}`);
+    } catch (e) {
+      const err = e as ApiError;
+      if (err.field === "email" || err.field === "role" || err.field === "name") form.setFields([{ name: err.field, errors: [err.message] }]);
+      else message.error(err.message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const change = async (u: WorkspaceUser, role: UserRole) => {
+    try {
+      await api.raw("put", `/api/v1/workspace/users/${encodeURIComponent(u.user_id)}`, { role });
+      message.success(t("settings.users.changed", { email: u.email, role: roleLabel(role) }));
+    } catch (e) {
+      message.error((e as Error).message);
+    }
+    list.reload();
+  };
+  const remove = async (u: WorkspaceUser) => {
+    try {
+      await api.raw("delete", `/api/v1/workspace/users/${encodeURIComponent(u.user_id)}`);
+      message.success(t("settings.users.removed", { email: u.email }));
+      list.reload();
+    } catch (e) {
+      message.error((e as Error).message);
+    }
+  };
+  return (
+    <Card title={t("settings.users.title")}
+      extra={<Button type="primary" icon={<UserAddOutlined />} onClick={() => setInviting(true)}>{t("settings.users.invite")}</Button>}>
+      <Typography.Paragraph type="secondary">{t("settings.users.help")}</Typography.Paragraph>
+      {list.error ? <ErrorState error={list.error} onRetry={list.reload} /> : (
+        <Table<WorkspaceUser>
+          size="middle" rowKey="user_id" loading={list.loading && !list.data} dataSource={list.data ?? []} pagination={false} data-testid="users-table"
+          locale={{ emptyText: <EmptyState text={t("settings.users.empty")} /> }}
+          columns={[
+            {
+              title: t("settings.users.email"), dataIndex: "email", render: (v: string, u) => (
+                <Space size={6}>
+                  <Typography.Text strong>{v}</Typography.Text>
+                  {current?.kind === "user" && current.email === v && <Tag color="gold">{t("settings.users.you")}</Tag>}
+                  {u.disabled_at && <Tag>{t("settings.users.disabled")}</Tag>}
+                </Space>
+              ),
+            },
+            { title: t("settings.users.name"), dataIndex: "name" },
+            {
+              title: t("settings.users.role"), dataIndex: "role", render: (v: UserRole, u) => (
+                <Select<UserRole> size="small" value={v} style={{ width: 140 }} aria-label={t("settings.users.roleOf", { email: u.email })}
+                  onChange={(r) => change(u, r)} options={ROLES.map((r) => ({ value: r, label: roleLabel(r) })).reverse()} />
+              ),
+            },
+            { title: t("settings.users.granted"), dataIndex: "granted_at", render: (v: string | null) => dateTime(v) },
+            {
+              title: t("settings.actions"), key: "a", render: (_: unknown, u) => (
+                <Popconfirm title={t("settings.users.confirmRemove", { email: u.email })} description={t("settings.users.confirmRemoveHelp")}
+                  okText={t("settings.users.remove")} okButtonProps={{ danger: true }} cancelText={t("common.cancel")} onConfirm={() => remove(u)}>
+                  <Button size="small" danger icon={<DeleteOutlined />} aria-label={t("settings.users.removeOne", { email: u.email })}>{t("settings.users.remove")}</Button>
+                </Popconfirm>
+              ),
+            },
+          ]}
+        />
+      )}
+      <Modal open={inviting} title={t("settings.users.invite")} onCancel={() => setInviting(false)} onOk={() => form.submit()}
+        confirmLoading={busy} okText={t("settings.users.invite")} cancelText={t("common.cancel")} destroyOnHidden>
+        <Form form={form} layout="vertical" onFinish={invite} initialValues={{ role: "viewer" }} requiredMark={false} data-testid="invite-form">
+          <Form.Item label={t("settings.users.email")} name="email" rules={[{ required: true, whitespace: true, message: t("settings.users.emailRequired") }]}>
+            <Input type="email" autoFocus maxLength={254} />
+          </Form.Item>
+          <Form.Item label={t("settings.users.name")} name="name">
+            <Input maxLength={200} />
+          </Form.Item>
+          <Form.Item label={t("settings.users.role")} name="role">
+            <Select<UserRole> options={ROLES.map((r) => ({ value: r, label: roleLabel(r) })).reverse()} />
+          </Form.Item>
+        </Form>
+      </Modal>
+      <Modal open={created !== null} title={t("settings.users.initialTitle")} onCancel={() => setCreated(null)} closable destroyOnHidden
+        footer={<Button type="primary" onClick={() => setCreated(null)}>{t("settings.users.done")}</Button>}>
+        <Alert type="warning" showIcon message={t("settings.users.shownOnce", { email: created?.email ?? "" })} style={{ marginBottom: 12 }} />
+        <Typography.Paragraph copyable={{ text: created?.initial_password ?? "" }} className="gk-mono" data-testid="initial-password" style={{ fontSize: 14 }}>
+          {created?.initial_password}
+        </Typography.Paragraph>
+      </Modal>
     </Card>
   );
 }

@@ -8,6 +8,7 @@ import type { Tag } from "../api/types";
 import { PageHead } from "../components/PageHead";
 import { ErrorState } from "../components/States";
 import { useI18n } from "../i18n";
+import { useRole } from "../role";
 import { useApi } from "../useApi";
 import { clean, emptyGroup, isComplete, type GroupCond } from "../rules/model";
 import { RuleEditor } from "../rules/RuleEditor";
@@ -33,11 +34,12 @@ export function TagsPage() {
   const traits = useApi((signal) => api.get("/api/v1/traits", { signal }));
   const cov = useApi((signal) => api.raw<CoverageAll>("get", "/api/v1/console/coverage", undefined, { signal }));
   const [drawer, setDrawer] = useState<"tag" | "trait" | null>(null);
+  const { can } = useRole();
   const reload = () => { tags.reload(); traits.reload(); cov.reload(); };
   return (
     <div>
       <PageHead title={t("tags.title")} sub={t("tags.sub")}
-        extra={<Space>
+        extra={can("editAudience") && <Space>
           <Button type="primary" icon={<PlusOutlined />} onClick={() => setDrawer("tag")}>{t("tags.newTag")}</Button>
           <Button icon={<PlusOutlined />} onClick={() => setDrawer("trait")}>{t("tags.newTrait")}</Button>
         </Space>} />

@@ -1,15 +1,19 @@
-"""Typed dependencies of the API: the running instance and the caller's credential."""
+"""Typed dependencies of the API: the running instance and the caller's credential (an admin token
+or a signed-in user's session, with the role the route needs checked; see ``goldkey.api.roles``)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from threading import Lock
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from goldkey.core.errors import Unauthorized
+from goldkey.api.roles import least_role
+from goldkey.core.errors import Forbidden, Unauthorized
+from goldkey.govern.users import ROLES, SESSION_PREFIX, WORKSPACE_HEADER, UserService
 from goldkey.govern.workspaces import Credential
 from goldkey.runtime import Goldkey
 
@@ -38,14 +42,60 @@ def write_key_from_header(auth: str | None) -> str | None:
     raise Unauthorized(f"unsupported authorization scheme {scheme!r}; send the write key as HTTP Basic user")
 
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="adminToken", description="An admin token of the workspace.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="adminToken",
+    description="An admin token of the workspace (role admin), or a user's session token (`gks_…`, from "
+    "`POST /api/v1/auth/login`) with the workspace named in the `X-Goldkey-Workspace` header (optional when "
+    "the user has a role in one workspace only). Each route needs a least role: viewer < analyst < marketer "
+    "< admin.",
+)
+
+_users_lock = Lock()
+
+
+def user_service(gk: Goldkey) -> UserService:
+    """The instance's user service (``gk.users`` once wired in the runtime; built on first use until then)."""
+    svc = getattr(gk, "users", None)
+    if svc is None:
+        with _users_lock:
+            svc = getattr(gk, "users", None)
+            if svc is None:
+                svc = UserService(gk.engine)
+                gk.users = svc  # type: ignore[attr-defined]
+    return svc  # type: ignore[no-any-return]
 
 
 def admin(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Credential:
-    """Authenticate an admin token sent as ``Authorization: Bearer``; raise Unauthorized."""
+    """The Caller dependency: authenticate the caller and check their role for this route.
+
+    Accepts an admin token (role ``admin`` of its workspace) or a session token ``gks_…`` with the
+    workspace in ``X-Goldkey-Workspace``; the least role the route needs comes from
+    ``goldkey.api.roles``. Returns the Credential (workspace_id, kind, key_id, role, user_id).
+    Raises Unauthorized (no or unknown credential), Forbidden (no role in the workspace named, or a
+    role below the route's), InvalidInput (a user of several workspaces who names none).
+    """
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials.strip():
-        raise Unauthorized("send an admin token as 'Authorization: Bearer <token>'")
-    return get_gk(request).workspaces.authenticate(creds.credentials.strip(), "admin")
+        raise Unauthorized("send an admin token or a session token as 'Authorization: Bearer <token>'")
+    token = creds.credentials.strip()
+    gk = get_gk(request)
+    named = request.headers.get(WORKSPACE_HEADER) or None
+    if token.startswith(SESSION_PREFIX):
+        cred = user_service(gk).credential(token, named)
+    else:
+        cred = gk.workspaces.authenticate(token, "admin")
+        if named is not None and named != cred.workspace_id:
+            raise Forbidden(f"this admin token is not one of workspace {named}")
+    route = request.scope.get("route")
+    path = getattr(route, "path_format", None) or request.url.path
+    need = least_role(request.method, path) or "admin"  # an unclassified route: admins only
+    role = cred.role or "viewer"
+    if ROLES.index(role) < ROLES.index(need):
+        raise Forbidden(f"{request.method} {path} needs the {need} role; you are {role} in workspace "
+                        f"{cred.workspace_id}")
+    return cred
 
 
 Admin = Annotated[Credential, Depends(admin)]
+Caller = Admin
+"""The caller of an admin API route: an admin token or a signed-in user, with the role checked."""

@@ -55,6 +55,7 @@ class DemoResult:
     seconds_audience: float = 0.0
     loop: Any = None  # goldkey.demo.loop.LoopResult
     seconds_loop: float = 0.0
+    demo_user: tuple[str, str] | None = None  # (e-mail, password) of the console's demo user
 
 
 class BackgroundServer:
@@ -109,6 +110,26 @@ def _credentials(gk: Goldkey, brand: str, name: str) -> BrandCredentials:
         gk.workspaces.create_key(ws_id, "write", "demo"),
         gk.workspaces.create_key(ws_id, "admin", "demo"),
     )
+
+
+DEMO_USER = "demo@goldkey.local"
+
+
+def _demo_user(gk: Goldkey, brands: list[BrandCredentials]) -> tuple[str, str]:
+    """One user, admin of every demo workspace; return (e-mail, password). Passwords are stored
+    hashed: a re-run sets a fresh one."""
+    from goldkey.api.deps import user_service
+    from goldkey.govern.users import new_password
+
+    svc, password = user_service(gk), new_password()
+    user = svc.find(DEMO_USER)
+    if user is None:
+        user = svc.create_user(DEMO_USER, password, "Demo")
+    else:
+        svc.set_password(user["user_id"], password)
+    for b in brands:
+        svc.grant(b.workspace_id, user["user_id"], "admin", actor="demo")
+    return DEMO_USER, password
 
 
 def _send_events(
@@ -216,6 +237,7 @@ def run_demo(
         console.print(f"Goldkey API listening on {url}")
         t1 = time.perf_counter()
         brands = [_credentials(gk, b.brand, b.name) for b in manifest.brands]
+        demo_user = _demo_user(gk, brands)
         counts = {"sent": 0, "accepted": 0, "duplicates": 0, "rejected": 0}
         lock = threading.Lock()
         import_results: list[dict[str, Any]] = []
@@ -260,6 +282,7 @@ def run_demo(
             t_aud,
             loop,
             t_loop,
+            demo_user,
         )
         _print_summary(console, gk, result)
         print_loop(console, loop)
@@ -339,6 +362,9 @@ def _print_summary(console: Console, gk: Goldkey, r: DemoResult) -> None:
             console.print(f"  segment {name}: {seg['size']} members ({seg['took_ms']} ms)")
         console.print(f"  write key:   {b.write_key}")
         console.print(f"  admin token: {b.admin_token}")
+    if r.demo_user:
+        email, password = r.demo_user
+        console.print(f"\nconsole sign-in: {email}  password: {password}  (admin of every demo workspace)")
     console.print(f"\nAPI: {r.url}   docs: {r.url}/docs   health: {r.url}/healthz")
     if r.brands:
         console.print(

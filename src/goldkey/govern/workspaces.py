@@ -46,8 +46,10 @@ class Credential:
     """What a presented secret grants."""
 
     workspace_id: str
-    kind: str  # "write" | "admin"
-    key_id: str
+    kind: str  # "write" | "admin" | "user" (a signed-in user's session, see govern/users.py)
+    key_id: str  # the key's id; for a user session, the user's id
+    role: str | None = None  # admin | marketer | analyst | viewer; None for a write key
+    user_id: str | None = None  # set for a user session
 
 
 class WorkspaceService:
@@ -133,7 +135,7 @@ class WorkspaceService:
                 with self._lock:
                     self._cache.pop(h, None)
                 raise Unauthorized("unknown or revoked key")
-            cred = Credential(row.workspace_id, row.kind, row.key_id)
+            cred = Credential(row.workspace_id, row.kind, row.key_id, "admin" if row.kind == "admin" else None)
             with self._lock:
                 if len(self._cache) >= KEY_CACHE_MAX:
                     self._cache.clear()

@@ -599,3 +599,41 @@ journey_steps = sa.Table(
     sa.Column("at", TS, nullable=False),
     sa.Index("ix_journey_steps_node", "journey_id", "node_id"),
 )
+
+
+# -- users and roles (govern/users.py; migration 0007) -------------------------------------------------
+# A user is a person, not a workspace's: the workspaces they may open are their grants, each with its
+# workspace_id and role. Sessions are stored as the SHA-256 of the token, never the token.
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_id", sa.String(40), primary_key=True),
+    sa.Column("email", sa.String(254), nullable=False, unique=True),  # lower-cased
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("password_hash", sa.String(300), nullable=False),  # scrypt$n$r$p$salt$hash
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("disabled_at", TS),
+)
+
+user_grants = sa.Table(
+    "user_grants",
+    metadata,
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.user_id"), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), sa.ForeignKey("workspaces.workspace_id"), primary_key=True),
+    sa.Column("role", sa.String(20), nullable=False),  # admin | marketer | analyst | viewer
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False, server_default=""),
+    sa.Index("ix_user_grants_workspace", "workspace_id"),
+)
+
+user_sessions = sa.Table(
+    "user_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.user_id"), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),  # sliding: last use + the session lifetime
+    sa.Column("last_used_at", TS, nullable=False),
+    sa.Column("revoked_at", TS),
+    sa.Index("ix_user_sessions_user", "user_id"),
+)
