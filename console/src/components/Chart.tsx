@@ -29,3 +29,25 @@ export function Chart({ option, height = 300, label }: { option: EChartsCoreOpti
   }, [option]);
   return <div ref={el} role="img" aria-label={label} className="gk-chart" style={{ height, width: "100%" }} />;
 }
+
+/** A series of 95 % interval whiskers over a category axis: ``intervals[i] = [low, high]`` of the i-th
+ * category, in the y axis' unit. Both ends are encoded on the y axis, so its extent covers the
+ * whiskers and they stay inside the grid (and the canvas) however wide the interval. */
+export function intervalSeries(intervals: number[][], name = "95% CI") {
+  const style = { stroke: "#1f2937", lineWidth: 1.5 };
+  return {
+    type: "custom", name, z: 10, encode: { x: 0, y: [1, 2] },
+    data: intervals.map(([lo, hi], i) => [i, lo, hi]),
+    renderItem: (_: unknown, api: { value: (i: number) => number; coord: (p: number[]) => number[]; size: (p: number[]) => number[] }) => {
+      const x = api.value(0);
+      const lo = api.coord([x, api.value(1)]);
+      const hi = api.coord([x, api.value(2)]);
+      const w = Math.min(8, api.size([1, 0])[0] * 0.12);
+      return { type: "group", children: [
+        { type: "line", shape: { x1: lo[0], y1: lo[1], x2: hi[0], y2: hi[1] }, style },
+        { type: "line", shape: { x1: lo[0] - w, y1: lo[1], x2: lo[0] + w, y2: lo[1] }, style },
+        { type: "line", shape: { x1: hi[0] - w, y1: hi[1], x2: hi[0] + w, y2: hi[1] }, style },
+      ] };
+    },
+  };
+}

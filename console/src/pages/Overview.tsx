@@ -6,7 +6,7 @@ import { useMemo, useState } from "react";
 import { Link } from "react-router-dom";
 import { api, ApiError } from "../api/client";
 import type { CampaignReport, CampaignSummary, Coverage, Overview, UpliftGroup } from "../api/types";
-import { Chart } from "../components/Chart";
+import { Chart, intervalSeries } from "../components/Chart";
 import { PageHead } from "../components/PageHead";
 import { Async, EmptyState, ErrorState } from "../components/States";
 import { useI18n, type I18n } from "../i18n";
@@ -211,25 +211,13 @@ function RecentCampaigns({ i18n }: { i18n: I18n }) {
           return `${names[ps[0].dataIndex]}<br/>${t("overview.upliftSeries")}: ${pp(u.uplift)}<br/>95% CI: [${pp(u.uplift_ci95?.[0])}, ${pp(u.uplift_ci95?.[1])}]`;
         },
       },
-      grid: { left: 56, right: 16, top: 32, bottom: 56 },
+      grid: { left: 56, right: 16, top: 40, bottom: 56 },
       xAxis: { type: "category", data: names, axisLabel: { interval: 0, width: Math.max(48, 340 / Math.max(1, names.length)), overflow: "truncate" } },
       yAxis: { type: "value", name: t("overview.upliftAxis"), axisLabel: { formatter: "{value} pp" } },
       series: [
         { type: "bar", name: t("overview.upliftSeries"), barMaxWidth: 40, data: ups.map((u) => +(100 * (u.uplift ?? 0)).toFixed(3)),
           itemStyle: { color: "#c8961e" }, markLine: { silent: true, symbol: "none", data: [{ yAxis: 0 }], label: { show: false }, lineStyle: { color: "#8c8c8c" } } },
-        {
-          type: "custom", name: "95% CI", data: ups.map((u, i) => [i, 100 * (u.uplift_ci95?.[0] ?? 0), 100 * (u.uplift_ci95?.[1] ?? 0)]),
-          renderItem: (_: unknown, api: { value: (i: number) => number; coord: (v: number[]) => number[] }) => {
-            const x = api.value(0), lo = api.coord([x, api.value(1)]), hi = api.coord([x, api.value(2)]);
-            const w = 8;
-            return { type: "group", children: [
-              { type: "line", shape: { x1: lo[0], y1: lo[1], x2: hi[0], y2: hi[1] }, style: { stroke: "#1f1f1f", lineWidth: 1.5 } },
-              { type: "line", shape: { x1: lo[0] - w, y1: lo[1], x2: lo[0] + w, y2: lo[1] }, style: { stroke: "#1f1f1f", lineWidth: 1.5 } },
-              { type: "line", shape: { x1: hi[0] - w, y1: hi[1], x2: hi[0] + w, y2: hi[1] }, style: { stroke: "#1f1f1f", lineWidth: 1.5 } },
-            ] };
-          },
-          z: 10,
-        },
+        intervalSeries(ups.map((u) => [100 * (u.uplift_ci95?.[0] ?? 0), 100 * (u.uplift_ci95?.[1] ?? 0)])),
       ],
     };
     // eslint-disable-next-line react-hooks/exhaustive-deps

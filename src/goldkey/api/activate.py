@@ -26,6 +26,7 @@ from goldkey.activate.sender import Sender
 from goldkey.api.deps import GK, Admin
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound
+from goldkey.govern.audit import audit, changed_fields
 from goldkey.store.operational import messages
 
 router = APIRouter(tags=["activation"])
@@ -80,8 +81,11 @@ class SuppressionCreate(BaseModel):
 async def create_channel(body: ChannelCreate, gk: GK, cred: Admin) -> dict[str, Any]:
     """Configure a channel; the config and credentials are validated now (400 names the field)."""
     sender, _ = activation(gk)
-    return await run_in_threadpool(sender.channels.save, cred.workspace_id, name=body.name, kind=body.kind,
-                                   provider=body.provider, config=body.config, secrets=body.secrets)
+    ch = await run_in_threadpool(sender.channels.save, cred.workspace_id, name=body.name, kind=body.kind,
+                                 provider=body.provider, config=body.config, secrets=body.secrets)
+    await run_in_threadpool(audit, gk.engine, cred, "channel.create", ch["channel_id"],
+                            {"name": ch["name"], "changed": _channel_changes({}, ch, body.secrets)})
+    return ch
 
 
 @router.get("/api/v1/channels", response_model=list[ChannelPublic])
@@ -95,9 +99,21 @@ async def update_channel(channel_id: str, body: ChannelCreate, gk: GK, cred: Adm
     """Replace a channel's name and config, validated as on create; secrets left out keep their
     stored values (the console never sees them, so it sends only the ones a user typed)."""
     sender, _ = activation(gk)
-    return await run_in_threadpool(sender.channels.save, cred.workspace_id, name=body.name, kind=body.kind,
-                                   provider=body.provider, config=body.config, secrets=body.secrets,
-                                   channel_id=channel_id)
+    before = await run_in_threadpool(sender.channels.get, cred.workspace_id, channel_id)
+    ch = await run_in_threadpool(sender.channels.save, cred.workspace_id, name=body.name, kind=body.kind,
+                                 provider=body.provider, config=body.config, secrets=body.secrets,
+                                 channel_id=channel_id)
+    await run_in_threadpool(audit, gk.engine, cred, "channel.update", channel_id,
+                            {"name": ch["name"], "changed": _channel_changes(before, ch, body.secrets)})
+    return ch
+
+
+def _channel_changes(before: dict[str, Any], after: dict[str, Any], secrets: dict[str, str]) -> list[str]:
+    """Names of the changed fields of a channel; a secret sent counts as changed (by name only:
+    its value never reaches the audit log)."""
+    fields = ("name", "kind", "provider", "config")
+    changed = changed_fields({k: before[k] for k in fields if k in before}, {k: after[k] for k in fields})
+    return changed + sorted(f"secrets.{k}" for k, v in secrets.items() if v is not None)
 
 
 @router.post("/api/v1/channels/{channel_id}/test")
@@ -118,7 +134,15 @@ async def get_policy(gk: GK, cred: Admin) -> dict[str, Any]:
 @router.put("/api/v1/send-policy")
 async def put_policy(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     sender, _ = activation(gk)
-    return sender.guardrails.set_policy(cred.workspace_id, await request.json()).model_dump(mode="json")
+    data = await request.json()
+
+    def save() -> dict[str, Any]:
+        before = sender.guardrails.policy(cred.workspace_id).model_dump(mode="json")
+        after = sender.guardrails.set_policy(cred.workspace_id, data).model_dump(mode="json")
+        audit(gk.engine, cred, "send_policy.update", cred.workspace_id, {"changed": changed_fields(before, after)})
+        return after
+
+    return await run_in_threadpool(save)
 
 
 @router.post("/api/v1/suppressions")

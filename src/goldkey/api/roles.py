@@ -50,6 +50,7 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     # secrets of the workspace and who may use it
     ("GET", "/api/v1/workspace/keys"): "admin",
     ("GET", "/api/v1/workspace/users"): "admin",
+    ("GET", "/api/v1/workspace/audit"): "admin",  # who did what, sign-in attempts included
     # channels are configured by admins; marketers list them (without secrets: the API never
     # returns them) to pick one for a campaign or a journey's send step
     ("GET", "/api/v1/channels"): "marketer",

@@ -1,19 +1,18 @@
-"""The caller's workspace: its details, keys (create, list, revoke) and identity rules."""
+"""The caller's workspace: its details, keys (create, list, revoke), identity rules and audit trail."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import KeyCreate, KeyCreated, WorkspacePublic
-from goldkey.core.clock import utcnow
+from goldkey.govern.audit import MAX_PAGE, audit, changed_fields, list_entries
 from goldkey.govern.keys import list_keys, revoke_key
 from goldkey.identity.rules import IdentityRules
-from goldkey.store.operational import audit_log
 
 router = APIRouter(prefix="/api/v1/workspace", tags=["workspace"])
 
@@ -28,17 +27,7 @@ def current(gk: GK, cred: Admin) -> dict[str, Any]:
 def create_key(body: KeyCreate, gk: GK, cred: Admin) -> dict[str, Any]:
     """Create a write key or admin token; the secret is shown only in this answer."""
     secret = gk.workspaces.create_key(cred.workspace_id, body.kind, body.label)
-    with gk.engine.begin() as conn:
-        conn.execute(
-            audit_log.insert().values(
-                workspace_id=cred.workspace_id,
-                actor=f"key:{cred.key_id}",
-                action="key.create",
-                target=body.kind,
-                detail="{}",
-                at=utcnow(),
-            )
-        )
+    audit(gk.engine, cred, "key.create", body.kind, {"label": body.label})
     return {"kind": body.kind, "secret": secret}
 
 
@@ -64,17 +53,7 @@ def delete_key(key_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
     """Revoke a key: refused from the next request. The row is kept (``revoked_at`` set). 409 for
     the admin token of this request and for the workspace's last live admin token."""
     key = revoke_key(gk.workspaces, cred.workspace_id, key_id, by_key_id=cred.key_id)
-    with gk.engine.begin() as conn:
-        conn.execute(
-            audit_log.insert().values(
-                workspace_id=cred.workspace_id,
-                actor=f"key:{cred.key_id}",
-                action="key.revoke",
-                target=key_id,
-                detail="{}",
-                at=utcnow(),
-            )
-        )
+    audit(gk.engine, cred, "key.revoke", key_id, {"kind": key["kind"], "label": key["label"]})
     return key
 
 
@@ -87,16 +66,34 @@ def get_rules(gk: GK, cred: Admin) -> IdentityRules:
 @router.put("/identity-rules", response_model=IdentityRules)
 def put_rules(rules: IdentityRules, gk: GK, cred: Admin) -> IdentityRules:
     """Replace the identity rules; they apply to identifiers seen from now on."""
+    before = gk.workspaces.rules(cred.workspace_id).model_dump(mode="json")
     gk.workspaces.set_rules(cred.workspace_id, rules)
-    with gk.engine.begin() as conn:
-        conn.execute(
-            audit_log.insert().values(
-                workspace_id=cred.workspace_id,
-                actor=f"key:{cred.key_id}",
-                action="identity_rules.update",
-                target=cred.workspace_id,
-                detail=rules.model_dump_json(),
-                at=utcnow(),
-            )
-        )
+    # names only: the blocked values are phone numbers and e-mail addresses
+    audit(gk.engine, cred, "identity_rules.update", cred.workspace_id,
+          {"changed": changed_fields(before, rules.model_dump(mode="json"))})
     return rules
+
+
+class AuditEntry(BaseModel):
+    """One change recorded in the audit trail. ``detail`` never holds a credential: changes of
+    configuration name the fields that changed (``{"changed": ["config.port", "secrets.password"]}``)."""
+
+    audit_id: int
+    at: str
+    actor: str = Field(description="key:<key_id> for an API key, user:<user_id> for a signed-in user")
+    action: str = Field(description="e.g. key.create, channel.update, send_policy.update, identity_rules.update")
+    target: str = Field(description="The id of the changed object")
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_before: int | None = Field(description="Pass as ``before`` for the next (older) page; null on the last.")
+
+
+@router.get("/audit", response_model=AuditPage)
+async def get_audit(gk: GK, cred: Admin, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+                    before: int | None = None) -> dict[str, Any]:
+    """The workspace's audit trail, newest first, ``limit`` entries a page; ``before`` is the
+    ``next_before`` of the previous page (400 when it is not an entry of this workspace)."""
+    return await run_in_threadpool(list_entries, gk.engine, cred.workspace_id, limit=limit, before=before)

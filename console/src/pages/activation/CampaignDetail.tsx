@@ -6,12 +6,13 @@ import { useEffect, useMemo, useState } from "react";
 import { Link, useParams } from "react-router-dom";
 import { api, ApiError } from "../../api/client";
 import type { ArmReport, Campaign, CampaignReport, UpliftGroup } from "../../api/types";
-import { Chart } from "../../components/Chart";
+import { Chart, intervalSeries } from "../../components/Chart";
 import { PageHead } from "../../components/PageHead";
 import { Async, EmptyState } from "../../components/States";
 import { useI18n } from "../../i18n";
 import { useApi } from "../../useApi";
 import { StatusTag } from "./Campaigns";
+import { Ref, useChannelNames, useSegmentNames, type RefIndex } from "./refs";
 
 const LIVE = new Set(["scheduled", "running"]);
 
@@ -19,6 +20,8 @@ export function CampaignDetailPage() {
   const { campaignId = "" } = useParams();
   const path = `/api/v1/campaigns/${encodeURIComponent(campaignId)}`;
   const camp = useApi((signal) => api.raw<Campaign>("get", path, undefined, { signal }), [campaignId]);
+  // names of the segment and channel, once per page (not on every 2 s poll of the campaign)
+  const refs = { segments: useSegmentNames(), channels: useChannelNames() };
   const [tick, setTick] = useState(0);
   const live = camp.data ? LIVE.has(camp.data.status) : false;
   useEffect(() => {
@@ -30,12 +33,17 @@ export function CampaignDetailPage() {
   return (
     <div>
       <Link to="/campaigns">← {useI18n().t("campaigns.back")}</Link>
-      <Async value={camp} rows={10}>{(c) => <Detail c={c} path={path} reload={camp.reload} tick={tick} />}</Async>
+      <Async value={camp} rows={10}>{(c) => <Detail c={c} path={path} reload={camp.reload} tick={tick} refs={refs} />}</Async>
     </div>
   );
 }
 
-function Detail({ c, path, reload, tick }: { c: Campaign; path: string; reload: () => void; tick: number }) {
+interface Refs {
+  segments: RefIndex;
+  channels: RefIndex;
+}
+
+function Detail({ c, path, reload, tick, refs }: { c: Campaign; path: string; reload: () => void; tick: number; refs: Refs }) {
   const { t, num, pct, dateTime } = useI18n();
   const { message } = App.useApp();
   const [busy, setBusy] = useState<string | null>(null);
@@ -96,8 +104,10 @@ function Detail({ c, path, reload, tick }: { c: Campaign; path: string; reload: 
         <Col xs={24} xl={10}>
           <Card title={t("campaigns.definition")}>
             <Descriptions size="small" column={1} items={[
-              { key: "a", label: t("campaigns.segment"), children: c.definition.audience.segment_id ? <Link to={`/segments/${c.definition.audience.segment_id}`} className="gk-mono">{c.definition.audience.segment_id}</Link> : t("campaigns.uploadedList") },
-              { key: "c", label: t("campaigns.channel"), children: <span className="gk-mono">{c.definition.channel_id}</span> },
+              { key: "a", label: t("campaigns.segment"), children: c.definition.audience.segment_id
+                ? <Ref id={c.definition.audience.segment_id} index={refs.segments} to={`/segments/${encodeURIComponent(c.definition.audience.segment_id)}`} />
+                : t("campaigns.uploadedList") },
+              { key: "c", label: t("campaigns.channel"), children: <Ref id={c.definition.channel_id} index={refs.channels} to="/settings?tab=channels" /> },
               { key: "v", label: t("campaigns.variantsCard"), children: c.definition.variants.map((v) => `${v.key} (${num(v.weight)})`).join(" · ") },
               { key: "h", label: t("campaigns.holdout"), children: pct(c.definition.holdout_pct / 100) },
               { key: "s", label: t("campaigns.schedule"), children: c.definition.schedule.kind === "at" ? dateTime(c.definition.schedule.at) : t(`campaigns.scheduleKind.${c.definition.schedule.kind}`) },
@@ -154,28 +164,14 @@ function Report({ r }: { r: CampaignReport }) {
           return `${label(groups[ps[0].dataIndex])}<br/>${t("campaigns.uplift")}: ${pp(u.uplift)}<br/>95% CI: [${pp(u.uplift_ci95?.[0])}, ${pp(u.uplift_ci95?.[1])}]`;
         },
       },
-      grid: { left: 64, right: 24, top: 16, bottom: 32 },
+      // top: room for the axis name above the plot (whiskers are inside the axis extent)
+      grid: { left: 64, right: 24, top: 40, bottom: 32 },
       xAxis: { type: "category", data: groups.map(label) },
       yAxis: { type: "value", name: t("campaigns.upliftAxis"), axisLabel: { formatter: "{value} pp" } },
       series: [
         { type: "bar", barMaxWidth: 48, data: rows.map((u) => +(100 * (u.uplift ?? 0)).toFixed(3)), itemStyle: { color: "#c8961e" },
           markLine: { silent: true, symbol: "none", lineStyle: { color: "#8a8f98" }, data: [{ yAxis: 0 }] } },
-        {
-          type: "custom", name: "95% CI", data: rows.map((u, i) => [i, 100 * (u.uplift_ci95?.[0] ?? 0), 100 * (u.uplift_ci95?.[1] ?? 0)]),
-          renderItem: (_: unknown, api: { value: (i: number) => number; coord: (p: number[]) => number[]; size: (p: number[]) => number[] }) => {
-            const x = api.value(0);
-            const lo = api.coord([x, api.value(1)]);
-            const hi = api.coord([x, api.value(2)]);
-            const w = api.size([1, 0])[0] * 0.12;
-            const style = { stroke: "#1f2937", lineWidth: 1.5 };
-            return { type: "group", children: [
-              { type: "line", shape: { x1: lo[0], y1: lo[1], x2: hi[0], y2: hi[1] }, style },
-              { type: "line", shape: { x1: lo[0] - w, y1: lo[1], x2: lo[0] + w, y2: lo[1] }, style },
-              { type: "line", shape: { x1: hi[0] - w, y1: hi[1], x2: hi[0] + w, y2: hi[1] }, style },
-            ] };
-          },
-          z: 10,
-        },
+        intervalSeries(rows.map((u) => [100 * (u.uplift_ci95?.[0] ?? 0), 100 * (u.uplift_ci95?.[1] ?? 0)])),
       ],
     };
     // eslint-disable-next-line react-hooks/exhaustive-deps
