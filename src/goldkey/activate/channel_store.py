@@ -57,7 +57,8 @@ class ChannelStore:
                     channel_id = new_id("chn")
                     c.execute(channels.insert().values(channel_id=channel_id, created_at=now, **values))
                 else:
-                    c.execute(channels.update().where(channels.c.channel_id == channel_id).values(**values))
+                    c.execute(channels.update().where(channels.c.workspace_id == ws,
+                                                      channels.c.channel_id == channel_id).values(**values))
         except sa.exc.IntegrityError:
             raise Conflict(f"a channel named {name!r} already exists") from None
         with self._lock:
