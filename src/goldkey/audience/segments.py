@@ -35,13 +35,13 @@ from goldkey.audience.facts import FactsCache
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
 from goldkey.core.ids import new_id
+from goldkey.govern import audit
 from goldkey.govern.consent import latest_decision
 from goldkey.rules.memory import compile_rule
 from goldkey.rules.model import parse_rule, rule_to_json
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import (
-    audit_log,
     identities,
     profiles,
     segment_members,
@@ -482,8 +482,7 @@ def _check_name(name: str) -> str:
 
 
 def _audit(c: sa.Connection, ws: str, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
-    c.execute(audit_log.insert().values(workspace_id=ws, actor=actor, action=action, target=target,
-                                        detail=orjson.dumps(detail, default=str).decode(), at=utcnow()))
+    audit.write(c, ws, actor, action, target, detail)
 
 
 def members_arrow(ids: pa.Table) -> list[str]:

@@ -32,11 +32,12 @@ from goldkey.audience.common import batch_member_ids, emit_events, parse_and_che
 from goldkey.audience.facts import FactsCache, facts_for
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.govern import audit
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.rules.model import parse_rule, rule_to_json
 from goldkey.rules.values import as_of_utc, field_column
 from goldkey.store.analytical import AnalyticalStore
-from goldkey.store.operational import audit_log, identities, profiles, quarantine, tags
+from goldkey.store.operational import identities, profiles, quarantine, tags
 
 T = tags.c
 _NAME = re.compile(r"^[^\W\d]\w{0,63}\Z")
@@ -538,5 +539,4 @@ def _tag_dict(r: Any) -> dict[str, Any]:
 
 
 def _audit(c: sa.Connection, ws: str, actor: str, action: str, target: str) -> None:
-    c.execute(audit_log.insert().values(workspace_id=ws, actor=actor, action=action, target=target, detail="{}",
-                                        at=utcnow()))
+    audit.write(c, ws, actor, action, target)

@@ -69,12 +69,13 @@ from goldkey.audience.property_cache import (
 )
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import Conflict, GoldkeyError, InvalidInput, NotFound, Overloaded
+from goldkey.govern import audit
 from goldkey.identity.graph import fetch_in
 from goldkey.rules.memory import _event_matcher
 from goldkey.rules.model import _NAME, EVENT_TYPES, PropertyFilter, Window
 from goldkey.rules.values import as_of_utc, window_bounds
 from goldkey.store.analytical import AnalyticalStore
-from goldkey.store.operational import audit_log, merges, traits
+from goldkey.store.operational import merges, traits
 
 log = logging.getLogger(__name__)
 
@@ -987,8 +988,7 @@ class TraitService:
 
     @staticmethod
     def _audit(conn: sa.Connection, ws: str, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
-        conn.execute(audit_log.insert().values(workspace_id=ws, actor=actor, action=action, target=target,
-                                               detail=orjson.dumps(detail).decode(), at=utcnow()))
+        audit.write(conn, ws, actor, action, target, detail)
 
     @staticmethod
     def _public(row: Any) -> dict[str, Any]:

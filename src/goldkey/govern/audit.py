@@ -13,6 +13,7 @@ Reading is workspace-scoped and newest first, a page at a time (``list_entries``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -34,11 +35,12 @@ def actor_of(cred: Credential) -> str:
 
 
 def write(conn: sa.Connection, workspace_id: str, actor: str, action: str, target: str,
-          detail: Mapping[str, Any] | None = None) -> None:
-    """Append one audit row inside the caller's transaction ``conn``."""
+          detail: Mapping[str, Any] | None = None, *, at: datetime | None = None) -> None:
+    """Append one audit row inside the caller's transaction ``conn`` (the one place every
+    module writes the audit trail through)."""
     conn.execute(audit_log.insert().values(
         workspace_id=workspace_id, actor=actor[:100], action=action[:60], target=target[:200],
-        detail=orjson.dumps(dict(detail or {}), default=str).decode(), at=utcnow()))
+        detail=orjson.dumps(dict(detail or {}), default=str).decode(), at=at or utcnow()))
 
 
 def audit(engine: sa.Engine, cred: Credential, action: str, target: str,

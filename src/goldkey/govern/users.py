@@ -36,13 +36,13 @@ from datetime import datetime, timedelta
 from threading import Lock
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import Conflict, Forbidden, GoldkeyError, InvalidInput, NotFound, Unauthorized
 from goldkey.core.ids import new_id, new_secret
+from goldkey.govern import audit
 from goldkey.govern.workspaces import Credential, hash_secret
 from goldkey.store.operational import audit_log, user_grants, user_sessions, users, workspaces
 
@@ -528,5 +528,4 @@ class UserService:
 
 def _audit(conn: sa.Connection, workspace_id: str, actor: str, action: str, target: str,
            detail: dict[str, Any], at: datetime) -> None:
-    conn.execute(audit_log.insert().values(workspace_id=workspace_id, actor=actor[:100], action=action,
-                                           target=target[:200], detail=orjson.dumps(detail).decode(), at=at))
+    audit.write(conn, workspace_id, actor, action, target, detail, at=at)
