@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 import sqlalchemy as sa
 
@@ -31,16 +33,85 @@ from goldkey.core.errors import GoldkeyError
 from goldkey.govern.consent import ConsentCollector
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
-from goldkey.insight.churn import ChurnService
-from goldkey.insight.clusters import ClusterService
-from goldkey.insight.clv import CLVService
-from goldkey.insight.lifecycle import LifecycleService
-from goldkey.insight.rfm import RFMService
-from goldkey.insight.text import FeedbackTextService
 from goldkey.profiles.service import ProfileService
 from goldkey.settings import Settings
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import create_operational_engine, migrate
+
+if TYPE_CHECKING:
+    from goldkey.insight.churn import ChurnService
+    from goldkey.insight.clusters import ClusterService
+    from goldkey.insight.clv import CLVService
+    from goldkey.insight.lifecycle import LifecycleService
+    from goldkey.insight.rfm import RFMService
+    from goldkey.insight.text import FeedbackTextService
+
+_S = TypeVar("_S")
+
+
+class _OnFirstUse(Generic[_S]):
+    """A service built on first access and kept: the insight services import their model
+    libraries (lightgbm, scikit-learn, scipy, pandas, jieba: seconds of CPU), which ``goldkey import``,
+    ``goldkey serve`` and every test opening a ``Goldkey`` would otherwise pay at start-up even when
+    no model is ever trained. Building one has no side effect (no thread, no listener), so building
+    it later changes nothing else."""
+
+    def __init__(self, build: Callable[[Any], _S]) -> None:
+        self.build = build
+        self._lock = threading.Lock()
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, gk: Any, owner: type | None = None) -> _S:
+        if gk is None:
+            return self  # type: ignore[return-value]
+        svc = gk.__dict__.get(self.slot)
+        if svc is None:
+            with self._lock:  # two first requests at once must share one service (its locks, its caches)
+                svc = gk.__dict__.get(self.slot)
+                if svc is None:
+                    svc = gk.__dict__[self.slot] = self.build(gk)
+        return svc  # type: ignore[no-any-return]
+
+    def __set__(self, gk: Any, svc: _S) -> None:
+        gk.__dict__[self.slot] = svc
+
+
+def _rfm(gk: Goldkey) -> RFMService:
+    from goldkey.insight.rfm import RFMService
+
+    return RFMService.from_goldkey(gk)
+
+
+def _clv(gk: Goldkey) -> CLVService:
+    from goldkey.insight.clv import CLVService
+
+    return CLVService.from_goldkey(gk)
+
+
+def _churn(gk: Goldkey) -> ChurnService:
+    from goldkey.insight.churn import ChurnService
+
+    return ChurnService.from_goldkey(gk)
+
+
+def _lifecycle(gk: Goldkey) -> LifecycleService:
+    from goldkey.insight.lifecycle import LifecycleService
+
+    return LifecycleService.from_goldkey(gk)
+
+
+def _clusters(gk: Goldkey) -> ClusterService:
+    from goldkey.insight.clusters import ClusterService
+
+    return ClusterService.from_goldkey(gk)
+
+
+def _feedback_text(gk: Goldkey) -> FeedbackTextService:
+    from goldkey.insight.text import FeedbackTextService
+
+    return FeedbackTextService.from_goldkey(gk)
 
 
 class DataDirInUse(GoldkeyError):
@@ -65,12 +136,6 @@ class Goldkey:
     traits: TraitService
     realtime: RealtimeSegments
     consent: ConsentCollector | None = None
-    rfm: RFMService | None = None
-    clv: CLVService | None = None
-    churn: ChurnService | None = None
-    lifecycle: LifecycleService | None = None
-    clusters: ClusterService | None = None
-    feedback_text: FeedbackTextService | None = None
     sender: Sender | None = None
     receipts: Receipts | None = None
     campaigns: CampaignService | None = None
@@ -78,6 +143,13 @@ class Goldkey:
     journeys: JourneyService | None = None
     journey_engine: JourneyEngine | None = None
     _lock_file: IO[str] | None = None
+    # insight services: built on first use (see _OnFirstUse); class attributes, not dataclass fields
+    rfm = _OnFirstUse["RFMService"](_rfm)
+    clv = _OnFirstUse["CLVService"](_clv)
+    churn = _OnFirstUse["ChurnService"](_churn)
+    lifecycle = _OnFirstUse["LifecycleService"](_lifecycle)
+    clusters = _OnFirstUse["ClusterService"](_clusters)
+    feedback_text = _OnFirstUse["FeedbackTextService"](_feedback_text)
 
     @classmethod
     def open(cls, settings: Settings) -> Goldkey:
@@ -140,12 +212,6 @@ class Goldkey:
             _lock_file=lock,
         )
         gk.consent = consent
-        gk.rfm = RFMService.from_goldkey(gk)
-        gk.clv = CLVService.from_goldkey(gk)
-        gk.churn = ChurnService.from_goldkey(gk)
-        gk.lifecycle = LifecycleService.from_goldkey(gk)
-        gk.clusters = ClusterService.from_goldkey(gk)
-        gk.feedback_text = FeedbackTextService.from_goldkey(gk)
         gk.sender = Sender.from_goldkey(gk)
         gk.receipts = Receipts(gk.sender)
         gk.campaigns = CampaignService.from_goldkey(gk)
