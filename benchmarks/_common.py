@@ -176,6 +176,33 @@ def percentiles(values: Sequence[float], ps: Sequence[float] = (50, 95, 99)) -> 
     return out
 
 
+class Clock:
+    """Wall and process CPU seconds (all threads: DuckDB's, LightGBM's and the writer's count) since
+    the last :meth:`lap`, with the 1-minute load average. On the shared machine a wall figure under
+    load is an upper bound; the CPU seconds are the figure to compare between runs."""
+
+    def __init__(self) -> None:
+        self.t, self.c = time.perf_counter(), time.process_time()
+
+    def lap(self) -> dict[str, float]:
+        """``{"wall_s", "cpu_s", "load1"}`` since the last lap (or the start)."""
+        t, c = time.perf_counter(), time.process_time()
+        out = {"wall_s": round(t - self.t, 2), "cpu_s": round(c - self.c, 2), "load1": load1()}
+        self.t, self.c = t, c
+        return out
+
+
+def load1() -> float:
+    """The 1-minute load average (NaN where the OS has none)."""
+    return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else float("nan")
+
+
+def add_laps(laps: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The sum of several :meth:`Clock.lap` results (the last one's load)."""
+    return {"wall_s": round(sum(x["wall_s"] for x in laps), 2), "cpu_s": round(sum(x["cpu_s"] for x in laps), 2),
+            "load1": laps[-1]["load1"] if laps else load1()}
+
+
 _NOISE: list[str] = []
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
@@ -48,6 +47,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+
+from _common import Clock  # noqa: E402
 
 from goldkey.insight.clusters import ClusterService  # noqa: E402
 from goldkey.insight.lifecycle import LifecycleService  # noqa: E402
@@ -146,16 +147,16 @@ def main() -> None:
             # 1. compute only (best of 3)
             runs = []
             for _ in range(3):
-                c0 = time.process_time()
+                clock = Clock()
                 s_rfm, tbl = timed(lambda: fit_summary(compute_rfm(gk.analytical, ws, d_rfm, AS_OF)))
-                c1 = time.process_time()
+                lap_rfm = clock.lap()
                 s_lc, (feats, stages, parts) = timed(lambda: lc.compute(ws, d_lc))
-                c2 = time.process_time()
+                lap_lc = clock.lap()
                 runs.append({"rfm_s": round(s_rfm, 2), "lifecycle_s": round(s_lc, 2),
                              "lifecycle_features_s": round(parts["features_s"], 2),
                              "lifecycle_rules_s": round(parts["rules_s"], 2), "total_s": round(s_rfm + s_lc, 2),
-                             "rfm_cpu_s": round(c1 - c0, 2), "lifecycle_cpu_s": round(c2 - c1, 2),
-                             "total_cpu_s": round(c2 - c0, 2), "load1": round(os.getloadavg()[0], 1)})
+                             "rfm_cpu_s": lap_rfm["cpu_s"], "lifecycle_cpu_s": lap_lc["cpu_s"],
+                             "total_cpu_s": round(lap_rfm["cpu_s"] + lap_lc["cpu_s"], 2), "load1": lap_lc["load1"]})
             best = min(runs, key=lambda r: r["total_s"])
             res["compute"] = {"runs": runs, "best": best, "customers": feats.num_rows, "staged": stages.height,
                               "stages": dict(stages.group_by("label").len().iter_rows())}

@@ -344,10 +344,44 @@ def test_fast_tree_contributions_equal_lightgbm_pred_contrib() -> None:
     m[rng.random(n) < 0.1, 0] = np.nan  # missing values take the default side
     m[rng.random(n) < 0.3, 1] = 0.0
     y = (rng.random(n) < 1 / (1 + np.exp(-(m[:, 1] + np.nan_to_num(m[:, 0]) * m[:, 2])))).astype(int)
-    gbm = _gbm_fit(m[:20000], y[:20000], ClassifierParams(n_estimators=60))
-    fast = _tree_contributions(gbm, m)
-    exact = np.asarray(gbm.predict(m, pred_contrib=True), dtype=float)
-    assert fast.shape == exact.shape and np.allclose(fast, exact, rtol=0, atol=1e-10)
+    # 4-leaf trees (the default) and 8-leaf ones (7 splits, a column split twice on a path)
+    for params in (ClassifierParams(n_estimators=60), ClassifierParams(n_estimators=20, num_leaves=8)):
+        gbm = _gbm_fit(m[:20000], y[:20000], params)
+        fast = _tree_contributions(gbm, m)
+        exact = np.asarray(gbm.predict(m, pred_contrib=True), dtype=float)
+        assert fast.shape == exact.shape and np.allclose(fast, exact, rtol=0, atol=1e-10)
+
+
+def test_explain_gives_predict_proba_and_the_top_contributions_as_json() -> None:
+    """One pass gives the probabilities (from the summed contributions) and per row the top-k
+    positive contributions, rendered as JSON column by column: the same as a row-by-row reference,
+    on the pred_contrib path (small tables) and the per-pattern path (from _PATTERN_ROWS rows)."""
+    import orjson
+
+    from goldkey.insight.churn import _PATTERN_ROWS, _json_value
+
+    for n in (3000, _PATTERN_ROWS + 500):
+        X, y = _synthetic(n, 7)
+        X["visits"] = np.random.default_rng(1).poisson(3, n)  # an integer column: its values print as integers
+        X.loc[X.index[:5], "channel"] = None
+        clf = TabularClassifier(ClassifierParams(n_estimators=80, cv_folds=3,
+                                                 holdout_calibration_above=1000)).fit(X, y)
+        e = clf.explain(X, top_k=3)
+        assert np.allclose(e.proba, clf.predict_proba(X), rtol=0, atol=1e-12)
+        contrib, _ = clf.contributions(X)
+        feats = list(X.columns)
+        docs = {"recency": "days since", "spend": "money \"quoted\""}
+        got = [orjson.loads(t) for t in e.payloads_json(docs)]
+        rows = X.to_dict("records")
+        for i in range(0, n, max(1, n // 400)):
+            order = np.argsort(-contrib[i], kind="stable")[:3]
+            want = [{"feature": feats[j], "value": _json_value(rows[i][feats[j]]),
+                     "contribution": round(float(contrib[i, j]), 4), "description": docs.get(feats[j], feats[j])}
+                    for j in order if contrib[i, j] > 0]
+            assert got[i] == {"score": round(float(e.proba[i]), 6), "reasons": want}, i
+        assert any(r["feature"] == "visits" and isinstance(r["value"], int) for g in got for r in g["reasons"])
+        assert any(r["feature"] == "channel" and isinstance(r["value"], str) for g in got for r in g["reasons"])
+        assert clf.reasons(X.iloc[:3], top_k=3, descriptions=docs) == [g["reasons"] for g in got[:3]]
 
 
 def test_profile_insights_write_only_changes_and_replace_the_model_rows(env: Any) -> None:

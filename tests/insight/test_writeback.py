@@ -93,3 +93,52 @@ def test_scores_and_model_tags_in_chunks_on_both_operational_stores(env_any: Any
         tags.set_model_values(ws, "tier", {pids[0]: "bronze"}, "m")
     assert exc.value.field == "value"
     assert tags.holders(ws, "tier")[pids[0]] == "gold"
+
+
+def test_score_columns_and_insight_texts_on_both_operational_stores(env_any: Any, monkeypatch: Any) -> None:
+    """The columnar paths the churn model uses: JSON merge patches applied by the database (SQLite
+    json_patch, PostgreSQL jsonb), only changed rows written, NaN removes a field, profiles no longer
+    scored lose the model's fields; per-profile details upserted in chunks, unchanged ones untouched."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    import goldkey.insight.writeback as wb
+    from goldkey.insight.writeback import score_patches, write_profile_insight_texts, write_score_columns
+    from goldkey.store.operational import profile_insights as t
+
+    monkeypatch.setattr(wb, "WRITE_CHUNK", 2)
+    env, ws = env_any, env_any.ws.workspace_id
+    pids = [_profile(env, f"u-{i}") for i in range(5)]
+    assert score_patches(2, {"a": np.array([0.1, np.nan]), "v": 3}) == ['{"a":0.1,"v":3.0}', '{"a":null,"v":3.0}']
+    write_scores(env.gk, ws, ("other",), {pids[0]: {"other": 7}})
+    probs = np.array([0.1, 1 / 3, 0.5, 0.7, 0.9])
+    assert write_score_columns(env.gk, ws, ("risk", "risk_v"), pids, {"risk": probs, "risk_v": 1}) == 5
+    assert _scores(env, pids[0]) == {"other": 7.0, "risk": 0.1, "risk_v": 1.0}
+    assert _scores(env, pids[1])["risk"] == 1 / 3  # the float reads back exactly
+    # the same again: nothing written
+    assert write_score_columns(env.gk, ws, ("risk", "risk_v"), pids, {"risk": probs, "risk_v": 1}) == 0
+    # pids[4] no longer scored, pids[3] NaN (removed), pids[2] unchanged, pids[0..1] new values
+    probs2 = np.array([0.2, 0.25, 0.5, np.nan])
+    assert write_score_columns(env.gk, ws, ("risk", "risk_v"), pids[:4], {"risk": probs2, "risk_v": 1}) == 4
+    assert [_scores(env, p) for p in pids] == [{"other": 7.0, "risk": 0.2, "risk_v": 1.0},
+                                               {"risk": 0.25, "risk_v": 1.0}, {"risk": 0.5, "risk_v": 1.0},
+                                               {"risk_v": 1.0}, {}]
+    # unknown ids are not written (only live profiles of the workspace)
+    assert write_score_columns(env.gk, ws, ("x",), ["nobody"], {"x": np.array([1.0])}) == 0
+
+    texts = ['{"score":0.1,"reasons":[]}', '{"score":0.2,"reasons":[{"feature":"f"}]}', '{"score":0.3,"reasons":[]}']
+    assert write_profile_insight_texts(env.gk, ws, "m", 1, pids[:3], texts) == 3
+    with env.gk.engine.connect() as c:
+        before = dict(c.execute(sa.select(t.c.profile_id, t.c.updated_at).where(t.c.model == "m")).all())
+    # version 2: pids[0] unchanged text, pids[1] changed, pids[2] gone, pids[3] new
+    assert write_profile_insight_texts(env.gk, ws, "m", 2, [pids[0], pids[1], pids[3]],
+                                       [texts[0], '{"score":0.5,"reasons":[]}', texts[2]]) == 3
+    assert read_profile_insights(env.gk.engine, ws, pids[0]) == {"m": {"version": 2, "score": 0.1, "reasons": []}}
+    assert read_profile_insights(env.gk.engine, ws, pids[1])["m"] == {"version": 2, "score": 0.5, "reasons": []}
+    assert read_profile_insights(env.gk.engine, ws, pids[2]) == {}
+    assert read_profile_insights(env.gk.engine, ws, pids[3])["m"]["version"] == 2
+    with env.gk.engine.connect() as c:
+        after = dict(c.execute(sa.select(t.c.profile_id, t.c.updated_at).where(t.c.model == "m")).all())
+    assert after[pids[0]] == before[pids[0]]  # unchanged details keep their updated_at
+    with pytest.raises(ValueError, match="2 profiles but 1 payloads"):
+        write_profile_insight_texts(env.gk, ws, "m", 3, pids[:2], texts[:1])

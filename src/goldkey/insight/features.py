@@ -75,9 +75,9 @@ WITH o AS (
       AND NOT list_contains($excluded, coalesce(status, ''))
 ), oa AS (
     SELECT pid,
-        count(DISTINCT order_id) AS order_count,
-        count(DISTINCT order_id) FILTER (WHERE ordered_at >= $t30) AS order_count_30d,
-        count(DISTINCT order_id) FILTER (WHERE ordered_at >= $t90) AS order_count_90d,
+        count(*) AS order_count,
+        count(*) FILTER (WHERE ordered_at >= $t30) AS order_count_30d,
+        count(*) FILTER (WHERE ordered_at >= $t90) AS order_count_90d,
         sum(total_amount) AS revenue,
         coalesce(sum(total_amount) FILTER (WHERE ordered_at >= $t90), 0) AS revenue_90d,
         max(total_amount) AS max_order_value,
@@ -88,21 +88,27 @@ WITH o AS (
            coalesce(sum(l.quantity), 0) AS items
     FROM o JOIN order_lines l ON l.workspace_id = $ws AND l.order_id = o.order_id
     GROUP BY o.pid
-), ea AS (
-    SELECT canonical_id AS pid,
-        count(*) AS events_total,
-        count(*) FILTER (WHERE "timestamp" >= $t7) AS events_7d,
-        count(*) FILTER (WHERE "timestamp" >= $t30) AS events_30d,
-        count(*) FILTER (WHERE "timestamp" >= $t90) AS events_90d,
-        count(DISTINCT coalesce(event, type)) AS distinct_event_types,
-        count(*) FILTER (WHERE type = 'page') AS page_views,
-        count(DISTINCT CAST(timezone('UTC', "timestamp") AS DATE)) AS active_days,
-        count(DISTINCT CAST(timezone('UTC', "timestamp") AS DATE)) FILTER (WHERE "timestamp" >= $t30)
-            AS active_days_30d,
-        min("timestamp") AS first_event_at, max("timestamp") AS last_event_at
+), e AS (
+    SELECT canonical_id AS pid, "timestamp" AS ts, type, coalesce(event, type) AS name,
+        CAST(timezone('UTC', "timestamp") AS DATE) AS day
     FROM events_resolved
     WHERE workspace_id = $ws AND "timestamp" < $as_of AND "timestamp" >= $since
-    GROUP BY canonical_id
+), ed AS (
+    -- one row per customer and UTC day, then per customer and event name: counting those rows is
+    -- count(DISTINCT ...) without DuckDB's per-group distinct sets (4x less CPU at 3M events)
+    SELECT pid, count(*) AS active_days, count(*) FILTER (WHERE last_at >= $t30) AS active_days_30d
+    FROM (SELECT pid, day, max(ts) AS last_at FROM e GROUP BY pid, day) GROUP BY pid
+), en AS (
+    SELECT pid, count(name) AS distinct_event_types FROM (SELECT DISTINCT pid, name FROM e) GROUP BY pid
+), ea AS (
+    SELECT e.pid,
+        count(*) AS events_total,
+        count(*) FILTER (WHERE ts >= $t7) AS events_7d,
+        count(*) FILTER (WHERE ts >= $t30) AS events_30d,
+        count(*) FILTER (WHERE ts >= $t90) AS events_90d,
+        count(*) FILTER (WHERE type = 'page') AS page_views,
+        min(ts) AS first_event_at, max(ts) AS last_event_at
+    FROM e GROUP BY e.pid
 ), pop AS (
     SELECT pid FROM oa UNION SELECT pid FROM ea
 )
@@ -127,14 +133,16 @@ SELECT p.pid AS profile_id,
     coalesce(ea.events_7d, 0) AS events_7d,
     coalesce(ea.events_30d, 0) AS events_30d,
     coalesce(ea.events_90d, 0) AS events_90d,
-    coalesce(ea.distinct_event_types, 0) AS distinct_event_types,
+    coalesce(en.distinct_event_types, 0) AS distinct_event_types,
     coalesce(ea.page_views, 0) AS page_views,
-    coalesce(ea.active_days, 0) AS active_days,
-    coalesce(ea.active_days_30d, 0) AS active_days_30d
+    coalesce(ed.active_days, 0) AS active_days,
+    coalesce(ed.active_days_30d, 0) AS active_days_30d
 FROM pop p
 LEFT JOIN oa ON oa.pid = p.pid
 LEFT JOIN la ON la.pid = p.pid
 LEFT JOIN ea ON ea.pid = p.pid
+LEFT JOIN ed ON ed.pid = p.pid
+LEFT JOIN en ON en.pid = p.pid
 ORDER BY profile_id
 """
 
