@@ -67,7 +67,11 @@ function Themed() {
   return (
     <ConfigProvider
       locale={lang === "zh-CN" ? zhCN : enUS}
-      theme={{ token: { colorPrimary: "#a8770f", colorLink: "#8a6210", borderRadius: 6, fontFamily: "-apple-system, BlinkMacSystemFont, 'Segoe UI', 'PingFang SC', 'Hiragino Sans GB', 'Microsoft YaHei', 'Noto Sans CJK SC', sans-serif" } }}
+      theme={{ token: {
+        // WCAG AA (4.5:1) for text: white on the primary gold, secondary and description text on
+        // white and on the layout's grey (tests/console/test_console_e2e.py checks every main page)
+        colorPrimary: "#8a6210", colorLink: "#8a6210", colorTextTertiary: "rgba(0, 0, 0, 0.6)",
+        colorTextDescription: "rgba(0, 0, 0, 0.6)", borderRadius: 6, fontFamily: "-apple-system, BlinkMacSystemFont, 'Segoe UI', 'PingFang SC', 'Hiragino Sans GB', 'Microsoft YaHei', 'Noto Sans CJK SC', sans-serif" } }}
     >
       <AntApp>
         <SessionProvider>

@@ -575,6 +575,12 @@ def users_walk(pg: Any, site: Site) -> None:
     pg.get_by_role("menuitem", name="人群").click()
     pg.get_by_role("heading", name="人群").wait_for()
     assert pg.get_by_role("button", name=re.compile("新建人群")).count() == 0
+    for menu, heading, button in (("营销活动", "营销活动", "新建活动"), ("客户旅程", "客户旅程", "新建旅程")):
+        if not pg.get_by_role("menuitem", name=menu).is_visible():
+            pg.get_by_role("menuitem", name="营销触达").click()
+        pg.get_by_role("menuitem", name=menu).click()
+        pg.get_by_role("heading", name=heading).wait_for()
+        assert pg.get_by_role("button", name=re.compile(button)).count() == 0, button
     pg.get_by_role("menuitem", name="渠道与设置").click()
     pg.get_by_role("tab", name="发送策略").wait_for()
     assert pg.get_by_role("tab").all_inner_texts() == ["发送策略", "身份识别规则"]
@@ -589,3 +595,98 @@ def users_walk(pg: Any, site: Site) -> None:
     assert r.status_code == 403 and "marketer" in r.json()["error"]
     assert pg.errors == []
 
+
+
+# -- accessibility basics -------------------------------------------------------------------------
+
+# every visible form control and the accessible name assistive technology would read for it
+# (its <label>s, aria-labelledby, aria-label or title: a placeholder alone is not a label)
+UNLABELLED_JS = """() => {
+  const named = el => {
+    if (el.labels && [...el.labels].some(l => l.innerText.trim())) return true;
+    const by = el.getAttribute('aria-labelledby');
+    if (by && by.split(/\\s+/).some(id => (document.getElementById(id)?.innerText || '').trim())) return true;
+    return !!((el.getAttribute('aria-label') || '').trim() || (el.getAttribute('title') || '').trim());
+  };
+  const visible = el => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  return [...document.querySelectorAll('input, select, textarea')]
+    .filter(el => el.type !== 'hidden' && visible(el) && !named(el))
+    .map(el => `${el.tagName.toLowerCase()}#${el.id || '?'}[${el.className}] in "${
+      (el.closest('.ant-form-item, .ant-card, section, main')?.innerText || '').slice(0, 60)}"`);
+}"""
+
+# text whose colour contrast against its effective background is under WCAG 2.1 AA: 4.5:1, or 3:1
+# for large text (24 px, or 18.66 px bold); the background is the nearest opaque ancestor's
+CONTRAST_JS = """() => {
+  const rgba = s => { const m = s.match(/[\\d.]+/g) || []; return m.map(Number).concat([1]).slice(0, 4); };
+  const lin = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = ([r, g, b]) => 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  const over = (fg, bg) => [0, 1, 2].map(i => fg[i] * fg[3] + bg[i] * (1 - fg[3]));
+  const background = el => {
+    const stack = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) { stack.push(c); if (c[3] >= 1) break; }
+    }
+    let bg = [255, 255, 255];
+    for (const c of stack.reverse()) bg = over(c, bg);
+    return bg;
+  };
+  const bad = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const seen = new Set();
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const el = n.parentElement;
+    if (!el || seen.has(el) || !n.textContent.trim()) continue;
+    seen.add(el);
+    const r = el.getBoundingClientRect(), cs = getComputedStyle(el);
+    if (r.width === 0 || r.height === 0 || cs.visibility === 'hidden' || Number(cs.opacity) === 0) continue;
+    if (el.closest('[aria-hidden=true], .ant-tooltip, .ant-select-selection-placeholder, input, textarea, canvas, ' +
+                   '.ant-btn:disabled, .ant-btn-disabled, [disabled], .ant-input-disabled, .ant-select-disabled, ' +
+                   '.ant-steps-item-wait, .ant-pagination-disabled, .ant-empty-description')) continue;
+    const bg = background(el), fg = over(rgba(cs.color), bg);
+    const L1 = lum(fg), L2 = lum(bg), ratio = (Math.max(L1, L2) + 0.05) / (Math.min(L1, L2) + 0.05);
+    const size = parseFloat(cs.fontSize), bold = Number(cs.fontWeight) >= 700;
+    const need = (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5;
+    if (ratio < need) bad.push(`${ratio.toFixed(2)} < ${need}: "${n.textContent.trim().slice(0, 40)}" ` +
+                              `(${cs.color} on rgb(${bg.map(Math.round)}))`);
+  }
+  return bad;
+}"""
+
+
+def test_accessibility_basics(page: Any, site: Site) -> None:
+    """Keyboard only: the sign-in form is filled and sent without a mouse. On every main page, each
+    visible form control has an accessible name, and text meets WCAG AA contrast."""
+    pg = page
+    assert site.demo_user is not None
+    email, password = site.demo_user
+    pg.goto(site.url + "/sign-in")
+    pg.get_by_label("邮箱").wait_for()
+    assert pg.evaluate("document.activeElement && document.activeElement.type") == "email"  # focus starts there
+    pg.keyboard.type(email)
+    pg.keyboard.press("Tab")
+    assert pg.evaluate("document.activeElement && document.activeElement.type") == "password"
+    pg.keyboard.type(password)
+    pg.keyboard.press("Enter")
+    pg.wait_for_url(site.url + "/")
+    # the header's controls are reachable with Tab and show where the focus is
+    pg.keyboard.press("Tab")
+    assert pg.evaluate("document.activeElement !== document.body")
+
+    problems: dict[str, list[str]] = {}
+    for path in ("/", "/customers", "/segments", "/segments/new", "/tags", "/insight/rfm",
+                 "/insight/churn", "/insight/reports", "/campaigns", "/campaigns/new", "/journeys/new", "/settings"):
+        pg.goto(site.url + path)
+        pg.wait_for_load_state("networkidle")
+        pg.wait_for_function("!document.querySelector('.ant-spin-spinning, .ant-skeleton-active')")
+        pg.wait_for_timeout(500)
+        for kind, js in (("unlabelled control", UNLABELLED_JS), ("low contrast", CONTRAST_JS)):
+            found = pg.evaluate(js)
+            if found:  # what a page shows while it settles (a fading message, a late load) is not its state
+                pg.wait_for_timeout(1500)
+                again = set(pg.evaluate(js))
+                found = [x for x in found if x in again]
+            if found:
+                problems.setdefault(path, []).extend(f"{kind}: {x}" for x in found[:12])
+    assert not problems, "\n".join(f"{p}:\n  " + "\n  ".join(v) for p, v in problems.items())

@@ -10,6 +10,7 @@ import { Chart, intervalSeries } from "../../components/Chart";
 import { PageHead } from "../../components/PageHead";
 import { Async, EmptyState } from "../../components/States";
 import { useI18n } from "../../i18n";
+import { useRole } from "../../role";
 import { useApi } from "../../useApi";
 import { StatusTag } from "./Campaigns";
 import { Ref, useChannelNames, useSegmentNames, type RefIndex } from "./refs";
@@ -45,6 +46,7 @@ interface Refs {
 
 function Detail({ c, path, reload, tick, refs }: { c: Campaign; path: string; reload: () => void; tick: number; refs: Refs }) {
   const { t, num, pct, dateTime } = useI18n();
+  const { can } = useRole();
   const { message } = App.useApp();
   const [busy, setBusy] = useState<string | null>(null);
   const act = async (verb: string) => {
@@ -68,9 +70,9 @@ function Detail({ c, path, reload, tick, refs }: { c: Campaign; path: string; re
       <PageHead title={<Space>{c.name}<StatusTag status={c.status} /></Space>} sub={t("campaigns.detailSub", { id: c.campaign_id, when: dateTime(c.created_at) })}
         extra={
           <Space wrap>
-            {["draft", "scheduled"].includes(c.status) && c.progress.run_status !== "running" && <Button type="primary" loading={busy === "launch"} onClick={() => act("launch")}>{t("campaigns.launch")}</Button>}
-            {c.status === "running" && <Button loading={busy === "pause"} onClick={() => act("pause")}>{t("campaigns.pause")}</Button>}
-            {c.status === "paused" && <Button type="primary" loading={busy === "resume"} onClick={() => act("resume")}>{t("campaigns.resume")}</Button>}
+            {can("launch") && ["draft", "scheduled"].includes(c.status) && c.progress.run_status !== "running" && <Button type="primary" loading={busy === "launch"} onClick={() => act("launch")}>{t("campaigns.launch")}</Button>}
+            {can("launch") && c.status === "running" && <Button loading={busy === "pause"} onClick={() => act("pause")}>{t("campaigns.pause")}</Button>}
+            {can("launch") && c.status === "paused" && <Button type="primary" loading={busy === "resume"} onClick={() => act("resume")}>{t("campaigns.resume")}</Button>}
             {["scheduled", "running", "paused"].includes(c.status) && (
               <Popconfirm title={t("campaigns.cancelConfirm")} onConfirm={() => act("cancel")} okText={t("common.yes")} cancelText={t("common.no")}>
                 <Button danger loading={busy === "cancel"}>{t("campaigns.cancelCampaign")}</Button>

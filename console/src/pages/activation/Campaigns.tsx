@@ -11,6 +11,7 @@ import type { Campaign, CampaignSummary, Channel, EventName, Segment } from "../
 import { PageHead } from "../../components/PageHead";
 import { ErrorState } from "../../components/States";
 import { useI18n } from "../../i18n";
+import { useRole } from "../../role";
 import { useApi } from "../../useApi";
 
 export const STATUS_COLOR: Record<string, string> = {
@@ -26,11 +27,12 @@ export function StatusTag({ status }: { status: string }) {
 export function CampaignsPage() {
   const { t, dateTime } = useI18n();
   const navigate = useNavigate();
+  const { can } = useRole();
   const list = useApi((signal) => api.raw<CampaignSummary[]>("get", "/api/v1/campaigns", undefined, { signal }));
   return (
     <div>
       <PageHead title={t("campaigns.title")} sub={t("campaigns.sub")}
-        extra={<Button type="primary" icon={<PlusOutlined />} onClick={() => navigate("/campaigns/new")}>{t("campaigns.new")}</Button>} />
+        extra={can("launch") && <Button type="primary" icon={<PlusOutlined />} onClick={() => navigate("/campaigns/new")}>{t("campaigns.new")}</Button>} />
       <Card>
         {list.error ? <ErrorState error={list.error} onRetry={list.reload} /> : (
           <Table<CampaignSummary> rowKey="campaign_id" loading={list.loading} dataSource={list.data ?? []}

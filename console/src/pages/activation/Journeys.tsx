@@ -7,17 +7,19 @@ import type { JourneySummary } from "../../api/types";
 import { PageHead } from "../../components/PageHead";
 import { ErrorState } from "../../components/States";
 import { useI18n } from "../../i18n";
+import { useRole } from "../../role";
 import { useApi } from "../../useApi";
 import { StatusTag } from "./Campaigns";
 
 export function JourneysPage() {
   const { t, dateTime } = useI18n();
   const navigate = useNavigate();
+  const { can } = useRole();
   const list = useApi((signal) => api.raw<JourneySummary[]>("get", "/api/v1/journeys", undefined, { signal }));
   return (
     <div>
       <PageHead title={t("journeys.title")} sub={t("journeys.sub")}
-        extra={<Button type="primary" icon={<PlusOutlined />} onClick={() => navigate("/journeys/new")}>{t("journeys.new")}</Button>} />
+        extra={can("launch") && <Button type="primary" icon={<PlusOutlined />} onClick={() => navigate("/journeys/new")}>{t("journeys.new")}</Button>} />
       <Card>
         {list.error ? <ErrorState error={list.error} onRetry={list.reload} /> : (
           <Table<JourneySummary> rowKey="journey_id" loading={list.loading} dataSource={list.data ?? []}
