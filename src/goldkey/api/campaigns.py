@@ -1,8 +1,7 @@
 """Campaigns and triggers API: define, launch, pause, resume, cancel, report; triggers and their
-firings. Admin token required. Bodies are the definitions of ``goldkey.activate.campaigns`` and
-``goldkey.activate.triggers``; a bad definition is a 400 naming the field.
-
-Not yet mounted by ``goldkey.app``: add ``campaigns`` to the router tuple (before the console).
+firings and report. An admin token or a signed-in user with the route's role (``goldkey.api.roles``).
+Bodies are the definitions of ``goldkey.activate.campaigns`` and ``goldkey.activate.triggers``; a bad
+definition is a 400 naming the field.
 """
 
 from __future__ import annotations
