@@ -170,7 +170,8 @@ def walk(page: Any, site: Site) -> None:
                          "?.innerText.replace(/\\D/g, '') === String(n)", arg=ov["active"])
     assert digits(kpi.locator(".ant-statistic-content").inner_text()) == ov["active"] > 0
     assert digits(pg.get_by_test_id("kpi-customers").locator(".ant-statistic-content").inner_text()) == ov["customers"]
-    for title in ("月度销售额与订单数（近 12 个月）", "新客与老客（近 365 天）", "客户价值分层（RFM）", "RFM 客户分群"):
+    for title in ("月度销售额与订单数（近 12 个月）", "新客与老客（近 365 天）", "客户价值分层（RFM）", "RFM 客户分群",
+                  "生命周期阶段"):
         card = pg.locator(".ant-card", has=pg.get_by_text(title, exact=True))
         canvas = card.locator(".gk-chart canvas").first
         canvas.wait_for()
@@ -264,7 +265,8 @@ def walk(page: Any, site: Site) -> None:
 
     # a second workspace, then the switcher between the two
     pg.get_by_test_id("workspace-switcher").click()
-    pg.get_by_text("登录其他工作空间").click()
+    # (scoped to the open menu: a closed dropdown can linger hidden in the page)
+    pg.locator(".ant-dropdown:visible").get_by_text("登录其他工作空间").click()
     pg.wait_for_url(re.compile(r"/sign-in\?add=1"))
     sign_in(pg, site, operator.admin_token)
     pg.wait_for_url(site.url + "/")

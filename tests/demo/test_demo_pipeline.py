@@ -40,10 +40,11 @@ def test_demo_pipeline_small(tmp_path: Path) -> None:
 
     gk = Goldkey.open(settings)
     try:
-        # Goldkey's own events (tag changes, segment entries, message receipts) are not counted; the closed
-        # loop's world sent its own (usage reports, online orders, WeChat bindings)
+        # Goldkey's own events (tag changes, segment entries, message receipts, lifecycle stage changes) are
+        # not counted; the closed loop's world sent its own (usage reports, online orders, WeChat bindings)
         stored = gk.analytical.query(
-            "SELECT count(*) FROM events WHERE source NOT IN ('tags', 'segments', 'activate')")[0][0]
+            "SELECT count(*) FROM events WHERE source NOT IN ('tags', 'segments', 'activate') "
+            "AND source NOT LIKE 'model:%'")[0][0]
         assert stored == result.events_accepted + result.loop.events_accepted
         with gk.engine.connect() as conn:
             existing = conn.execute(

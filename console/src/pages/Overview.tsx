@@ -5,7 +5,7 @@ import { Card, Col, Row, Segmented, Statistic, Table, Tag, Typography } from "an
 import { useMemo, useState } from "react";
 import { Link } from "react-router-dom";
 import { api, ApiError } from "../api/client";
-import type { CampaignReport, CampaignSummary, Coverage, Overview, UpliftGroup } from "../api/types";
+import type { CampaignReport, CampaignSummary, Coverage, LifecycleSummary, Overview, UpliftGroup } from "../api/types";
 import { Chart, intervalSeries } from "../components/Chart";
 import { PageHead } from "../components/PageHead";
 import { Async, EmptyState, ErrorState } from "../components/States";
@@ -28,6 +28,14 @@ export function OverviewPage() {
   const ov = useApi((signal) => api.raw<Overview>("get", "/api/v1/console/overview", undefined, { query: { days }, signal }), [days]);
   const tiers = useApi((signal) => coverage("rfm_value_tier", signal));
   const groups = useApi((signal) => coverage("rfm_group", signal));
+  const stages = useApi<LifecycleSummary | null>(async (signal) => {
+    try {
+      return await api.raw<LifecycleSummary>("get", "/api/v1/insights/lifecycle/summary", undefined, { signal });
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404) return null; // the lifecycle model has not run yet
+      throw e;
+    }
+  });
   return (
     <div>
       <PageHead
@@ -66,6 +74,11 @@ export function OverviewPage() {
         <Col xs={24} xl={14}>
           <Card title={t("overview.rfmGroups")}>
             <TagChart value={groups} i18n={i18n} prefix="rfm.group" kind="bar" />
+          </Card>
+        </Col>
+        <Col xs={24}>
+          <Card title={t("overview.lifecycle")} extra={<Link to="/insight/lifecycle">{t("overview.lifecycleMore")}</Link>}>
+            <Async value={stages}>{(sum) => (sum ? <StageChart s={sum} i18n={i18n} /> : <EmptyState text={t("insight.lifecycle.empty")} />)}</Async>
           </Card>
         </Col>
       </Row>
@@ -145,6 +158,26 @@ function DailyChart({ o, i18n }: { o: Overview; i18n: I18n }) {
     series: [{ name: t("overview.activeSeries"), type: "line", areaStyle: { opacity: 0.15 }, showSymbol: false, data: o.daily_active.map((d) => d.active) }],
   }), [o, t, num, lang]);
   return <Chart option={option} height={240} label={t("overview.dailyActive", { n: o.window_days })} />;
+}
+
+/** Customers per lifecycle stage (the latest lifecycle run), in the stages' order. */
+function StageChart({ s, i18n }: { s: LifecycleSummary; i18n: I18n }) {
+  const { t, num, pct, lang } = i18n;
+  const option = useMemo(() => ({
+    tooltip: { trigger: "axis", axisPointer: { type: "shadow" }, valueFormatter: (v: number) => num(v) },
+    grid: { left: 56, right: 24, top: 32, bottom: 28 },
+    xAxis: { type: "category", data: s.stages.map((x) => (lang === "zh-CN" ? x.zh : x.en)) },
+    yAxis: { type: "value", name: t("overview.customersAxis"), minInterval: 1 },
+    series: [{ type: "bar", name: t("overview.customersAxis"), barMaxWidth: 48, label: { show: true, position: "top" },
+               data: s.stages.map((x) => x.profiles) }],
+  }), [s, t, num, lang]);
+  const foot = t("overview.lifecycleFoot", { staged: num(s.staged), customers: num(s.customers), p: pct(s.customers ? s.staged / s.customers : 0), version: s.version });
+  return (
+    <>
+      <Chart option={option} height={260} label={t("overview.lifecycle")} />
+      <Typography.Text type="secondary" style={{ fontSize: 12 }}>{foot}</Typography.Text>
+    </>
+  );
 }
 
 function TagChart({ value, i18n, prefix, kind }: { value: ReturnType<typeof useApi<Coverage | null>>; i18n: I18n; prefix: string; kind: "pie" | "bar" }) {

@@ -108,6 +108,9 @@ def define_audience(url: str, admin_token: str, brand: str) -> dict[str, Any]:
         if brand == "eyecare":  # RFM groups and value tiers (two years: the market ended in mid-2026)
             rfm = _ok(c.post("/api/v1/insights/rfm/run", json={"lookback_days": 730}))
             out["rfm"] = {"version": rfm.get("version"), "profiles": rfm.get("profiles")}
+            # lifecycle stages for the overview (default rules, as of now)
+            lc = _ok(c.post("/api/v1/insights/lifecycle/run", json={}))
+            out["lifecycle"] = {"version": lc.get("version"), "stages": lc.get("metrics", {}).get("stages")}
         have = {t["name"] for t in _ok(c.get("/api/v1/tags"))}
         for t in tags:
             if t["name"] not in have:

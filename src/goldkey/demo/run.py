@@ -358,6 +358,10 @@ def _print_summary(console: Console, gk: Goldkey, r: DemoResult) -> None:
             console.print(f"  tag {name}: {cov}")
         if aud.get("rfm"):
             console.print(f"  RFM model v{aud['rfm']['version']}: {aud['rfm']['profiles']} customers scored")
+        if aud.get("lifecycle"):
+            lc = aud["lifecycle"]
+            console.print(f"  lifecycle model v{lc['version']}: " + ", ".join(
+                f"{k} {v}" for k, v in (lc.get("stages") or {}).items()))
         for name, seg in aud.get("segments", {}).items():
             console.print(f"  segment {name}: {seg['size']} members ({seg['took_ms']} ms)")
         console.print(f"  write key:   {b.write_key}")
