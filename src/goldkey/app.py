@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,10 +49,17 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         owned = gk is None
         app.state.gk = gk or Goldkey.open(settings or Settings())
         tune_gc()
+        warming, stop = None, threading.Event()
+        if owned:  # a server of its own (``goldkey serve``): profile facts built before the first estimate
+            instance = app.state.gk
+            warming = instance.facts.warm([str(w["workspace_id"]) for w in instance.workspaces.list()], stop)
         try:
             yield
         finally:
             restore_gc()
+            stop.set()
+            if warming is not None:
+                warming.join(timeout=120)  # a build in progress finishes before the stores close
             if owned:
                 app.state.gk.close()
 

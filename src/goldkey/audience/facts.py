@@ -10,6 +10,7 @@ costs about 20 s per million profiles here (benchmarks/bench_segments.py).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -26,6 +27,8 @@ from goldkey.audience.catalog import _ORDER_KEYS, PROFILE_VALUE_COLUMNS, infer_a
 from goldkey.rules.values import coerce, field_column
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import identities, profiles
+
+log = logging.getLogger(__name__)
 
 _ARROW = {"string": pa.string(), "number": pa.float64(), "boolean": pa.bool_(),
           "datetime": pa.timestamp("us", tz="UTC"), "list": pa.list_(pa.string())}
@@ -210,6 +213,23 @@ class FactsCache:
             with self._lock:
                 self._built[ws] = (time.monotonic(), gen, info)
         return info
+
+    def warm(self, workspaces: list[str], stop: threading.Event) -> threading.Thread:
+        """Build the facts of ``workspaces`` in a background thread, so that a server's first live
+        estimate is as fast as the next (a build takes seconds at the demo's size). Stops between
+        workspaces once ``stop`` is set; a failed build is left to the next ``ensure``."""
+        def run() -> None:
+            for ws in workspaces:
+                if stop.is_set():
+                    return
+                try:
+                    self.ensure(ws)
+                except Exception:  # noqa: BLE001 - the next estimate builds (and reports) it
+                    log.debug("warming the facts of %s failed", ws, exc_info=True)
+
+        t = threading.Thread(target=run, name="goldkey-facts-warm", daemon=True)
+        t.start()
+        return t
 
     def current(self, ws: str) -> FactsInfo | None:
         """The last build, stale or not (None when never built)."""
