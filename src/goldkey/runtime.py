@@ -7,12 +7,12 @@ stops it. The API, the CLI and the tests all work through this one object.
 from __future__ import annotations
 
 import fcntl
+import importlib
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import sqlalchemy as sa
 
@@ -56,8 +56,8 @@ class _OnFirstUse(Generic[_S]):
     no model is ever trained. Building one has no side effect (no thread, no listener), so building
     it later changes nothing else."""
 
-    def __init__(self, build: Callable[[Any], _S]) -> None:
-        self.build = build
+    def __init__(self, module: str, cls: str) -> None:
+        self.module, self.cls = module, cls  # built by ``<module>.<cls>.from_goldkey(gk)``
         self._lock = threading.Lock()
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -71,47 +71,12 @@ class _OnFirstUse(Generic[_S]):
             with self._lock:  # two first requests at once must share one service (its locks, its caches)
                 svc = gk.__dict__.get(self.slot)
                 if svc is None:
-                    svc = gk.__dict__[self.slot] = self.build(gk)
+                    factory = getattr(importlib.import_module(self.module), self.cls)
+                    svc = gk.__dict__[self.slot] = factory.from_goldkey(gk)
         return svc  # type: ignore[no-any-return]
 
     def __set__(self, gk: Any, svc: _S) -> None:
         gk.__dict__[self.slot] = svc
-
-
-def _rfm(gk: Goldkey) -> RFMService:
-    from goldkey.insight.rfm import RFMService
-
-    return RFMService.from_goldkey(gk)
-
-
-def _clv(gk: Goldkey) -> CLVService:
-    from goldkey.insight.clv import CLVService
-
-    return CLVService.from_goldkey(gk)
-
-
-def _churn(gk: Goldkey) -> ChurnService:
-    from goldkey.insight.churn import ChurnService
-
-    return ChurnService.from_goldkey(gk)
-
-
-def _lifecycle(gk: Goldkey) -> LifecycleService:
-    from goldkey.insight.lifecycle import LifecycleService
-
-    return LifecycleService.from_goldkey(gk)
-
-
-def _clusters(gk: Goldkey) -> ClusterService:
-    from goldkey.insight.clusters import ClusterService
-
-    return ClusterService.from_goldkey(gk)
-
-
-def _feedback_text(gk: Goldkey) -> FeedbackTextService:
-    from goldkey.insight.text import FeedbackTextService
-
-    return FeedbackTextService.from_goldkey(gk)
 
 
 class DataDirInUse(GoldkeyError):
@@ -144,12 +109,13 @@ class Goldkey:
     journey_engine: JourneyEngine | None = None
     _lock_file: IO[str] | None = None
     # insight services: built on first use (see _OnFirstUse); class attributes, not dataclass fields
-    rfm = _OnFirstUse["RFMService"](_rfm)
-    clv = _OnFirstUse["CLVService"](_clv)
-    churn = _OnFirstUse["ChurnService"](_churn)
-    lifecycle = _OnFirstUse["LifecycleService"](_lifecycle)
-    clusters = _OnFirstUse["ClusterService"](_clusters)
-    feedback_text = _OnFirstUse["FeedbackTextService"](_feedback_text)
+    rfm: ClassVar[_OnFirstUse[RFMService]] = _OnFirstUse("goldkey.insight.rfm", "RFMService")
+    clv: ClassVar[_OnFirstUse[CLVService]] = _OnFirstUse("goldkey.insight.clv", "CLVService")
+    churn: ClassVar[_OnFirstUse[ChurnService]] = _OnFirstUse("goldkey.insight.churn", "ChurnService")
+    lifecycle: ClassVar[_OnFirstUse[LifecycleService]] = _OnFirstUse("goldkey.insight.lifecycle", "LifecycleService")
+    clusters: ClassVar[_OnFirstUse[ClusterService]] = _OnFirstUse("goldkey.insight.clusters", "ClusterService")
+    feedback_text: ClassVar[_OnFirstUse[FeedbackTextService]] = _OnFirstUse("goldkey.insight.text",
+                                                                          "FeedbackTextService")
 
     @classmethod
     def open(cls, settings: Settings) -> Goldkey:
