@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from goldkey.store.sqlite_writes import SerialisedConnection
+
 metadata = sa.MetaData()
 
 TS = sa.DateTime(timezone=True)
@@ -435,7 +437,10 @@ def create_operational_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False}, pool_size=8, max_overflow=16)
+        # write transactions of this process queue on a mutex instead of SQLite's sleeping busy
+        # handler (store/sqlite_writes.py)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "factory": SerialisedConnection},
+                                  pool_size=8, max_overflow=16)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
