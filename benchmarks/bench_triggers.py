@@ -13,7 +13,9 @@ wait for acknowledgements, as many concurrent HTTP clients would not). Every com
 the runtime's trigger service (``gk.triggers``) through its writer listener; matching ones are
 queued to its real-time worker, which evaluates and reserves: one transaction records the firing
 (``trigger_firings``), runs the guardrails and writes the ``queued`` message row. Its delivery
-worker sends the reserved messages to the sink meanwhile (consent re-checked at send time).
+worker sends the reserved messages to the sink meanwhile (consent re-checked at send time), by
+default rendering and sending them in the server's delivery child process (its CPU is printed
+apart; ``GOLDKEY_TRIGGER_DELIVERY_PROCESS=false`` keeps delivery in the process).
 
 Prints the achieved event rate, the firings, the messages by status at the end (the delivery worker
 kept up or not), p50/p95/p99 of (a) event committed -> message queued (durably reserved) and (b)
@@ -63,6 +65,15 @@ def _wrap(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, timed)
 
 
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used, from /proc (None where unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=2000.0, help="events per second")
@@ -82,7 +93,7 @@ def main() -> None:
 
     print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="gk-bench-triggers-") as tmp:
-        gk = Goldkey.open(Settings(data_dir=Path(tmp)))
+        gk = Goldkey.open(Settings(data_dir=Path(tmp)))  # GOLDKEY_* environment settings apply
         try:
             ws = gk.workspaces.create("bench").workspace_id
             t0 = time.perf_counter()
@@ -153,6 +164,8 @@ def main() -> None:
             time.sleep(1.0)  # the workers' last rounds
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
             cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+            child_pid = svc.child.pid if svc.child is not None else None
+            child_cpu = _proc_cpu(child_pid) if child_pid else None
             svc.stop()
             with gk.engine.connect() as c:
                 firings = dict(c.execute(sa.select(trigger_firings.c.status, sa.func.count())
@@ -171,6 +184,10 @@ def main() -> None:
                   + ", ".join(f"{k} {v:.1f} ms" for k, v in rec.items()))
             print(f"process CPU during the load (+1 s): {cpu:.1f} s over {took + 1:.1f} s wall "
                   f"({cpu / (took + 1):.2f} cores); load average before {load0[0]:.2f}, after {load1[0]:.2f}")
+            if child_cpu is not None:
+                print(f"delivery process (pid {child_pid}) CPU over its life: {child_cpu:.1f} s")
+            else:
+                print("delivery: in the server process (no delivery child)")
             for label, (sec, calls) in STAGES.items():
                 print(f"  {label:<28} {sec:7.2f} s in {calls} calls ({sec / max(calls, 1) * 1000:.1f} ms each)")
             print(f"target: p99 < 50 ms at 2,000 events/s -> committed p99 {lat.get('p99', float('nan')):.1f} ms")

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         description="How often profiles changed by new events are re-evaluated against real-time segments "
         "(segment_entered / segment_exited within about this many seconds).",
     )
+    trigger_delivery_process: bool = Field(
+        True,
+        description="Send real-time triggers' messages from a child process of the server, so rendering and "
+        "sending never compete with ingestion and trigger reservations for the server's interpreter "
+        "(ignored for an in-memory operational store).",
+    )
     segment_refresh_minutes: float = Field(
         60.0,
         ge=0,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,9 @@ from goldkey.core.ids import new_id
 from goldkey.store.operational import messages
 
 BATCH = 2000
+
+# a claimed message row as ``Sender._claim`` selects it (a plain tuple that crosses to a delivery process)
+Claimed = namedtuple("Claimed", "message_id profile_id channel_id channel purpose ref attempts message_key created_at")
 
 # a delivered (or failed) message's row, per message: compiled once, run as one DBAPI executemany
 # (SQLAlchemy's per-row parameter handling cost more than SQLite's updates)
@@ -205,12 +209,14 @@ class Sender:
     # -- delivery ---------------------------------------------------------------------------------
     def deliver(self, ws: str, message_ids: Sequence[str], template: CompiledTemplate, *,
                 vars: Mapping[str, Any] | None = None,
-                vars_by_profile: Mapping[str, Mapping[str, Any]] | None = None) -> DeliveryReport:
-        """Send the ``queued`` messages among ``message_ids`` (others are skipped: at most once)."""
+                vars_by_profile: Mapping[str, Mapping[str, Any]] | None = None,
+                send: Callable[[str, list[Any]], list[Outcome]] | None = None) -> DeliveryReport:
+        """Send the ``queued`` messages among ``message_ids`` (others are skipped: at most once).
+        ``send``: who renders and sends the claimed rows (see ``_deliver_batch``)."""
         report = DeliveryReport()
         for k in range(0, len(message_ids), BATCH):
             report.add(self._deliver_batch(ws, list(message_ids[k : k + BATCH]), template, vars or {},
-                                           vars_by_profile or {}))
+                                           vars_by_profile or {}, send))
         return report
 
     def _claim(self, ws: str, ids: list[str]) -> list[Any]:
@@ -224,7 +230,11 @@ class Sender:
                              .where(m.message_id.in_(ids), m.claim == claim)).all()
 
     def _deliver_batch(self, ws: str, ids: list[str], template: CompiledTemplate, common: Mapping[str, Any],
-                       per: Mapping[str, Mapping[str, Any]]) -> DeliveryReport:
+                       per: Mapping[str, Mapping[str, Any]],
+                       send: Callable[[str, list[Any]], list[Outcome]] | None = None) -> DeliveryReport:
+        """Claim, re-check, send and finish one batch. ``send(ws, rows)`` renders and sends the claimed
+        rows and returns their outcomes (default: ``send_rows`` here; the trigger service's delivery
+        process does it in a child, which then touches no row: claims and finishes stay here)."""
         rows = self._claim(ws, ids)
         report = DeliveryReport(skipped=len(ids) - len(rows))
         if not rows:
@@ -232,6 +242,17 @@ class Sender:
         rows = self._recheck(ws, rows, report)
         if not rows:
             return report
+        if send is None:
+            results = self.send_rows(ws, rows, template, common, per)
+        else:
+            results = send(ws, [Claimed(*r) for r in rows])
+        self._finish(ws, results, report)
+        return report
+
+    def send_rows(self, ws: str, rows: Sequence[Any], template: CompiledTemplate,
+                  common: Mapping[str, Any], per: Mapping[str, Mapping[str, Any]]) -> list[Outcome]:
+        """Render and send claimed rows (``Claimed`` or rows of ``_claim``) through their channels;
+        return one outcome per row. Reads only: the rows are finished by the caller."""
         by_channel: dict[str, list[Any]] = {}
         for r in rows:
             by_channel.setdefault(r.channel_id, []).append(r)
@@ -263,8 +284,7 @@ class Sender:
             else:
                 with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="goldkey-send") as pool:
                     results += list(pool.map(one, group))
-        self._finish(ws, results, report)
-        return report
+        return results
 
     def _recheck(self, ws: str, rows: list[Any], report: DeliveryReport) -> list[Any]:
         """The claimed rows that may still be sent. A message is reserved (consent, suppressions,

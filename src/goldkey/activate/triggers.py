@@ -14,7 +14,10 @@ the guardrails (consent, suppressions, caps, quiet hours, de-duplication) and wr
 message rows and cap counts. That is where its latency ends: from the listener call (the event is
 durable) to the commit of the queued message. A separate **delivery worker** sends the reserved
 messages through ``Sender.deliver``, which checks consent and suppressions again at send time (an
-opt-out between queueing and sending stops the message) and sends each message at most once; a
+opt-out between queueing and sending stops the message) and sends each message at most once; by
+default the rendering and sending run in a child process of the server
+(``activate/delivery_process.py``), so they never take the interpreter from the writer and the
+real-time worker, while the claims, row updates and events stay in this process; a
 round that never delivered (a crash, a channel error) is swept by the minute loop.
 
 **Time-based triggers** are checked by a loop every minute, with DuckDB queries:
@@ -57,7 +60,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from goldkey.activate.campaigns import Conversion, check_channel, hash_unit, newcombe_diff, welch_diff
-from goldkey.activate.channels.base import Channel
+from goldkey.activate.channels.base import Channel, SendResult
+from goldkey.activate.delivery_process import DeliveryProcess, DeliveryProcessError
 from goldkey.activate.guardrails import (
     AUDIENCE,
     GUARD_CHUNK,
@@ -281,6 +285,13 @@ class TriggerService:
         self.latencies_ms: list[float] = []  # event committed -> message queued, per real-time firing
         self.received_latencies_ms: list[float] = []  # event received by the API -> message queued
         self.last_error: str | None = None
+        # the delivery worker's rounds go to a child process (activate/delivery_process.py) when set
+        self.child: DeliveryProcess | None = None
+        settings = getattr(gk, "settings", None)
+        if settings is not None and getattr(settings, "trigger_delivery_process", False):
+            url = settings.resolved_operational_url()
+            if DeliveryProcess.usable(url):
+                self.child = DeliveryProcess(url, settings.data_dir)
 
     @classmethod
     def from_goldkey(cls, gk: Any, **kw: Any) -> TriggerService:
@@ -561,6 +572,8 @@ class TriggerService:
         for t in self._threads:
             t.join(timeout=10)
         self._threads = []
+        if self.child is not None:
+            self.child.close()
 
     def _worker(self) -> None:
         while not self._stop.is_set():
@@ -797,7 +810,25 @@ class TriggerService:
         by_trigger: dict[str, tuple[Compiled, list[str]]] = {}
         for t, ids in items:
             by_trigger.setdefault(t.trigger_id, (t, []))[1].extend(ids)
-        return sum(self.deliver(t, ids) for t, ids in by_trigger.values())
+        return sum(self._deliver_round(t, ids) for t, ids in by_trigger.values())
+
+    def _deliver_round(self, t: Compiled, ids: list[str]) -> int:
+        """One delivery round of the real-time path: rows claimed and finished here, rendered and sent
+        in the child process when there is one (see ``activate/delivery_process.py``)."""
+        child = self.child
+        if child is None or child.failed is not None:
+            return self.deliver(t, ids)
+
+        def send(ws: str, rows: list[Any]) -> list[Any]:
+            try:
+                return child.send_rows(ws, t.trigger_id, t.d.template, t.d.vars, rows)
+            except DeliveryProcessError as exc:
+                if not exc.taken:  # nothing left this process: send here
+                    return self.sender.send_rows(ws, rows, t.template, t.d.vars, {})
+                why = "the delivery process stopped while sending; outcome unknown, not resent"
+                return [(r, SendResult.failed(why), 1, None, 0.0) for r in rows]
+
+        return self.sender.deliver(t.workspace_id, ids, t.template, vars=t.d.vars, send=send).sent
 
     def deliver_pending(self) -> int:
         """Send the trigger messages still ``queued`` (reserved before a restart, or whose delivery
