@@ -407,3 +407,19 @@ def test_trigger_report_needs_a_conversion_goal(env: Any, svc: TriggerService, t
         "name": "bad holdout", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
         "holdout_pct": 95})
     assert bad.status_code == 400 and "holdout_pct" in bad.text
+
+
+def test_the_window_firings_lookup_is_by_primary_key_per_profile(env: Any) -> None:
+    """The reservation reads the audience's firings in the window under the workspace lock on every
+    real-time round: a primary-key lookup per audience profile, never a read of every firing of the
+    trigger (which grows with every month the trigger runs)."""
+    from goldkey.activate.guardrails import fill_audience
+    from goldkey.activate.triggers import _FIRED
+
+    with env.gk.engine.begin() as c:
+        fill_audience(c, ["p1", "p2"])
+        sql, order, fixed = _FIRED._compiled_for(c.dialect)
+        values = {**fixed, "ws": "w", "tid": "t", "window_key": "m:2026-11"}
+        plan = " | ".join(r[3] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql,
+                                                           tuple(values[k] for k in order)))
+    assert "trigger_firings" in plan and "profile_id=? AND window_key=?" in plan, plan

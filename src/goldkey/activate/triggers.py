@@ -115,9 +115,11 @@ def held_out(d: TriggerDefinition, trigger_id: str, profile_ids: Sequence[str]) 
 
 
 # the hot statements of a reservation, compiled once (``guardrails.Prepared``)
-_FIRED = Prepared(lambda _d: sa.select(F.profile_id, F.status).select_from(AUDIENCE.join(trigger_firings, sa.and_(
+# the firings of the audience's profiles in one window: a primary-key lookup per profile (as a join,
+# SQLite's planner read every firing of the trigger and probed the audience: O(firings) a round)
+_FIRED = Prepared(lambda _d: sa.select(F.profile_id, F.status).where(
     F.workspace_id == sa.bindparam("ws"), F.trigger_id == sa.bindparam("tid"),
-    F.window_key == sa.bindparam("window_key"), F.profile_id == AUDIENCE.c.profile_id))))
+    F.window_key == sa.bindparam("window_key"), F.profile_id.in_(sa.select(AUDIENCE.c.profile_id))))
 _RECORD_FIRING = Prepared(lambda _d: trigger_firings.insert().values(
     {col: sa.bindparam(col) for col in ("workspace_id", "trigger_id", "profile_id", "window_key", "fired_at",
                                         "status", "reason", "message_id", "latency_ms", "retry_at")}))
