@@ -7,7 +7,6 @@ stops it. The API, the CLI and the tests all work through this one object.
 from __future__ import annotations
 
 import fcntl
-import gc
 import importlib
 import os
 import threading
@@ -190,7 +189,6 @@ class Goldkey:
         gk.journey_engine = JourneyEngine.from_goldkey(gk)
         gk.journey_engine.attach(writer)
         gk.journey_engine.start()
-        _freeze_heap()
         return gk
 
     def close(self) -> None:
@@ -208,33 +206,6 @@ class Goldkey:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-            _thaw_heap()
-
-
-# Python's full (generation 2) garbage collection walks every tracked object, and a started Goldkey
-# holds millions (the libraries it imports, its caches): each took 100-200 ms, a pause of every
-# thread that landed on requests and real-time firings as a latency tail (benchmarks/bench_triggers.py:
-# received -> queued p99 211 ms with, 96-108 ms without). What exists once the runtime is open lives
-# as long as the process, so it is moved out of the collector's sight (gc.freeze, as long-running
-# Python services do); objects made later are collected as usual. When the last instance closes
-# (tests open many), the frozen objects are handed back to the collector.
-_OPEN_INSTANCES = 0
-_HEAP_LOCK = threading.Lock()
-
-
-def _freeze_heap() -> None:
-    global _OPEN_INSTANCES
-    with _HEAP_LOCK:
-        _OPEN_INSTANCES += 1
-        gc.freeze()
-
-
-def _thaw_heap() -> None:
-    global _OPEN_INSTANCES
-    with _HEAP_LOCK:
-        _OPEN_INSTANCES = max(0, _OPEN_INSTANCES - 1)
-        if _OPEN_INSTANCES == 0:
-            gc.unfreeze()
 
 
 def _lock(data_dir: Path) -> IO[str]:
