@@ -87,6 +87,7 @@ def main() -> None:
     import sqlalchemy as sa
 
     from goldkey.collect.tracking import normalise_event, now_micros
+    from goldkey.ops.tuning import tune_gc
     from goldkey.runtime import Goldkey
     from goldkey.settings import Settings
     from goldkey.store.operational import consents, identities, messages, trigger_firings
@@ -94,6 +95,7 @@ def main() -> None:
     print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="gk-bench-triggers-") as tmp:
         gk = Goldkey.open(Settings(data_dir=Path(tmp)))  # GOLDKEY_* environment settings apply
+        tune_gc()  # what a served instance does at start-up (app.py's lifespan): its latency is measured
         try:
             ws = gk.workspaces.create("bench").workspace_id
             t0 = time.perf_counter()
