@@ -98,3 +98,32 @@ def test_the_mutex_is_given_back_after_rollback_error_and_autocommit(tmp_path: P
     assert done.wait(10), "a writer waited on a mutex nobody holds"
     with engine.connect() as c:
         assert c.exec_driver_sql("SELECT v FROM t WHERE k = 'a'").scalar() == 7
+
+
+def test_checkpoints_run_beside_the_commits_not_inside_them(tmp_path: Path) -> None:
+    """A commit never folds the WAL into the database (that would sync both files inside it): the
+    file's checkpointer thread does it after the writes, and the last close removes the WAL."""
+    import time
+
+    engine = _engine(tmp_path)
+    db = tmp_path / "op.db"
+    wal = tmp_path / "op.db-wal"
+    with engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    size0 = db.stat().st_size
+    with engine.begin() as c:  # ~4 MB: four times SQLite's automatic checkpoint threshold
+        c.exec_driver_sql("CREATE TABLE big (k INTEGER PRIMARY KEY, v TEXT)")
+        c.exec_driver_sql("WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 4000) "
+                          "INSERT INTO big SELECT k, printf('%.1000c', 'x') FROM n")
+    assert wal.stat().st_size > 4_000_000
+    deadline = time.monotonic() + 10
+    while db.stat().st_size < size0 + 4_000_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db.stat().st_size >= size0 + 4_000_000, "the checkpointer did not fold the WAL into the file"
+    engine.dispose()
+    deadline = time.monotonic() + 10
+    while wal.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not wal.exists(), "the last connection's close did not remove the WAL"
+    with create_operational_engine(f"sqlite:///{db}").connect() as c:
+        assert c.exec_driver_sql("SELECT count(*) FROM big").scalar() == 4000

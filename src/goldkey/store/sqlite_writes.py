@@ -15,6 +15,15 @@ connection takes it before the first statement that can write (anything that is 
 transaction ends (commit, rollback, close) or when the statement ran outside a transaction. The
 waiter wakes the moment the holder commits. Reads never take it (WAL readers do not block).
 
+**Checkpoints off the commit path.** SQLite's automatic checkpoint runs inside the commit that
+crosses 1,000 WAL pages: that writer copies pages into the database file and syncs both files before
+its commit returns — on the ingestion path, tens of milliseconds now and then (the trigger latency
+tail on disk). These connections turn the automatic checkpoint off, and a checkpointer thread per
+database file runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a connection of its own twice a second
+after writes (passive: it never waits for or blocks a reader or writer). When the last connection
+of the file closes, the checkpointer checkpoints once more and closes its own, so SQLite folds and
+removes the WAL as it does for any last connection.
+
 Other processes (a CLI import beside a server) still meet SQLite's busy handler, as before. The
 mutex is taken with the same timeout as ``busy_timeout``; a connection that could not get it in time
 goes on and lets SQLite decide (so a thread that waits on another while holding a write transaction
@@ -33,6 +42,66 @@ BUSY_TIMEOUT_SECONDS = 10.0
 _MUTEXES: dict[str, threading.Lock] = {}
 _MUTEXES_GUARD = threading.Lock()
 _READS = ("SELECT", "PRAGMA", "EXPLAIN")
+
+
+CHECKPOINT_SECONDS = 0.5
+_CHECKPOINTERS: dict[str, _Checkpointer] = {}
+
+
+class _Checkpointer:
+    """The thread that checkpoints one database file's WAL while connections of it are open."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.users = 0
+        self.writes = 0  # write transactions ended since the last checkpoint (a hint, not exact)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def attach(self) -> None:
+        with _MUTEXES_GUARD:
+            self.users += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._wake.clear()
+                self._thread = threading.Thread(target=self._run, name="goldkey-sqlite-checkpoint", daemon=True)
+                self._thread.start()
+
+    def detach(self) -> None:
+        with _MUTEXES_GUARD:
+            self.users = max(0, self.users - 1)
+            if self.users == 0:
+                self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+        except sqlite3.Error:
+            return
+        try:
+            while True:
+                stop = self._wake.wait(CHECKPOINT_SECONDS)
+                with _MUTEXES_GUARD:
+                    if stop and self.users > 0:  # a connection came back meanwhile: carry on
+                        self._wake.clear()
+                        stop = False
+                    busy, self.writes = self.writes, 0
+                if busy or stop:
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    except sqlite3.Error:
+                        pass  # tried again after the next writes
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+
+def _checkpointer_for(path: str) -> _Checkpointer:
+    with _MUTEXES_GUARD:
+        c = _CHECKPOINTERS.get(path)
+        if c is None:
+            c = _CHECKPOINTERS[path] = _Checkpointer(path)
+        return c
 
 
 def mutex_for(path: str) -> threading.Lock:
@@ -87,9 +156,16 @@ class SerialisedConnection(sqlite3.Connection):
     def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(database, *args, **kwargs)
         path = str(database)
-        memory = path in ("", ":memory:") or path.startswith("file::memory:")
-        self._mutex: threading.Lock | None = None if memory else mutex_for(os.path.abspath(path))
+        memory = path in ("", ":memory:") or path.startswith("file::memory:") or "mode=memory" in path
         self._holds = False
+        self._mutex: threading.Lock | None = None
+        self._checkpointer: _Checkpointer | None = None
+        if not memory:
+            full = os.path.abspath(path)
+            self._mutex = mutex_for(full)
+            super().execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+            self._checkpointer = _checkpointer_for(full)
+            self._checkpointer.attach()
 
     def _enter(self, sql: str) -> None:
         if self._mutex is None or self._holds or not _writes(sql):
@@ -102,6 +178,7 @@ class SerialisedConnection(sqlite3.Connection):
         if self._holds and not self.in_transaction:
             self._holds = False
             self._mutex.release()  # type: ignore[union-attr]
+            self._checkpointer.writes += 1  # type: ignore[union-attr]
 
     def cursor(self, factory: Any = SerialisedCursor) -> Any:  # type: ignore[override]
         return super().cursor(factory)
@@ -134,3 +211,6 @@ class SerialisedConnection(sqlite3.Connection):
             if self._holds:
                 self._holds = False
                 self._mutex.release()  # type: ignore[union-attr]
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                checkpointer.detach()
