@@ -29,7 +29,7 @@ from goldkey.collect.writer import WriteContext, Writer, _follow
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.core.ids import new_id
-from goldkey.govern.consent import keep_newest, record_decisions
+from goldkey.govern.consent import record_decisions
 from goldkey.identity.graph import UnitOfWork, executemany, fetch_in, ts_column, ts_param
 from goldkey.ops.metrics import METRICS
 from goldkey.store.operational import feedback, imports, products, quarantine
@@ -95,48 +95,73 @@ def _iso(s: pl.Series) -> pl.Series:
     return pl.select(_iso_expr(_utc(pl.lit(s), s.dtype))).to_series()
 
 
-def _json_value(e: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:
-    """The expression whose JSON encoding is that of ``_jsonable`` + orjson, or None when the
-    type needs Python."""
-    if dtype == pl.Utf8 or dtype == pl.Boolean or dtype == pl.Float64 or dtype.is_integer():
-        return e
-    if dtype == pl.Float32:
-        return e.cast(pl.Float64)
+# characters JSON (and orjson) escape inside a string: a text without them is its own JSON body
+_JSON_ESCAPED = r'["\\\x00-\x1f]'
+
+
+def _encoded(e: pl.Expr) -> pl.Expr:
+    """The JSON encoding of each value (polars' encoder, as orjson writes it)."""
+    return pl.struct(e.alias("v")).struct.json_encode().str.strip_prefix('{"v":').str.strip_suffix("}")
+
+
+def _json_member(key: str, e: pl.Expr, dtype: pl.DataType, plain: bool) -> pl.Expr | None:
+    """``"key":<value as JSON>`` where the value is not null (the encoding of ``_jsonable`` +
+    orjson), else null; None when the type needs Python. ``plain``: the (text) values hold no
+    character JSON escapes, so quoting them is their encoding. (``concat_str`` is null where any
+    part is.)"""
+    head = pl.lit(orjson.dumps(key).decode() + ":")
+    if dtype == pl.Utf8 and plain:
+        return pl.concat_str([head, pl.lit('"'), e, pl.lit('"')])
+    if dtype.is_integer():
+        return pl.concat_str([head, e.cast(pl.Utf8)])
+    if dtype == pl.Boolean:
+        return pl.concat_str([head, pl.when(e).then(pl.lit("true")).when(~e).then(pl.lit("false"))])
     if isinstance(dtype, pl.Datetime):
-        return _iso_expr(_utc(e, dtype))
+        # isoformat(): microseconds only when there are any
+        iso = _utc(e, dtype).dt.strftime("%Y-%m-%dT%H:%M:%S%.6f").str.strip_suffix(".000000")
+        return pl.concat_str([head, pl.lit('"'), iso, pl.lit('+00:00"')])
     if dtype == pl.Date:
-        return e.dt.strftime("%Y-%m-%d")
+        return pl.concat_str([head, pl.lit('"'), e.dt.strftime("%Y-%m-%d"), pl.lit('"')])
+    if dtype == pl.Utf8 or dtype == pl.Float64 or dtype == pl.Float32:
+        text = _encoded(e if dtype == pl.Utf8 else e.cast(pl.Float64))  # "null" for null: guarded
+        return pl.when(e.is_not_null()).then(pl.concat_str([head, text]))
     return None
-
-
-def _json_member(name: str, e: pl.Expr) -> pl.Expr:
-    """``"name":<value as JSON>`` (null when the value is null)."""
-    enc = pl.struct(e.alias(name)).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}")
-    return pl.when(e.is_not_null()).then(enc)
 
 
 def attribute_json(df: pl.DataFrame) -> pl.Series:
     """Each customer row's attributes as JSON text: the ``extra`` entries, then every other
-    column, leaving out nulls (a column's value wins over an ``extra`` entry of the same name)."""
+    column, leaving out nulls (a column's value wins over an ``extra`` entry of the same name).
+
+    Columns (and ``extra`` entries) without any value are left out up front; text values are
+    quoted as they are unless the column holds a character JSON escapes."""
     cols = [c for c in df.columns if c not in _NOT_ATTRIBUTES]
-    members: list[pl.Expr] = []
     extra_t = df.schema.get("extra")
-    if extra_t is not None:
-        if not isinstance(extra_t, pl.Struct):
+    if extra_t is not None and not isinstance(extra_t, pl.Struct):
+        return _attribute_json_py(df)
+    extra_fields = list(extra_t.fields) if isinstance(extra_t, pl.Struct) else []
+    # (name, value expression, dtype, condition) of every member that has a value somewhere
+    candidates: list[tuple[str, pl.Expr, pl.DataType, pl.Expr | None]] = []
+    for f in extra_fields:
+        e = pl.col("extra").struct.field(f.name)
+        candidates.append((f.name, e, f.dtype, pl.col(f.name).is_null() if f.name in cols else None))
+    candidates += [(c, pl.col(c), df.schema[c], None) for c in cols]
+    if not candidates or df.height == 0:
+        return pl.Series("attributes", ["{}"] * df.height, pl.Utf8)
+    probes = [e.is_not_null().any().alias(f"n{i}") for i, (_, e, _, _) in enumerate(candidates)]
+    probes += [
+        e.str.contains(_JSON_ESCAPED).any().alias(f"x{i}")
+        for i, (_, e, t, _) in enumerate(candidates)
+        if t == pl.Utf8
+    ]
+    facts = df.select(probes).row(0, named=True)
+    members: list[pl.Expr] = []
+    for i, (name, e, dtype, cond) in enumerate(candidates):
+        if not facts[f"n{i}"]:
+            continue  # no value in any row: no member anywhere
+        m = _json_member(name, e, dtype, plain=not facts.get(f"x{i}", True))
+        if m is None:
             return _attribute_json_py(df)
-        for f in extra_t.fields:
-            v = _json_value(pl.col("extra").struct.field(f.name), f.dtype)
-            if v is None:
-                return _attribute_json_py(df)
-            m = _json_member(f.name, v)
-            if f.name in cols:
-                m = pl.when(pl.col(f.name).is_null()).then(m)
-            members.append(m)
-    for c in cols:
-        v = _json_value(pl.col(c), df.schema[c])
-        if v is None:
-            return _attribute_json_py(df)
-        members.append(_json_member(c, v))
+        members.append(m if cond is None else pl.when(cond).then(m))
     if not members:
         return pl.Series("attributes", ["{}"] * df.height, pl.Utf8)
     body = pl.concat_str(members, separator=",", ignore_nulls=True)
@@ -391,7 +416,7 @@ class Importer:
                 raise
         return ImportSummary(
             import_id, kind, "done", result.rows_read, accepted, len(rejections), result.duplicates_merged, filename,
-            tuple(sorted(set(touched))),
+            tuple(pl.Series(touched, dtype=pl.Utf8).unique().sort().to_list()),
         )
 
     @staticmethod
@@ -445,20 +470,39 @@ class Importer:
         """Record the file's consent columns (``consent_<channel>``) as marketing consent decisions,
         in the import's transaction. A decision is dated ``consent_updated_at``, else ``registered_at``,
         else the import time, and only replaces an older one (a later unsubscribe stands)."""
-        cols = [c for c in CONSENT_FIELDS if c in df.columns]
+        cols = [c for c in CONSENT_FIELDS if c in df.columns and df[c].null_count() < df.height]
         if not cols:
-            return
+            return  # no decision anywhere in the file
         now = utcnow()
-        upd, reg = ((df[c].to_list() if c in df.columns else [None] * df.height)
-                    for c in ("consent_updated_at", "registered_at"))
-        at = [as_utc(u) or as_utc(r) or now for u, r in zip(upd, reg, strict=True)]
+        dated: list[pl.Series] = []
+        for name in ("consent_updated_at", "registered_at"):
+            if name not in df.columns:
+                continue
+            s = df[name]
+            if not isinstance(s.dtype, pl.Datetime):  # not typed by the cleaning: value by value
+                s = pl.Series(name, [as_utc(v) for v in s.to_list()], dtype=pl.Datetime("us", "UTC"))
+            tz = s.dtype.time_zone  # type: ignore[union-attr]
+            dated.append(s.dt.replace_time_zone("UTC") if tz is None else s.dt.convert_time_zone("UTC"))
+        at = pl.select(pl.coalesce([*map(pl.lit, dated), pl.lit(now, pl.Datetime("us", "UTC"))])).to_series()
+        records = df["__record"] if "__record" in df.columns else pl.int_range(0, df.height, eager=True)
+        frame = pl.DataFrame({"pid": pl.Series(pids, dtype=pl.Utf8), "at": at, "rec": records})
         latest: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
-        records = df["__record"].to_list() if "__record" in df.columns else list(range(df.height))
         for c in cols:
-            for pid, status, t, rec in zip(pids, df[c].to_list(), at, records, strict=True):
-                if status is None:
-                    continue
-                keep_newest(latest, (ws, pid, CONSENT_FIELDS[c], "marketing"), (t, status, f"row {rec}"))
+            # per profile, the latest decision (the later row on a tie), as ``keep_newest`` keeps it;
+            # profiles in the order of their first decision
+            kept = (
+                frame.with_columns(df[c].alias("status"))
+                .filter(pl.col("status").is_not_null())
+                .with_row_index("i")
+                .group_by("pid", maintain_order=True)
+                .agg(pl.col("at", "status", "rec").sort_by("at", "i").last())
+            )
+            channel = CONSENT_FIELDS[c]
+            for pid, t, status, rec in zip(
+                kept["pid"].to_list(), kept["at"].to_list(), kept["status"].to_list(), kept["rec"].to_list(),
+                strict=True,
+            ):
+                latest[(ws, pid, channel, "marketing")] = (as_utc(t), status, f"row {rec}")
         if latest:
             record_decisions(conn, latest, source="import", actor="import:customers")
 

@@ -1,0 +1,189 @@
+"""The columnwise parts of a customer import agree with the value-by-value rules they stand for:
+attribute JSON (quoted text without escaping where a column needs none, columns without any value
+left out) and the consent columns (per profile and channel the latest decision, the later row on a
+tie, dated consent_updated_at, else registered_at), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import sqlalchemy as sa
+
+from goldkey.collect.importer import _attribute_json_py, attribute_json
+from goldkey.store.operational import audit_log, consents, identities
+
+
+def _frame() -> pl.DataFrame:
+    n = 6
+    return pl.DataFrame(
+        {
+            "__record": list(range(1, n + 1)),
+            "plain": ["abc", "中文", None, "İstanbul \u2028 x\x7f", "", "a/b"],
+            "quotes": ['say "hi"', None, "ok", "ok", "x", "y"],
+            "backslash": ["a\\b", "b", None, "c", "d", "e"],
+            "control": ["tab\there", "line\nbreak", "\x01", "ok", None, "bell\x07"],
+            "nothing": pl.Series([None] * n, dtype=pl.Utf8),
+            "points": [1, None, -(2**62), 0, 7, 8],
+            "flag": [True, False, None, True, None, False],
+            "birthday": [date(1979, 4, 12), None, date(2000, 1, 1), None, None, date(1990, 12, 31)],
+            "registered_at": [
+                datetime(2017, 4, 11, 18, 4, tzinfo=UTC),
+                datetime(2017, 4, 11, 18, 4, 5, 120, tzinfo=UTC),
+                None,
+                datetime(2020, 1, 1, tzinfo=UTC),
+                datetime(2020, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+                None,
+            ],
+            "naive": [datetime(2020, 1, 1, 8, 0, 0, 5), None, None, None, None, datetime(2021, 2, 3)],
+            "consent_sms": ["granted", None, None, None, None, None],  # never an attribute
+            "__dedupe_key": ["a", "b", "c", "d", "e", "f"],
+        },
+        schema_overrides={"naive": pl.Datetime("us")},
+    ).with_columns(
+        pl.struct(
+            pl.Series("备注", ["老客户", None, "", 'q"', None, None]),
+            pl.Series("gone", [None] * n, dtype=pl.Utf8),
+        ).alias("extra")
+    )
+
+
+def test_attribute_json_is_the_python_encoding_text_for_text() -> None:
+    df = _frame()
+    got = attribute_json(df).to_list()
+    want = _attribute_json_py(df).to_list()
+    # the same members in the same order, byte for byte (no floats and no column named like an
+    # extra entry here, so orjson's text of the Python dict is the one to match)
+    assert got == want
+    assert orjson.loads(got[0])["control"] == "tab\there" and orjson.loads(got[0])["quotes"] == 'say "hi"'
+    assert all("nothing" not in orjson.loads(x) and "gone" not in orjson.loads(x) for x in got)
+    assert all("consent_sms" not in orjson.loads(x) for x in got)
+    assert orjson.loads(got[4])["registered_at"] == "2020-01-01T00:00:00.000001+00:00"
+
+
+def test_attribute_json_columns_with_and_without_escapes_and_overrides() -> None:
+    df = _frame().with_columns(
+        pl.Series("balance", [1506.0, 0.1 + 0.2, None, -0.0, 1e20, 12.5]),
+        pl.struct(
+            pl.Series("备注", ["老客户", None, "", 'q"', None, None]),
+            pl.Series("plain", ["from extra", "from extra", "from extra", None, None, None]),
+        ).alias("extra"),
+    )
+    got = [orjson.loads(x) for x in attribute_json(df).to_list()]
+    want = [orjson.loads(x) for x in _attribute_json_py(df).to_list()]
+    assert got == want
+    assert got[0]["plain"] == "abc" and got[2]["plain"] == "from extra"  # a column wins over extra
+
+
+def test_attribute_json_of_nothing() -> None:
+    empty = _frame().head(0)
+    assert attribute_json(empty).to_list() == []
+    only_nulls = pl.DataFrame({"__record": [1, 2], "x": pl.Series([None, None], dtype=pl.Utf8)})
+    assert attribute_json(only_nulls).to_list() == ["{}", "{}"]
+
+
+# -- consent columns ---------------------------------------------------------------------------
+HEADER = ["会员编号", "手机号", "注册时间", "短信", "邮件", "同意时间"]
+MAPPING = {
+    "会员编号": "crm_id",
+    "手机号": "phone",
+    "注册时间": "registered_at",
+    "短信": "consent_sms",
+    "邮件": "consent_email",
+    "同意时间": "consent_updated_at",
+}
+ROWS = [
+    # C1: a later row (phone only, so not a duplicate of row 1) decides later: it wins
+    ["C1", "13900000001", "2024-01-01", "是", "", "2024-02-01 10:00:00"],
+    ["", "13900000001", "2024-01-01", "否", "", "2024-03-01 10:00:00"],
+    # C2: the same time twice: the later row wins
+    ["C2", "13900000002", "2024-01-01", "是", "同意", "2024-02-01 10:00:00"],
+    ["", "13900000002", "2024-01-01", "否", "", "2024-02-01 10:00:00"],
+    # C3: the later row was decided earlier: the first row's decision stands
+    ["C3", "13900000003", "2024-01-01", "退订", "", "2024-05-01 10:00:00"],
+    ["", "13900000003", "2024-01-01", "Y", "拒绝", "2024-01-01 10:00:00"],
+    # C4: no consent_updated_at: dated by registered_at (the second row registered later)
+    ["C4", "13900000004", "2024-01-01", "Y", "", ""],
+    ["", "13900000004", "2024-06-01", "N", "", ""],
+    # C5: no decision at all
+    ["C5", "13900000005", "2024-01-01", "", "", ""],
+]
+
+
+def _write(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        w.writerows(rows)
+    return path
+
+
+def _profile_of(env: Any, crm_id: str) -> str:
+    with env.gk.engine.connect() as c:
+        return c.execute(
+            sa.select(identities.c.profile_id).where(
+                identities.c.workspace_id == env.ws.workspace_id,
+                identities.c.id_type == "crm_id",
+                identities.c.id_value == crm_id,
+            )
+        ).scalar_one()
+
+
+def test_consent_columns_keep_the_latest_decision_per_profile(env_any: Any, tmp_path: Path) -> None:
+    env = env_any
+    ws = env.ws.workspace_id
+    s = env.gk.importer.run(ws, "customers", _write(tmp_path / "crm.csv", ROWS), MAPPING)
+    assert (s.rows_read, s.accepted, s.quarantined) == (9, 9, 0)
+    p = {c: _profile_of(env, c) for c in ("C1", "C2", "C3", "C4", "C5")}
+    assert len(set(p.values())) == 5  # the phone-only rows joined their customer
+    assert list(s.profile_ids) == sorted(set(p.values()))  # sorted, each once
+    with env.gk.engine.connect() as c:
+        got = {
+            (r.profile_id, r.channel): (r.status, r.updated_at.replace(tzinfo=None))
+            for r in c.execute(sa.select(consents).where(consents.c.workspace_id == ws))
+        }
+        refs = {
+            (r.target, orjson.loads(r.detail)["channel"]): orjson.loads(r.detail)["ref"]
+            for r in c.execute(
+                sa.select(audit_log).where(audit_log.c.workspace_id == ws, audit_log.c.action == "consent.set")
+            )
+        }
+    assert got == {
+        (p["C1"], "sms"): ("denied", datetime(2024, 3, 1, 2)),
+        (p["C2"], "sms"): ("denied", datetime(2024, 2, 1, 2)),
+        (p["C2"], "email"): ("granted", datetime(2024, 2, 1, 2)),
+        (p["C3"], "sms"): ("denied", datetime(2024, 5, 1, 2)),
+        (p["C3"], "email"): ("denied", datetime(2024, 1, 1, 2)),
+        (p["C4"], "sms"): ("denied", datetime(2024, 5, 31, 16)),
+    }
+    # the audit names the row each decision came from
+    assert refs == {
+        (p["C1"], "sms"): "row 2",
+        (p["C2"], "sms"): "row 4",
+        (p["C2"], "email"): "row 3",
+        (p["C3"], "sms"): "row 5",
+        (p["C3"], "email"): "row 6",
+        (p["C4"], "sms"): "row 8",
+    }
+    # a forced re-import of the same file changes nothing
+    again = env.gk.importer.run(ws, "customers", tmp_path / "crm.csv", MAPPING, force=True)
+    assert again.status == "done"
+    with env.gk.engine.connect() as c:
+        n = c.execute(
+            sa.select(sa.func.count())
+            .select_from(audit_log)
+            .where(audit_log.c.workspace_id == ws, audit_log.c.action == "consent.set")
+        ).scalar_one()
+    assert n == 6
+
+
+def test_a_file_without_consent_values_records_none(env: Any, tmp_path: Path) -> None:
+    rows = [[r[0], r[1], r[2], "", "", ""] for r in ROWS if r[0]]
+    s = env.gk.importer.run(env.ws.workspace_id, "customers", _write(tmp_path / "none.csv", rows), MAPPING)
+    assert s.accepted == 5
+    with env.gk.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(consents)).scalar_one() == 0
