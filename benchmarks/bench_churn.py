@@ -32,6 +32,11 @@ writer's count), with the load average, because the machine is shared.
 Usage::
 
     python benchmarks/bench_churn.py [--customers 1000000] [--quick] [--service] [--threads N]
+                                     [--runs 1|2] [--recent-events K]
+
+``--recent-events K`` makes the service part's profile rows as wide as real ones (attributes and K
+timeline entries; without it their JSON columns are empty, which hides what a write to a wide
+profile row costs).
 """
 
 from __future__ import annotations
@@ -133,20 +138,39 @@ def _pid(expr: str) -> str:
     return f"'p' || lpad(({expr})::VARCHAR, 8, '0')"
 
 
-def build_instance(gk: Any, ws: str, n: int) -> dict[str, float]:
+def _profile_texts(recent: int) -> tuple[str, str]:
+    """``attributes`` and ``recent_events`` JSON of a bench profile: empty (``recent`` 0), or a few
+    attributes and ``recent`` timeline entries shaped like the tracking path's, so that a profile row
+    is as wide as a real one (a real profile keeps its 30 most recent events)."""
+    if recent <= 0:
+        return "{}", "[]"
+    attributes = {"name": "王芳", "city": "广州", "gender": "f", "birthday": "1990-05-17", "member_tier": "silver",
+                  "phone_verified": True, "registered_at": "2023-03-08T10:12:00+08:00"}
+    events = [{"message_id": f"m-{k:06d}-0123456789abcdef", "ts": f"2025-12-{1 + k % 28:02d}T09:30:00+00:00",
+               "type": "track", "event": "Product Viewed",
+               "properties": {"sku": f"LENS-{k:04d}", "category": "contact lenses", "price": 129.0}}
+              for k in range(recent)]
+    return json.dumps(attributes, ensure_ascii=False), json.dumps(events)
+
+
+def build_instance(gk: Any, ws: str, n: int, recent: int = 0) -> dict[str, float]:
     """``n`` live profiles (SQLite), 3n orders over two years and 3n events over a year (DuckDB);
-    a customer's activity level comes from a hash of its number, so churn has some signal."""
+    a customer's activity level comes from a hash of its number, so churn has some signal. With
+    ``recent`` > 0 each profile row also holds attributes and ``recent`` timeline entries."""
     clock = Clock()
+    attributes, recent_events = _profile_texts(recent)
     raw = gk.engine.raw_connection()
     try:
         cur = raw.cursor()
         ts = "2024-01-01 00:00:00.000000"
         for lo in range(0, n, 100_000):
             cur.executemany(
-                "INSERT INTO profiles (profile_id, workspace_id, canonical_id, origin, first_seen_at, "
-                "first_seen_source, last_seen_at, created_at, updated_at) VALUES (?, ?, ?, 'existing', ?, "
-                "'import:customers', ?, ?, ?)",
-                [(f"p{i:08d}", ws, f"p{i:08d}", ts, ts, ts, ts) for i in range(lo, min(lo + 100_000, n))])
+                "INSERT INTO profiles (profile_id, workspace_id, canonical_id, attributes, recent_events, origin, "
+                "first_seen_at, first_seen_source, last_seen_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, "
+                "'existing', ?, 'import:customers', ?, ?, ?)",
+                [(f"p{i:08d}", ws, f"p{i:08d}", attributes, recent_events, ts, ts, ts, ts)
+                 for i in range(lo, min(lo + 100_000, n))])
+            raw.commit()
         raw.commit()
     finally:
         raw.close()
@@ -177,7 +201,7 @@ def build_instance(gk: Any, ws: str, n: int) -> dict[str, float]:
     return {"profiles_s": profiles["wall_s"], "analytical_s": clock.lap()["wall_s"]}
 
 
-def service_bench(n: int, threads: int | None, n_runs: int = 2) -> dict[str, Any]:
+def service_bench(n: int, threads: int | None, n_runs: int = 2, recent: int = 0) -> dict[str, Any]:
     from goldkey.insight.churn import ChurnService
     from goldkey.insight.features import customer_features
     from goldkey.runtime import Goldkey
@@ -187,8 +211,9 @@ def service_bench(n: int, threads: int | None, n_runs: int = 2) -> dict[str, Any
         gk = Goldkey.open(Settings(data_dir=Path(tmp)))
         try:
             ws = gk.workspaces.create("Bench").workspace_id
-            built = build_instance(gk, ws, n)
-            print(f"built {n:,} profiles, {3 * n:,} orders, {3 * n:,} events: {built}", flush=True)
+            built = build_instance(gk, ws, n, recent)
+            print(f"built {n:,} profiles ({len(''.join(_profile_texts(recent)))} bytes of attributes and recent "
+                  f"events each), {3 * n:,} orders, {3 * n:,} events: {built}", flush=True)
             svc = ChurnService.from_goldkey(gk)
             runs = []
             for label in ("first", "second")[:n_runs]:
@@ -240,13 +265,17 @@ def main() -> None:
     ap.add_argument("--no-classifier", action="store_true", help="skip the numpy classifier part")
     ap.add_argument("--runs", type=int, default=2, choices=(1, 2), help="service runs (the second: nothing new)")
     ap.add_argument("--threads", type=int, default=None, help="LightGBM threads (default: the classifier's)")
+    ap.add_argument("--recent-events", type=int, default=0, metavar="K",
+                    help="service: give every profile row attributes and K recent timeline entries (~190 bytes "
+                         "each; a real profile keeps 30), so that its row is as wide as a real one (default 0: "
+                         "empty JSON columns)")
     args = ap.parse_args()
     n = 100_000 if args.quick else args.customers
     out: dict[str, Any] = {"bench": "churn", "customers": n, "load_at_start": os.getloadavg()}
     if not args.no_classifier:
         out["classifier"] = classifier_bench(n, args.threads)
     if args.service:
-        out["service"] = service_bench(n, args.threads, args.runs)
+        out["service"] = service_bench(n, args.threads, args.runs, args.recent_events)
     out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(f"peak memory: {out['peak_mb']:,} MB")
     print("BENCH-SUMMARY-JSON:" + json.dumps(out))

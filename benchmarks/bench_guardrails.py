@@ -89,9 +89,9 @@ def build(data_dir: Path, n: int) -> None:
                 supp.append((ws, pid, "*", "complained", "bench", stamp))
         con.executemany(
             """INSERT INTO profiles (profile_id, workspace_id, merged_into, canonical_id, attributes, traits, tags,
-               scores, order_summary, recent_events, origin, first_seen_at, first_seen_source, first_seen_context,
+               order_summary, recent_events, origin, first_seen_at, first_seen_source, first_seen_context,
                last_seen_at, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, '{}', '{}', '{}', '{}', '[]', 'new', ?, 'tracking', '{}', ?, ?, ?)""", prof)
+               VALUES (?, ?, ?, ?, ?, '{}', '{}', '{}', '[]', 'new', ?, 'tracking', '{}', ?, ?, ?)""", prof)
         con.executemany("INSERT INTO identities (workspace_id, id_type, id_value, profile_id, first_seen_at, source) "
                         "VALUES (?, ?, ?, ?, ?, 'bench')", ident)
         con.executemany("INSERT INTO consents (workspace_id, profile_id, channel, purpose, status, source, "

@@ -168,14 +168,21 @@ def main() -> None:
             if not a.no_writeback:
                 wb = {}
                 for label in ("first", "second"):
-                    s1, r1 = timed(lambda: rfm.run(ws, d_rfm))
-                    s2, r2 = timed(lambda: lc.run(ws, d_lc))
-                    wb[label] = {"rfm_run_s": round(s1, 1), "lifecycle_run_s": round(s2, 1),
-                                 "total_s": round(s1 + s2, 1), "lifecycle_timings_ms": r2["timings_ms"],
-                                 "lifecycle_tag_changed": r2["tag_changed"],
+                    clock = Clock()
+                    r1 = rfm.run(ws, d_rfm)
+                    l1 = clock.lap()
+                    r2 = lc.run(ws, d_lc)
+                    l2 = clock.lap()
+                    wb[label] = {"rfm_run_s": l1["wall_s"], "rfm_run_cpu_s": l1["cpu_s"],
+                                 "lifecycle_run_s": l2["wall_s"], "lifecycle_run_cpu_s": l2["cpu_s"],
+                                 "total_s": round(l1["wall_s"] + l2["wall_s"], 2),
+                                 "total_cpu_s": round(l1["cpu_s"] + l2["cpu_s"], 2), "load1": l2["load1"],
+                                 "scores_written": {"rfm": r1["scores_written"], "lifecycle": r2["scores_written"]},
+                                 "lifecycle_timings_ms": r2["timings_ms"], "lifecycle_tag_changed": r2["tag_changed"],
                                  "transition_events": r2["transition_events"], "rfm_fit_ms": r1["fit_ms"]}
-                    print(f"full run ({label}): RFM {s1:.1f} s + lifecycle {s2:.1f} s "
-                          f"(lifecycle phases ms: {r2['timings_ms']})", flush=True)
+                    print(f"full run ({label}): RFM {l1['wall_s']:.1f} s ({l1['cpu_s']:.1f} CPU-s) + lifecycle "
+                          f"{l2['wall_s']:.1f} s ({l2['cpu_s']:.1f} CPU-s), load {l2['load1']}; scores written "
+                          f"{wb[label]['scores_written']} (lifecycle phases ms: {r2['timings_ms']})", flush=True)
                 res["writeback"] = wb
             if a.compute_only:
                 raise _Done

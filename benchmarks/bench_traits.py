@@ -124,9 +124,9 @@ def build(data_dir: Path, profiles: int, events: int) -> None:
             rows.append((pid, ws, canon if canon != pid else None, canon, stamp, stamp, stamp, stamp))
         con.executemany(
             """INSERT INTO profiles (profile_id, workspace_id, merged_into, canonical_id, attributes, traits, tags,
-               scores, order_summary, recent_events, origin, first_seen_at, first_seen_source, first_seen_context,
+               order_summary, recent_events, origin, first_seen_at, first_seen_source, first_seen_context,
                last_seen_at, created_at, updated_at)
-               VALUES (?, ?, ?, ?, '{}', '{}', '{}', '{}', '{}', '[]', 'new', ?, 'tracking', '{}', ?, ?, ?)""",
+               VALUES (?, ?, ?, ?, '{}', '{}', '{}', '{}', '[]', 'new', ?, 'tracking', '{}', ?, ?, ?)""",
             rows,
         )
         con.commit()

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from test_triggers import DATA_EVENT, OFFER, grant, lines, make_profiles, mount, sink, track
 
 from goldkey.activate.triggers import TriggerService
 from goldkey.store.operational import messages
-from test_triggers import DATA_EVENT, OFFER, grant, lines, make_profiles, mount, sink, track
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ bugs users of other CDPs report (lost properties, events left on the old id, dou
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -236,3 +237,51 @@ def test_blocked_only_ids_share_one_unidentified_profile(env: Any) -> None:
         assert env.post("/v1/track", {"userId": "test", "event": "E", "messageId": f"t{i}"}).status_code == 200
     owners = env.gk.analytical.query("SELECT DISTINCT profile_id FROM events WHERE message_id LIKE 't%'")
     assert len(owners) == 1
+
+
+def test_scores_merge_as_a_union_and_undo_restores_both(env_any: Any) -> None:
+    """Model scores (the narrow profile_scores table): a merge gives the survivor the union of both
+    profiles' scores, its own winning a clash; the rules' view of the profile sees them; undoing the
+    merge gives each profile its own scores back and keeps what a later merge brought."""
+    from goldkey.audience.common import load_profile_values
+    from goldkey.insight.writeback import write_scores
+    from goldkey.store.operational import profile_scores
+
+    env, ws = env_any, env_any.ws.workspace_id
+    ident(env, "m1", userId="u1", timestamp="2022-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1", timestamp="2023-01-01T00:00:00Z")
+    ident(env, "m3", anonymousId="a2", timestamp="2023-06-01T00:00:00Z")
+    u1, a1, a2 = (lookup(env, **q)["profile_id"] for q in ({"user_id": "u1"}, {"anonymous_id": "a1"},
+                                                           {"anonymous_id": "a2"}))
+    write_scores(env.gk, ws, ("x", "y"), {u1: {"x": 1, "y": 1}, a1: {"y": 2}})
+    write_scores(env.gk, ws, ("z",), {a1: {"z": 3}})
+    write_scores(env.gk, ws, ("w",), {a2: {"w": 5}})
+
+    ident(env, "m4", userId="u1", anonymousId="a1")
+    p = lookup(env, user_id="u1")
+    assert p["profile_id"] == u1 and a1 in p["merged_from"]
+    assert p["scores"] == {"x": 1.0, "y": 1.0, "z": 3.0}  # the union; the survivor's y wins
+    assert load_profile_values(env.gk.engine, ws, [u1])[u1]["scores.z"] == 3.0
+    ident(env, "m5", userId="u1", anonymousId="a2")  # a later merge into the same profile
+    assert lookup(env, user_id="u1")["scores"] == {"x": 1.0, "y": 1.0, "z": 3.0, "w": 5.0}
+    # a model run writes live profiles only; the merged-away ones keep their own rows
+    write_scores(env.gk, ws, ("z",), {u1: {"z": 4}})
+    with env.gk.engine.connect() as c:
+        rows = dict(c.execute(sa.select(profile_scores.c.profile_id, profile_scores.c.scores)
+                              .where(profile_scores.c.workspace_id == ws)).all())
+    assert set(rows) == {u1, a1, a2} and json.loads(rows[a1]) == {"y": 2.0, "z": 3.0}
+
+    first = next(m["merge_id"] for m in lookup(env, user_id="u1")["merges"] if m["loser_id"] == a1)
+    r = env.client.post(f"/api/v1/profiles/merges/{first}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    # the survivor: its own scores from before the merge, plus the later merge's
+    assert lookup(env, user_id="u1")["scores"] == {"x": 1.0, "y": 1.0, "w": 5.0}
+    assert lookup(env, anonymous_id="a1")["scores"] == {"y": 2.0, "z": 3.0}
+    # a model that no longer scores a profile removes its fields (the row stays, empty)
+    write_scores(env.gk, ws, ("x", "y"), {u1: {"x": 1, "y": 1}})
+    write_scores(env.gk, ws, ("z",), {})
+    assert lookup(env, anonymous_id="a1")["scores"] == {}
+    assert lookup(env, user_id="u1")["scores"] == {"x": 1.0, "y": 1.0, "w": 5.0}
+    # ... and gets scores again later
+    write_scores(env.gk, ws, ("z",), {a1: {"z": 6}})
+    assert lookup(env, anonymous_id="a1")["scores"] == {"z": 6.0}

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 
 from goldkey.activate.journeys import CompiledJourney, CompiledNode, JourneyService, compile_journey
 from goldkey.activate.sender import Sender, SendRequest
-from goldkey.audience.catalog import PROFILE_VALUE_COLUMNS, profile_values
+from goldkey.audience.catalog import profile_value_select, profile_values
 from goldkey.audience.common import load_events, load_profile_values
 from goldkey.collect.tracking import micros_to_datetime
 from goldkey.core.clock import as_utc, utcnow
@@ -763,12 +763,12 @@ def profile_rows(engine: sa.Engine, ws: str, pids: Sequence[str]) -> dict[str, d
     """``{profile_id: {field: value}}`` of the live profiles among ``pids``, like
     ``load_profile_values`` but without ``profile.identifier_types`` (a rule that does not read it
     needs no identity lookup); one primary-key query per 500 profiles."""
-    cols = [profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
+    values = profile_value_select()  # the profile columns with its scores
     out: dict[str, dict[str, Any]] = {}
     with engine.connect() as c:
         for i in range(0, len(pids), 500):
-            q = sa.select(*cols).where(profiles.c.profile_id.in_(list(pids[i : i + 500])),
-                                       profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None))
+            q = values.where(profiles.c.profile_id.in_(list(pids[i : i + 500])),
+                             profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None))
             for r in c.execute(q):
                 out[r.profile_id] = profile_values(r)
     return out

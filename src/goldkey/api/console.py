@@ -39,7 +39,7 @@ from goldkey.audience.common import OWN_EVENTS
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.insight.rfm import GRID, GROUPS
 from goldkey.runtime import Goldkey
-from goldkey.store.operational import profiles
+from goldkey.store.operational import profile_scores, profiles
 
 router = APIRouter(tags=["console"])
 
@@ -226,14 +226,16 @@ class RFMGrid(BaseModel):
 def rfm_grid(gk: Goldkey, ws: str) -> dict[str, Any]:
     """Count live profiles of ``ws`` by ``scores.rfm_r`` x ``scores.rfm_f`` (the RFM model's write-back).
 
-    Profiles are streamed from the operational store and their score JSON parsed here (portable over
-    SQLite and PostgreSQL); only rows whose scores mention ``rfm_r`` are read."""
-    p = profiles.c
+    The live profiles' scores rows (``profile_scores``) are streamed from the operational store and
+    their JSON parsed here (portable over SQLite and PostgreSQL); only rows whose scores mention
+    ``rfm_r`` are read."""
+    p, s = profiles.c, profile_scores.c
     counts: dict[tuple[int, int], int] = {}
     versions: dict[int, int] = {}
     with gk.engine.connect() as c:
-        rows = c.execution_options(yield_per=5000).execute(sa.select(p.scores).where(
-            p.workspace_id == ws, p.merged_into.is_(None), p.scores.contains('"rfm_r"')))
+        rows = c.execution_options(yield_per=5000).execute(
+            sa.select(s.scores).join(profiles, p.profile_id == s.profile_id)
+            .where(s.workspace_id == ws, s.scores.contains('"rfm_r"'), p.workspace_id == ws, p.merged_into.is_(None)))
         for (raw,) in rows:
             sc = orjson.loads(raw)
             r, f = sc.get("rfm_r"), sc.get("rfm_f")

@@ -20,7 +20,8 @@ import orjson
 import sqlalchemy as sa
 
 from goldkey.core.clock import utcnow
-from goldkey.store.operational import fields, profiles
+from goldkey.profiles.scores import with_scores
+from goldkey.store.operational import fields, profile_scores, profiles
 from goldkey.store.upsert import upsert
 
 BUILTIN_FIELDS: dict[str, str] = {
@@ -41,11 +42,24 @@ _ORDER_KEYS = {"orders.count": "orders", "orders.revenue": "revenue", "orders.fi
 _WORD = re.compile(r"^[^\W\d]\w{0,99}\Z")
 _DATEISH = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
-# the profile columns profile_values needs, in this order
+# the profile columns profile_values needs, in this order ("scores" comes from profile_scores: use
+# profile_value_select / PROFILE_VALUE_SQL, which join it)
 PROFILE_VALUE_COLUMNS = (
     "profile_id", "attributes", "traits", "tags", "scores", "order_summary", "origin", "first_seen_at",
     "first_seen_source", "last_seen_at",
 )
+# the same as SQL text over ``profiles p LEFT JOIN profile_scores s`` (for raw DBAPI reads)
+PROFILE_VALUE_SQL = (
+    "SELECT " + ", ".join(f"{'s' if c == 'scores' else 'p'}.{c}" for c in PROFILE_VALUE_COLUMNS)
+    + " FROM profiles p LEFT JOIN profile_scores s ON s.workspace_id = p.workspace_id AND s.profile_id = p.profile_id"
+)
+
+
+def profile_value_select() -> sa.Select[Any]:
+    """``SELECT <PROFILE_VALUE_COLUMNS>`` from the profiles joined with their scores (NULL scores: none);
+    add the ``where`` of the profiles wanted."""
+    cols = [profile_scores.c.scores if c == "scores" else profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
+    return sa.select(*cols).select_from(with_scores())
 
 
 def profile_values(row: Mapping[str, Any] | Any) -> dict[str, Any]:

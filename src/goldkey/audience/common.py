@@ -14,7 +14,7 @@ import orjson
 import pyarrow as pa
 import sqlalchemy as sa
 
-from goldkey.audience.catalog import PROFILE_VALUE_COLUMNS, infer_attribute_fields, load_catalog, profile_values
+from goldkey.audience.catalog import infer_attribute_fields, load_catalog, profile_value_select, profile_values
 from goldkey.audience.facts import FactsCache, events_for, facts_for
 from goldkey.core.clock import utcnow
 from goldkey.core.errors import InvalidInput
@@ -131,13 +131,13 @@ def load_profile_values(engine: sa.Engine, ws: str, pids: Sequence[str]) -> dict
     """``{profile_id: {field: value}}`` for live profiles among ``pids`` (what the in-memory
     evaluator reads)."""
     out: dict[str, dict[str, Any]] = {}
-    cols = [profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
+    values = profile_value_select()
     # ``workspace_id || ''``: SQLite (no statistics) would otherwise pick the workspace index and scan
     # every profile / identity of the workspace per chunk instead of looking the ids up
     with engine.connect() as c:
         for i in range(0, len(pids), 500):
             chunk = list(pids[i : i + 500])
-            for r in c.execute(sa.select(*cols).where(
+            for r in c.execute(values.where(
                     profiles.c.workspace_id.concat("") == ws, profiles.c.profile_id.in_(chunk),
                     profiles.c.merged_into.is_(None))):
                 out[r.profile_id] = profile_values(r)

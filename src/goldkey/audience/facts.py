@@ -23,7 +23,14 @@ import orjson
 import pyarrow as pa
 import sqlalchemy as sa
 
-from goldkey.audience.catalog import _ORDER_KEYS, PROFILE_VALUE_COLUMNS, infer_attribute_fields, load_catalog
+from goldkey.audience.catalog import (
+    _ORDER_KEYS,
+    PROFILE_VALUE_COLUMNS,
+    PROFILE_VALUE_SQL,
+    infer_attribute_fields,
+    load_catalog,
+    profile_value_select,
+)
 from goldkey.rules.values import coerce, field_column
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import identities, profiles
@@ -52,13 +59,13 @@ _Row = namedtuple("_Row", PROFILE_VALUE_COLUMNS)  # type: ignore[misc]
 
 
 def _profile_rows(engine: sa.Engine, ws: str) -> tuple[list[Any], dict[str, list[str]]]:
-    """The live profiles' value columns and each profile's identifier types.
+    """The live profiles' value columns (their scores joined from ``profile_scores``) and each
+    profile's identifier types.
 
     On SQLite the rows come straight from the driver (SQLAlchemy's per-row timestamp processing
     costs more than the query): timestamps then arrive as the stored text, which ``coerce`` reads
     to the same aware UTC datetimes."""
-    cols = [profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
-    q = sa.select(*cols).where(profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None))
+    q = profile_value_select().where(profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None))
     qi = sa.select(identities.c.profile_id, identities.c.id_type).where(identities.c.workspace_id == ws).distinct()
     id_types: dict[str, list[str]] = {}
     with engine.connect() as c:
@@ -66,8 +73,7 @@ def _profile_rows(engine: sa.Engine, ws: str) -> tuple[list[Any], dict[str, list
             raw = c.connection.driver_connection
             assert raw is not None
             rows = [_Row(*r) for r in raw.execute(
-                f"SELECT {', '.join(PROFILE_VALUE_COLUMNS)} FROM profiles "
-                "WHERE workspace_id = ? AND merged_into IS NULL", (ws,))]
+                f"{PROFILE_VALUE_SQL} WHERE p.workspace_id = ? AND p.merged_into IS NULL", (ws,))]
             pairs = raw.execute("SELECT DISTINCT profile_id, id_type FROM identities WHERE workspace_id = ?", (ws,))
         else:
             rows = c.execute(q).all()

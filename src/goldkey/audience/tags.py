@@ -457,7 +457,7 @@ class ModelTagWrite(NamedTuple):
 
 # -- bulk access to the profiles' JSON columns (shared with goldkey.insight.writeback) ----------
 WRITE_CHUNK = 50_000  # profiles per writer command
-_JSON_COLUMNS = ("tags", "scores")
+_JSON_COLUMNS = ("tags",)  # model scores live in profile_scores (goldkey.profiles.scores)
 
 
 def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[str] | None = None,

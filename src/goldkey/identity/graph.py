@@ -24,7 +24,8 @@ from goldkey.core.errors import Conflict, NotFound
 from goldkey.core.ids import new_id, new_ids
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.identity.rules import IdentityRules
-from goldkey.store.operational import audit_log, identities, identity_conflicts, merges, profiles
+from goldkey.profiles.scores import read_scores, set_scores, with_scores
+from goldkey.store.operational import audit_log, identities, identity_conflicts, merges, profile_scores, profiles
 
 log = logging.getLogger(__name__)
 
@@ -887,7 +888,9 @@ class IdentityGraph:
             uow.conflicts.clear()
 
     def _row(self, conn: sa.Connection, profile_id: str) -> sa.Row[Any]:
-        row = conn.execute(sa.select(profiles).where(profiles.c.profile_id == profile_id)).first()
+        # the profile row with its scores (JSON text, "{}" for none) from profile_scores
+        row = conn.execute(sa.select(profiles, sa.func.coalesce(profile_scores.c.scores, "{}").label("scores"))
+                           .select_from(with_scores()).where(profiles.c.profile_id == profile_id)).first()
         if row is None:
             raise NotFound(f"profile {profile_id} not found")
         return row
@@ -939,7 +942,6 @@ class IdentityGraph:
                 attributes=_j(combined),
                 traits=_j({**orjson.loads(loser.traits), **orjson.loads(winner.traits)}),
                 tags=_j({**orjson.loads(loser.tags), **orjson.loads(winner.tags)}),
-                scores=_j({**orjson.loads(loser.scores), **orjson.loads(winner.scores)}),
                 order_summary=_j(
                     combine_order_summaries(orjson.loads(winner.order_summary), orjson.loads(loser.order_summary))
                 ),
@@ -956,6 +958,10 @@ class IdentityGraph:
                 updated_at=now,
             )
         )
+        # the winner's scores: the union, the winner's own on a conflict (the loser's row keeps its own)
+        if loser.scores != "{}":
+            set_scores(conn, workspace_id, winner.profile_id,
+                       {**orjson.loads(loser.scores), **orjson.loads(winner.scores)}, now)
         conn.execute(
             profiles.update()
             .where(profiles.c.profile_id == loser.profile_id)
@@ -1058,7 +1064,6 @@ class IdentityGraph:
                 attributes=lb["attributes"],
                 traits=lb["traits"],
                 tags=lb["tags"],
-                scores=lb["scores"],
                 order_summary=lb["order_summary"],
                 recent_events=lb["recent_events"],
                 origin=lb["origin"],
@@ -1068,6 +1073,7 @@ class IdentityGraph:
                 updated_at=now,
             )
         )
+        set_scores(conn, workspace_id, m.loser_id, lb["scores"], now)  # its scores as they were before the merge
         conn.execute(profiles.update().where(profiles.c.profile_id.in_(subtree)).values(canonical_id=m.loser_id))
         attrs = orjson.loads(winner.attributes)
         loser_attrs = orjson.loads(lb["attributes"])
@@ -1084,12 +1090,13 @@ class IdentityGraph:
             sa.select(profiles).where(profiles.c.canonical_id == m.winner_id, profiles.c.profile_id != m.winner_id)
         ).all()
         traits, tags, scores = orjson.loads(wb["traits"]), orjson.loads(wb["tags"]), orjson.loads(wb["scores"])
+        others_scores = read_scores(conn, workspace_id, [o.profile_id for o in others])
         origin = wb["origin"]
         first = (as_utc(datetime.fromisoformat(wb["first_seen_at"])), wb["first_seen_source"], wb["first_seen_context"])
         for o in others:
             traits = {**orjson.loads(o.traits), **traits}
             tags = {**orjson.loads(o.tags), **tags}
-            scores = {**orjson.loads(o.scores), **scores}
+            scores = {**others_scores.get(o.profile_id, {}), **scores}
             if o.origin == "existing":
                 origin = "existing"
             seen = as_utc(o.first_seen_at)
@@ -1102,7 +1109,6 @@ class IdentityGraph:
                 attributes=_j(attrs),
                 traits=_j(traits),
                 tags=_j(tags),
-                scores=_j(scores),
                 order_summary=wb["order_summary"],
                 origin=origin,
                 first_seen_at=first[0],
@@ -1111,6 +1117,7 @@ class IdentityGraph:
                 updated_at=now,
             )
         )
+        set_scores(conn, workspace_id, m.winner_id, scores, now)
         moved_ids = [tuple(x) for x in detail["loser_identities"]]
         for id_type, value in moved_ids:
             conn.execute(

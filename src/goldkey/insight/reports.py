@@ -39,7 +39,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
-from goldkey.store.operational import profiles
+from goldkey.store.operational import profile_scores, profiles
 
 _WORD = re.compile(r"^[^\W\d]\w{0,99}\Z")
 _PATH = re.compile(r"^[^\W\d]\w{0,99}(\.[^\W\d]\w{0,99}){0,4}\Z")
@@ -361,9 +361,9 @@ def _profile_touches(engine: sa.Engine, ws: str) -> pa.Table:
 
 def _clv(engine: sa.Engine, ws: str) -> pa.Table:
     """``scores.clv_value`` of the live profiles that hold one."""
-    p = profiles.c
-    q = sa.select(p.profile_id, p.scores).where(p.workspace_id == ws, p.merged_into.is_(None),
-                                                p.scores.like('%"clv_value"%'))
+    p, s = profiles.c, profile_scores.c
+    q = (sa.select(s.profile_id, s.scores).join(profiles, p.profile_id == s.profile_id)
+         .where(s.workspace_id == ws, s.scores.like('%"clv_value"%'), p.workspace_id == ws, p.merged_into.is_(None)))
     pids, vals = [], []
     with engine.connect() as c:
         for pid, raw in c.execute(q):

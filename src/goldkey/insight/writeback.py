@@ -1,4 +1,4 @@
-"""Write a model's scores back to the operational profile rows.
+"""Write a model's scores back to the operational store.
 
 Every insight model (RFM, CLV, churn, lifecycle, ...) ends the same way: a set of numbers per
 profile under ``scores.<field>``, stamped with the model version, written on the writer thread (the
@@ -7,17 +7,25 @@ then the analytical facts marked stale and the real-time segments told which pro
 :func:`write_score_patches` is that one path (:func:`write_scores`, :func:`write_score_columns` and
 :func:`write_score_table` build its input).
 
+Where: a profile's scores are one JSON object in the narrow ``profile_scores`` table (one row per
+profile that has scores, :mod:`goldkey.profiles.scores`), not in the wide profile row: a model run
+rewrites ~100-byte rows instead of rows holding the attributes, traits, tags, order summary and
+recent events (churn at 1M profiles of ~2.2 KB: scores and reasons written in 18.7-20 s instead of
+42-58 s; see docs/churn.md).
+
 How (fast at 1M profiles): a model's new values for a profile are a **JSON merge patch**
 (RFC 7396: ``{"churn_risk": 0.42, "churn_risk_model_version": 3.0}``, ``null`` removes a field,
 numbers printed as the shortest text that reads back the same float). The live profiles' scores are
 read once off the writer thread to find the rows a patch changes; only those go to the writer
 thread, ``WRITE_CHUNK`` profiles per command (event commits go on in between), where the database
-applies each patch to the row as it is then: SQLite ``json_patch(scores, ?)`` by primary key
-(one prepared statement, ``executemany``), PostgreSQL ``jsonb_strip_nulls(scores::jsonb || patch)``
-from ``unnest`` arrays. A concurrent change to another field is never lost, and nothing is merged
-and re-serialised in Python. At 1M profiles this replaced merging every row's scores twice in
-Python (off and on the writer thread) and re-reading each chunk through a query that scanned the
-workspace's profiles per chunk (31-35 CPU-s for the churn scores at 1M profiles).
+applies each patch to the row as it is then: SQLite ``UPDATE ... SET scores = json_patch(scores,
+?)`` by primary key for a profile that has a row, ``INSERT ... SELECT`` from the live profile for
+one that has none (one prepared statement each, ``executemany``); PostgreSQL
+``jsonb_strip_nulls(scores::jsonb || patch)`` from ``unnest`` arrays, then the profiles without a
+row inserted. A row a removal leaves empty stays (``{}``): rows are never deleted, so a row the read
+found is still there to be updated. That a profile is live is checked in ``ix_profiles_live``
+(workspace, merged_into, profile_id), never by reading the wide profile row. A concurrent change to
+another field is never lost, and nothing is merged and re-serialised in Python.
 
 Per-profile details that are not numbers (reasons of a score, recommended items) go to the
 ``profile_insights`` table (:func:`write_profile_insight_texts`), one row per profile and model,
@@ -26,7 +34,8 @@ shown on the 360° profile under ``insights.<model>``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -70,8 +79,15 @@ def write_score_columns(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     """:func:`write_scores` from columns: ``columns`` maps a field to one number per profile of
     ``profile_ids`` (an array; NaN or null removes the field) or to one number for every profile
     (the model version)."""
+    # a number every row gets (the model version) lets rows stored without it skip the comparison; as
+    # SQLite's json_patch keeps it ("f":3.0) or PostgreSQL's jsonb prints it ("f": 3.0)
+    const = next(((f, v) for f, v in columns.items() if v is not None and np.isscalar(v) and np.isfinite(v)), None)
+    hint = None
+    if const is not None:
+        key, num = orjson.dumps(const[0]).decode(), _number_text(const[1])
+        hint = (f"{key}:{num}", f"{key}: {num}")
     return write_score_patches(gk_parts, ws, owned, profile_ids, score_patches(len(profile_ids), columns),
-                               remove_others=remove_others)
+                               remove_others=remove_others, hint=hint)
 
 
 def write_score_table(gk_parts: Any, ws: str, owned: Iterable[str], tbl: pa.Table,
@@ -112,77 +128,154 @@ def score_patches(n: int, columns: Mapping[str, Any]) -> list[str]:
     return out.to_list() if out.len() == n else [out[0]] * n  # only constants: one row
 
 
-def _live_scores(conn: sa.Connection, ws: str) -> list[tuple[str, str]]:
-    """``(profile_id, scores JSON)`` of every live profile of ``ws`` (raw DBAPI cursor)."""
+def _live_scores(conn: sa.Connection, ws: str) -> list[tuple[str, str | None]]:
+    """``(profile_id, scores JSON)`` of every live profile of ``ws``; None for a profile without a
+    ``profile_scores`` row (raw DBAPI cursor)."""
     ph = "?" if conn.dialect.name == "sqlite" else "%s"
     cur = conn.connection.cursor()
     try:
-        cur.execute(f"SELECT profile_id, scores FROM profiles WHERE workspace_id = {ph} AND merged_into IS NULL", (ws,))
+        cur.execute("SELECT p.profile_id, s.scores FROM profiles p LEFT JOIN profile_scores s "
+                    "ON s.workspace_id = p.workspace_id AND s.profile_id = p.profile_id "
+                    f"WHERE p.workspace_id = {ph} AND p.merged_into IS NULL", (ws,))
         return cur.fetchall()
     finally:
         cur.close()
 
 
-def _changing(rows: list[tuple[str, str]], ids: Sequence[str], patches: Sequence[str], owned: tuple[str, ...],
-              remove_others: bool) -> tuple[list[str], list[str]]:
-    """The ``(ids, patches)`` that change a live profile's scores (``rows``: what they hold now):
-    the given patches that set a different value or remove a present field, and with
-    ``remove_others`` the removal of the ``owned`` fields from the other live profiles holding one."""
+_NO_ROW = object()
+_Chunk = tuple[list[str], list[str], list[bool]]
+
+
+def _changing(rows: list[tuple[str, str | None]], ids: Sequence[str], patches: Sequence[str],
+              owned: tuple[str, ...], remove_others: bool, chunk: int,
+              hint: tuple[str, ...] | None = None) -> Iterator[_Chunk]:
+    """The ``(ids, patches, has_row)`` that change a live profile's scores, in chunks of at most
+    ``chunk`` profiles (``rows``: what the live profiles hold now, None without a row): the given
+    patches that set a different value or remove a present field, and with ``remove_others`` the
+    removal of the ``owned`` fields from the other live profiles holding one; ``has_row`` tells
+    whether the profile had a ``profile_scores`` row. A generator, so that the first chunks are
+    written while the next are found.
+
+    ``hint``: the texts (``"field":number``, ``"field": number``) of a number every patch sets (a
+    model version): a stored row holding neither changes without parsing anything (a new model
+    version: every row), one holding it is compared field by field. A row stored in another form
+    would only be written unchanged (PostgreSQL's update then skips it)."""
     current = dict(rows)
+    del rows
     loads = orjson.loads
-    out_ids: list[str] = []
-    out_patches: list[str] = []
+    out: _Chunk = ([], [], [])
     for pid, patch in zip(ids, patches, strict=True):
-        raw = current.pop(pid, None)
-        if raw is None:  # not a live profile of the workspace (merged away, unknown): nothing to write
+        raw = current.pop(pid, _NO_ROW)
+        if raw is _NO_ROW:  # not a live profile of the workspace (merged away, unknown): nothing to write
             continue
-        doc = loads(raw)
-        if any((k in doc) if v is None else (doc.get(k) != v) for k, v in loads(patch).items()):
-            out_ids.append(pid)
-            out_patches.append(patch)
+        if raw is None:  # no scores yet: a patch setting anything creates the row
+            if not any(v is not None for v in loads(patch).values()):
+                continue
+        elif hint is None or any(h in raw for h in hint):  # type: ignore[operator]
+            doc = loads(raw)  # type: ignore[arg-type]
+            if not any((k in doc) if v is None else (doc.get(k) != v) for k, v in loads(patch).items()):
+                continue
+        out[0].append(pid)
+        out[1].append(patch)
+        out[2].append(raw is not None)
+        if len(out[0]) >= chunk:
+            yield out
+            out = ([], [], [])
     if remove_others and owned:
         gone = orjson.dumps(dict.fromkeys(owned)).decode()
         quoted = [orjson.dumps(k).decode() for k in owned]
         for pid, raw in current.items():
-            if any(q in raw for q in quoted) and any(k in loads(raw) for k in owned):
-                out_ids.append(pid)
-                out_patches.append(gone)
-    return out_ids, out_patches
+            if raw is not None and any(q in raw for q in quoted) and any(k in loads(raw) for k in owned):
+                out[0].append(pid)
+                out[1].append(gone)
+                out[2].append(True)
+                if len(out[0]) >= chunk:
+                    yield out
+                    out = ([], [], [])
+    if out[0]:
+        yield out
 
 
-def _apply_patches(conn: sa.Connection, ws: str, ids: Sequence[str], patches: Sequence[str]) -> int:
-    """Patch the live profiles ``ids`` of ``ws`` inside the caller's transaction; the number of rows
-    that changed."""
+# SQLite, a profile that has a row: the patch applied to the row as it is then, by primary key, if the
+# profile is still live (a row is never deleted, so the row found by the read is still there). Liveness
+# is a search of ix_profiles_live, which holds every column it needs: the wide profile row is not read
+# (the planner would take the primary key and read it).
+_SQLITE_UPDATE = (
+    "UPDATE profile_scores SET scores = json_patch(scores, ?1), updated_at = ?4 "
+    "WHERE workspace_id = ?3 AND profile_id = ?2 AND EXISTS (SELECT 1 FROM profiles INDEXED BY ix_profiles_live "
+    "WHERE workspace_id = ?3 AND merged_into IS NULL AND profile_id = ?2)"
+)
+# SQLite, a profile without a row: inserted if the profile is a live one of the workspace (a search of
+# ix_profiles_live), the patch applied to {} (nulls dropped); a row created meanwhile (another model's
+# write) gets the patch applied to what it holds.
+_SQLITE_INSERT = (
+    "INSERT INTO profile_scores (workspace_id, profile_id, scores, updated_at) "
+    "SELECT ?3, profile_id, json_patch('{}', ?1), ?4 FROM profiles INDEXED BY ix_profiles_live "
+    "WHERE workspace_id = ?3 AND merged_into IS NULL AND profile_id = ?2 "
+    "ON CONFLICT (workspace_id, profile_id) DO UPDATE SET scores = json_patch(profile_scores.scores, ?1), "
+    "updated_at = ?4 WHERE json_patch(profile_scores.scores, ?1) IS NOT profile_scores.scores"
+)
+# PostgreSQL: every existing row of the chunk patched (jsonb), then the live profiles without one inserted
+_PG_UPDATE = (
+    "UPDATE profile_scores AS s SET scores = jsonb_strip_nulls(s.scores::jsonb || u.patch::jsonb)::text, "
+    "updated_at = %(at)s FROM unnest(%(ids)s::text[], %(patches)s::text[]) AS u(id, patch), profiles AS p "
+    "WHERE s.workspace_id = %(ws)s AND s.profile_id = u.id AND p.profile_id = u.id AND p.workspace_id = %(ws)s "
+    "AND p.merged_into IS NULL "
+    "AND s.scores::jsonb IS DISTINCT FROM jsonb_strip_nulls(s.scores::jsonb || u.patch::jsonb)"
+)
+_PG_INSERT = (
+    "INSERT INTO profile_scores (workspace_id, profile_id, scores, updated_at) "
+    "SELECT %(ws)s, u.id, jsonb_strip_nulls(u.patch::jsonb)::text, %(at)s "
+    "FROM unnest(%(ids)s::text[], %(patches)s::text[]) AS u(id, patch) "
+    "JOIN profiles AS p ON p.profile_id = u.id AND p.workspace_id = %(ws)s AND p.merged_into IS NULL "
+    "WHERE jsonb_strip_nulls(u.patch::jsonb) <> '{}'::jsonb "
+    "ON CONFLICT (workspace_id, profile_id) DO NOTHING"
+)
+
+
+def _apply_patches(conn: sa.Connection, ws: str, ids: Sequence[str], patches: Sequence[str],
+                   has_row: Sequence[bool]) -> int:
+    """Patch the scores of the live profiles ``ids`` of ``ws`` inside the caller's transaction (a row
+    created for a profile without one, ``has_row`` False); the number of profiles whose scores
+    changed. A row a removal leaves empty stays (``{}``)."""
+    from goldkey.core.clock import utcnow
+    from goldkey.store.operational import profile_scores
+
+    proc = profile_scores.c.updated_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    now = utcnow()
+    at = proc(now) if proc is not None else now
     cur = conn.connection.cursor()
     try:
-        if conn.dialect.name == "sqlite":
-            # one prepared statement per row by primary key ("+workspace_id" keeps the planner off the
-            # workspace index); a row whose patched scores equal the stored ones is left alone
-            cur.executemany(
-                "UPDATE profiles SET scores = json_patch(scores, ?1) WHERE profile_id = ?2 AND +workspace_id = ?3 "
-                "AND merged_into IS NULL AND json_patch(scores, ?1) IS NOT scores",
-                [(p, i, ws) for i, p in zip(ids, patches, strict=True)])
-        else:
-            cur.execute(
-                "UPDATE profiles AS p SET scores = jsonb_strip_nulls(p.scores::jsonb || u.patch::jsonb)::text "
-                "FROM unnest(%s::text[], %s::text[]) AS u(id, patch) "
-                "WHERE p.profile_id = u.id AND p.workspace_id = %s AND p.merged_into IS NULL "
-                "AND p.scores::jsonb IS DISTINCT FROM jsonb_strip_nulls(p.scores::jsonb || u.patch::jsonb)",
-                (list(ids), list(patches), ws))
-        return max(0, int(cur.rowcount))
+        if conn.dialect.name != "sqlite":
+            args = {"ws": ws, "at": at, "ids": list(ids), "patches": list(patches)}
+            cur.execute(_PG_UPDATE, args)
+            changed = max(0, int(cur.rowcount))
+            if not all(has_row):
+                cur.execute(_PG_INSERT, args)
+                changed += max(0, int(cur.rowcount))
+            return changed
+        changed = 0
+        for sql, want in ((_SQLITE_UPDATE, True), (_SQLITE_INSERT, False)):
+            rows = [(p, i, ws, at) for i, p, h in zip(ids, patches, has_row, strict=True) if h is want]
+            if rows:
+                cur.executemany(sql, rows)
+                changed += max(0, int(cur.rowcount))
+        return changed
     finally:
         cur.close()
 
 
 def write_score_patches(gk_parts: Any, ws: str, owned: Iterable[str], profile_ids: Sequence[str],
-                        patches: Sequence[str], *, remove_others: bool = True) -> int:
+                        patches: Sequence[str], *, remove_others: bool = True,
+                        hint: tuple[str, ...] | None = None) -> int:
     """Apply one JSON merge patch (``{"field": number or null}``) to the ``scores`` of each live
     profile of ``profile_ids`` and, when ``remove_others``, remove the ``owned`` fields from every
     other live profile holding one; returns how many rows changed (their ids go to the real-time
     segments).
 
     The live profiles' scores are read once off the writer thread to find the rows a patch would
-    change; only those go to the writer thread, ``WRITE_CHUNK`` per command. The database applies
+    change; only those go to the writer thread, ``WRITE_CHUNK`` per command, one command at a time
+    (the next chunk is found while the previous one is written). The database applies
     each patch to the row as it is then (a concurrent change to another field is never lost); a
     row found unchanged is not written even if it changed in between."""
     owned = tuple(owned)
@@ -190,20 +283,29 @@ def write_score_patches(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
         raise ValueError(f"{len(profile_ids)} profiles but {len(patches)} score patches")
     with gk_parts.writer.engine.connect() as c:
         rows = _live_scores(c, ws)
-    ids, texts = _changing(rows, profile_ids, patches, owned, remove_others)
+    changes = _changing(rows, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
     del rows
 
-    def run(ctx: Any, lo: int) -> int:
+    def run(ctx: Any, chunk: _Chunk) -> int:
         with ctx.engine.begin() as c:
-            return _apply_patches(c, ws, ids[lo : lo + WRITE_CHUNK], texts[lo : lo + WRITE_CHUNK])
+            return _apply_patches(c, ws, *chunk)
 
+    # one command on the writer thread at a time (event commits go on in between), the next chunk
+    # found while the previous one is written
     written = 0
-    for i in range(0, len(ids), WRITE_CHUNK):
-        written += gk_parts.writer.run_command(lambda ctx, lo=i: run(ctx, lo))
+    changed: list[str] = []
+    running: Future[Any] | None = None
+    for chunk in changes:
+        if running is not None:
+            written += running.result()
+        running = gk_parts.writer.submit_command(lambda ctx, chunk=chunk: run(ctx, chunk))
+        changed.extend(chunk[0])
+    if running is not None:
+        written += running.result()
     gk_parts.facts.touch(ws)
     realtime = getattr(gk_parts, "realtime", None)
-    if realtime is not None and ids:
-        realtime.notify(ws, ids)
+    if realtime is not None and changed:
+        realtime.notify(ws, changed)
     return written
 
 

@@ -1,7 +1,8 @@
 """The 360° profile read model, served from the operational store (microsecond point lookups).
 
-A read is seven indexed point queries. Every statement is built once, here, with bound parameters
-(no expanding ``IN``: the merge subtree is a subquery), so SQLAlchemy finds its compiled form in the
+A read is seven indexed point queries (the profile row comes with its ``profile_scores`` row, an
+outer join by primary key). Every statement is built once, here, with bound parameters (no
+expanding ``IN``: the merge subtree is a subquery), so SQLAlchemy finds its compiled form in the
 engine's cache instead of building and hashing a new statement per read. On SQLite, where a query
 runs in a few microseconds and SQLAlchemy's per-execution work would be most of a read's cost, the
 statements are compiled once per service and run directly on the DBAPI cursor (sqlite3 keeps them
@@ -32,6 +33,7 @@ from sqlalchemy.engine import Dialect, Engine
 from goldkey.core.clock import as_utc
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.identity.normalize import normalize_identifier
+from goldkey.profiles.scores import with_scores
 from goldkey.store.operational import (
     consents,
     feedback,
@@ -40,6 +42,7 @@ from goldkey.store.operational import (
     identity_conflicts,
     merges,
     profile_insights,
+    profile_scores,
     profiles,
 )
 
@@ -61,21 +64,25 @@ _PROFILE_COLS = (
     _P.attributes,
     _P.traits,
     _P.tags,
-    _P.scores,
+    profile_scores.c.scores,  # NULL: no scores (the outer join of _PROFILES)
     _P.order_summary,
     _P.recent_events,
 )
+# profiles with their scores (goldkey.profiles.scores: a narrow table of their own)
+_PROFILES = with_scores()
 # The live profile for an id: the id's own row when it is live, else the profile it was merged
 # into (canonical_id always names the live root, see IdentityGraph.merge). Both in the workspace.
 _requested = profiles.alias("requested")
 _PROFILE_BY_ID = (
     sa.select(*_PROFILE_COLS)
+    .select_from(_PROFILES)
     .join(_requested, _requested.c.canonical_id == _P.profile_id)
     .where(_requested.c.profile_id == _PID, _requested.c.workspace_id == _WS, _P.workspace_id == _WS)
 )
 # The profile holding an identifier (identities always point at a live profile).
 _PROFILE_BY_IDENTIFIER = (
     sa.select(*_PROFILE_COLS)
+    .select_from(_PROFILES)
     .join(identities, _I.profile_id == _P.profile_id)
     .where(
         _I.workspace_id == _WS,
@@ -294,7 +301,7 @@ class ProfileService:
             ],
             "traits": _loads(traits),
             "tags": _loads(tags),
-            "scores": _loads(scores),
+            "scores": _loads(scores) if scores else {},
             "insights": insights,
             "order_summary": _loads(order_summary),
             "events": _loads(recent_events)[:n_events],

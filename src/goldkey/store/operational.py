@@ -53,7 +53,7 @@ profiles = sa.Table(
     sa.Column("attributes", sa.Text, nullable=False, server_default="{}"),
     sa.Column("traits", sa.Text, nullable=False, server_default="{}"),
     sa.Column("tags", sa.Text, nullable=False, server_default="{}"),
-    sa.Column("scores", sa.Text, nullable=False, server_default="{}"),
+    # model scores live in profile_scores (migration 0008), not in this wide row
     sa.Column("order_summary", sa.Text, nullable=False, server_default="{}"),
     sa.Column("recent_events", sa.Text, nullable=False, server_default="[]"),
     sa.Column("origin", sa.String(10), nullable=False),  # "existing" (known from CRM) | "new"
@@ -65,6 +65,9 @@ profiles = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
     sa.Index("ix_profiles_canonical", "canonical_id"),
     sa.Index("ix_profiles_workspace", "workspace_id", "last_seen_at"),
+    # the live profiles of a workspace without reading their (wide) rows: the model score write-back's
+    # scan and its per-profile liveness checks (migration 0008)
+    sa.Index("ix_profiles_live", "workspace_id", "merged_into", "profile_id"),
 )
 
 identities = sa.Table(
@@ -307,6 +310,22 @@ segment_members = sa.Table(
     sa.Index("ix_segment_members_profile", "workspace_id", "profile_id"),
 )
 
+
+# -- insight: model scores (migration 0008) ----------------------------------------------------------
+# A profile's scores (``{"churn_risk": 0.42, "rfm_r": 5.0, ...}``, the ``scores.*`` fields of rules and
+# of the 360° profile) in a narrow row of their own: a model run rewrites this small row instead of the
+# profile's wide one. At most one row per profile; no row means no scores. A merged-away profile keeps
+# the row it had before the merge (an undo restores from the merge record). On SQLite a WITHOUT ROWID
+# table: the rows live in the primary-key b-tree, one b-tree written per upsert instead of two.
+profile_scores = sa.Table(
+    "profile_scores",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("profile_id", sa.String(40), primary_key=True),
+    sa.Column("scores", sa.Text, nullable=False),  # JSON object of numbers
+    sa.Column("updated_at", TS, nullable=False),  # when the scores last changed
+    sqlite_with_rowid=False,
+)
 
 # -- insight: per-profile model outputs that are not plain numbers (reasons, recommendations, ...) ------
 profile_insights = sa.Table(

@@ -1,0 +1,74 @@
+"""Migration 0008 moves model scores out of the wide profile rows into profile_scores, on SQLite
+(batch mode: the profiles table is rebuilt) and PostgreSQL, and its downgrade moves them back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from conftest import operational_url
+from goldkey.profiles.service import ProfileService
+from goldkey.store import operational
+from goldkey.store.operational import create_operational_engine
+
+
+def _alembic(engine: sa.Engine, action: str, revision: str) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(operational.__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        getattr(command, action)(cfg, revision)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    with operational_url(request.param) as url:
+        e = create_operational_engine(url or f"sqlite:///{tmp_path / 'op.db'}")
+        try:
+            yield e
+        finally:
+            e.dispose()
+
+
+def test_scores_move_to_profile_scores_and_back(engine: sa.Engine) -> None:
+    _alembic(engine, "upgrade", "0007")
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    old = sa.table("profiles", *(sa.column(c) for c in (
+        "profile_id", "workspace_id", "merged_into", "canonical_id", "scores", "origin", "first_seen_at",
+        "first_seen_source", "last_seen_at", "created_at", "updated_at")))
+    rows = [("p1", "ws1", None, "p1", '{"churn_risk":0.25,"rfm_r":5.0}'),
+            ("p2", "ws1", "p1", "p1", '{"rfm_r":2.0}'),  # merged away: keeps its own (an undo needs them)
+            ("p3", "ws1", None, "p3", "{}"),
+            ("p4", "ws2", None, "p4", '{"clv_value":12.5}')]
+    with engine.begin() as c:
+        c.execute(sa.insert(old), [{"profile_id": p, "workspace_id": w, "merged_into": m, "canonical_id": k,
+                                    "scores": s, "origin": "new", "first_seen_at": at, "first_seen_source": "tracking",
+                                    "last_seen_at": at, "created_at": at, "updated_at": at}
+                                   for p, w, m, k, s in rows])
+
+    _alembic(engine, "upgrade", "head")
+    assert "scores" not in {col["name"] for col in sa.inspect(engine).get_columns("profiles")}
+    with engine.connect() as c:
+        got = {(w, p): json.loads(s) for w, p, s in c.execute(sa.text(
+            "SELECT workspace_id, profile_id, scores FROM profile_scores"))}
+        n_profiles = c.execute(sa.text("SELECT count(*) FROM profiles")).scalar()
+    assert got == {("ws1", "p1"): {"churn_risk": 0.25, "rfm_r": 5.0}, ("ws1", "p2"): {"rfm_r": 2.0},
+                   ("ws2", "p4"): {"clv_value": 12.5}}
+    assert n_profiles == 4  # the rebuilt table kept every row
+    # the 360° profile reads them from the new table (the merged-away id answers with the survivor)
+    svc = ProfileService(engine)
+    assert svc.get("ws1", "p2", events=0)["scores"] == {"churn_risk": 0.25, "rfm_r": 5.0}
+    assert svc.get("ws1", "p3", events=0)["scores"] == {}
+
+    _alembic(engine, "downgrade", "0007")
+    assert "profile_scores" not in sa.inspect(engine).get_table_names()
+    with engine.connect() as c:
+        back = {p: json.loads(s) for p, s in c.execute(sa.text("SELECT profile_id, scores FROM profiles"))}
+    assert back == {"p1": {"churn_risk": 0.25, "rfm_r": 5.0}, "p2": {"rfm_r": 2.0}, "p3": {}, "p4": {"clv_value": 12.5}}
