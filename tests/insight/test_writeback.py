@@ -142,3 +142,13 @@ def test_score_columns_and_insight_texts_on_both_operational_stores(env_any: Any
     assert after[pids[0]] == before[pids[0]]  # unchanged details keep their updated_at
     with pytest.raises(ValueError, match="2 profiles but 1 payloads"):
         write_profile_insight_texts(env.gk, ws, "m", 3, pids[:2], texts[:1])
+
+
+def test_rows_are_written_in_key_order() -> None:
+    """A model's results arrive in the feature query's order; the write-back puts them (and the
+    texts that go with them) in primary-key order, so a chunk touches neighbouring pages."""
+    from goldkey.insight.writeback import in_key_order
+
+    assert in_key_order(["p3", "p1", "p2"], ['{"a":3}', '{"a":1}', '{"a":2}'], ["c", "a", "b"]) == (
+        ["p1", "p2", "p3"], ['{"a":1}', '{"a":2}', '{"a":3}'], ["a", "b", "c"])
+    assert in_key_order([], []) == ([], [])
