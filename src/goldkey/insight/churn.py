@@ -83,6 +83,7 @@ from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
     declare_scores,
+    read_live_scores,
     read_profile_insights,
     write_profile_insight_texts,
     write_score_columns,
@@ -884,8 +885,9 @@ class ChurnService:
             if d.refit_full:
                 step(3, "refit on every labelled customer")
                 clf = TabularClassifier(d.classifier).fit(X, y)
-            step(4, "score every live profile")
+            step(4, "score every live profile (their stored scores read meanwhile)")
             t_fit = time.perf_counter()
+            live = pool.submit(read_live_scores, self, ws)  # what the score write compares with
             now_f = now_features.result()
             docs = {c: describe(c) for c in cols}
             scored_ids = now_f["profile_id"].to_list()
@@ -903,7 +905,7 @@ class ChurnService:
             vfield = f"{field}_model_version"
             declare_scores(self.engine, ws, {field: label_text, vfield: f"{name} model version"}, name, mv.version)
             scores_written = pool.submit(write_score_columns, self, ws, (field, vfield), scored_ids,
-                                         {field: probs, vfield: mv.version})
+                                         {field: probs, vfield: mv.version}, live=live.result())
             payloads = expl.payloads_json(docs) if expl is not None else []
             # queued now: its writer commands follow the scores' on the writer thread without a gap
             reasons_written = pool.submit(write_profile_insight_texts, self, ws, name, mv.version, scored_ids,

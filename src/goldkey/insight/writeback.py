@@ -75,10 +75,11 @@ def write_scores(gk_parts: Any, ws: str, owned: Iterable[str], values: Mapping[s
 
 
 def write_score_columns(gk_parts: Any, ws: str, owned: Iterable[str], profile_ids: Sequence[str],
-                        columns: Mapping[str, Any], *, remove_others: bool = True) -> int:
+                        columns: Mapping[str, Any], *, remove_others: bool = True,
+                        live: list[tuple[str, str | None]] | None = None) -> int:
     """:func:`write_scores` from columns: ``columns`` maps a field to one number per profile of
     ``profile_ids`` (an array; NaN or null removes the field) or to one number for every profile
-    (the model version)."""
+    (the model version). ``live``: as :func:`write_score_patches` takes it."""
     # a number every row gets (the model version) lets rows stored without it skip the comparison; as
     # SQLite's json_patch keeps it ("f":3.0) or PostgreSQL's jsonb prints it ("f": 3.0)
     const = next(((f, v) for f, v in columns.items() if v is not None and np.isscalar(v) and np.isfinite(v)), None)
@@ -87,7 +88,7 @@ def write_score_columns(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
         key, num = orjson.dumps(const[0]).decode(), _number_text(const[1])
         hint = (f"{key}:{num}", f"{key}: {num}")
     return write_score_patches(gk_parts, ws, owned, profile_ids, score_patches(len(profile_ids), columns),
-                               remove_others=remove_others, hint=hint)
+                               remove_others=remove_others, hint=hint, live=live)
 
 
 def write_score_table(gk_parts: Any, ws: str, owned: Iterable[str], tbl: pa.Table,
@@ -149,6 +150,13 @@ def _live_scores(conn: sa.Connection, ws: str) -> list[tuple[str, str | None]]:
         return cur.fetchall()
     finally:
         cur.close()
+
+
+def read_live_scores(gk_parts: Any, ws: str) -> list[tuple[str, str | None]]:
+    """``(profile_id, scores JSON)`` of every live profile of ``ws`` (None: no scores row yet): what
+    :func:`write_score_patches` compares a model's new values with."""
+    with gk_parts.writer.engine.connect() as c:
+        return _live_scores(c, ws)
 
 
 _NO_ROW = object()
@@ -276,14 +284,16 @@ def _apply_patches(conn: sa.Connection, ws: str, ids: Sequence[str], patches: Se
 
 def write_score_patches(gk_parts: Any, ws: str, owned: Iterable[str], profile_ids: Sequence[str],
                         patches: Sequence[str], *, remove_others: bool = True,
-                        hint: tuple[str, ...] | None = None) -> int:
+                        hint: tuple[str, ...] | None = None,
+                        live: list[tuple[str, str | None]] | None = None) -> int:
     """Apply one JSON merge patch (``{"field": number or null}``) to the ``scores`` of each live
     profile of ``profile_ids`` and, when ``remove_others``, remove the ``owned`` fields from every
     other live profile holding one; returns how many rows changed (their ids go to the real-time
     segments).
 
     The live profiles' scores are read once off the writer thread to find the rows a patch would
-    change; only those go to the writer thread in key order (:func:`in_key_order`),
+    change (``live``: :func:`read_live_scores` read earlier, so that a caller overlaps the read with
+    other work); only those go to the writer thread in key order (:func:`in_key_order`),
     ``WRITE_CHUNK`` per command, one command at a time (the next chunk is found while the previous
     one is written). The database applies each patch to the row as it is then (a concurrent
     change to another field is never lost); a row found unchanged is not written even if it
@@ -292,10 +302,9 @@ def write_score_patches(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     if len(profile_ids) != len(patches):
         raise ValueError(f"{len(profile_ids)} profiles but {len(patches)} score patches")
     profile_ids, patches = in_key_order(profile_ids, patches)
-    with gk_parts.writer.engine.connect() as c:
-        rows = _live_scores(c, ws)
+    rows = read_live_scores(gk_parts, ws) if live is None else live
     changes = _changing(rows, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
-    del rows
+    del rows, live
 
     def run(ctx: Any, chunk: _Chunk) -> int:
         with ctx.engine.begin() as c:
