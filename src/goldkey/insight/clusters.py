@@ -87,9 +87,13 @@ def parse_definition(data: ClusterDefinition | dict[str, Any] | None) -> Cluster
     try:
         return ClusterDefinition.model_validate(data or {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+        # keep only strings and raise after this block: chained to the InvalidInput, the ValidationError
+        # would hold the validator's ValueError (its traceback, our frames, the stores) where the garbage
+        # collector cannot see it (pydantic-core does not traverse its line errors), so any reference
+        # cycle through the InvalidInput, e.g. a caller keeping it, would never be freed
+        err = exc.errors(include_url=False, include_context=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None)
 
 
 def load_features(analytical: AnalyticalStore, ws: str, d: ClusterDefinition, as_of: datetime) -> pl.DataFrame:

@@ -51,9 +51,13 @@ def _validated(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data or {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+        # keep only strings and raise after this block: chained to the InvalidInput, the ValidationError
+        # would hold the validator's ValueError (its traceback, our frames, the stores) where the garbage
+        # collector cannot see it (pydantic-core does not traverse its line errors), so any reference
+        # cycle through the InvalidInput, e.g. a caller keeping it, would never be freed
+        err = exc.errors(include_url=False, include_context=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None)
 
 
 def _zone(tz: str) -> str:
