@@ -264,10 +264,9 @@ def parse_definition(data: Any) -> CampaignDefinition:
     """Parse a campaign document; raise InvalidInput naming the field."""
     try:
         return CampaignDefinition.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = _loc(err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or "campaign") from None
+    except ValidationError as exc:  # raised after the block: see goldkey.core.errors.validated
+        err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    raise InvalidInput(err["msg"].removeprefix("Value error, "), field=_loc(err["loc"]) or "campaign")
 
 
 def _loc(parts: Iterable[Any]) -> str:

@@ -43,10 +43,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from goldkey.core.clock import as_utc, utcnow
-from goldkey.core.errors import InvalidInput
+from goldkey.core.errors import InvalidInput, validated
 from goldkey.core.ids import new_ids
 from goldkey.govern.consent import CHANNELS, latest_decision
 from goldkey.store.operational import identities, messages, profiles, send_counters, send_policies, suppressions
@@ -321,12 +321,7 @@ class SendSpec:
 
 def parse_policy(data: Any) -> SendPolicy:
     """Parse a policy document; raise InvalidInput naming the field."""
-    try:
-        return SendPolicy.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or "policy") from None
+    return validated(SendPolicy, data, field="policy")
 
 
 def _chunks(ids: Sequence[str], n: int = GUARD_CHUNK) -> Iterator[list[str]]:

@@ -45,7 +45,7 @@ from goldkey.activate.templates import CompiledTemplate, compile_for_workspace
 from goldkey.audience.catalog import load_catalog
 from goldkey.audience.common import parse_and_check
 from goldkey.core.clock import to_iso, utcnow
-from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.errors import Conflict, InvalidInput, NotFound, validation_problem
 from goldkey.core.ids import new_id
 from goldkey.rules.memory import CompiledRule, compile_rule
 from goldkey.rules.model import EventCondition, SequenceCondition, iter_nodes, parse_rule
@@ -291,20 +291,24 @@ def parse_definition(data: Any) -> tuple[JourneyDefinition, dict[str, Any]]:
     Raises InvalidInput naming the field (``graph.nodes[2].config.duration``) and the node id."""
     try:
         d = JourneyDefinition.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
+    except ValidationError as exc:  # raised after the block: see goldkey.core.errors.validated
+        err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    else:
+        err = None
+    if err is not None:
         loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]).replace(".[", "[")
         msg = err["msg"].removeprefix("Value error, ")
-        raise InvalidInput(_with_node(data, err["loc"], msg), field=loc or "body") from None
+        raise InvalidInput(_with_node(data, err["loc"], msg), field=loc or "body")
     configs: dict[str, Any] = {}
     for i, n in enumerate(d.graph.nodes):
         try:
             configs[n.id] = NODE_TYPES[n.type].config.model_validate(n.config)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise InvalidInput(f"node {n.id!r} ({n.type}): {err['msg'].removeprefix('Value error, ')}",
-                               field=f"graph.nodes[{i}].config" + (f".{loc}" if loc else "")) from None
+        except ValidationError as exc:  # raised after the block: see goldkey.core.errors.validated
+            msg, loc = validation_problem(exc)
+        else:
+            continue
+        raise InvalidInput(f"node {n.id!r} ({n.type}): {msg}",
+                           field=f"graph.nodes[{i}].config" + (f".{loc}" if loc else ""))
     return d, configs
 
 

@@ -25,7 +25,7 @@ from jinja2 import StrictUndefined, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from goldkey.core.errors import InvalidInput
+from goldkey.core.errors import InvalidInput, validated
 
 Language = Literal["zh", "en"]
 FIELD_ROOTS = ("profile", "orders", "attributes", "traits", "tags", "scores")
@@ -203,15 +203,7 @@ def compile_template(template: MessageTemplate | Mapping[str, Any], catalog: Map
     """Parse and check every variant; raise InvalidInput naming ``template.variants.<lang>.<part>``
     for a syntax error or a variable that does not exist."""
     if not isinstance(template, MessageTemplate):
-        from pydantic import ValidationError
-
-        try:
-            template = MessageTemplate.model_validate(template)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise InvalidInput(err["msg"].removeprefix("Value error, "),
-                               field=f"template.{loc}" if loc else "template") from None
+        template = validated(MessageTemplate, template, prefix="template")
     compiled: dict[str, dict[str, jinja2.Template]] = {}
     fields: set[str] = set()
     for lang, variant in template.variants.items():

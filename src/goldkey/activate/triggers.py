@@ -57,7 +57,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from goldkey.activate.campaigns import Conversion, check_channel, hash_unit, newcombe_diff, welch_diff
 from goldkey.activate.channels.base import Channel, SendResult
@@ -79,7 +79,7 @@ from goldkey.audience.catalog import infer_attribute_fields, load_catalog
 from goldkey.audience.common import load_events, load_profile_values, parse_and_check
 from goldkey.collect.tracking import micros_to_datetime
 from goldkey.core.clock import as_utc, to_iso, utcnow
-from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.core.ids import new_id
 from goldkey.rules.memory import CompiledRule, Event, compile_rule
 from goldkey.rules.model import EventCondition, SequenceCondition, iter_nodes, parse_rule
@@ -221,12 +221,7 @@ class TriggerDefinition(BaseModel):
 
 def parse_trigger(data: Any) -> TriggerDefinition:
     """Parse a trigger document; raise InvalidInput naming the field."""
-    try:
-        return TriggerDefinition.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or "trigger") from None
+    return validated(TriggerDefinition, data, field="trigger")
 
 
 def _event_condition(rule: Any, where: str) -> EventCondition:

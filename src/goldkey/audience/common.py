@@ -34,15 +34,17 @@ def parse_and_check(engine: sa.Engine, analytical: AnalyticalStore, ws: str, dat
     problem raises InvalidInput naming the clause (``rule.conditions[1].value``)."""
     from pydantic import ValidationError
 
+    err = None
     try:
         rule = parse_rule(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(_loc(p) for p in _clean_loc(err["loc"]))
-        raise InvalidInput(err["msg"].removeprefix("Value error, "),
-                           field=f"{prefix}.{loc}".replace(".[", "[") if loc else prefix) from None
+    except ValidationError as exc:  # raised after the block: see goldkey.core.errors.validated
+        err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
     except ValueError as exc:
         raise InvalidInput(str(exc), field=prefix) from None
+    if err is not None:
+        loc = ".".join(_loc(p) for p in _clean_loc(err["loc"]))
+        raise InvalidInput(err["msg"].removeprefix("Value error, "),
+                           field=f"{prefix}.{loc}".replace(".[", "[") if loc else prefix)
     catalog = load_catalog(engine, ws)
     named = {n.field for _, n in iter_nodes(rule) if isinstance(n, AttributeCondition)}
     if any(f.startswith("attributes.") and f not in catalog for f in named):

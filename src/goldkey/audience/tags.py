@@ -97,7 +97,9 @@ class TagDefinition(BaseModel):
 
 
 def _validation_error(exc: ValidationError, prefix: str = "") -> InvalidInput:
-    err = exc.errors()[0]
+    """The InvalidInput for a ValidationError: raise it after the ``except`` block, not inside it
+    (see goldkey.core.errors.validated)."""
+    err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
     loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]).replace(".[", "[")
     return InvalidInput(err["msg"].removeprefix("Value error, "), field=(prefix + loc) or None)
 
@@ -119,7 +121,11 @@ class TagService:
         try:
             d = TagDefinition.model_validate(data)
         except ValidationError as exc:
-            raise _validation_error(exc) from None
+            problem = _validation_error(exc)
+        else:
+            problem = None
+        if problem is not None:
+            raise problem
         for i, r in enumerate(d.rules):
             parsed = parse_and_check(self.engine, self.analytical, ws, r.rule, prefix=f"rules[{i}].rule")
             r.rule = rule_to_json(parsed)

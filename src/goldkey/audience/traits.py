@@ -298,13 +298,14 @@ def parse_definition(data: Any, *, name: str | None = None) -> TraitDefinition:
         data = {**data, "name": name}
     try:
         return TraitDefinition.model_validate(data)
-    except ValidationError as exc:
-        e = exc.errors()[0]
+    except ValidationError as exc:  # raised after the block: see goldkey.core.errors.validated
+        e = exc.errors(include_url=False, include_input=False)[0]
         ctx = e.get("ctx") or {}
         path = ctx.get("path") if isinstance(ctx.get("path"), str) else _loc_path(e.get("loc", ()))
         msg = ctx.get("message") if isinstance(ctx.get("message"), str) else e.get("msg", "invalid")
         msg = str(msg).removeprefix("Value error, ")
-        raise InvalidInput(msg, field=path or None) from None
+        del e, ctx
+    raise InvalidInput(msg, field=path or None)
 
 
 # ================================================================================ batch compiler

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+_M = TypeVar("_M", bound=BaseModel)
+
 
 class GoldkeyError(Exception):
     """Base class of Goldkey's own errors."""
@@ -75,3 +81,28 @@ class StoreUnavailable(GoldkeyError):
 
     status_code = 503
     retry_after = 2
+
+
+def validated(model: type[_M], data: Any, *, field: str | None = None, prefix: str | None = None) -> _M:
+    """``model.model_validate(data)``, or :class:`InvalidInput` naming the first problem: its message
+    (pydantic's "Value error, " prefix dropped) and its location as the field (under ``prefix``;
+    ``field`` when the problem has no location).
+
+    The InvalidInput is raised after the ``except`` block, with only strings taken from the
+    ValidationError: raised inside it, the InvalidInput would chain to the ValidationError, which
+    holds each validator's exception (its traceback, the caller's frames and all they reach) where
+    the garbage collector cannot see it (pydantic-core does not traverse it). Any reference cycle
+    through the InvalidInput, such as a caller keeping it, would then never be freed."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, loc = validation_problem(exc)
+    where = ".".join(p for p in (prefix, loc) if p) or field
+    raise InvalidInput(message, field=where)
+
+
+def validation_problem(exc: ValidationError) -> tuple[str, str]:
+    """The first problem of a ValidationError as plain strings: (message, dotted location). Raise
+    the resulting error after the ``except`` block (see :func:`validated`)."""
+    err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    return err["msg"].removeprefix("Value error, "), ".".join(str(p) for p in err["loc"])

@@ -50,10 +50,10 @@ import orjson
 import pandas as pd
 import polars as pl
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import InvalidInput, NotFound
+from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -90,12 +90,7 @@ def parse_definition(data: AffinityDefinition | Mapping[str, Any] | None) -> Aff
     """Validate a definition; raises InvalidInput naming the bad field."""
     if isinstance(data, AffinityDefinition):
         return data
-    try:
-        return AffinityDefinition.model_validate(dict(data or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+    return validated(AffinityDefinition, dict(data or {}))
 
 
 # -- data ---------------------------------------------------------------------------------------------

@@ -70,13 +70,13 @@ import numpy as np
 import orjson
 import pandas as pd
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import InvalidInput, NotFound
+from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.evaluation import evaluate
 from goldkey.insight.features import customer_features, describe, feature_columns
 from goldkey.insight.registry import ModelRegistry, ModelVersion
@@ -730,12 +730,7 @@ class PropensityDefinition(_TrainDefinition):
 def _parse(cls: type[BaseModel], data: Any) -> Any:
     if isinstance(data, cls):
         return data
-    try:
-        return cls.model_validate(data or {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+    return validated(cls, data or {})
 
 
 _ACTIVE_SQL = {

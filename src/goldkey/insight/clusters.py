@@ -34,10 +34,10 @@ import numpy as np
 import orjson
 import polars as pl
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import InvalidInput, NotFound
+from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.lifecycle import check_model_tag, ensure_model_tag
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.rules.values import as_of_utc
@@ -84,16 +84,7 @@ class ClusterDefinition(BaseModel):
 def parse_definition(data: ClusterDefinition | dict[str, Any] | None) -> ClusterDefinition:
     if isinstance(data, ClusterDefinition):
         return data
-    try:
-        return ClusterDefinition.model_validate(data or {})
-    except ValidationError as exc:
-        # keep only strings and raise after this block: chained to the InvalidInput, the ValidationError
-        # would hold the validator's ValueError (its traceback, our frames, the stores) where the garbage
-        # collector cannot see it (pydantic-core does not traverse its line errors), so any reference
-        # cycle through the InvalidInput, e.g. a caller keeping it, would never be freed
-        err = exc.errors(include_url=False, include_context=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None)
+    return validated(ClusterDefinition, data or {})
 
 
 def load_features(analytical: AnalyticalStore, ws: str, d: ClusterDefinition, as_of: datetime) -> pl.DataFrame:

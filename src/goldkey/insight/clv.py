@@ -50,12 +50,12 @@ import orjson
 import polars as pl
 import sqlalchemy as sa
 from numpy.typing import ArrayLike, NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln, hyp2f1
 
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import InvalidInput, NotFound
+from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.writeback import declare_scores, write_scores
 from goldkey.rules.values import as_of_utc
@@ -468,12 +468,7 @@ def parse_definition(data: CLVDefinition | dict[str, Any] | None) -> CLVDefiniti
     """A validated definition; raises InvalidInput naming the bad field."""
     if isinstance(data, CLVDefinition):
         return data
-    try:
-        return CLVDefinition.model_validate(data or {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+    return validated(CLVDefinition, data or {})
 
 
 # --------------------------------------------------------------------------------------- Goldkey data

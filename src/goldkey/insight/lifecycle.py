@@ -60,13 +60,13 @@ import orjson
 import polars as pl
 import pyarrow as pa
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from goldkey.audience.catalog import load_catalog
 from goldkey.audience.common import emit_events, parse_and_check
 from goldkey.audience.facts import events_for, facts_table_name
 from goldkey.core.clock import to_iso, utcnow
-from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.writeback import declare_scores, write_score_table
 from goldkey.rules.model import AttributeCondition, iter_nodes
@@ -172,12 +172,7 @@ def default_stages(d: LifecycleDefinition) -> list[StageRule]:
 def parse_definition(data: LifecycleDefinition | dict[str, Any] | None) -> LifecycleDefinition:
     if isinstance(data, LifecycleDefinition):
         return data
-    try:
-        return LifecycleDefinition.model_validate(data or {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+    return validated(LifecycleDefinition, data or {})
 
 
 # --------------------------------------------------------------------------- features

@@ -38,10 +38,10 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import InvalidInput
+from goldkey.core.errors import InvalidInput, validated
 from goldkey.insight import affinity
 from goldkey.insight.features import customer_features
 from goldkey.rules.values import as_of_utc
@@ -80,12 +80,7 @@ class LookalikeRequest(BaseModel):
 def parse_request(data: LookalikeRequest | Mapping[str, Any]) -> LookalikeRequest:
     if isinstance(data, LookalikeRequest):
         return data
-    try:
-        return LookalikeRequest.model_validate(dict(data))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+    return validated(LookalikeRequest, dict(data))
 
 
 # -- features -----------------------------------------------------------------------------------------

@@ -41,10 +41,10 @@ import numpy as np
 import orjson
 import polars as pl
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import InvalidInput, NotFound
+from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight import affinity
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.writeback import read_profile_insights, write_profile_insights
@@ -86,12 +86,7 @@ def parse_definition(data: RecommendDefinition | Mapping[str, Any] | None) -> Re
     """Validate a definition; raises InvalidInput naming the bad field."""
     if isinstance(data, RecommendDefinition):
         return data
-    try:
-        return RecommendDefinition.model_validate(dict(data or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+    return validated(RecommendDefinition, dict(data or {}))
 
 
 # -- the model ----------------------------------------------------------------------------------------

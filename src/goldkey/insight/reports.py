@@ -32,11 +32,11 @@ import orjson
 import polars as pl
 import pyarrow as pa
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from goldkey.audience.common import known_events
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import InvalidInput
+from goldkey.core.errors import InvalidInput, validated
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import profile_scores, profiles
@@ -48,16 +48,7 @@ _PATH = re.compile(r"^[^\W\d]\w{0,99}(\.[^\W\d]\w{0,99}){0,4}\Z")
 def _validated(model: type[BaseModel], data: Any) -> Any:
     if isinstance(data, model):
         return data
-    try:
-        return model.model_validate(data or {})
-    except ValidationError as exc:
-        # keep only strings and raise after this block: chained to the InvalidInput, the ValidationError
-        # would hold the validator's ValueError (its traceback, our frames, the stores) where the garbage
-        # collector cannot see it (pydantic-core does not traverse its line errors), so any reference
-        # cycle through the InvalidInput, e.g. a caller keeping it, would never be freed
-        err = exc.errors(include_url=False, include_context=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None)
+    return validated(model, data or {})
 
 
 def _zone(tz: str) -> str:

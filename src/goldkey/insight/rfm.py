@@ -39,10 +39,10 @@ import orjson
 import polars as pl
 import pyarrow as pa
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.writeback import declare_scores, write_score_table
 from goldkey.rules.values import as_of_utc
@@ -133,12 +133,7 @@ class RFMDefinition(BaseModel):
 def parse_definition(data: RFMDefinition | dict[str, Any] | None) -> RFMDefinition:
     if isinstance(data, RFMDefinition):
         return data
-    try:
-        return RFMDefinition.model_validate(data or {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+    return validated(RFMDefinition, data or {})
 
 
 def _rfm_sql(n_tiers: int, n_excluded: int) -> str:

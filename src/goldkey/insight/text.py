@@ -55,10 +55,10 @@ import jieba
 import numpy as np
 import orjson
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from goldkey.core.clock import to_iso, utcnow
-from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.rules.values import as_of_utc
 from goldkey.store.operational import feedback, feedback_insights, profiles
@@ -436,12 +436,7 @@ class FeedbackTextDefinition(BaseModel):
 def parse_definition(data: FeedbackTextDefinition | dict[str, Any] | None) -> FeedbackTextDefinition:
     if isinstance(data, FeedbackTextDefinition):
         return data
-    try:
-        return FeedbackTextDefinition.model_validate(data or {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc or None) from None
+    return validated(FeedbackTextDefinition, data or {})
 
 
 @dataclass

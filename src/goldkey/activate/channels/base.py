@@ -30,9 +30,9 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from goldkey.core.errors import InvalidInput, Unauthorized
+from goldkey.core.errors import InvalidInput, Unauthorized, validated
 
 ReceiptStatus = Literal["delivered", "failed", "opened", "clicked", "replied", "unsubscribed"]
 
@@ -149,13 +149,7 @@ class Channel(ABC):
     def validate_config(cls, config: Mapping[str, Any], secrets: Mapping[str, str]) -> ChannelConfig:
         """Return the parsed config; raise InvalidInput naming the field (``config.<x>`` or
         ``secrets.<x>``) when a setting is wrong or a required credential is missing."""
-        try:
-            parsed = cls.config_model.model_validate(dict(config))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise InvalidInput(err["msg"].removeprefix("Value error, "), field=f"config.{loc}" if loc else "config") \
-                from None
+        parsed = validated(cls.config_model, dict(config), prefix="config")
         allowed = set(cls.secret_fields) | set(cls.optional_secret_fields)
         for k in secrets:
             if k not in allowed:
