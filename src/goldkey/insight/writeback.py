@@ -138,25 +138,20 @@ def score_patches(n: int, columns: Mapping[str, Any]) -> list[str]:
     return out.to_list() if out.len() == n else [out[0]] * n  # only constants: one row
 
 
-def _live_scores(conn: sa.Connection, ws: str) -> list[tuple[str, str | None]]:
-    """``(profile_id, scores JSON)`` of every live profile of ``ws``; None for a profile without a
-    ``profile_scores`` row (raw DBAPI cursor)."""
-    ph = "?" if conn.dialect.name == "sqlite" else "%s"
-    cur = conn.connection.cursor()
-    try:
-        cur.execute("SELECT p.profile_id, s.scores FROM profiles p LEFT JOIN profile_scores s "
-                    "ON s.workspace_id = p.workspace_id AND s.profile_id = p.profile_id "
-                    f"WHERE p.workspace_id = {ph} AND p.merged_into IS NULL", (ws,))
-        return cur.fetchall()
-    finally:
-        cur.close()
-
-
 def read_live_scores(gk_parts: Any, ws: str) -> list[tuple[str, str | None]]:
-    """``(profile_id, scores JSON)`` of every live profile of ``ws`` (None: no scores row yet): what
-    :func:`write_score_patches` compares a model's new values with."""
-    with gk_parts.writer.engine.connect() as c:
-        return _live_scores(c, ws)
+    """``(profile_id, scores JSON)`` of every live profile of ``ws`` (None: no ``profile_scores`` row
+    yet), read on a raw DBAPI cursor: what :func:`write_score_patches` compares a model's new values
+    with."""
+    with gk_parts.writer.engine.connect() as conn:
+        ph = "?" if conn.dialect.name == "sqlite" else "%s"
+        cur = conn.connection.cursor()
+        try:
+            cur.execute("SELECT p.profile_id, s.scores FROM profiles p LEFT JOIN profile_scores s "
+                        "ON s.workspace_id = p.workspace_id AND s.profile_id = p.profile_id "
+                        f"WHERE p.workspace_id = {ph} AND p.merged_into IS NULL", (ws,))
+            return cur.fetchall()
+        finally:
+            cur.close()
 
 
 _NO_ROW = object()
