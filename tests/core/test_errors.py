@@ -60,3 +60,12 @@ def test_a_kept_error_keeps_nothing_alive() -> None:
     caller()
     gc.collect()
     assert refs[0]() is None
+
+
+def test_locations_read_as_paths() -> None:
+    from goldkey.core.errors import loc_path
+
+    assert loc_path(("graph", "nodes", 2, "config", "duration")) == "graph.nodes[2].config.duration"
+    assert loc_path((0, "value")) == "[0].value"
+    assert loc_path(["rules[1].rule", "conditions", 0]) == "rules[1].rule.conditions[0]"
+    assert loc_path(()) == ""

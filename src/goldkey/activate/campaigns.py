@@ -55,7 +55,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from typing import Any, Literal
@@ -70,7 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from goldkey.activate.sender import Sender, SendReport, SendRequest
 from goldkey.activate.templates import CompiledTemplate, compile_for_workspace
 from goldkey.core.clock import as_utc, to_iso, utcnow
-from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.errors import Conflict, InvalidInput, NotFound, loc_path
 from goldkey.core.ids import new_id
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.store.operational import (
@@ -266,14 +266,7 @@ def parse_definition(data: Any) -> CampaignDefinition:
         return CampaignDefinition.model_validate(data)
     except ValidationError as exc:  # raised after the block: see goldkey.core.errors.validated
         err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-    raise InvalidInput(err["msg"].removeprefix("Value error, "), field=_loc(err["loc"]) or "campaign")
-
-
-def _loc(parts: Iterable[Any]) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
+    raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc_path(err["loc"]) or "campaign")
 
 
 # --------------------------------------------------------------------------- assignment

@@ -45,7 +45,7 @@ from goldkey.activate.templates import CompiledTemplate, compile_for_workspace
 from goldkey.audience.catalog import load_catalog
 from goldkey.audience.common import parse_and_check
 from goldkey.core.clock import to_iso, utcnow
-from goldkey.core.errors import Conflict, InvalidInput, NotFound, validation_problem
+from goldkey.core.errors import Conflict, InvalidInput, NotFound, loc_path, validation_problem
 from goldkey.core.ids import new_id
 from goldkey.rules.memory import CompiledRule, compile_rule
 from goldkey.rules.model import EventCondition, SequenceCondition, iter_nodes, parse_rule
@@ -296,7 +296,7 @@ def parse_definition(data: Any) -> tuple[JourneyDefinition, dict[str, Any]]:
     else:
         err = None
     if err is not None:
-        loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]).replace(".[", "[")
+        loc = loc_path(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         raise InvalidInput(_with_node(data, err["loc"], msg), field=loc or "body")
     configs: dict[str, Any] = {}

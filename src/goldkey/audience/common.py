@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from goldkey.audience.catalog import infer_attribute_fields, load_catalog, profile_value_select, profile_values
 from goldkey.audience.facts import FactsCache, events_for, facts_for
 from goldkey.core.clock import utcnow
-from goldkey.core.errors import InvalidInput
+from goldkey.core.errors import InvalidInput, loc_path
 from goldkey.core.ids import new_ids
 from goldkey.rules.memory import Event
 from goldkey.rules.model import AttributeCondition, EventCondition, SequenceCondition, iter_nodes, parse_rule
@@ -42,9 +42,7 @@ def parse_and_check(engine: sa.Engine, analytical: AnalyticalStore, ws: str, dat
     except ValueError as exc:
         raise InvalidInput(str(exc), field=prefix) from None
     if err is not None:
-        loc = ".".join(_loc(p) for p in _clean_loc(err["loc"]))
-        raise InvalidInput(err["msg"].removeprefix("Value error, "),
-                           field=f"{prefix}.{loc}".replace(".[", "[") if loc else prefix)
+        raise InvalidInput(err["msg"].removeprefix("Value error, "), field=loc_path([prefix, *_clean_loc(err["loc"])]))
     catalog = load_catalog(engine, ws)
     named = {n.field for _, n in iter_nodes(rule) if isinstance(n, AttributeCondition)}
     if any(f.startswith("attributes.") and f not in catalog for f in named):
@@ -76,10 +74,6 @@ def _clean_loc(loc: tuple[Any, ...]) -> list[Any]:
         if p == "value":
             break
     return out
-
-
-def _loc(p: Any) -> str:
-    return f"[{p}]" if isinstance(p, int) else str(p)
 
 
 _events_cache: dict[tuple[int, str], tuple[float, frozenset[str]]] = {}

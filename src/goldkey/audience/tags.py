@@ -31,7 +31,7 @@ from goldkey.audience.catalog import declare_field, remove_field
 from goldkey.audience.common import batch_member_ids, emit_events, parse_and_check
 from goldkey.audience.facts import FactsCache, facts_for
 from goldkey.core.clock import to_iso, utcnow
-from goldkey.core.errors import Conflict, InvalidInput, NotFound
+from goldkey.core.errors import Conflict, InvalidInput, NotFound, loc_path
 from goldkey.govern import audit
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.rules.model import parse_rule, rule_to_json
@@ -100,7 +100,7 @@ def _validation_error(exc: ValidationError, prefix: str = "") -> InvalidInput:
     """The InvalidInput for a ValidationError: raise it after the ``except`` block, not inside it
     (see goldkey.core.errors.validated)."""
     err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]).replace(".[", "[")
+    loc = loc_path(err["loc"])
     return InvalidInput(err["msg"].removeprefix("Value error, "), field=(prefix + loc) or None)
 
 

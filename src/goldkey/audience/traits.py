@@ -68,7 +68,7 @@ from goldkey.audience.property_cache import (
     typed_fragment,
 )
 from goldkey.core.clock import as_utc, to_iso, utcnow
-from goldkey.core.errors import Conflict, GoldkeyError, InvalidInput, NotFound, Overloaded
+from goldkey.core.errors import Conflict, GoldkeyError, InvalidInput, NotFound, Overloaded, loc_path
 from goldkey.govern import audit
 from goldkey.identity.graph import fetch_in
 from goldkey.rules.memory import _event_matcher
@@ -275,16 +275,6 @@ class TraitDefinition(BaseModel):
         return self.type or "track"
 
 
-def _loc_path(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def parse_definition(data: Any, *, name: str | None = None) -> TraitDefinition:
     """Validate a trait definition (JSON-able data or a model); raise InvalidInput naming the field
     (``aggregate``, ``where[0].property``, ``window.last_days`` ...)."""
@@ -301,7 +291,7 @@ def parse_definition(data: Any, *, name: str | None = None) -> TraitDefinition:
     except ValidationError as exc:  # raised after the block: see goldkey.core.errors.validated
         e = exc.errors(include_url=False, include_input=False)[0]
         ctx = e.get("ctx") or {}
-        path = ctx.get("path") if isinstance(ctx.get("path"), str) else _loc_path(e.get("loc", ()))
+        path = ctx.get("path") if isinstance(ctx.get("path"), str) else loc_path(e.get("loc", ()))
         msg = ctx.get("message") if isinstance(ctx.get("message"), str) else e.get("msg", "invalid")
         msg = str(msg).removeprefix("Value error, ")
         del e, ctx

@@ -101,6 +101,17 @@ def validated(model: type[_M], data: Any, *, field: str | None = None, prefix: s
     raise InvalidInput(message, field=where)
 
 
+def loc_path(loc: Any) -> str:
+    """A pydantic error location as a path: ``graph.nodes[2].config`` (list indexes in brackets)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
 def validation_problem(exc: ValidationError) -> tuple[str, str]:
     """The first problem of a ValidationError as plain strings: (message, dotted location). Raise
     the resulting error after the ``except`` block (see :func:`validated`)."""
