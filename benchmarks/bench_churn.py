@@ -57,7 +57,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from _common import Clock, add_laps  # noqa: E402
+from _common import Clock, add_laps, percentiles  # noqa: E402
 
 from goldkey.insight.churn import ClassifierParams, TabularClassifier  # noqa: E402
 from goldkey.insight.evaluation import evaluate  # noqa: E402
@@ -201,6 +201,23 @@ def build_instance(gk: Any, ws: str, n: int, recent: int = 0) -> dict[str, float
     return {"profiles_s": profiles["wall_s"], "analytical_s": clock.lap()["wall_s"]}
 
 
+def _time_reasons(gk: Any, svc: Any, ws: str, n: int = 300) -> dict[str, float]:
+    """Milliseconds to read one profile's reasons (the reasons endpoint's read, from the analytical
+    store), over ``n`` random scored profiles."""
+    import random
+    import time
+
+    ids = [r[0] for r in gk.analytical.query(
+        "SELECT profile_id FROM profile_reasons WHERE workspace_id = ? USING SAMPLE 1000 ROWS", [ws])]
+    took = []
+    for pid in random.Random(3).choices(ids, k=n):
+        t0 = time.perf_counter()
+        got = svc.reasons(ws, pid)
+        took.append((time.perf_counter() - t0) * 1000)
+        assert got["models"]["churn"]["reasons"] is not None
+    return percentiles(took)
+
+
 def service_bench(n: int, threads: int | None, n_runs: int = 2, recent: int = 0) -> dict[str, Any]:
     from goldkey.insight.churn import ChurnService
     from goldkey.insight.features import customer_features
@@ -252,9 +269,12 @@ def service_bench(n: int, threads: int | None, n_runs: int = 2, recent: int = 0)
                     ph = run[key]
                     print(f"  = {what:60s} wall {ph['wall_s']:7.2f} s  cpu {ph['cpu_s']:7.2f} s  "
                           f"load {ph['load1']}", flush=True)
+            lookups = _time_reasons(gk, svc, ws)
+            print(f"reasons of one profile (the read of GET .../profiles/{{id}}/reasons, 300 random profiles): "
+                  f"{lookups} ms", flush=True)
         finally:
             gk.close()
-    return {"customers": n, "build": built, "runs": runs}
+    return {"customers": n, "build": built, "runs": runs, "reasons_lookup_ms": lookups}
 
 
 def main() -> None:

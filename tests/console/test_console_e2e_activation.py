@@ -118,6 +118,22 @@ def insight_pages(pg: Any, site: Site, api: Any) -> None:
         canvas_ok(pg, card(pg, title))
     shot(pg, "insight-churn")
 
+    # a scored customer's profile page says why: the churn score and the reasons behind it, as the
+    # reasons endpoint gives them
+    pid = site.gk.analytical.query(
+        "SELECT profile_id FROM profile_reasons WHERE model = 'churn' AND payload LIKE '%contribution%' "
+        "ORDER BY profile_id LIMIT 1")[0][0]
+    why = api.get(f"/api/v1/insights/profiles/{pid}/reasons").json()["models"]["churn"]
+    assert why["reasons"]
+    pg.goto(f"{site.url}/customers/{pid}")
+    reasons = pg.get_by_test_id("score-reasons")
+    reasons.get_by_text(f"{why['score'] * 100:.1f}%").wait_for()
+    assert reasons.locator("tbody tr").count() == len(why["reasons"])
+    assert reasons.get_by_text(f"+{why['reasons'][0]['contribution']:.2f}").first.is_visible()
+    shot(pg, "profile-reasons")
+    pg.go_back()  # to the churn page, where the insight menu is open
+    pg.get_by_role("menuitem", name="生命周期").wait_for()
+
     # lifecycle: the Sankey; a refit from the page makes the next version
     lc = api.get("/api/v1/insights/lifecycle/summary").json()
     pg.get_by_role("menuitem", name="生命周期").click()

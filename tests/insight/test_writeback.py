@@ -152,3 +152,41 @@ def test_rows_are_written_in_key_order() -> None:
     assert in_key_order(["p3", "p1", "p2"], ['{"a":3}', '{"a":1}', '{"a":2}'], ["c", "a", "b"]) == (
         ["p1", "p2", "p3"], ['{"a":1}', '{"a":2}', '{"a":3}'], ["a", "b", "c"])
     assert in_key_order([], []) == ([], [])
+
+
+def test_profile_reasons_go_to_the_analytical_store_replacing_the_models_previous_version(
+        env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from goldkey.insight import writeback
+    from goldkey.insight.writeback import read_profile_reasons, write_profile_reasons
+
+    monkeypatch.setattr(writeback, "REASONS_CHUNK", 2)  # several transactions
+    an = env.gk.analytical
+    ws = env.ws.workspace_id
+    other = env.gk.workspaces.create("Other brand").workspace_id
+    pids = ["p5", "p1", "p4", "p2", "p3"]  # not in key order
+    texts = [f'{{"score":0.{i},"reasons":[{{"feature":"f{i}"}}]}}' for i in range(5)]
+    assert write_profile_reasons(an, ws, "churn", 1, pids, texts) == 5
+    assert write_profile_reasons(an, other, "churn", 7, ["p1"], ['{"score":0.9,"reasons":[]}']) == 1
+    assert write_profile_reasons(an, ws, "propensity_x", 1, ["p1"], ['{"score":0.8,"reasons":[]}']) == 1
+    assert read_profile_reasons(an, ws, "p1") == {
+        "churn": {"version": 1, "score": 0.1, "reasons": [{"feature": "f1"}]},
+        "propensity_x": {"version": 1, "score": 0.8, "reasons": []}}
+    stored = an.query("SELECT profile_id FROM profile_reasons WHERE workspace_id = ? AND model = 'churn'", [ws])
+    assert [r[0] for r in stored] == sorted(pids)  # written in key order
+    # version 2 scores fewer profiles: the others lose their churn reasons, other models and
+    # workspaces keep theirs
+    assert write_profile_reasons(an, ws, "churn", 2, ["p2", "p1"], ['{"score":0.5,"reasons":[]}'] * 2) == 2
+    assert read_profile_reasons(an, ws, "p1")["churn"] == {"version": 2, "score": 0.5, "reasons": []}
+    assert read_profile_reasons(an, ws, "p5") == {}
+    assert read_profile_reasons(an, other, "p1") == {"churn": {"version": 7, "score": 0.9, "reasons": []}}
+    assert read_profile_reasons(an, ws, "p1")["propensity_x"]["version"] == 1
+    # while a run writes, a profile may hold two versions: readers see the newest
+    with an.transaction() as con:
+        con.execute("INSERT INTO profile_reasons VALUES (?, 'churn', 3, 'p2', '{\"score\":0.7,\"reasons\":[]}')", [ws])
+    assert read_profile_reasons(an, ws, "p2")["churn"]["version"] == 3
+    # a version written again (a run that was interrupted) replaces its rows, no duplicates
+    assert write_profile_reasons(an, ws, "churn", 3, ["p2"], ['{"score":0.6,"reasons":[]}']) == 1
+    assert an.query("SELECT count(*) FROM profile_reasons WHERE workspace_id = ? AND model = 'churn'", [ws]) == [(1,)]
+    assert read_profile_reasons(an, ws, "p2")["churn"]["score"] == 0.6
+    with pytest.raises(ValueError, match="2 profiles but 1 payloads"):
+        write_profile_reasons(an, ws, "churn", 4, ["p1", "p2"], texts[:1])

@@ -72,3 +72,20 @@ def test_scores_move_to_profile_scores_and_back(engine: sa.Engine) -> None:
     with engine.connect() as c:
         back = {p: json.loads(s) for p, s in c.execute(sa.text("SELECT profile_id, scores FROM profiles"))}
     assert back == {"p1": {"churn_risk": 0.25, "rfm_r": 5.0}, "p2": {"rfm_r": 2.0}, "p3": {}, "p4": {"clv_value": 12.5}}
+
+
+def test_churn_and_propensity_reasons_leave_profile_insights(engine: sa.Engine) -> None:
+    """0009: the reasons moved to the analytical store; the rows they left are deleted, the other
+    models' details (recommendations) stay."""
+    _alembic(engine, "upgrade", "0008")
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    pi = sa.table("profile_insights", *(sa.column(c) for c in (
+        "workspace_id", "profile_id", "model", "version", "payload", "updated_at")))
+    models = ["churn", "propensity_care", "recommend", "propensityx", "my_churn"]
+    with engine.begin() as c:
+        c.execute(sa.insert(pi), [{"workspace_id": "ws1", "profile_id": "p1", "model": m, "version": 1,
+                                   "payload": "{}", "updated_at": at} for m in models])
+    _alembic(engine, "upgrade", "0009")
+    with engine.connect() as c:
+        left = sorted(r[0] for r in c.execute(sa.text("SELECT model FROM profile_insights")))
+    assert left == ["my_churn", "propensityx", "recommend"]

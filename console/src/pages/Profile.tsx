@@ -47,6 +47,43 @@ export function ProfilePage() {
   );
 }
 
+type Reason = { feature: string; value: unknown; contribution: number; description: string };
+type ModelReasons = { version: number; score: number; reasons: Reason[] };
+
+/** Why the churn / propensity models scored this customer as they did: per model the score and
+ * the features that pushed it up most (GET /api/v1/insights/profiles/{id}/reasons; the reasons
+ * live in the analytical store, so they come beside the profile, not in it). */
+function ScoreReasons({ profileId, i18n }: { profileId: string; i18n: I18n }) {
+  const { t, tOr } = i18n;
+  const got = useApi((signal) => api.raw<{ models: Record<string, ModelReasons> }>(
+    "get", `/api/v1/insights/profiles/${encodeURIComponent(profileId)}/reasons`, undefined, { signal }), [profileId]);
+  const models = Object.entries(got.data?.models ?? {});
+  if (got.error) return <Col xs={24}><ErrorState error={got.error} onRetry={got.reload} /></Col>;
+  if (!models.length) return null;
+  return (
+    <Col xs={24}><Card title={t("profile.reasons")} data-testid="score-reasons">
+      <Row gutter={[16, 16]}>
+        {models.map(([model, m]) => (
+          <Col xs={24} xl={12} key={model}>
+            <Descriptions size="small" column={1} title={<Space>
+              {tOr(`scoreNames.${model}`, model)}
+              <Tag color={m.score >= 0.5 ? "red" : "green"}>{(m.score * 100).toFixed(1)}%</Tag>
+              <Typography.Text type="secondary">{t("profile.modelVersion", { v: m.version })}</Typography.Text>
+            </Space>} />
+            <Table size="small" rowKey="feature" dataSource={m.reasons} pagination={false}
+              locale={{ emptyText: t("profile.noReasons") }}
+              columns={[
+                { title: t("profile.reasonFeature"), dataIndex: "feature", render: (f: string, r: Reason) => tOr(`insight.features.${f}`, r.description || f) },
+                { title: t("profile.reasonValue"), dataIndex: "value", render: (v: unknown) => show(v, i18n) },
+                { title: t("profile.reasonWeight"), dataIndex: "contribution", render: (c: number) => `+${c.toFixed(2)}` },
+              ]} />
+          </Col>
+        ))}
+      </Row>
+    </Card></Col>
+  );
+}
+
 function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
   const { t, tOr, dateTime, num, money } = i18n;
   const attrs = p.attributes as Dict;
@@ -81,6 +118,7 @@ function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
           <Card title={t("profile.traits")} style={{ marginBottom: 16 }}><KeyValues data={p.traits as Dict} i18n={i18n} empty={t("profile.noTraits")} /></Card>
           <Card title={t("profile.scores")}><KeyValues data={p.scores as Dict} i18n={i18n} prefix="scoreNames" empty={t("profile.noScores")} /></Card>
         </Col>
+        <ScoreReasons profileId={p.profile_id} i18n={i18n} />
         {insights && Object.keys(insights).length > 0 && (
           <Col xs={24}><Card title={t("profile.insights")}>
             {Object.entries(insights).map(([model, payload]) => (

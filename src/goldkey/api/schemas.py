@@ -133,7 +133,8 @@ class ProfilePublic(BaseModel):
     insights: dict[str, Any] = Field(
         default_factory=dict,
         description="Per-model details behind the scores, by model name: `version` and the model's "
-        "payload, e.g. the reasons of a churn score or recommended products.",
+        "payload, e.g. recommended products (the reasons of a churn or propensity score come from "
+        "GET /api/v1/insights/profiles/{profile_id}/reasons).",
     )
     order_summary: dict[str, Any]
     events: list[dict[str, Any]] = Field(description="Most recent events, newest first.")

@@ -53,7 +53,8 @@ A stratified holdout (``test_fraction``) measures AUC, PR-AUC, Brier and the lif
 every live profile is scored on features as of ``as_of`` (computed by DuckDB on a helper thread
 while the classifier fits): ``scores.churn_risk`` / ``scores.propensity_<name>`` and
 ``scores.<field>_model_version`` through :func:`goldkey.insight.writeback.write_score_columns`
-(while the reasons' JSON is built), the reasons through ``write_profile_insight_texts``.
+(while the reasons' JSON is built), the reasons meanwhile to the analytical store through
+:func:`~goldkey.insight.writeback.write_profile_reasons` (read back per profile by the reasons endpoint).
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
     declare_scores,
     read_live_scores,
-    read_profile_insights,
-    write_profile_insight_texts,
+    read_profile_reasons,
+    write_profile_reasons,
     write_score_columns,
 )
 from goldkey.rules.values import as_of_utc
@@ -642,9 +643,13 @@ class Explanation:
 
     def payloads_json(self, descriptions: Mapping[str, str] | None = None) -> list[str]:
         """Per row ``{"score": probability (6 places), "reasons": [...]}`` as JSON text."""
+        return self.payloads(descriptions).to_list()
+
+    def payloads(self, descriptions: Mapping[str, str] | None = None) -> pl.Series:
+        """:meth:`payloads_json` as a polars Series (no Python string per row)."""
         score = pl.Series(self.proba, nan_to_null=False).round(6).cast(pl.String)
         return pl.select(pl.concat_str([pl.lit('{"score":'), score, pl.lit(',"reasons":'), self._json(descriptions),
-                                        pl.lit("}")])).to_series().to_list()
+                                        pl.lit("}")])).to_series()
 
     def _json(self, descriptions: Mapping[str, str] | None) -> pl.Series:
         desc = descriptions or {}
@@ -896,17 +901,17 @@ class ChurnService:
             artifact = {"classifier": clf.to_artifact(), "features": cols, "descriptions": docs, "as_of": to_iso(t),
                         "cutoff": to_iso(cutoff), "score_field": field}
             mv = self.registry.save(ws, name, kind=kind, definition=d.as_json(), artifact=artifact, metrics=metrics)
-            step(5, "write scores (reasons built meanwhile)")
+            step(5, "write scores (reasons built and appended to the analytical store meanwhile)")
             vfield = f"{field}_model_version"
             declare_scores(self.engine, ws, {field: label_text, vfield: f"{name} model version"}, name, mv.version)
             scores_written = pool.submit(write_score_columns, self, ws, (field, vfield), scored_ids,
                                          {field: probs, vfield: mv.version}, live=live.result())
-            payloads = expl.payloads_json(docs) if expl is not None else []
-            # queued now: its writer commands follow the scores' on the writer thread without a gap
-            reasons_written = pool.submit(write_profile_insight_texts, self, ws, name, mv.version, scored_ids,
-                                          payloads)
+            payloads = expl.payloads(docs) if expl is not None else pl.Series([], dtype=pl.String)
+            # to the analytical store, while the scores go to the operational one
+            reasons_written = pool.submit(write_profile_reasons, self.analytical, ws, name, mv.version,
+                                          now_f["profile_id"].to_arrow(), payloads)
             written = scores_written.result()
-            step(6, "write reasons")
+            step(6, "finish the reasons")
             reasons_written.result()
             step(7, "done")
         return {"model": name, "kind": kind, "version": mv.version, "as_of": to_iso(t), "cutoff": to_iso(cutoff),
@@ -946,6 +951,6 @@ class ChurnService:
         if profiles is not None:
             pid = profiles.get(ws, profile_id, events=0)["profile_id"]
         kinds = {m["name"]: m["kind"] for m in self.registry.list(ws)}
-        stored = read_profile_insights(self.engine, ws, pid)
+        stored = read_profile_reasons(self.analytical, ws, pid)
         models = {k: v for k, v in stored.items() if kinds.get(k) in ("churn", "propensity") and "reasons" in v}
         return {"profile_id": pid, "models": models}

@@ -27,9 +27,18 @@ found is still there to be updated. That a profile is live is checked in ``ix_pr
 (workspace, merged_into, profile_id), never by reading the wide profile row. A concurrent change to
 another field is never lost, and nothing is merged and re-serialised in Python.
 
-Per-profile details that are not numbers (reasons of a score, recommended items) go to the
-``profile_insights`` table (:func:`write_profile_insight_texts`), one row per profile and model,
-shown on the 360° profile under ``insights.<model>``.
+Per-profile details that are not numbers go to one of two places:
+
+- recommended items and other details the 360° profile shows under ``insights.<model>`` go to the
+  operational ``profile_insights`` table (:func:`write_profile_insight_texts`), one row per profile
+  and model;
+- the reasons of a churn or propensity score (one JSON text per scored profile, every run, for
+  every live profile) go to the analytical store's ``profile_reasons`` table
+  (:func:`write_profile_reasons`): appended through Arrow in a few large transactions, they cost
+  ~1 s at 1M profiles where one upsert per profile into the operational store cost 7-10 s on the
+  writer thread, the single biggest part of a scoring run (docs/churn.md). They are read one
+  profile at a time (:func:`read_profile_reasons`, a few ms) by the reasons endpoint, which the
+  console's profile page calls beside the profile itself.
 """
 
 from __future__ import annotations
@@ -407,3 +416,58 @@ def read_profile_insights(engine: sa.Engine, ws: str, profile_id: str) -> dict[s
         rows = c.execute(sa.select(t.c.model, t.c.version, t.c.payload).where(
             t.c.workspace_id == ws, t.c.profile_id == profile_id)).all()
     return {m: {"version": v, **orjson.loads(p)} for m, v, p in rows}
+
+
+REASONS_CHUNK = 250_000
+
+
+def write_profile_reasons(analytical: Any, ws: str, model: str, version: int, profile_ids: Sequence[str] | pa.Array,
+                          payloads: Sequence[str] | pa.Array | pl.Series) -> int:
+    """Replace model ``model``'s per-profile reasons in the analytical store with ``payloads``
+    (the JSON object of each profile of ``profile_ids``, e.g. ``{"score": 0.42, "reasons": [...]}``)
+    and return how many profiles it now holds reasons for.
+
+    The rows go in profile-id order (so a profile's lookup skips all row groups but one), in
+    transactions of ``REASONS_CHUNK`` rows under the store's write lock (event commits go on in
+    between); then the model's rows of any other version are deleted. While it runs a profile may
+    have rows of two versions: readers take the newest (:func:`read_profile_reasons`)."""
+    ids = profile_ids if isinstance(profile_ids, pa.Array) else pa.array(profile_ids, pa.string())
+    texts = (payloads.to_arrow() if isinstance(payloads, pl.Series) else
+             payloads if isinstance(payloads, pa.Array) else pa.array(payloads, pa.string()))
+    if len(ids) != len(texts):
+        raise ValueError(f"{len(ids)} profiles but {len(texts)} payloads")
+    tbl = pa.table({"profile_id": pc.cast(ids, pa.string()), "payload": pc.cast(texts, pa.string())})
+    tbl = tbl.sort_by("profile_id")
+    params = {"ws": ws, "model": model, "version": int(version)}
+    with analytical.transaction() as con:  # a version written before (an interrupted run) starts over
+        con.execute("DELETE FROM profile_reasons WHERE workspace_id = $ws AND model = $model AND version = $version",
+                    params)
+    for lo in range(0, tbl.num_rows, REASONS_CHUNK):
+        with analytical.transaction() as con:
+            con.register("_gk_reasons", tbl.slice(lo, REASONS_CHUNK))
+            try:
+                con.execute("INSERT INTO profile_reasons (workspace_id, model, version, profile_id, payload) "
+                            "SELECT $ws, $model, $version, profile_id, payload FROM _gk_reasons", params)
+            finally:
+                con.unregister("_gk_reasons")
+    with analytical.transaction() as con:
+        con.execute("DELETE FROM profile_reasons WHERE workspace_id = $ws AND model = $model AND version <> $version",
+                    params)
+    return tbl.num_rows
+
+
+def read_profile_reasons(analytical: Any, ws: str, profile_id: str) -> dict[str, Any]:
+    """Every model's reasons for one profile, the newest version of each:
+    ``{model: {"version": N, **payload}}``."""
+    cur = analytical.cursor()
+    try:
+        rows = cur.execute(
+            "SELECT model, version, payload FROM profile_reasons WHERE profile_id = $pid AND workspace_id = $ws",
+            {"ws": ws, "pid": profile_id}).fetchall()
+    finally:
+        cur.close()
+    newest: dict[str, tuple[int, str]] = {}
+    for m, v, p in rows:  # a plain indexed lookup; the newest version picked here
+        if m not in newest or v > newest[m][0]:
+            newest[m] = (v, p)
+    return {m: {"version": v, **orjson.loads(p)} for m, (v, p) in sorted(newest.items())}
