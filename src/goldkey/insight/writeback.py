@@ -430,7 +430,11 @@ def write_profile_reasons(analytical: Any, ws: str, model: str, version: int, pr
     The rows go in profile-id order (so a profile's lookup skips all row groups but one), in
     transactions of ``REASONS_CHUNK`` rows under the store's write lock (event commits go on in
     between); then the model's rows of any other version are deleted. While it runs a profile may
-    have rows of two versions: readers take the newest (:func:`read_profile_reasons`)."""
+    have rows of two versions: readers take the newest (:func:`read_profile_reasons`).
+
+No index on ``profile_id``: DuckDB's ART index made one profile's read 1 ms instead of 3-4 ms
+(zone maps over the sorted rows), but deleting a million rows of the previous version through it
+took 29 s at 1M."""
     ids = profile_ids if isinstance(profile_ids, pa.Array) else pa.array(profile_ids, pa.string())
     texts = (payloads.to_arrow() if isinstance(payloads, pl.Series) else
              payloads if isinstance(payloads, pa.Array) else pa.array(payloads, pa.string()))
@@ -467,7 +471,7 @@ def read_profile_reasons(analytical: Any, ws: str, profile_id: str) -> dict[str,
     finally:
         cur.close()
     newest: dict[str, tuple[int, str]] = {}
-    for m, v, p in rows:  # a plain indexed lookup; the newest version picked here
+    for m, v, p in rows:  # the newest version picked here: cheaper than a GROUP BY in DuckDB
         if m not in newest or v > newest[m][0]:
             newest[m] = (v, p)
     return {m: {"version": v, **orjson.loads(p)} for m, (v, p) in sorted(newest.items())}
