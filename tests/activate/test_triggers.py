@@ -4,6 +4,7 @@ zone, and bad definitions refused at save."""
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -132,6 +133,74 @@ def test_realtime_trigger_fires_once_per_window_and_respects_guardrails(env: Any
         assert c.execute(sa.select(sa.func.count()).select_from(trigger_firings)).scalar() == 3
     listed = env.client.get("/api/v1/triggers", headers=env.admin_auth()).json()
     assert listed[0]["firings"] == {"queued": 1, "suppressed": 2}
+
+
+def test_consent_of_the_same_commit_counts_and_history_triggers_see_the_event(env: Any, svc: TriggerService,
+                                                                            tmp_path: Path) -> None:
+    """A trigger that reads only the profile is matched as soon as the operational commit is done
+    (Writer.early_listeners), after the consent that commit carried is on record, while the events are
+    still being appended to the event log; a trigger with an event-history clause is matched once they
+    are in it (Writer.listeners), so the event that fired it is counted. Probes listening after each
+    phase see what the triggers' listeners saw; the outcomes follow."""
+    ws = env.ws.workspace_id
+    w = env.gk.writer
+    pids = make_profiles(env, 4)
+    grant(env, [pids[0], pids[2], pids[3]])
+    cid, out = sink(env, tmp_path)
+    svc.create(ws, {"name": "流量 75%", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid,
+                    "template": OFFER, "window": {"unit": "month"}})
+    svc.create(ws, {"name": "两次用包", "kind": "realtime", "channel_id": cid, "template": OFFER,
+                    "event": {"kind": "event", "event": "Pack Used"},
+                    "condition": {"kind": "event", "event": "Pack Used", "count": {"op": "at_least", "n": 2},
+                                  "window": {"last_days": 1}},
+                    "window": {"unit": "day"}})
+    seen: dict[str, list[Any]] = {"early": [], "late": []}
+    hits: list[str] = []
+
+    class Recording(queue.SimpleQueue):  # type: ignore[type-arg]
+        def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+            if item is not None:
+                hits.append(item.trigger.d.name)
+            super().put(item, block, timeout)
+
+    svc._queue = Recording()  # the worker is stopped: drain() reads this queue
+
+    def probe(phase: str) -> Any:
+        def look(stored: list[Any]) -> None:
+            mids = [ev.message_id for _, _, ev in stored]
+            with env.gk.engine.connect() as c:
+                consent = dict(c.execute(sa.text(
+                    "SELECT profile_id, status FROM consents WHERE channel = 'sms'")).all())
+            logged = env.gk.analytical.query("SELECT count(*) FROM events WHERE message_id IN (SELECT unnest(?))",
+                                             [mids])[0][0]
+            queued = sorted(hits)
+            seen[phase].append((consent, logged, len(mids), queued))
+        return look
+
+    w.early_listeners.append(probe("early"))
+    w.listeners.append(probe("late"))
+    try:
+        batch = [{"type": "identify", "userId": "u0", "traits": {"consent": {"sms": False}}},
+                 {"type": "track", "userId": "u0", "event": "Data Usage", "properties": {"data_used_pct": 90}},
+                 {"type": "identify", "userId": "u1", "traits": {"consent": {"sms": True}}},
+                 {"type": "track", "userId": "u1", "event": "Data Usage", "properties": {"data_used_pct": 90}},
+                 {"type": "track", "userId": "u2", "event": "Pack Used"},
+                 {"type": "track", "userId": "u2", "event": "Pack Used"},
+                 {"type": "track", "userId": "u3", "event": "Pack Used"}]
+        assert env.post("/v1/batch", {"batch": batch}).status_code == 200
+    finally:
+        w.early_listeners.pop()
+        w.listeners.pop()
+    (consent, logged, n, queued), = seen["early"]
+    assert consent[pids[0]] == "denied" and consent[pids[1]] == "granted"  # recorded before the triggers' turn
+    assert n == 7 and logged == 0  # the events were not in the event log yet
+    assert queued == ["流量 75%", "流量 75%"]  # the profile-only trigger matched already
+    (_, logged, _, queued), = seen["late"]
+    assert logged == 7 and queued.count("两次用包") == 3  # the history trigger matched once they were
+    svc.drain()
+    # the opt-out of the same commit stopped u0's offer, the grant let u1's through; u2 used a pack
+    # twice (both uses counted), u3 once
+    assert sorted(x["profile_id"] for x in lines(out)) == sorted([pids[1], pids[2]])
 
 
 def test_an_opt_out_between_queueing_and_sending_stops_the_message(env: Any, svc: TriggerService,

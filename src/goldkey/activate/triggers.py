@@ -5,9 +5,13 @@ language (``docs/rules.md``): ``event`` is an ``event`` condition matched agains
 committed (e.g. ``Data Usage`` with ``data_used_pct gte 75``); ``condition`` is any rule over the
 profile (``attributes.balance lt 5``; event clauses see the profile's history). Both run in the
 in-memory evaluator (``goldkey.rules.memory``) right behind the ingestion path: like the real-time
-segments (``goldkey.audience.realtime``) the service listens to the writer's durable commits
-(``Writer.listeners``); the listener only matches the event clause against the committed events and
-queues the hits (the writer never waits on a send). The **real-time worker** takes everything queued,
+segments (``goldkey.audience.realtime``) the service listens to the writer's durable commits; the
+listener only matches the event clause against the committed events and queues the hits (the writer
+never waits on a send). A trigger whose ``condition`` reads only the profile listens from
+``Writer.early_listeners``, called as soon as the operational transaction commits (the profile, its
+identities and any consent the events carried are on record) while the writer appends the events to
+the event log; one with event-history clauses listens after that append (``Writer.listeners``), so
+the history it reads holds the event. The **real-time worker** takes everything queued,
 loads the profiles' current values in one query, evaluates ``condition`` and *reserves* the firings:
 one operational-store transaction under the workspace's reservation lock records the firings, runs
 the guardrails (consent, suppressions, caps, quiet hours, de-duplication) and writes the ``queued``
@@ -525,11 +529,15 @@ class TriggerService:
 
     # -- real time ----------------------------------------------------------------------------
     def attach(self, writer: Any) -> None:
-        """Listen to the writer's durable commits."""
-        writer.listeners.append(self._on_commit)
+        """Listen to the writer's durable commits: a trigger whose conditions read only the profile
+        as soon as the operational commit is done (after consent is recorded), one with event-history
+        conditions once the events are in the event log it reads."""
+        writer.early_listeners.append(lambda stored: self._on_commit(stored, history=False))
+        writer.listeners.append(lambda stored: self._on_commit(stored, history=True))
 
-    def _on_commit(self, stored: list[tuple[str, str, Any]]) -> None:
-        """On the writer thread: match the event clauses, queue the hits (never blocks on a send)."""
+    def _on_commit(self, stored: list[tuple[str, str, Any]], history: bool | None = None) -> None:
+        """On the writer thread: match the event clauses, queue the hits (never blocks on a send).
+        ``history``: only the triggers that need (True) or do not need (False) the event log."""
         committed = time.perf_counter()
         with self._cache_lock:
             rt = self._realtime
@@ -542,6 +550,8 @@ class TriggerService:
                 continue
             e: Event | None = None
             for t in trig:
+                if history is not None and t.needs_history is not history:
+                    continue
                 if t.event is not None:
                     if e is None:
                         e = Event(ev.type, ev.event, micros_to_datetime(ev.timestamp), ev.properties or {}, ev.name)

@@ -169,6 +169,12 @@ class Writer:
         # called on the writer thread after each durable group commit with the stored
         # (workspace_id, profile_id, event) triples; must be quick (hand work to another thread)
         self.listeners: list[Callable[[list[tuple[str, str, TrackedEvent]]], None]] = []
+        # the same, called as soon as the operational transaction has committed, before the events
+        # are appended to the analytical store (~10 ms of DuckDB on the commit path): for listeners
+        # that read only the operational store (consent, real-time triggers without event-history
+        # conditions). If the append then fails, the requests are refused and their retry is
+        # notified again; a listener here must tolerate that.
+        self.early_listeners: list[Callable[[list[tuple[str, str, TrackedEvent]]], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -501,16 +507,23 @@ class Writer:
             graph.flush(uow)
             self._apply_deltas(conn, uow)
             map_ops = uow.map_ops
+        stored = [(ws, pid, ev) for (ws, _, ev), pid in zip(keep, profile_ids, strict=True)]
+        # the operational commit is done: profiles, identities and consent state are final, so what
+        # decides on them alone starts now, while the events are appended to the event log
+        self._notify(self.early_listeners, stored)
         self._append_events(keep, profile_ids, map_ops)
         self.dedupe.add_many(now_micros(), batch_keys)
-        if self.listeners:
-            stored = [(ws, pid, ev) for (ws, _, ev), pid in zip(keep, profile_ids, strict=True)]
-            for listener in self.listeners:
-                try:
-                    listener(stored)
-                except Exception:  # a listener never fails a commit that is already durable
-                    log.exception("commit listener failed")
+        self._notify(self.listeners, stored)
         return results
+
+    @staticmethod
+    def _notify(listeners: list[Callable[[list[tuple[str, str, TrackedEvent]]], None]],
+                stored: list[tuple[str, str, TrackedEvent]]) -> None:
+        for listener in listeners:
+            try:
+                listener(stored)
+            except Exception:  # a listener never fails a commit that is already durable
+                log.exception("commit listener failed")
 
     def _apply_deltas(self, conn: sa.Connection, uow: UnitOfWork) -> None:
         """Fold the unit's per-profile changes (recent events, attributes, last seen) into the

@@ -149,7 +149,9 @@ class ConsentCollector:
         self.refused = 0
 
     def attach(self, writer: Any) -> None:
-        writer.listeners.append(self.on_commit)
+        """Record the consent of identify events as soon as their operational commit is done,
+        before any real-time trigger of the same commit decides (``Writer.early_listeners``)."""
+        writer.early_listeners.append(self.on_commit)
 
     def on_commit(self, stored: list[tuple[str, str, Any]]) -> None:
         from goldkey.collect.tracking import micros_to_datetime
