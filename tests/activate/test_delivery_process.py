@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from test_triggers import DATA_EVENT, OFFER, grant, lines, make_profiles, mount, sink, track
 
+from goldkey.activate.sender import rate_limit_dir
 from goldkey.activate.triggers import TriggerService
 from goldkey.store.operational import messages
 
@@ -64,6 +65,9 @@ def test_trigger_messages_go_out_from_the_child_and_in_process_after_it_dies(env
     assert [x["profile_id"] for x in got] == [pids[0]] and got[0]["text"].startswith("客户0，流量已用 75%")
     assert _statuses(env)[pids[0]] == ("sent", None)
     assert _sent_events(env) == [pids[0]]  # the child's outcome became the server's event
+    # the child took its token from the channel's bucket file, the one the server's sends use
+    assert (rate_limit_dir(env.gk.settings.data_dir) / f"{cid}.bucket").stat().st_size == 16
+    assert cid not in env.gk.sender._buckets  # not the server's doing
 
     os.kill(child_pid, signal.SIGKILL)  # between rounds: the next round cannot reach it
     os.waitpid(child_pid, 0)

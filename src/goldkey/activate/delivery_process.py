@@ -18,7 +18,9 @@ What runs where:
   one writer process;
 * the **child** opens the operational store read-only in practice and runs ``Sender.send_rows``:
   addresses and profile values read, templates rendered, messages sent through the channel with
-  its retries and rate limit.
+  its retries and rate limit (the channel's token bucket is a file under the data directory that
+  both processes take from, so a campaign sending in the server and triggers sending here keep
+  the channel's limit together).
 
 If the child cannot start, or fails before it took a round, the round is sent in the parent's
 thread and so are the rounds after it (logged once). If it dies while it holds a round, those
@@ -163,7 +165,7 @@ def _child(fd: int) -> None:
     from goldkey.activate.channel_store import ChannelStore
     from goldkey.activate.guardrails import Guardrails
     from goldkey.activate.keys import Keys, load_or_create_key
-    from goldkey.activate.sender import Sender
+    from goldkey.activate.sender import Sender, rate_limit_dir
     from goldkey.activate.templates import CompiledTemplate, compile_for_workspace
     from goldkey.store.operational import create_operational_engine
 
@@ -172,8 +174,11 @@ def _child(fd: int) -> None:
         _, url, data_dir = conn.recv()
         engine = create_operational_engine(url)
         keys = Keys(load_or_create_key(Path(data_dir)))
-        # no writer: send_rows writes nothing (claims, finishes and events are the parent's)
-        sender = Sender(engine, None, Guardrails(engine), ChannelStore(engine, keys), keys)  # type: ignore[arg-type]
+        # no writer: send_rows writes nothing (claims, finishes and events are the parent's); the
+        # channels' rate-limit buckets are the server's (shared files), so the two processes' sends
+        # together keep each channel's limit
+        sender = Sender(engine, None, Guardrails(engine), ChannelStore(engine, keys), keys,  # type: ignore[arg-type]
+                        rate_dir=rate_limit_dir(Path(data_dir)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         conn.send(("failed", repr(exc)))
         return

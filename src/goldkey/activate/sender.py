@@ -21,7 +21,11 @@ unknown is not retried unless the provider de-duplicates by our message id, and 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
+import re
+import struct
 import threading
 import time
 from collections import namedtuple
@@ -29,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -126,6 +131,9 @@ class SendReport:
                 "took_ms": self.took_ms}
 
 
+_WHOLE = 1 - 1e-9  # a refill computed as 0.9999999999 is a whole token (else waits of 1e-17 s forever)
+
+
 class TokenBucket:
     """A thread-safe token bucket (rate ``per_second``, capacity ``burst``)."""
 
@@ -143,11 +151,62 @@ class TokenBucket:
                 now = self.clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
                 self.last = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
+                if self.tokens >= _WHOLE:
+                    self.tokens = max(0.0, self.tokens - 1)
                     return
                 wait = (1 - self.tokens) / self.rate
             self.sleep(wait)
+
+
+def rate_limit_dir(data_dir: Path) -> Path:
+    """Where an instance keeps its channels' shared rate-limit buckets."""
+    return data_dir / "rate-limits"
+
+
+def _safe_name(channel_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", channel_id)[:100] or "_"
+
+
+class SharedTokenBucket(TokenBucket):
+    """A token bucket whose state (tokens, time of the last refill) lives in a 16-byte file, changed
+    under an exclusive ``flock``: every process of one instance (the server and its delivery child)
+    that sends on a channel draws from the same bucket, so their sends together stay within the
+    channel's rate limit. ``time.monotonic`` is the system-wide monotonic clock on Linux, the same
+    in every process. Within a process a thread lock serialises takes too (``flock`` does not tell
+    apart two threads sharing one open file)."""
+
+    _STATE = struct.Struct("dd")
+
+    def __init__(self, path: Path, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(per_second, burst, clock, sleep)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def take(self) -> None:
+        while True:
+            with self.lock:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                try:
+                    raw = os.pread(self.fd, self._STATE.size, 0)
+                    now = self.clock()
+                    tokens, last = self._STATE.unpack(raw) if len(raw) == self._STATE.size else (self.capacity, now)
+                    if now < last:  # the monotonic clock restarted with the machine: a full bucket
+                        tokens, last = self.capacity, now
+                    tokens = min(float(self.capacity), tokens + (now - last) * self.rate)
+                    wait = 0.0 if tokens >= _WHOLE else (1 - tokens) / self.rate
+                    if tokens >= _WHOLE:
+                        tokens = max(0.0, tokens - 1)
+                    os.pwrite(self.fd, self._STATE.pack(tokens, now), 0)
+                finally:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+            if wait == 0.0:
+                return
+            self.sleep(wait)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def load_addresses(engine: sa.Engine, ws: str, profile_ids: Sequence[str], address_type: str) -> dict[str, str]:
@@ -171,7 +230,8 @@ class Sender:
 
     def __init__(self, engine: sa.Engine, writer: Writer, guardrails: Guardrails, channels: ChannelStore,
                  keys: Keys, *, max_attempts: int = 4, backoff_base: float = 1.0, backoff_max: float = 60.0,
-                 workers: int = 8, sleep: Callable[[float], None] = time.sleep) -> None:
+                 workers: int = 8, sleep: Callable[[float], None] = time.sleep,
+                 rate_dir: Path | None = None) -> None:
         self.engine = engine
         self.writer = writer
         self.guardrails = guardrails
@@ -182,12 +242,17 @@ class Sender:
         self.backoff_max = backoff_max
         self.workers = workers
         self.sleep = sleep
+        # channels' rate-limit buckets: shared through files there with every other process of the
+        # instance (the delivery child), or in memory (None)
+        self.rate_dir = rate_dir
         self._buckets: dict[str, TokenBucket] = {}
 
     @classmethod
     def from_goldkey(cls, gk: Any, **kw: Any) -> Sender:
-        """The sender of a running instance (``gk``), with its key file under the data directory."""
+        """The sender of a running instance (``gk``), with its key file under the data directory and
+        its channels' rate-limit buckets shared with the instance's other processes."""
         keys = Keys(load_or_create_key(gk.settings.data_dir))
+        kw.setdefault("rate_dir", rate_limit_dir(gk.settings.data_dir))
         return cls(gk.engine, gk.writer, Guardrails(gk.engine), ChannelStore(gk.engine, keys), keys, **kw)
 
     # -- the whole pipeline ---------------------------------------------------------------------
@@ -353,8 +418,15 @@ class Sender:
     def _bucket(self, channel_id: str, ch: Channel) -> TokenBucket:
         b = self._buckets.get(channel_id)
         rl = ch.rate_limit()
-        if b is None or b.rate != rl.per_second:
-            b = self._buckets[channel_id] = TokenBucket(rl.per_second, rl.burst, sleep=self.sleep)
+        if b is None or b.rate != rl.per_second or b.capacity != max(1, rl.burst):
+            if isinstance(b, SharedTokenBucket):
+                b.close()
+            if self.rate_dir is None:
+                b = TokenBucket(rl.per_second, rl.burst, sleep=self.sleep)
+            else:
+                b = SharedTokenBucket(self.rate_dir / f"{_safe_name(channel_id)}.bucket", rl.per_second, rl.burst,
+                                      sleep=self.sleep)
+            self._buckets[channel_id] = b
         return b
 
     def backoff(self, attempt: int) -> float:
