@@ -199,7 +199,7 @@ class Goldkey:
             if svc is not None:
                 svc.stop()
         if self.sender is not None:
-            self.sender.channels.close()
+            self.sender.close()
         self.writer.stop()
         self.analytical.close()
         self.engine.dispose()

@@ -105,3 +105,17 @@ def test_the_instance_sender_uses_the_shared_buckets(env: Any) -> None:
     """The server's sender keeps its buckets under the data directory (the delivery child's use of
     the same files: tests/activate/test_delivery_process.py)."""
     assert env.gk.sender.rate_dir == rate_limit_dir(env.gk.settings.data_dir)
+
+
+def test_a_changed_rate_is_applied_to_the_bucket_in_use(env: Any, tmp_path: Path) -> None:
+    """Sends in flight keep the channel's bucket: a new rate is applied to it, the file stays open."""
+    from types import SimpleNamespace
+
+    sender = env.gk.sender
+    limit = SimpleNamespace(per_second=5.0, burst=3)
+    ch = SimpleNamespace(rate_limit=lambda: limit)
+    b = sender._bucket("ch_rate_test", ch)
+    assert isinstance(b, SharedTokenBucket) and (b.rate, b.capacity) == (5.0, 3)
+    limit.per_second, limit.burst = 50.0, 1
+    assert sender._bucket("ch_rate_test", ch) is b and (b.rate, b.capacity) == (50.0, 1)
+    b.take()  # its file is still open and usable

@@ -188,5 +188,12 @@ def test_profile_reasons_go_to_the_analytical_store_replacing_the_models_previou
     assert write_profile_reasons(an, ws, "churn", 3, ["p2"], ['{"score":0.6,"reasons":[]}']) == 1
     assert an.query("SELECT count(*) FROM profile_reasons WHERE workspace_id = ? AND model = 'churn'", [ws]) == [(1,)]
     assert read_profile_reasons(an, ws, "p2")["churn"]["score"] == 0.6
+    # two runs that overlapped: the older one finishing last never deletes the newer one's rows
+    assert write_profile_reasons(an, ws, "churn", 6, ["p2"], ['{"score":0.2,"reasons":[]}']) == 1
+    assert write_profile_reasons(an, ws, "churn", 5, ["p1", "p2"], ['{"score":0.1,"reasons":[]}'] * 2) == 2
+    assert read_profile_reasons(an, ws, "p2")["churn"] == {"version": 6, "score": 0.2, "reasons": []}
+    assert read_profile_reasons(an, ws, "p1")["churn"]["version"] == 5  # left to the next run
+    assert write_profile_reasons(an, ws, "churn", 7, ["p2"], ['{"score":0.3,"reasons":[]}']) == 1
+    assert read_profile_reasons(an, ws, "p1") == {"propensity_x": {"version": 1, "score": 0.8, "reasons": []}}
     with pytest.raises(ValueError, match="2 profiles but 1 payloads"):
-        write_profile_reasons(an, ws, "churn", 4, ["p1", "p2"], texts[:1])
+        write_profile_reasons(an, ws, "churn", 8, ["p1", "p2"], texts[:1])

@@ -201,7 +201,7 @@ def _child(fd: int) -> None:
         except Exception as exc:  # noqa: BLE001 - the parent fails the round's messages with the reason
             log.exception("delivery round failed")
             conn.send(("error", repr(exc)))
-    sender.channels.close()
+    sender.close()
     engine.dispose()
 
 

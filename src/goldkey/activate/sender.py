@@ -145,6 +145,12 @@ class TokenBucket:
         self.last = clock()
         self.lock = threading.Lock()
 
+    def configure(self, per_second: float, burst: int) -> None:
+        """Take a new rate and capacity (the channel's settings changed), keeping the bucket."""
+        with self.lock:
+            self.rate, self.capacity = per_second, max(1, burst)
+            self.tokens = min(self.tokens, float(self.capacity))
+
     def take(self) -> None:
         while True:
             with self.lock:
@@ -246,6 +252,7 @@ class Sender:
         # instance (the delivery child), or in memory (None)
         self.rate_dir = rate_dir
         self._buckets: dict[str, TokenBucket] = {}
+        self._buckets_lock = threading.Lock()
 
     @classmethod
     def from_goldkey(cls, gk: Any, **kw: Any) -> Sender:
@@ -416,18 +423,30 @@ class Sender:
                                out.url, unsub, md)
 
     def _bucket(self, channel_id: str, ch: Channel) -> TokenBucket:
-        b = self._buckets.get(channel_id)
+        """The channel's one bucket in this sender (sends in flight keep using it: a changed rate
+        is applied to it, never by replacing or closing it)."""
         rl = ch.rate_limit()
-        if b is None or b.rate != rl.per_second or b.capacity != max(1, rl.burst):
-            if isinstance(b, SharedTokenBucket):
-                b.close()
-            if self.rate_dir is None:
-                b = TokenBucket(rl.per_second, rl.burst, sleep=self.sleep)
-            else:
-                b = SharedTokenBucket(self.rate_dir / f"{_safe_name(channel_id)}.bucket", rl.per_second, rl.burst,
-                                      sleep=self.sleep)
-            self._buckets[channel_id] = b
+        with self._buckets_lock:
+            b = self._buckets.get(channel_id)
+            if b is None:
+                if self.rate_dir is None:
+                    b = TokenBucket(rl.per_second, rl.burst, sleep=self.sleep)
+                else:
+                    b = SharedTokenBucket(self.rate_dir / f"{_safe_name(channel_id)}.bucket", rl.per_second,
+                                          rl.burst, sleep=self.sleep)
+                self._buckets[channel_id] = b
+            elif b.rate != rl.per_second or b.capacity != max(1, rl.burst):
+                b.configure(rl.per_second, rl.burst)
         return b
+
+    def close(self) -> None:
+        """Close the channels and the rate-limit bucket files (when nothing sends any more)."""
+        self.channels.close()
+        with self._buckets_lock:
+            for b in self._buckets.values():
+                if isinstance(b, SharedTokenBucket):
+                    b.close()
+            self._buckets.clear()
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry ``attempt`` (1-based): exponential with equal jitter."""

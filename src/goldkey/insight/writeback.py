@@ -429,8 +429,10 @@ def write_profile_reasons(analytical: Any, ws: str, model: str, version: int, pr
 
     The rows go in profile-id order (so a profile's lookup skips all row groups but one), in
     transactions of ``REASONS_CHUNK`` rows under the store's write lock (event commits go on in
-    between); then the model's rows of any other version are deleted. While it runs a profile may
-    have rows of two versions: readers take the newest (:func:`read_profile_reasons`).
+    between); then the model's rows of older versions are deleted (a newer run that overlapped
+    this one keeps its rows; this run's rows it could not delete are older than its own, left to
+    the next run). While it runs a profile may have rows of two versions: readers take the newest
+    (:func:`read_profile_reasons`).
 
 No index on ``profile_id``: DuckDB's ART index made one profile's read 1 ms instead of 3-4 ms
 (zone maps over the sorted rows), but deleting a million rows of the previous version through it
@@ -454,8 +456,8 @@ took 29 s at 1M."""
                             "SELECT $ws, $model, $version, profile_id, payload FROM _gk_reasons", params)
             finally:
                 con.unregister("_gk_reasons")
-    with analytical.transaction() as con:
-        con.execute("DELETE FROM profile_reasons WHERE workspace_id = $ws AND model = $model AND version <> $version",
+    with analytical.transaction() as con:  # older versions only: a newer run's rows are never touched
+        con.execute("DELETE FROM profile_reasons WHERE workspace_id = $ws AND model = $model AND version < $version",
                     params)
     return tbl.num_rows
 
