@@ -434,15 +434,20 @@ def write_profile_reasons(analytical: Any, ws: str, model: str, version: int, pr
     the next run). While it runs a profile may have rows of two versions: readers take the newest
     (:func:`read_profile_reasons`).
 
-No index on ``profile_id``: DuckDB's ART index made one profile's read 1 ms instead of 3-4 ms
-(zone maps over the sorted rows), but deleting a million rows of the previous version through it
-took 29 s at 1M."""
+    No index on ``profile_id``: DuckDB's ART index made one profile's read 1 ms instead of 3-4 ms
+    (zone maps over the sorted rows), but deleting a million rows of the previous version through it
+    took 29 s at 1M."""
     ids = profile_ids if isinstance(profile_ids, pa.Array) else pa.array(profile_ids, pa.string())
     texts = (payloads.to_arrow() if isinstance(payloads, pl.Series) else
              payloads if isinstance(payloads, pa.Array) else pa.array(payloads, pa.string()))
     if len(ids) != len(texts):
         raise ValueError(f"{len(ids)} profiles but {len(texts)} payloads")
-    tbl = pa.table({"profile_id": pc.cast(ids, pa.string()), "payload": pc.cast(texts, pa.string())})
+    # the constant columns dictionary-encoded: one value and n zero indices, no copy of it per row
+    zeros = pa.array(np.zeros(len(ids), dtype=np.int32))
+    tbl = pa.table({"workspace_id": pa.DictionaryArray.from_arrays(zeros, pa.array([ws], pa.string())),
+                    "model": pa.DictionaryArray.from_arrays(zeros, pa.array([model], pa.string())),
+                    "version": pa.DictionaryArray.from_arrays(zeros, pa.array([int(version)], pa.int32())),
+                    "profile_id": pc.cast(ids, pa.string()), "payload": pc.cast(texts, pa.string())})
     tbl = tbl.sort_by("profile_id")
     params = {"ws": ws, "model": model, "version": int(version)}
     with analytical.transaction() as con:  # a version written before (an interrupted run) starts over
@@ -450,12 +455,7 @@ took 29 s at 1M."""
                     params)
     for lo in range(0, tbl.num_rows, REASONS_CHUNK):
         with analytical.transaction() as con:
-            con.register("_gk_reasons", tbl.slice(lo, REASONS_CHUNK))
-            try:
-                con.execute("INSERT INTO profile_reasons (workspace_id, model, version, profile_id, payload) "
-                            "SELECT $ws, $model, $version, profile_id, payload FROM _gk_reasons", params)
-            finally:
-                con.unregister("_gk_reasons")
+            analytical.append("profile_reasons", tbl.slice(lo, REASONS_CHUNK), con)
     with analytical.transaction() as con:  # older versions only: a newer run's rows are never touched
         con.execute("DELETE FROM profile_reasons WHERE workspace_id = $ws AND model = $model AND version < $version",
                     params)
