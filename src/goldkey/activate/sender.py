@@ -151,16 +151,23 @@ class TokenBucket:
             self.rate, self.capacity = per_second, max(1, burst)
             self.tokens = min(self.tokens, float(self.capacity))
 
+    def _step(self, tokens: float, last: float, now: float) -> tuple[float, float]:
+        """Refill ``tokens`` (as of ``last``) up to ``now`` and take one if there is one: the tokens
+        left and the seconds to wait before trying again (0: taken). A clock that went back (a
+        monotonic clock restarted with the machine, in a shared bucket's file) gives a full bucket."""
+        tokens = self.capacity if now < last else min(float(self.capacity), tokens + (now - last) * self.rate)
+        if tokens >= _WHOLE:
+            return max(0.0, tokens - 1), 0.0
+        return tokens, (1 - tokens) / self.rate
+
     def take(self) -> None:
         while True:
             with self.lock:
                 now = self.clock()
-                self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+                self.tokens, wait = self._step(self.tokens, self.last, now)
                 self.last = now
-                if self.tokens >= _WHOLE:
-                    self.tokens = max(0.0, self.tokens - 1)
-                    return
-                wait = (1 - self.tokens) / self.rate
+            if wait == 0.0:
+                return
             self.sleep(wait)
 
 
@@ -198,12 +205,7 @@ class SharedTokenBucket(TokenBucket):
                     raw = os.pread(self.fd, self._STATE.size, 0)
                     now = self.clock()
                     tokens, last = self._STATE.unpack(raw) if len(raw) == self._STATE.size else (self.capacity, now)
-                    if now < last:  # the monotonic clock restarted with the machine: a full bucket
-                        tokens, last = self.capacity, now
-                    tokens = min(float(self.capacity), tokens + (now - last) * self.rate)
-                    wait = 0.0 if tokens >= _WHOLE else (1 - tokens) / self.rate
-                    if tokens >= _WHOLE:
-                        tokens = max(0.0, tokens - 1)
+                    tokens, wait = self._step(tokens, last, now)
                     os.pwrite(self.fd, self._STATE.pack(tokens, now), 0)
                 finally:
                     fcntl.flock(self.fd, fcntl.LOCK_UN)
