@@ -535,7 +535,7 @@ class TriggerService:
         writer.early_listeners.append(lambda stored: self._on_commit(stored, history=False))
         writer.listeners.append(lambda stored: self._on_commit(stored, history=True))
 
-    def _on_commit(self, stored: list[tuple[str, str, Any]], history: bool | None = None) -> None:
+    def _on_commit(self, stored: list[tuple[str, str, Any]], history: bool) -> None:
         """On the writer thread: match the event clauses, queue the hits (never blocks on a send).
         ``history``: only the triggers that need (True) or do not need (False) the event log."""
         committed = time.perf_counter()
@@ -550,7 +550,7 @@ class TriggerService:
                 continue
             e: Event | None = None
             for t in trig:
-                if history is not None and t.needs_history is not history:
+                if t.needs_history is not history:
                     continue
                 if t.event is not None:
                     if e is None:
