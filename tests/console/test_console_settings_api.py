@@ -71,11 +71,11 @@ def test_keys_of_another_workspace_are_not_found(env: Any) -> None:
 def test_a_channel_is_edited_and_its_credentials_stay_write_only(env: Any) -> None:
     c, auth = env.client, env.admin_auth()
     body: dict[str, Any] = {"name": "Mail", "kind": "email", "config": {"host": "smtp.example.com",
-                            "from_address": "news@example.com"}, "secrets": {"username": "u", "password": "p1"}}
+                            "from_address": "news@example.com"}, "secrets": {"username": "u", "password": "old-Secret-17"}}
     made = c.post("/api/v1/channels", json=body, headers=auth)
     assert made.status_code == 201, made.text
     ch = made.json()
-    assert ch["secrets_set"] == ["password", "username"] and "p1" not in made.text
+    assert ch["secrets_set"] == ["password", "username"] and "old-Secret-17" not in made.text
 
     # a new port and name, no secrets sent: the stored ones are kept
     edit = {**body, "name": "Newsletter", "config": {**body["config"], "port": 465, "security": "ssl"}, "secrets": {}}
@@ -85,10 +85,11 @@ def test_a_channel_is_edited_and_its_credentials_stay_write_only(env: Any) -> No
     assert r.json()["secrets_set"] == ["password", "username"]
     stored = env.gk.sender.channels.keys.decrypt(
         env.gk.sender.channels._row(env.ws.workspace_id, ch["channel_id"]).secrets)
-    assert stored == {"username": "u", "password": "p1"}
+    assert stored == {"username": "u", "password": "old-Secret-17"}
 
     # a replaced password is stored, still never returned
-    # (a value no random id can contain: "p2" once appeared inside a channel id)
+    # (secrets in this test are values no random id can contain: "p1" and "p2"
+    # once each appeared inside a channel id)
     r = c.put(f"/api/v1/channels/{ch['channel_id']}", json={**edit, "secrets": {"password": "new-Secret-42"}},
               headers=auth)
     assert r.status_code == 200 and "new-Secret-42" not in r.text
