@@ -275,6 +275,7 @@ def test_profile_state_trigger_in_the_background_worker(env: Any, svc: TriggerSe
                     "condition": {"kind": "attribute", "field": "attributes.balance", "op": "lt", "value": 5},
                     "template": {"variants": {"zh": {"text": "余额 {{ attributes.balance }} 元，请及时充值"}}}})
     svc.start()
+    seen = {since: _latency_count(since) for since in ("received", "committed")}
     env.post("/v1/identify", {"userId": "u0", "traits": {"balance": 3.5}})
     env.post("/v1/identify", {"userId": "u1", "traits": {"balance": 8}})
     deadline = time.monotonic() + 10
@@ -283,7 +284,18 @@ def test_profile_state_trigger_in_the_background_worker(env: Any, svc: TriggerSe
     time.sleep(0.3)
     got = lines(out)
     assert [x["profile_id"] for x in got] == [pids[0]] and "3.5" in got[0]["text"]
-    assert len(svc.latencies_ms) == 1 and svc.last_error is None
+    assert len(svc.latencies_ms) == 1 and len(svc.received_latencies_ms) == 1 and svc.last_error is None
+    # the firing's latency, from the API's receipt and from the commit, is on /metrics for operators
+    assert {since: _latency_count(since) - n for since, n in seen.items()} == {"received": 1, "committed": 1}
+    assert svc.received_latencies_ms[0] >= svc.latencies_ms[0] > 0
+    text = env.client.get("/metrics").text
+    assert 'goldkey_trigger_latency_seconds_bucket{le="0.05",since="received"}' in text
+
+
+def _latency_count(since: str) -> float:
+    from goldkey.ops.metrics import METRICS
+
+    return METRICS.registry.get_sample_value("goldkey_trigger_latency_seconds_count", {"since": since}) or 0.0
 
 
 def test_abandoned_cart_fires_only_without_the_follow_up(env: Any, svc: TriggerService, tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -85,6 +86,7 @@ from goldkey.collect.tracking import micros_to_datetime
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.core.ids import new_id
+from goldkey.ops.metrics import METRICS
 from goldkey.rules.memory import CompiledRule, Event, compile_rule
 from goldkey.rules.model import EventCondition, SequenceCondition, iter_nodes, parse_rule
 from goldkey.rules.values import check_rule, coerce, field_column
@@ -95,6 +97,7 @@ log = logging.getLogger(__name__)
 CHANNEL_TTL_SECONDS = 5.0  # how long a real-time round reuses an opened channel
 DELIVERY_GATHER_SECONDS = 0.2  # the delivery worker gathers reserved messages this long per round
 DELIVERY_MAX_YIELD_SECONDS = 2.0  # ... and waits at most this long for busy real-time rounds
+LATENCY_KEEP = 100_000  # real-time firings' latencies kept in memory (the newest)
 
 T = triggers.c
 F = trigger_firings.c
@@ -283,8 +286,10 @@ class TriggerService:
         self._realtime_busy = False  # a real-time round is running: the delivery worker waits
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.latencies_ms: list[float] = []  # event committed -> message queued, per real-time firing
-        self.received_latencies_ms: list[float] = []  # event received by the API -> message queued
+        # per real-time firing, the newest LATENCY_KEEP (bounded: a server runs for months); the same
+        # figures go to the goldkey_trigger_latency_seconds histogram of /metrics
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_KEEP)  # event committed -> message queued
+        self.received_latencies_ms: deque[float] = deque(maxlen=LATENCY_KEEP)  # event received by the API -> queued
         self.last_error: str | None = None
         # the delivery worker's rounds go to a child process (activate/delivery_process.py) when set
         self.child: DeliveryProcess | None = None
@@ -731,10 +736,16 @@ class TriggerService:
                 self._record_firings(c, ws, tid, window_key, now, rows)
         if committed:  # the messages are durably queued now
             done, now_us = time.perf_counter(), time.time() * 1e6
+            from_commit = METRICS.trigger_latency.labels(since="committed")
+            from_receipt = METRICS.trigger_latency.labels(since="received")
             for p in res.message_ids:
-                self.latencies_ms.append((done - committed[p][0]) * 1000)
+                ms = (done - committed[p][0]) * 1000
+                self.latencies_ms.append(ms)
+                from_commit.observe(ms / 1000)
                 if committed[p][1]:
-                    self.received_latencies_ms.append((now_us - committed[p][1]) / 1000)
+                    ms = (now_us - committed[p][1]) / 1000
+                    self.received_latencies_ms.append(ms)
+                    from_receipt.observe(ms / 1000)
         return list(res.message_ids.values())
 
     @staticmethod
