@@ -109,6 +109,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (each thread lists the children it started)."""
+    out: list[int] = []
+    try:
+        for t in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(x) for x in (t / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of each thread of a process, by native thread id."""
     out: dict[int, float] = {}
@@ -254,9 +265,13 @@ class Server:
     """``goldkey serve`` in its own process on 127.0.0.1 (a fresh temp data dir unless given)."""
 
     def __init__(
-        self, data_dir: Path | None = None, env: dict[str, str] | None = None, prelude: str | None = None
+        self, data_dir: Path | None = None, env: dict[str, str] | None = None, prelude: str | None = None,
+        collectors: int = 0,
     ) -> None:
         self._tmp = None
+        # with collectors, the tracking API's load goes to their port (``ingest_port``)
+        self.collectors = collectors
+        self.collect_port = free_port() if collectors else None
         self.prelude = prelude  # diagnostics: Python run in the server process before the CLI
         if data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="goldkey-bench-")
@@ -274,6 +289,21 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
     @property
+    def ingest_port(self) -> int:
+        """Where tracking calls go: the collectors' port when there are collectors."""
+        return self.collect_port or self.port
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://{HOST}:{self.ingest_port}"
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of the server process and of its children (the collectors, the
+        delivery child)."""
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid), sum(cpu_seconds(k) for k in children(self.proc.pid))
+
+    @property
     def write_auth(self) -> str:
         return "Basic " + base64.b64encode((self.workspace["write_key"] + ":").encode()).decode()
 
@@ -287,6 +317,8 @@ class Server:
 
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, **(self.env or {})}
+        if self.collectors:
+            env.update(GOLDKEY_COLLECTORS=str(self.collectors), GOLDKEY_COLLECT_PORT=str(self.collect_port))
         log = self.log_path.open("wb")
         cmd = goldkey_cmd()
         if self.prelude:
@@ -304,8 +336,14 @@ class Server:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
+                    ok = r.status == 200
+                if ok and self.collectors:  # every collector listening (they bind the port one by one)
+                    with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                        ok = json.loads(r.read())["collectors"]["running"] == self.collectors
+                    with urllib.request.urlopen(self.ingest_url + "/healthz", timeout=2) as r:
+                        ok = ok and r.status == 200
+                if ok:
+                    return
             except OSError:
                 pass
             time.sleep(0.1)

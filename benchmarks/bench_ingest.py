@@ -51,7 +51,6 @@ from _common import (  # noqa: E402
     check_noise,
     closed_loop,
     cores,
-    cpu_seconds,
     duckdb_count,
     emit_summary,
     find_wrk,
@@ -148,12 +147,12 @@ def max_rate(
     users, hot = args.users, max(1, args.users // 10)
     c0 = _commits(srv)
     tc = ThreadCpu(srv.proc.pid, srv.thread_names)  # type: ignore[union-attr]
-    cpu0, t0 = cpu_seconds(srv.proc.pid), time.perf_counter()  # type: ignore[union-attr]
+    (cpu0, kids0), t0 = srv.cpu(), time.perf_counter()
     if wrk:
         headers = {"Authorization": srv.write_auth, "Content-Type": "application/json"}
         w, gen_cpu = run_wrk(
             wrk,
-            srv.url + path,
+            srv.ingest_url + path,
             wrk_script(templates, users, hot, headers),
             threads=1,
             conns=conns,
@@ -174,8 +173,8 @@ def max_rate(
             "p99_ms": w["p99_us"] / 1000,
         }
     else:
-        src = EventSource(srv.port, path, srv.write_auth, templates, users, hot, run_id)
-        r = closed_loop(srv.port, src, procs=2, conns=conns, seconds=args.seconds)
+        src = EventSource(srv.ingest_port, path, srv.write_auth, templates, users, hot, run_id)
+        r = closed_loop(srv.ingest_port, src, procs=2, conns=conns, seconds=args.seconds)
         totals.add_py(r)
         if r.first_error:
             print(f"  first non-200 answer: {r.first_error}")
@@ -192,7 +191,9 @@ def max_rate(
             "p99_ms": _ms(pc["p99"]),
         }
     wall = time.perf_counter() - t0
-    server_cpu = cpu_seconds(srv.proc.pid) - cpu0  # type: ignore[union-attr]
+    cpu1, kids1 = srv.cpu()
+    # the server's CPU includes its children's (the collectors, with --collectors)
+    server_cpu, kids_cpu = (cpu1 - cpu0) + (kids1 - kids0), kids1 - kids0
     out["threads"] = tc.line()
     out["commits"] = _commit_line(c0, _commits(srv), wall)
     out["server_cpu_pct"] = round(100 * server_cpu / wall)
@@ -210,13 +211,19 @@ def max_rate(
         f"  {label}: {out['requests']:,} requests in {secs:.1f} s -> {out['requests_per_s']:,.0f} req/s, "
         f"{out['events_per_s']:,.0f} events/s acknowledged (dup {out['duplicates']}, non-200 {out['non200']}, "
         f"socket errors {out['errors']}); closed-loop latency p50 {out['p50_ms']:.1f} ms p99 {out['p99_ms']:.1f} ms; "
-        f"CPU: server {out['server_cpu_pct']}%, generator {out['generator_cpu_pct']}% (of one core)\n"
+        f"CPU: server {out['server_cpu_pct']}%{_kids(kids_cpu, wall)}, generator {out['generator_cpu_pct']}% "
+        "(of one core)\n"
         f"    server {out['server_cpu_s']} CPU-s in {out['wall_s']} s wall: {out['cpu_us_per_event']:,.1f} us CPU "
         f"per event, {out['cpu_us_per_request']:,.1f} us per request; load average {out['load_avg']}\n"
         f"    {out['threads']}\n    {out['commits']}",
         flush=True,
     )
     return out
+
+
+def _kids(cpu: float, wall: float) -> str:
+    """The children's share of the server's CPU (the collectors'), when there is one."""
+    return f" (of which child processes {100 * cpu / wall:.0f}%)" if cpu > 0.05 else ""
 
 
 def fixed_rate(
@@ -230,16 +237,18 @@ def fixed_rate(
     run_id: str,
     totals: Totals,
 ) -> dict[str, Any]:
-    src = EventSource(srv.port, path, srv.write_auth, templates, args.users, max(1, args.users // 10), run_id)
+    src = EventSource(srv.ingest_port, path, srv.write_auth, templates, args.users, max(1, args.users // 10), run_id)
     c0 = _commits(srv)
     tc = ThreadCpu(srv.proc.pid, srv.thread_names)  # type: ignore[union-attr]
-    cpu0, t0 = cpu_seconds(srv.proc.pid), time.perf_counter()  # type: ignore[union-attr]
-    r = open_loop(srv.port, src, rate=rate, seconds=args.seconds, conns=conns)
+    (cpu0, kids0), t0 = srv.cpu(), time.perf_counter()
+    r = open_loop(srv.ingest_port, src, rate=rate, seconds=args.seconds, conns=conns)
     wall = time.perf_counter() - t0
-    server_cpu = cpu_seconds(srv.proc.pid) - cpu0  # type: ignore[union-attr]
+    cpu1, kids1 = srv.cpu()
+    # the server's CPU includes its children's (the collectors, with --collectors)
+    server_cpu, kids_cpu = (cpu1 - cpu0) + (kids1 - kids0), kids1 - kids0
     commits = (
-        f"server {server_cpu:.2f} CPU-s in {wall:.2f} s wall, {1e6 * server_cpu / max(1, r.requests):,.1f} us CPU "
-        f"per request; load average {os.getloadavg()[0]:.1f}\n    "
+        f"server {server_cpu:.2f} CPU-s{_kids(kids_cpu, wall)} in {wall:.2f} s wall, "
+        f"{1e6 * server_cpu / max(1, r.requests):,.1f} us CPU per request; load average {os.getloadavg()[0]:.1f}\n    "
         + tc.line()
         + "\n    "
         + _commit_line(c0, _commits(srv), wall)
@@ -284,6 +293,8 @@ def main() -> int:
     ap.add_argument("--track-conns", type=int, default=256)
     ap.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--install-wrk", action="store_true", help="apt-get install wrk if missing (by hand only)")
+    ap.add_argument("--collectors", type=int, default=0,
+                    help="serve with this many collector processes and send the tracking load to their port")
     ap.add_argument("--profile", action="store_true", help="extra runs of (a) and (b) under py-spy, summarised")
     ap.add_argument(
         "--server-prelude",
@@ -330,12 +341,14 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="goldkey-bench-ingest-") as tmp,
-        Server(Path(tmp) / "data", prelude=args.server_prelude) as srv,
+        Server(Path(tmp) / "data", prelude=args.server_prelude, collectors=args.collectors) as srv,
     ):
         srv.create_workspace()
         srv.start()
         work = Path(tmp)
-        print(f"server pid {srv.proc.pid} on {srv.url}")  # type: ignore[union-attr]
+        print(f"server pid {srv.proc.pid} on {srv.url}"  # type: ignore[union-attr]
+              + (f"; {args.collectors} collector process(es) on {srv.ingest_url} take the load" if args.collectors
+                 else ""))
         srv.thread_names = thread_names(srv.proc.pid)  # type: ignore[union-attr]
 
         # warm-up (counted in the totals, not in the figures)

@@ -282,15 +282,9 @@ def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lo
 
 
-def _children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (the delivery child is started by a worker thread, and each
-    thread lists its own children)."""
-    return [int(x) for t in Path(f"/proc/{pid}/task").iterdir() for x in (t / "children").read_text().split()]
-
-
 def run_http(args: argparse.Namespace) -> None:
     """The ``--http`` run (see the module's docstring)."""
-    from _common import Server, cpu_seconds, open_loop  # noqa: PLC0415
+    from _common import Server, children, cpu_seconds, open_loop  # noqa: PLC0415
 
     print(machine_line(), flush=True)
     with Server() as server:
@@ -311,14 +305,14 @@ def run_http(args: argparse.Namespace) -> None:
               f"in {time.perf_counter() - t0:.1f} s", flush=True)
         time.sleep(1.0)
         pid = server.proc.pid  # type: ignore[union-attr]
-        cpu0, kid0 = cpu_seconds(pid), {k: cpu_seconds(k) for k in _children(pid)}
+        cpu0, kid0 = cpu_seconds(pid), {k: cpu_seconds(k) for k in children(pid)}
         load0 = os.getloadavg()
         source = TrackSource(server.port, write, args.users, f"r{os.getpid()}")
         res = open_loop(server.port, source, rate=args.rate, seconds=args.seconds, conns=64)
         load1 = os.getloadavg()
         time.sleep(1.0)  # the workers' last rounds
         cpu = cpu_seconds(pid) - cpu0
-        kid_cpu = sum(cpu_seconds(k) - kid0.get(k, 0.0) for k in _children(pid))  # started lazily: maybe new
+        kid_cpu = sum(cpu_seconds(k) - kid0.get(k, 0.0) for k in children(pid))  # started lazily: maybe new
         with urllib.request.urlopen(server.url + "/metrics", timeout=30) as r:
             text = r.read().decode()
         listed = {t["trigger_id"]: t for t in server.get_json("/api/v1/triggers", admin)}

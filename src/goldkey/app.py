@@ -49,15 +49,21 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         owned = gk is None
         app.state.gk = gk or Goldkey.open(settings or Settings())
         tune_gc()
-        warming, stop = None, threading.Event()
+        warming, stop, collectors = None, threading.Event(), None
         if owned:  # a server of its own (``goldkey serve``): profile facts built before the first estimate
             instance = app.state.gk
             warming = instance.facts.warm([str(w["workspace_id"]) for w in instance.workspaces.list()], stop)
+            if instance.settings.collectors:  # tracking API processes in front of this one's writer
+                from goldkey.collect.collectors import CollectorPool
+
+                collectors = instance.collectors = CollectorPool(instance, instance.settings).start()
         try:
             yield
         finally:
             restore_gc()
             stop.set()
+            if collectors is not None:  # they finish the requests they hold while the writer still runs
+                collectors.stop()
             if warming is not None:
                 warming.join(timeout=120)  # a build in progress finishes before the stores close
             if owned:

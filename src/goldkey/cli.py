@@ -62,14 +62,20 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     data_dir: DataDir = None,
+    collectors: Annotated[int | None, typer.Option(
+        help="Collector processes serving the tracking API on --collect-port (default 0: none).")] = None,
+    collect_port: Annotated[int | None, typer.Option(help="Port of the collector processes (default 8001).")] = None,
 ) -> None:
     """Serve the tracking API and the REST API (with its OpenAPI docs at /docs)."""
     import uvicorn
 
     from goldkey.app import create_app
 
-    settings = _settings(data_dir, host=host, port=port)
+    settings = _settings(data_dir, host=host, port=port, collectors=collectors, collect_port=collect_port)
     console.print(f"Goldkey serving on http://{settings.host}:{settings.port}  (data: {settings.data_dir})")
+    if settings.collectors:
+        console.print(f"tracking API also served by {settings.collectors} collector process(es) on "
+                      f"http://{settings.host}:{settings.collect_port}")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
 

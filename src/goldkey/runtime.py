@@ -107,6 +107,7 @@ class Goldkey:
     triggers: TriggerService | None = None
     journeys: JourneyService | None = None
     journey_engine: JourneyEngine | None = None
+    collectors: Any = None  # collect.collectors.CollectorPool, started by the served app with ``collectors`` > 0
     _lock_file: IO[str] | None = None
     # insight services: built on first use (see _OnFirstUse); class attributes, not dataclass fields
     rfm: ClassVar[_OnFirstUse[RFMService]] = _OnFirstUse("goldkey.insight.rfm", "RFMService")

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the API server binds to.")
     port: int = Field(8000, description="Port the API server listens on.")
+    collectors: int = Field(
+        0, ge=0, le=64,
+        description="Collector processes serving the tracking API on `collect_port` in front of the server's "
+        "writer (0: none; the server's own port always takes tracking calls). See docs/operations.md.",
+    )
+    collect_port: int = Field(8001, description="Port the collector processes listen on (with `collectors` > 0).")
     default_phone_region: str = Field(
         "CN", description="Region used to parse phone numbers written without a country code."
     )

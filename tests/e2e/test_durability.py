@@ -1,11 +1,12 @@
 """A 200 from the tracking API means the events are durable: SIGKILL under load loses no acknowledged event.
 
 Client threads send ``/v1/batch`` requests (100 events each, unique messageIds) to a real
-``goldkey serve`` process as fast as they can and record the messageIds of every request answered
-200. The server is then killed with SIGKILL while requests are in flight, restarted on the same data
-directory (it must come up cleanly), and stopped gracefully. Every acknowledged messageId must be in
-the event table exactly once, and re-sending acknowledged batches after the restart must come back
-as duplicates without storing anything twice.
+``goldkey serve`` process (once more to its collector processes) as fast as they can and record the
+messageIds of every request answered 200. The server is then killed with SIGKILL while requests are
+in flight (its collectors must exit with it), restarted on the same data directory (it must come up
+cleanly), and stopped gracefully. Every acknowledged messageId must be in the event table exactly
+once, and re-sending acknowledged batches after the restart must come back as duplicates without
+storing anything twice.
 """
 
 from __future__ import annotations
@@ -51,10 +52,16 @@ class Server:
     workspace_id: str
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    collectors: int = 0  # with collector processes, the load goes to their port
+    collect_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.collect_port or self.port}"
 
     def start(self) -> float:
         """Start and wait for /healthz; return the seconds it took."""
@@ -72,6 +79,8 @@ class Server:
                     str(self.port),
                     "--data-dir",
                     str(self.data_dir),
+                    *(["--collectors", str(self.collectors), "--collect-port", str(self.collect_port)]
+                      if self.collectors else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -82,7 +91,11 @@ class Server:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
                 r = httpx.get(self.url + "/healthz", timeout=1)
-                if r.status_code == 200:
+                if r.status_code == 200 and (
+                    not self.collectors
+                    or (r.json()["collectors"]["running"] == self.collectors
+                        and httpx.get(self.ingest_url + "/healthz", timeout=1).status_code == 200)
+                ):
                     return time.monotonic() - t0
             except httpx.HTTPError:
                 pass
@@ -91,8 +104,14 @@ class Server:
 
     def sigkill(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "server died before the kill"
+        children = _children(self.proc.pid)
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        # its collector processes see their socket close and exit at once, freeing their port
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.05)
+        assert not [c for c in children if _alive(c)], "child processes outlived the killed server"
 
     def stop(self) -> None:
         assert self.proc is not None
@@ -113,8 +132,25 @@ class Server:
         assert not wal.exists() or wal.stat().st_size == 0, "DuckDB was not checkpointed on shutdown"
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting to be reaped: the killed server's children are reparented)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server on its own data directory; indirectly parametrised with a number of collectors."""
+    collectors = getattr(request, "param", 0)
     data = tmp_path / "data"
     out = subprocess.run(
         [GOLDKEY, "workspace", "create", "Durable", "--json", "--data-dir", str(data)],
@@ -124,7 +160,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
         check=True,
     )
     ws = json.loads(out.stdout)
-    srv = Server(data, _free_port(), ws["write_key"], ws["workspace_id"], tmp_path / "server.log")
+    srv = Server(data, _free_port(), ws["write_key"], ws["workspace_id"], tmp_path / "server.log",
+                 collectors=collectors, collect_port=_free_port() if collectors else None)
     try:
         yield srv
     finally:
@@ -177,7 +214,7 @@ def _make_batch(rng: random.Random, tag: str) -> list[dict[str, Any]]:
 
 def _sender(srv: Server, load: Load, stop: threading.Event, seed: int, tag: str) -> None:
     rng = random.Random(seed)
-    with httpx.Client(base_url=srv.url, auth=(srv.write_key, ""), timeout=30) as client:
+    with httpx.Client(base_url=srv.ingest_url, auth=(srv.write_key, ""), timeout=30) as client:
         while not stop.is_set():
             batch = _make_batch(rng, tag)
             ids = [e["messageId"] for e in batch]
@@ -237,6 +274,7 @@ def _all_stored(srv: Server) -> tuple[list[str], list[tuple[str, int]]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("server", [0, 2], indirect=True, ids=["server", "2-collectors"])
 def test_sigkill_under_load_loses_no_acknowledged_event(server: Server) -> None:
     load = Load()
     server.start()
@@ -256,7 +294,7 @@ def test_sigkill_under_load_loses_no_acknowledged_event(server: Server) -> None:
     # re-sending acknowledged batches after the restarts: all duplicates, nothing stored twice
     batches = list(load.acked.values())
     resend = batches[:3] + batches[-3:]
-    with httpx.Client(base_url=server.url, auth=(server.write_key, ""), timeout=30) as client:
+    with httpx.Client(base_url=server.ingest_url, auth=(server.write_key, ""), timeout=30) as client:
         for b in resend:
             r = client.post("/v1/batch", json={"batch": b})
             assert r.status_code == 200, r.text

@@ -9,122 +9,23 @@ attributes and identities, and that alias joined the anonymous and the known vis
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import httpx
 import pytest
+from served import Server, served
 
-BIN = Path(sys.executable).parent
-GOLDKEY = str(BIN / "goldkey")
 N_TRACK = 250
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    data_dir: Path
-    port: int
-    workspace_id: str
-    write_key: str
-    admin_token: str
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    GOLDKEY,
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server did not become healthy:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM: the writer drains and DuckDB checkpoints)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise AssertionError("server did not stop within 30 s of SIGTERM") from None
-
-    def admin_get(self, path: str, **params: str) -> httpx.Response:
-        return httpx.get(
-            self.url + path,
-            params=params,
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-            timeout=10,
-        )
-
-    def lookup(self, **params: str) -> dict[str, Any]:
-        r = self.admin_get("/api/v1/profiles/lookup", **params)
-        assert r.status_code == 200, (params, r.status_code, r.text)
-        return r.json()  # type: ignore[no-any-return]
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    data = tmp_path / "data"
-    out = subprocess.run(
-        [GOLDKEY, "workspace", "create", "SDK Brand", "--json", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    ws = json.loads(out.stdout)
-    srv = Server(data, _free_port(), ws["workspace_id"], ws["write_key"], ws["admin_token"], tmp_path / "server.log")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait(timeout=10)
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A served instance; indirectly parametrised with a number of collector processes."""
+    yield from served(tmp_path, "SDK Brand", getattr(request, "param", 0))
 
 
 def _stored(srv: Server) -> list[tuple[str, str, str | None, str | None]]:
@@ -144,14 +45,14 @@ def _stored(srv: Server) -> list[tuple[str, str, str | None, str | None]]:
 def _segment_client(srv: Server, on_error: Callable[..., None], **kw: Any) -> Any:
     from segment.analytics import Client
 
-    return Client(srv.write_key, host=srv.url, on_error=on_error, max_retries=2, upload_interval=0.2, **kw)
+    return Client(srv.write_key, host=srv.ingest_url, on_error=on_error, max_retries=2, upload_interval=0.2, **kw)
 
 
 def _rudder_client(srv: Server, on_error: Callable[..., None], **kw: Any) -> Any:
     from rudderstack.analytics import Client
 
     # RudderStack's SDK gzips its batches by default; leave it so (only the host is changed).
-    return Client(srv.write_key, host=srv.url, on_error=on_error, max_retries=2, upload_interval=0.2, **kw)
+    return Client(srv.write_key, host=srv.ingest_url, on_error=on_error, max_retries=2, upload_interval=0.2, **kw)
 
 
 CLIENTS = {"segment": _segment_client, "rudderstack": _rudder_client}
@@ -194,6 +95,7 @@ def _drive(client: Any, p: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("server", [0, 2], indirect=True, ids=["server", "2-collectors"])
 @pytest.mark.parametrize("sdk", sorted(CLIENTS))
 def test_official_sdk_events_all_land(server: Server, sdk: str) -> None:
     errors: list[tuple[Exception, int]] = []
@@ -244,6 +146,16 @@ def test_official_sdk_events_all_land(server: Server, sdk: str) -> None:
     stamps = [e["ts"] for e in bulk["events"]]
     assert stamps == sorted(stamps, reverse=True), "recent events are not newest first"
     assert bulk["profile_id"] != prof["profile_id"]
+
+    # the server's /metrics counts every event received, also those a collector process received
+    # (collectors report their counts every second)
+    deadline, received = time.monotonic() + 5, -1.0
+    while time.monotonic() < deadline and received != len(ids):
+        text = httpx.get(server.url + "/metrics", timeout=5).text
+        received = next(float(x.split()[-1]) for x in text.splitlines()
+                        if x.startswith("goldkey_events_received_total "))
+        time.sleep(0.2)
+    assert received == len(ids)
 
     # every message the SDK produced is stored exactly once (count in DuckDB after a graceful stop)
     server.stop()

@@ -42,6 +42,8 @@ def healthz(gk: GK, response: Response) -> dict[str, Any]:
         "queue_capacity": w.queue_max_events,
         "seconds_since_last_commit": None if w.last_commit_at is None else round(time.time() - w.last_commit_at, 3),
         "last_error": w.last_error,
+        "collectors": None if gk.collectors is None else {"configured": len(gk.collectors.links),
+                                                         "running": gk.collectors.running},
     }
 
 

@@ -201,6 +201,8 @@ class Health(BaseModel):
     queue_capacity: int
     seconds_since_last_commit: float | None
     last_error: str | None
+    collectors: dict[str, int] | None = Field(
+        None, description="With collector processes configured: how many are configured and running")
 
 
 def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -113,7 +113,12 @@ async def _ingest(
 ) -> bytes:
     if rejected:
         METRICS.events_rejected.inc(len(rejected))
-        await run_in_threadpool(_quarantine, gk, ws, rejected, raw)
+        rows = quarantine_rows(ws, rejected, raw)
+        remote = getattr(gk, "quarantine_async", None)  # a collector process: the server writes them
+        if remote is not None:
+            await remote(rows)
+        else:
+            await run_in_threadpool(insert_quarantine, gk.engine, rows)
     accepted = duplicates = 0
     if events:
         fut = gk.writer.submit_events_async(ws, events, asyncio.get_running_loop())
@@ -138,26 +143,29 @@ async def _ingest(
     )
 
 
-def _quarantine(gk: Goldkey, ws: str, rejected: list[InvalidInput], raw: list[Any]) -> None:
+def quarantine_rows(ws: str, rejected: list[InvalidInput], raw: list[Any]) -> list[dict[str, Any]]:
+    """The quarantine rows of a request's rejected events (the reason and the raw event)."""
     now = utcnow()
-    with gk.engine.begin() as conn:
-        conn.execute(
-            quarantine.insert(),
-            [
-                dict(
-                    workspace_id=ws,
-                    source="tracking",
-                    import_id=None,
-                    record=str(e.record),
-                    field=e.field,
-                    value=None,
-                    reason=e.message,
-                    raw=orjson.dumps(r, default=str).decode()[:40_000],
-                    created_at=now,
-                )
-                for e, r in zip(rejected, raw, strict=True)
-            ],
+    return [
+        dict(
+            workspace_id=ws,
+            source="tracking",
+            import_id=None,
+            record=str(e.record),
+            field=e.field,
+            value=None,
+            reason=e.message,
+            raw=orjson.dumps(r, default=str).decode()[:40_000],
+            created_at=now,
         )
+        for e, r in zip(rejected, raw, strict=True)
+    ]
+
+
+def insert_quarantine(engine: Any, rows: list[dict[str, Any]]) -> None:
+    """Store quarantine rows (from this process's tracking API or a collector's)."""
+    with engine.begin() as conn:
+        conn.execute(quarantine.insert(), rows)
 
 
 async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None, encoding: str | None) -> bytes:

@@ -1,0 +1,121 @@
+"""Collector processes (``goldkey serve --collectors N``): the tracking API on their own port, with
+the server's answers, errors and quarantine; a collector that dies is started again; their counts
+reach the server's ``/metrics``. (The official SDKs and the SIGKILL durability test also run through
+collectors: test_sdk_compat.py, test_durability.py.)"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from served import Server, served
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    yield from served(tmp_path, "Collected", collectors=2)
+
+
+def _post(srv: Server, path: str, body: Any, key: str | None = None, **headers: str) -> httpx.Response:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return httpx.post(srv.ingest_url + path, content=raw, auth=(key or srv.write_key, ""),
+                      headers={"Content-Type": "application/json", **headers}, timeout=30)
+
+
+def _collector_pids(srv: Server) -> list[int]:
+    assert srv.proc is not None
+    pids = []
+    for task in Path(f"/proc/{srv.proc.pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            if b"goldkey.collect.collectors" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.slow
+def test_the_collectors_answer_as_the_server_does(server: Server) -> None:
+    # accepted through the collectors, stored by the server, visible in the profile at once
+    r = _post(server, "/v1/identify", {"userId": "c1", "traits": {"name": "Chen", "phone": "13912345678"}})
+    assert r.status_code == 200 and r.json() == {"success": True, "accepted": 1, "duplicates": 0, "rejected": []}
+    batch = {"batch": [{"type": "track", "userId": "c1", "event": "Viewed", "messageId": "m-1"},
+                       {"type": "track", "event": "No Id", "messageId": "m-2"},
+                       {"type": "page", "userId": "c1", "name": "Home", "messageId": "m-3"}]}
+    r = _post(server, "/v1/batch", gzip.compress(orjson.dumps(batch)), **{"Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 2 and r.json()["rejected"] == [
+        {"record": 1, "field": "userId", "error": "userId or anonymousId is required"}]
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    prof = httpx.get(server.url + "/api/v1/profiles/lookup", params={"user_id": "c1"}, headers=admin).json()
+    assert prof["attributes"]["name"] == "Chen"
+    assert {e["event"] for e in prof["events"]} == {None, "Viewed", "Home"}
+    # the rejected event is in the server's quarantine, with its reason and the raw event
+    q = httpx.get(server.url + "/api/v1/quarantine", headers=admin).json()
+    assert [(x["source"], x["field"], x["raw"]["messageId"]) for x in q] == [("tracking", "userId", "m-2")]
+    # a retry is de-duplicated by messageId, whichever process takes it (its bad event is rejected again)
+    again = _post(server, "/v1/batch", batch)
+    assert (again.json()["accepted"], again.json()["duplicates"], len(again.json()["rejected"])) == (0, 2, 1)
+
+    # bad input gets the server's answers, naming the problem
+    bad = _post(server, "/v1/track", b"{not json")
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    wrong = _post(server, "/v1/track", {"userId": "c1", "event": 5})
+    assert wrong.status_code == 400 and wrong.json()["field"] == "event"
+    big = _post(server, "/v1/track", {"userId": "c1", "event": "Big", "properties": {"x": "y" * 40_000}})
+    assert big.status_code == 413 and big.json()["code"] == "TooLarge"
+    unknown = _post(server, "/v1/track", {"userId": "c1", "event": "E"}, key="gkw_nobody")
+    assert unknown.status_code == 401 and unknown.json()["code"] == "Unauthorized"
+    admin_key = _post(server, "/v1/track", {"userId": "c1", "event": "E"}, key=server.admin_token)
+    assert admin_key.status_code == 401
+    # only the tracking API is served on the collectors' port
+    elsewhere = httpx.get(server.ingest_url + "/api/v1/profiles", headers=admin)
+    assert elsewhere.status_code == 404 and str(server.port) in elsewhere.json()["error"]
+    assert httpx.get(server.ingest_url + "/healthz").json()["role"] == "collector"
+
+    # every event received and rejected is counted on the server's /metrics (within a second or so)
+    def counts() -> dict[str, float]:
+        text = httpx.get(server.url + "/metrics").text
+        return {x.split()[0]: float(x.split()[1]) for x in text.splitlines()
+                if x.startswith(("goldkey_events_received_total ", "goldkey_events_rejected_total "))}
+
+    # received: 1 + 3 + 3 + the one event of a wrong type (a body that is not JSON, too large or
+    # without a valid write key has no workspace and no events to count); rejected: 1 + 1 + 1
+    want = {"goldkey_events_received_total": 8.0, "goldkey_events_rejected_total": 3.0}
+    deadline = time.monotonic() + 5
+    while counts() != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert counts() == want
+
+
+@pytest.mark.slow
+def test_a_dead_collector_is_started_again(server: Server) -> None:
+    first = _collector_pids(server)
+    assert len(first) == 2
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        health = httpx.get(server.url + "/healthz").json()
+        pids = _collector_pids(server)
+        if health["collectors"] == {"configured": 2, "running": 2} and first[0] not in pids and len(pids) == 2:
+            break
+        time.sleep(0.2)
+    assert health["collectors"] == {"configured": 2, "running": 2}, health
+    assert first[1] in _collector_pids(server)
+    # both collectors take events again (many new connections: the kernel spreads them over both)
+    for i in range(20):
+        assert _post(server, "/v1/track", {"userId": f"u{i}", "event": "Back"}).status_code == 200
+    # a graceful stop stops the collectors, then the server, without an error
+    assert server.proc is not None
+    running = _collector_pids(server)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.log.read_text(), server.log.read_text()
+    assert not [p for p in running if Path(f"/proc/{p}").exists()]
