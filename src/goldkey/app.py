@@ -53,21 +53,23 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         if owned:  # a server of its own (``goldkey serve``): profile facts built before the first estimate
             instance = app.state.gk
             warming = instance.facts.warm([str(w["workspace_id"]) for w in instance.workspaces.list()], stop)
-            if instance.settings.collectors:  # tracking API processes in front of this one's writer
+        try:
+            if owned and app.state.gk.settings.collectors:  # tracking API processes in front of the writer
                 from goldkey.collect.collectors import CollectorPool
 
-                collectors = instance.collectors = CollectorPool(instance, instance.settings).start()
-        try:
+                collectors = app.state.gk.collectors = CollectorPool(app.state.gk, app.state.gk.settings).start()
             yield
         finally:
             restore_gc()
             stop.set()
-            if collectors is not None:  # they finish the requests they hold while the writer still runs
-                collectors.stop()
-            if warming is not None:
-                warming.join(timeout=120)  # a build in progress finishes before the stores close
-            if owned:
-                app.state.gk.close()
+            try:
+                if collectors is not None:  # they finish the requests they hold while the writer still runs
+                    collectors.stop()
+            finally:
+                if warming is not None:
+                    warming.join(timeout=120)  # a build in progress finishes before the stores close
+                if owned:
+                    app.state.gk.close()
 
     app = FastAPI(
         title="Goldkey",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         description="Every segment is re-materialised (a size snapshot) when its last compute is older than this; "
         "0 turns the schedule off.",
     )
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.collectors and self.collect_port == self.port:
+            raise ValueError(f"collect_port ({self.collect_port}) must differ from port: the collector processes "
+                             "and the API server listen on ports of their own")
+        return self
 
     def resolved_operational_url(self) -> str:
         """Return the operational store URL, defaulting to the SQLite file in the data directory."""

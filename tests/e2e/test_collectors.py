@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from served import Server, served
+from served import GOLDKEY, Server, _free_port, served
 
 
 @pytest.fixture
@@ -31,13 +32,26 @@ def _post(srv: Server, path: str, body: Any, key: str | None = None, **headers: 
 
 
 def _collector_pids(srv: Server) -> list[int]:
+    """The server's collector processes now (threads and children come and go while it is read)."""
     assert srv.proc is not None
     pids = []
     for task in Path(f"/proc/{srv.proc.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            if b"goldkey.collect.collectors" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(int(pid))
-    return pids
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                if b"goldkey.collect.collectors" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(int(pid))
+            except OSError:
+                continue
+    return sorted(pids)
+
+
+def _serving_pids(srv: Server, n: int = 40) -> set[int]:
+    """The collectors that answered ``n`` requests, each on a new connection."""
+    return {httpx.get(srv.ingest_url + "/healthz").json()["pid"] for _ in range(n)}
 
 
 @pytest.mark.slow
@@ -76,8 +90,18 @@ def test_the_collectors_answer_as_the_server_does(server: Server) -> None:
     assert admin_key.status_code == 401
     # only the tracking API is served on the collectors' port
     elsewhere = httpx.get(server.ingest_url + "/api/v1/profiles", headers=admin)
-    assert elsewhere.status_code == 404 and str(server.port) in elsewhere.json()["error"]
+    assert elsewhere.status_code == 404 and f"port {server.port}" in elsewhere.json()["error"]
     assert httpx.get(server.ingest_url + "/healthz").json()["role"] == "collector"
+
+    # a write key revoked on the server is refused by the collectors from the next request
+    made = httpx.post(server.url + "/api/v1/workspace/keys", json={"kind": "write", "label": "shop"},
+                      headers=admin).json()
+    assert _post(server, "/v1/track", {"userId": "c2", "event": "E"}, key=made["secret"]).status_code == 200
+    key_id = next(k["key_id"] for k in httpx.get(server.url + "/api/v1/workspace/keys", headers=admin).json()
+                  if k["label"] == "shop")
+    assert httpx.delete(server.url + f"/api/v1/workspace/keys/{key_id}", headers=admin).status_code == 200
+    for _ in range(10):  # whichever collector takes it
+        assert _post(server, "/v1/track", {"userId": "c2", "event": "E"}, key=made["secret"]).status_code == 401
 
     # every event received and rejected is counted on the server's /metrics (within a second or so)
     def counts() -> dict[str, float]:
@@ -85,9 +109,10 @@ def test_the_collectors_answer_as_the_server_does(server: Server) -> None:
         return {x.split()[0]: float(x.split()[1]) for x in text.splitlines()
                 if x.startswith(("goldkey_events_received_total ", "goldkey_events_rejected_total "))}
 
-    # received: 1 + 3 + 3 + the one event of a wrong type (a body that is not JSON, too large or
-    # without a valid write key has no workspace and no events to count); rejected: 1 + 1 + 1
-    want = {"goldkey_events_received_total": 8.0, "goldkey_events_rejected_total": 3.0}
+    # received: 1 + 3 + 3 + the one event of a wrong type + 1 with the new key (a body that is not
+    # JSON, too large or without a valid write key has no workspace and no events to count);
+    # rejected: 1 + 1 + 1
+    want = {"goldkey_events_received_total": 9.0, "goldkey_events_rejected_total": 3.0}
     deadline = time.monotonic() + 5
     while counts() != want and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -98,6 +123,7 @@ def test_the_collectors_answer_as_the_server_does(server: Server) -> None:
 def test_a_dead_collector_is_started_again(server: Server) -> None:
     first = _collector_pids(server)
     assert len(first) == 2
+    assert _serving_pids(server) == set(first)
     os.kill(first[0], signal.SIGKILL)
     deadline = time.monotonic() + 20
     health: dict[str, Any] = {}
@@ -108,10 +134,18 @@ def test_a_dead_collector_is_started_again(server: Server) -> None:
             break
         time.sleep(0.2)
     assert health["collectors"] == {"configured": 2, "running": 2}, health
-    assert first[1] in _collector_pids(server)
-    # both collectors take events again (many new connections: the kernel spreads them over both)
+    now = _collector_pids(server)
+    assert first[1] in now
+    # both collectors take connections again (the kernel spreads new ones over both) and events
+    assert _serving_pids(server) == set(now)
     for i in range(20):
         assert _post(server, "/v1/track", {"userId": f"u{i}", "event": "Back"}).status_code == 200
+
+    # a second server cannot take the same collectors' port (it would silently share the traffic)
+    other = subprocess.run([GOLDKEY, "serve", "--port", str(_free_port()), "--collectors", "1",
+                            "--collect-port", str(server.collect_port), "--data-dir",
+                            str(server.data_dir.parent / "other")], capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0 and "collect_port" in other.stdout + other.stderr, other.stdout + other.stderr
     # a graceful stop stops the collectors, then the server, without an error
     assert server.proc is not None
     running = _collector_pids(server)

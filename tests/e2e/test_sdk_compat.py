@@ -149,13 +149,14 @@ def test_official_sdk_events_all_land(server: Server, sdk: str) -> None:
 
     # the server's /metrics counts every event received, also those a collector process received
     # (collectors report their counts every second)
+    # (at least: an SDK may send a batch again when an answer is slow)
     deadline, received = time.monotonic() + 5, -1.0
-    while time.monotonic() < deadline and received != len(ids):
+    while time.monotonic() < deadline and received < len(ids):
         text = httpx.get(server.url + "/metrics", timeout=5).text
         received = next(float(x.split()[-1]) for x in text.splitlines()
                         if x.startswith("goldkey_events_received_total "))
         time.sleep(0.2)
-    assert received == len(ids)
+    assert received >= len(ids)
 
     # every message the SDK produced is stored exactly once (count in DuckDB after a graceful stop)
     server.stop()

@@ -27,14 +27,18 @@ What runs where:
   are sent to the server to be quarantined; the collectors' received and rejected counts are added
   to the server's ``/metrics`` every second.
 
-Durability and failure: a collector answers 200 only after the server's answer. If the server
-dies, every collector sees its socket close and exits at once (requests in flight get no answer,
-so SDKs retry them, de-duplicated by ``messageId``); a collector that dies is started again by the
-server after a second. Stopping the server stops the collectors first (they finish the requests
-they hold), then the writer.
+Durability and failure: a collector answers 200 only after the server's answer, which goes back on
+the connection the request came on. If the server dies, every collector sees its socket close and
+exits at once (requests in flight get no answer, so SDKs retry them, de-duplicated by
+``messageId``); a collector that dies is started again by the server (with a growing back-off when
+it keeps dying). Collectors run in a session of their own, so a terminal's Ctrl-C reaches only the
+server, which stops the collectors first (they finish the requests they hold), then the writer. A
+write key revoked on the server is dropped from every collector's cache before the revocation
+returns.
 
 The wire format is a length-prefixed pickle per message (the socket pair is private to the server
-and its own children): ``(rid, op, args)`` to the server, ``(rid, ok, value)`` back.
+and its own children): ``(rid, op, args)`` to the server, ``(rid, ok, value)`` back; events travel
+as tuples of their fields.
 """
 
 from __future__ import annotations
@@ -42,14 +46,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import os
 import pickle
+import queue
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -60,6 +68,20 @@ _LEN = struct.Struct("!I")
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 30.0
 STATS_SECONDS = 1.0
+FORGET_WAIT_SECONDS = 2.0  # a revocation waits this long at most for each collector's cache
+
+
+def _event_fields() -> tuple[Any, Any]:
+    from dataclasses import fields
+
+    from goldkey.collect.tracking import TrackedEvent
+
+    return TrackedEvent, operator.attrgetter(*(f.name for f in fields(TrackedEvent)))
+
+
+# events cross as tuples of their fields, rebuilt on the other side: a third cheaper both ways than
+# pickling the (slotted) dataclass instances themselves (~1.2 + 1.9 us an event instead of 2.5 + 2.8)
+_EVENT, _fields = _event_fields()
 
 
 def _frame(obj: Any) -> bytes:
@@ -68,49 +90,75 @@ def _frame(obj: Any) -> bytes:
 
 
 # --------------------------------------------------------------------------- the server's side
-class _Link:
-    """The server's end of one collector: its process and the thread answering its socket."""
+class _Conn:
+    """One running collector process and its socket: a thread reads its requests, another sends
+    the answers (so the writer thread, which completes the commits, only queues them and is never
+    held up by a collector that stopped reading). An answer goes back on the connection its
+    request came on, never to a collector started after it."""
 
-    def __init__(self, pool: CollectorPool, index: int) -> None:
-        self.pool, self.index = pool, index
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.sock: socket.socket | None = None
-        self._send_lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
+    def __init__(self, pool: CollectorPool, link: _Link) -> None:
+        self.pool, self.link = pool, link
+        self.closed = False
+        self.ready = False  # the collector listens on the port (its first message)
+        self._answers: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         ours, theirs = socket.socketpair()
         try:
             env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                   "GOLDKEY_COLLECTOR_SETTINGS": self.pool.settings.model_dump_json()}
+                   "GOLDKEY_COLLECTOR_SETTINGS": pool.settings.model_dump_json()}
             src = str(Path(__file__).resolve().parents[2])  # the package's root, for a source checkout
             env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "goldkey.collect.collectors", str(theirs.fileno()), str(self.index)],
-                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            # a session of its own: Ctrl-C in a terminal (or a service manager signalling the whole
+            # group) reaches the server alone, which then stops its collectors in order
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                [sys.executable, "-m", "goldkey.collect.collectors", str(theirs.fileno()), str(link.index)],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self.sock = ours
-        self.thread = threading.Thread(target=self._serve, name=f"goldkey-collector-{self.index}", daemon=True)
-        self.thread.start()
+        name = f"goldkey-collector-{link.index}"
+        self._reader = threading.Thread(target=self._read, name=name, daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name=name + "-answers", daemon=True)
+        self._reader.start()
+        self._sender.start()
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Taking requests: started, listening on the port (it said so), and not gone since."""
+        return self.ready and self.alive
 
-    def _send(self, obj: Any) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        data = _frame(obj)
-        with self._send_lock:
+    @property
+    def alive(self) -> bool:
+        """Started (maybe not listening yet) and not gone since."""
+        return not self.closed and self.proc.poll() is None
+
+    def send(self, obj: Any) -> None:
+        if not self.closed:
+            self._answers.put(_frame(obj))
+
+    def answer_commit(self, rid: int, fut: Any) -> None:
+        """A group commit's outcome for request ``rid`` (called on the writer thread)."""
+        exc = fut.exception()
+        if exc is None:
+            res = fut.result()
+            self.send((rid, True, (res.accepted, res.duplicates)))
+        else:
+            self.send((rid, False, _public_error(exc)))
+
+    def _send_loop(self) -> None:
+        while True:
+            data = self._answers.get()
+            if data is None:
+                return
             try:
-                sock.sendall(data)
+                self.sock.sendall(data)
             except OSError:  # the collector is gone: its requests got no answer, so their clients retry
-                pass
+                self.closed = True
+                return
 
-    def _serve(self) -> None:
-        assert self.sock is not None
+    def _read(self) -> None:
         stream = self.sock.makefile("rb", buffering=1 << 20)
         try:
             while True:
@@ -126,47 +174,60 @@ class _Link:
                     self.pool.handle(self, rid, op, args)
                 except Exception as exc:  # noqa: BLE001 - answered to the collector, never fatal here
                     log.exception("collector request %s failed", op)
-                    self._send((rid, False, _public_error(exc)))
+                    self.send((rid, False, _public_error(exc)))
         except OSError:
             pass
+        except Exception:  # noqa: BLE001 - a message that cannot be read: this collector is restarted
+            log.exception("collector %s sent what the server cannot read", self.link.index)
         finally:
             stream.close()
+            self.closed = True
+            self._answers.put(None)
             self.pool.lost(self)
 
-    def _done(self, rid: int, fut: Any) -> None:
-        exc = fut.exception()
-        if exc is None:
-            res = fut.result()
-            self._send((rid, True, (res.accepted, res.duplicates)))
-        else:
-            self._send((rid, False, _public_error(exc)))
-
     def stop(self, timeout: float) -> None:
-        proc, sock = self.proc, self.sock
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # uvicorn stops accepting and finishes the requests it holds
+        """Stop the process (uvicorn stops accepting and finishes the requests it holds) and close."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
             try:
-                proc.wait(timeout=timeout)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(timeout=10)
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for t in (self._reader, self._sender):
+            if t is not threading.current_thread():
+                t.join(timeout=10)
+        self.sock.close()
+
+
+class _Link:
+    """A collector slot: the process running in it now (``conn``), replaced when it dies."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.conn: _Conn | None = None
+        self.failures = 0  # restarts in a row that did not last: the back-off grows with them
+        self.started_at = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.conn is not None and self.conn.running
 
 
 def _public_error(exc: BaseException) -> BaseException:
-    """What a collector may re-raise: Goldkey's own errors as they are (the tracking API answers
-    them: 4xx, 503 with Retry-After); anything else as the 503 the server's own API gives."""
-    from goldkey.core.errors import GoldkeyError, StoreUnavailable
+    """What a collector may re-raise: Goldkey's own errors that survive pickling as they are (the
+    tracking API answers them: 4xx, 503 with Retry-After); anything else as the 503 the server's own
+    tracking API gives."""
+    from goldkey.core.errors import GoldkeyError, InvalidInput, Overloaded, StoreUnavailable, Unauthorized
 
-    if isinstance(exc, GoldkeyError):
+    if isinstance(exc, (InvalidInput, Overloaded, StoreUnavailable, Unauthorized)):
         return exc
+    if isinstance(exc, GoldkeyError):
+        return StoreUnavailable(str(exc)[:500])
     return StoreUnavailable(f"events not stored, retry: {type(exc).__name__}: {exc}"[:500])
 
 
@@ -176,36 +237,75 @@ class CollectorPool:
 
     def __init__(self, gk: Any, settings: Any) -> None:
         self.gk, self.settings = gk, settings
-        self.links = [_Link(self, i) for i in range(settings.collectors)]
+        self.links = [_Link(i) for i in range(settings.collectors)]
+        self._lock = threading.Lock()  # starting, restarting and stopping collectors
         self._stopping = False
+        self._wake = threading.Event()
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="goldkey-collector-io")
+        self._watcher: threading.Thread | None = None
+        self._tokens = itertools.count(1)
+        self._forgotten: dict[int, list[threading.Event]] = {}  # revocations waiting for the collectors
 
     def start(self) -> CollectorPool:
         _check_port(self.settings.host, self.settings.collect_port)
-        for link in self.links:
-            link.start()
+        try:
+            with self._lock:
+                for link in self.links:
+                    self._start(link)
+        except BaseException:
+            self.stop(timeout=5)  # the ones already started
+            raise
+        # a revoked write key is refused by the collectors from their next request too
+        self.gk.workspaces.on_forget.append(self._forget)
+        self._watcher = threading.Thread(target=self._watch, name="goldkey-collector-restarts", daemon=True)
+        self._watcher.start()
         return self
+
+    def _start(self, link: _Link) -> None:
+        link.started_at = time.monotonic()
+        link.conn = _Conn(self, link)
 
     @property
     def running(self) -> int:
         return sum(1 for link in self.links if link.running)
 
-    def handle(self, link: _Link, rid: int, op: str, args: Any) -> None:
-        """One message of a collector, on its link's thread."""
+    def _forget(self, key_hash: str) -> None:
+        """Tell every running collector to drop a revoked key from its cache, and wait (a little)
+        until each has: the revocation's answer then means the key is refused everywhere."""
+        conns = [link.conn for link in self.links if link.conn is not None and link.conn.running]
+        if not conns:
+            return
+        token = next(self._tokens)
+        done = self._forgotten[token] = [threading.Event() for _ in conns]
+        for i, conn in enumerate(conns):
+            conn.send((0, None, ("forget", (key_hash, token, i))))
+        for ev in done:
+            ev.wait(FORGET_WAIT_SECONDS)
+        self._forgotten.pop(token, None)
+
+    def handle(self, conn: _Conn, rid: int, op: str, args: Any) -> None:
+        """One message of a collector, on its connection's reading thread."""
         from goldkey.ops.metrics import METRICS
 
         if op == "events":
-            ws, events = args
+            ws, rows = args
+            events = [_EVENT(*r) for r in rows]
             try:
                 fut = self.gk.writer.submit_events(ws, events)
             except Exception as exc:  # noqa: BLE001 - Overloaded: the collector answers 503
-                link._send((rid, False, _public_error(exc)))
+                conn.send((rid, False, _public_error(exc)))
                 return
-            fut.add_done_callback(partial(link._done, rid))
+            fut.add_done_callback(partial(conn.answer_commit, rid))
         elif op == "quarantine":
-            from goldkey.api.tracking import insert_quarantine
-
-            insert_quarantine(self.gk.engine, args)
-            link._send((rid, True, None))
+            # off this thread: the insert waits for SQLite's write lock, the collector's events must not
+            self._io.submit(self._quarantine, conn, rid, args)
+        elif op == "ready":
+            conn.ready = True
+        elif op == "forgot":
+            token, i = args
+            waiting = self._forgotten.get(token)
+            if waiting is not None:
+                waiting[i].set()
         elif op == "stats":
             received, rejected = args
             METRICS.events_received.inc(received)
@@ -213,36 +313,66 @@ class CollectorPool:
         else:
             raise ValueError(f"unknown collector message {op!r}")
 
-    def lost(self, link: _Link) -> None:
-        """A collector's socket closed: unless the server is stopping, start it again."""
-        if self._stopping:
+    def _quarantine(self, conn: _Conn, rid: int, rows: list[dict[str, Any]]) -> None:
+        from goldkey.api.tracking import insert_quarantine
+
+        try:
+            insert_quarantine(self.gk.engine, rows)
+        except Exception as exc:  # noqa: BLE001 - the collector answers 503: nothing of the request acknowledged
+            log.exception("quarantine insert for a collector failed")
+            conn.send((rid, False, _public_error(exc)))
             return
-        log.warning("collector %s exited (code %s); starting it again", link.index,
-                    link.proc.poll() if link.proc is not None else None)
+        conn.send((rid, True, None))
 
-        def restart() -> None:
-            time.sleep(RESTART_DELAY_SECONDS)
-            if self._stopping:
-                return
-            if link.proc is not None and link.proc.poll() is None:
-                link.proc.kill()
-                link.proc.wait(timeout=10)
-            if link.sock is not None:
-                link.sock.close()
-            try:
-                link.start()
-            except Exception:  # noqa: BLE001 - logged; the server's own port still takes tracking
-                log.exception("collector %s could not be started again", link.index)
+    def lost(self, conn: _Conn) -> None:
+        """A collector's socket closed: the watcher starts it again unless the server is stopping."""
+        if not self._stopping:
+            log.warning("collector %s exited (code %s); starting it again", conn.link.index, conn.proc.poll())
+            self._wake.set()
 
-        threading.Thread(target=restart, name=f"goldkey-collector-restart-{link.index}", daemon=True).start()
+    def _watch(self) -> None:
+        """Start dead collectors again: after a second, longer (up to a minute) when they keep dying
+        within a minute of their start."""
+        while not self._stopping:
+            self._wake.wait(RESTART_DELAY_SECONDS)
+            self._wake.clear()
+            now = time.monotonic()
+            for link in self.links:
+                with self._lock:
+                    if self._stopping or (link.conn is not None and link.conn.alive):
+                        continue  # running, or still starting
+                    if now - link.started_at < 60:
+                        delay = min(60.0, RESTART_DELAY_SECONDS * 2 ** link.failures)
+                        if now - link.started_at < delay:
+                            continue
+                        link.failures += 1
+                    else:
+                        link.failures = 0
+                    old, link.conn = link.conn, None
+                    try:
+                        if old is not None:
+                            old.stop(timeout=1)
+                        self._start(link)
+                    except Exception:  # noqa: BLE001 - tried again later; the server's own port still takes tracking
+                        log.exception("collector %s could not be started again", link.index)
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        self._stopping = True
-        for link in self.links:
-            if link.proc is not None and link.proc.poll() is None:
-                link.proc.terminate()
-        for link in self.links:
-            link.stop(timeout)
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        try:
+            self.gk.workspaces.on_forget.remove(self._forget)
+        except ValueError:
+            pass
+        conns = [link.conn for link in self.links if link.conn is not None]
+        for conn in conns:
+            if conn.proc.poll() is None:
+                conn.proc.terminate()
+        for conn in conns:
+            conn.stop(timeout)
+        self._io.shutdown(wait=True)
 
 
 def _address(host: str, port: int) -> tuple[int, Any]:
@@ -250,23 +380,29 @@ def _address(host: str, port: int) -> tuple[int, Any]:
     return family, addr
 
 
-def _listener(host: str, port: int, *, listen: bool = True) -> socket.socket:
+def _listener(host: str, port: int) -> socket.socket:
+    """A collector's listening socket: every collector binds the port (``SO_REUSEPORT``)."""
     family, addr = _address(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(addr)
-    if listen:
-        sock.listen(2048)
+    sock.listen(2048)
     return sock
 
 
 def _check_port(host: str, port: int) -> None:
-    """Fail at start-up, with the port's name, when the collectors could not bind it."""
+    """Fail at start-up, naming the setting, when the port is taken — also by another Goldkey's
+    collectors (the probe binds without ``SO_REUSEPORT``, so it does not join their group)."""
+    family, addr = _address(host, port)
+    probe = socket.socket(family, socket.SOCK_STREAM)
     try:
-        _listener(host, port, listen=False).close()
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(addr)
     except OSError as exc:
         raise OSError(f"collectors cannot listen on {host}:{port} (setting collect_port): {exc}") from exc
+    finally:
+        probe.close()
 
 
 # ------------------------------------------------------------------------- the collector's side
@@ -278,6 +414,7 @@ class RelayClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self.on_notice: Callable[[str, Any], None] | None = None  # messages the server sends unasked
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.sock, limit=1 << 22)
@@ -288,9 +425,12 @@ class RelayClient:
         rid = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        self._writer.write(_frame((rid, op, args)))
-        await self._writer.drain()
-        return await fut
+        try:
+            self._writer.write(_frame((rid, op, args)))
+            await self._writer.drain()
+            return await fut
+        finally:  # answered, or given up on (the request's timeout): forgotten either way
+            self._pending.pop(rid, None)
 
     def tell(self, op: str, args: Any) -> None:
         """A message without an answer."""
@@ -302,19 +442,33 @@ class RelayClient:
             while True:
                 head = await reader.readexactly(4)
                 rid, ok, value = pickle.loads(await reader.readexactly(_LEN.unpack(head)[0]))
-                fut = self._pending.pop(rid, None)
+                if rid == 0:  # a notice: (what, argument)
+                    if self.on_notice is not None:
+                        self.on_notice(*value)
+                    continue
+                fut = self._pending.get(rid)
                 if fut is None or fut.done():
                     continue
                 if ok:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
+            return
         except (asyncio.IncompleteReadError, OSError):
-            pass
-        # the server is gone: nothing more can be acknowledged, and the port must be free for its
-        # restart (requests in flight get no answer, so their clients retry)
-        log.warning("the server closed the collector's socket; exiting")
+            log.warning("the server closed the collector's socket; exiting")
+        except BaseException:  # noqa: BLE001 - an answer that cannot be read: never serve on without answers
+            log.exception("the collector cannot read the server's answers; exiting")
+        # the server is gone (or cannot be understood): nothing more can be acknowledged, and the port
+        # must be free for its restart (requests in flight get no answer, so their clients retry)
         os._exit(0)
+
+    async def close(self) -> None:
+        """Flush what was told (the last counts) before the process ends."""
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(self._writer.drain(), 5)
+            except (OSError, TimeoutError):
+                pass
 
 
 class _RemoteWriter:
@@ -329,7 +483,7 @@ class _RemoteWriter:
     async def _submit(self, workspace_id: str, events: list[Any]) -> Any:
         from goldkey.collect.writer import IngestResult
 
-        accepted, duplicates = await self.client.call("events", (workspace_id, events))
+        accepted, duplicates = await self.client.call("events", (workspace_id, [_fields(e) for e in events]))
         return IngestResult(accepted, duplicates)
 
 
@@ -347,6 +501,13 @@ class _Remote:
         self.workspaces = WorkspaceService(self.engine)
         self.writer = _RemoteWriter(client)
         self.client = client
+        client.on_notice = self._notice
+
+    def _notice(self, what: str, arg: Any) -> None:
+        if what == "forget":  # a write key revoked on the server: refused from the next request
+            key_hash, token, i = arg
+            self.workspaces.forget(key_hash)
+            self.client.tell("forgot", (token, i))
 
     async def quarantine_async(self, rows: list[dict[str, Any]]) -> None:
         await self.client.call("quarantine", rows)
@@ -375,27 +536,35 @@ def collector_app(remote: _Remote) -> Any:
                                       f"(POST /v1/track, /v1/batch, ...); the REST API and the console are on "
                                       f"port {settings.port}", "code": "NotFound"}, status_code=404)
 
-    async def report_stats() -> None:
-        sent = (0.0, 0.0)
+    sent = [0.0, 0.0]
+
+    def report_stats() -> None:
+        now = (METRICS.registry.get_sample_value("goldkey_events_received_total") or 0.0,
+               METRICS.registry.get_sample_value("goldkey_events_rejected_total") or 0.0)
+        if now != tuple(sent):
+            remote.client.tell("stats", (now[0] - sent[0], now[1] - sent[1]))
+            sent[:] = now
+
+    async def report_every_second() -> None:
         while True:
             await asyncio.sleep(STATS_SECONDS)
-            now = (METRICS.registry.get_sample_value("goldkey_events_received_total") or 0.0,
-                   METRICS.registry.get_sample_value("goldkey_events_rejected_total") or 0.0)
-            if now != sent:
-                remote.client.tell("stats", (now[0] - sent[0], now[1] - sent[1]))
-                sent = now
+            report_stats()
 
     @asynccontextmanager
     async def lifespan(_: Any) -> Any:
         await remote.client.start()
-        task = asyncio.get_running_loop().create_task(report_stats())
+        remote.client.tell("ready", os.getpid())  # its socket listens already (bound before uvicorn starts)
+        task = asyncio.get_running_loop().create_task(report_every_second())
         try:
             yield
-        finally:
+        finally:  # uvicorn finished the requests it held: the last counts go before the process ends
             task.cancel()
+            report_stats()
+            await remote.client.close()
 
     app = Starlette(routes=[Route("/healthz", healthz),
-                            Route("/{path:path}", elsewhere, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],
+                            Route("/{path:path}", elsewhere,
+                                  methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])],
                     lifespan=lifespan)
     app.state.gk = remote
     app.add_middleware(TrackingFastPath)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from threading import Lock
 
@@ -62,6 +63,8 @@ class WorkspaceService:
         self._cache: dict[str, tuple[Credential, float]] = {}
         self._rules: dict[str, IdentityRules] = {}
         self._lock = Lock()
+        # told of every forgotten (revoked) key hash: the collector processes' caches forget it too
+        self.on_forget: list[Callable[[str], None]] = []
 
     def create(self, name: str, rules: IdentityRules | None = None) -> NewWorkspace:
         """Create a workspace with one write key and one admin token; return them.
@@ -152,6 +155,8 @@ class WorkspaceService:
         """Drop a key from the authentication cache (after revoking it: refused from the next request)."""
         with self._lock:
             self._cache.pop(key_hash, None)
+        for tell in list(self.on_forget):
+            tell(key_hash)
 
     def get(self, workspace_id: str) -> dict[str, object]:
         """Return the workspace's public fields; raise NotFound."""
