@@ -71,7 +71,8 @@ def test_keys_of_another_workspace_are_not_found(env: Any) -> None:
 def test_a_channel_is_edited_and_its_credentials_stay_write_only(env: Any) -> None:
     c, auth = env.client, env.admin_auth()
     body: dict[str, Any] = {"name": "Mail", "kind": "email", "config": {"host": "smtp.example.com",
-                            "from_address": "news@example.com"}, "secrets": {"username": "u", "password": "old-Secret-17"}}
+                            "from_address": "news@example.com"},
+                            "secrets": {"username": "u", "password": "old-Secret-17"}}
     made = c.post("/api/v1/channels", json=body, headers=auth)
     assert made.status_code == 201, made.text
     ch = made.json()
