@@ -69,3 +69,42 @@ def test_profile_map_repaired_after_a_half_done_commit(env: Any, monkeypatch: An
         "SELECT message_id FROM events_resolved WHERE canonical_id = ? ORDER BY message_id", [p["profile_id"]]
     )
     assert [r[0] for r in rows] == ["m1", "m2", "m3"]
+
+
+def test_prebuilt_event_columns_mix_with_the_writers_own(env: Any) -> None:
+    """A collector's requests come with their event-log columns built (``event_table``); in one
+    group commit with requests without them, duplicates dropped from either, every stored row has
+    its own values and the profile its event resolved to."""
+    ws, w = env.ws.workspace_id, env.gk.writer
+    w.submit_events(ws, [_ev("seen", userId="a", properties={"n": 0})]).result(10)
+    release, started = threading.Event(), threading.Event()
+
+    def hold(_: Any) -> None:
+        started.set()
+        release.wait(10)
+
+    w.submit_command(hold)
+    started.wait(5)
+    built = [_ev("b1", userId="a", properties={"n": 1}), _ev("seen", userId="a", properties={"n": 99}),
+             _ev("b3", userId="b", properties={"n": 3})]
+    cols = writer_mod.event_table([(ws, "tracking", e) for e in built])
+    first = w.submit_events(ws, built, columns=cols)
+    plain = w.submit_events(ws, [_ev("p1", userId="c", properties={"n": 4}), _ev("b3", userId="b")])
+    whole = [_ev("b4", userId="c", properties={"n": 5})]
+    last = w.submit_events(ws, whole, columns=writer_mod.event_table([(ws, "tracking", e) for e in whole]))
+    release.set()  # the three requests share one group commit
+    assert (first.result(10).accepted, first.result(10).duplicates) == (2, 1)
+    assert (plain.result(10).accepted, plain.result(10).duplicates) == (1, 1)
+    assert last.result(10).accepted == 1
+    rows = env.gk.analytical.query(
+        "SELECT e.message_id, e.user_id, json_extract(e.properties, '$.n')::INT, p.user_id FROM events e "
+        "JOIN (SELECT DISTINCT profile_id, user_id FROM events WHERE message_id IN ('seen', 'p1', 'b3')) p "
+        "ON p.profile_id = e.profile_id ORDER BY e.message_id")
+    assert rows == [("b1", "a", 1, "a"), ("b3", "b", 3, "b"), ("b4", "c", 5, "c"), ("p1", "c", 4, "c"),
+                    ("seen", "a", 0, "a")]
+    try:
+        w.submit_events(ws, whole, columns=cols)
+    except ValueError as exc:
+        assert "3 event-log rows for 1 events" in str(exc)
+    else:
+        raise AssertionError("columns of another length were taken")

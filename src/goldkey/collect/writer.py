@@ -64,6 +64,8 @@ class _EventItem:
     future: Future[IngestResult] | None = field(default_factory=Future)
     afuture: asyncio.Future[IngestResult] | None = None  # completed on its event loop
     loop: asyncio.AbstractEventLoop | None = None
+    # the event-log columns of ``events`` (``event_table``), built by a collector process
+    columns: pa.Table | None = None
 
     def settle(self, result: IngestResult | None, error: BaseException | None, later: dict[Any, list[Any]]) -> None:
         """Complete the waiting request (asyncio futures are gathered per loop in ``later``)."""
@@ -212,13 +214,18 @@ class Writer:
 
     # -- submission -------------------------------------------------------------------------
     def submit_events(
-        self, workspace_id: str, events: list[TrackedEvent], source: str = "tracking"
+        self, workspace_id: str, events: list[TrackedEvent], source: str = "tracking",
+        columns: pa.Table | None = None,
     ) -> Future[IngestResult]:
         """Queue events for the next group commit; the future completes once they are durable.
+        ``columns``: their event-log columns already built (``event_table``; a collector process
+        builds them, so the writer does not).
 
         Raises Overloaded (nothing queued) when the queue is full.
         """
-        item = _EventItem(workspace_id, events, source)
+        if columns is not None and columns.num_rows != len(events):
+            raise ValueError(f"{columns.num_rows} event-log rows for {len(events)} events")
+        item = _EventItem(workspace_id, events, source, columns=columns)
         self._enqueue(item)
         assert item.future is not None
         return item.future
@@ -403,19 +410,26 @@ class Writer:
         keep: list[tuple[str, str, TrackedEvent]] = []
         batch_keys: list[int] = []
         in_batch: set[int] = set()
+        kept_rows: list[tuple[_EventItem, list[int] | None]] = []  # per item, the rows kept (None: all)
         for item in batch:
             res = IngestResult()
             ws, source = item.workspace_id, item.source
-            for ev in item.events:
+            rows: list[int] | None = None
+            for i, ev in enumerate(item.events):
                 k = hash((ws, ev.message_id))  # DedupeWindow.key, inlined: once per event
                 if k in seen or k in in_batch:
                     res.duplicates += 1
+                    if rows is None:
+                        rows = list(range(i))
                     continue
                 in_batch.add(k)
                 batch_keys.append(k)
                 keep.append((ws, source, ev))
+                if rows is not None:
+                    rows.append(i)
             res.accepted = len(item.events) - res.duplicates
             results.append(res)
+            kept_rows.append((item, rows))
         if not keep:
             return results
 
@@ -511,7 +525,7 @@ class Writer:
         # the operational commit is done: profiles, identities and consent state are final, so what
         # decides on them alone starts now, while the events are appended to the event log
         self._notify(self.early_listeners, stored)
-        self._append_events(keep, profile_ids, map_ops)
+        self._append_events(keep, profile_ids, map_ops, kept_rows)
         self.dedupe.add_many(now_micros(), batch_keys)
         self._notify(self.listeners, stored)
         return results
@@ -569,58 +583,92 @@ class Writer:
         )
 
     def _append_events(
-        self, keep: list[tuple[str, str, TrackedEvent]], profile_ids: list[str], map_ops: list[Any]
+        self, keep: list[tuple[str, str, TrackedEvent]], profile_ids: list[str], map_ops: list[Any],
+        kept_rows: list[tuple[_EventItem, list[int] | None]],
     ) -> None:
-        dumps = orjson.dumps
-        evs = [e for _, _, e in keep]
-        n = len(evs)
-        string = pa.string()
-        binary = pa.binary()
-
-        def text(values: list[Any]) -> pa.Array:
-            return pa.array(values, string)
-
-        def json_text(values: list[bytes | None]) -> pa.Array:
-            # orjson's output is valid UTF-8: taken as bytes and viewed as strings, which skips
-            # the per-value UTF-8 check a string conversion makes (4x cheaper), and never decoded
-            return pa.array(values, binary).view(string)
-
-        def stamps(values: list[Any]) -> pa.Array:
-            return pa.array(values, _US_TS)  # epoch microseconds taken as they are, no cast
-
-        def same_or_each(values: list[str]) -> pa.Array:
-            # a group commit is mostly one workspace and one source: one value repeated
-            first = values[0]
-            if values.count(first) == n:
-                return pa.repeat(pa.scalar(first, string), n)
-            return text(values)
-
-        table = pa.Table.from_arrays(
-            [
-                same_or_each([w for w, _, _ in keep]),
-                text([e.message_id for e in evs]),
-                text([e.type for e in evs]),
-                text([e.event for e in evs]),
-                text([e.name for e in evs]),
-                text(profile_ids),
-                text([e.user_id for e in evs]),
-                text([e.anonymous_id for e in evs]),
-                text([e.group_id for e in evs]),
-                text([e.previous_id for e in evs]),
-                stamps([e.timestamp for e in evs]),
-                stamps([e.original_timestamp for e in evs]),
-                stamps([e.sent_at for e in evs]),
-                stamps([e.received_at for e in evs]),
-                json_text([dumps(e.properties) for e in evs]),
-                json_text([dumps(e.traits) if e.traits else None for e in evs]),
-                json_text([dumps(e.context) for e in evs]),
-                same_or_each([s for _, s, _ in keep]),
-            ],
-            schema=EVENT_SCHEMA,
-        )
+        """Append the kept events to the event log (with the profile each resolved to) and mirror
+        the unit's merges, in one DuckDB transaction. Items that came with their columns built
+        (a collector's) give their kept rows; the others' are built here, one table for all."""
+        if all(item.columns is None for item, _ in kept_rows):
+            table = event_table(keep)
+        else:
+            parts: list[pa.Table] = []
+            pending: list[tuple[str, str, TrackedEvent]] = []
+            for item, rows in kept_rows:
+                if item.columns is None:
+                    evs = item.events if rows is None else [item.events[i] for i in rows]
+                    pending += [(item.workspace_id, item.source, e) for e in evs]
+                    continue
+                if pending:
+                    parts.append(event_table(pending))
+                    pending = []
+                if rows is None:
+                    parts.append(item.columns)
+                elif rows:
+                    parts.append(item.columns.take(pa.array(rows, pa.int32())))
+            if pending:
+                parts.append(event_table(pending))
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        table = table.add_column(_PROFILE_AT, EVENT_SCHEMA.field(_PROFILE_AT), pa.array(profile_ids, pa.string()))
         with self.analytical.transaction() as con:
             self.analytical.append("events", table, con)
             apply_map_ops(con, map_ops)
+
+
+_PROFILE_AT = EVENT_SCHEMA.get_field_index("profile_id")
+_NO_PROFILE = pa.schema([f for f in EVENT_SCHEMA if f.name != "profile_id"])
+
+
+def event_table(keep: list[tuple[str, str, TrackedEvent]]) -> pa.Table:
+    """The event-log columns of ``(workspace, source, event)`` rows, without ``profile_id`` (the
+    writer adds it once identities are resolved): what the writer builds for the events it takes,
+    and a collector process for the events it hands over."""
+    dumps = orjson.dumps
+    evs = [e for _, _, e in keep]
+    n = len(evs)
+    string = pa.string()
+    binary = pa.binary()
+
+    def text(values: list[Any]) -> pa.Array:
+        return pa.array(values, string)
+
+    def json_text(values: list[bytes | None]) -> pa.Array:
+        # orjson's output is valid UTF-8: taken as bytes and viewed as strings, which skips
+        # the per-value UTF-8 check a string conversion makes (4x cheaper), and never decoded
+        return pa.array(values, binary).view(string)
+
+    def stamps(values: list[Any]) -> pa.Array:
+        return pa.array(values, _US_TS)  # epoch microseconds taken as they are, no cast
+
+    def same_or_each(values: list[str]) -> pa.Array:
+        # a group commit is mostly one workspace and one source: one value repeated
+        first = values[0]
+        if values.count(first) == n:
+            return pa.repeat(pa.scalar(first, string), n)
+        return text(values)
+
+    return pa.Table.from_arrays(
+        [
+            same_or_each([w for w, _, _ in keep]),
+            text([e.message_id for e in evs]),
+            text([e.type for e in evs]),
+            text([e.event for e in evs]),
+            text([e.name for e in evs]),
+            text([e.user_id for e in evs]),
+            text([e.anonymous_id for e in evs]),
+            text([e.group_id for e in evs]),
+            text([e.previous_id for e in evs]),
+            stamps([e.timestamp for e in evs]),
+            stamps([e.original_timestamp for e in evs]),
+            stamps([e.sent_at for e in evs]),
+            stamps([e.received_at for e in evs]),
+            json_text([dumps(e.properties) for e in evs]),
+            json_text([dumps(e.traits) if e.traits else None for e in evs]),
+            json_text([dumps(e.context) for e in evs]),
+            same_or_each([s for _, s, _ in keep]),
+        ],
+        schema=_NO_PROFILE,
+    )
 
 
 def apply_map_ops(con: Any, ops: list[tuple[str, str, Any, Any]]) -> None:
