@@ -47,11 +47,15 @@ class Server:
     def ingest_url(self) -> str:
         return f"http://127.0.0.1:{self.collect_port or self.port}"
 
-    def start(self) -> None:
+    def start(self) -> float:
+        """Start and wait until healthy (and every collector listens); return the seconds it took."""
+        t0 = time.monotonic()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         extra = ["--collectors", str(self.collectors), "--collect-port", str(self.collect_port)] if self.collectors \
             else []
         with self.log.open("ab") as log:
+            log.write(f"\n--- start at {time.time():.3f}\n".encode())
+            log.flush()
             self.proc = subprocess.Popen(
                 [
                     GOLDKEY,
@@ -68,7 +72,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        deadline = time.monotonic() + 30
+        deadline = t0 + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
@@ -79,7 +83,7 @@ class Server:
                     or (health.json()["collectors"]["running"] == self.collectors
                         and httpx.get(self.ingest_url + "/healthz", timeout=1).status_code == 200)
                 ):
-                    return
+                    return time.monotonic() - t0
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
@@ -111,8 +115,10 @@ class Server:
         return r.json()  # type: ignore[no-any-return]
 
 
-def served(tmp_path: Path, name: str, collectors: int = 0) -> Iterator[Server]:
-    """A workspace ``name`` created by the CLI, then the server started (fixtures yield from this)."""
+def served(tmp_path: Path, name: str, collectors: int = 0, *, cls: type[Server] = Server,
+           start: bool = True) -> Iterator[Server]:
+    """A workspace ``name`` created by the CLI, then the server (a ``cls``) started unless not
+    ``start`` (fixtures yield from this); killed at the end if still running."""
     data = tmp_path / "data"
     out = subprocess.run(
         [GOLDKEY, "workspace", "create", name, "--json", "--data-dir", str(data)],
@@ -122,9 +128,10 @@ def served(tmp_path: Path, name: str, collectors: int = 0) -> Iterator[Server]:
         check=True,
     )
     ws = json.loads(out.stdout)
-    srv = Server(data, _free_port(), ws["workspace_id"], ws["write_key"], ws["admin_token"], tmp_path / "server.log",
-                 collectors=collectors, collect_port=_free_port() if collectors else None)
-    srv.start()
+    srv = cls(data, _free_port(), ws["workspace_id"], ws["write_key"], ws["admin_token"], tmp_path / "server.log",
+              collectors=collectors, collect_port=_free_port() if collectors else None)
+    if start:
+        srv.start()
     try:
         yield srv
     finally:

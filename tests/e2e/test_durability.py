@@ -11,13 +11,10 @@ storing anything twice.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,78 +26,16 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
+import served as served_server
 
-BIN = Path(sys.executable).parent
-GOLDKEY = str(BIN / "goldkey")
 THREADS = 4
 BATCH = 100
 LOAD_SECONDS = 4.0
 ROUNDS = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    data_dir: Path
-    port: int
-    write_key: str
-    workspace_id: str
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    collectors: int = 0  # with collector processes, the load goes to their port
-    collect_port: int | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ingest_url(self) -> str:
-        return f"http://127.0.0.1:{self.collect_port or self.port}"
-
-    def start(self) -> float:
-        """Start and wait for /healthz; return the seconds it took."""
-        t0 = time.monotonic()
-        with self.log.open("ab") as log:
-            log.write(f"\n--- start at {time.time():.3f}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [
-                    GOLDKEY,
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                    *(["--collectors", str(self.collectors), "--collect-port", str(self.collect_port)]
-                      if self.collectors else []),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        while time.monotonic() - t0 < 60:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                r = httpx.get(self.url + "/healthz", timeout=1)
-                if r.status_code == 200 and (
-                    not self.collectors
-                    or (r.json()["collectors"]["running"] == self.collectors
-                        and httpx.get(self.ingest_url + "/healthz", timeout=1).status_code == 200)
-                ):
-                    return time.monotonic() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server did not become healthy:\n{self.log.read_text()}")
+class Server(served_server.Server):
+    """The served instance, killed with SIGKILL and stopped with checks."""
 
     def sigkill(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "server died before the kill"
@@ -149,25 +84,11 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
-    """A server on its own data directory; indirectly parametrised with a number of collectors."""
-    collectors = getattr(request, "param", 0)
-    data = tmp_path / "data"
-    out = subprocess.run(
-        [GOLDKEY, "workspace", "create", "Durable", "--json", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    ws = json.loads(out.stdout)
-    srv = Server(data, _free_port(), ws["write_key"], ws["workspace_id"], tmp_path / "server.log",
-                 collectors=collectors, collect_port=_free_port() if collectors else None)
-    try:
+    """A server on its own data directory (not started); indirectly parametrised with a number of
+    collectors."""
+    for srv in served_server.served(tmp_path, "Durable", getattr(request, "param", 0), cls=Server, start=False):
+        assert isinstance(srv, Server)
         yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait(timeout=10)
 
 
 @dataclass
