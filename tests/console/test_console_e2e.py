@@ -122,7 +122,15 @@ def sign_in(pg: Any, site: Site, token: str) -> None:
 def pick(pg: Any, label: str, text: str, *, search: bool = True, nth: int = -1) -> None:
     """Choose ``text`` in the Ant Design select labelled ``label`` (the last one on the page by default)."""
     box = pg.get_by_label(label, exact=True).nth(nth)
-    box.click(force=True)  # the selected value's label lies over the input
+    for attempt in range(3):
+        try:
+            box.click(force=True)  # the selected value's label lies over the input
+            break
+        except Exception as exc:  # noqa: BLE001 - Playwright's error: a drawer still sliding in
+            if "outside of the viewport" not in str(exc) or attempt == 2:
+                raise
+            settled(pg)
+            pg.wait_for_timeout(300)
     if search:
         box.fill(text)
     pg.locator(".ant-select-dropdown:visible .ant-select-item-option", has_text=text).first.click()
@@ -307,11 +315,15 @@ def test_settings_campaign_uplift_and_messages(page: Any, site: Site) -> None:
 
 
 def settled(pg: Any) -> None:
-    """Wait until no drawer or dialog is still sliding in (Ant Design's motion classes are gone):
-    until then its inputs lie outside the viewport."""
+    """Wait until no drawer or dialog is still sliding in: Ant Design's motion classes are gone and
+    every open drawer lies inside the window (a check made right after the click can come before
+    the motion class is set; until the drawer is in, its inputs lie outside the viewport)."""
     pg.wait_for_function("() => !document.querySelector('.ant-drawer [class*=-motion-], "
                          ".ant-modal-wrap [class*=-motion-], .ant-drawer-content-wrapper[class*=motion], "
-                         ".ant-modal[class*=zoom]')")
+                         ".ant-modal[class*=zoom]') && [...document.querySelectorAll("
+                         "'.ant-drawer-open .ant-drawer-content-wrapper')].every(e => { "
+                         "const r = e.getBoundingClientRect(); "
+                         "return r.left >= -1 && r.right <= window.innerWidth + 1 })")
 
 
 def settings_walk(pg: Any, site: Site) -> None:
