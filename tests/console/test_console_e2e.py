@@ -291,12 +291,11 @@ def walk(page: Any, site: Site) -> None:
     sign_in(pg, site, operator.admin_token)
     pg.wait_for_url(site.url + "/")
     assert operator.name in pg.get_by_test_id("workspace-switcher").inner_text()
-    pg.get_by_test_id("workspace-switcher").click()
     menu = pg.locator(".ant-dropdown:visible")
-    # the menu opens with an animation: wait until both workspaces are listed before reading them
-    menu.get_by_role("menuitem").nth(1).wait_for()
-    items = menu.get_by_role("menuitem").all_inner_texts()
-    assert items[:2] == [eyecare.name, operator.name + " ✓"], items
+    # the menu opens with an animation (and may close again as the page re-renders after sign-in):
+    # read it once both workspaces are listed
+    items = open_menu_items(pg, pg.get_by_test_id("workspace-switcher"), menu, 2)
+    assert items == [eyecare.name, operator.name + " ✓"], items
     shot(pg, "workspace-switcher")
     menu.get_by_role("menuitem", name=eyecare.name, exact=True).click()
     pg.wait_for_function("n => document.querySelector('[data-testid=workspace-switcher]').innerText.includes(n)",
