@@ -14,6 +14,20 @@ def _ev(mid: str, **kw: Any) -> Any:
     return normalise_event({"type": "track", "event": "E", "messageId": mid, **kw}, received_at=now_micros())
 
 
+def _hold(w: Any) -> threading.Event:
+    """Keep the writer busy with a command until the returned event is set: the event requests
+    submitted meanwhile then share one group commit."""
+    release, started = threading.Event(), threading.Event()
+
+    def hold(_: Any) -> None:
+        started.set()
+        release.wait(10)
+
+    w.submit_command(hold)
+    started.wait(5)
+    return release
+
+
 def test_control_characters_in_ids_are_a_clear_400(env: Any) -> None:
     r = env.post("/v1/track", {"userId": "a\u0000b", "event": "E", "messageId": "m1"})
     assert r.status_code == 400 and r.json()["field"] == "userId"
@@ -29,14 +43,7 @@ def test_one_failing_request_does_not_fail_its_neighbours(env: Any, monkeypatch:
         return original(batch)
 
     monkeypatch.setattr(w, "write_events", failing)
-    release, started = threading.Event(), threading.Event()
-
-    def hold(_: Any) -> None:
-        started.set()
-        release.wait(10)
-
-    w.submit_command(hold)
-    started.wait(5)
+    release = _hold(w)
     good = w.submit_events(env.ws.workspace_id, [_ev("ok-1", userId="u1")])
     bad = w.submit_events(env.ws.workspace_id, [_ev("poison", userId="u2")])
     good2 = w.submit_events(env.ws.workspace_id, [_ev("ok-2", userId="u3")])
@@ -77,14 +84,7 @@ def test_prebuilt_event_columns_mix_with_the_writers_own(env: Any) -> None:
     its own values and the profile its event resolved to."""
     ws, w = env.ws.workspace_id, env.gk.writer
     w.submit_events(ws, [_ev("seen", userId="a", properties={"n": 0})]).result(10)
-    release, started = threading.Event(), threading.Event()
-
-    def hold(_: Any) -> None:
-        started.set()
-        release.wait(10)
-
-    w.submit_command(hold)
-    started.wait(5)
+    release = _hold(w)
     built = [_ev("b1", userId="a", properties={"n": 1}), _ev("seen", userId="a", properties={"n": 99}),
              _ev("b3", userId="b", properties={"n": 3})]
     cols = writer_mod.event_table([(ws, "tracking", e) for e in built])

@@ -115,6 +115,18 @@ class Server:
         return r.json()  # type: ignore[no-any-return]
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` now: each of its threads lists the children it started
+    (threads and children come and go while they are read)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 def served(tmp_path: Path, name: str, collectors: int = 0, *, cls: type[Server] = Server,
            start: bool = True) -> Iterator[Server]:
     """A workspace ``name`` created by the CLI, then the server (a ``cls``) started unless not

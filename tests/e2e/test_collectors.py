@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from served import GOLDKEY, Server, _free_port, served
+from served import GOLDKEY, Server, _free_port, children, served
 
 
 @pytest.fixture
@@ -32,20 +32,15 @@ def _post(srv: Server, path: str, body: Any, key: str | None = None, **headers: 
 
 
 def _collector_pids(srv: Server) -> list[int]:
-    """The server's collector processes now (threads and children come and go while it is read)."""
+    """The server's collector processes now."""
     assert srv.proc is not None
     pids = []
-    for task in Path(f"/proc/{srv.proc.pid}/task").iterdir():
+    for pid in children(srv.proc.pid):
         try:
-            children = (task / "children").read_text().split()
-        except OSError:
+            if b"goldkey.collect.collectors" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:  # gone meanwhile
             continue
-        for pid in children:
-            try:
-                if b"goldkey.collect.collectors" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    pids.append(int(pid))
-            except OSError:
-                continue
     return sorted(pids)
 
 

@@ -39,7 +39,7 @@ class Server(served_server.Server):
 
     def sigkill(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "server died before the kill"
-        children = _children(self.proc.pid)
+        children = served_server.children(self.proc.pid)
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         # its collector processes see their socket close and exit at once, freeing their port
@@ -65,13 +65,6 @@ class Server(served_server.Server):
         # the shutdown closed the stores: DuckDB checkpointed its write-ahead log into the file
         wal = self.data_dir / "analytical.duckdb.wal"
         assert not wal.exists() or wal.stat().st_size == 0, "DuckDB was not checkpointed on shutdown"
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(x) for x in (task / "children").read_text().split()]
-    return out
 
 
 def _alive(pid: int) -> bool:

@@ -35,7 +35,6 @@ child is ``python -m goldkey.activate.delivery_process FD``.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -44,6 +43,8 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from goldkey.core.children import child_env
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,9 @@ class DeliveryProcess:
     def _start(self) -> Connection:
         ours, theirs = socket.socketpair()
         try:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            src = str(Path(__file__).resolve().parents[2])  # the package's root, for a source checkout
-            env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "goldkey.activate.delivery_process", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),), env=child_env(), stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         conn = Connection(ours.detach())

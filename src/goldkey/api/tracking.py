@@ -131,7 +131,7 @@ async def _ingest(
         except GoldkeyError:
             raise
         except Exception as exc:  # a store failed: nothing of this request was acknowledged
-            raise StoreUnavailable(f"events not stored, retry: {type(exc).__name__}: {exc}"[:500]) from exc
+            raise not_stored(exc) from exc
         accepted, duplicates = res.accepted, res.duplicates
     return orjson.dumps(
         {
@@ -141,6 +141,11 @@ async def _ingest(
             "rejected": [e.as_dict() for e in rejected],
         }
     )
+
+
+def not_stored(exc: BaseException) -> StoreUnavailable:
+    """The 503 of a request whose events a store failed to take (nothing of it acknowledged)."""
+    return StoreUnavailable(f"events not stored, retry: {type(exc).__name__}: {exc}"[:500])
 
 
 def quarantine_rows(ws: str, rejected: list[InvalidInput], raw: list[Any]) -> list[dict[str, Any]]:

@@ -61,8 +61,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 from typing import Any
+
+from goldkey.core.children import child_env
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ class _Conn:
         self._answers: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         ours, theirs = socket.socketpair()
         try:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                   "GOLDKEY_COLLECTOR_SETTINGS": pool.settings.model_dump_json()}
-            src = str(Path(__file__).resolve().parents[2])  # the package's root, for a source checkout
-            env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            env = child_env(GOLDKEY_COLLECTOR_SETTINGS=pool.settings.model_dump_json())
             # a session of its own: Ctrl-C in a terminal (or a service manager signalling the whole
             # group) reaches the server alone, which then stops its collectors in order
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(
@@ -241,13 +239,14 @@ def _public_error(exc: BaseException) -> BaseException:
     """What a collector may re-raise: Goldkey's own errors that survive pickling as they are (the
     tracking API answers them: 4xx, 503 with Retry-After); anything else as the 503 the server's own
     tracking API gives."""
+    from goldkey.api.tracking import not_stored
     from goldkey.core.errors import GoldkeyError, InvalidInput, Overloaded, StoreUnavailable, Unauthorized
 
     if isinstance(exc, (InvalidInput, Overloaded, StoreUnavailable, Unauthorized)):
         return exc
     if isinstance(exc, GoldkeyError):
         return StoreUnavailable(str(exc)[:500])
-    return StoreUnavailable(f"events not stored, retry: {type(exc).__name__}: {exc}"[:500])
+    return not_stored(exc)
 
 
 class CollectorPool:
