@@ -355,10 +355,14 @@ class Server:
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
+    def metrics_text(self) -> str:
+        """The server's ``/metrics`` page (Prometheus text format)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
+            return r.read().decode()  # type: ignore[no-any-return]
+
     def metric(self, name: str) -> float:
         """Value of one unlabelled Prometheus counter/gauge from /metrics."""
-        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
-            text = r.read().decode()
+        text = self.metrics_text()
         for line in text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "_total "):
                 return float(line.split()[-1])

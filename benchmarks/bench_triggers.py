@@ -138,12 +138,7 @@ def main() -> None:
             ch = gk.sender.channels.save(ws, name="sink", kind="sink",
                                          config={"path": "/dev/null", "simulates": "sms"})
             svc = gk.triggers  # the runtime's service: its workers are already running
-            svc.create(ws, {"name": "data 75%", "kind": "realtime", "channel_id": ch["channel_id"],
-                            "event": {"kind": "event", "event": "Data Usage",
-                                      "where": [{"property": "data_used_pct", "op": "gte",
-                                                 "value": args.threshold}]},
-                            "window": {"unit": "month"},
-                            "template": {"variants": {"zh": {"text": "{{ attributes.name }}，流量已用 75%"}}}})
+            svc.create(ws, _trigger_body(ch["channel_id"], args.threshold))
             for owner, name, label in ((svc, "process", "real-time round (total)"),
                                        (svc, "_reserve", "  reserve (firings + guardrails)"),
                                        (gk.sender.guardrails, "lock", "    workspace lock (waits)"),
@@ -222,6 +217,7 @@ def main() -> None:
 
 
 def _trigger_body(channel_id: str, threshold: int) -> dict[str, Any]:
+    """The benchmark's one real-time trigger (in process and over HTTP alike)."""
     return {"name": "data 75%", "kind": "realtime", "channel_id": channel_id,
             "event": {"kind": "event", "event": "Data Usage",
                       "where": [{"property": "data_used_pct", "op": "gte", "value": threshold}]},
@@ -313,8 +309,7 @@ def run_http(args: argparse.Namespace) -> None:
         time.sleep(1.0)  # the workers' last rounds
         cpu = cpu_seconds(pid) - cpu0
         kid_cpu = sum(cpu_seconds(k) - kid0.get(k, 0.0) for k in children(pid))  # started lazily: maybe new
-        with urllib.request.urlopen(server.url + "/metrics", timeout=30) as r:
-            text = r.read().decode()
+        text = server.metrics_text()
         listed = {t["trigger_id"]: t for t in server.get_json("/api/v1/triggers", admin)}
         fired = listed.get(trig["trigger_id"], {})
         ack = percentiles([x * 1000 for x in res.latencies])
