@@ -95,6 +95,51 @@ def test_scores_and_model_tags_in_chunks_on_both_operational_stores(env_any: Any
     assert tags.holders(ws, "tier")[pids[0]] == "gold"
 
 
+def test_model_tags_are_set_by_sqlite_itself_unless_a_row_changed_in_between(env: Any, monkeypatch: Any) -> None:
+    """A model's tag write on SQLite: a chunk whose rows hold what the model read is written by
+    json_set / json_remove in one statement; a chunk with a row changed since (here: a stale
+    reading) goes the general way. Both keep the profile's other tags and give the same events."""
+    import goldkey.audience.tags as tags_mod
+
+    outcomes: list[int | None] = []
+    real = tags_mod._write_expected
+
+    def spy(*args: Any, **kw: Any) -> int | None:
+        try:
+            outcomes.append(real(*args, **kw))
+        except tags_mod._Stale:  # rolled back, then written the general way
+            outcomes.append(None)
+            raise
+        return outcomes[-1]
+
+    monkeypatch.setattr(tags_mod, "_write_expected", spy)
+    monkeypatch.setattr(tags_mod, "WRITE_CHUNK", 2)
+    ws, tags = env.ws.workspace_id, env.gk.tags
+    pids = [_profile(env, f"u-{i}") for i in range(4)]
+    tags.create(ws, {"name": "flag", "kind": "model", "value_type": "boolean", "category": "dynamic"})
+    tags.create(ws, {"name": "阶段", "kind": "model", "value_type": "enum", "category": "consumption",
+                     "values": ["新客", "活跃"]})
+    assert tags.set_model_values(ws, "flag", {pids[0]: True}, "m").changed == 1
+    w = tags.set_model_values(ws, "阶段", {p: "新客" for p in pids}, "m")
+    assert w.changed == 4 and outcomes == [1, 2, 2]  # the flag's chunk, then the stage's two
+    assert tags.holders(ws, "阶段") == dict.fromkeys(pids, "新客") and tags.holders(ws, "flag") == {pids[0]: True}
+    outcomes.clear()
+    # the model read no values (stale): the chunk's check fails and it goes the general way, which
+    # skips the row already holding the value (and no removal was asked for)
+    w = tags.set_model_values(ws, "阶段", {pids[0]: "活跃", pids[1]: None, pids[2]: "新客"}, "m", current={})
+    assert outcomes == [None] and w.changed == 1
+    assert tags.holders(ws, "阶段") == {pids[0]: "活跃", **dict.fromkeys(pids[1:], "新客")}
+    outcomes.clear()
+    # read fresh: one change and three removals by the database
+    w = tags.set_model_values(ws, "阶段", {pids[0]: "新客"}, "m")
+    assert outcomes == [2, 2] and w.changed == 4 and tags.holders(ws, "阶段") == {pids[0]: "新客"}
+    assert tags.holders(ws, "flag") == {pids[0]: True}
+    hist = sorted((h["profile_id"], h["value"] or "", h["previous"] or "") for h in tags.history(ws, "阶段"))
+    assert hist == sorted([*((p, "新客", "") for p in pids), (pids[0], "活跃", "新客"), (pids[0], "新客", "活跃"),
+                           *((p, "", "新客") for p in pids[1:])])
+    assert all(h["source"] == "m" for h in tags.history(ws, "阶段"))
+
+
 def test_score_columns_and_insight_texts_on_both_operational_stores(env_any: Any, monkeypatch: Any) -> None:
     """The columnar paths the churn model uses: JSON merge patches applied by the database (SQLite
     json_patch, PostgreSQL jsonb), only changed rows written, NaN removes a field, profiles no longer

@@ -185,24 +185,43 @@ def emit_events(analytical: AnalyticalStore, con: Any, ws: str, rows: list[tuple
     DuckDB transaction (run on the writer thread). Returns how many were written."""
     if not rows:
         return 0
+    dumps = orjson.dumps
+    return emit_event_columns(analytical, con, ws, [r[0] for r in rows], [r[1] for r in rows],
+                              [dumps(r[2]).decode() for r in rows], source, at)
+
+
+def emit_event_columns(analytical: AnalyticalStore, con: Any, ws: str, profile_ids: Sequence[str] | pa.Array,
+                       events: Sequence[str] | pa.Array, properties: Sequence[str] | pa.Array, source: str,
+                       at: datetime | None = None) -> int:
+    """:func:`emit_events` from columns: one event per profile of ``profile_ids``, named by
+    ``events`` and with the JSON object text ``properties`` (lists or Arrow arrays of equal length),
+    for callers that build a million events' properties column by column."""
+    n = len(profile_ids)
+    if len(events) != n or len(properties) != n:
+        raise ValueError(f"{n} profiles but {len(events)} event names and {len(properties)} properties")
+    if not n:
+        return 0
     at = at or utcnow()
-    n = len(rows)
     ts = pa.array([at] * n, _US)
     none = pa.nulls(n, pa.string())
+
+    def text(v: Sequence[str] | pa.Array) -> pa.Array:
+        return v.cast(pa.string()) if isinstance(v, pa.Array) else pa.array(v, pa.string())
+
     table = pa.Table.from_arrays(
         [
-            pa.array([ws] * n, pa.string()),
+            pa.repeat(pa.scalar(ws, pa.string()), n),
             pa.array(new_ids("msg", n), pa.string()),
-            pa.array(["track"] * n, pa.string()),
-            pa.array([r[1] for r in rows], pa.string()),
+            pa.repeat(pa.scalar("track", pa.string()), n),
+            text(events),
             none,
-            pa.array([r[0] for r in rows], pa.string()),
+            text(profile_ids),
             none, none, none, none,
             ts, ts, ts, ts,
-            pa.array([orjson.dumps(r[2]).decode() for r in rows], pa.string()),
+            text(properties),
             none,
-            pa.array(["{}"] * n, pa.string()),
-            pa.array([source] * n, pa.string()),
+            pa.repeat(pa.scalar("{}", pa.string()), n),
+            pa.repeat(pa.scalar(source, pa.string()), n),
         ],
         schema=EVENT_SCHEMA,
     )

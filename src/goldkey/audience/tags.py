@@ -24,11 +24,12 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import orjson
+import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from goldkey.audience.catalog import declare_field, remove_field
-from goldkey.audience.common import batch_member_ids, emit_events, parse_and_check
+from goldkey.audience.common import batch_member_ids, emit_event_columns, emit_events, parse_and_check
 from goldkey.audience.facts import FactsCache, facts_for
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, loc_path
@@ -367,13 +368,8 @@ class TagService:
         contains the quoted name are fetched (straight from the DBAPI cursor) and parsed."""
         with self.engine.connect() as c:
             rows = read_json_rows(c, ws, "tags", containing=orjson.dumps(name).decode())
-        out: dict[str, Any] = {}
         loads = orjson.loads
-        for pid, raw in rows:
-            v = loads(raw).get(name)
-            if v is not None:
-                out[pid] = v
-        return out
+        return {pid: v for pid, raw in rows if (v := loads(raw).get(name)) is not None}
 
     _holders = holders  # the older private name
 
@@ -399,48 +395,75 @@ class TagService:
                 bad.append(v)
         if bad:
             raise InvalidInput(f"values {sorted(bad, key=repr)} are not among tag {name!r}'s values", field="value")
-        new = {p: checked[v] for p, v in values.items() if checked[v] is not None}
+        if None not in checked.values() and all(type(k) is type(v) and k == v for k, v in checked.items()):
+            new = dict(values)  # every value stands as given (the common case): a copy in C
+        else:
+            new = {p: checked[v] for p, v in values.items() if checked[v] is not None}
         if current is None:
             current = self.holders(ws, name)
-        get = current.get
-        changes: dict[str, Any] = {p: v for p, v in new.items() if get(p) != v}
-        changes.update({p: None for p in current if p not in new})
-        changed = self._write(ws, name, changes, source=source)
+        changes: dict[str, Any]
+        try:  # set operations on the (profile, value) pairs, in C (a million profiles: ~0.2 s)
+            changes = dict(new.items() - current.items())
+        except TypeError:  # an unhashable value
+            get = current.get
+            changes = {p: v for p, v in new.items() if get(p) != v}
+        changes.update(dict.fromkeys(current.keys() - new.keys()))
+        changed = self._write(ws, name, changes, source=source, expected=current)
         return ModelTagWrite(name, len(new), current, changes, changed)
 
-    def _write(self, ws: str, name: str, changes: dict[str, Any], *, source: str) -> int:
+    def _write(self, ws: str, name: str, changes: dict[str, Any], *, source: str,
+               expected: Mapping[str, Any] | None = None) -> int:
         """Apply {profile_id: value or None} on the writer thread, with a Tag Changed event each,
         ``WRITE_CHUNK`` profiles per writer command (event commits go on in between): each command
         reads its profiles' ``tags``, writes the changed ones in one batch and appends their events
-        in one Arrow batch."""
+        in one Arrow batch.
+
+        ``expected``: what the caller read as each profile's value just before (a model's write,
+        :meth:`set_model_values`; absent = no value). On SQLite a chunk whose rows all still hold
+        exactly that is then written by the database itself, ``json_set`` / ``json_remove`` in ONE
+        ``UPDATE ... FROM json_each(?)``, with no row read, parsed and re-serialised in Python (a
+        first model run at 1M profiles writes a million tags this way); a chunk where any row
+        differs (a change in between, a profile merged away) goes the general way."""
         if not changes:
             return 0
         at = utcnow()
         ids = sorted(changes)
+        path = _json_path(name)
 
-        def run(ctx: Any, chunk: list[str]) -> int:
+        def general(c: sa.Connection, ctx: Any, chunk: list[str]) -> int:
             events: list[tuple[str, str, dict[str, Any]]] = []
             updates: list[tuple[str, str]] = []
             loads, dumps = orjson.loads, orjson.dumps
-            with ctx.engine.begin() as c:
-                for pid, raw in read_json_rows(c, ws, "tags", ids=chunk, live_only=False):
-                    cur = loads(raw)
-                    prev = cur.get(name)
-                    new = changes[pid]
-                    if prev == new:
-                        continue
-                    if new is None:
-                        cur.pop(name, None)
-                    else:
-                        cur[name] = new
-                    updates.append((dumps(cur).decode(), pid))
-                    events.append((pid, "Tag Changed", {"tag": name, "value": new, "previous": prev,
-                                                        "source": source}))
-                if updates:
-                    update_json_rows(c, "tags", updates)
-                    with ctx.analytical.transaction() as con:
-                        emit_events(ctx.analytical, con, ws, events, "tags", at)
+            for pid, raw in read_json_rows(c, ws, "tags", ids=chunk, live_only=False):
+                cur = loads(raw)
+                prev = cur.get(name)
+                new = changes[pid]
+                if prev == new:
+                    continue
+                if new is None:
+                    cur.pop(name, None)
+                else:
+                    cur[name] = new
+                updates.append((dumps(cur).decode(), pid))
+                events.append((pid, "Tag Changed", {"tag": name, "value": new, "previous": prev,
+                                                    "source": source}))
+            if updates:
+                update_json_rows(c, "tags", updates)
+                with ctx.analytical.transaction() as con:
+                    emit_events(ctx.analytical, con, ws, events, "tags", at)
             return len(updates)
+
+        def run(ctx: Any, chunk: list[str]) -> int:
+            if expected is not None and path is not None and ctx.engine.dialect.name == "sqlite":
+                try:
+                    with ctx.engine.begin() as c:
+                        done = _write_expected(c, ctx, ws, name, path, chunk, changes, expected, source, at)
+                    if done is not None:
+                        return done
+                except _Stale:  # rolled back: nothing of the chunk was written
+                    pass
+            with ctx.engine.begin() as c:
+                return general(c, ctx, chunk)
 
         n = 0
         for i in range(0, len(ids), WRITE_CHUNK):
@@ -449,6 +472,63 @@ class TagService:
         if self.realtime is not None and n:
             self.realtime.notify(ws, list(changes))
         return n
+
+
+def _json_path(name: str) -> str | None:
+    """The SQLite JSON path of a top-level key (None for a name the path syntax cannot quote)."""
+    return None if '"' in name or "\\" in name else f'$."{name}"'
+
+
+class _Stale(Exception):
+    """A row no longer holds what the model read: the chunk is rolled back and written the general way."""
+
+
+def _write_expected(c: sa.Connection, ctx: Any, ws: str, name: str, path: str, chunk: list[str],
+                    changes: Mapping[str, Any], expected: Mapping[str, Any], source: str, at: datetime) -> int | None:
+    """:meth:`TagService._write`'s SQLite way for one chunk inside the caller's transaction. The
+    chunk's profiles are grouped by (value read, new value) - a model tag has a handful of values,
+    so a handful of groups - and each group is ONE ``UPDATE ... FROM json_each(?)`` that sets
+    (``json_set``) or removes (``json_remove``) the tag where the row still holds the value read
+    (compared as JSON text; absent = SQL NULL). If a group updates fewer rows than it has profiles
+    (a change in between, a profile gone), :class:`_Stale` is raised so that the caller's
+    transaction rolls back and the chunk goes the general way. Then the Tag Changed events, whose
+    properties are one text per group. Returns how many profiles changed (None: a value that
+    cannot be grouped)."""
+    groups: dict[tuple[Any, Any], list[str]] = {}
+    get = expected.get
+    try:
+        for p in chunk:
+            key = (get(p), changes[p])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = group = []
+            group.append(p)
+    except TypeError:  # an unhashable value: not a model tag's
+        return None
+    dumps = orjson.dumps
+    cur = c.connection.cursor()
+    try:
+        for (before, after), ids in groups.items():
+            # the chunk's ids drive the statement, each profile found by its key ("+workspace_id"
+            # keeps SQLite's planner from scanning the workspace once per id)
+            cur.execute(
+                "UPDATE profiles SET tags = " + ("json_remove(tags, ?3)" if after is None else
+                                                 "json_set(tags, ?3, json(?5))") +
+                " FROM json_each(?1) AS u WHERE profiles.profile_id = u.value AND +profiles.workspace_id = ?2 "
+                "AND (profiles.tags -> ?3) IS ?4",
+                (dumps(ids).decode(), ws, path, None if before is None else dumps(before).decode(),
+                 *(() if after is None else (dumps(after).decode(),))))
+            if cur.rowcount != len(ids):
+                raise _Stale
+    finally:
+        cur.close()
+    tag, tail = dumps(name).decode(), "," + dumps({"source": source}).decode()[1:]
+    texts = [pa.repeat(pa.scalar(f'{{"tag":{tag},"value":{dumps(after).decode()},"previous":{dumps(before).decode()}'
+                                 f'{tail}'), len(ids)) for (before, after), ids in groups.items()]
+    with ctx.analytical.transaction() as con:
+        emit_event_columns(ctx.analytical, con, ws, [p for ids in groups.values() for p in ids],
+                           pa.repeat(pa.scalar("Tag Changed"), len(chunk)), pa.concat_arrays(texts), "tags", at)
+    return len(chunk)
 
 
 class ModelTagWrite(NamedTuple):
