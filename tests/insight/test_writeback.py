@@ -168,8 +168,15 @@ def test_score_columns_and_insight_texts_on_both_operational_stores(env_any: Any
     assert [_scores(env, p) for p in pids] == [{"other": 7.0, "risk": 0.2, "risk_v": 1.0},
                                                {"risk": 0.25, "risk_v": 1.0}, {"risk": 0.5, "risk_v": 1.0},
                                                {"risk_v": 1.0}, {}]
-    # unknown ids are not written (only live profiles of the workspace)
+    # a new version (given out of key order) rewrites every scored row without reading it; pids[3],
+    # no longer scored, loses the model's fields
+    assert write_score_columns(env.gk, ws, ("risk", "risk_v"), [pids[2], pids[0], pids[1]],
+                               {"risk": np.array([0.5, 0.2, 0.25]), "risk_v": 2}) == 4
+    assert [_scores(env, p) for p in pids] == [{"other": 7.0, "risk": 0.2, "risk_v": 2.0},
+                                               {"risk": 0.25, "risk_v": 2.0}, {"risk": 0.5, "risk_v": 2.0}, {}, {}]
+    # unknown ids are not written (only live profiles of the workspace), with or without a version
     assert write_score_columns(env.gk, ws, ("x",), ["nobody"], {"x": np.array([1.0])}) == 0
+    assert write_score_columns(env.gk, ws, ("x", "xv"), ["nobody"], {"x": np.array([1.0]), "xv": 1}) == 0
 
     texts = ['{"score":0.1,"reasons":[]}', '{"score":0.2,"reasons":[{"feature":"f"}]}', '{"score":0.3,"reasons":[]}']
     assert write_profile_insight_texts(env.gk, ws, "m", 1, pids[:3], texts) == 3

@@ -84,7 +84,6 @@ from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
     declare_scores,
-    read_live_scores,
     read_profile_reasons,
     write_profile_reasons,
     write_score_columns,
@@ -885,9 +884,8 @@ class ChurnService:
             if d.refit_full:
                 step(3, "refit on every labelled customer")
                 clf = TabularClassifier(d.classifier).fit(X, y)
-            step(4, "score every live profile (their stored scores read meanwhile)")
+            step(4, "score every live profile")
             t_fit = time.perf_counter()
-            live = pool.submit(read_live_scores, self, ws)  # what the score write compares with
             now_f = now_features.result()
             docs = {c: describe(c) for c in cols}
             scored_ids = now_f["profile_id"].to_list()
@@ -905,7 +903,7 @@ class ChurnService:
             vfield = f"{field}_model_version"
             declare_scores(self.engine, ws, {field: label_text, vfield: f"{name} model version"}, name, mv.version)
             scores_written = pool.submit(write_score_columns, self, ws, (field, vfield), scored_ids,
-                                         {field: probs, vfield: mv.version}, live=live.result())
+                                         {field: probs, vfield: mv.version})
             payloads = expl.payloads(docs) if expl is not None else pl.Series([], dtype=pl.String)
             # to the analytical store, while the scores go to the operational one
             reasons_written = pool.submit(write_profile_reasons, self.analytical, ws, name, mv.version,

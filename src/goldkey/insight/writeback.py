@@ -15,17 +15,22 @@ recent events (churn at 1M profiles of ~2.2 KB: scores and reasons written in 18
 
 How (fast at 1M profiles): a model's new values for a profile are a **JSON merge patch**
 (RFC 7396: ``{"churn_risk": 0.42, "churn_risk_model_version": 3.0}``, ``null`` removes a field,
-numbers printed as the shortest text that reads back the same float). The live profiles' scores are
-read once off the writer thread to find the rows a patch changes; only those go to the writer
-thread, ``WRITE_CHUNK`` profiles per command (event commits go on in between), where the database
-applies each patch to the row as it is then: SQLite ``UPDATE ... SET scores = json_patch(scores,
-?)`` by primary key for a profile that has a row, ``INSERT ... SELECT`` from the live profile for
-one that has none (one prepared statement each, ``executemany``); PostgreSQL
-``jsonb_strip_nulls(scores::jsonb || patch)`` from ``unnest`` arrays, then the profiles without a
-row inserted. A row a removal leaves empty stays (``{}``): rows are never deleted, so a row the read
-found is still there to be updated. That a profile is live is checked in ``ix_profiles_live``
-(workspace, merged_into, profile_id), never by reading the wide profile row. A concurrent change to
-another field is never lost, and nothing is merged and re-serialised in Python.
+numbers printed as the shortest text that reads back the same float). The rows a patch changes are
+found off the writer thread. When every patch sets the model's new version, a row that does not
+hold that version changes whatever else it holds: the database scans the rows once for the
+version's text, and only the rows that hold it (a rerun of the same version: compared field by
+field) or whose profile the model no longer scores (its fields removed) are read into Python; a
+new version at 1M profiles reads no row's JSON. Without a version every live profile's scores are
+read and compared. Only the rows that change go to the writer thread, ``WRITE_CHUNK`` profiles per
+command (event commits go on in between), where the database applies each patch to the row as it
+is then: SQLite ``UPDATE ... SET scores = json_patch(scores, ?)`` by primary key for a profile
+that has a row, ``INSERT ... SELECT`` from the live profile for one that has none (one prepared
+statement each, ``executemany``); PostgreSQL ``jsonb_strip_nulls(scores::jsonb || patch)`` from
+``unnest`` arrays, then the profiles without a row inserted. A row a removal leaves empty stays
+(``{}``): rows are never deleted, so a row the scan found is still there to be updated. That a
+profile is live is checked in ``ix_profiles_live`` (workspace, merged_into, profile_id), never by
+reading the wide profile row. A concurrent change to another field is never lost, and nothing is
+merged and re-serialised in Python.
 
 Per-profile details that are not numbers go to one of two places:
 
@@ -83,12 +88,11 @@ def write_scores(gk_parts: Any, ws: str, owned: Iterable[str], values: Mapping[s
     return write_score_patches(gk_parts, ws, owned, list(values), patches, remove_others=remove_others)
 
 
-def write_score_columns(gk_parts: Any, ws: str, owned: Iterable[str], profile_ids: Sequence[str],
-                        columns: Mapping[str, Any], *, remove_others: bool = True,
-                        live: list[tuple[str, str | None]] | None = None) -> int:
+def write_score_columns(gk_parts: Any, ws: str, owned: Iterable[str], profile_ids: Sequence[str] | pl.Series,
+                        columns: Mapping[str, Any], *, remove_others: bool = True) -> int:
     """:func:`write_scores` from columns: ``columns`` maps a field to one number per profile of
     ``profile_ids`` (an array; NaN or null removes the field) or to one number for every profile
-    (the model version). ``live``: as :func:`write_score_patches` takes it."""
+    (the model version)."""
     # a number every row gets (the model version) lets rows stored without it skip the comparison; as
     # SQLite's json_patch keeps it ("f":3.0) or PostgreSQL's jsonb prints it ("f": 3.0)
     const = next(((f, v) for f, v in columns.items() if v is not None and np.isscalar(v) and np.isfinite(v)), None)
@@ -96,8 +100,17 @@ def write_score_columns(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     if const is not None:
         key, num = orjson.dumps(const[0]).decode(), _number_text(const[1])
         hint = (f"{key}:{num}", f"{key}: {num}")
-    return write_score_patches(gk_parts, ws, owned, profile_ids, score_patches(len(profile_ids), columns),
-                               remove_others=remove_others, hint=hint, live=live)
+    # sorted by profile id here, the patches built in that order: write_score_patches' key order
+    # (in_key_order) without a second pass over a million patch texts
+    ids = profile_ids if isinstance(profile_ids, pl.Series) else pl.Series(profile_ids, dtype=pl.String)
+    for f, v in columns.items():
+        if v is not None and not np.isscalar(v) and len(v) != len(ids):
+            raise ValueError(f"score column {f!r} has {len(v)} values for {len(ids)} profiles")
+    order = ids.arg_sort()
+    take = order.to_numpy()
+    cols = {f: v if v is None or np.isscalar(v) else np.asarray(v, dtype=np.float64)[take] for f, v in columns.items()}
+    return write_score_patches(gk_parts, ws, owned, ids.gather(order).to_list(), score_patches(len(ids), cols),
+                               remove_others=remove_others, hint=hint, in_order=True)
 
 
 def write_score_table(gk_parts: Any, ws: str, owned: Iterable[str], tbl: pa.Table,
@@ -107,8 +120,8 @@ def write_score_table(gk_parts: Any, ws: str, owned: Iterable[str], tbl: pa.Tabl
     cols: dict[str, Any] = {c: pc.cast(tbl.column(c), pa.float64()).to_numpy(zero_copy_only=False)
                             for c in tbl.column_names if c != "profile_id"}
     cols.update(constants or {})
-    return write_score_columns(gk_parts, ws, owned, tbl.column("profile_id").to_pylist(), cols,
-                               remove_others=remove_others)
+    ids = pl.Series(pc.cast(tbl.column("profile_id"), pa.string()).combine_chunks())
+    return write_score_columns(gk_parts, ws, owned, ids, cols, remove_others=remove_others)
 
 
 def in_key_order(ids: Sequence[str], *columns: Sequence[str]) -> tuple[list[str], ...]:
@@ -189,12 +202,11 @@ def _changing(rows: list[tuple[str, str | None]], ids: Sequence[str], patches: S
         raw = current.pop(pid, _NO_ROW)
         if raw is _NO_ROW:  # not a live profile of the workspace (merged away, unknown): nothing to write
             continue
-        if raw is None:  # no scores yet: a patch setting anything creates the row
-            if not any(v is not None for v in loads(patch).values()):
+        if raw is None:  # no scores yet: a patch setting anything creates the row (one with hint's number does)
+            if hint is None and not any(v is not None for v in loads(patch).values()):
                 continue
         elif hint is None or any(h in raw for h in hint):  # type: ignore[operator]
-            doc = loads(raw)  # type: ignore[arg-type]
-            if not any((k in doc) if v is None else (doc.get(k) != v) for k, v in loads(patch).items()):
+            if not _differs(loads(raw), loads(patch)):  # type: ignore[arg-type]
                 continue
         out[0].append(pid)
         out[1].append(patch)
@@ -215,6 +227,77 @@ def _changing(rows: list[tuple[str, str | None]], ids: Sequence[str], patches: S
                     out = ([], [], [])
     if out[0]:
         yield out
+
+
+def _scan_scores(gk_parts: Any, ws: str, hint: tuple[str, ...], owned: tuple[str, ...], scored: set[str] | None
+                 ) -> tuple[set[str], dict[str, str], list[str]]:
+    """What :func:`_changing_hinted` needs of the workspace's ``profile_scores`` rows: the ids of
+    every row, the text of the rows that hold ``hint`` (the model version being written: usually
+    none) and the ids of the rows outside ``scored`` that hold one of the ``owned`` fields (none
+    when ``scored`` is None: nothing is removed). The
+    database scans the rows once for the version (one text search each, in the form that store
+    prints numbers); only the rows holding it or outside ``scored`` (usually few) are read into
+    Python."""
+    with gk_parts.writer.engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        ph, find = ("?", "instr") if sqlite else ("%s", "strpos")
+        version = hint[0] if sqlite or len(hint) == 1 else hint[1]  # '"f":3.0' (json_patch) / '"f": 3.0' (jsonb)
+        cur = conn.connection.cursor()
+        try:
+            cur.execute(f"SELECT profile_id, {find}(scores, {ph}) > 0 FROM profile_scores WHERE workspace_id = {ph}",
+                        (version, ws))
+            rows = cur.fetchall()
+            existing = {r[0] for r in rows}
+            hinted = {r[0] for r in rows if r[1]}
+            others = existing - scored if scored is not None else set()
+            want = hinted | others
+            texts: dict[str, str] = {}
+            if len(want) > 20_000:  # many: one scan, kept in Python
+                cur.execute(f"SELECT profile_id, scores FROM profile_scores WHERE workspace_id = {ph}", (ws,))
+                texts = {pid: raw for pid, raw in cur.fetchall() if pid in want}
+            else:
+                some = sorted(want)
+                for lo in range(0, len(some), 500):
+                    part = some[lo : lo + 500]
+                    cur.execute(f"SELECT profile_id, scores FROM profile_scores WHERE workspace_id = {ph} "
+                                f"AND profile_id IN ({', '.join([ph] * len(part))})", (ws, *part))
+                    texts.update(cur.fetchall())
+        finally:
+            cur.close()
+    loads = orjson.loads
+    quoted = [orjson.dumps(k).decode() for k in owned]
+    holding = sorted(p for p in others if p in texts and any(q in texts[p] for q in quoted)
+                     and any(k in loads(texts[p]) for k in owned))
+    return existing, {p: texts[p] for p in hinted if p in texts}, holding
+
+
+def _changing_hinted(gk_parts: Any, ws: str, ids: Sequence[str], patches: Sequence[str], owned: tuple[str, ...],
+                     remove_others: bool, chunk: int, hint: tuple[str, ...]) -> Iterator[_Chunk]:
+    """:func:`_changing` when every patch sets ``hint``'s number (a model version): a stored row
+    without it changes whatever it holds, so only the rows holding it (a rerun of the same version)
+    are read and compared field by field; the others' JSON is never read (a new version at 1M
+    profiles: one scan of ids and flags instead of a million texts parsed in Python). Profiles that
+    are not live are left to the writing statements, which skip them (they check liveness)."""
+    existing, texts, holding = _scan_scores(gk_parts, ws, hint, owned, set(ids) if remove_others else None)
+    loads = orjson.loads
+    for lo in range(0, len(ids), chunk):
+        part_ids, part_patches = list(ids[lo : lo + chunk]), list(patches[lo : lo + chunk])
+        if texts:  # rows already at this version: written only if a field differs
+            keep = [i for i, pid in enumerate(part_ids) if pid not in texts or _differs(loads(texts[pid]),
+                                                                                       loads(part_patches[i]))]
+            part_ids, part_patches = [part_ids[i] for i in keep], [part_patches[i] for i in keep]
+        if part_ids:
+            yield part_ids, part_patches, [pid in existing for pid in part_ids]
+    if holding:
+        patch = orjson.dumps(dict.fromkeys(owned)).decode()
+        for lo in range(0, len(holding), chunk):
+            part = holding[lo : lo + chunk]
+            yield part, [patch] * len(part), [True] * len(part)
+
+
+def _differs(doc: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether applying ``patch`` (a JSON merge patch of numbers and nulls) changes ``doc``."""
+    return any((k in doc) if v is None else (doc.get(k) != v) for k, v in patch.items())
 
 
 # SQLite, a profile that has a row: the patch applied to the row as it is then, by primary key, if the
@@ -289,7 +372,7 @@ def _apply_patches(conn: sa.Connection, ws: str, ids: Sequence[str], patches: Se
 def write_score_patches(gk_parts: Any, ws: str, owned: Iterable[str], profile_ids: Sequence[str],
                         patches: Sequence[str], *, remove_others: bool = True,
                         hint: tuple[str, ...] | None = None,
-                        live: list[tuple[str, str | None]] | None = None) -> int:
+                        live: list[tuple[str, str | None]] | None = None, in_order: bool = False) -> int:
     """Apply one JSON merge patch (``{"field": number or null}``) to the ``scores`` of each live
     profile of ``profile_ids`` and, when ``remove_others``, remove the ``owned`` fields from every
     other live profile holding one; returns how many rows changed (their ids go to the real-time
@@ -305,10 +388,15 @@ def write_score_patches(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     owned = tuple(owned)
     if len(profile_ids) != len(patches):
         raise ValueError(f"{len(profile_ids)} profiles but {len(patches)} score patches")
-    profile_ids, patches = in_key_order(profile_ids, patches)
-    rows = read_live_scores(gk_parts, ws) if live is None else live
-    changes = _changing(rows, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
-    del rows, live
+    if not in_order:  # in_order: the caller sorted them by profile id already
+        profile_ids, patches = in_key_order(profile_ids, patches)
+    if hint is not None:
+        changes = _changing_hinted(gk_parts, ws, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
+    else:
+        rows = read_live_scores(gk_parts, ws) if live is None else live
+        changes = _changing(rows, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
+        del rows
+    del live
 
     def run(ctx: Any, chunk: _Chunk) -> int:
         with ctx.engine.begin() as c:
