@@ -203,6 +203,21 @@ class Clock:
         return out
 
 
+def wide_profile_texts(recent: int) -> tuple[str, str]:
+    """``attributes`` and ``recent_events`` JSON of a bench profile row: empty (``recent`` 0), or a few
+    attributes and ``recent`` timeline entries shaped like the tracking path's, so that a profile row
+    is as wide as a real one (a real profile keeps its 30 most recent events)."""
+    if recent <= 0:
+        return "{}", "[]"
+    attributes = {"name": "王芳", "city": "广州", "gender": "f", "birthday": "1990-05-17", "member_tier": "silver",
+                  "phone_verified": True, "registered_at": "2023-03-08T10:12:00+08:00"}
+    events = [{"message_id": f"m-{k:06d}-0123456789abcdef", "ts": f"2025-12-{1 + k % 28:02d}T09:30:00+00:00",
+               "type": "track", "event": "Product Viewed",
+               "properties": {"sku": f"LENS-{k:04d}", "category": "contact lenses", "price": 129.0}}
+              for k in range(recent)]
+    return json.dumps(attributes, ensure_ascii=False), json.dumps(events)
+
+
 def load1() -> float:
     """The 1-minute load average (NaN where the OS has none)."""
     return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else float("nan")

@@ -57,7 +57,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from _common import Clock, add_laps, percentiles  # noqa: E402
+from _common import Clock, add_laps, percentiles, wide_profile_texts  # noqa: E402
 
 from goldkey.insight.churn import ClassifierParams, TabularClassifier  # noqa: E402
 from goldkey.insight.evaluation import evaluate  # noqa: E402
@@ -138,27 +138,12 @@ def _pid(expr: str) -> str:
     return f"'p' || lpad(({expr})::VARCHAR, 8, '0')"
 
 
-def _profile_texts(recent: int) -> tuple[str, str]:
-    """``attributes`` and ``recent_events`` JSON of a bench profile: empty (``recent`` 0), or a few
-    attributes and ``recent`` timeline entries shaped like the tracking path's, so that a profile row
-    is as wide as a real one (a real profile keeps its 30 most recent events)."""
-    if recent <= 0:
-        return "{}", "[]"
-    attributes = {"name": "王芳", "city": "广州", "gender": "f", "birthday": "1990-05-17", "member_tier": "silver",
-                  "phone_verified": True, "registered_at": "2023-03-08T10:12:00+08:00"}
-    events = [{"message_id": f"m-{k:06d}-0123456789abcdef", "ts": f"2025-12-{1 + k % 28:02d}T09:30:00+00:00",
-               "type": "track", "event": "Product Viewed",
-               "properties": {"sku": f"LENS-{k:04d}", "category": "contact lenses", "price": 129.0}}
-              for k in range(recent)]
-    return json.dumps(attributes, ensure_ascii=False), json.dumps(events)
-
-
 def build_instance(gk: Any, ws: str, n: int, recent: int = 0) -> dict[str, float]:
     """``n`` live profiles (SQLite), 3n orders over two years and 3n events over a year (DuckDB);
     a customer's activity level comes from a hash of its number, so churn has some signal. With
     ``recent`` > 0 each profile row also holds attributes and ``recent`` timeline entries."""
     clock = Clock()
-    attributes, recent_events = _profile_texts(recent)
+    attributes, recent_events = wide_profile_texts(recent)
     raw = gk.engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -229,7 +214,7 @@ def service_bench(n: int, threads: int | None, n_runs: int = 2, recent: int = 0)
         try:
             ws = gk.workspaces.create("Bench").workspace_id
             built = build_instance(gk, ws, n, recent)
-            print(f"built {n:,} profiles ({len(''.join(_profile_texts(recent)))} bytes of attributes and recent "
+            print(f"built {n:,} profiles ({len(''.join(wide_profile_texts(recent)))} bytes of attributes and recent "
                   f"events each), {3 * n:,} orders, {3 * n:,} events: {built}", flush=True)
             svc = ChurnService.from_goldkey(gk)
             runs = []

@@ -6,7 +6,8 @@ Builds a real Goldkey instance (``Goldkey.open`` on a temp data directory: SQLit
 DuckDB analytical store, the writer thread) with one workspace, then generates synthetic data in
 bulk, NOT through the importer or the tracking API (they have their own benchmarks):
 
-- ``--profiles`` live profiles inserted straight into the operational ``profiles`` table;
+- ``--profiles`` live profiles inserted straight into the operational ``profiles`` table (with
+  ``--recent-events K`` each row holds a few attributes and K timeline entries, as wide as a real one);
 - ``--orders`` orders in DuckDB's ``orders`` table (as ``bench_rfm.py``: every profile has at least
   one, times spread over two years, hash-based amounts);
 - ``--events`` track events (view -> add -> checkout journeys with a ``category`` property and a
@@ -30,7 +31,8 @@ Then it times, through the product code:
 Usage::
 
     python benchmarks/bench_lifecycle.py [--quick] [--profiles 1000000] [--orders 3000000]
-                                         [--events 3000000] [--no-writeback]
+                                         [--events 3000000] [--no-writeback] [--compute-only]
+                                         [--recent-events K]
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from _common import Clock  # noqa: E402
+from _common import Clock, wide_profile_texts  # noqa: E402
 
 from goldkey.insight.clusters import ClusterService  # noqa: E402
 from goldkey.insight.lifecycle import LifecycleService  # noqa: E402
@@ -64,9 +66,10 @@ def _pid(expr: str) -> str:
     return f"'p' || lpad(({expr})::VARCHAR, 8, '0')"
 
 
-def build(gk: Goldkey, ws: str, n_profiles: int, n_orders: int, n_events: int) -> dict[str, float]:
+def build(gk: Goldkey, ws: str, n_profiles: int, n_orders: int, n_events: int, recent: int = 0) -> dict[str, float]:
     out = {}
     t0 = time.perf_counter()
+    attributes, recent_events = wide_profile_texts(recent)
     raw = gk.engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -74,10 +77,11 @@ def build(gk: Goldkey, ws: str, n_profiles: int, n_orders: int, n_events: int) -
         chunk = 100_000
         for lo in range(0, n_profiles, chunk):
             cur.executemany(
-                "INSERT INTO profiles (profile_id, workspace_id, canonical_id, origin, first_seen_at, "
-                "first_seen_source, last_seen_at, created_at, updated_at) VALUES (?, ?, ?, 'existing', ?, "
-                "'import:customers', ?, ?, ?)",
-                [(f"p{i:08d}", ws, f"p{i:08d}", ts, ts, ts, ts) for i in range(lo, min(lo + chunk, n_profiles))])
+                "INSERT INTO profiles (profile_id, workspace_id, canonical_id, attributes, recent_events, origin, "
+                "first_seen_at, first_seen_source, last_seen_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, "
+                "'existing', ?, 'import:customers', ?, ?, ?)",
+                [(f"p{i:08d}", ws, f"p{i:08d}", attributes, recent_events, ts, ts, ts, ts)
+                 for i in range(lo, min(lo + chunk, n_profiles))])
         raw.commit()
     finally:
         raw.close()
@@ -132,16 +136,22 @@ def main() -> None:
     ap.add_argument("--cluster-sizes", default="100000,1000000")
     ap.add_argument("--no-writeback", action="store_true", help="skip the full runs with write-back")
     ap.add_argument("--compute-only", action="store_true", help="stop after RFM + lifecycle (no clusters, reports)")
+    ap.add_argument("--recent-events", type=int, default=0, metavar="K",
+                    help="give every profile row a few attributes and K timeline entries (a real profile keeps "
+                         "30), so that the model tags' writes meet rows as wide as real ones (default 0: empty "
+                         "JSON columns)")
     a = ap.parse_args()
     if a.quick:
         a.profiles, a.orders, a.events, a.cluster_sizes = 100_000, 300_000, 300_000, "20000,100000"
-    res: dict[str, Any] = {"bench": "lifecycle", "profiles": a.profiles, "orders": a.orders, "events": a.events}
+    res: dict[str, Any] = {"bench": "lifecycle", "profiles": a.profiles, "orders": a.orders, "events": a.events,
+                           "recent_events": a.recent_events}
     with tempfile.TemporaryDirectory(prefix="goldkey-bench-lifecycle-") as tmp:
         gk = Goldkey.open(Settings(data_dir=Path(tmp)))
         try:
             ws = gk.workspaces.create("Bench").workspace_id
-            res["build"] = build(gk, ws, a.profiles, a.orders, a.events)
-            print(f"built {a.profiles:,} profiles, {a.orders:,} orders, events: {res['build']}", flush=True)
+            res["build"] = build(gk, ws, a.profiles, a.orders, a.events, a.recent_events)
+            print(f"built {a.profiles:,} profiles ({a.recent_events} timeline entries each), {a.orders:,} orders, "
+                  f"events: {res['build']}", flush=True)
             lc, rfm = LifecycleService.from_goldkey(gk), RFMService.from_goldkey(gk)
             d_lc, d_rfm = {"as_of": AS_OF.isoformat()}, RFMDefinition(as_of=AS_OF)
             # 1. compute only (best of 3)
