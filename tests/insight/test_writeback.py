@@ -140,6 +140,25 @@ def test_model_tags_are_set_by_sqlite_itself_unless_a_row_changed_in_between(env
     assert all(h["source"] == "m" for h in tags.history(ws, "阶段"))
 
 
+def test_model_tag_statements_find_each_profile_by_its_key(env: Any) -> None:
+    """SQLite's planner must drive a model tag's UPDATE from the chunk's ids, each profile found by
+    its primary key: a plan that scans the workspace once per id hung for minutes at 1M profiles."""
+    import goldkey.audience.tags as tags_mod
+
+    _profile(env, "u-plan")
+    ws = env.ws.workspace_id
+    with env.gk.engine.connect() as c:
+        cur = c.connection.cursor()
+        try:
+            for sql, params in ((tags_mod._TAG_SET, ('["p1"]', ws, '$."t"', None, '"v"')),
+                                (tags_mod._TAG_REMOVE, ('["p1"]', ws, '$."t"', '"v"'))):
+                cur.execute("EXPLAIN QUERY PLAN " + sql, params)
+                plan = " | ".join(str(r[-1]) for r in cur.fetchall())
+                assert "SCAN profiles" not in plan and "(profile_id=?)" in plan, plan
+        finally:
+            cur.close()
+
+
 def test_score_columns_and_insight_texts_on_both_operational_stores(env_any: Any, monkeypatch: Any) -> None:
     """The columnar paths the churn model uses: JSON merge patches applied by the database (SQLite
     json_patch, PostgreSQL jsonb), only changed rows written, NaN removes a field, profiles no longer

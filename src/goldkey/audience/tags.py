@@ -479,6 +479,16 @@ def _json_path(name: str) -> str | None:
     return None if '"' in name or "\\" in name else f'$."{name}"'
 
 
+# one group of a model tag's chunk: ?1 the profile ids (a JSON array), ?2 the workspace, ?3 the tag's
+# JSON path, ?4 the value read (JSON text; NULL: none), ?5 the new value (JSON text). The ids drive
+# the statement and each profile is found by its key: "+workspace_id" keeps SQLite's planner from
+# scanning the workspace once per id (test_writeback checks the plan)
+_TAG_WHERE = (" FROM json_each(?1) AS u WHERE profiles.profile_id = u.value AND +profiles.workspace_id = ?2 "
+              "AND (profiles.tags -> ?3) IS ?4")
+_TAG_SET = "UPDATE profiles SET tags = json_set(tags, ?3, json(?5))" + _TAG_WHERE
+_TAG_REMOVE = "UPDATE profiles SET tags = json_remove(tags, ?3)" + _TAG_WHERE
+
+
 class _Stale(Exception):
     """A row no longer holds what the model read: the chunk is rolled back and written the general way."""
 
@@ -509,15 +519,9 @@ def _write_expected(c: sa.Connection, ctx: Any, ws: str, name: str, path: str, c
     cur = c.connection.cursor()
     try:
         for (before, after), ids in groups.items():
-            # the chunk's ids drive the statement, each profile found by its key ("+workspace_id"
-            # keeps SQLite's planner from scanning the workspace once per id)
-            cur.execute(
-                "UPDATE profiles SET tags = " + ("json_remove(tags, ?3)" if after is None else
-                                                 "json_set(tags, ?3, json(?5))") +
-                " FROM json_each(?1) AS u WHERE profiles.profile_id = u.value AND +profiles.workspace_id = ?2 "
-                "AND (profiles.tags -> ?3) IS ?4",
-                (dumps(ids).decode(), ws, path, None if before is None else dumps(before).decode(),
-                 *(() if after is None else (dumps(after).decode(),))))
+            cur.execute(_TAG_REMOVE if after is None else _TAG_SET,
+                        (dumps(ids).decode(), ws, path, None if before is None else dumps(before).decode(),
+                         *(() if after is None else (dumps(after).decode(),))))
             if cur.rowcount != len(ids):
                 raise _Stale
     finally:
