@@ -181,19 +181,14 @@ _Chunk = tuple[list[str], list[str], list[bool]]
 
 
 def _changing(rows: list[tuple[str, str | None]], ids: Sequence[str], patches: Sequence[str],
-              owned: tuple[str, ...], remove_others: bool, chunk: int,
-              hint: tuple[str, ...] | None = None) -> Iterator[_Chunk]:
+              owned: tuple[str, ...], remove_others: bool, chunk: int) -> Iterator[_Chunk]:
     """The ``(ids, patches, has_row)`` that change a live profile's scores, in chunks of at most
     ``chunk`` profiles (``rows``: what the live profiles hold now, None without a row): the given
     patches that set a different value or remove a present field, and with ``remove_others`` the
     removal of the ``owned`` fields from the other live profiles holding one; ``has_row`` tells
     whether the profile had a ``profile_scores`` row. A generator, so that the first chunks are
-    written while the next are found.
-
-    ``hint``: the texts (``"field":number``, ``"field": number``) of a number every patch sets (a
-    model version): a stored row holding neither changes without parsing anything (a new model
-    version: every row), one holding it is compared field by field. A row stored in another form
-    would only be written unchanged (PostgreSQL's update then skips it)."""
+    written while the next are found. (Patches that all set a model version go through
+    :func:`_changing_hinted` instead, which reads no row it need not compare.)"""
     current = dict(rows)
     del rows
     loads = orjson.loads
@@ -202,12 +197,11 @@ def _changing(rows: list[tuple[str, str | None]], ids: Sequence[str], patches: S
         raw = current.pop(pid, _NO_ROW)
         if raw is _NO_ROW:  # not a live profile of the workspace (merged away, unknown): nothing to write
             continue
-        if raw is None:  # no scores yet: a patch setting anything creates the row (one with hint's number does)
-            if hint is None and not any(v is not None for v in loads(patch).values()):
+        if raw is None:  # no scores yet: a patch setting anything creates the row
+            if not any(v is not None for v in loads(patch).values()):
                 continue
-        elif hint is None or any(h in raw for h in hint):  # type: ignore[operator]
-            if not _differs(loads(raw), loads(patch)):  # type: ignore[arg-type]
-                continue
+        elif not _differs(loads(raw), loads(patch)):  # type: ignore[arg-type]
+            continue
         out[0].append(pid)
         out[1].append(patch)
         out[2].append(raw is not None)
@@ -234,10 +228,9 @@ def _scan_scores(gk_parts: Any, ws: str, hint: tuple[str, ...], owned: tuple[str
     """What :func:`_changing_hinted` needs of the workspace's ``profile_scores`` rows: the ids of
     every row, the text of the rows that hold ``hint`` (the model version being written: usually
     none) and the ids of the rows outside ``scored`` that hold one of the ``owned`` fields (none
-    when ``scored`` is None: nothing is removed). The
-    database scans the rows once for the version (one text search each, in the form that store
-    prints numbers); only the rows holding it or outside ``scored`` (usually few) are read into
-    Python."""
+    when ``scored`` is None: nothing is removed). The database scans the rows once for the version
+    (one text search each, in the form that store prints numbers); only the rows holding it or
+    outside ``scored`` (usually few) are read into Python."""
     with gk_parts.writer.engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         ph, find = ("?", "instr") if sqlite else ("%s", "strpos")
@@ -371,32 +364,28 @@ def _apply_patches(conn: sa.Connection, ws: str, ids: Sequence[str], patches: Se
 
 def write_score_patches(gk_parts: Any, ws: str, owned: Iterable[str], profile_ids: Sequence[str],
                         patches: Sequence[str], *, remove_others: bool = True,
-                        hint: tuple[str, ...] | None = None,
-                        live: list[tuple[str, str | None]] | None = None, in_order: bool = False) -> int:
+                        hint: tuple[str, ...] | None = None, in_order: bool = False) -> int:
     """Apply one JSON merge patch (``{"field": number or null}``) to the ``scores`` of each live
     profile of ``profile_ids`` and, when ``remove_others``, remove the ``owned`` fields from every
     other live profile holding one; returns how many rows changed (their ids go to the real-time
     segments).
 
-    The live profiles' scores are read once off the writer thread to find the rows a patch would
-    change (``live``: :func:`read_live_scores` read earlier, so that a caller overlaps the read with
-    other work); only those go to the writer thread in key order (:func:`in_key_order`),
-    ``WRITE_CHUNK`` per command, one command at a time (the next chunk is found while the previous
-    one is written). The database applies each patch to the row as it is then (a concurrent
-    change to another field is never lost); a row found unchanged is not written even if it
-    changed in between."""
+    The rows a patch would change are found off the writer thread: with ``hint`` (the texts,
+    ``"field":number`` / ``"field": number``, of a model version every patch sets) by
+    :func:`_changing_hinted`, otherwise by reading every live profile's scores
+    (:func:`read_live_scores`) and comparing. Only those go to the writer thread in key order
+    (:func:`in_key_order`; ``in_order``: the caller sorted them already), ``WRITE_CHUNK`` per
+    command, one command at a time (the next chunk is found while the previous one is written). The
+    database applies each patch to the row as it is then (a concurrent change to another field is
+    never lost); a row found unchanged is not written even if it changed in between."""
     owned = tuple(owned)
     if len(profile_ids) != len(patches):
         raise ValueError(f"{len(profile_ids)} profiles but {len(patches)} score patches")
-    if not in_order:  # in_order: the caller sorted them by profile id already
+    if not in_order:
         profile_ids, patches = in_key_order(profile_ids, patches)
-    if hint is not None:
-        changes = _changing_hinted(gk_parts, ws, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
-    else:
-        rows = read_live_scores(gk_parts, ws) if live is None else live
-        changes = _changing(rows, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
-        del rows
-    del live
+    changes = (_changing_hinted(gk_parts, ws, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
+               if hint is not None else
+               _changing(read_live_scores(gk_parts, ws), profile_ids, patches, owned, remove_others, WRITE_CHUNK))
 
     def run(ctx: Any, chunk: _Chunk) -> int:
         with ctx.engine.begin() as c:
