@@ -333,9 +333,9 @@ def profile_rows(con: Any) -> tuple[list[Any], dict[str, list[str]]]:
     the identifier types per profile (what ``build_facts`` reads from the operational store)."""
     from goldkey.audience.catalog import PROFILE_VALUE_COLUMNS
 
-    tbl = con.sql(
-        f"SELECT {', '.join(PROFILE_VALUE_COLUMNS)}, identifier_types FROM raw_profiles ORDER BY profile_id"
-    ).to_arrow_table()
+    # the generated profiles have no model tags (profile_scores.model_tags)
+    cols = ", ".join("'{}' AS model_tags" if c == "model_tags" else c for c in PROFILE_VALUE_COLUMNS)
+    tbl = con.sql(f"SELECT {cols}, identifier_types FROM raw_profiles ORDER BY profile_id").to_arrow_table()
     row = namedtuple("ProfileRow", PROFILE_VALUE_COLUMNS)  # type: ignore[misc]
     cols = [tbl.column(c).to_pylist() for c in PROFILE_VALUE_COLUMNS]
     rows = list(map(row, *cols))

@@ -285,3 +285,78 @@ def test_scores_merge_as_a_union_and_undo_restores_both(env_any: Any) -> None:
     # ... and gets scores again later
     write_scores(env.gk, ws, ("z",), {a1: {"z": 6}})
     assert lookup(env, anonymous_id="a1")["scores"] == {"z": 6.0}
+
+
+def test_model_tags_live_beside_the_scores_merge_as_a_union_and_undo_restores_both(env_any: Any) -> None:
+    """Model tags are written to the narrow profile_scores row (model_tags), not to the wide profile
+    row; every reader sees them among the tags. A merge gives the survivor the union (its own value
+    winning a clash) and an undo gives each profile its own back, also from a merge record written
+    before the move (model tags then sat among the profile's tags)."""
+    from goldkey.audience.common import load_profile_values
+    from goldkey.store.operational import merges, profile_scores, profiles
+
+    env, ws = env_any, env_any.ws.workspace_id
+    tags = env.gk.tags
+    tags.create(ws, {"name": "stage", "kind": "model", "value_type": "enum", "category": "dynamic",
+                     "values": ["new", "active"]})
+    tags.create(ws, {"name": "seg", "kind": "model", "value_type": "enum", "category": "dynamic",
+                     "values": ["a", "b"]})
+    tags.create(ws, {"name": "vip", "kind": "manual", "value_type": "boolean", "category": "fixed"})
+    ident(env, "m1", userId="u1", timestamp="2022-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1", timestamp="2023-01-01T00:00:00Z")
+    u1, a1 = lookup(env, user_id="u1")["profile_id"], lookup(env, anonymous_id="a1")["profile_id"]
+    tags.set_model_values(ws, "stage", {u1: "active", a1: "new"}, "model:test:v1")
+    tags.set_model_values(ws, "seg", {a1: "b"}, "model:test:v1")
+    tags.set_values(ws, "vip", [{"profile_id": a1, "value": True}])
+
+    with env.gk.engine.connect() as c:
+        wide = dict(c.execute(sa.select(profiles.c.profile_id, profiles.c.tags)
+                              .where(profiles.c.workspace_id == ws)).all())
+        narrow = dict(c.execute(sa.select(profile_scores.c.profile_id, profile_scores.c.model_tags)
+                                .where(profile_scores.c.workspace_id == ws)).all())
+    assert json.loads(wide[u1]) == {} and json.loads(wide[a1]) == {"vip": True}
+    assert json.loads(narrow[u1]) == {"stage": "active"} and json.loads(narrow[a1]) == {"stage": "new", "seg": "b"}
+    assert lookup(env, anonymous_id="a1")["tags"] == {"vip": True, "stage": "new", "seg": "b"}
+    assert tags.holders(ws, "stage") == {u1: "active", a1: "new"}
+    assert load_profile_values(env.gk.engine, ws, [a1])[a1]["tags.seg"] == "b"
+    # the batch evaluator (facts) sees them too
+    r = env.client.post("/api/v1/segments/estimate", headers=env.admin_auth(),
+                        json={"rule": {"kind": "attribute", "field": "tags.stage", "op": "eq", "value": "new"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["size"] == 1
+
+    ident(env, "m3", userId="u1", anonymousId="a1")
+    p = lookup(env, user_id="u1")
+    assert p["profile_id"] == u1 and p["tags"] == {"vip": True, "stage": "active", "seg": "b"}
+    assert tags.holders(ws, "seg") == {u1: "b"}  # the merged-away profile is no holder
+    merge_id = next(m["merge_id"] for m in p["merges"] if m["loser_id"] == a1)
+    r = env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    assert lookup(env, user_id="u1")["tags"] == {"stage": "active"}
+    assert lookup(env, anonymous_id="a1")["tags"] == {"vip": True, "stage": "new", "seg": "b"}
+
+    # a merge record from before migration 0010: the model tags are among loser_before's tags
+    ident(env, "m4", userId="u1", anonymousId="a1")
+    merge_id = next(m["merge_id"] for m in lookup(env, user_id="u1")["merges"] if m["undone_at"] is None)
+    with env.gk.engine.begin() as c:
+        detail = json.loads(c.execute(sa.select(merges.c.detail).where(merges.c.merge_id == merge_id)).scalar_one())
+        for side in ("loser_before", "winner_before"):
+            before = detail[side]
+            before["tags"] = json.dumps({**json.loads(before["tags"]), **json.loads(before.pop("model_tags"))})
+        c.execute(merges.update().where(merges.c.merge_id == merge_id).values(detail=json.dumps(detail)))
+    r = env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    with env.gk.engine.connect() as c:
+        wide_tags = json.loads(c.execute(sa.select(profiles.c.tags).where(profiles.c.profile_id == a1)).scalar_one())
+    assert wide_tags == {"vip": True}  # the model tags went back to their own place
+    assert lookup(env, anonymous_id="a1")["tags"] == {"vip": True, "stage": "new", "seg": "b"}
+    assert lookup(env, user_id="u1")["tags"] == {"stage": "active"}
+    # a model tag stays a model tag
+    from goldkey.core.errors import InvalidInput
+
+    try:
+        tags.update(ws, "stage", {"kind": "manual"})
+    except InvalidInput as exc:
+        assert exc.field == "kind"
+    else:
+        raise AssertionError("a model tag became a manual one")

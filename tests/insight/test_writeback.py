@@ -141,20 +141,25 @@ def test_model_tags_are_set_by_sqlite_itself_unless_a_row_changed_in_between(env
 
 
 def test_model_tag_statements_find_each_profile_by_its_key(env: Any) -> None:
-    """SQLite's planner must drive a model tag's UPDATE from the chunk's ids, each profile found by
-    its primary key: a plan that scans the workspace once per id hung for minutes at 1M profiles."""
+    """SQLite's planner must drive a tag's UPDATE (in profiles.tags and in profile_scores.model_tags)
+    and the model rows' INSERT from the chunk's ids, each profile found by its key: a plan that
+    scans the workspace once per id hung for minutes at 1M profiles."""
     import goldkey.audience.tags as tags_mod
 
     _profile(env, "u-plan")
     ws = env.ws.workspace_id
+    statements = [(sql, params) for column in ("tags", "model_tags")
+                  for sql, params in ((tags_mod._TAG_SET[column], ('["p1"]', ws, '$."t"', None, '"v"')),
+                                      (tags_mod._TAG_REMOVE[column], ('["p1"]', ws, '$."t"', '"v"')))]
+    statements.append((tags_mod._MODEL_ROWS, ('["p1"]', ws, "2026-01-01 00:00:00")))
     with env.gk.engine.connect() as c:
         cur = c.connection.cursor()
         try:
-            for sql, params in ((tags_mod._TAG_SET, ('["p1"]', ws, '$."t"', None, '"v"')),
-                                (tags_mod._TAG_REMOVE, ('["p1"]', ws, '$."t"', '"v"'))):
+            for sql, params in statements:
                 cur.execute("EXPLAIN QUERY PLAN " + sql, params)
                 plan = " | ".join(str(r[-1]) for r in cur.fetchall())
-                assert "SCAN profiles" not in plan and "(profile_id=?)" in plan, plan
+                assert "SCAN profiles" not in plan and "SCAN profile_scores" not in plan, plan
+                assert "(profile_id=?)" in plan or "profile_id=?)" in plan, plan
         finally:
             cur.close()
 

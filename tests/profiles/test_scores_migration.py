@@ -89,3 +89,52 @@ def test_churn_and_propensity_reasons_leave_profile_insights(engine: sa.Engine) 
     with engine.connect() as c:
         left = sorted(r[0] for r in c.execute(sa.text("SELECT model FROM profile_insights")))
     assert left == ["my_churn", "propensityx", "recommend"]
+
+
+def test_model_tags_move_to_profile_scores_and_back(engine: sa.Engine) -> None:
+    """0010: the values of tags of kind model leave the wide profile rows for
+    profile_scores.model_tags (a row created where a profile had none; merged-away profiles too);
+    rule and manual tags stay. The downgrade puts them back."""
+    _alembic(engine, "upgrade", "0009")
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    tag_defs = sa.table("tags", *(sa.column(c) for c in (
+        "workspace_id", "name", "kind", "value_type", "category", "owner", "description", "definition", "version",
+        "status", "created_at", "updated_at")))
+    prof = sa.table("profiles", *(sa.column(c) for c in (
+        "profile_id", "workspace_id", "merged_into", "canonical_id", "tags", "origin", "first_seen_at",
+        "first_seen_source", "last_seen_at", "created_at", "updated_at")))
+    ps = sa.table("profile_scores", *(sa.column(c) for c in ("workspace_id", "profile_id", "scores", "updated_at")))
+    defs = [("ws1", "stage", "model"), ("ws1", "vip", "manual"), ("ws2", "vip", "model")]
+    rows = [("p1", "ws1", None, "p1", {"stage": "active", "vip": True}),
+            ("p2", "ws1", "p1", "p1", {"stage": "new"}),  # merged away: moves too (an undo needs it)
+            ("p3", "ws1", None, "p3", {"vip": True}),
+            ("p4", "ws2", None, "p4", {"vip": True})]  # another workspace, where vip is a model tag
+    with engine.begin() as c:
+        c.execute(sa.insert(tag_defs), [{"workspace_id": w, "name": n, "kind": k, "value_type": "enum",
+                                         "category": "dynamic", "owner": "", "description": "", "definition": "{}",
+                                         "version": 1, "status": "new", "created_at": at, "updated_at": at}
+                                        for w, n, k in defs])
+        c.execute(sa.insert(prof), [{"profile_id": p, "workspace_id": w, "merged_into": m, "canonical_id": k,
+                                     "tags": json.dumps(t), "origin": "new", "first_seen_at": at,
+                                     "first_seen_source": "tracking", "last_seen_at": at, "created_at": at,
+                                     "updated_at": at} for p, w, m, k, t in rows])
+        c.execute(sa.insert(ps), [{"workspace_id": "ws1", "profile_id": "p1", "scores": '{"rfm_r":5.0}',
+                                   "updated_at": at}])
+
+    _alembic(engine, "upgrade", "head")
+    with engine.connect() as c:
+        wide = {p: json.loads(t) for p, t in c.execute(sa.text("SELECT profile_id, tags FROM profiles"))}
+        narrow = {p: (json.loads(s), json.loads(t)) for p, s, t in c.execute(sa.text(
+            "SELECT profile_id, scores, model_tags FROM profile_scores"))}
+    assert wide == {"p1": {"vip": True}, "p2": {}, "p3": {"vip": True}, "p4": {}}
+    assert narrow == {"p1": ({"rfm_r": 5.0}, {"stage": "active"}), "p2": ({}, {"stage": "new"}),
+                      "p4": ({}, {"vip": True})}
+    svc = ProfileService(engine)
+    assert svc.get("ws1", "p1", events=0)["tags"] == {"vip": True, "stage": "active"}
+    assert svc.get("ws2", "p4", events=0)["tags"] == {"vip": True}
+
+    _alembic(engine, "downgrade", "0009")
+    assert "model_tags" not in {col["name"] for col in sa.inspect(engine).get_columns("profile_scores")}
+    with engine.connect() as c:
+        back = {p: json.loads(t) for p, t in c.execute(sa.text("SELECT profile_id, tags FROM profiles"))}
+    assert back == {p: t for p, _w, _m, _k, t in rows}

@@ -42,15 +42,17 @@ _ORDER_KEYS = {"orders.count": "orders", "orders.revenue": "revenue", "orders.fi
 _WORD = re.compile(r"^[^\W\d]\w{0,99}\Z")
 _DATEISH = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
-# the profile columns profile_values needs, in this order ("scores" comes from profile_scores: use
-# profile_value_select / PROFILE_VALUE_SQL, which join it)
+# the profile columns profile_values needs, in this order ("scores" and "model_tags" come from
+# profile_scores: use profile_value_select / PROFILE_VALUE_SQL, which join it; profile_values shows the
+# model tags among the tags)
 PROFILE_VALUE_COLUMNS = (
-    "profile_id", "attributes", "traits", "tags", "scores", "order_summary", "origin", "first_seen_at",
+    "profile_id", "attributes", "traits", "tags", "scores", "model_tags", "order_summary", "origin", "first_seen_at",
     "first_seen_source", "last_seen_at",
 )
+_SCORE_COLUMNS = ("scores", "model_tags")
 # the same as SQL text over ``profiles p LEFT JOIN profile_scores s`` (for raw DBAPI reads)
 PROFILE_VALUE_SQL = (
-    "SELECT " + ", ".join(f"{'s' if c == 'scores' else 'p'}.{c}" for c in PROFILE_VALUE_COLUMNS)
+    "SELECT " + ", ".join(f"{'s' if c in _SCORE_COLUMNS else 'p'}.{c}" for c in PROFILE_VALUE_COLUMNS)
     + " FROM profiles p LEFT JOIN profile_scores s ON s.workspace_id = p.workspace_id AND s.profile_id = p.profile_id"
 )
 
@@ -58,8 +60,24 @@ PROFILE_VALUE_SQL = (
 def profile_value_select() -> sa.Select[Any]:
     """``SELECT <PROFILE_VALUE_COLUMNS>`` from the profiles joined with their scores (NULL scores: none);
     add the ``where`` of the profiles wanted."""
-    cols = [profile_scores.c.scores if c == "scores" else profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
+    cols = [profile_scores.c[c] if c in _SCORE_COLUMNS else profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
     return sa.select(*cols).select_from(with_scores())
+
+
+def merged_tags(tags: Any, model_tags: Any) -> Any:
+    """A profile's tags as readers see them: its rule and manual tags (``profiles.tags``) with its
+    model tags (``profile_scores.model_tags``), each a JSON text, a dict or None. Returns the
+    ``tags`` text as is when there are no model tags, else the merged dict."""
+    if not model_tags or model_tags == "{}":
+        return tags
+    loads = orjson.loads
+    mine = loads(tags) if isinstance(tags, str | bytes) else (tags or {})
+    return {**mine, **(loads(model_tags) if isinstance(model_tags, str | bytes) else model_tags)}
+
+
+def model_tags(row: Mapping[str, Any] | Any) -> Any:
+    """The ``model_tags`` of a profile row (None: a row selected without them)."""
+    return row.get("model_tags") if isinstance(row, Mapping) else getattr(row, "model_tags", None)
 
 
 def profile_values(row: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -72,7 +90,7 @@ def profile_values(row: Mapping[str, Any] | Any) -> dict[str, Any]:
         "profile.last_seen_at": get("last_seen_at"),
     }
     for source in ("attributes", "traits", "tags", "scores"):
-        raw = get(source)
+        raw = merged_tags(get("tags"), model_tags(row)) if source == "tags" else get(source)
         data = orjson.loads(raw) if isinstance(raw, str | bytes) else (raw or {})
         for k, v in data.items():
             out[f"{source}.{k}"] = v

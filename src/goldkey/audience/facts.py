@@ -119,6 +119,10 @@ def facts_arrow(rows: list[Any], catalog: dict[str, str], id_types: dict[str, li
         if name not in parsed:
             loads = orjson.loads
             parsed[name] = [loads(getattr(r, name) or "{}") for r in rows]
+            if name == "tags":  # the model tags (profile_scores.model_tags) are tags too
+                for doc, r in zip(parsed[name], rows, strict=True):
+                    if (extra := getattr(r, "model_tags", None)) and extra != "{}":
+                        doc.update(loads(extra))
         return parsed[name]
 
     id_types = id_types or {}

@@ -6,6 +6,13 @@
 - **manual** tags are set through the API or from a CSV list;
 - **model** tags are written by the insight models (they use ``set_values`` like manual tags).
 
+Where the values live: rule and manual tags in the profile row (``profiles.tags``), model tags in
+the narrow ``profile_scores`` row beside the model's scores (``profile_scores.model_tags``), so that
+a model run setting a tag on a million profiles rewrites small rows, not the wide profile rows
+holding attributes, order summary and recent events. Readers see one ``tags`` object
+(:func:`goldkey.audience.catalog.profile_values`, the 360° profile, the facts). A tag's kind cannot
+change between ``model`` and the others: its values would be in the other place.
+
 Value types: ``enum`` (one of ``values``), ``boolean`` and ``number``. A profile without the tag
 has no key: a boolean tag stores ``true`` only, so "not VIP" is ``tags.vip is_not_set``.
 Each tag has a category (fixed, interests, social, consumption, dynamic), an owner and a
@@ -153,6 +160,9 @@ class TagService:
         merged = {**{k: cur[k] for k in ("name", "kind", "value_type", "category", "owner", "description", "values",
                                          "rules")}, **data, "name": name}
         d = self._validate(ws, merged)
+        if (d.kind == "model") != (cur["kind"] == "model"):  # the values live in another place (_column)
+            raise InvalidInput(f"tag {name!r} is a {cur['kind']} tag; a model tag cannot become another kind or "
+                               "the reverse (delete it and create it again)", field="kind")
         with self.engine.begin() as c:
             c.execute(tags.update().where(T.workspace_id == ws, T.name == name).values(
                 kind=d.kind, value_type=d.value_type, category=d.category, owner=d.owner, description=d.description,
@@ -165,9 +175,9 @@ class TagService:
 
     def delete(self, ws: str, name: str, actor: str = "api") -> int:
         """Delete a tag and remove it from every profile; returns how many profiles had it."""
-        self.get(ws, name)
+        tag = self.get(ws, name)
         holders = self.holders(ws, name)
-        removed = self._write(ws, name, {p: None for p in holders}, source="tags")
+        removed = self._write(ws, name, {p: None for p in holders}, source="tags", column=_column(tag))
         with self.engine.begin() as c:
             c.execute(tags.delete().where(T.workspace_id == ws, T.name == name))
             remove_field(c, ws, f"tags.{name}")
@@ -205,7 +215,7 @@ class TagService:
         current = self.holders(ws, name)
         changes = {p: v for p, v in new.items() if current.get(p) != v}
         changes.update({p: None for p in current if p not in new})
-        changed = self._write(ws, name, changes, source="tags")
+        changed = self._write(ws, name, changes, source="tags", column=_column(tag))
         with self.engine.begin() as c:
             c.execute(tags.update().where(T.workspace_id == ws, T.name == name).values(
                 status="computed", computed_at=utcnow()))
@@ -242,7 +252,7 @@ class TagService:
         changes = {p: v for p, v in resolved.items() if current.get(p) != v}
         if replace:
             changes.update({p: None for p in current if p not in resolved})
-        changed = self._write(ws, name, changes, source=source)
+        changed = self._write(ws, name, changes, source=source, column=_column(tag))
         return {"tag": name, "rows": len(assignments), "profiles": len(resolved), "changed": changed}
 
     def import_csv(self, ws: str, name: str, data: bytes, *, replace: bool = False) -> dict[str, Any]:
@@ -364,10 +374,13 @@ class TagService:
         return out
 
     def holders(self, ws: str, name: str) -> dict[str, Any]:
-        """{profile_id: value} of live profiles that carry the tag. Only rows whose ``tags`` text
-        contains the quoted name are fetched (straight from the DBAPI cursor) and parsed."""
+        """{profile_id: value} of live profiles that carry the tag. Only rows whose ``tags`` (or, for
+        a model tag, ``model_tags``) text contains the quoted name are fetched (straight from the
+        DBAPI cursor) and parsed."""
         with self.engine.connect() as c:
-            rows = read_json_rows(c, ws, "tags", containing=orjson.dumps(name).decode())
+            kind = c.execute(sa.select(T.kind).where(T.workspace_id == ws, T.name == name)).scalar()
+            rows = read_json_rows(c, ws, "model_tags" if kind == "model" else "tags",
+                                  containing=orjson.dumps(name).decode())
         loads = orjson.loads
         return {pid: v for pid, raw in rows if (v := loads(raw).get(name)) is not None}
 
@@ -408,12 +421,14 @@ class TagService:
             get = current.get
             changes = {p: v for p, v in new.items() if get(p) != v}
         changes.update(dict.fromkeys(current.keys() - new.keys()))
-        changed = self._write(ws, name, changes, source=source, expected=current)
+        changed = self._write(ws, name, changes, source=source, expected=current, column=_column(tag))
         return ModelTagWrite(name, len(new), current, changes, changed)
 
     def _write(self, ws: str, name: str, changes: dict[str, Any], *, source: str,
-               expected: Mapping[str, Any] | None = None) -> int:
-        """Apply {profile_id: value or None} on the writer thread, with a Tag Changed event each,
+               expected: Mapping[str, Any] | None = None, column: str = "tags") -> int:
+        """Apply {profile_id: value or None} on the writer thread, with a Tag Changed event each, to
+        ``column`` (``tags``: the profile rows; ``model_tags``: the model outputs' rows, a row
+        created for a profile without one),
         ``WRITE_CHUNK`` profiles per writer command (event commits go on in between): each command
         reads its profiles' ``tags``, writes the changed ones in one batch and appends their events
         in one Arrow batch.
@@ -434,7 +449,7 @@ class TagService:
             events: list[tuple[str, str, dict[str, Any]]] = []
             updates: list[tuple[str, str]] = []
             loads, dumps = orjson.loads, orjson.dumps
-            for pid, raw in read_json_rows(c, ws, "tags", ids=chunk, live_only=False):
+            for pid, raw in read_json_rows(c, ws, column, ids=chunk, live_only=False):
                 cur = loads(raw)
                 prev = cur.get(name)
                 new = changes[pid]
@@ -448,7 +463,7 @@ class TagService:
                 events.append((pid, "Tag Changed", {"tag": name, "value": new, "previous": prev,
                                                     "source": source}))
             if updates:
-                update_json_rows(c, "tags", updates)
+                update_json_rows(c, column, updates, ws=ws, at=at)
                 with ctx.analytical.transaction() as con:
                     emit_events(ctx.analytical, con, ws, events, "tags", at)
             return len(updates)
@@ -457,7 +472,8 @@ class TagService:
             if expected is not None and path is not None and ctx.engine.dialect.name == "sqlite":
                 try:
                     with ctx.engine.begin() as c:
-                        done = _write_expected(c, ctx, ws, name, path, chunk, changes, expected, source, at)
+                        done = _write_expected(c, ctx, ws, name, path, chunk, changes, expected, source, at,
+                                               column)
                     if done is not None:
                         return done
                 except _Stale:  # rolled back: nothing of the chunk was written
@@ -479,14 +495,38 @@ def _json_path(name: str) -> str | None:
     return None if '"' in name or "\\" in name else f'$."{name}"'
 
 
-# one group of a model tag's chunk: ?1 the profile ids (a JSON array), ?2 the workspace, ?3 the tag's
-# JSON path, ?4 the value read (JSON text; NULL: none), ?5 the new value (JSON text). The ids drive
-# the statement and each profile is found by its key: "+workspace_id" keeps SQLite's planner from
-# scanning the workspace once per id (test_writeback checks the plan)
-_TAG_WHERE = (" FROM json_each(?1) AS u WHERE profiles.profile_id = u.value AND +profiles.workspace_id = ?2 "
-              "AND (profiles.tags -> ?3) IS ?4")
-_TAG_SET = "UPDATE profiles SET tags = json_set(tags, ?3, json(?5))" + _TAG_WHERE
-_TAG_REMOVE = "UPDATE profiles SET tags = json_remove(tags, ?3)" + _TAG_WHERE
+def _column(tag: Mapping[str, Any]) -> str:
+    """Where a tag's values live: ``model_tags`` (profile_scores) for a model tag, else ``tags``."""
+    return "model_tags" if tag["kind"] == "model" else "tags"
+
+
+# one group of a tag's chunk: ?1 the profile ids (a JSON array), ?2 the workspace, ?3 the tag's JSON
+# path, ?4 the value read (JSON text; NULL: none), ?5 the new value (JSON text). The ids drive the
+# statement and each profile is found by its key: "+workspace_id" keeps SQLite's planner from
+# scanning the workspace once per id (test_writeback checks the plans). _TAG_SET / _TAG_REMOVE:
+# {column: statement} for the two places tags live (profiles.tags, profile_scores.model_tags)
+# (profile_scores' key starts with the workspace: there "profile_id IN (json_each)" seeks each
+# (workspace, profile) pair)
+def _tag_where(table: str, column: str) -> str:
+    if table == "profile_scores":
+        return (" WHERE workspace_id = ?2 AND profile_id IN (SELECT value FROM json_each(?1)) "
+                f"AND ({column} -> ?3) IS ?4")
+    return (f" FROM json_each(?1) AS u WHERE {table}.profile_id = u.value AND +{table}.workspace_id = ?2 "
+            f"AND ({table}.{column} -> ?3) IS ?4")
+
+
+_TAG_TABLE = {"tags": "profiles", "model_tags": "profile_scores"}
+_TAG_SET = {c: f"UPDATE {t} SET {c} = json_set({c}, ?3, json(?5))" + _tag_where(t, c) for c, t in _TAG_TABLE.items()}
+_TAG_REMOVE = {c: f"UPDATE {t} SET {c} = json_remove({c}, ?3)" + _tag_where(t, c) for c, t in _TAG_TABLE.items()}
+# before a model tag is set on profiles that held no value: an empty row for each live one of them
+# without a row (?1 the ids, ?2 the workspace, ?3 the time); json_each drives, each profile found in
+# ix_profiles_live (the CROSS JOIN keeps that order)
+_MODEL_ROWS = (
+    "INSERT INTO profile_scores (workspace_id, profile_id, scores, updated_at, model_tags) "
+    "SELECT ?2, p.profile_id, '{}', ?3, '{}' FROM json_each(?1) AS u CROSS JOIN profiles AS p INDEXED BY "
+    "ix_profiles_live WHERE p.workspace_id = ?2 AND p.merged_into IS NULL AND p.profile_id = u.value "
+    "ON CONFLICT (workspace_id, profile_id) DO NOTHING"
+)
 
 
 class _Stale(Exception):
@@ -494,7 +534,8 @@ class _Stale(Exception):
 
 
 def _write_expected(c: sa.Connection, ctx: Any, ws: str, name: str, path: str, chunk: list[str],
-                    changes: Mapping[str, Any], expected: Mapping[str, Any], source: str, at: datetime) -> int | None:
+                    changes: Mapping[str, Any], expected: Mapping[str, Any], source: str, at: datetime,
+                    column: str = "tags") -> int | None:
     """:meth:`TagService._write`'s SQLite way for one chunk inside the caller's transaction. The
     chunk's profiles are grouped by (value read, new value) - a model tag has a handful of values,
     so a handful of groups - and each group is ONE ``UPDATE ... FROM json_each(?)`` that sets
@@ -503,7 +544,8 @@ def _write_expected(c: sa.Connection, ctx: Any, ws: str, name: str, path: str, c
     (a change in between, a profile gone), :class:`_Stale` is raised so that the caller's
     transaction rolls back and the chunk goes the general way. Then the Tag Changed events, whose
     properties are one text per group. Returns how many profiles changed (None: a value that
-    cannot be grouped)."""
+    cannot be grouped). For a model tag (``column`` ``model_tags``) the live profiles of groups
+    that held no value get an empty ``profile_scores`` row first where they have none."""
     groups: dict[tuple[Any, Any], list[str]] = {}
     get = expected.get
     try:
@@ -518,8 +560,12 @@ def _write_expected(c: sa.Connection, ctx: Any, ws: str, name: str, path: str, c
     dumps = orjson.dumps
     cur = c.connection.cursor()
     try:
+        if column == "model_tags":
+            fresh = [p for (before, _after), ids in groups.items() if before is None for p in ids]
+            if fresh:
+                cur.execute(_MODEL_ROWS, (dumps(fresh).decode(), ws, _ts(c, at)))
         for (before, after), ids in groups.items():
-            cur.execute(_TAG_REMOVE if after is None else _TAG_SET,
+            cur.execute((_TAG_REMOVE if after is None else _TAG_SET)[column],
                         (dumps(ids).decode(), ws, path, None if before is None else dumps(before).decode(),
                          *(() if after is None else (dumps(after).decode(),))))
             if cur.rowcount != len(ids):
@@ -547,7 +593,16 @@ class ModelTagWrite(NamedTuple):
 
 # -- bulk access to the profiles' JSON columns (shared with goldkey.insight.writeback) ----------
 WRITE_CHUNK = 50_000  # profiles per writer command
-_JSON_COLUMNS = ("tags",)  # model scores live in profile_scores (goldkey.profiles.scores)
+# profiles.tags, and the model tags in profile_scores.model_tags (model scores: goldkey.profiles.scores)
+_JSON_COLUMNS = ("tags", "model_tags")
+
+
+def _ts(conn: sa.Connection, at: datetime) -> Any:
+    """``at`` as the DBAPI takes it for a timestamp column of this dialect."""
+    from goldkey.store.operational import profile_scores
+
+    proc = profile_scores.c.updated_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return proc(at) if proc is not None else at
 
 
 def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[str] | None = None,
@@ -555,27 +610,40 @@ def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[s
     """``(profile_id, <column> JSON text)`` of profiles of ``ws`` (live ones when ``live_only``),
     optionally only ``ids`` and/or rows whose text contains ``containing``; read on the raw DBAPI
     cursor (SQLAlchemy's per-row handling costs more than the query at 1M rows). The ids go as one
-    JSON array (SQLite ``json_each``) or one array parameter (PostgreSQL ``= ANY``)."""
+    JSON array (SQLite ``json_each``) or one array parameter (PostgreSQL ``= ANY``).
+
+    ``model_tags`` (profile_scores): with ``ids``, every profile among them with its text (``{}``
+    without a row); without, the rows of live profiles (checked in ``ix_profiles_live``)."""
     if column not in _JSON_COLUMNS:
         raise ValueError(f"not a JSON column of profiles: {column!r}")
     sqlite = conn.dialect.name == "sqlite"
     ph = "?" if sqlite else "%s"
     # with ids on SQLite, "+workspace_id" keeps the planner on the primary key (it would otherwise
     # walk the workspace's whole index range for every call: a full scan per chunk at 1M profiles)
-    ws_col = "+workspace_id" if sqlite and ids is not None else "workspace_id"
-    sql = f"SELECT profile_id, {column} FROM profiles WHERE {ws_col} = {ph}"
+    plus = "+" if sqlite and ids is not None else ""
+    live = " AND merged_into IS NULL" if live_only else ""
+    if column == "tags":
+        key, text = "profile_id", "tags"
+        sql = f"SELECT profile_id, tags FROM profiles WHERE {plus}workspace_id = {ph}{live}"
+    elif ids is not None:  # the profiles (live or not), each with its model tags or {}
+        key, text = "p.profile_id", "coalesce(s.model_tags, '{}')"
+        sql = (f"SELECT p.profile_id, {text} FROM profiles p LEFT JOIN profile_scores s ON s.workspace_id = "
+               f"p.workspace_id AND s.profile_id = p.profile_id WHERE {plus}p.workspace_id = {ph}{live}")
+    else:  # the rows of the live profiles, each checked in ix_profiles_live
+        key, text = "s.profile_id", "s.model_tags"
+        join = ("JOIN profiles p INDEXED BY ix_profiles_live" if sqlite else "JOIN profiles p") if live_only else ""
+        on = " ON p.workspace_id = s.workspace_id AND p.profile_id = s.profile_id" if live_only else ""
+        sql = f"SELECT s.profile_id, s.model_tags FROM profile_scores s {join}{on} WHERE s.workspace_id = {ph}{live}"
     params: list[Any] = [ws]
-    if live_only:
-        sql += " AND merged_into IS NULL"
     if ids is not None:
         if sqlite:
-            sql += " AND profile_id IN (SELECT value FROM json_each(?))"
+            sql += f" AND {key} IN (SELECT value FROM json_each(?))"
             params.append(orjson.dumps(list(ids)).decode())
         else:
-            sql += " AND profile_id = ANY(%s)"
+            sql += f" AND {key} = ANY(%s)"
             params.append(list(ids))
     if containing is not None:
-        sql += f" AND {'instr' if sqlite else 'strpos'}({column}, {ph}) > 0"
+        sql += f" AND {'instr' if sqlite else 'strpos'}({text}, {ph}) > 0"
         params.append(containing)
     cur = conn.connection.cursor()
     try:
@@ -585,16 +653,32 @@ def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[s
         cur.close()
 
 
-def update_json_rows(conn: sa.Connection, column: str, rows: Sequence[tuple[str, str]]) -> None:
+def update_json_rows(conn: sa.Connection, column: str, rows: Sequence[tuple[str, str]], *, ws: str | None = None,
+                     at: datetime | None = None) -> None:
     """Set ``<column> = json`` for each ``(json, profile_id)`` inside the caller's transaction: one
     prepared statement run for every row (SQLite ``executemany``), or one ``UPDATE ... FROM
-    unnest(...)`` (PostgreSQL)."""
+    unnest(...)`` (PostgreSQL). ``model_tags`` (workspace ``ws`` needed) are upserted: a profile
+    without a ``profile_scores`` row gets one (its ``updated_at``, when its scores changed: ``at``)."""
     if column not in _JSON_COLUMNS:
         raise ValueError(f"not a JSON column of profiles: {column!r}")
     if not rows:
         return
     cur = conn.connection.cursor()
     try:
+        if column == "model_tags":
+            if ws is None:
+                raise ValueError("model_tags rows need their workspace")
+            t = _ts(conn, at or utcnow())
+            if conn.dialect.name == "sqlite":
+                cur.executemany("INSERT INTO profile_scores (workspace_id, profile_id, scores, updated_at, model_tags) "
+                                "VALUES (?, ?, '{}', ?, ?) ON CONFLICT (workspace_id, profile_id) DO UPDATE SET "
+                                "model_tags = excluded.model_tags", [(ws, pid, t, v) for v, pid in rows])
+            else:
+                cur.execute("INSERT INTO profile_scores (workspace_id, profile_id, scores, updated_at, model_tags) "
+                            "SELECT %s, u.id, '{}', %s, u.v FROM unnest(%s::text[], %s::text[]) AS u(v, id) "
+                            "ON CONFLICT (workspace_id, profile_id) DO UPDATE SET model_tags = excluded.model_tags",
+                            (ws, t, [r[0] for r in rows], [r[1] for r in rows]))
+            return
         if conn.dialect.name == "sqlite":
             cur.executemany(f"UPDATE profiles SET {column} = ? WHERE profile_id = ?", rows)
         else:

@@ -26,6 +26,7 @@ from goldkey.identity.normalize import normalize_identifier
 from goldkey.identity.rules import IdentityRules
 from goldkey.profiles.scores import read_scores, set_scores, with_scores
 from goldkey.store.operational import audit_log, identities, identity_conflicts, merges, profile_scores, profiles
+from goldkey.store.operational import tags as tag_defs
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,19 @@ class UnitOfWork:
 
 def _j(v: Any) -> str:
     return orjson.dumps(v, default=str).decode()
+
+
+def _split_tags(conn: sa.Connection, ws: str, before: dict[str, Any]) -> tuple[str, str]:
+    """A profile's ``(tags, model_tags)`` texts from a merge record's ``winner_before`` /
+    ``loser_before``. A record written before model tags moved to ``profile_scores`` (migration
+    0010) has them among the tags: they are told apart by the workspace's tags of kind model."""
+    if "model_tags" in before:
+        return before["tags"], before["model_tags"]
+    tags = orjson.loads(before["tags"])
+    names = set(conn.execute(sa.select(tag_defs.c.name).where(tag_defs.c.workspace_id == ws,
+                                                              tag_defs.c.kind == "model")).scalars())
+    model = {k: tags.pop(k) for k in list(tags) if k in names}
+    return _j(tags), _j(model)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
@@ -888,8 +902,9 @@ class IdentityGraph:
             uow.conflicts.clear()
 
     def _row(self, conn: sa.Connection, profile_id: str) -> sa.Row[Any]:
-        # the profile row with its scores (JSON text, "{}" for none) from profile_scores
-        row = conn.execute(sa.select(profiles, sa.func.coalesce(profile_scores.c.scores, "{}").label("scores"))
+        # the profile row with its scores and model tags (JSON texts, "{}" for none) from profile_scores
+        row = conn.execute(sa.select(profiles, sa.func.coalesce(profile_scores.c.scores, "{}").label("scores"),
+                                     sa.func.coalesce(profile_scores.c.model_tags, "{}").label("model_tags"))
                            .select_from(with_scores()).where(profiles.c.profile_id == profile_id)).first()
         if row is None:
             raise NotFound(f"profile {profile_id} not found")
@@ -958,10 +973,12 @@ class IdentityGraph:
                 updated_at=now,
             )
         )
-        # the winner's scores: the union, the winner's own on a conflict (the loser's row keeps its own)
-        if loser.scores != "{}":
+        # the winner's scores and model tags: the union, the winner's own on a conflict (the loser's
+        # row keeps its own)
+        if loser.scores != "{}" or loser.model_tags != "{}":
             set_scores(conn, workspace_id, winner.profile_id,
-                       {**orjson.loads(loser.scores), **orjson.loads(winner.scores)}, now)
+                       {**orjson.loads(loser.scores), **orjson.loads(winner.scores)}, now,
+                       model_tags={**orjson.loads(loser.model_tags), **orjson.loads(winner.model_tags)})
         conn.execute(
             profiles.update()
             .where(profiles.c.profile_id == loser.profile_id)
@@ -1056,6 +1073,7 @@ class IdentityGraph:
         now = utcnow()
         # the loser and everything that had been merged into it resolve to it again
         subtree = self._subtree(conn, m.loser_id)
+        loser_tags, loser_model_tags = _split_tags(conn, workspace_id, lb)
         conn.execute(
             profiles.update()
             .where(profiles.c.profile_id == m.loser_id)
@@ -1063,7 +1081,7 @@ class IdentityGraph:
                 merged_into=None,
                 attributes=lb["attributes"],
                 traits=lb["traits"],
-                tags=lb["tags"],
+                tags=loser_tags,
                 order_summary=lb["order_summary"],
                 recent_events=lb["recent_events"],
                 origin=lb["origin"],
@@ -1073,7 +1091,8 @@ class IdentityGraph:
                 updated_at=now,
             )
         )
-        set_scores(conn, workspace_id, m.loser_id, lb["scores"], now)  # its scores as they were before the merge
+        # its scores and model tags as they were before the merge
+        set_scores(conn, workspace_id, m.loser_id, lb["scores"], now, model_tags=loser_model_tags)
         conn.execute(profiles.update().where(profiles.c.profile_id.in_(subtree)).values(canonical_id=m.loser_id))
         attrs = orjson.loads(winner.attributes)
         loser_attrs = orjson.loads(lb["attributes"])
@@ -1089,14 +1108,18 @@ class IdentityGraph:
         others = conn.execute(
             sa.select(profiles).where(profiles.c.canonical_id == m.winner_id, profiles.c.profile_id != m.winner_id)
         ).all()
-        traits, tags, scores = orjson.loads(wb["traits"]), orjson.loads(wb["tags"]), orjson.loads(wb["scores"])
+        winner_tags, winner_model_tags = _split_tags(conn, workspace_id, wb)
+        traits, tags, scores = orjson.loads(wb["traits"]), orjson.loads(winner_tags), orjson.loads(wb["scores"])
+        model_tags = orjson.loads(winner_model_tags)
         others_scores = read_scores(conn, workspace_id, [o.profile_id for o in others])
+        others_model_tags = read_scores(conn, workspace_id, [o.profile_id for o in others], "model_tags")
         origin = wb["origin"]
         first = (as_utc(datetime.fromisoformat(wb["first_seen_at"])), wb["first_seen_source"], wb["first_seen_context"])
         for o in others:
             traits = {**orjson.loads(o.traits), **traits}
             tags = {**orjson.loads(o.tags), **tags}
             scores = {**others_scores.get(o.profile_id, {}), **scores}
+            model_tags = {**others_model_tags.get(o.profile_id, {}), **model_tags}
             if o.origin == "existing":
                 origin = "existing"
             seen = as_utc(o.first_seen_at)
@@ -1117,7 +1140,7 @@ class IdentityGraph:
                 updated_at=now,
             )
         )
-        set_scores(conn, workspace_id, m.winner_id, scores, now)
+        set_scores(conn, workspace_id, m.winner_id, scores, now, model_tags=model_tags)
         moved_ids = [tuple(x) for x in detail["loser_identities"]]
         for id_type, value in moved_ids:
             conn.execute(

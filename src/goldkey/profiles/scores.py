@@ -6,7 +6,8 @@ bulk write of a model run is :func:`goldkey.insight.writeback.write_score_patche
 without a row has no scores; a row whose scores were all removed stays, holding ``{}`` (rows are
 never deleted: a bulk write updates in place the rows its read found). Readers join the
 table to ``profiles`` by ``(workspace_id, profile_id)`` (:func:`with_scores`); this module also holds
-the point reads and writes of the identity graph's merge and undo.
+the point reads and writes of the identity graph's merge and undo. The same row holds the
+profile's model tags (``model_tags``, see :mod:`goldkey.audience.tags`).
 """
 
 from __future__ import annotations
@@ -32,27 +33,40 @@ def with_scores(base: sa.FromClause = profiles) -> sa.Join:
                                                   _S.profile_id == base.c.profile_id))
 
 
-def read_scores(conn: sa.Connection, ws: str, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{profile_id: scores}`` of the profiles among ``profile_ids`` that have scores (merged-away
-    profiles included: their rows keep what they held before the merge)."""
+def read_scores(conn: sa.Connection, ws: str, profile_ids: Sequence[str], column: str = "scores"
+                ) -> dict[str, dict[str, Any]]:
+    """``{profile_id: scores}`` of the profiles among ``profile_ids`` that have a row (merged-away
+    profiles included: their rows keep what they held before the merge); ``column="model_tags"``
+    reads their model tags instead."""
     out: dict[str, dict[str, Any]] = {}
     ids = list(profile_ids)
     for i in range(0, len(ids), 500):
-        for pid, raw in conn.execute(sa.select(_S.profile_id, _S.scores).where(
+        for pid, raw in conn.execute(sa.select(_S.profile_id, _S[column]).where(
                 _S.workspace_id == ws, _S.profile_id.in_(ids[i : i + 500]))):
             out[pid] = orjson.loads(raw)
     return out
 
 
 def set_scores(conn: sa.Connection, ws: str, profile_id: str, scores: Mapping[str, Any] | str,
-               at: datetime | None = None) -> None:
-    """Replace a profile's scores (a mapping or its JSON text) inside the caller's transaction.
-    Empty scores empty an existing row (``{}``) and create none: rows are never deleted, so that a
-    model's bulk write can update in place the rows it found (see :mod:`goldkey.insight.writeback`)."""
+               at: datetime | None = None, *, model_tags: Mapping[str, Any] | str | None = None) -> None:
+    """Replace a profile's scores (a mapping or its JSON text) inside the caller's transaction, and
+    its model tags when ``model_tags`` is given. Empty values empty an existing row (``{}``) and
+    create none: rows are never deleted, so that a model's bulk write can update in place the rows
+    it found (see :mod:`goldkey.insight.writeback`)."""
     doc = orjson.loads(scores) if isinstance(scores, str | bytes) else dict(scores)
-    if not doc:
-        conn.execute(profile_scores.update().where(_S.workspace_id == ws, _S.profile_id == profile_id,
-                                                   _S.scores != "{}").values(scores="{}", updated_at=at or utcnow()))
+    tags = None if model_tags is None else (
+        orjson.loads(model_tags) if isinstance(model_tags, str | bytes) else dict(model_tags))
+    when = at or utcnow()
+    if not doc and not tags:
+        values: dict[str, Any] = {"scores": "{}", "updated_at": when}
+        if tags is not None:
+            values["model_tags"] = "{}"
+        changed = _S.scores != "{}" if tags is None else sa.or_(_S.scores != "{}", _S.model_tags != "{}")
+        conn.execute(profile_scores.update().where(_S.workspace_id == ws, _S.profile_id == profile_id, changed)
+                     .values(**values))
         return
-    upsert(conn, profile_scores, [{"workspace_id": ws, "profile_id": profile_id, "scores": orjson.dumps(doc).decode(),
-                                   "updated_at": at or utcnow()}], keys=["workspace_id", "profile_id"])
+    row: dict[str, Any] = {"workspace_id": ws, "profile_id": profile_id, "scores": orjson.dumps(doc).decode(),
+                           "updated_at": when}
+    if tags is not None:
+        row["model_tags"] = orjson.dumps(tags).decode()
+    upsert(conn, profile_scores, [row], keys=["workspace_id", "profile_id"])

@@ -65,6 +65,7 @@ _PROFILE_COLS = (
     _P.traits,
     _P.tags,
     profile_scores.c.scores,  # NULL: no scores (the outer join of _PROFILES)
+    profile_scores.c.model_tags,  # NULL: no model tags (shown among the tags)
     _P.order_summary,
     _P.recent_events,
 )
@@ -266,7 +267,7 @@ class ProfileService:
 
     def _assemble(self, run: Run, ws: str, row: Sequence[Any], requested: str, n_events: int) -> dict[str, Any]:
         (pid, origin, first_seen_at, first_seen_source, first_seen_context, last_seen_at, attributes, traits, tags,
-         scores, order_summary, recent_events) = row  # fmt: skip
+         scores, model_tags, order_summary, recent_events) = row  # fmt: skip
         key = {"pid": pid, "ws": ws}
         merged_from = [p for p, w in run(_SUBTREE, key) if p != pid and w == ws]
         ids = [
@@ -300,7 +301,7 @@ class ProfileService:
                 for ch, pu, st, src, at in latest.values()
             ],
             "traits": _loads(traits),
-            "tags": _loads(tags),
+            "tags": {**_loads(tags), **_loads(model_tags)} if model_tags and model_tags != "{}" else _loads(tags),
             "scores": _loads(scores) if scores else {},
             "insights": insights,
             "order_summary": _loads(order_summary),

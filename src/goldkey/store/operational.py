@@ -311,12 +311,15 @@ segment_members = sa.Table(
 )
 
 
-# -- insight: model scores (migration 0008) ----------------------------------------------------------
-# A profile's scores (``{"churn_risk": 0.42, "rfm_r": 5.0, ...}``, the ``scores.*`` fields of rules and
-# of the 360° profile) in a narrow row of their own: a model run rewrites this small row instead of the
-# profile's wide one. At most one row per profile; no row means no scores. A merged-away profile keeps
-# the row it had before the merge (an undo restores from the merge record). On SQLite a WITHOUT ROWID
-# table: the rows live in the primary-key b-tree, one b-tree written per upsert instead of two.
+# -- insight: model outputs (migrations 0008, 0010) ---------------------------------------------------
+# What the models write per profile, in a narrow row of its own: the scores (``{"churn_risk": 0.42,
+# "rfm_r": 5.0, ...}``, the ``scores.*`` fields of rules and of the 360° profile) and the values of
+# the model tags (``{"rfm_group": "champions", "lifecycle_stage": "active"}``: tags of kind "model";
+# rule and manual tags stay in ``profiles.tags``, and readers see the two as one ``tags`` object). A
+# model run rewrites this small row instead of the profile's wide one. At most one row per profile;
+# no row means no scores and no model tags. A merged-away profile keeps the row it had before the
+# merge (an undo restores from the merge record). On SQLite a WITHOUT ROWID table: the rows live in
+# the primary-key b-tree, one b-tree written per upsert instead of two.
 profile_scores = sa.Table(
     "profile_scores",
     metadata,
@@ -324,6 +327,7 @@ profile_scores = sa.Table(
     sa.Column("profile_id", sa.String(40), primary_key=True),
     sa.Column("scores", sa.Text, nullable=False),  # JSON object of numbers
     sa.Column("updated_at", TS, nullable=False),  # when the scores last changed
+    sa.Column("model_tags", sa.Text, nullable=False, server_default="{}"),  # JSON object: model tag -> value
     sqlite_with_rowid=False,
 )
 
