@@ -104,13 +104,14 @@ def test_model_tags_are_set_by_sqlite_itself_unless_a_row_changed_in_between(env
     outcomes: list[int | None] = []
     real = tags_mod._write_expected
 
-    def spy(*args: Any, **kw: Any) -> int | None:
+    def spy(*args: Any, **kw: Any) -> dict[str, int] | None:
         try:
-            outcomes.append(real(*args, **kw))
+            done = real(*args, **kw)
         except tags_mod._Stale:  # rolled back, then written the general way
             outcomes.append(None)
             raise
-        return outcomes[-1]
+        outcomes.append(None if done is None else sum(done.values()))
+        return done
 
     monkeypatch.setattr(tags_mod, "_write_expected", spy)
     monkeypatch.setattr(tags_mod, "WRITE_CHUNK", 2)
@@ -138,6 +139,70 @@ def test_model_tags_are_set_by_sqlite_itself_unless_a_row_changed_in_between(env
     assert hist == sorted([*((p, "新客", "") for p in pids), (pids[0], "活跃", "新客"), (pids[0], "新客", "活跃"),
                            *((p, "", "新客") for p in pids[1:])])
     assert all(h["source"] == "m" for h in tags.history(ws, "阶段"))
+
+
+def test_several_model_tags_are_written_in_one_pass(env_any: Any, monkeypatch: Any) -> None:
+    """set_model_values_many (RFM's group and tier): each profile's row is written once for all
+    its changed tags, with one Tag Changed event per tag changed; a profile whose tags did not
+    change is not touched; a stale reading goes the general way with the same result; on both
+    operational stores."""
+    import goldkey.audience.tags as tags_mod
+    from goldkey.core.errors import InvalidInput
+
+    monkeypatch.setattr(tags_mod, "WRITE_CHUNK", 3)
+    fast: list[dict[str, int] | None] = []
+    real = tags_mod._write_expected
+
+    def spy(*args: Any, **kw: Any) -> dict[str, int] | None:
+        try:
+            fast.append(real(*args, **kw))
+        except tags_mod._Stale:
+            fast.append(None)
+            raise
+        return fast[-1]
+
+    monkeypatch.setattr(tags_mod, "_write_expected", spy)
+    env, ws, tags = env_any, env_any.ws.workspace_id, env_any.gk.tags
+    sqlite = env.gk.engine.dialect.name == "sqlite"
+    pids = [_profile(env, f"u-{i}") for i in range(5)]
+    tags.create(ws, {"name": "grp", "kind": "model", "value_type": "enum", "category": "consumption",
+                     "values": ["a", "b"]})
+    tags.create(ws, {"name": "tier", "kind": "model", "value_type": "enum", "category": "consumption",
+                     "values": ["hi", "lo"]})
+    w = tags.set_model_values_many(ws, {"grp": dict.fromkeys(pids[:4], "a"), "tier": {pids[0]: "hi", pids[4]: "lo"}},
+                                   "m:v1")
+    assert (w["grp"].changed, w["tier"].changed) == (4, 2)
+    assert tags.holders(ws, "grp") == dict.fromkeys(pids[:4], "a")
+    assert tags.holders(ws, "tier") == {pids[0]: "hi", pids[4]: "lo"}
+    # p0: both change; p1: group only; p2: unchanged; p3: group removed, tier set; p4: tier removed
+    w = tags.set_model_values_many(ws, {"grp": {pids[0]: "b", pids[1]: "b", pids[2]: "a"},
+                                        "tier": {pids[0]: "lo", pids[3]: "hi"}}, "m:v2")
+    assert w["grp"].changes == {pids[0]: "b", pids[1]: "b", pids[3]: None}
+    assert w["tier"].changes == {pids[0]: "lo", pids[3]: "hi", pids[4]: None}
+    assert (w["grp"].changed, w["tier"].changed) == (3, 3)
+    assert tags.holders(ws, "grp") == {pids[0]: "b", pids[1]: "b", pids[2]: "a"}
+    assert tags.holders(ws, "tier") == {pids[0]: "lo", pids[3]: "hi"}
+    # on SQLite both runs went the database's way (two chunks each), every group in one statement
+    if sqlite:
+        assert None not in fast and len(fast) == 4
+        assert [sum(f[t] for f in fast[:2]) for t in ("grp", "tier")] == [4, 2]  # type: ignore[index]
+        assert [sum(f[t] for f in fast[2:]) for t in ("grp", "tier")] == [3, 3]  # type: ignore[index]
+    else:
+        assert fast == []
+    events = {t: sorted((h["profile_id"], h["value"] or "", h["previous"] or "")
+                        for h in tags.history(ws, t) if h["source"] == "m:v2") for t in ("grp", "tier")}
+    assert events == {"grp": sorted([(pids[0], "b", "a"), (pids[1], "b", "a"), (pids[3], "", "a")]),
+                      "tier": sorted([(pids[0], "lo", "hi"), (pids[3], "hi", ""), (pids[4], "", "lo")])}
+    # a stale reading (nothing held, says the caller): the general way writes only the real changes
+    w = tags.set_model_values_many(ws, {"grp": {pids[0]: "b", pids[4]: "a"}, "tier": {pids[0]: "hi"}}, "m:v3",
+                                   current={"grp": {}, "tier": {}})
+    assert (w["grp"].changed, w["tier"].changed) == (1, 1)
+    assert tags.holders(ws, "grp") == {pids[0]: "b", pids[1]: "b", pids[2]: "a", pids[4]: "a"}
+    assert tags.holders(ws, "tier") == {pids[0]: "hi", pids[3]: "hi"}
+    # a bad value of either tag: nothing is written
+    with pytest.raises(InvalidInput, match="zz"):
+        tags.set_model_values_many(ws, {"grp": {pids[0]: "a"}, "tier": {pids[0]: "zz"}}, "m:v4")
+    assert tags.holders(ws, "grp")[pids[0]] == "b"
 
 
 def test_model_tag_statements_find_each_profile_by_its_key(env: Any) -> None:

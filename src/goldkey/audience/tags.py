@@ -23,6 +23,7 @@ description; coverage counts profiles per value; every change is a ``Tag Changed
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 import time
@@ -177,7 +178,7 @@ class TagService:
         """Delete a tag and remove it from every profile; returns how many profiles had it."""
         tag = self.get(ws, name)
         holders = self.holders(ws, name)
-        removed = self._write(ws, name, {p: None for p in holders}, source="tags", column=_column(tag))
+        removed = self._write_one(ws, name, {p: None for p in holders}, source="tags", column=_column(tag))
         with self.engine.begin() as c:
             c.execute(tags.delete().where(T.workspace_id == ws, T.name == name))
             remove_field(c, ws, f"tags.{name}")
@@ -215,7 +216,7 @@ class TagService:
         current = self.holders(ws, name)
         changes = {p: v for p, v in new.items() if current.get(p) != v}
         changes.update({p: None for p in current if p not in new})
-        changed = self._write(ws, name, changes, source="tags", column=_column(tag))
+        changed = self._write_one(ws, name, changes, source="tags", column=_column(tag))
         with self.engine.begin() as c:
             c.execute(tags.update().where(T.workspace_id == ws, T.name == name).values(
                 status="computed", computed_at=utcnow()))
@@ -252,7 +253,7 @@ class TagService:
         changes = {p: v for p, v in resolved.items() if current.get(p) != v}
         if replace:
             changes.update({p: None for p in current if p not in resolved})
-        changed = self._write(ws, name, changes, source=source, column=_column(tag))
+        changed = self._write_one(ws, name, changes, source=source, column=_column(tag))
         return {"tag": name, "rows": len(assignments), "profiles": len(resolved), "changed": changed}
 
     def import_csv(self, ws: str, name: str, data: bytes, *, replace: bool = False) -> dict[str, Any]:
@@ -396,6 +397,28 @@ class TagService:
         a query (~0.4 ms a row, minutes at 1M customers); every distinct value is checked against
         the tag's type and allowed values first (nothing is written when one is bad). ``current``
         is the holders when the caller has just read them (:meth:`holders`)."""
+        return self.set_model_values_many(ws, {name: values}, source, current={name: current})[name]
+
+    def set_model_values_many(self, ws: str, values: Mapping[str, Mapping[str, Any]], source: str, *,
+                              current: Mapping[str, dict[str, Any] | None] | None = None
+                              ) -> dict[str, ModelTagWrite]:
+        """:meth:`set_model_values` for several tags of one model at once (RFM's group and value
+        tier): every tag's values are checked before anything is written, then a profile's row is
+        written once for all its changed tags (one Tag Changed event per tag changed). Tags stored
+        in different places (a model tag beside a manual one) are written one after the other."""
+        plans = {name: self._model_changes(ws, name, v, (current or {}).get(name)) for name, v in values.items()}
+        columns = {_column(tag) for tag, *_ in plans.values()}
+        if len(columns) > 1:
+            return {n: self.set_model_values(ws, n, values[n], source, current=(current or {}).get(n))
+                    for n in values}
+        changed = self._write(ws, {n: ch for n, (_t, _new, _cur, ch) in plans.items()}, source=source,
+                              expected={n: cur for n, (_t, _new, cur, _ch) in plans.items()}, column=columns.pop())
+        return {n: ModelTagWrite(n, len(new), cur, ch, changed[n]) for n, (_t, new, cur, ch) in plans.items()}
+
+    def _model_changes(self, ws: str, name: str, values: Mapping[str, Any], current: dict[str, Any] | None
+                       ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """``(tag, new values, current holders, changes)`` of a model's write of one tag, every
+        distinct value checked (InvalidInput naming the bad ones)."""
         tag = self.get(ws, name)
         if tag["kind"] == "rule":
             raise InvalidInput(f"tag {name!r} is computed from its rules; a model cannot set it", field="name")
@@ -421,59 +444,71 @@ class TagService:
             get = current.get
             changes = {p: v for p, v in new.items() if get(p) != v}
         changes.update(dict.fromkeys(current.keys() - new.keys()))
-        changed = self._write(ws, name, changes, source=source, expected=current, column=_column(tag))
-        return ModelTagWrite(name, len(new), current, changes, changed)
+        return tag, new, current, changes
 
-    def _write(self, ws: str, name: str, changes: dict[str, Any], *, source: str,
-               expected: Mapping[str, Any] | None = None, column: str = "tags") -> int:
-        """Apply {profile_id: value or None} on the writer thread, with a Tag Changed event each, to
-        ``column`` (``tags``: the profile rows; ``model_tags``: the model outputs' rows, a row
-        created for a profile without one),
+    def _write_one(self, ws: str, name: str, changes: dict[str, Any], *, source: str, column: str = "tags") -> int:
+        """:meth:`_write` of one tag: how many profiles changed."""
+        return self._write(ws, {name: changes}, source=source, column=column)[name]
+
+    def _write(self, ws: str, changes: Mapping[str, dict[str, Any]], *, source: str,
+               expected: Mapping[str, Mapping[str, Any]] | None = None, column: str = "tags") -> dict[str, int]:
+        """Apply ``{tag: {profile_id: value or None}}`` on the writer thread, with a Tag Changed
+        event per profile and tag changed, to ``column`` (``tags``: the profile rows;
+        ``model_tags``: the model outputs' rows, a row created for a profile without one),
         ``WRITE_CHUNK`` profiles per writer command (event commits go on in between): each command
-        reads its profiles' ``tags``, writes the changed ones in one batch and appends their events
-        in one Arrow batch.
+        reads its profiles' tags, writes each changed row once (all its tags) and appends the
+        events in one Arrow batch. Returns how many profiles changed, per tag.
 
-        ``expected``: what the caller read as each profile's value just before (a model's write,
-        :meth:`set_model_values`; absent = no value). On SQLite a chunk whose rows all still hold
-        exactly that is then written by the database itself, ``json_set`` / ``json_remove`` in ONE
-        ``UPDATE ... FROM json_each(?)``, with no row read, parsed and re-serialised in Python (a
-        first model run at 1M profiles writes a million tags this way); a chunk where any row
-        differs (a change in between, a profile merged away) goes the general way."""
-        if not changes:
-            return 0
+        ``expected``: what the caller read as each profile's value of each tag just before (a
+        model's write, :meth:`set_model_values`; absent = no value). On SQLite a chunk whose rows
+        all still hold exactly that is then written by the database itself, ``json_set`` /
+        ``json_remove`` in one ``UPDATE`` per group of profiles with the same values, with no row
+        read, parsed and re-serialised in Python (a first model run at 1M profiles writes a million
+        tags this way); a chunk where any row differs (a change in between, a profile merged away)
+        goes the general way."""
+        changed = dict.fromkeys(changes, 0)
+        touched = set().union(*changes.values()) if changes else set()
+        if not touched:
+            return changed
         at = utcnow()
-        ids = sorted(changes)
-        path = _json_path(name)
+        ids = sorted(touched)
+        fast = expected is not None and all(_json_path(n) is not None for n in changes)
 
-        def general(c: sa.Connection, ctx: Any, chunk: list[str]) -> int:
+        def general(c: sa.Connection, ctx: Any, chunk: list[str]) -> dict[str, int]:
             events: list[tuple[str, str, dict[str, Any]]] = []
             updates: list[tuple[str, str]] = []
+            done = dict.fromkeys(changes, 0)
             loads, dumps = orjson.loads, orjson.dumps
             for pid, raw in read_json_rows(c, ws, column, ids=chunk, live_only=False):
                 cur = loads(raw)
-                prev = cur.get(name)
-                new = changes[pid]
-                if prev == new:
-                    continue
-                if new is None:
-                    cur.pop(name, None)
-                else:
-                    cur[name] = new
-                updates.append((dumps(cur).decode(), pid))
-                events.append((pid, "Tag Changed", {"tag": name, "value": new, "previous": prev,
-                                                    "source": source}))
+                dirty = False
+                for name, tag_changes in changes.items():
+                    if pid not in tag_changes:
+                        continue
+                    prev, new = cur.get(name), tag_changes[pid]
+                    if prev == new:
+                        continue
+                    if new is None:
+                        cur.pop(name, None)
+                    else:
+                        cur[name] = new
+                    dirty = True
+                    done[name] += 1
+                    events.append((pid, "Tag Changed", {"tag": name, "value": new, "previous": prev,
+                                                        "source": source}))
+                if dirty:
+                    updates.append((dumps(cur).decode(), pid))
             if updates:
                 update_json_rows(c, column, updates, ws=ws, at=at)
                 with ctx.analytical.transaction() as con:
                     emit_events(ctx.analytical, con, ws, events, "tags", at)
-            return len(updates)
+            return done
 
-        def run(ctx: Any, chunk: list[str]) -> int:
-            if expected is not None and path is not None and ctx.engine.dialect.name == "sqlite":
+        def run(ctx: Any, chunk: list[str]) -> dict[str, int]:
+            if fast and ctx.engine.dialect.name == "sqlite":
                 try:
                     with ctx.engine.begin() as c:
-                        done = _write_expected(c, ctx, ws, name, path, chunk, changes, expected, source, at,
-                                               column)
+                        done = _write_expected(c, ctx, ws, chunk, changes, expected, source, at, column)  # type: ignore[arg-type]
                     if done is not None:
                         return done
                 except _Stale:  # rolled back: nothing of the chunk was written
@@ -481,13 +516,14 @@ class TagService:
             with ctx.engine.begin() as c:
                 return general(c, ctx, chunk)
 
-        n = 0
         for i in range(0, len(ids), WRITE_CHUNK):
-            n += self.writer.run_command(lambda ctx, chunk=ids[i : i + WRITE_CHUNK]: run(ctx, chunk))
+            done = self.writer.run_command(lambda ctx, chunk=ids[i : i + WRITE_CHUNK]: run(ctx, chunk))
+            for name, n in done.items():
+                changed[name] += n
         self.facts.touch(ws)
-        if self.realtime is not None and n:
-            self.realtime.notify(ws, list(changes))
-        return n
+        if self.realtime is not None and any(changed.values()):
+            self.realtime.notify(ws, ids)
+        return changed
 
 
 def _json_path(name: str) -> str | None:
@@ -500,24 +536,36 @@ def _column(tag: Mapping[str, Any]) -> str:
     return "model_tags" if tag["kind"] == "model" else "tags"
 
 
-# one group of a tag's chunk: ?1 the profile ids (a JSON array), ?2 the workspace, ?3 the tag's JSON
-# path, ?4 the value read (JSON text; NULL: none), ?5 the new value (JSON text). The ids drive the
-# statement and each profile is found by its key: "+workspace_id" keeps SQLite's planner from
-# scanning the workspace once per id (test_writeback checks the plans). _TAG_SET / _TAG_REMOVE:
-# {column: statement} for the two places tags live (profiles.tags, profile_scores.model_tags)
-# (profile_scores' key starts with the workspace: there "profile_id IN (json_each)" seeks each
-# (workspace, profile) pair)
-def _tag_where(table: str, column: str) -> str:
-    if table == "profile_scores":
-        return (" WHERE workspace_id = ?2 AND profile_id IN (SELECT value FROM json_each(?1)) "
-                f"AND ({column} -> ?3) IS ?4")
-    return (f" FROM json_each(?1) AS u WHERE {table}.profile_id = u.value AND +{table}.workspace_id = ?2 "
-            f"AND ({table}.{column} -> ?3) IS ?4")
-
-
+# one group of a chunk: ?1 the profile ids (a JSON array), ?2 the workspace, then per tag its JSON
+# path, the value read (JSON text; NULL: none) and, when set, the new value (JSON text): ?3, ?4, ?5
+# for the first. The ids drive the statement and each profile is found by its key: "+workspace_id"
+# keeps SQLite's planner from scanning the workspace once per id (test_writeback checks the plans);
+# profile_scores' key starts with the workspace: there "profile_id IN (json_each)" seeks each
+# (workspace, profile) pair.
 _TAG_TABLE = {"tags": "profiles", "model_tags": "profile_scores"}
-_TAG_SET = {c: f"UPDATE {t} SET {c} = json_set({c}, ?3, json(?5))" + _tag_where(t, c) for c, t in _TAG_TABLE.items()}
-_TAG_REMOVE = {c: f"UPDATE {t} SET {c} = json_remove({c}, ?3)" + _tag_where(t, c) for c, t in _TAG_TABLE.items()}
+
+
+@functools.cache
+def _tag_update(column: str, removes: tuple[bool, ...]) -> str:
+    """The UPDATE of one group: a tag set (``json_set``) or removed (``json_remove``) per entry of
+    ``removes``, each guarded by the value read."""
+    table = _TAG_TABLE[column]
+    expr, guards, i = column, [], 3
+    for remove in removes:
+        expr = f"json_remove({expr}, ?{i})" if remove else f"json_set({expr}, ?{i}, json(?{i + 2}))"
+        guards.append(f"({table}.{column} -> ?{i}) IS ?{i + 1}")
+        i += 2 if remove else 3
+    where = " AND ".join(guards)
+    if table == "profile_scores":
+        return (f"UPDATE {table} SET {column} = {expr} WHERE workspace_id = ?2 AND profile_id IN "
+                f"(SELECT value FROM json_each(?1)) AND {where}")
+    return (f"UPDATE {table} SET {column} = {expr} FROM json_each(?1) AS u WHERE {table}.profile_id = u.value "
+            f"AND +{table}.workspace_id = ?2 AND {where}")
+
+
+# {column: statement} of one tag set / removed, in the two places tags live
+_TAG_SET = {c: _tag_update(c, (False,)) for c in _TAG_TABLE}
+_TAG_REMOVE = {c: _tag_update(c, (True,)) for c in _TAG_TABLE}
 # before a model tag is set on profiles that held no value: an empty row for each live one of them
 # without a row (?1 the ids, ?2 the workspace, ?3 the time); json_each drives, each profile found in
 # ix_profiles_live (the CROSS JOIN keeps that order)
@@ -533,24 +581,26 @@ class _Stale(Exception):
     """A row no longer holds what the model read: the chunk is rolled back and written the general way."""
 
 
-def _write_expected(c: sa.Connection, ctx: Any, ws: str, name: str, path: str, chunk: list[str],
-                    changes: Mapping[str, Any], expected: Mapping[str, Any], source: str, at: datetime,
-                    column: str = "tags") -> int | None:
+def _write_expected(c: sa.Connection, ctx: Any, ws: str, chunk: list[str], changes: Mapping[str, Mapping[str, Any]],
+                    expected: Mapping[str, Mapping[str, Any]], source: str, at: datetime,
+                    column: str = "tags") -> dict[str, int] | None:
     """:meth:`TagService._write`'s SQLite way for one chunk inside the caller's transaction. The
-    chunk's profiles are grouped by (value read, new value) - a model tag has a handful of values,
-    so a handful of groups - and each group is ONE ``UPDATE ... FROM json_each(?)`` that sets
-    (``json_set``) or removes (``json_remove``) the tag where the row still holds the value read
-    (compared as JSON text; absent = SQL NULL). If a group updates fewer rows than it has profiles
-    (a change in between, a profile gone), :class:`_Stale` is raised so that the caller's
-    transaction rolls back and the chunk goes the general way. Then the Tag Changed events, whose
-    properties are one text per group. Returns how many profiles changed (None: a value that
-    cannot be grouped). For a model tag (``column`` ``model_tags``) the live profiles of groups
-    that held no value get an empty ``profile_scores`` row first where they have none."""
-    groups: dict[tuple[Any, Any], list[str]] = {}
-    get = expected.get
+    chunk's profiles are grouped by what changes for them ((tag, value read, new value) for each
+    tag that changes) - a model's tags have a handful of values, so a handful of groups - and each
+    group is ONE ``UPDATE`` that sets (``json_set``) or removes (``json_remove``) its tags where
+    the row still holds the values read (compared as JSON text; absent = SQL NULL). If a group
+    updates fewer rows than it has profiles (a change in between, a profile gone), :class:`_Stale`
+    is raised so that the caller's transaction rolls back and the chunk goes the general way.
+    Then the Tag Changed events, whose properties are one text per group and tag. Returns how
+    many profiles changed per tag (None: a value that cannot be grouped). For model tags
+    (``column`` ``model_tags``), when a group of profiles that held none of its tags updates too
+    few rows, its live profiles without a ``profile_scores`` row get an empty one and the group's
+    statement runs again."""
+    groups: dict[tuple[tuple[str, Any, Any], ...], list[str]] = {}
+    items = [(name, tag_changes, expected.get(name) or {}) for name, tag_changes in changes.items()]
     try:
         for p in chunk:
-            key = (get(p), changes[p])
+            key = tuple((name, was.get(p), tag_changes[p]) for name, tag_changes, was in items if p in tag_changes)
             group = groups.get(key)
             if group is None:
                 groups[key] = group = []
@@ -558,27 +608,42 @@ def _write_expected(c: sa.Connection, ctx: Any, ws: str, name: str, path: str, c
     except TypeError:  # an unhashable value: not a model tag's
         return None
     dumps = orjson.dumps
+    done = dict.fromkeys(changes, 0)
     cur = c.connection.cursor()
     try:
-        if column == "model_tags":
-            fresh = [p for (before, _after), ids in groups.items() if before is None for p in ids]
-            if fresh:
-                cur.execute(_MODEL_ROWS, (dumps(fresh).decode(), ws, _ts(c, at)))
-        for (before, after), ids in groups.items():
-            cur.execute((_TAG_REMOVE if after is None else _TAG_SET)[column],
-                        (dumps(ids).decode(), ws, path, None if before is None else dumps(before).decode(),
-                         *(() if after is None else (dumps(after).decode(),))))
-            if cur.rowcount != len(ids):
+        for key, ids in groups.items():
+            statement = _tag_update(column, tuple(after is None for _n, _b, after in key))
+            args: list[Any] = [dumps(ids).decode(), ws]
+            for name, before, after in key:
+                args += [_json_path(name), None if before is None else dumps(before).decode()]
+                if after is not None:
+                    args.append(dumps(after).decode())
+            cur.execute(statement, args)
+            n = cur.rowcount
+            if n < len(ids) and column == "model_tags" and all(before is None for _n, before, _a in key):
+                # profiles without a profile_scores row (e.g. no model scored them): rows for them, then
+                # the same statement again (the rows it set already no longer match its "held nothing")
+                cur.execute(_MODEL_ROWS, (args[0], ws, _ts(c, at)))
+                cur.execute(statement, args)
+                n += cur.rowcount
+            if n != len(ids):
                 raise _Stale
+            for name, _b, _a in key:
+                done[name] += len(ids)
     finally:
         cur.close()
-    tag, tail = dumps(name).decode(), "," + dumps({"source": source}).decode()[1:]
-    texts = [pa.repeat(pa.scalar(f'{{"tag":{tag},"value":{dumps(after).decode()},"previous":{dumps(before).decode()}'
-                                 f'{tail}'), len(ids)) for (before, after), ids in groups.items()]
+    tail = "," + dumps({"source": source}).decode()[1:]
+    pids: list[str] = []
+    texts = []
+    for key, ids in groups.items():
+        for name, before, after in key:
+            pids += ids
+            texts.append(pa.repeat(pa.scalar(f'{{"tag":{dumps(name).decode()},"value":{dumps(after).decode()},'
+                                             f'"previous":{dumps(before).decode()}{tail}'), len(ids)))
     with ctx.analytical.transaction() as con:
-        emit_event_columns(ctx.analytical, con, ws, [p for ids in groups.values() for p in ids],
-                           pa.repeat(pa.scalar("Tag Changed"), len(chunk)), pa.concat_arrays(texts), "tags", at)
-    return len(chunk)
+        emit_event_columns(ctx.analytical, con, ws, pids, pa.repeat(pa.scalar("Tag Changed"), len(pids)),
+                           pa.concat_arrays(texts), "tags", at)
+    return done
 
 
 class ModelTagWrite(NamedTuple):

@@ -269,8 +269,10 @@ class RFMService:
         pids = tbl.column("profile_id").to_pylist()
         groups = tbl.column("rfm_group").to_pylist()
         tiers = tbl.column("value_tier").to_pylist()
-        g = self.tags.set_model_values(ws, GROUP_TAG, dict(zip(pids, groups, strict=True)), source)
-        tr = self.tags.set_model_values(ws, TIER_TAG, dict(zip(pids, tiers, strict=True)), source)
+        # both tags in one write: a profile's row is written once for the two
+        w = self.tags.set_model_values_many(ws, {GROUP_TAG: dict(zip(pids, groups, strict=True)),
+                                                 TIER_TAG: dict(zip(pids, tiers, strict=True))}, source)
+        g, tr = w[GROUP_TAG], w[TIER_TAG]
         return {"model": MODEL_NAME, "version": mv.version, "as_of": mv.artifact.get("as_of"),
                 "profiles": tbl.num_rows, "scores_written": scored, "group_tag_changed": g.changed,
                 "tier_tag_changed": tr.changed, "metrics": mv.metrics,
