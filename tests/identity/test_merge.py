@@ -351,6 +351,19 @@ def test_model_tags_live_beside_the_scores_merge_as_a_union_and_undo_restores_bo
     assert wide_tags == {"vip": True}  # the model tags went back to their own place
     assert lookup(env, anonymous_id="a1")["tags"] == {"vip": True, "stage": "new", "seg": "b"}
     assert lookup(env, user_id="u1")["tags"] == {"stage": "active"}
+    # a tag deleted and created again as another kind while merged: the undo puts the value where
+    # the tag's values live now
+    ident(env, "m5", userId="u1", anonymousId="a1")
+    merge_id = next(m["merge_id"] for m in lookup(env, user_id="u1")["merges"] if m["undone_at"] is None)
+    tags.delete(ws, "seg")
+    tags.create(ws, {"name": "seg", "kind": "manual", "value_type": "enum", "category": "dynamic",
+                     "values": ["a", "b"]})
+    r = env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    assert tags.holders(ws, "seg") == {a1: "b"}
+    with env.gk.engine.connect() as c:
+        wide_tags = json.loads(c.execute(sa.select(profiles.c.tags).where(profiles.c.profile_id == a1)).scalar_one())
+    assert wide_tags == {"vip": True, "seg": "b"}
     # a model tag stays a model tag
     from goldkey.core.errors import InvalidInput
 

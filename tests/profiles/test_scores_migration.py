@@ -133,8 +133,22 @@ def test_model_tags_move_to_profile_scores_and_back(engine: sa.Engine) -> None:
     assert svc.get("ws1", "p1", events=0)["tags"] == {"vip": True, "stage": "active"}
     assert svc.get("ws2", "p4", events=0)["tags"] == {"vip": True}
 
+    # a merge recorded after the upgrade keeps the model tags apart; the downgrade folds them back
+    merges = sa.table("merges", *(sa.column(c) for c in (
+        "merge_id", "workspace_id", "winner_id", "loser_id", "id_type", "id_value", "detail", "created_at")))
+    before = {"winner_before": {"tags": '{"vip":true}', "model_tags": '{"stage":"active"}'},
+              "loser_before": {"tags": "{}", "model_tags": '{"stage":"new"}'}, "subtree": []}
+    with engine.begin() as c:
+        c.execute(sa.insert(merges).values(merge_id="m1", workspace_id="ws1", winner_id="p1", loser_id="p2",
+                                           id_type="user_id", id_value="u1", detail=json.dumps(before),
+                                           created_at=at))
+
     _alembic(engine, "downgrade", "0009")
     assert "model_tags" not in {col["name"] for col in sa.inspect(engine).get_columns("profile_scores")}
     with engine.connect() as c:
         back = {p: json.loads(t) for p, t in c.execute(sa.text("SELECT profile_id, tags FROM profiles"))}
+        detail = json.loads(c.execute(sa.text("SELECT detail FROM merges")).scalar_one())
     assert back == {p: t for p, _w, _m, _k, t in rows}
+    assert {side: json.loads(detail[side]["tags"]) for side in ("winner_before", "loser_before")} == {
+        "winner_before": {"vip": True, "stage": "active"}, "loser_before": {"stage": "new"}}
+    assert "model_tags" not in detail["winner_before"] and "model_tags" not in detail["loser_before"]

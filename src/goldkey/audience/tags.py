@@ -46,7 +46,7 @@ from goldkey.identity.normalize import normalize_identifier
 from goldkey.rules.model import parse_rule, rule_to_json
 from goldkey.rules.values import as_of_utc, field_column
 from goldkey.store.analytical import AnalyticalStore
-from goldkey.store.operational import identities, profiles, quarantine, tags
+from goldkey.store.operational import identities, profiles, quarantine, tags, timestamp_param
 
 T = tags.c
 _NAME = re.compile(r"^[^\W\d]\w{0,63}\Z")
@@ -407,12 +407,11 @@ class TagService:
         written once for all its changed tags (one Tag Changed event per tag changed). Tags stored
         in different places (a model tag beside a manual one) are written one after the other."""
         plans = {name: self._model_changes(ws, name, v, (current or {}).get(name)) for name, v in values.items()}
-        columns = {_column(tag) for tag, *_ in plans.values()}
-        if len(columns) > 1:
-            return {n: self.set_model_values(ws, n, values[n], source, current=(current or {}).get(n))
-                    for n in values}
-        changed = self._write(ws, {n: ch for n, (_t, _new, _cur, ch) in plans.items()}, source=source,
-                              expected={n: cur for n, (_t, _new, cur, _ch) in plans.items()}, column=columns.pop())
+        changed: dict[str, int] = {}
+        for column in sorted({_column(tag) for tag, *_ in plans.values()}):
+            mine = {n: p for n, p in plans.items() if _column(p[0]) == column}
+            changed.update(self._write(ws, {n: ch for n, (_t, _new, _cur, ch) in mine.items()}, source=source,
+                                       expected={n: cur for n, (_t, _new, cur, _ch) in mine.items()}, column=column))
         return {n: ModelTagWrite(n, len(new), cur, ch, changed[n]) for n, (_t, new, cur, ch) in plans.items()}
 
     def _model_changes(self, ws: str, name: str, values: Mapping[str, Any], current: dict[str, Any] | None
@@ -479,7 +478,8 @@ class TagService:
             updates: list[tuple[str, str]] = []
             done = dict.fromkeys(changes, 0)
             loads, dumps = orjson.loads, orjson.dumps
-            for pid, raw in read_json_rows(c, ws, column, ids=chunk, live_only=False):
+            # model tags: live profiles only, so that no row is created for a profile merged away meanwhile
+            for pid, raw in read_json_rows(c, ws, column, ids=chunk, live_only=column == "model_tags"):
                 cur = loads(raw)
                 dirty = False
                 for name, tag_changes in changes.items():
@@ -623,7 +623,7 @@ def _write_expected(c: sa.Connection, ctx: Any, ws: str, chunk: list[str], chang
             if n < len(ids) and column == "model_tags" and all(before is None for _n, before, _a in key):
                 # profiles without a profile_scores row (e.g. no model scored them): rows for them, then
                 # the same statement again (the rows it set already no longer match its "held nothing")
-                cur.execute(_MODEL_ROWS, (args[0], ws, _ts(c, at)))
+                cur.execute(_MODEL_ROWS, (args[0], ws, timestamp_param(c, at)))
                 cur.execute(statement, args)
                 n += cur.rowcount
             if n != len(ids):
@@ -661,13 +661,6 @@ WRITE_CHUNK = 50_000  # profiles per writer command
 # profiles.tags, and the model tags in profile_scores.model_tags (model scores: goldkey.profiles.scores)
 _JSON_COLUMNS = ("tags", "model_tags")
 
-
-def _ts(conn: sa.Connection, at: datetime) -> Any:
-    """``at`` as the DBAPI takes it for a timestamp column of this dialect."""
-    from goldkey.store.operational import profile_scores
-
-    proc = profile_scores.c.updated_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    return proc(at) if proc is not None else at
 
 
 def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[str] | None = None,
@@ -733,7 +726,7 @@ def update_json_rows(conn: sa.Connection, column: str, rows: Sequence[tuple[str,
         if column == "model_tags":
             if ws is None:
                 raise ValueError("model_tags rows need their workspace")
-            t = _ts(conn, at or utcnow())
+            t = timestamp_param(conn, at or utcnow())
             if conn.dialect.name == "sqlite":
                 cur.executemany("INSERT INTO profile_scores (workspace_id, profile_id, scores, updated_at, model_tags) "
                                 "VALUES (?, ?, '{}', ?, ?) ON CONFLICT (workspace_id, profile_id) DO UPDATE SET "

@@ -80,11 +80,11 @@ def _j(v: Any) -> str:
 
 def _split_tags(conn: sa.Connection, ws: str, before: dict[str, Any]) -> tuple[str, str]:
     """A profile's ``(tags, model_tags)`` texts from a merge record's ``winner_before`` /
-    ``loser_before``. A record written before model tags moved to ``profile_scores`` (migration
-    0010) has them among the tags: they are told apart by the workspace's tags of kind model."""
-    if "model_tags" in before:
-        return before["tags"], before["model_tags"]
-    tags = orjson.loads(before["tags"])
+    ``loser_before``, told apart by the workspace's tags of kind model as they are now: a record
+    written before model tags moved to ``profile_scores`` (migration 0010) has them among the
+    tags, and a tag deleted and created again as another kind since the merge has its value in
+    the other place."""
+    tags = {**orjson.loads(before["tags"]), **orjson.loads(before.get("model_tags") or "{}")}
     names = set(conn.execute(sa.select(tag_defs.c.name).where(tag_defs.c.workspace_id == ws,
                                                               tag_defs.c.kind == "model")).scalars())
     model = {k: tags.pop(k) for k in list(tags) if k in names}
@@ -1111,15 +1111,15 @@ class IdentityGraph:
         winner_tags, winner_model_tags = _split_tags(conn, workspace_id, wb)
         traits, tags, scores = orjson.loads(wb["traits"]), orjson.loads(winner_tags), orjson.loads(wb["scores"])
         model_tags = orjson.loads(winner_model_tags)
-        others_scores = read_scores(conn, workspace_id, [o.profile_id for o in others])
-        others_model_tags = read_scores(conn, workspace_id, [o.profile_id for o in others], "model_tags")
+        others_outputs = read_scores(conn, workspace_id, [o.profile_id for o in others], with_model_tags=True)
         origin = wb["origin"]
         first = (as_utc(datetime.fromisoformat(wb["first_seen_at"])), wb["first_seen_source"], wb["first_seen_context"])
         for o in others:
             traits = {**orjson.loads(o.traits), **traits}
             tags = {**orjson.loads(o.tags), **tags}
-            scores = {**others_scores.get(o.profile_id, {}), **scores}
-            model_tags = {**others_model_tags.get(o.profile_id, {}), **model_tags}
+            o_scores, o_model_tags = others_outputs.get(o.profile_id, ({}, {}))
+            scores = {**o_scores, **scores}
+            model_tags = {**o_model_tags, **model_tags}
             if o.origin == "existing":
                 origin = "existing"
             seen = as_utc(o.first_seen_at)

@@ -228,7 +228,8 @@ def _scan_scores(gk_parts: Any, ws: str, hint: tuple[str, ...], owned: tuple[str
     """What :func:`_changing_hinted` needs of the workspace's ``profile_scores`` rows: the ids of
     every row, the text of the rows that hold ``hint`` (the model version being written: usually
     none) and the ids of the rows outside ``scored`` that hold one of the ``owned`` fields (none
-    when ``scored`` is None: nothing is removed). The database scans the rows once for the version
+    when ``scored`` is None: nothing is removed; a row without scores, holding only model tags,
+    is never read). The database scans the rows once for the version
     (one text search each, in the form that store prints numbers); only the rows holding it or
     outside ``scored`` (usually few) are read into Python."""
     with gk_parts.writer.engine.connect() as conn:
@@ -237,12 +238,13 @@ def _scan_scores(gk_parts: Any, ws: str, hint: tuple[str, ...], owned: tuple[str
         version = hint[0] if sqlite or len(hint) == 1 else hint[1]  # '"f":3.0' (json_patch) / '"f": 3.0' (jsonb)
         cur = conn.connection.cursor()
         try:
-            cur.execute(f"SELECT profile_id, {find}(scores, {ph}) > 0 FROM profile_scores WHERE workspace_id = {ph}",
-                        (version, ws))
+            # 2: holds the version, 1: other scores, 0: none (a row holding only model tags)
+            cur.execute(f"SELECT profile_id, CASE WHEN {find}(scores, {ph}) > 0 THEN 2 WHEN scores = '{{}}' THEN 0 "
+                        f"ELSE 1 END FROM profile_scores WHERE workspace_id = {ph}", (version, ws))
             rows = cur.fetchall()
             existing = {r[0] for r in rows}
-            hinted = {r[0] for r in rows if r[1]}
-            others = existing - scored if scored is not None else set()
+            hinted = {r[0] for r in rows if r[1] == 2}
+            others = {r[0] for r in rows if r[1]} - scored if scored is not None else set()
             want = hinted | others
             texts: dict[str, str] = {}
             if len(want) > 20_000:  # many: one scan, kept in Python
@@ -336,11 +338,9 @@ def _apply_patches(conn: sa.Connection, ws: str, ids: Sequence[str], patches: Se
     created for a profile without one, ``has_row`` False); the number of profiles whose scores
     changed. A row a removal leaves empty stays (``{}``)."""
     from goldkey.core.clock import utcnow
-    from goldkey.store.operational import profile_scores
+    from goldkey.store.operational import timestamp_param
 
-    proc = profile_scores.c.updated_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    now = utcnow()
-    at = proc(now) if proc is not None else now
+    at = timestamp_param(conn, utcnow())
     cur = conn.connection.cursor()
     try:
         if conn.dialect.name != "sqlite":
@@ -432,6 +432,7 @@ def write_profile_insight_texts(gk_parts: Any, ws: str, model: str, version: int
     see some profiles at the new version and others at the previous one."""
     from goldkey.core.clock import utcnow
     from goldkey.store.operational import profile_insights as t
+    from goldkey.store.operational import timestamp_param
 
     if len(profile_ids) != len(texts):
         raise ValueError(f"{len(profile_ids)} profiles but {len(texts)} payloads")
@@ -455,8 +456,7 @@ def write_profile_insight_texts(gk_parts: Any, ws: str, model: str, version: int
     def upsert(ctx: Any, lo: int) -> None:
         with ctx.engine.begin() as c:
             sqlite = c.dialect.name == "sqlite"
-            proc = t.c.updated_at.type.dialect_impl(c.dialect).bind_processor(c.dialect)
-            at = proc(now) if proc is not None else now
+            at = timestamp_param(c, now)
             chunk_ids, chunk_texts = ids[lo : lo + WRITE_CHUNK], payloads[lo : lo + WRITE_CHUNK]
             cur = c.connection.cursor()
             try:

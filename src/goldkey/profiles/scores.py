@@ -33,17 +33,18 @@ def with_scores(base: sa.FromClause = profiles) -> sa.Join:
                                                   _S.profile_id == base.c.profile_id))
 
 
-def read_scores(conn: sa.Connection, ws: str, profile_ids: Sequence[str], column: str = "scores"
-                ) -> dict[str, dict[str, Any]]:
+def read_scores(conn: sa.Connection, ws: str, profile_ids: Sequence[str], *, with_model_tags: bool = False
+                ) -> dict[str, Any]:
     """``{profile_id: scores}`` of the profiles among ``profile_ids`` that have a row (merged-away
-    profiles included: their rows keep what they held before the merge); ``column="model_tags"``
-    reads their model tags instead."""
-    out: dict[str, dict[str, Any]] = {}
+    profiles included: their rows keep what they held before the merge); ``with_model_tags``:
+    ``{profile_id: (scores, model tags)}``."""
+    out: dict[str, Any] = {}
     ids = list(profile_ids)
+    loads = orjson.loads
     for i in range(0, len(ids), 500):
-        for pid, raw in conn.execute(sa.select(_S.profile_id, _S[column]).where(
+        for pid, raw, tags in conn.execute(sa.select(_S.profile_id, _S.scores, _S.model_tags).where(
                 _S.workspace_id == ws, _S.profile_id.in_(ids[i : i + 500]))):
-            out[pid] = orjson.loads(raw)
+            out[pid] = (loads(raw), loads(tags)) if with_model_tags else loads(raw)
     return out
 
 

@@ -442,6 +442,13 @@ send_policies = sa.Table(
 )
 
 
+def timestamp_param(conn: sa.Connection, at: Any) -> Any:
+    """``at`` (a datetime) as the DBAPI takes it for a timestamp column of this dialect: for
+    statements run on the raw DBAPI cursor (the bulk writes), which SQLAlchemy does not process."""
+    proc = TS.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return proc(at) if proc is not None else at
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

@@ -38,32 +38,23 @@ def _model_tag_names(conn: sa.Connection) -> dict[str, list[str]]:
     return out
 
 
-def _move(conn: sa.Connection, ws: str, names: list[str], *, down: bool) -> None:
-    """Move the values of tags ``names`` of workspace ``ws`` between ``profiles.tags`` and
-    ``profile_scores.model_tags`` (``down``: back into the profile row)."""
+def _move_up(conn: sa.Connection, ws: str, names: list[str]) -> None:
+    """Move the values of tags ``names`` of workspace ``ws`` from ``profiles.tags`` to
+    ``profile_scores.model_tags``."""
     at = datetime.now(UTC)
-    if not down:
-        rows = conn.execute(sa.text("SELECT p.profile_id, p.tags, s.model_tags FROM profiles p LEFT JOIN "
-                                    "profile_scores s ON s.workspace_id = p.workspace_id AND s.profile_id = "
-                                    "p.profile_id WHERE p.workspace_id = :ws AND p.tags <> '{}'"), {"ws": ws}).all()
-        plain, model = [], []
-        for pid, raw, mraw in rows:
-            tags, moved = orjson.loads(raw), orjson.loads(mraw or "{}")
-            found = {n: tags.pop(n) for n in names if n in tags}
-            if found:
-                plain.append({"pid": pid, "tags": orjson.dumps(tags).decode()})
-                model.append({"ws": ws, "pid": pid, "at": at, "mt": orjson.dumps({**moved, **found}).decode()})
-        if plain:
-            conn.execute(sa.text("UPDATE profiles SET tags = :tags WHERE profile_id = :pid"), plain)
-            conn.execute(_UPSERT, model)
-        return
-    rows = conn.execute(sa.text("SELECT s.profile_id, p.tags, s.model_tags FROM profile_scores s JOIN profiles p "
-                                "ON p.profile_id = s.profile_id AND p.workspace_id = s.workspace_id "
-                                "WHERE s.workspace_id = :ws AND s.model_tags <> '{}'"), {"ws": ws}).all()
-    updates = [{"pid": pid, "tags": orjson.dumps({**orjson.loads(raw), **orjson.loads(mraw)}).decode()}
-               for pid, raw, mraw in rows]
-    if updates:
-        conn.execute(sa.text("UPDATE profiles SET tags = :tags WHERE profile_id = :pid"), updates)
+    rows = conn.execute(sa.text("SELECT p.profile_id, p.tags, s.model_tags FROM profiles p LEFT JOIN "
+                                "profile_scores s ON s.workspace_id = p.workspace_id AND s.profile_id = "
+                                "p.profile_id WHERE p.workspace_id = :ws AND p.tags <> '{}'"), {"ws": ws}).all()
+    plain, model = [], []
+    for pid, raw, mraw in rows:
+        tags, moved = orjson.loads(raw), orjson.loads(mraw or "{}")
+        found = {n: tags.pop(n) for n in names if n in tags}
+        if found:
+            plain.append({"pid": pid, "tags": orjson.dumps(tags).decode()})
+            model.append({"ws": ws, "pid": pid, "at": at, "mt": orjson.dumps({**moved, **found}).decode()})
+    if plain:
+        conn.execute(sa.text("UPDATE profiles SET tags = :tags WHERE profile_id = :pid"), plain)
+        conn.execute(_UPSERT, model)
 
 
 def upgrade() -> None:
@@ -71,12 +62,33 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("model_tags", sa.Text(), server_default="{}", nullable=False))
     conn = op.get_bind()
     for ws, names in _model_tag_names(conn).items():
-        _move(conn, ws, names, down=False)
+        _move_up(conn, ws, names)
 
 
 def downgrade() -> None:
+    """Every model tag value back into its profile's row (whatever the tag definitions say now),
+    and into the tags of the merge records written since the upgrade (``winner_before`` /
+    ``loser_before`` hold them apart), so that the older code's undo restores them."""
     conn = op.get_bind()
-    for ws, names in _model_tag_names(conn).items():
-        _move(conn, ws, names, down=True)
+    rows = conn.execute(sa.text("SELECT s.profile_id, p.tags, s.model_tags FROM profile_scores s JOIN profiles p "
+                                "ON p.profile_id = s.profile_id AND p.workspace_id = s.workspace_id "
+                                "WHERE s.model_tags <> '{}'")).all()
+    updates = [{"pid": pid, "tags": orjson.dumps({**orjson.loads(raw), **orjson.loads(mraw)}).decode()}
+               for pid, raw, mraw in rows]
+    if updates:
+        conn.execute(sa.text("UPDATE profiles SET tags = :tags WHERE profile_id = :pid"), updates)
+    records = []
+    for merge_id, raw in conn.execute(sa.text("SELECT merge_id, detail FROM merges")):
+        detail = orjson.loads(raw)
+        if not any("model_tags" in (detail.get(side) or {}) for side in ("winner_before", "loser_before")):
+            continue
+        for side in ("winner_before", "loser_before"):
+            before = detail.get(side)
+            if before and "model_tags" in before:
+                before["tags"] = orjson.dumps({**orjson.loads(before["tags"]),
+                                               **orjson.loads(before.pop("model_tags") or "{}")}).decode()
+        records.append({"mid": merge_id, "detail": orjson.dumps(detail).decode()})
+    if records:
+        conn.execute(sa.text("UPDATE merges SET detail = :detail WHERE merge_id = :mid"), records)
     with op.batch_alter_table("profile_scores", schema=None) as batch_op:
         batch_op.drop_column("model_tags")
