@@ -228,19 +228,24 @@ def _scan_scores(gk_parts: Any, ws: str, hint: tuple[str, ...], owned: tuple[str
     """What :func:`_changing_hinted` needs of the workspace's ``profile_scores`` rows: the ids of
     every row, the text of the rows that hold ``hint`` (the model version being written: usually
     none) and the ids of the rows outside ``scored`` that hold one of the ``owned`` fields (none
-    when ``scored`` is None: nothing is removed; a row without scores, holding only model tags,
-    is never read). The database scans the rows once for the version
-    (one text search each, in the form that store prints numbers); only the rows holding it or
-    outside ``scored`` (usually few) are read into Python."""
+    when ``scored`` is None: nothing is removed). The database scans the rows once for the version
+    (one text search each, in the form that store prints numbers) and for the version's field:
+    only rows holding that field are candidates for a removal (a model writes its fields with its
+    version, so a row without it - another model's scores, only model tags - holds nothing of this
+    model's). Only the rows holding the version or candidates outside ``scored`` (usually few) are
+    read into Python."""
     with gk_parts.writer.engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         ph, find = ("?", "instr") if sqlite else ("%s", "strpos")
         version = hint[0] if sqlite or len(hint) == 1 else hint[1]  # '"f":3.0' (json_patch) / '"f": 3.0' (jsonb)
         cur = conn.connection.cursor()
         try:
-            # 2: holds the version, 1: other scores, 0: none (a row holding only model tags)
-            cur.execute(f"SELECT profile_id, CASE WHEN {find}(scores, {ph}) > 0 THEN 2 WHEN scores = '{{}}' THEN 0 "
-                        f"ELSE 1 END FROM profile_scores WHERE workspace_id = {ph}", (version, ws))
+            # 2: holds this version; 1: holds the model's version field (another version), so maybe
+            # its other fields; 0: neither (the model writes its fields with its version: nothing of
+            # the model's to remove)
+            key = version[: version.rindex(":") + 1]  # '"f":'
+            cur.execute(f"SELECT profile_id, CASE WHEN {find}(scores, {ph}) > 0 THEN 2 WHEN {find}(scores, {ph}) > 0 "
+                        f"THEN 1 ELSE 0 END FROM profile_scores WHERE workspace_id = {ph}", (version, key, ws))
             rows = cur.fetchall()
             existing = {r[0] for r in rows}
             hinted = {r[0] for r in rows if r[1] == 2}
