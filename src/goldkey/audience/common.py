@@ -202,7 +202,7 @@ def emit_event_columns(analytical: AnalyticalStore, con: Any, ws: str, profile_i
     if not n:
         return 0
     at = at or utcnow()
-    ts = pa.array([at] * n, _US)
+    ts = pa.repeat(pa.scalar(at, _US), n)  # not pa.array([at] * n): 24 ms per 50k rows, ~2 s per 4M events
     none = pa.nulls(n, pa.string())
 
     def text(v: Sequence[str] | pa.Array) -> pa.Array:
