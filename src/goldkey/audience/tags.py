@@ -437,6 +437,8 @@ class TagService:
         if current is None:
             current = self.holders(ws, name)
         changes: dict[str, Any]
+        if not current:  # nobody holds the tag yet (a model's first run): every value is a change
+            return tag, new, current, dict(new)
         try:  # set operations on the (profile, value) pairs, in C (a million profiles: ~0.2 s)
             changes = dict(new.items() - current.items())
         except TypeError:  # an unhashable value
