@@ -189,10 +189,12 @@ def main() -> None:
                                  "total_cpu_s": round(l1["cpu_s"] + l2["cpu_s"], 2), "load1": l2["load1"],
                                  "scores_written": {"rfm": r1["scores_written"], "lifecycle": r2["scores_written"]},
                                  "lifecycle_timings_ms": r2["timings_ms"], "lifecycle_tag_changed": r2["tag_changed"],
-                                 "transition_events": r2["transition_events"], "rfm_fit_ms": r1["fit_ms"]}
+                                 "transition_events": r2["transition_events"], "rfm_fit_ms": r1["fit_ms"],
+                                 "rfm_timings_ms": r1["timings_ms"]}
                     print(f"full run ({label}): RFM {l1['wall_s']:.1f} s ({l1['cpu_s']:.1f} CPU-s) + lifecycle "
                           f"{l2['wall_s']:.1f} s ({l2['cpu_s']:.1f} CPU-s), load {l2['load1']}; scores written "
-                          f"{wb[label]['scores_written']} (lifecycle phases ms: {r2['timings_ms']})", flush=True)
+                          f"{wb[label]['scores_written']} (RFM phases ms: {r1['timings_ms']}; lifecycle phases ms: "
+                          f"{r2['timings_ms']})", flush=True)
                 res["writeback"] = wb
             if a.compute_only:
                 raise _Done

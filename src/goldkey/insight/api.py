@@ -41,6 +41,9 @@ class RFMRunReport(BaseModel):
     metrics: dict[str, Any]
     fit_ms: int
     took_ms: int
+    timings_ms: dict[str, int] = Field(
+        description="Milliseconds per phase: fit (the RFM computation and the model version saved), scores "
+                    "(written to the profiles), tags (the two model tags with their Tag Changed events).")
 
 
 class ModelMeta(BaseModel):

@@ -264,6 +264,7 @@ class RFMService:
                                          "rfm_m": "RFM monetary score 1-5", "rfm_model_version": "RFM model version"},
                        MODEL_NAME, mv.version)
         scored = self._write_scores(ws, tbl, mv.version)
+        t_scores = time.perf_counter()
         self._ensure_tags(ws, d, mv.version)
         source = f"model:{MODEL_NAME}:v{mv.version}"
         pids = tbl.column("profile_id").to_pylist()
@@ -273,10 +274,13 @@ class RFMService:
         w = self.tags.set_model_values_many(ws, {GROUP_TAG: dict(zip(pids, groups, strict=True)),
                                                  TIER_TAG: dict(zip(pids, tiers, strict=True))}, source)
         g, tr = w[GROUP_TAG], w[TIER_TAG]
+        t_end = time.perf_counter()
         return {"model": MODEL_NAME, "version": mv.version, "as_of": mv.artifact.get("as_of"),
                 "profiles": tbl.num_rows, "scores_written": scored, "group_tag_changed": g.changed,
                 "tier_tag_changed": tr.changed, "metrics": mv.metrics,
-                "fit_ms": int((t_fit - t0) * 1000), "took_ms": int((time.perf_counter() - t0) * 1000)}
+                "fit_ms": int((t_fit - t0) * 1000), "took_ms": int((t_end - t0) * 1000),
+                "timings_ms": {"fit": int((t_fit - t0) * 1000), "scores": int((t_scores - t_fit) * 1000),
+                               "tags": int((t_end - t_scores) * 1000)}}
 
     def refit_if_due(self, ws: str, now: datetime | None = None) -> dict[str, Any] | None:
         """The refit schedule: rerun the latest version's definition (scored as of now) when its
