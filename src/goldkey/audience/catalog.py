@@ -20,7 +20,7 @@ import orjson
 import sqlalchemy as sa
 
 from goldkey.core.clock import utcnow
-from goldkey.profiles.scores import with_scores
+from goldkey.profiles.scores import merged_tags, with_scores
 from goldkey.store.operational import fields, profile_scores, profiles
 from goldkey.store.upsert import upsert
 
@@ -62,17 +62,6 @@ def profile_value_select() -> sa.Select[Any]:
     add the ``where`` of the profiles wanted."""
     cols = [profile_scores.c[c] if c in _SCORE_COLUMNS else profiles.c[c] for c in PROFILE_VALUE_COLUMNS]
     return sa.select(*cols).select_from(with_scores())
-
-
-def merged_tags(tags: Any, model_tags: Any) -> Any:
-    """A profile's tags as readers see them: its rule and manual tags (``profiles.tags``) with its
-    model tags (``profile_scores.model_tags``), each a JSON text, a dict or None. Returns the
-    ``tags`` text as is when there are no model tags, else the merged dict."""
-    if not model_tags or model_tags == "{}":
-        return tags
-    loads = orjson.loads
-    mine = loads(tags) if isinstance(tags, str | bytes) else (tags or {})
-    return {**mine, **(loads(model_tags) if isinstance(model_tags, str | bytes) else model_tags)}
 
 
 def model_tags(row: Mapping[str, Any] | Any) -> Any:

@@ -29,8 +29,10 @@ from goldkey.audience.catalog import (
     PROFILE_VALUE_SQL,
     infer_attribute_fields,
     load_catalog,
+    model_tags,
     profile_value_select,
 )
+from goldkey.profiles.scores import merged_tags
 from goldkey.rules.values import coerce, field_column
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import identities, profiles
@@ -118,11 +120,9 @@ def facts_arrow(rows: list[Any], catalog: dict[str, str], id_types: dict[str, li
     def source(name: str) -> list[dict[str, Any]]:
         if name not in parsed:
             loads = orjson.loads
-            parsed[name] = [loads(getattr(r, name) or "{}") for r in rows]
-            if name == "tags":  # the model tags (profile_scores.model_tags) are tags too
-                for doc, r in zip(parsed[name], rows, strict=True):
-                    if (extra := getattr(r, "model_tags", None)) and extra != "{}":
-                        doc.update(loads(extra))
+            # the model tags (profile_scores.model_tags) are tags too
+            parsed[name] = ([merged_tags(r.tags, model_tags(r)) for r in rows] if name == "tags" else
+                            [loads(getattr(r, name) or "{}") for r in rows])
         return parsed[name]
 
     id_types = id_types or {}

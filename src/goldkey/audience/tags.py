@@ -664,7 +664,6 @@ WRITE_CHUNK = 50_000  # profiles per writer command
 _JSON_COLUMNS = ("tags", "model_tags")
 
 
-
 def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[str] | None = None,
                    containing: str | None = None, live_only: bool = True) -> list[tuple[str, str]]:
     """``(profile_id, <column> JSON text)`` of profiles of ``ws`` (live ones when ``live_only``),

@@ -78,16 +78,20 @@ def _j(v: Any) -> str:
     return orjson.dumps(v, default=str).decode()
 
 
-def _split_tags(conn: sa.Connection, ws: str, before: dict[str, Any]) -> tuple[str, str]:
+def _model_tag_names(conn: sa.Connection, ws: str) -> set[str]:
+    """The names of the workspace's tags of kind model (their values live in profile_scores)."""
+    return set(conn.execute(sa.select(tag_defs.c.name).where(tag_defs.c.workspace_id == ws,
+                                                             tag_defs.c.kind == "model")).scalars())
+
+
+def _split_tags(before: dict[str, Any], model_names: set[str]) -> tuple[str, str]:
     """A profile's ``(tags, model_tags)`` texts from a merge record's ``winner_before`` /
-    ``loser_before``, told apart by the workspace's tags of kind model as they are now: a record
-    written before model tags moved to ``profile_scores`` (migration 0010) has them among the
-    tags, and a tag deleted and created again as another kind since the merge has its value in
-    the other place."""
+    ``loser_before``, told apart by ``model_names`` (the workspace's model tags as they are now,
+    :func:`_model_tag_names`): a record written before model tags moved to ``profile_scores``
+    (migration 0010) has them among the tags, and a tag deleted and created again as another kind
+    since the merge has its value in the other place."""
     tags = {**orjson.loads(before["tags"]), **orjson.loads(before.get("model_tags") or "{}")}
-    names = set(conn.execute(sa.select(tag_defs.c.name).where(tag_defs.c.workspace_id == ws,
-                                                              tag_defs.c.kind == "model")).scalars())
-    model = {k: tags.pop(k) for k in list(tags) if k in names}
+    model = {k: tags.pop(k) for k in list(tags) if k in model_names}
     return _j(tags), _j(model)
 
 
@@ -1073,7 +1077,8 @@ class IdentityGraph:
         now = utcnow()
         # the loser and everything that had been merged into it resolve to it again
         subtree = self._subtree(conn, m.loser_id)
-        loser_tags, loser_model_tags = _split_tags(conn, workspace_id, lb)
+        model_names = _model_tag_names(conn, workspace_id)
+        loser_tags, loser_model_tags = _split_tags(lb, model_names)
         conn.execute(
             profiles.update()
             .where(profiles.c.profile_id == m.loser_id)
@@ -1108,7 +1113,7 @@ class IdentityGraph:
         others = conn.execute(
             sa.select(profiles).where(profiles.c.canonical_id == m.winner_id, profiles.c.profile_id != m.winner_id)
         ).all()
-        winner_tags, winner_model_tags = _split_tags(conn, workspace_id, wb)
+        winner_tags, winner_model_tags = _split_tags(wb, model_names)
         traits, tags, scores = orjson.loads(wb["traits"]), orjson.loads(winner_tags), orjson.loads(wb["scores"])
         model_tags = orjson.loads(winner_model_tags)
         others_outputs = read_scores(conn, workspace_id, [o.profile_id for o in others], with_model_tags=True)

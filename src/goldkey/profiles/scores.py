@@ -33,6 +33,16 @@ def with_scores(base: sa.FromClause = profiles) -> sa.Join:
                                                   _S.profile_id == base.c.profile_id))
 
 
+def merged_tags(tags: Any, model_tags: Any) -> dict[str, Any]:
+    """A profile's tags as readers see them: its rule and manual tags (``profiles.tags``) with its
+    model tags (``profile_scores.model_tags``), each a JSON text, a dict or None."""
+    loads = orjson.loads
+    mine = loads(tags) if isinstance(tags, str | bytes) else dict(tags or {})
+    if model_tags and model_tags != "{}":
+        mine.update(loads(model_tags) if isinstance(model_tags, str | bytes) else model_tags)
+    return mine
+
+
 def read_scores(conn: sa.Connection, ws: str, profile_ids: Sequence[str], *, with_model_tags: bool = False
                 ) -> dict[str, Any]:
     """``{profile_id: scores}`` of the profiles among ``profile_ids`` that have a row (merged-away

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Dialect, Engine
 from goldkey.core.clock import as_utc
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.identity.normalize import normalize_identifier
-from goldkey.profiles.scores import with_scores
+from goldkey.profiles.scores import merged_tags, with_scores
 from goldkey.store.operational import (
     consents,
     feedback,
@@ -301,7 +301,7 @@ class ProfileService:
                 for ch, pu, st, src, at in latest.values()
             ],
             "traits": _loads(traits),
-            "tags": {**_loads(tags), **_loads(model_tags)} if model_tags and model_tags != "{}" else _loads(tags),
+            "tags": merged_tags(tags, model_tags),
             "scores": _loads(scores) if scores else {},
             "insights": insights,
             "order_summary": _loads(order_summary),
