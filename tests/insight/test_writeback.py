@@ -174,6 +174,11 @@ def test_several_model_tags_are_written_in_one_pass(env_any: Any, monkeypatch: A
     assert (w["grp"].changed, w["tier"].changed) == (4, 2)
     assert tags.holders(ws, "grp") == dict.fromkeys(pids[:4], "a")
     assert tags.holders(ws, "tier") == {pids[0]: "hi", pids[4]: "lo"}
+    # several tags' holders in one read, a manual tag and a tag that does not exist among them
+    tags.create(ws, {"name": "vip", "kind": "manual", "value_type": "boolean", "category": "fixed"})
+    tags.set_values(ws, "vip", [{"profile_id": pids[2], "value": True}])
+    assert tags.holders_many(ws, ["grp", "tier", "vip", "nope"]) == {
+        "grp": dict.fromkeys(pids[:4], "a"), "tier": {pids[0]: "hi", pids[4]: "lo"}, "vip": {pids[2]: True}, "nope": {}}
     # p0: both change; p1: group only; p2: unchanged; p3: group removed, tier set; p4: tier removed
     w = tags.set_model_values_many(ws, {"grp": {pids[0]: "b", pids[1]: "b", pids[2]: "a"},
                                         "tier": {pids[0]: "lo", pids[3]: "hi"}}, "m:v2")
@@ -206,10 +211,11 @@ def test_several_model_tags_are_written_in_one_pass(env_any: Any, monkeypatch: A
 
 
 def test_model_tag_statements_find_each_profile_by_its_key(env: Any) -> None:
-    """SQLite's planner must drive a tag's UPDATE (in profiles.tags and in profile_scores.model_tags)
-    and the model rows' INSERT from the chunk's ids, each profile found by its key: a plan that
-    scans the workspace once per id hung for minutes at 1M profiles."""
+    """SQLite's planner must drive a tag's UPDATE (in profiles.tags and in profile_scores.model_tags),
+    the model rows' INSERT and a model's score statements from the chunk's ids, each profile found
+    by its key: a plan that scans the workspace once per id hung for minutes at 1M profiles."""
     import goldkey.audience.tags as tags_mod
+    import goldkey.insight.writeback as wb
 
     _profile(env, "u-plan")
     ws = env.ws.workspace_id
@@ -217,6 +223,12 @@ def test_model_tag_statements_find_each_profile_by_its_key(env: Any) -> None:
                   for sql, params in ((tags_mod._TAG_SET[column], ('["p1"]', ws, '$."t"', None, '"v"')),
                                       (tags_mod._TAG_REMOVE[column], ('["p1"]', ws, '$."t"', '"v"')))]
     statements.append((tags_mod._MODEL_ROWS, ('["p1"]', ws, "2026-01-01 00:00:00")))
+    # a model's scores and tags in one statement per profile, and the live profiles among a chunk
+    at = "2026-01-01 00:00:00"
+    statements += [(wb._SQLITE_UPDATE, ('{"x":1}', "p1", ws, at)), (wb._SQLITE_INSERT, ('{"x":1}', "p1", ws, at)),
+                   (wb._SQLITE_UPDATE_TAGS, ('{"x":1}', "p1", ws, at, '{"t":"v"}')),
+                   (wb._SQLITE_INSERT_TAGS, ('{"x":1}', "p1", ws, at, '{"t":"v"}')),
+                   (wb._SQLITE_LIVE, ('["p1"]', ws))]
     with env.gk.engine.connect() as c:
         cur = c.connection.cursor()
         try:
@@ -338,3 +350,65 @@ def test_profile_reasons_go_to_the_analytical_store_replacing_the_models_previou
     assert read_profile_reasons(an, ws, "p1") == {"propensity_x": {"version": 1, "score": 0.8, "reasons": []}}
     with pytest.raises(ValueError, match="2 profiles but 1 payloads"):
         write_profile_reasons(an, ws, "churn", 8, ["p1", "p2"], texts[:1])
+
+
+def test_a_models_scores_and_tags_are_written_in_one_pass_on_both_operational_stores(
+        env_any: Any, monkeypatch: Any) -> None:
+    """write_model_outputs (RFM, lifecycle): each profile's row gets the model's scores and its tags in
+    one statement, in writer commands of two profiles; a profile whose tags alone change, a profile
+    no longer scored or tagged, and a profile merged away since the plan are each handled; one Tag
+    Changed event per live profile and tag changed, with the previous value."""
+    import pyarrow as pa
+    import sqlalchemy as sa
+
+    import goldkey.insight.writeback as wb
+    from goldkey.core.errors import InvalidInput
+    from goldkey.store.operational import profiles
+
+    monkeypatch.setattr(wb, "WRITE_CHUNK", 2)
+    env, ws, tags = env_any, env_any.ws.workspace_id, env_any.gk.tags
+    p = [_profile(env, f"u-{i}") for i in range(5)]
+    tags.create(ws, {"name": "grp", "kind": "model", "value_type": "enum", "category": "consumption",
+                     "values": ["a", "b"]})
+    tags.create(ws, {"name": "flag", "kind": "model", "value_type": "boolean", "category": "dynamic"})
+    write_scores(env.gk, ws, ("other",), {p[2]: {"other": 1}})
+
+    def table(ids: list[str], xs: list[float]) -> pa.Table:
+        return pa.table({"profile_id": ids, "m_x": xs})
+
+    plans = tags.plan_model_values(ws, {"grp": {p[0]: "a", p[1]: "a", p[2]: "b"}, "flag": {p[0]: True}})
+    w = wb.write_model_table(env.gk, ws, ("m_x", "m_v"), table([p[3], p[1], p[0]], [3.0, 1.0, 0.5]), {"m_v": 1},
+                             tags=plans, source="m:v1")
+    # p0, p1: scores and tags; p2: tags only (its row held another model's score); p3: scores only
+    assert w == wb.ModelWrite(4, {"grp": 3, "flag": 1})
+    assert tags.holders(ws, "grp") == {p[0]: "a", p[1]: "a", p[2]: "b"} and tags.holders(ws, "flag") == {p[0]: True}
+    assert [_scores(env, x) for x in p[:4]] == [{"m_x": 0.5, "m_v": 1.0}, {"m_x": 1.0, "m_v": 1.0}, {"other": 1.0},
+                                                {"m_x": 3.0, "m_v": 1.0}]
+    r = env.client.get(f"/api/v1/profiles/{p[2]}", headers=env.admin_auth())
+    assert r.json()["tags"] == {"grp": "b"}
+
+    # u-4 becomes u-1: p4 is merged into p1; then a run planned with p4 still in it: p4 is not written
+    # and has no event
+    assert env.post("/v1/alias", {"previousId": "u-4", "userId": "u-1", "messageId": "al"}).status_code == 200
+    with env.gk.engine.connect() as c:
+        assert c.execute(sa.select(profiles.c.merged_into).where(profiles.c.profile_id == p[4])).scalar() == p[1]
+    gone, kept = p[4], p[1]
+    plans = tags.plan_model_values(ws, {"grp": {p[0]: "b", gone: "b", kept: "b"}, "flag": {}})
+    assert plans["grp"].changes == {p[0]: "b", gone: "b", kept: "b", p[2]: None}
+    w = wb.write_model_table(env.gk, ws, ("m_x", "m_v"), table([p[0], gone, kept], [0.5, 2.0, 2.0]), {"m_v": 2},
+                             tags=plans, source="m:v2")
+    assert tags.holders(ws, "grp") == {p[0]: "b", kept: "b"}  # p2 no longer tagged
+    assert tags.holders(ws, "flag") == {}
+    assert w.tags == {"grp": 3, "flag": 1}  # p0 a->b, kept ->b, p2 b->none; p0's flag removed
+    assert _scores(env, p[3]) == {}  # no longer scored
+    assert _scores(env, p[0]) == {"m_x": 0.5, "m_v": 2.0}
+    events = sorted((h["profile_id"], t, h["value"], h["previous"]) for t in ("grp", "flag")
+                    for h in tags.history(ws, t) if h["source"] == "m:v2")
+    assert gone not in {e[0] for e in events}
+    assert events == sorted([(p[0], "grp", "b", "a"), (kept, "grp", "b", "a"),
+                             (p[2], "grp", None, "b"), (p[0], "flag", None, True)])
+    # only model tags go with a model's scores
+    tags.create(ws, {"name": "vip", "kind": "manual", "value_type": "boolean", "category": "fixed"})
+    with pytest.raises(InvalidInput, match="vip") as exc:
+        tags.plan_model_values(ws, {"vip": {p[0]: True}})
+    assert exc.value.field == "name"

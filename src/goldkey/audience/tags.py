@@ -387,6 +387,29 @@ class TagService:
 
     _holders = holders  # the older private name
 
+    def holders_many(self, ws: str, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`holders` of several tags, each place their values live read once and each row
+        parsed once (RFM's two tags: one pass over a million rows instead of two)."""
+        with self.engine.connect() as c:
+            kinds = dict(c.execute(sa.select(T.name, T.kind).where(T.workspace_id == ws,
+                                                                   T.name.in_(list(names)))).all())
+            out: dict[str, dict[str, Any]] = {n: {} for n in names}
+            for column in ("tags", "model_tags"):  # a tag that does not exist has no holders
+                mine = [n for n in names if n in kinds and ("model_tags" if kinds[n] == "model" else "tags") == column]
+                if not mine:
+                    continue
+                rows = read_json_rows(c, ws, column,
+                                      containing=orjson.dumps(mine[0]).decode() if len(mine) == 1 else None)
+                loads = orjson.loads
+                found = [out[n] for n in mine]
+                for pid, raw in rows:
+                    doc = loads(raw)
+                    for n, held in zip(mine, found, strict=True):
+                        v = doc.get(n)
+                        if v is not None:
+                            held[pid] = v
+        return out
+
     def set_model_values(self, ws: str, name: str, values: Mapping[str, Any], source: str, *,
                          current: dict[str, Any] | None = None) -> ModelTagWrite:
         """Set a model's tag on exactly the profiles in ``values`` (live profile ids, e.g. straight
@@ -406,13 +429,39 @@ class TagService:
         tier): every tag's values are checked before anything is written, then a profile's row is
         written once for all its changed tags (one Tag Changed event per tag changed). Tags stored
         in different places (a model tag beside a manual one) are written one after the other."""
-        plans = {name: self._model_changes(ws, name, v, (current or {}).get(name)) for name, v in values.items()}
+        current = self._current(ws, values, current)
+        plans = {name: self._model_changes(ws, name, v, current[name]) for name, v in values.items()}
         changed: dict[str, int] = {}
         for column in sorted({_column(tag) for tag, *_ in plans.values()}):
             mine = {n: p for n, p in plans.items() if _column(p[0]) == column}
             changed.update(self._write(ws, {n: ch for n, (_t, _new, _cur, ch) in mine.items()}, source=source,
                                        expected={n: cur for n, (_t, _new, cur, _ch) in mine.items()}, column=column))
         return {n: ModelTagWrite(n, len(new), cur, ch, changed[n]) for n, (_t, new, cur, ch) in plans.items()}
+
+    def plan_model_values(self, ws: str, values: Mapping[str, Mapping[str, Any]], *,
+                          current: Mapping[str, dict[str, Any] | None] | None = None) -> dict[str, ModelTagPlan]:
+        """What :meth:`set_model_values_many` would write, without writing it: per tag, the values
+        checked against the tag (InvalidInput naming the bad ones; nothing is planned when one is
+        bad), the current holders and the changes. For a model that writes its tags together with
+        its scores in one pass over its rows (:func:`goldkey.insight.writeback.write_model_outputs`,
+        which also emits the Tag Changed events). Every tag must be of kind ``model``."""
+        current = self._current(ws, values, current)
+        plans = {name: ModelTagPlan(*self._model_changes(ws, name, v, current[name])) for name, v in values.items()}
+        for name, plan in plans.items():
+            if _column(plan.tag) != "model_tags":
+                raise InvalidInput(f"tag {name!r} is a {plan.tag['kind']} tag; only model tags are written with "
+                                   "a model's scores", field="name")
+        return plans
+
+    def _current(self, ws: str, values: Mapping[str, Any], current: Mapping[str, dict[str, Any] | None] | None
+                 ) -> dict[str, dict[str, Any] | None]:
+        """The holders of each tag of ``values``: as given in ``current``, the others read in one
+        pass (:meth:`holders_many`). A tag that does not exist is left to the caller's checks."""
+        given = dict(current or {})
+        missing = [n for n in values if given.get(n) is None]
+        if len(missing) > 1:
+            given.update(self.holders_many(ws, missing))
+        return {n: given.get(n) for n in values}
 
     def _model_changes(self, ws: str, name: str, values: Mapping[str, Any], current: dict[str, Any] | None
                        ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -646,6 +695,46 @@ def _write_expected(c: sa.Connection, ctx: Any, ws: str, chunk: list[str], chang
         emit_event_columns(ctx.analytical, con, ws, pids, pa.repeat(pa.scalar("Tag Changed"), len(pids)),
                            pa.concat_arrays(texts), "tags", at)
     return done
+
+
+class ModelTagPlan(NamedTuple):
+    """A model's planned write of one tag (:meth:`TagService.plan_model_values`)."""
+
+    tag: dict[str, Any]  # the tag's definition
+    values: dict[str, Any]  # {profile_id: value} the profiles will carry
+    previous: dict[str, Any]  # {profile_id: value} before
+    changes: dict[str, Any]  # {profile_id: new value or None}
+
+
+def tag_change_events(plans: Mapping[str, ModelTagPlan], profile_ids: Sequence[str], source: str
+                      ) -> tuple[list[str], list[str], dict[str, int]]:
+    """The Tag Changed events (profile ids, properties' JSON texts) of ``plans``' changes on
+    ``profile_ids``, one per profile and tag changed, tag by tag, and how many per tag. A model tag
+    has a handful of values, so the properties are a handful of texts, each put together once."""
+    dumps = orjson.dumps
+    tail = "," + dumps({"source": source}).decode()[1:]
+    pids: list[str] = []
+    texts: list[str] = []
+    counts = dict.fromkeys(plans, 0)
+    for name, plan in plans.items():
+        changes, previous = plan.changes, plan.previous
+        if not changes:
+            continue
+        before = len(pids)
+        key = dumps(name).decode()
+        made: dict[tuple[Any, Any], str] = {}
+        for p in profile_ids:
+            if p not in changes:
+                continue
+            pair = (previous.get(p), changes[p])
+            text = made.get(pair)
+            if text is None:
+                made[pair] = text = (f'{{"tag":{key},"value":{dumps(pair[1]).decode()},'
+                                     f'"previous":{dumps(pair[0]).decode()}{tail}')
+            pids.append(p)
+            texts.append(text)
+        counts[name] = len(pids) - before
+    return pids, texts, counts
 
 
 class ModelTagWrite(NamedTuple):

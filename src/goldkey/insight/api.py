@@ -42,8 +42,9 @@ class RFMRunReport(BaseModel):
     fit_ms: int
     took_ms: int
     timings_ms: dict[str, int] = Field(
-        description="Milliseconds per phase: fit (the RFM computation and the model version saved), scores "
-                    "(written to the profiles), tags (the two model tags with their Tag Changed events).")
+        description="Milliseconds per phase: fit (the RFM computation and the model version saved), plan (the "
+                    "two model tags' values checked and their current holders read), write (the scores and both "
+                    "tags written to the profiles in one pass, with the Tag Changed events).")
 
 
 class ModelMeta(BaseModel):

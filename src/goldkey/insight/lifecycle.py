@@ -65,10 +65,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from goldkey.audience.catalog import load_catalog
 from goldkey.audience.common import emit_event_columns, parse_and_check
 from goldkey.audience.facts import events_for, facts_table_name
+from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.registry import ModelRegistry, ModelVersion
-from goldkey.insight.writeback import declare_scores, write_score_table
+from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.model import AttributeCondition, iter_nodes
 from goldkey.rules.values import as_of_utc, field_column
 from goldkey.store.analytical import AnalyticalStore
@@ -442,7 +443,7 @@ class LifecycleService:
         t2 = time.perf_counter()
         return feats, stages, {"features_s": t1 - t0, "rules_s": t2 - t1}
 
-    PHASES = ("stage", "scores", "tag and events")
+    PHASES = ("stage", "scores and tag", "transition events")
 
     def run(self, ws: str, definition: LifecycleDefinition | dict[str, Any] | None = None,
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -471,23 +472,23 @@ class LifecycleService:
         t_fit = time.perf_counter()
         step("stage")
         self._declare(ws, mv.version)
-        scored = self._write_scores(ws, feats, mv.version)
-        t_scores = time.perf_counter()
-        step("scores")
         ensure_model_tag(self.tags, ws, self._tag_spec(mv.version))
         source = f"model:{MODEL_NAME}:v{mv.version}"
-        w = self.tags.set_model_values(ws, STAGE_TAG, new, source, current=previous)
-        tag_changed = w.changed
-        events = emit_transitions(self.writer, self.analytical, ws, w.previous, w.changes,
+        plan = self.tags.plan_model_values(ws, {STAGE_TAG: new}, current={STAGE_TAG: previous})
+        # the scores and the stage tag in one write of each profile's row, with the Tag Changed events
+        w = self._write_scores(ws, feats, mv.version, plan, source)
+        t_write = time.perf_counter()
+        step("scores and tag")
+        events = emit_transitions(self.writer, self.analytical, ws, plan[STAGE_TAG].previous, plan[STAGE_TAG].changes,
                                   {"model_version": mv.version, "as_of": to_iso(t)}, source)
         t_end = time.perf_counter()
-        step("tag and events")
+        step("transition events")
         return {"model": MODEL_NAME, "version": mv.version, "as_of": to_iso(t), "customers": feats.num_rows,
-                "staged": stages.height, "scores_written": scored, "tag_changed": tag_changed,
+                "staged": stages.height, "scores_written": w.written, "tag_changed": w.tags[STAGE_TAG],
                 "transition_events": events, "metrics": mv.metrics,
                 "timings_ms": {"features": int(timing["features_s"] * 1000), "rules": int(timing["rules_s"] * 1000),
-                               "fit": int((t_fit - t0) * 1000), "scores": int((t_scores - t_fit) * 1000),
-                               "tag_and_events": int((t_end - t_scores) * 1000)},
+                               "fit": int((t_fit - t0) * 1000), "write": int((t_write - t_fit) * 1000),
+                               "transitions": int((t_end - t_write) * 1000)},
                 "took_ms": int((t_end - t0) * 1000)}
 
     def latest(self, ws: str) -> ModelVersion:
@@ -533,5 +534,7 @@ class LifecycleService:
                 "description": "lifecycle stage / 生命周期阶段: " + ", ".join(
                     f"{k}={v[1]}" for k, v in STAGES.items()) + f" (model {MODEL_NAME} v{version})"}
 
-    def _write_scores(self, ws: str, feats: pa.Table, version: int) -> int:
-        return write_score_table(self, ws, SCORE_FIELDS, feats, {"lc_model_version": version})
+    def _write_scores(self, ws: str, feats: pa.Table, version: int, plans: Mapping[str, ModelTagPlan],
+                      source: str) -> ModelWrite:
+        return write_model_table(self, ws, SCORE_FIELDS, feats, {"lc_model_version": version}, tags=plans,
+                                 source=source)

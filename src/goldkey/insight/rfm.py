@@ -32,6 +32,7 @@ path, so each change is a ``Tag Changed`` event with source ``model:rfm:v<N>``).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,10 +42,11 @@ import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.registry import ModelRegistry, ModelVersion
-from goldkey.insight.writeback import declare_scores, write_score_table
+from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 
@@ -263,24 +265,23 @@ class RFMService:
         declare_scores(self.engine, ws, {"rfm_r": "RFM recency score 1-5", "rfm_f": "RFM frequency score 1-5",
                                          "rfm_m": "RFM monetary score 1-5", "rfm_model_version": "RFM model version"},
                        MODEL_NAME, mv.version)
-        scored = self._write_scores(ws, tbl, mv.version)
-        t_scores = time.perf_counter()
         self._ensure_tags(ws, d, mv.version)
         source = f"model:{MODEL_NAME}:v{mv.version}"
         pids = tbl.column("profile_id").to_pylist()
         groups = tbl.column("rfm_group").to_pylist()
         tiers = tbl.column("value_tier").to_pylist()
-        # both tags in one write: a profile's row is written once for the two
-        w = self.tags.set_model_values_many(ws, {GROUP_TAG: dict(zip(pids, groups, strict=True)),
-                                                 TIER_TAG: dict(zip(pids, tiers, strict=True))}, source)
-        g, tr = w[GROUP_TAG], w[TIER_TAG]
+        plans = self.tags.plan_model_values(ws, {GROUP_TAG: dict(zip(pids, groups, strict=True)),
+                                                 TIER_TAG: dict(zip(pids, tiers, strict=True))})
+        t_plan = time.perf_counter()
+        # the scores and both tags in one write of each profile's row
+        w = self._write_scores(ws, tbl, mv.version, plans, source)
         t_end = time.perf_counter()
         return {"model": MODEL_NAME, "version": mv.version, "as_of": mv.artifact.get("as_of"),
-                "profiles": tbl.num_rows, "scores_written": scored, "group_tag_changed": g.changed,
-                "tier_tag_changed": tr.changed, "metrics": mv.metrics,
+                "profiles": tbl.num_rows, "scores_written": w.written, "group_tag_changed": w.tags[GROUP_TAG],
+                "tier_tag_changed": w.tags[TIER_TAG], "metrics": mv.metrics,
                 "fit_ms": int((t_fit - t0) * 1000), "took_ms": int((t_end - t0) * 1000),
-                "timings_ms": {"fit": int((t_fit - t0) * 1000), "scores": int((t_scores - t_fit) * 1000),
-                               "tags": int((t_end - t_scores) * 1000)}}
+                "timings_ms": {"fit": int((t_fit - t0) * 1000), "plan": int((t_plan - t_fit) * 1000),
+                               "write": int((t_end - t_plan) * 1000)}}
 
     def refit_if_due(self, ws: str, now: datetime | None = None) -> dict[str, Any] | None:
         """The refit schedule: rerun the latest version's definition (scored as of now) when its
@@ -333,9 +334,12 @@ class RFMService:
             values = list(dict.fromkeys([*spec["values"], *cur["values"]]))
             self.tags.update(ws, name, {"values": values, "description": spec["description"]}, actor="insight")
 
-    def _write_scores(self, ws: str, tbl: pa.Table, version: int) -> int:
+    def _write_scores(self, ws: str, tbl: pa.Table, version: int, plans: Mapping[str, ModelTagPlan],
+                      source: str) -> ModelWrite:
         """Set scores.rfm_* on the scored profiles and remove them from live profiles no longer
-        scored (one shared write-back path). Returns the number of profiles updated."""
+        scored, with the model's tags (``plans``) in the same row writes (one shared write-back
+        path)."""
         cols = tbl.select(["profile_id", "r_score", "f_score", "m_score"]).rename_columns(
             ["profile_id", "rfm_r", "rfm_f", "rfm_m"])
-        return write_score_table(self, ws, SCORE_FIELDS, cols, {"rfm_model_version": version})
+        return write_model_table(self, ws, SCORE_FIELDS, cols, {"rfm_model_version": version}, tags=plans,
+                                 source=source)
