@@ -380,7 +380,8 @@ def test_a_models_scores_and_tags_are_written_in_one_pass_on_both_operational_st
     w = wb.write_model_table(env.gk, ws, ("m_x", "m_v"), table([p[3], p[1], p[0]], [3.0, 1.0, 0.5]), {"m_v": 1},
                              tags=plans, source="m:v1")
     # p0, p1: scores and tags; p2: tags only (its row held another model's score); p3: scores only
-    assert w == wb.ModelWrite(4, {"grp": 3, "flag": 1})
+    assert (w.written, w.tags) == (4, {"grp": 3, "flag": 1})
+    assert set(w.timings_ms) == {"find", "rows", "events"}
     assert tags.holders(ws, "grp") == {p[0]: "a", p[1]: "a", p[2]: "b"} and tags.holders(ws, "flag") == {p[0]: True}
     assert [_scores(env, x) for x in p[:4]] == [{"m_x": 0.5, "m_v": 1.0}, {"m_x": 1.0, "m_v": 1.0}, {"other": 1.0},
                                                 {"m_x": 3.0, "m_v": 1.0}]

@@ -488,6 +488,7 @@ class LifecycleService:
                 "transition_events": events, "metrics": mv.metrics,
                 "timings_ms": {"features": int(timing["features_s"] * 1000), "rules": int(timing["rules_s"] * 1000),
                                "fit": int((t_fit - t0) * 1000), "write": int((t_write - t_fit) * 1000),
+                               **{f"write_{k}": v for k, v in w.timings_ms.items()},
                                "transitions": int((t_end - t_write) * 1000)},
                 "took_ms": int((t_end - t0) * 1000)}
 

@@ -281,7 +281,8 @@ class RFMService:
                 "tier_tag_changed": w.tags[TIER_TAG], "metrics": mv.metrics,
                 "fit_ms": int((t_fit - t0) * 1000), "took_ms": int((t_end - t0) * 1000),
                 "timings_ms": {"fit": int((t_fit - t0) * 1000), "plan": int((t_plan - t_fit) * 1000),
-                               "write": int((t_end - t_plan) * 1000)}}
+                               "write": int((t_end - t_plan) * 1000),
+                               **{f"write_{k}": v for k, v in w.timings_ms.items()}}}
 
     def refit_if_due(self, ws: str, now: datetime | None = None) -> dict[str, Any] | None:
         """The refit schedule: rerun the latest version's definition (scored as of now) when its

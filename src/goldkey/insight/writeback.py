@@ -54,6 +54,7 @@ Per-profile details that are not numbers go to one of two places:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -459,45 +460,45 @@ class ModelWrite(NamedTuple):
 
     written: int  # profile_scores rows changed (scores, model tags or both)
     tags: dict[str, int]  # per tag: profiles whose value changed (one Tag Changed event each)
+    # milliseconds: find (the changes found, off the writer thread), rows (the writer commands' row
+    # writes), events (their Tag Changed events)
+    timings_ms: dict[str, int] = {}
 
 
-def _tag_patches(plans: Mapping[str, ModelTagPlan]) -> pl.DataFrame:
-    """One merge patch of ``model_tags`` per profile a plan changes (``profile_id``, ``tags``):
-    ``{"tag": value, ...}``, null for a tag removed. Built from a handful of fragments per tag."""
+def _tag_patches(plans: Mapping[str, ModelTagPlan]) -> dict[str, str]:
+    """One merge patch of ``model_tags`` per profile a plan changes: ``{"tag": value, ...}``, null
+    for a tag removed. Put together from a handful of fragments per tag (``"tag":value``)."""
     dumps = orjson.dumps
-    frames = []
+    parts: dict[str, str] = {}
     for name, plan in plans.items():
         if not plan.changes:
             continue
         key = dumps(name).decode() + ":"
         frag = {v: key + dumps(v).decode() for v in set(plan.changes.values())}
-        frames.append(pl.DataFrame({"profile_id": list(plan.changes), "tags": [frag[v] for v in plan.changes.values()]},
-                                   schema={"profile_id": pl.String, "tags": pl.String}))
-    if not frames:
-        return pl.DataFrame(schema={"profile_id": pl.String, "tags": pl.String})
-    joined = frames[0] if len(frames) == 1 else pl.concat(frames).group_by("profile_id").agg(
-        pl.col("tags").str.join(","))
-    return joined.select("profile_id", pl.concat_str(pl.lit("{"), "tags", pl.lit("}")).alias("tags"))
+        if not parts:
+            parts = {p: frag[v] for p, v in plan.changes.items()}
+            continue
+        get = parts.get
+        for p, v in plan.changes.items():
+            have = get(p)
+            parts[p] = frag[v] if have is None else f"{have},{frag[v]}"
+    return {p: f"{{{t}}}" for p, t in parts.items()}
 
 
 def _with_tags(changes: Iterable[_Chunk], plans: Mapping[str, ModelTagPlan], chunk: int
                ) -> Iterator[tuple[list[str], list[str], list[bool], list[str]]]:
-    """The score changes united with the tags' changes, in key order and chunks of at most ``chunk``
-    profiles: ``(ids, score patches, has_row, model tag patches)``, ``{}`` where a profile has
-    nothing of one kind to change. A profile whose tags alone change is written by the statement
-    for a profile without a row, which updates the row it finds."""
-    parts = [pl.DataFrame({"profile_id": ids, "patch": patches, "has_row": has_row},
-                          schema={"profile_id": pl.String, "patch": pl.String, "has_row": pl.Boolean})
-             for ids, patches, has_row in changes]
-    scores = pl.concat(parts) if parts else pl.DataFrame(
-        schema={"profile_id": pl.String, "patch": pl.String, "has_row": pl.Boolean})
-    both = scores.join(_tag_patches(plans), on="profile_id", how="full", coalesce=True).with_columns(
-        pl.col("patch").fill_null("{}"), pl.col("has_row").fill_null(False), pl.col("tags").fill_null("{}"),
-    ).sort("profile_id")
-    for lo in range(0, both.height, chunk):
-        part = both.slice(lo, chunk)
-        yield (part["profile_id"].to_list(), part["patch"].to_list(), part["has_row"].to_list(),
-               part["tags"].to_list())
+    """The score changes with each profile's model tag patch (``{}`` for none), chunk by chunk, then
+    the profiles whose tags alone change (in key order, chunks of at most ``chunk``; written by the
+    statement for a profile without a row, which updates the row it finds). A dictionary lookup per
+    profile: no table of a million profile ids built and joined."""
+    patches = _tag_patches(plans)
+    pop = patches.pop
+    for ids, score_patches_, has_row in changes:
+        yield ids, score_patches_, has_row, [pop(p, "{}") for p in ids]
+    rest = sorted(patches)
+    for lo in range(0, len(rest), chunk):
+        part = rest[lo : lo + chunk]
+        yield part, ["{}"] * len(part), [False] * len(part), [patches[p] for p in part]
 
 
 def write_model_outputs(gk_parts: Any, ws: str, owned: Iterable[str], profile_ids: Sequence[str],
@@ -518,6 +519,8 @@ def write_model_outputs(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     owned = tuple(owned)
     if len(profile_ids) != len(patches):
         raise ValueError(f"{len(profile_ids)} profiles but {len(patches)} score patches")
+    t0 = time.perf_counter()
+    spent = {"rows": 0.0, "events": 0.0}
     if not in_order:
         profile_ids, patches = in_key_order(profile_ids, patches)
     changes: Iterable[Any] = (
@@ -534,18 +537,23 @@ def write_model_outputs(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     at = utcnow()
 
     def run(ctx: Any, chunk: tuple[Any, ...]) -> tuple[int, dict[str, int]]:
+        t = time.perf_counter()
         with ctx.engine.begin() as c:
             n = _apply_patches(c, ws, *chunk)
             if not plans:
+                spent["rows"] += time.perf_counter() - t
                 return n, {}
             ids = chunk[0]
             # who is live now (the statements skip the others): every profile when each row was written
             live = ids if n == len(ids) else [p for p in ids if p in _live_among(c, ws, ids)]
+        t2 = time.perf_counter()
         pids, texts, counts = tag_change_events(plans, live, source)
         if pids:
             with ctx.analytical.transaction() as con:
                 emit_event_columns(ctx.analytical, con, ws, pids, pa.repeat(pa.scalar("Tag Changed"), len(pids)),
                                    texts, "tags", at)
+        spent["rows"] += t2 - t
+        spent["events"] += time.perf_counter() - t2
         return n, counts
 
     # every chunk found first, then written one command on the writer thread at a time (event commits
@@ -553,6 +561,7 @@ def write_model_outputs(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     # this thread takes the GIL from the writer thread between every two rows it binds (1M profiles:
     # ~12 s written that way against ~9 s found, then written)
     chunks = list(changes)
+    found = time.perf_counter() - t0
     written = 0
     per_tag = dict.fromkeys(plans, 0)
     changed: list[str] = []
@@ -566,7 +575,8 @@ def write_model_outputs(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     realtime = getattr(gk_parts, "realtime", None)
     if realtime is not None and changed:
         realtime.notify(ws, changed)
-    return ModelWrite(written, {**dict.fromkeys(tags or {}, 0), **per_tag})
+    return ModelWrite(written, {**dict.fromkeys(tags or {}, 0), **per_tag},
+                      {"find": int(found * 1000), **{k: int(v * 1000) for k, v in spent.items()}})
 
 
 def write_profile_insights(gk_parts: Any, ws: str, model: str, version: int,
