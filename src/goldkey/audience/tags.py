@@ -398,8 +398,8 @@ class TagService:
                 mine = [n for n in names if n in kinds and ("model_tags" if kinds[n] == "model" else "tags") == column]
                 if not mine:
                     continue
-                rows = read_json_rows(c, ws, column,
-                                      containing=orjson.dumps(mine[0]).decode() if len(mine) == 1 else None)
+                # only rows holding one of the names (e.g. RFM's first run after a lifecycle run: none)
+                rows = read_json_rows(c, ws, column, containing=[orjson.dumps(n).decode() for n in mine])
                 loads = orjson.loads
                 found = [out[n] for n in mine]
                 for pid, raw in rows:
@@ -754,11 +754,11 @@ _JSON_COLUMNS = ("tags", "model_tags")
 
 
 def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[str] | None = None,
-                   containing: str | None = None, live_only: bool = True) -> list[tuple[str, str]]:
+                   containing: str | Sequence[str] | None = None, live_only: bool = True) -> list[tuple[str, str]]:
     """``(profile_id, <column> JSON text)`` of profiles of ``ws`` (live ones when ``live_only``),
-    optionally only ``ids`` and/or rows whose text contains ``containing``; read on the raw DBAPI
-    cursor (SQLAlchemy's per-row handling costs more than the query at 1M rows). The ids go as one
-    JSON array (SQLite ``json_each``) or one array parameter (PostgreSQL ``= ANY``).
+    optionally only ``ids`` and/or rows whose text contains ``containing`` (one of them, for
+    several); read on the raw DBAPI cursor (SQLAlchemy's per-row handling costs more than the query
+    at 1M rows). The ids go as one JSON array (SQLite ``json_each``) or one array parameter (PostgreSQL ``= ANY``).
 
     ``model_tags`` (profile_scores): with ``ids``, every profile among them with its text (``{}``
     without a row); without, the rows of live profiles (checked in ``ix_profiles_live``)."""
@@ -791,8 +791,10 @@ def read_json_rows(conn: sa.Connection, ws: str, column: str, *, ids: Sequence[s
             sql += f" AND {key} = ANY(%s)"
             params.append(list(ids))
     if containing is not None:
-        sql += f" AND {'instr' if sqlite else 'strpos'}({text}, {ph}) > 0"
-        params.append(containing)
+        needles = [containing] if isinstance(containing, str) else list(containing)
+        find = "instr" if sqlite else "strpos"
+        sql += " AND (" + " OR ".join([f"{find}({text}, {ph}) > 0"] * len(needles)) + ")"
+        params.extend(needles)
     cur = conn.connection.cursor()
     try:
         cur.execute(sql, params)
