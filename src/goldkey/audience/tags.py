@@ -683,18 +683,23 @@ def _write_expected(c: sa.Connection, ctx: Any, ws: str, chunk: list[str], chang
                 done[name] += len(ids)
     finally:
         cur.close()
-    tail = "," + dumps({"source": source}).decode()[1:]
     pids: list[str] = []
     texts = []
     for key, ids in groups.items():
         for name, before, after in key:
             pids += ids
-            texts.append(pa.repeat(pa.scalar(f'{{"tag":{dumps(name).decode()},"value":{dumps(after).decode()},'
-                                             f'"previous":{dumps(before).decode()}{tail}'), len(ids)))
+            texts.append(pa.repeat(pa.scalar(_tag_changed_text(name, before, after, source)), len(ids)))
     with ctx.analytical.transaction() as con:
         emit_event_columns(ctx.analytical, con, ws, pids, pa.repeat(pa.scalar("Tag Changed"), len(pids)),
                            pa.concat_arrays(texts), "tags", at)
     return done
+
+
+def _tag_changed_text(name: str, before: Any, after: Any, source: str) -> str:
+    """The properties' JSON text of a Tag Changed event: ``{"tag", "value", "previous", "source"}``."""
+    dumps = orjson.dumps
+    return (f'{{"tag":{dumps(name).decode()},"value":{dumps(after).decode()},"previous":{dumps(before).decode()},'
+            f'"source":{dumps(source).decode()}}}')
 
 
 class ModelTagPlan(NamedTuple):
@@ -711,8 +716,6 @@ def tag_change_events(plans: Mapping[str, ModelTagPlan], profile_ids: Sequence[s
     """The Tag Changed events (profile ids, properties' JSON texts) of ``plans``' changes on
     ``profile_ids``, one per profile and tag changed, tag by tag, and how many per tag. A model tag
     has a handful of values, so the properties are a handful of texts, each put together once."""
-    dumps = orjson.dumps
-    tail = "," + dumps({"source": source}).decode()[1:]
     pids: list[str] = []
     texts: list[str] = []
     counts = dict.fromkeys(plans, 0)
@@ -721,7 +724,6 @@ def tag_change_events(plans: Mapping[str, ModelTagPlan], profile_ids: Sequence[s
         if not changes:
             continue
         before = len(pids)
-        key = dumps(name).decode()
         made: dict[tuple[Any, Any], str] = {}
         for p in profile_ids:
             if p not in changes:
@@ -729,8 +731,7 @@ def tag_change_events(plans: Mapping[str, ModelTagPlan], profile_ids: Sequence[s
             pair = (previous.get(p), changes[p])
             text = made.get(pair)
             if text is None:
-                made[pair] = text = (f'{{"tag":{key},"value":{dumps(pair[1]).decode()},'
-                                     f'"previous":{dumps(pair[0]).decode()}{tail}')
+                made[pair] = text = _tag_changed_text(name, pair[0], pair[1], source)
             pids.append(p)
             texts.append(text)
         counts[name] = len(pids) - before

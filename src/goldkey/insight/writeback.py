@@ -527,7 +527,7 @@ def write_model_outputs(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
         _changing_hinted(gk_parts, ws, profile_ids, patches, owned, remove_others, WRITE_CHUNK, hint)
         if hint is not None else
         _changing(read_live_scores(gk_parts, ws), profile_ids, patches, owned, remove_others, WRITE_CHUNK))
-    plans = {n: p for n, p in (tags or {}).items()}
+    plans = dict(tags or {})
     if any(p.changes for p in plans.values()):
         changes = _with_tags(changes, plans, WRITE_CHUNK)
     else:
