@@ -35,7 +35,7 @@ from starlette.routing import Match
 
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody
-from goldkey.audience.common import OWN_EVENTS
+from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.insight.rfm import GRID, GROUPS
 from goldkey.runtime import Goldkey
@@ -148,7 +148,7 @@ def overview(gk: Goldkey, ws: str, *, days: int = 30, as_of: datetime | None = N
     start = t - timedelta(days=days)
     first_month = _months(t)[0]
     year_ago = datetime(int(first_month[:4]), int(first_month[5:]), 1, tzinfo=t.tzinfo)
-    params = {"ws": ws, "as_of": t, "start": start, "own": list(OWN_EVENTS)}
+    params = {"ws": ws, "as_of": t, "start": start, "own": list(NOT_CUSTOMER_ACTIVITY)}
     cur = gk.analytical.cursor()
     try:
         active, active_new, last = cur.execute(_ACTIVITY_SQL, params).fetchone() or (0, 0, None)

@@ -96,6 +96,14 @@ def known_events(analytical: AnalyticalStore, ws: str, max_age: float = 30.0) ->
 
 
 OWN_EVENTS = ("segment_entered", "segment_exited", "Tag Changed")
+# Events Goldkey records about a customer without the customer doing anything: its own tag and
+# segment changes, lifecycle transitions (goldkey.insight.lifecycle.TRANSITION_EVENT), messages sent,
+# delivered or failed (goldkey.activate), service alerts (goldkey.insight.text.ALERT_EVENT). Measures
+# of customer activity leave them out: churn labels and features, clusters, lookalikes, cohort
+# retention, the dashboard's active customers. What a customer did with a message (opened, clicked,
+# replied, unsubscribed) is the customer's activity and counts.
+NOT_CUSTOMER_ACTIVITY = (*OWN_EVENTS, "Lifecycle Stage Changed", "Message Sent", "Message Delivered", "Message Failed",
+                         "Service Alert")
 
 
 def batch_member_ids(facts: FactsCache, analytical: AnalyticalStore, ws: str, rule: Any, as_of: datetime,

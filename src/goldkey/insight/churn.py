@@ -76,6 +76,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.evaluation import evaluate
@@ -742,7 +743,8 @@ _ACTIVE_SQL = {
                  WHERE workspace_id = $ws AND ordered_at >= $start AND ordered_at < $end
                    AND NOT list_contains($excluded, coalesce(status, ''))""",
     "events": """SELECT DISTINCT canonical_id FROM events_resolved
-                 WHERE workspace_id = $ws AND "timestamp" >= $start AND "timestamp" < $end""",
+                 WHERE workspace_id = $ws AND "timestamp" >= $start AND "timestamp" < $end
+                   AND NOT list_contains($own, coalesce(event, ''))""",
     "event": """SELECT DISTINCT canonical_id FROM events_resolved
                 WHERE workspace_id = $ws AND "timestamp" >= $start AND "timestamp" < $end AND event = $target""",
     "category": """SELECT DISTINCT o.canonical_id FROM orders_resolved o
@@ -783,6 +785,8 @@ class ChurnService:
             params["excluded"] = list(excluded)
         if target is not None:
             params["target"] = target
+        if kind == "events":  # Goldkey's own events (tags, messages sent, ...) are not the customer's activity
+            params["own"] = list(NOT_CUSTOMER_ACTIVITY)
         cur = self.analytical.cursor()
         try:
             return {r[0] for r in cur.execute(_ACTIVE_SQL[kind], params).fetchall()}

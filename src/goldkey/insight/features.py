@@ -10,7 +10,9 @@ and scoring features (as of now).
 The population is every live profile with at least one order or one event in the window. Every
 column is documented in :data:`FEATURE_DOCS`; missing values are filled with the documented
 defaults (counts and amounts 0; "days since" features ``lookback_days`` when nothing happened in the
-window, i.e. "at least as long ago as the window reaches").
+window, i.e. "at least as long ago as the window reaches"). "Events" are the customer's own: the
+events Goldkey writes about a customer (:data:`goldkey.audience.common.NOT_CUSTOMER_ACTIVITY`: tag
+and segment changes, lifecycle transitions, messages sent, service alerts) are left out.
 
 Orders, order lines and events are aggregated in ONE DuckDB query with bound parameters. When an
 operational ``engine`` is given, feedback (complaints, low ratings) is read from the operational
@@ -31,6 +33,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 
@@ -93,6 +96,7 @@ WITH o AS (
         CAST(timezone('UTC', "timestamp") AS DATE) AS day
     FROM events_resolved
     WHERE workspace_id = $ws AND "timestamp" < $as_of AND "timestamp" >= $since
+      AND NOT list_contains($own, coalesce(event, ''))
 ), ed AS (
     -- one row per customer and UTC day, then per customer and event name: counting those rows is
     -- count(DISTINCT ...) without DuckDB's per-group distinct sets (4x less CPU at 3M events)
@@ -188,7 +192,8 @@ def customer_features(analytical: AnalyticalStore, ws: str, as_of: datetime, loo
     in ``exclude_statuses`` do not count. An empty frame (with all columns) when nobody is active."""
     if lookback_days < 1:
         raise ValueError("lookback_days must be >= 1")
-    params = {"ws": ws, **_windows(as_of_utc(as_of), lookback_days), "excluded": list(exclude_statuses)}
+    params = {"ws": ws, **_windows(as_of_utc(as_of), lookback_days), "excluded": list(exclude_statuses),
+              "own": list(NOT_CUSTOMER_ACTIVITY)}
     cur = analytical.cursor()
     try:
         tbl = cur.sql(_FEATURE_SQL, params=params).to_arrow_table()

@@ -210,11 +210,11 @@ def funnel(analytical: AnalyticalStore, ws: str, request: FunnelRequest | dict[s
 
 
 def own_events() -> list[str]:
-    """Goldkey's own events (tag and segment changes, lifecycle transitions): not customer activity."""
-    from goldkey.audience.common import OWN_EVENTS
-    from goldkey.insight.lifecycle import TRANSITION_EVENT
+    """Goldkey's own events (tag and segment changes, lifecycle transitions, messages sent, service
+    alerts): not customer activity."""
+    from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 
-    return [*OWN_EVENTS, TRANSITION_EVENT]
+    return list(NOT_CUSTOMER_ACTIVITY)
 
 
 class CohortRequest(BaseModel):
