@@ -235,3 +235,34 @@ def test_api(env: Any, tmp_path: Path) -> None:
     assert wechat and wechat[0]["cost"] == 300.0
     r = env.client.get("/api/v1/insights/reports/channels", params={"cost": ["wechat"]}, headers=h)
     assert r.status_code == 400 and r.json()["field"] == "cost"
+
+
+def test_a_source_cost_is_spent_once_over_all_its_media(env: Any, tmp_path: Path) -> None:
+    """A cost named by a source alone covers that source's media together: its CAC is the cost over
+    all their converted customers, never the whole cost charged to each medium."""
+    ws = env.ws.workspace_id
+    touches = {"a": ("baidu", "cpc"), "b": ("baidu", "cpc"), "c": ("baidu", "organic"), "d": ("baidu", "organic"),
+               "e": ("wechat", "social")}
+    events = [{"u": u, "event": "Landed", "ts": T0 + timedelta(days=i), "props": {},
+               "ctx": {"campaign": {"source": s, "medium": m}}} for i, (u, (s, m)) in enumerate(touches.items())]
+    orders = [{"order_id": f"o{u}", "u": u, "at": T0 + timedelta(days=20), "amount": 100 + i}
+              for i, u in enumerate("abce")]  # d never orders
+    _load(env, tmp_path, events, orders)
+    rep = channels(env.gk.engine, env.gk.analytical, ws, {"end": END, "costs": {"baidu": 1200.0, "wechat": 50}})
+    rows = {(c["source"], c["medium"]): c for c in rep["channels"]}
+    for med in ("cpc", "organic"):
+        assert rows[("baidu", med)]["cost_key"] == "baidu"
+        assert rows[("baidu", med)]["cost"] is None and rows[("baidu", med)]["cac"] is None
+    assert (rows[("wechat", "social")]["cost"], rows[("wechat", "social")]["cac"]) == (50, 50.0)
+    spend = {s["key"]: s for s in rep["spend"]}
+    assert spend["baidu"] == {"key": "baidu", "channels": 2, "customers": 4, "converted": 3, "revenue": 303.0,
+                              "cost": 1200.0, "cac": 400.0, "roas": round(303 / 1200, 3)}
+    assert sum(s["cost"] for s in rep["spend"]) == 1250.0  # what was entered, counted once
+    # a medium's own cost covers it; the source's cost covers the rest of the source
+    rep = channels(env.gk.engine, env.gk.analytical, ws,
+                   {"end": END, "costs": {"baidu": 1000.0, "baidu/organic": 200.0}})
+    rows = {(c["source"], c["medium"]): c for c in rep["channels"]}
+    assert (rows[("baidu", "organic")]["cost_key"], rows[("baidu", "organic")]["cac"]) == ("baidu/organic", 200.0)
+    assert (rows[("baidu", "cpc")]["cost_key"], rows[("baidu", "cpc")]["cac"]) == ("baidu", 500.0)
+    assert rows[("wechat", "social")]["cost_key"] is None
+    assert [s["key"] for s in rep["spend"]] == ["baidu", "baidu/organic"] and rep["costs_without_channel"] == []

@@ -262,10 +262,13 @@ export interface ChannelReport {
     revenue: number;
     revenue_per_customer: number | null;
     avg_clv: number | null;
+    cost_key: string | null;
     cost: number | null;
     cac: number | null;
     roas: number | null;
   }[];
+  spend: { key: string; channels: number; customers: number; converted: number; revenue: number;
+    cost: number; cac: number | null; roas: number | null }[];
 }
 
 // -- activation (src/goldkey/api/activate.py, campaigns.py, journeys.py) ---------------------------

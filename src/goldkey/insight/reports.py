@@ -393,19 +393,43 @@ def channels(engine: sa.Engine, analytical: AnalyticalStore, ws: str,
     if not rows:
         where = "events with context.campaign.source" if req.touch == "event" else "profiles first seen with a campaign"
         raise InvalidInput(f"no first touches: the workspace has no {where} before {to_iso(end)}", field="touch")
+    # Each row is covered by its own `source/medium` cost or, failing that, by its source's cost. A
+    # source's cost is spent on all the rows it covers together: it is never charged in full to each
+    # of them (nor split by a made-up rule). The row shows cost, CAC and ROAS only when its cost entry
+    # covers it alone; `spend` gives every cost entry's totals over the rows it covers.
+    def key_of(source: str, medium: str | None) -> str | None:
+        if f"{source}/{medium}" in req.costs:
+            return f"{source}/{medium}"
+        return source if source in req.costs else None
+
+    covered: dict[str, list[Any]] = {}
+    for r in rows:
+        k = key_of(r[0], r[1])
+        if k is not None:
+            covered.setdefault(k, []).append(r)
+
+    def figures(cost: float, converted: int, revenue: float) -> dict[str, Any]:
+        return {"cost": cost, "cac": round(cost / converted, 2) if converted else None,
+                "roas": round(revenue / cost, 3) if cost else None}
+
     out = []
-    unknown_costs = set(req.costs)
     for source, medium, customers, converted, revenue, orders, avg_clv, with_clv in rows:
-        key = f"{source}/{medium}" if f"{source}/{medium}" in req.costs else source
-        cost = req.costs.get(key)
-        unknown_costs.discard(key)
+        k = key_of(source, medium)
+        alone = k is not None and len(covered[k]) == 1
         out.append({"source": source, "medium": medium, "customers": customers, "converted": converted,
                     "conversion_pct": round(100 * converted / customers, 2), "orders": orders,
                     "revenue": round(float(revenue), 2),
                     "revenue_per_customer": round(float(revenue) / customers, 2),
                     "avg_clv": None if avg_clv is None else round(float(avg_clv), 2), "customers_with_clv": with_clv,
-                    "cost": cost, "cac": round(cost / converted, 2) if cost is not None and converted else None,
-                    "roas": round(float(revenue) / cost, 3) if cost else None})
+                    "cost_key": k,
+                    **(figures(req.costs[k], converted, float(revenue)) if alone and k is not None else
+                       {"cost": None, "cac": None, "roas": None})})
+    spend = []
+    for k, rs in sorted(covered.items()):
+        converted, revenue = sum(r[3] for r in rs), float(sum(r[4] for r in rs))
+        spend.append({"key": k, "channels": len(rs), "customers": sum(r[2] for r in rs), "converted": converted,
+                      "revenue": round(revenue, 2), **figures(req.costs[k], converted, revenue)})
+    unknown_costs = set(req.costs) - set(covered)
     return {"touch": req.touch, "start": to_iso(start) if req.start else None, "end": to_iso(end),
-            "clv_available": clv.num_rows > 0, "channels": out,
+            "clv_available": clv.num_rows > 0, "channels": out, "spend": spend,
             "costs_without_channel": sorted(unknown_costs)}
