@@ -8,7 +8,11 @@
   better; it rewards calibrated probabilities, not only a good order (Brier, 1950).
 - **Lift / cumulative gain by decile** (the marketing "gains chart", e.g. Ling & Li, KDD 1998):
   customers sorted by score, highest first, cut into ten groups of equal size (the first
-  ``n % 10`` groups hold one customer more; equal scores keep their input order). Per decile:
+  ``n % 10`` groups hold one customer more). Customers with equal scores have no order among
+  them: when a tie spans several deciles, its positives are shared among them in proportion to the
+  customers each takes from it (the expected count over every order of the tie), so the table never
+  depends on the input order and a score with no information shows a lift of 1, not whatever the
+  input order put first. Positives are then fractional where a tie is cut. Per decile:
   customers, positives, the positive rate, **lift** = rate / overall rate, and cumulatively from the
   top: **cumulative gain %** = share of all positives found so far, **cumulative lift** = rate so far
   / overall rate. A top-decile lift of 3 means contacting the 10% highest scores reaches three times
@@ -44,24 +48,36 @@ def _check(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(int), p
 
 
+def _count(x: float) -> float | int:
+    """A count of positives: an int when whole, else rounded to 3 decimals (a tie cut by a decile)."""
+    r = round(x)
+    return int(r) if abs(x - r) < 1e-9 else round(x, 3)
+
+
 def lift_table(y_true: Any, scores: Any, groups: int = 10) -> list[dict[str, float | int]]:
     """The lift / cumulative gain table: one dict per group (decile by default), best scores first."""
     y, p = _check(y_true, scores)
     if groups < 1 or groups > y.size:
         raise InvalidInput(f"cannot cut {y.size} customers into {groups} groups", field="groups")
     order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order].astype(float)
+    # each customer's expected label: the positive rate of its tie (equal scores)
+    starts = np.r_[0, np.flatnonzero(np.diff(ps) != 0) + 1]
+    sizes = np.diff(np.r_[starts, ps.size])
+    expected = np.repeat(np.add.reduceat(ys, starts) / sizes, sizes)
     base = y.mean()
     total_pos = int(y.sum())
     rows: list[dict[str, float | int]] = []
-    cum_n = cum_pos = 0
-    for i, idx in enumerate(np.array_split(order, groups), start=1):
-        n, pos = int(idx.size), int(y[idx].sum())
+    cum_n = 0
+    cum_pos = 0.0
+    for i, idx in enumerate(np.array_split(np.arange(ps.size), groups), start=1):
+        n, pos = int(idx.size), float(expected[idx].sum())
         cum_n += n
         cum_pos += pos
         rate = pos / n
-        rows.append({"decile": i, "customers": n, "positives": pos, "rate": rate, "lift": rate / base,
-                     "min_score": float(p[idx].min()), "max_score": float(p[idx].max()),
-                     "cumulative_customers": cum_n, "cumulative_positives": cum_pos,
+        rows.append({"decile": i, "customers": n, "positives": _count(pos), "rate": rate, "lift": rate / base,
+                     "min_score": float(ps[idx].min()), "max_score": float(ps[idx].max()),
+                     "cumulative_customers": cum_n, "cumulative_positives": _count(cum_pos),
                      "cumulative_gain_pct": 100.0 * cum_pos / total_pos,
                      "cumulative_lift": (cum_pos / cum_n) / base})
     return rows
