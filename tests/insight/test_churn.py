@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from goldkey.core.errors import InvalidInput
 from goldkey.insight import churn_api
-from goldkey.insight.churn import ChurnService, ClassifierParams, TabularClassifier
+from goldkey.insight.churn import ChurnService, ClassifierParams, TabularClassifier, _holdout_split
 from goldkey.insight.evaluation import evaluate
 from goldkey.insight.features import FEATURE_DOCS, FEEDBACK_DOCS, customer_features
 from goldkey.store.operational import identities
@@ -306,6 +306,23 @@ def test_bad_goldkey_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:
     r = env.client.post("/api/v1/insights/churn/train", headers=env.admin_auth(), json={"horizon_days": 0})
     assert r.status_code == 400 and "horizon_days" in r.text
     assert svc.registry.versions(ws, "churn") == []
+
+
+def test_a_holdout_too_small_to_evaluate_is_refused_naming_test_fraction() -> None:
+    y = np.array([0, 1] * 30)
+    idx = np.arange(y.size)
+    with pytest.raises(InvalidInput, match="would hold 6 of the 60 .* at least 0.17") as e:
+        _holdout_split(idx, y, 0.1, 0)
+    assert e.value.field == "test_fraction"
+    with pytest.raises(InvalidInput, match="would hold 2 of the 200"):
+        _holdout_split(np.arange(200), np.array([0, 1] * 100), 0.01, 0)
+    y = np.zeros(400, dtype=int)
+    y[0] = 1  # one positive: it cannot be on both sides
+    with pytest.raises(InvalidInput, match="no positive customer|cannot split") as e:
+        _holdout_split(np.arange(400), y, 0.25, 0)
+    assert e.value.field == "test_fraction"
+    tr, te = _holdout_split(idx[:60], np.array([0, 1] * 30), 0.25, 0)
+    assert (tr.size, te.size) == (45, 15) and 0 < np.array([0, 1] * 30)[te].sum() < 15
 
 
 # -- the large-data path ---------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ while the classifier fits): ``scores.churn_risk`` / ``scores.propensity_<name>``
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -738,6 +739,28 @@ def _parse(cls: type[BaseModel], data: Any) -> Any:
     return validated(cls, data or {})
 
 
+def _holdout_split(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stratified training / holdout split, refused (naming ``test_fraction``) when the holdout
+    could not be evaluated: fewer than 10 customers (the lift table's deciles) or one class only."""
+    n_test = math.ceil(fraction * y.size)  # as train_test_split counts it
+    need = math.ceil(10 / y.size * 100) / 100
+    if n_test < 10:
+        raise InvalidInput(f"the holdout would hold {n_test} of the {y.size} labelled customers "
+                           f"({fraction:g}); evaluating it (lift by decile) needs at least 10: set test_fraction "
+                           f"to at least {need:g} or label more customers", field="test_fraction")
+    try:
+        tr, te = train_test_split(idx, test_size=fraction, stratify=y, random_state=seed)
+    except ValueError as exc:
+        raise InvalidInput(f"cannot split {y.size} labelled customers for a holdout of {fraction:g}: {exc}",
+                           field="test_fraction") from None
+    if y[te].min() == y[te].max():
+        missing = "positive" if y[te].max() == 0 else "negative"
+        raise InvalidInput(f"the holdout ({te.size} customers) would hold no {missing} customer "
+                           f"({int(y.sum())} positives of {y.size}): raise test_fraction or label more customers",
+                           field="test_fraction")
+    return tr, te
+
+
 _ACTIVE_SQL = {
     "orders": """SELECT DISTINCT canonical_id FROM orders_resolved
                  WHERE workspace_id = $ws AND ordered_at >= $start AND ordered_at < $end
@@ -880,7 +903,7 @@ class ChurnService:
             step(2, "holdout evaluation (features as of the scoring date meanwhile)")
             now_features = pool.submit(lambda: population(self._features(ws, d, t)))
             idx = np.arange(y.size)
-            tr, te = train_test_split(idx, test_size=d.test_fraction, stratify=y, random_state=d.classifier.seed)
+            tr, te = _holdout_split(idx, y, d.test_fraction, d.classifier.seed)
             _check_labels(y[tr], d.classifier, "training customers")
             clf = TabularClassifier(d.classifier).fit(X.iloc[tr], y[tr])
             holdout = evaluate(y[te], clf.predict_proba(X.iloc[te]))
