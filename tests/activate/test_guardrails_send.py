@@ -77,6 +77,45 @@ def test_each_guardrail_gives_its_reason(env_any: Any) -> None:
         g.check(ws, "fax", "marketing", pids, "k", NOON_SH)
 
 
+def test_what_a_merged_away_profile_had_still_protects_the_customer(env_any: Any) -> None:
+    """A suppression, a message already sent and sends counted against a cap on an anonymous profile
+    hold for the customer it is later merged into (as its consent decisions do)."""
+    env = env_any
+    ws = env.ws.workspace_id
+    known = _profiles(env, 2)
+    r = env.post("/v1/batch", {"batch": [{"type": "identify", "anonymousId": f"anon{i}"} for i in range(2)]})
+    assert r.status_code == 200, r.text
+    with env.gk.engine.connect() as c:
+        anon = c.execute(sa.select(profiles.c.profile_id).where(
+            profiles.c.workspace_id == ws, profiles.c.profile_id.not_in(known))
+            .order_by(profiles.c.first_seen_at, profiles.c.profile_id)).scalars().all()
+    assert len(anon) == 2
+    g = Guardrails(env.gk.engine)
+    g.set_policy(ws, {"caps": {"sms": {"day": 1}}})
+    _grant(env, known + list(anon))
+    g.suppress(ws, [anon[0]], "*", "complained")
+    assert list(g.reserve(ws, "sms", "marketing", [anon[1]], "first", SendSpec("chn_x"), NOON_SH).message_ids) == \
+        [anon[1]]
+    # each visitor logs in: its anonymous profile is merged into the known customer's
+    r = env.post("/v1/batch", {"batch": [{"type": "identify", "userId": f"u{i}", "anonymousId": f"anon{i}"}
+                                         for i in range(2)]})
+    assert r.status_code == 200, r.text
+    with env.gk.engine.connect() as c:
+        canon = dict(c.execute(sa.select(profiles.c.profile_id, profiles.c.canonical_id).where(
+            profiles.c.profile_id.in_(anon))).all())
+    live = [canon[a] for a in anon]
+    assert set(live) == set(known)  # merged into the known customers
+    v = g.check(ws, "sms", "marketing", live, "second", NOON_SH)
+    assert v.allowed == []
+    assert v.suppressed[live[0]] == "suppressed: complained"
+    assert v.suppressed[live[1]] == "frequency cap: sms 1/1 today"
+    assert g.check(ws, "sms", "marketing", [live[1]], "first", datetime(2026, 3, 5, 4, 0, tzinfo=UTC)) \
+        .suppressed[live[1]].startswith("duplicate")
+    # the reservation's own re-check (recheck) sees the suppression too
+    res = g.reserve(ws, "sms", "marketing", [live[0]], "third", SendSpec("chn_x"), NOON_SH)
+    assert list(res.message_ids) == [] and res.suppressed[live[0]] == "suppressed: complained"
+
+
 def test_quiet_hours_follow_the_customers_time_zone(env_any: Any) -> None:
     env = env_any  # SQLite and PostgreSQL: the reservation must be atomic on both
     ws = env.ws.workspace_id

@@ -333,6 +333,17 @@ def week_start(d: date) -> date:
     return d - timedelta(days=d.weekday())
 
 
+def _customer(column: Any, ws: Any) -> Any:
+    """``column`` (a profile id) is one of the audience member's profiles: the live one or any merged
+    into it (``canonical_id``). A suppression, a message already sent or a send counted on a profile
+    that was later merged away still belongs to the customer, as its consent decisions do
+    (:func:`goldkey.govern.consent.latest_decision`)."""
+    merged = profiles.alias("merged_from")
+    return column.in_(sa.select(merged.c.profile_id).where(merged.c.canonical_id == AUDIENCE.c.profile_id,
+                                                            merged.c.workspace_id == ws)
+                      .correlate_except(merged))  # the audience row of the outermost statement
+
+
 def _facts_statement(dialect: str, counts: tuple[bool, bool, bool, bool]) -> Any:
     """One row per audience member (the temporary ``gk_audience`` table): whether the profile is
     live, its time zone, an active suppression's reason, the latest consent decision, whether
@@ -344,16 +355,16 @@ def _facts_statement(dialect: str, counts: tuple[bool, bool, bool, bool]) -> Any
     ws, channel, purpose = sa.bindparam("ws"), sa.bindparam("channel"), sa.bindparam("purpose")
     today, start, now = sa.bindparam("today"), sa.bindparam("week_start"), sa.bindparam("now")
     tz = json_text(dialect, p.attributes, "timezone")
-    supp = (sa.select(s.reason).where(s.workspace_id == ws, s.profile_id == a.profile_id,
+    supp = (sa.select(s.reason).where(s.workspace_id == ws, _customer(s.profile_id, ws),
                                       sa.or_(s.channel == channel, s.channel == OVERALL),
                                       sa.or_(s.expires_at.is_(None), s.expires_at > now))
             .limit(1).scalar_subquery())
     dup = sa.exists().where(m.workspace_id == ws, m.message_key == sa.bindparam("message_key"),
-                            m.profile_id == a.profile_id)
+                            _customer(m.profile_id, ws))
 
     def count(*where: Any) -> Any:
         return sa.func.coalesce(sa.select(sa.func.sum(k.count)).where(
-            k.workspace_id == ws, k.profile_id == a.profile_id, *where).scalar_subquery(), 0)
+            k.workspace_id == ws, _customer(k.profile_id, ws), *where).scalar_subquery(), 0)
 
     cols = [a.profile_id, p.profile_id.is_not(None).label("live"), tz.label("tz"), supp.label("suppressed"),
             latest_decision(channel, purpose, a.profile_id).label("consent"), dup.label("dup")]
@@ -373,7 +384,7 @@ def _recheck_statement(_dialect: str) -> Any:
     """Per audience member: live, an active suppression's reason, the latest consent decision."""
     a, p, s = AUDIENCE.c, profiles.c, suppressions.c
     ws, channel = sa.bindparam("ws"), sa.bindparam("channel")
-    supp = (sa.select(s.reason).where(s.workspace_id == ws, s.profile_id == a.profile_id,
+    supp = (sa.select(s.reason).where(s.workspace_id == ws, _customer(s.profile_id, ws),
                                       sa.or_(s.channel == channel, s.channel == OVERALL),
                                       sa.or_(s.expires_at.is_(None), s.expires_at > sa.bindparam("now")))
             .limit(1).scalar_subquery())
