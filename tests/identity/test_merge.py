@@ -239,6 +239,22 @@ def test_blocked_only_ids_share_one_unidentified_profile(env: Any) -> None:
     assert len(owners) == 1
 
 
+def test_an_alias_to_a_blocked_user_id_links_nobody(env: Any) -> None:
+    """alias(previousId=<a real visitor>, userId="test"): "test" is blocked, so the visitor is not
+    merged into the workspace's unidentified profile (which would then collect every blocked-id
+    event of the workspace on that visitor)."""
+    track(env, "t0", userId="test")  # the unidentified profile exists
+    track(env, "v1", anonymousId="visitor-1")
+    ident(env, "v2", anonymousId="visitor-1", traits={"name": "Real Person"})
+    assert env.post("/v1/alias", {"previousId": "visitor-1", "userId": "test", "messageId": "al1"}).status_code == 200
+    for i in range(3):
+        track(env, f"junk{i}", userId="undefined")
+    v = lookup(env, anonymous_id="visitor-1")
+    assert v["merged_from"] == [] and v["merges"] == []
+    assert resolved_events(env, v["profile_id"]) == ["v1", "v2"]
+    assert v["attributes"]["name"] == "Real Person"
+
+
 def test_scores_merge_as_a_union_and_undo_restores_both(env_any: Any) -> None:
     """Model scores (the narrow profile_scores table): a merge gives the survivor the union of both
     profiles' scores, its own winning a clash; the rules' view of the profile sees them; undoing the

@@ -728,6 +728,8 @@ class IdentityGraph:
         limits would refuse an inferred link (two user_ids after a user-id change). Return the
         surviving profile."""
         rules: IdentityRules = self._rules_of(workspace_id)
+        if profile_id == unidentified_profile_id(workspace_id):
+            return profile_id  # the new id is a blocked value: it never links anyone either
         for id_type in ("user_id", "anonymous_id"):
             norm = self.normalised(workspace_id, [(id_type, previous_id)])
             if not norm:
