@@ -194,6 +194,62 @@ def test_batch_over_500_kb_is_413(env: Env) -> None:
     assert _count_events(env, env.ws.workspace_id) == 0
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """An object ``levels`` objects deep."""
+    out: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        out = {"a": out}
+    return out
+
+
+def _deep_text(body: dict[str, Any], field: str, levels: int) -> str:
+    """``body`` as JSON text with ``field`` an object ``levels`` deep (the encoders of the test client
+    stop short of such depths)."""
+    text = orjson.dumps({**body, field: "__DEEP__"}).decode()
+    return text.replace('"__DEEP__"', '{"a":' * (levels - 1) + '{"leaf":1}' + "}" * (levels - 1))
+
+
+def _post_nested(env: Env, path: str, body: dict[str, Any], field: str, levels: int) -> Any:
+    return _raw_post(env, path, _deep_text(body, field, levels).encode())
+
+
+def test_events_nested_too_deep_are_400_and_the_deepest_allowed_are_stored(env: Env) -> None:
+    """The parser reads 1,024 levels, the encoder that stores an event only 254: an event nested
+    deeper than 200 levels is refused at the door naming its field (never acknowledged and then a
+    503 from the commit, or a 500); one of 200 levels is stored everywhere, the profile's recent
+    events and groups included."""
+    ws = env.ws.workspace_id
+    for etype, field in (("track", "properties"), ("identify", "traits"), ("group", "traits")):
+        ok = env.post(f"/v1/{etype}", _ok_event(etype, **{field: _nested(199)}))  # the event: 200 levels
+        assert ok.status_code == 200 and ok.json()["accepted"] == 1, ok.text
+        for levels in (201, 300, 1000):
+            _assert_error(_post_nested(env, f"/v1/{etype}", _ok_event(etype), field, levels), 400, field,
+                          mentions="nested deeper than 200 levels")
+    _assert_error(_post_nested(env, "/v1/page", _ok_event("page"), "context", 300), 400, "context")
+    assert _count_events(env, ws) == 3
+    pid = env.client.get("/api/v1/profiles/lookup?user_id=u1", headers=env.admin_auth()).json()["profile_id"]
+    profile = env.client.get(f"/api/v1/profiles/{pid}", headers=env.admin_auth()).json()
+    assert len(profile["events"]) == 3 and "g1" in profile["attributes"]["groups"]
+    # in a batch over 32 KB (each event then measured) and under it: the deep event is rejected and
+    # quarantined, the others stored
+    for pad in (0, 20):
+        batch = [_ok_event("track", type="track", properties={"pad": "p" * 1000 * pad}) for _ in range(2)]
+        deep = _deep_text(_ok_event("track", type="track"), "properties", 400)
+        text = f'{{"batch":[{orjson.dumps(batch[0]).decode()},{deep},{orjson.dumps(batch[1]).decode()}]}}'
+        r = _raw_post(env, "/v1/batch", text.encode())
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 2, r.json()
+        assert [(x["record"], x["field"]) for x in r.json()["rejected"]] == [(1, "properties")]
+    _assert_error(_post_nested(env, "/v1/batch", {"batch": [_ok_event("track", type="track")]}, "context", 300),
+                  400, "context")
+    assert _count_events(env, ws) == 7
+    qr = env.client.get("/api/v1/quarantine", headers=env.admin_auth())
+    assert qr.status_code == 200, qr.text
+    q = [x for x in qr.json() if x["field"] == "properties"]
+    assert len(q) == 2 and q[0]["raw"]["messageId"].startswith("m-")  # kept, clipped below 200 levels
+    assert env.client.get("/healthz").json()["status"] == "ok"
+
+
 # -- authentication and workspace isolation ----------------------------------------------------
 
 

@@ -81,6 +81,60 @@ def _parse(body: bytes) -> Any:
         raise InvalidInput(f"body is not valid JSON: {exc}") from None
 
 
+# The JSON parser takes up to 1,024 nested levels, the encoder that stores an event at most 254
+# (and the writer wraps an event's properties and traits a few levels deeper still: the profile's
+# recent events, its groups): an event nested deeper would be acknowledged and then fail in the group
+# commit (a 503 for ever, as the client retries). Events nested deeper than MAX_NESTING levels are
+# refused at the door instead, naming their field. A body with fewer brackets than that cannot be
+# that deep, so the check costs nothing for an ordinary event.
+MAX_NESTING = 200
+_DEEP = f"nested deeper than {MAX_NESTING} levels (objects and arrays within each other)"
+_ENCODER_DEPTH = 254
+
+
+def _encodable(obj: Any) -> bool:
+    """Whether ``obj`` is at most MAX_NESTING levels deep: it still encodes inside the levels the
+    encoder has left (one C-speed encoding, no walk in Python)."""
+    for _ in range(_ENCODER_DEPTH - MAX_NESTING):
+        obj = [obj]
+    try:
+        orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
+def _deep_field(event: Any) -> str | None:
+    """The top-level field of ``event`` nested too deep to be stored (None: none)."""
+    if _encodable(event):
+        return None
+    if isinstance(event, dict):
+        for k, v in event.items():
+            if not _encodable([v]):
+                return str(k)
+    return "event"
+
+
+def _clipped(obj: Any, depth: int = 0) -> Any:
+    """``obj`` with what lies deeper than 200 levels replaced by a note (a quarantined raw event)."""
+    if depth >= 200 and isinstance(obj, dict | list):
+        return f"... ({_DEEP})"
+    if isinstance(obj, dict):
+        return {k: _clipped(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clipped(v, depth + 1) for v in obj]
+    return obj
+
+
+def raw_text(raw: Any) -> str:
+    """A rejected event as the quarantine keeps it (JSON, at most 40,000 characters)."""
+    try:
+        text = orjson.dumps(raw, default=str).decode()
+    except orjson.JSONEncodeError:
+        text = orjson.dumps(_clipped(raw), default=str).decode()
+    return text[:40_000]
+
+
 # Authorization header -> the hash of its write key: an SDK sends the same header on every
 # request, so the Basic decoding and the hash are done once; the key itself is still checked by
 # the workspace service on every request (its cache expires, so a revoked key is refused).
@@ -160,7 +214,7 @@ def quarantine_rows(ws: str, rejected: list[InvalidInput], raw: list[Any]) -> li
             field=e.field,
             value=None,
             reason=e.message,
-            raw=orjson.dumps(r, default=str).decode()[:40_000],
+            raw=raw_text(r),
             created_at=now,
         )
         for e, r in zip(rejected, raw, strict=True)
@@ -186,9 +240,12 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
     body = _decoded(encoding, body, limit, what)
     data = _parse(body)
     ws = _workspace(gk, authorization, data)
+    deep = body.count(b"{") + body.count(b"[") > MAX_NESTING and not _encodable(data)
     if kind != "batch":
         METRICS.events_received.inc()
         try:
+            if deep:
+                raise InvalidInput(_DEEP, field=_deep_field(data))
             ev = normalise_event(data, received_at=received, forced_type=kind, size=len(body))
         except InvalidInput:
             METRICS.events_rejected.inc()
@@ -198,6 +255,8 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
         raise InvalidInput("must be a list of events", field="batch")
     items = data["batch"]
     METRICS.events_received.inc(len(items))
+    if deep and not _encodable({k: v for k, v in data.items() if k != "batch"}):
+        raise InvalidInput(_DEEP, field=_deep_field({k: v for k, v in data.items() if k != "batch"}))
     sent_at = _parse_ts(data.get("sentAt"), "sentAt", None) if data.get("sentAt") is not None else None
     ctx = data.get("context") if isinstance(data.get("context"), dict) else None
     small = len(body) <= gk.settings.max_event_bytes
@@ -207,6 +266,8 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
     max_event = gk.settings.max_event_bytes
     for i, item in enumerate(items):
         try:
+            if deep and (field := _deep_field(item)) is not None:
+                raise InvalidInput(_DEEP, field=field, record=i)
             events.append(
                 normalise_event(
                     item,
