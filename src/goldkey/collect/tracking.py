@@ -180,17 +180,22 @@ def normalise_event(
     properties = v if type(v) is dict else _obj(v, "properties", record)
     v = get("traits")
     traits = v if type(v) is dict else _obj(v, "traits", record)
-    if "consent" in traits and etype == "identify":  # checked here: a stored event is never refused later
-        try:
-            consent_decisions(traits)
-        except InvalidInput as exc:
-            raise InvalidInput(exc.message, field=exc.field, record=record) from None
     v = get("context")
     context = v if type(v) is dict else _obj(v, "context", record)
     if batch_context:
         context = {**batch_context, **context}
     v = context.get("traits")
     ctx_traits = v if type(v) is dict else _obj(v, "context.traits", record)
+    # A group's traits describe the group (a company's name, e-mail, size), not the user: they are
+    # stored under the group and never read as the user's identifiers or consent. The user's own
+    # traits are the event's traits, or else its context.traits (mobile SDKs put them there).
+    own = ctx_traits if etype == "group" else (traits or ctx_traits)
+    if "consent" in own and etype == "identify":  # checked here: a stored event is never refused later
+        try:
+            consent_decisions(own)
+        except InvalidInput as exc:
+            field = exc.field if own is traits else f"context.{exc.field}"
+            raise InvalidInput(exc.message, field=field, record=record) from None
 
     message_id = get("messageId")
     if message_id is None or message_id == "":
@@ -231,7 +236,7 @@ def normalise_event(
     device = context.get("device")
     if isinstance(device, dict) and device.get("id") not in (None, ""):
         ident.append(("device_id", device.get("id")))
-    for source in (traits, ctx_traits):
+    for source in (ctx_traits,) if etype == "group" else (traits, ctx_traits):
         if source and not _TRAIT_KEYS.isdisjoint(source):
             for key, id_type in TRAIT_IDENTIFIERS.items():
                 v = source.get(key)
@@ -251,7 +256,7 @@ def normalise_event(
         sent_at=sent_at,
         received_at=received_at,
         properties=properties,
-        traits=traits or ctx_traits,
+        traits=traits if etype == "group" else own,
         context=context,
         raw_size=size,
         identifiers=ident,

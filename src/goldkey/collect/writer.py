@@ -570,7 +570,10 @@ class Writer:
             recent = _merge_recent(loads(recent_raw), fresh, keep)
             if d.attributes:
                 attrs = loads(attrs_raw)
+                groups, had = d.attributes.get("groups"), attrs.get("groups")
                 attrs.update(d.attributes)
+                if isinstance(groups, dict) and isinstance(had, dict):  # a group call adds to the groups
+                    attrs["groups"] = {**had, **groups}
                 attrs_raw = dumps(attrs).decode()
             ls = ts(micros_to_datetime(d.last_seen)) if d.last_seen is not None else None
             rows.append((attrs_raw, dumps(recent).decode(), ls, ls, pid))
