@@ -390,6 +390,26 @@ def test_batch_with_invalid_events_accepts_the_rest_and_quarantines_them(env: En
     assert qb.status_code == 200 and qb.json() == []
 
 
+def test_a_request_answered_503_quarantines_nothing_so_its_retry_quarantines_once(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from goldkey.core.errors import Overloaded
+
+    def full(*_a: Any, **_k: Any) -> Any:
+        raise Overloaded("ingestion queue full (injected)", retry_after=1)
+
+    body = {"batch": [_ok_event("track", type="track", messageId="ok-1"),
+                      {"type": "track", "event": "E", "messageId": "bad-1"}]}
+    with monkeypatch.context() as m:
+        m.setattr(env.gk.writer, "submit_events_async", full)
+        for _ in range(3):
+            assert env.post("/v1/batch", body).status_code == 503
+    r = env.post("/v1/batch", body)
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    rows = [x for x in env.client.get("/api/v1/quarantine", headers=env.admin_auth()).json()
+            if x["source"] == "tracking"]
+    assert [x["raw"]["messageId"] for x in rows] == ["bad-1"]
+
+
 def test_batch_of_only_invalid_events_is_200_with_all_rejected(env: Env) -> None:
     r = env.post("/v1/batch", {"batch": [{"type": "track"}, 5, None]})
     assert r.status_code == 200, r.text

@@ -165,14 +165,10 @@ def _workspace(gk: Goldkey, authorization: str | None, data: Any) -> str:
 async def _ingest(
     gk: Goldkey, ws: str, events: list[TrackedEvent], rejected: list[InvalidInput], raw: list[Any]
 ) -> bytes:
-    if rejected:
-        METRICS.events_rejected.inc(len(rejected))
-        rows = quarantine_rows(ws, rejected, raw)
-        remote = getattr(gk, "quarantine_async", None)  # a collector process: the server writes them
-        if remote is not None:
-            await remote(rows)
-        else:
-            await run_in_threadpool(insert_quarantine, gk.engine, rows)
+    # The request's valid events are acknowledged first, its rejected ones quarantined after: a
+    # request answered 503 (queue full, a store failure) has written nothing, so the client's retry
+    # does not quarantine its rejected events twice. A quarantine that fails after the events were
+    # stored answers 503 too; the retry's events are then duplicates (not stored again).
     accepted = duplicates = 0
     if events:
         fut = gk.writer.submit_events_async(ws, events, asyncio.get_running_loop())
@@ -187,6 +183,20 @@ async def _ingest(
         except Exception as exc:  # a store failed: nothing of this request was acknowledged
             raise not_stored(exc) from exc
         accepted, duplicates = res.accepted, res.duplicates
+    if rejected:
+        METRICS.events_rejected.inc(len(rejected))
+        rows = quarantine_rows(ws, rejected, raw)
+        remote = getattr(gk, "quarantine_async", None)  # a collector process: the server writes them
+        try:
+            if remote is not None:
+                await remote(rows)
+            else:
+                await run_in_threadpool(insert_quarantine, gk.engine, rows)
+        except GoldkeyError:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"rejected events not quarantined, retry: {type(exc).__name__}: {exc}"[:500]) \
+                from exc
     return orjson.dumps(
         {
             "success": True,

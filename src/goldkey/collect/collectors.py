@@ -336,7 +336,7 @@ class CollectorPool:
 
         try:
             insert_quarantine(self.gk.engine, rows)
-        except Exception as exc:  # noqa: BLE001 - the collector answers 503: nothing of the request acknowledged
+        except Exception as exc:  # noqa: BLE001 - the collector answers 503: the retry's events are duplicates then
             log.exception("quarantine insert for a collector failed")
             conn.send((rid, False, _public_error(exc)))
             return
