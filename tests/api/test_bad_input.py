@@ -427,6 +427,45 @@ def test_empty_batch_is_ok(env: Env) -> None:
 # -- messageId de-duplication ------------------------------------------------------------------
 
 
+def test_after_a_restart_the_window_still_runs_from_the_first_receipt(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ids reloaded at start-up are remembered for the window from when they were received, not
+    from the restart (which would stretch the window up to twice its length)."""
+    from fastapi.testclient import TestClient
+
+    import goldkey.collect.writer as writer_module
+    from conftest import open_settings
+    from goldkey.app import create_app
+    from goldkey.collect.tracking import now_micros
+    from goldkey.runtime import Goldkey
+
+    shift = [0]
+    monkeypatch.setattr(writer_module, "now_micros", lambda: now_micros() + shift[0])
+    minute = 60_000_000
+    gk = Goldkey.open(open_settings(tmp_path, dedupe_window_hours=1))
+    ws = gk.workspaces.create("A")
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{ws.write_key}:".encode()).decode()}
+
+    def send(c: Any, mid: str) -> dict[str, Any]:
+        r = c.post("/v1/track", json={"userId": "u", "event": "E", "messageId": mid}, headers=auth)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with TestClient(create_app(gk=gk)) as c:
+        assert send(c, "m1")["accepted"] == 1
+    gk.close()
+    shift[0] = 50 * minute  # restarted 50 minutes later
+    gk = Goldkey.open(open_settings(tmp_path, dedupe_window_hours=1))
+    try:
+        with TestClient(create_app(gk=gk)) as c:
+            assert send(c, "m1")["duplicates"] == 1  # still inside the hour
+            shift[0] = 62 * minute  # the hour since m1 was received is over
+            assert send(c, "other")["accepted"] == 1
+            assert send(c, "m1")["accepted"] == 1
+    finally:
+        gk.close()
+
+
 def test_same_message_id_twice_is_stored_once(env: Env) -> None:
     ev = _ok_event("track")
     r1 = env.post("/v1/track", ev)

@@ -197,15 +197,23 @@ class Writer:
         since = now_micros() - self.dedupe.window_us
         cur = self.analytical.cursor()
         try:
+            # minute by minute, each minute's ids stamped with its end: an id is remembered for the
+            # window from when it was received (up to a minute more), not from this restart
             tbl = cur.sql(
-                "SELECT workspace_id, message_id FROM events WHERE received_at >= make_timestamp(?::BIGINT)",
+                "SELECT workspace_id, message_id, epoch_us(received_at) // 60000000 AS minute FROM events "
+                "WHERE received_at >= make_timestamp(?::BIGINT) ORDER BY minute",
                 params=[since],
             ).to_arrow_table()
         finally:
             cur.close()
         key = DedupeWindow.key
+        minutes = tbl.column(2).to_pylist()
         keys = [key(w, m) for w, m in zip(tbl.column(0).to_pylist(), tbl.column(1).to_pylist(), strict=True)]
-        self.dedupe.add_many(now_micros(), keys)
+        lo = 0
+        for hi in range(1, len(keys) + 1):
+            if hi == len(keys) or minutes[hi] != minutes[lo]:
+                self.dedupe.add_many((minutes[lo] + 1) * 60_000_000, keys[lo:hi])
+                lo = hi
 
     @property
     def queue_depth(self) -> int:
