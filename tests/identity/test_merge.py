@@ -255,6 +255,24 @@ def test_an_alias_to_a_blocked_user_id_links_nobody(env: Any) -> None:
     assert v["attributes"]["name"] == "Real Person"
 
 
+def test_the_profile_shows_the_consent_the_guardrails_apply_on_a_tie(env: Any) -> None:
+    """Decisions of the same time on two merged profiles: a denial wins, in the 360° profile as in
+    the send guardrails."""
+    from goldkey.govern.consent import latest_decision
+
+    at = "2025-03-01T08:00:00Z"
+    ident(env, "w1", userId="u1", timestamp="2024-01-01T00:00:00Z")
+    ident(env, "c1", userId="u1", timestamp=at, traits={"consent": {"sms": True}})
+    ident(env, "c2", anonymousId="a1", timestamp=at, traits={"consent": {"sms": False}})
+    ident(env, "m1", userId="u1", anonymousId="a1")
+    p = lookup(env, user_id="u1")
+    assert p["merged_from"]
+    shown = {(c["channel"], c["purpose"]): c["status"] for c in p["consents"]}
+    with env.gk.engine.connect() as c:
+        applied = c.execute(sa.select(latest_decision("sms", "marketing", sa.literal(p["profile_id"])))).scalar()
+    assert shown[("sms", "marketing")] == applied == "denied"
+
+
 def test_scores_merge_as_a_union_and_undo_restores_both(env_any: Any) -> None:
     """Model scores (the narrow profile_scores table): a merge gives the survivor the union of both
     profiles' scores, its own winning a clash; the rules' view of the profile sees them; undoing the

@@ -278,7 +278,10 @@ class ProfileService:
         latest: dict[tuple[str, str], Sequence[Any]] = {}
         for c in run(_CONSENTS[merged], key):
             k = (c[0], c[1])
-            if k not in latest or c[4] > latest[k][4]:
+            have = latest.get(k)
+            # the newest decision wins and a denial wins a tie: the rule the send guardrails apply
+            # (goldkey.govern.consent.latest_decision), so the profile shows what a send will do
+            if have is None or c[4] > have[4] or (c[4] == have[4] and c[2] == "denied"):
                 latest[k] = c
         fb = run(_FEEDBACK[merged], key)
         merge_rows = run(_MERGES[merged], key)
