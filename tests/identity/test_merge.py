@@ -308,8 +308,9 @@ def test_scores_merge_as_a_union_and_undo_restores_both(env_any: Any) -> None:
     first = next(m["merge_id"] for m in lookup(env, user_id="u1")["merges"] if m["loser_id"] == a1)
     r = env.client.post(f"/api/v1/profiles/merges/{first}/undo", headers=env.admin_auth())
     assert r.status_code == 200, r.text
-    # the survivor: its own scores from before the merge, plus the later merge's
-    assert lookup(env, user_id="u1")["scores"] == {"x": 1.0, "y": 1.0, "w": 5.0}
+    # the survivor: its own scores, the later merge's, and what was written on it after the merge
+    # (z, a model run on the survivor: not the loser's value, so it stays until the next run)
+    assert lookup(env, user_id="u1")["scores"] == {"x": 1.0, "y": 1.0, "z": 4.0, "w": 5.0}
     assert lookup(env, anonymous_id="a1")["scores"] == {"y": 2.0, "z": 3.0}
     # a model that no longer scores a profile removes its fields (the row stays, empty)
     write_scores(env.gk, ws, ("x", "y"), {u1: {"x": 1, "y": 1}})
@@ -407,3 +408,63 @@ def test_model_tags_live_beside_the_scores_merge_as_a_union_and_undo_restores_bo
         assert exc.field == "kind"
     else:
         raise AssertionError("a model tag became a manual one")
+
+
+def _undo(env: Any, merge_id: str) -> None:
+    r = env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+
+
+def test_undo_keeps_what_was_set_on_the_survivor_after_the_merge(env_any: Any) -> None:
+    """A marketer's tag and a model's score set on the surviving profile after a merge are the
+    survivor's: undoing the merge does not reset them to the snapshot taken at the merge."""
+    from goldkey.insight.writeback import declare_scores, write_scores
+
+    env, ws, h = env_any, env_any.ws.workspace_id, env_any.admin_auth()
+    ident(env, "m1", userId="u1", timestamp="2024-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1", traits={"city": "Shanghai"})
+    ident(env, "m3", userId="u1", anonymousId="a1")
+    p = lookup(env, user_id="u1")
+    r = env.client.post("/api/v1/tags", json={"name": "vip", "kind": "manual", "value_type": "boolean",
+                                              "category": "fixed"}, headers=h)
+    assert r.status_code in (200, 201), r.text
+    r = env.client.post("/api/v1/tags/vip/values", json={"assignments": [{"user_id": "u1", "value": True}]},
+                        headers=h)
+    assert r.status_code == 200, r.text
+    declare_scores(env.gk.engine, ws, {"churn_risk": "churn risk"}, "churn", 1)
+    write_scores(env.gk, ws, ["churn_risk"], {p["profile_id"]: {"churn_risk": 0.9}})
+    _undo(env, p["merges"][0]["merge_id"])
+    w = lookup(env, user_id="u1")
+    assert w["tags"] == {"vip": True} and w["scores"]["churn_risk"] == 0.9
+    assert "city" not in w["attributes"]  # what the loser brought went back with it
+    assert lookup(env, anonymous_id="a1")["attributes"]["city"] == "Shanghai"
+
+
+def test_undoing_merges_out_of_order_leaves_nothing_of_either_loser(env: Any, tmp_path: Any) -> None:
+    """A (a CRM customer with a tag) then M merged into W; undoing A's merge, then M's: W gets its own
+    origin back and none of A's tags (M's merge snapshot was taken while A was merged in); an
+    attribute that A and a profile still merged in both brought stays."""
+    ws, h = env.ws.workspace_id, env.admin_auth()
+    ident(env, "w1", userId="u1", timestamp="2024-01-01T00:00:00Z")
+    f = tmp_path / "crm.csv"
+    f.write_text("crm_id,name,registered_at\nC1,Carol,2024-06-01\n")
+    assert env.gk.importer.run(ws, "customers", f, {}).status == "done"
+    assert env.client.post("/api/v1/tags", json={"name": "vip", "kind": "manual", "value_type": "boolean",
+                                                 "category": "fixed"}, headers=h).status_code in (200, 201)
+    r = env.client.post("/api/v1/tags/vip/values", json={"assignments": [{"crm_id": "C1", "value": True}]},
+                        headers=h)
+    assert r.status_code == 200, r.text
+    ident(env, "m1", userId="u1", traits={"crm_id": "C1"})  # A into W
+    ident(env, "x1", anonymousId="a-m", traits={"age": 30})
+    ident(env, "m2", userId="u1", anonymousId="a-m")  # M into W
+    ident(env, "x2", anonymousId="a-n", traits={"name": "Carol"})  # N brings what A brought, and stays
+    ident(env, "m3", userId="u1", anonymousId="a-n")
+    p = lookup(env, user_id="u1")
+    assert p["origin"] == "existing" and p["tags"] == {"vip": True}
+    by = {m["linked_by"]["value"]: m["merge_id"] for m in p["merges"]}
+    _undo(env, by["C1"])
+    _undo(env, by["a-m"])
+    w, a = lookup(env, user_id="u1"), lookup(env, crm_id="C1")
+    assert (w["origin"], w["tags"]) == ("new", {})
+    assert (a["origin"], a["tags"]) == ("existing", {"vip": True})
+    assert w["attributes"].get("name") == "Carol" and "age" not in w["attributes"]

@@ -95,6 +95,20 @@ def _split_tags(before: dict[str, Any], model_names: set[str]) -> tuple[str, str
     return _j(tags), _j(model)
 
 
+def _less_loser(current: dict[str, Any], loser: dict[str, Any], winner_before: dict[str, Any]) -> dict[str, Any]:
+    """The survivor's ``current`` values without the loser's contribution: a key still holding the
+    value the loser brought goes back to the survivor's own value before the merge, or away when it
+    had none; a key changed since the merge keeps its new value (it was set on the survivor)."""
+    out = dict(current)
+    for k, v in loser.items():
+        if k in out and out[k] == v:
+            if k in winner_before:
+                out[k] = winner_before[k]
+            else:
+                del out[k]
+    return out
+
+
 def _row_dict(row: Any) -> dict[str, Any]:
     return {str(k): getattr(row, k) for k in row._fields}
 
@@ -1115,13 +1129,30 @@ class IdentityGraph:
         others = conn.execute(
             sa.select(profiles).where(profiles.c.canonical_id == m.winner_id, profiles.c.profile_id != m.winner_id)
         ).all()
+        # Traits, tags, scores and model tags: the winner's values as they are NOW, less what the
+        # loser brought that nobody changed since (the winner's own value, if it had one, comes back);
+        # what was set on the survivor after the merge (a marketer's tag, a model run's scores) stays.
         winner_tags, winner_model_tags = _split_tags(wb, model_names)
-        traits, tags, scores = orjson.loads(wb["traits"]), orjson.loads(winner_tags), orjson.loads(wb["scores"])
-        model_tags = orjson.loads(winner_model_tags)
+        current_tags = {**orjson.loads(winner.tags), **orjson.loads(winner.model_tags)}
+        now_tags = {k: v for k, v in current_tags.items() if k not in model_names}
+        now_model_tags = {k: v for k, v in current_tags.items() if k in model_names}
+        traits = _less_loser(orjson.loads(winner.traits), orjson.loads(lb["traits"]), orjson.loads(wb["traits"]))
+        tags = _less_loser(now_tags, orjson.loads(loser_tags), orjson.loads(winner_tags))
+        scores = _less_loser(orjson.loads(winner.scores), orjson.loads(lb["scores"]), orjson.loads(wb["scores"]))
+        model_tags = _less_loser(now_model_tags, orjson.loads(loser_model_tags), orjson.loads(winner_model_tags))
         others_outputs = read_scores(conn, workspace_id, [o.profile_id for o in others], with_model_tags=True)
-        origin = wb["origin"]
-        first = (as_utc(datetime.fromisoformat(wb["first_seen_at"])), wb["first_seen_source"], wb["first_seen_context"])
+        # origin and first seen: the winner's own, from before the first merge into it (an earlier
+        # merge undone out of order must not leave its loser's origin behind), then the profiles
+        # still merged into it
+        first_merge = conn.execute(sa.select(merges.c.detail).where(
+            merges.c.workspace_id == workspace_id, merges.c.winner_id == m.winner_id)
+            .order_by(merges.c.created_at, merges.c.merge_id).limit(1)).scalar_one()
+        own = orjson.loads(first_merge)["winner_before"]
+        origin = own["origin"]
+        first = (as_utc(datetime.fromisoformat(own["first_seen_at"])), own["first_seen_source"],
+                 own["first_seen_context"])
         for o in others:
+            attrs = {**orjson.loads(o.attributes), **attrs}  # what a profile still merged in brought stays
             traits = {**orjson.loads(o.traits), **traits}
             tags = {**orjson.loads(o.tags), **tags}
             o_scores, o_model_tags = others_outputs.get(o.profile_id, ({}, {}))
