@@ -468,3 +468,24 @@ def test_undoing_merges_out_of_order_leaves_nothing_of_either_loser(env: Any, tm
     assert (w["origin"], w["tags"]) == ("new", {})
     assert (a["origin"], a["tags"]) == ("existing", {"vip": True})
     assert w["attributes"].get("name") == "Carol" and "age" not in w["attributes"]
+
+
+def test_undo_moves_back_the_losers_events_of_the_merges_own_batch(env_any: Any) -> None:
+    """An event after the merging one in the same batch (received before the merge was recorded)
+    that carries only the loser's ids goes back to the loser; the merging event itself, carrying
+    the winner's user id, stays with the winner."""
+    env = env_any
+    ident(env, "m1", userId="u1", timestamp="2024-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1")
+    r = env.post("/v1/batch", {"batch": [
+        {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m3"},  # merges a1 into u1
+        {"type": "track", "anonymousId": "a1", "event": "E", "messageId": "m4"},
+        {"type": "track", "userId": "u1", "event": "E", "messageId": "m5"},
+    ]})
+    assert r.json()["accepted"] == 3
+    track(env, "m6", anonymousId="a1")
+    p = lookup(env, user_id="u1")
+    _undo(env, p["merges"][0]["merge_id"])
+    w, a = lookup(env, user_id="u1")["profile_id"], lookup(env, anonymous_id="a1")["profile_id"]
+    assert resolved_events(env, w) == ["m1", "m3", "m5"]
+    assert resolved_events(env, a) == ["m2", "m4", "m6"]

@@ -700,14 +700,22 @@ def apply_map_ops(con: Any, ops: list[tuple[str, str, Any, Any]]) -> None:
             for pid in subtree:
                 if pid != loser:
                     con.execute("INSERT INTO profile_map VALUES (?, ?, ?)", [ws, pid, loser])
-            # events the loser's identifiers sent after the merge were written to the winner
+            # events the loser's identifiers sent after the merge were written to the winner; so were
+            # those of the merge's own request or group commit (received before the merge was
+            # recorded) that carry only the loser's ids: without the merge they were the loser's
             uids = [v for t, v in a["identities"] if t == "user_id"]
             aids = [v for t, v in a["identities"] if t == "anonymous_id"]
+            kept = a.get("winner_identities", [])
+            w_uids = [v for t, v in kept if t == "user_id"]
+            w_aids = [v for t, v in kept if t == "anonymous_id"]
             con.execute(
                 """UPDATE events SET profile_id = ? WHERE workspace_id = ? AND profile_id = ?
-                   AND received_at >= ? AND (user_id IN (SELECT unnest(?::VARCHAR[]))
-                        OR anonymous_id IN (SELECT unnest(?::VARCHAR[])))""",
-                [loser, ws, winner, a["since"], uids, aids],
+                   AND (user_id IN (SELECT unnest(?::VARCHAR[])) OR anonymous_id IN (SELECT unnest(?::VARCHAR[])))
+                   AND (received_at >= ?
+                        OR (received_at >= ? - INTERVAL 10 MINUTE
+                            AND coalesce(user_id NOT IN (SELECT unnest(?::VARCHAR[])), true)
+                            AND coalesce(anonymous_id NOT IN (SELECT unnest(?::VARCHAR[])), true)))""",
+                [loser, ws, winner, uids, aids, a["since"], a["since"], w_uids, w_aids],
             )
 
 

@@ -1212,6 +1212,12 @@ class IdentityGraph:
                     "winner": m.winner_id,
                     "subtree": subtree,
                     "identities": moved_ids,
+                    # the user and anonymous ids the winner keeps: an event of the merge's own commit
+                    # that carries none of them was the loser's (it would have resolved to the loser)
+                    "winner_identities": [tuple(r) for r in conn.execute(
+                        sa.select(identities.c.id_type, identities.c.id_value).where(
+                            identities.c.workspace_id == workspace_id, identities.c.profile_id == m.winner_id,
+                            identities.c.id_type.in_(("user_id", "anonymous_id"))))],
                     "since": as_utc(m.created_at),
                 },
                 None,
