@@ -489,3 +489,21 @@ def test_undo_moves_back_the_losers_events_of_the_merges_own_batch(env_any: Any)
     w, a = lookup(env, user_id="u1")["profile_id"], lookup(env, anonymous_id="a1")["profile_id"]
     assert resolved_events(env, w) == ["m1", "m3", "m5"]
     assert resolved_events(env, a) == ["m2", "m4", "m6"]
+
+
+def test_what_the_loser_said_in_the_merges_own_batch_is_the_losers_on_undo(env_any: Any) -> None:
+    """An identify of the loser earlier in the batch that merges it: its traits join the merge and go
+    back to the loser on undo (the survivor gets its own name back, the city it never had goes)."""
+    env = env_any
+    ident(env, "m1", userId="u1", traits={"name": "Alice"}, timestamp="2024-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1", traits={"nickname": "B"})
+    r = env.post("/v1/batch", {"batch": [
+        {"type": "identify", "anonymousId": "a1", "traits": {"city": "Shanghai", "name": "Bob"}, "messageId": "m3"},
+        {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m4"},
+    ]})
+    assert r.json()["accepted"] == 2
+    p = lookup(env, user_id="u1")
+    assert p["attributes"] == {"name": "Bob", "nickname": "B", "city": "Shanghai"}  # the newer profile's name
+    _undo(env, p["merges"][0]["merge_id"])
+    assert lookup(env, user_id="u1")["attributes"] == {"name": "Alice"}
+    assert lookup(env, anonymous_id="a1")["attributes"] == {"nickname": "B", "city": "Shanghai", "name": "Bob"}

@@ -952,6 +952,14 @@ class IdentityGraph:
             return str(ra.canonical_id)  # merged already (the same pair reached twice)
         winner, loser = (ra, rb) if ra.first_seen_at <= rb.first_seen_at else (rb, ra)
         wa, la = orjson.loads(winner.attributes), orjson.loads(loser.attributes)
+        # attributes the loser's events of this same commit set (not written yet) are the loser's
+        # too: they join the merge here and its record, so an undo gives them back to the loser
+        pending = uow.deltas.get(loser.profile_id)
+        if pending is not None and pending.attributes:
+            had = la.get("groups")
+            la = {**la, **pending.attributes}
+            if isinstance(had, dict) and isinstance(pending.attributes.get("groups"), dict):
+                la["groups"] = {**had, **pending.attributes["groups"]}
         newer_first = loser.last_seen_at > winner.last_seen_at
         combined = {**wa, **la} if newer_first else {**la, **wa}
         keys_from_loser = [k for k in la if k not in wa]
@@ -1022,7 +1030,7 @@ class IdentityGraph:
                 detail=_j(
                     {
                         "winner_before": _row_dict(winner),
-                        "loser_before": _row_dict(loser),
+                        "loser_before": {**_row_dict(loser), "attributes": _j(la)},
                         "loser_identities": loser_ids,
                         "keys_from_loser": keys_from_loser,
                         "winner_overwritten": winner_overwritten,
@@ -1057,8 +1065,7 @@ class IdentityGraph:
                 uow.pending_ids.pop(winner.profile_id, None)
         ld = uow.deltas.pop(loser.profile_id, None)
         if ld is not None:
-            wd = uow.delta(winner.profile_id)
-            wd.attributes = {**ld.attributes, **wd.attributes}
+            wd = uow.delta(winner.profile_id)  # its attributes are in the merge already (la)
             wd.recent.extend(ld.recent)
             if ld.last_seen and (wd.last_seen is None or ld.last_seen > wd.last_seen):
                 wd.last_seen = ld.last_seen
