@@ -23,6 +23,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from test_console_e2e import Site, browser, page, pick, shot, sign_in  # noqa: F
 
 from goldkey.api.console import dist_dir
 from goldkey.app import create_app
+from goldkey.demo._base import MarketConfig
 from goldkey.demo.run import BackgroundServer, run_demo
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
@@ -55,9 +57,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         s = Site(server.start(), gk, result.brands)
         with s.api(s.brands[0].admin_token) as api:
-            for path in ("/api/v1/insights/churn/train", "/api/v1/insights/lifecycle/run",
-                         "/api/v1/insights/clusters/run", "/api/v1/insights/affinity/run"):
-                r = api.post(path, json={})
+            # the demo market's history ends 540 days after 2025-01-01: churn is learnt as of its
+            # end (as of today, nobody but a campaign's buyers would be active in the label window)
+            end = (MarketConfig().start + timedelta(days=MarketConfig().days)).isoformat() + "T00:00:00Z"
+            for path, body in (("/api/v1/insights/churn/train", {"as_of": end}), ("/api/v1/insights/lifecycle/run", {}),
+                               ("/api/v1/insights/clusters/run", {}), ("/api/v1/insights/affinity/run", {})):
+                r = api.post(path, json=body)
                 assert r.status_code == 200, (path, r.text)
             r = api.post("/api/v1/channels", json={"name": "e2e-sink", "kind": "sink"})
             assert r.status_code == 201, r.text
