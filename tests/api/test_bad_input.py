@@ -90,6 +90,14 @@ def test_batch_without_a_list_is_400_field_batch(env: Env, content: bytes) -> No
 # -- wrong types --------------------------------------------------------------------------------
 
 
+def test_numeric_ids_are_accepted_as_their_text(env: Env) -> None:
+    for i, mid in enumerate((42, 1.5)):
+        r = env.post("/v1/track", _ok_event("track", userId=7 + i, messageId=mid))
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    stored = env.gk.analytical.query("SELECT message_id, user_id FROM events ORDER BY message_id")
+    assert [tuple(x) for x in stored] == [("1.5", "8"), ("42", "7")]
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [

@@ -203,8 +203,8 @@ def normalise_event(
     elif type(message_id) is str:
         if len(message_id) > 200:
             raise InvalidInput("longer than 200 characters", field="messageId", record=record)
-    elif not isinstance(message_id, (str, int)) or isinstance(message_id, bool):
-        raise InvalidInput("must be a string", field="messageId", record=record)
+    elif not isinstance(message_id, (str, int, float)) or isinstance(message_id, bool):
+        raise InvalidInput("must be a string or number", field="messageId", record=record)
     else:
         message_id = str(message_id)
         if len(message_id) > 200:
