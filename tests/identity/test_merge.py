@@ -97,6 +97,21 @@ def test_blocked_values_never_link(env_any: Any) -> None:
     assert r.status_code == 404
 
 
+def test_a_blocked_value_blocks_what_it_names_however_it_was_typed(env: Any) -> None:
+    """A call-centre number entered without its country code and an e-mail in capitals still block
+    the identifiers they name (which are compared in their normal form, +86..., lower case)."""
+    c, auth = env.client, env.admin_auth()
+    rules = c.get("/api/v1/workspace/identity-rules", headers=auth).json()
+    rules["blocked_by_type"]["phone"] = ["139 1234 5678"]
+    rules["blocked_by_type"]["email"] = ["Front.Desk@Example.com"]
+    assert c.put("/api/v1/workspace/identity-rules", json=rules, headers=auth).status_code == 200
+    ident(env, "m1", userId="u1", traits={"phone": "+86 139-1234-5678", "email": "front.desk@example.com"})
+    ident(env, "m2", userId="u2", traits={"phone": "13912345678", "email": "FRONT.DESK@example.com"})
+    a, b = lookup(env, user_id="u1"), lookup(env, user_id="u2")
+    assert a["profile_id"] != b["profile_id"]
+    assert {i["type"] for i in a["identities"]} == {"user_id"}
+
+
 def test_unmerge_restores_both_profiles_and_their_events(env_any: Any) -> None:
     env = env_any
     ident(env, "m1", userId="u1", traits={"name": "A", "tier": "gold"})

@@ -306,7 +306,7 @@ class IdentityGraph:
         out: dict[tuple[str, str], None] = {}
         for id_type, value in raw:
             v = normalize_identifier(id_type, value, self.region)
-            if v is None or rules.is_blocked(id_type, v):
+            if v is None or rules.is_blocked(id_type, v, self.region):
                 continue
             out[(id_type, v)] = None
         return sorted(out, key=lambda t: rules.rank(t[0]))
@@ -325,7 +325,7 @@ class IdentityGraph:
 
         def one(v: Any) -> str | None:
             n = normalize_identifier(id_type, v, region)
-            return None if n is None or rules.is_blocked(id_type, n) else n
+            return None if n is None or rules.is_blocked(id_type, n, region) else n
 
         def by_value(s: pl.Series) -> pl.Series:
             uniq = s.drop_nulls().unique()
@@ -356,7 +356,7 @@ class IdentityGraph:
             ok = plain
             fast = pl.when(plain).then(v)
         blocked_all = list(rules._blocked_all)
-        blocked_typed = list(rules._blocked_typed.get(id_type, ()))
+        blocked_typed = list(rules.blocked_for(id_type, region))
         frame = pl.DataFrame({"v": values}).select(fast.alias("n"), (ok | v.is_null()).alias("ok"))
         n = pl.col("n")
         frame = frame.with_columns(

@@ -91,16 +91,31 @@ class IdentityRules(BaseModel):
                 return c.limit
         return 1
 
-    def is_blocked(self, id_type: str, value: str) -> bool:
-        """Return True when ``value`` may never link profiles."""
+    def is_blocked(self, id_type: str, value: str, region: str = "CN") -> bool:
+        """Return True when ``value`` (a normalised identifier) may never link profiles."""
         low = value.strip().lower()
         if low in self._blocked_all:
             return True
-        return value in self._blocked_typed.get(id_type, frozenset())
+        return value in self.blocked_for(id_type, region)
+
+    def blocked_for(self, id_type: str, region: str = "CN") -> frozenset[str]:
+        """The blocked values of ``id_type`` as entered and in the normal form identifiers of that
+        type take (a phone entered without its country code, an e-mail in capitals): a blocked
+        value blocks what it names however it was typed in."""
+        key = (id_type, region)
+        hit = self._blocked_norm.get(key)
+        if hit is None:
+            from goldkey.identity.normalize import normalize_identifier
+
+            raw = self._blocked_typed.get(id_type, frozenset())
+            norm = {n for v in raw if (n := normalize_identifier(id_type, v, region)) is not None}
+            hit = self._blocked_norm[key] = frozenset(raw | norm)
+        return hit
 
     def model_post_init(self, _ctx: object) -> None:
         self._blocked_all = frozenset(v.lower() for v in self.blocked_values)
         self._blocked_typed = {k: frozenset(v) for k, v in self.blocked_by_type.items()}
+        self._blocked_norm: dict[tuple[str, str], frozenset[str]] = {}
         self._rank = {t: i for i, t in enumerate(self.all_types())}
 
     def rank(self, id_type: str) -> int:
