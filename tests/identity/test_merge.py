@@ -522,3 +522,32 @@ def test_what_the_loser_said_in_the_merges_own_batch_is_the_losers_on_undo(env_a
     _undo(env, p["merges"][0]["merge_id"])
     assert lookup(env, user_id="u1")["attributes"] == {"name": "Alice"}
     assert lookup(env, anonymous_id="a1")["attributes"] == {"nickname": "B", "city": "Shanghai", "name": "Bob"}
+
+
+def test_undo_gives_back_orders_and_feedback_imported_while_the_merge_stood(env_any: Any, tmp_path: Any) -> None:
+    """An order and a feedback record naming the loser's crm_id, imported while a wrong merge stood,
+    were stored on the survivor; undoing the merge gives them back to the loser (its order summary
+    follows). A record naming ids of both stays with the survivor: it is what linked them."""
+    env, ws = env_any, env_any.ws.workspace_id
+    ident(env, "m1", userId="u1", timestamp="2024-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1", traits={"crm_id": "C1"})
+    ident(env, "m3", userId="u1", anonymousId="a1")  # the wrong merge: C1's profile into u1's
+    orders = tmp_path / "orders.csv"
+    orders.write_text("order_id,crm_id,user_id,ordered_at,sku,line_amount\n"
+                      "O1,C1,,2025-02-01,SKU1,100\nO2,,u1,2025-02-02,SKU2,50\nO3,C1,u1,2025-02-03,SKU3,7\n")
+    assert env.gk.importer.run(ws, "orders", orders, {}).accepted == 3
+    fb = tmp_path / "feedback.csv"
+    fb.write_text("feedback_id,crm_id,user_id,kind,text,created_at\n"
+                  "F1,C1,,complaint,lens broke,2025-02-01\nF2,,u1,review,great,2025-02-02\n")
+    assert env.gk.importer.run(ws, "feedback", fb, {}).accepted == 2
+    p = lookup(env, user_id="u1")
+    assert p["order_summary"]["orders"] == 3 and len(p["feedback"]) == 2
+    _undo(env, p["merges"][0]["merge_id"])
+    w, c1 = lookup(env, user_id="u1"), lookup(env, crm_id="C1")
+    assert (w["order_summary"]["orders"], w["order_summary"]["revenue"]) == (2, 57.0)
+    assert (c1["order_summary"]["orders"], c1["order_summary"]["revenue"]) == (1, 100.0)
+    assert [f["feedback_id"] for f in w["feedback"]] == ["F2"]
+    assert [f["feedback_id"] for f in c1["feedback"]] == ["F1"]
+    owners = dict(env.gk.analytical.query("SELECT order_id, canonical_id FROM orders_resolved WHERE workspace_id = ?",
+                                          [ws]))
+    assert owners == {"O1": c1["profile_id"], "O2": w["profile_id"], "O3": w["profile_id"]}

@@ -224,6 +224,20 @@ def _trait_values(df: pl.DataFrame, trait: str) -> pl.Series:
     return _as_text([a if a is not None else b for a, b in zip(col.to_list(), ex.to_list(), strict=True)]).alias(trait)
 
 
+def named_identifiers(graph: Any, ws: str, df: pl.DataFrame) -> pl.Series:
+    """Per row of ``df``, the identifiers it names its customer by, normalised as identity
+    resolution reads them: a JSON object of identifier type -> value (null where the row left the
+    type empty or gave a blocked value). Kept with an imported order or feedback record, so that an
+    undo of a merge can give the record back to the profile holding those identifiers."""
+    raw: list[tuple[str, pl.Series]] = [(f, df[f]) for f in IDENTIFIER_FIELDS if f in df.columns]
+    for name, trait in graph.custom_identifiers(ws):
+        raw.append((name, _trait_values(df, trait)))
+    if not raw:
+        return pl.Series("identifiers", [None] * df.height, dtype=pl.Utf8)
+    cols = pl.DataFrame({name: graph.normalised_column(ws, name, s).alias(name) for name, s in raw})
+    return cols.select(pl.struct(pl.all()).struct.json_encode().alias("identifiers")).to_series()
+
+
 class Importer:
     """Runs imports for one Goldkey instance."""
 
@@ -596,11 +610,14 @@ class Importer:
         pids, _ = self._resolve_rows(ctx, uow, ws, df, "created_at", "import:feedback")
         ctx.graph.flush(uow)
         rows = self._rows(df)
-        cols = [c.name for c in feedback.columns if c.name not in ("workspace_id", "profile_id", "import_id")]
+        cols = [c.name for c in feedback.columns
+                if c.name not in ("workspace_id", "profile_id", "import_id", "identifiers")]
+        named = named_identifiers(ctx.graph, ws, df).to_list()
         out = []
-        for r, pid in zip(rows, pids, strict=True):
+        for r, pid, ids in zip(rows, pids, named, strict=True):
             d = {c: r.get(c) for c in cols}
-            d.update(workspace_id=ws, profile_id=pid, import_id=import_id, status=r.get("status") or "open")
+            d.update(workspace_id=ws, profile_id=pid, import_id=import_id, status=r.get("status") or "open",
+                     identifiers=ids)
             out.append(d)
         upsert(conn, feedback, out, ["workspace_id", "feedback_id"])
         return len(rows), uow.map_ops, pids
@@ -628,7 +645,8 @@ class Importer:
         if uow.merged:
             canon = _follow(uow.merged)
             pids = [canon.get(p, p) for p in pids]
-        owner = pl.DataFrame({"order_id": firsts["order_id"], "profile_id": pl.Series(pids, dtype=pl.Utf8)})
+        owner = pl.DataFrame({"order_id": firsts["order_id"], "profile_id": pl.Series(pids, dtype=pl.Utf8),
+                              "identifiers": named_identifiers(ctx.graph, ws, firsts)})
         lines = df.with_columns((pl.int_range(pl.len()).over("order_id") + 1).cast(pl.Int32).alias("line_no"))
 
         def col(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -665,6 +683,7 @@ class Importer:
                 "region",
                 "status",
                 pl.lit(import_id).alias("import_id"),
+                "identifiers",
             )
         )
         order_ids = orders_out["order_id"].to_list()

@@ -717,6 +717,18 @@ def apply_map_ops(con: Any, ops: list[tuple[str, str, Any, Any]]) -> None:
                             AND coalesce(anonymous_id NOT IN (SELECT unnest(?::VARCHAR[])), true)))""",
                 [loser, ws, winner, uids, aids, a["since"], a["since"], w_uids, w_aids],
             )
+            # orders imported while the merge stood that named the loser's identifiers (and none the
+            # winner keeps) were the loser's
+            from goldkey.identity.graph import names_only
+
+            moved = [tuple(x) for x in a["identities"]]
+            back = [oid for oid, named in con.execute(
+                "SELECT order_id, identifiers FROM orders WHERE workspace_id = ? AND profile_id = ? "
+                "AND identifiers IS NOT NULL", [ws, winner]).fetchall()
+                if names_only(named, moved, [tuple(x) for x in kept])]
+            if back:
+                con.execute("UPDATE orders SET profile_id = ? WHERE workspace_id = ? AND profile_id = ? "
+                            "AND order_id IN (SELECT unnest(?::VARCHAR[]))", [loser, ws, winner, back])
 
 
 def _follow(merged: list[tuple[str, str]]) -> dict[str, str]:

@@ -25,7 +25,15 @@ from goldkey.core.ids import new_id, new_ids
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.identity.rules import IdentityRules
 from goldkey.profiles.scores import read_scores, set_scores, with_scores
-from goldkey.store.operational import audit_log, identities, identity_conflicts, merges, profile_scores, profiles
+from goldkey.store.operational import (
+    audit_log,
+    feedback,
+    identities,
+    identity_conflicts,
+    merges,
+    profile_scores,
+    profiles,
+)
 from goldkey.store.operational import tags as tag_defs
 
 log = logging.getLogger(__name__)
@@ -93,6 +101,15 @@ def _split_tags(before: dict[str, Any], model_names: set[str]) -> tuple[str, str
     tags = {**orjson.loads(before["tags"]), **orjson.loads(before.get("model_tags") or "{}")}
     model = {k: tags.pop(k) for k in list(tags) if k in model_names}
     return _j(tags), _j(model)
+
+
+def names_only(named: str | None, theirs: Sequence[tuple[str, str]], others: Sequence[tuple[str, str]]) -> bool:
+    """Whether a record's named identifiers (``named``: JSON object, type -> normalised value) name
+    one of ``theirs`` and none of ``others`` (a record naming both stays where it is: it linked them)."""
+    if not named:
+        return False
+    ids = {(t, v) for t, v in orjson.loads(named).items() if v is not None}
+    return bool(ids & set(theirs)) and not ids & set(others)
 
 
 def _less_loser(current: dict[str, Any], loser: dict[str, Any], winner_before: dict[str, Any]) -> dict[str, Any]:
@@ -1199,6 +1216,20 @@ class IdentityGraph:
                 .values(profile_id=m.loser_id)
             )
             self._set((workspace_id, id_type, value), m.loser_id)
+        kept_ids = [tuple(r) for r in conn.execute(
+            sa.select(identities.c.id_type, identities.c.id_value).where(
+                identities.c.workspace_id == workspace_id, identities.c.profile_id == m.winner_id))]
+        # feedback imported while the merge stood, naming the loser's identifiers (and none the
+        # winner keeps), was about the loser
+        back = [fid for fid, named in conn.execute(
+            sa.select(feedback.c.feedback_id, feedback.c.identifiers).where(
+                feedback.c.workspace_id == workspace_id, feedback.c.profile_id == m.winner_id,
+                feedback.c.identifiers.is_not(None)))
+                if names_only(named, moved_ids, kept_ids)]
+        for lo in range(0, len(back), 500):
+            conn.execute(feedback.update().where(feedback.c.workspace_id == workspace_id,
+                                                 feedback.c.feedback_id.in_(back[lo : lo + 500]))
+                         .values(profile_id=m.loser_id))
         conn.execute(merges.update().where(merges.c.merge_id == merge_id).values(undone_at=now))
         conn.execute(
             audit_log.insert().values(
@@ -1219,12 +1250,10 @@ class IdentityGraph:
                     "winner": m.winner_id,
                     "subtree": subtree,
                     "identities": moved_ids,
-                    # the user and anonymous ids the winner keeps: an event of the merge's own commit
-                    # that carries none of them was the loser's (it would have resolved to the loser)
-                    "winner_identities": [tuple(r) for r in conn.execute(
-                        sa.select(identities.c.id_type, identities.c.id_value).where(
-                            identities.c.workspace_id == workspace_id, identities.c.profile_id == m.winner_id,
-                            identities.c.id_type.in_(("user_id", "anonymous_id"))))],
+                    # the ids the winner keeps: an event of the merge's own commit, or an order
+                    # imported while the merge stood, that names none of them but one of the loser's
+                    # was the loser's (it would have resolved to the loser)
+                    "winner_identities": kept_ids,
                     "since": as_utc(m.created_at),
                 },
                 None,

@@ -52,6 +52,9 @@ _DDL = [
         workspace_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, profile_id VARCHAR NOT NULL,
         ordered_at TIMESTAMPTZ NOT NULL, total_amount DOUBLE NOT NULL, currency VARCHAR,
         channel VARCHAR, store VARCHAR, region VARCHAR, status VARCHAR, import_id VARCHAR)""",
+    # the identifiers an imported order named its customer by (JSON object, type -> normalised value):
+    # an undo of a merge gives the order back to the profile holding them (NULL for older orders)
+    "ALTER TABLE orders ADD COLUMN IF NOT EXISTS identifiers VARCHAR",
     """CREATE TABLE IF NOT EXISTS order_lines (
         workspace_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, line_no INTEGER NOT NULL,
         sku VARCHAR, product_name VARCHAR, category VARCHAR, quantity INTEGER,

@@ -154,6 +154,9 @@ feedback = sa.Table(
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("import_id", sa.String(40)),
+    # JSON object: identifier type -> normalised value the record named its customer by (an undo of a
+    # merge gives the record back to the profile holding them); NULL before migration 0011
+    sa.Column("identifiers", sa.Text),
     sa.Index("ix_feedback_profile", "workspace_id", "profile_id", "created_at"),
 )
 
