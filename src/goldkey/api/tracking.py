@@ -265,8 +265,8 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
         raise InvalidInput("must be a list of events", field="batch")
     items = data["batch"]
     METRICS.events_received.inc(len(items))
-    if deep and not _encodable({k: v for k, v in data.items() if k != "batch"}):
-        raise InvalidInput(_DEEP, field=_deep_field({k: v for k, v in data.items() if k != "batch"}))
+    if deep and (field := _deep_field({k: v for k, v in data.items() if k != "batch"})) is not None:
+        raise InvalidInput(_DEEP, field=field)
     sent_at = _parse_ts(data.get("sentAt"), "sentAt", None) if data.get("sentAt") is not None else None
     ctx = data.get("context") if isinstance(data.get("context"), dict) else None
     small = len(body) <= gk.settings.max_event_bytes

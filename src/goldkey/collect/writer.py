@@ -29,7 +29,16 @@ import sqlalchemy as sa
 
 from goldkey.collect.tracking import TrackedEvent, micros_to_datetime, now_micros
 from goldkey.core.errors import Overloaded
-from goldkey.identity.graph import IdentityGraph, UnitOfWork, _merge_recent, executemany, fetch_in, ts_param
+from goldkey.identity.graph import (
+    IdentityGraph,
+    UnitOfWork,
+    _merge_recent,
+    executemany,
+    fetch_in,
+    merged_attributes,
+    names_only,
+    ts_param,
+)
 from goldkey.identity.normalize import normalize_identifier
 from goldkey.ops.metrics import METRICS
 from goldkey.store.analytical import EVENT_SCHEMA, AnalyticalStore
@@ -577,12 +586,7 @@ class Writer:
             fresh = [_compact(ev, micros_to_datetime(ev.timestamp)) for ev in newest]
             recent = _merge_recent(loads(recent_raw), fresh, keep)
             if d.attributes:
-                attrs = loads(attrs_raw)
-                groups, had = d.attributes.get("groups"), attrs.get("groups")
-                attrs.update(d.attributes)
-                if isinstance(groups, dict) and isinstance(had, dict):  # a group call adds to the groups
-                    attrs["groups"] = {**had, **groups}
-                attrs_raw = dumps(attrs).decode()
+                attrs_raw = dumps(merged_attributes(loads(attrs_raw), d.attributes)).decode()
             ls = ts(micros_to_datetime(d.last_seen)) if d.last_seen is not None else None
             rows.append((attrs_raw, dumps(recent).decode(), ls, ls, pid))
         # last_seen_at only moves forward (a late event never makes a profile look older)
@@ -719,13 +723,11 @@ def apply_map_ops(con: Any, ops: list[tuple[str, str, Any, Any]]) -> None:
             )
             # orders imported while the merge stood that named the loser's identifiers (and none the
             # winner keeps) were the loser's
-            from goldkey.identity.graph import names_only
-
-            moved = [tuple(x) for x in a["identities"]]
+            moved, kept_set = {tuple(x) for x in a["identities"]}, {tuple(x) for x in kept}
             back = [oid for oid, named in con.execute(
                 "SELECT order_id, identifiers FROM orders WHERE workspace_id = ? AND profile_id = ? "
                 "AND identifiers IS NOT NULL", [ws, winner]).fetchall()
-                if names_only(named, moved, [tuple(x) for x in kept])]
+                if names_only(named, moved, kept_set)]
             if back:
                 con.execute("UPDATE orders SET profile_id = ? WHERE workspace_id = ? AND profile_id = ? "
                             "AND order_id IN (SELECT unnest(?::VARCHAR[]))", [loser, ws, winner, back])

@@ -103,13 +103,23 @@ def _split_tags(before: dict[str, Any], model_names: set[str]) -> tuple[str, str
     return _j(tags), _j(model)
 
 
-def names_only(named: str | None, theirs: Sequence[tuple[str, str]], others: Sequence[tuple[str, str]]) -> bool:
+def names_only(named: str | None, theirs: set[tuple[str, str]], others: set[tuple[str, str]]) -> bool:
     """Whether a record's named identifiers (``named``: JSON object, type -> normalised value) name
     one of ``theirs`` and none of ``others`` (a record naming both stays where it is: it linked them)."""
     if not named:
         return False
     ids = {(t, v) for t, v in orjson.loads(named).items() if v is not None}
-    return bool(ids & set(theirs)) and not ids & set(others)
+    return bool(ids & theirs) and not ids & others
+
+
+def merged_attributes(attrs: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` with ``changes`` applied: each key replaced, except ``groups`` (group call traits by
+    group id), which gains or replaces the changed groups' entries and keeps the others."""
+    out = {**attrs, **changes}
+    had, groups = attrs.get("groups"), changes.get("groups")
+    if isinstance(had, dict) and isinstance(groups, dict):
+        out["groups"] = {**had, **groups}
+    return out
 
 
 def _less_loser(current: dict[str, Any], loser: dict[str, Any], winner_before: dict[str, Any]) -> dict[str, Any]:
@@ -973,10 +983,7 @@ class IdentityGraph:
         # too: they join the merge here and its record, so an undo gives them back to the loser
         pending = uow.deltas.get(loser.profile_id)
         if pending is not None and pending.attributes:
-            had = la.get("groups")
-            la = {**la, **pending.attributes}
-            if isinstance(had, dict) and isinstance(pending.attributes.get("groups"), dict):
-                la["groups"] = {**had, **pending.attributes["groups"]}
+            la = merged_attributes(la, pending.attributes)
         newer_first = loser.last_seen_at > winner.last_seen_at
         combined = {**wa, **la} if newer_first else {**la, **wa}
         keys_from_loser = [k for k in la if k not in wa]
@@ -1221,11 +1228,12 @@ class IdentityGraph:
                 identities.c.workspace_id == workspace_id, identities.c.profile_id == m.winner_id))]
         # feedback imported while the merge stood, naming the loser's identifiers (and none the
         # winner keeps), was about the loser
+        moved_set, kept_set = set(moved_ids), set(kept_ids)
         back = [fid for fid, named in conn.execute(
             sa.select(feedback.c.feedback_id, feedback.c.identifiers).where(
                 feedback.c.workspace_id == workspace_id, feedback.c.profile_id == m.winner_id,
                 feedback.c.identifiers.is_not(None)))
-                if names_only(named, moved_ids, kept_ids)]
+                if names_only(named, moved_set, kept_set)]
         for lo in range(0, len(back), 500):
             conn.execute(feedback.update().where(feedback.c.workspace_id == workspace_id,
                                                  feedback.c.feedback_id.in_(back[lo : lo + 500]))
