@@ -688,3 +688,76 @@ def test_truncated_gzip_is_400(env: Env) -> None:
     r = _raw_post(env, "/v1/batch", whole[: len(whole) // 2], {**env.write_auth(), "Content-Encoding": "gzip"})
     _assert_error(r, 400)
     assert _count_events(env, env.ws.workspace_id) == 0
+
+
+def test_gzip_body_of_several_members_is_read_whole(env: Env) -> None:
+    # `cat a.gz b.gz` is one valid gzip body (RFC 1952 2.2); gzip.decompress reads it whole, so must we
+    first = _ok_event("track", type="track")
+    second = _ok_event("track", type="track")
+    body = orjson.dumps({"batch": [first, second]})
+    cut = len(body) // 2
+    headers = {**env.write_auth(), "Content-Encoding": "gzip"}
+    r = _raw_post(env, "/v1/batch", _gz(body[:cut]) + _gz(body[cut:]), headers)
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    assert _count_events(env, env.ws.workspace_id, first["messageId"]) == 1
+    assert _count_events(env, env.ws.workspace_id, second["messageId"]) == 1
+
+
+def test_gzip_body_with_trailing_garbage_is_400(env: Env) -> None:
+    # before: the bytes after the gzip stream were ignored and the event acknowledged
+    headers = {**env.write_auth(), "Content-Encoding": "gzip"}
+    whole = _gz(orjson.dumps({"batch": [_ok_event("track", type="track")]}))
+    _assert_error(_raw_post(env, "/v1/batch", whole + b"garbage", headers), 400, mentions="gzip")
+    assert _count_events(env, env.ws.workspace_id) == 0
+
+
+def test_gzip_members_together_over_the_limit_are_413(env: Env) -> None:
+    headers = {**env.write_auth(), "Content-Encoding": "gzip"}
+    member = _gz(b" " * 300_000)  # each under the 500 KB limit, together over it
+    body = member + member + _gz(orjson.dumps({"batch": [_ok_event("track", type="track")]}))
+    _assert_error(_raw_post(env, "/v1/batch", body, headers), 413)
+
+
+@pytest.mark.parametrize("blank", [" ", "   ", "\u3000", "\t "])
+def test_blank_user_id_is_no_user_id(env: Env, blank: str) -> None:
+    # a userId of spaces identified nobody: it was acknowledged, then stored with no identity at all
+    ev = _ok_event("track", userId=blank)
+    _assert_error(env.client.post("/v1/track", json=ev, headers=env.write_auth()), 400, "userId")
+    # with an anonymousId beside it, the event is kept on the anonymous id alone
+    ev = _ok_event("track", userId=blank, anonymousId="anon-blank")
+    r = env.client.post("/v1/track", json=ev, headers=env.write_auth())
+    assert r.status_code == 200, r.text
+    rows = env.gk.analytical.query(
+        "SELECT user_id, anonymous_id FROM events WHERE workspace_id = ? AND message_id = ?",
+        [env.ws.workspace_id, ev["messageId"]],
+    )
+    assert rows == [(None, "anon-blank")]
+
+
+@pytest.mark.parametrize("context", [[1, 2], "ctx", 42, True])
+def test_batch_context_that_is_not_an_object_is_400(env: Env, context: Any) -> None:
+    # before: a batch-level context of the wrong type was dropped without a word
+    body = {"batch": [_ok_event("track", type="track")], "context": context}
+    _assert_error(env.client.post("/v1/batch", json=body, headers=env.write_auth()), 400, "context")
+    assert _count_events(env, env.ws.workspace_id) == 0
+
+
+def test_batch_context_is_merged_under_each_event_object_by_object(env: Env) -> None:
+    # before: an event's context.page replaced the batch's context.page whole, losing its title
+    batch_ctx = {"library": {"name": "sdk", "version": "1"}, "page": {"url": "https://a/", "title": "Home"}}
+    ev = _ok_event("track", type="track", context={"page": {"url": "https://b/"}, "locale": "zh-CN"})
+    plain = _ok_event("track", type="track")
+    body = {"batch": [ev, plain], "context": batch_ctx}
+    r = env.client.post("/v1/batch", json=body, headers=env.write_auth())
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+
+    def ctx(mid: str) -> dict[str, Any]:
+        rows = env.gk.analytical.query(
+            "SELECT context FROM events WHERE workspace_id = ? AND message_id = ?", [env.ws.workspace_id, mid]
+        )
+        return orjson.loads(rows[0][0])
+
+    got = ctx(ev["messageId"])
+    assert got["page"] == {"url": "https://b/", "title": "Home"}
+    assert got["library"] == {"name": "sdk", "version": "1"} and got["locale"] == "zh-CN"
+    assert ctx(plain["messageId"])["page"] == batch_ctx["page"]

@@ -62,16 +62,24 @@ def _decoded(encoding: str | None, body: bytes, limit: int, what: str) -> bytes:
         return body
     if enc not in ("gzip", "x-gzip", "deflate"):
         raise InvalidInput(f"unsupported Content-Encoding {enc!r}; send gzip or no encoding")
-    d = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"body is not valid {enc} data: {exc}") from None
-    if len(out) > limit:
-        raise TooLarge(f"{what} is over {limit} bytes once decompressed; the limit is {limit}")
-    if not d.eof:
-        raise InvalidInput(f"body is truncated {enc} data")
-    return out
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:  # a gzip body may hold several members, one after another (RFC 1952 2.2)
+        d = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+        try:
+            out = d.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise InvalidInput(f"body is not valid {enc} data: {exc}") from None
+        size += len(out)
+        parts.append(out)
+        if size > limit:
+            raise TooLarge(f"{what} is over {limit} bytes once decompressed; the limit is {limit}")
+        if not d.eof:
+            raise InvalidInput(f"body is truncated {enc} data")
+        rest = d.unused_data
+        if not rest.strip(b"\0"):  # nothing after it but gzip's zero padding
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _parse(body: bytes) -> Any:
@@ -268,7 +276,9 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
     if deep and (field := _deep_field({k: v for k, v in data.items() if k != "batch"})) is not None:
         raise InvalidInput(_DEEP, field=field)
     sent_at = _parse_ts(data.get("sentAt"), "sentAt", None) if data.get("sentAt") is not None else None
-    ctx = data.get("context") if isinstance(data.get("context"), dict) else None
+    ctx = data.get("context")
+    if ctx is not None and type(ctx) is not dict:
+        raise InvalidInput("must be a JSON object", field="context")
     small = len(body) <= gk.settings.max_event_bytes
     events: list[TrackedEvent] = []
     rejected: list[InvalidInput] = []

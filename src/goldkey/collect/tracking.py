@@ -65,10 +65,10 @@ def _parse_ts(value: Any, fieldname: str, record: int | None) -> int | None:
 
 
 def _id_str(value: Any, fieldname: str, record: int | None) -> str | None:
-    if type(value) is str and value and len(value) <= 200 and value.isprintable():
+    if type(value) is str and value and len(value) <= 200 and value.isprintable() and not value.isspace():
         return value  # the common case, decided in one test
-    if value is None or value == "":
-        return None
+    if value is None or value == "" or (type(value) is str and value.isspace()):
+        return None  # blank: no id at all (a space-only userId must not become everyone's id)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InvalidInput("must be a string or number", field=fieldname, record=record)
     s = str(value)
@@ -77,6 +77,16 @@ def _id_str(value: Any, fieldname: str, record: int | None) -> str | None:
     if not s.isprintable():
         raise InvalidInput("contains control characters", field=fieldname, record=record)
     return s
+
+
+def merge_context(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` over ``base``, object by object: a batch's ``context.library`` survives an event that
+    sets only ``context.page``, and the event's own value wins wherever both set one."""
+    out = dict(base)
+    for key, value in own.items():
+        under = out.get(key)
+        out[key] = merge_context(under, value) if type(under) is dict and type(value) is dict else value
+    return out
 
 
 def _obj(value: Any, fieldname: str, record: int | None) -> dict[str, Any]:
@@ -183,7 +193,7 @@ def normalise_event(
     v = get("context")
     context = v if type(v) is dict else _obj(v, "context", record)
     if batch_context:
-        context = {**batch_context, **context}
+        context = merge_context(batch_context, context)
     v = context.get("traits")
     ctx_traits = v if type(v) is dict else _obj(v, "context.traits", record)
     # A group's traits describe the group (a company's name, e-mail, size), not the user: they are
