@@ -66,3 +66,26 @@ def _event(mid: str) -> Any:
     from goldkey.collect.tracking import normalise_event, now_micros
 
     return normalise_event({"type": "track", "userId": "u", "event": "E", "messageId": mid}, received_at=now_micros())
+
+
+def test_healthz_is_503_while_writes_fail_and_ok_again_after(env: Any, monkeypatch: Any) -> None:
+    # before: the stores answered SELECT 1, so /healthz said "ok" while every event got a 503
+    an = env.gk.analytical
+    original = an.append
+
+    def full_disk(*args: Any, **kwargs: Any) -> Any:  # fault injection: the event log cannot grow
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(an, "append", full_disk)
+    r = env.client.post("/v1/track", json={"userId": "u1", "event": "E", "messageId": "m1"}, headers=env.write_auth())
+    assert r.status_code == 503, r.text
+    h = env.client.get("/healthz")
+    assert h.status_code == 503, h.text
+    body = h.json()
+    assert body["status"] == "degraded" and body["operational_store"] == "ok"
+    assert body["writes"].startswith("failing for") and "No space left" in body["writes"]
+    monkeypatch.setattr(an, "append", original)
+    r = env.client.post("/v1/track", json={"userId": "u1", "event": "E", "messageId": "m1"}, headers=env.write_auth())
+    assert r.status_code == 200, r.text
+    h = env.client.get("/healthz")
+    assert h.status_code == 200 and h.json()["writes"] == "ok" and "No space left" in h.json()["last_error"]

@@ -31,13 +31,16 @@ def healthz(gk: GK, response: Response) -> dict[str, Any]:
         an = f"error: {exc}"[:300]
     w = gk.writer
     alive = w._thread is not None and w._thread.is_alive()
-    status = "ok" if op == "ok" and an == "ok" and alive else "degraded"
+    failing = w.failing_since
+    writes = "ok" if failing is None else f"failing for {round(time.time() - failing, 1)} s: {w.last_error}"[:300]
+    status = "ok" if op == "ok" and an == "ok" and alive and failing is None else "degraded"
     if status != "ok":
         response.status_code = 503
     return {
         "status": status,
         "operational_store": op,
         "analytical_store": an if alive else "writer thread not running",
+        "writes": writes,
         "queue_depth": w.queue_depth,
         "queue_capacity": w.queue_max_events,
         "seconds_since_last_commit": None if w.last_commit_at is None else round(time.time() - w.last_commit_at, 3),

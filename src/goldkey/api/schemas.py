@@ -197,6 +197,7 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     operational_store: str
     analytical_store: str
+    writes: str = Field(description="ok, or 'failing for N s: <error>' while group commits fail with none succeeding")
     queue_depth: int
     queue_capacity: int
     seconds_since_last_commit: float | None

@@ -177,6 +177,9 @@ class Writer:
         self._dirty = False
         self._map_stale = False
         self.last_error: str | None = None
+        # when the group commits started failing with none succeeding since (None while they work):
+        # the stores answer a SELECT but cannot take writes (a full disk, a read-only file)
+        self.failing_since: float | None = None
         # called on the writer thread after each durable group commit with the stored
         # (workspace_id, profile_id, event) triples; must be quick (hand work to another thread)
         self.listeners: list[Callable[[list[tuple[str, str, TrackedEvent]]], None]] = []
@@ -380,6 +383,9 @@ class Writer:
             if done:
                 self._dirty = True
                 self.last_commit_at = time.time()
+                self.failing_since = None
+            elif self.failing_since is None and any(err is not None for _, _, err in outcomes):
+                self.failing_since = time.time()
                 METRICS.events_accepted.inc(sum(r.accepted for r in done))
                 METRICS.events_duplicate.inc(sum(r.duplicates for r in done))
             for item, res, err in outcomes:
