@@ -247,3 +247,24 @@ def test_every_caller_route_has_a_role() -> None:
         assert any(p == area.prefix or p.startswith(area.prefix + "/") for _, p in declared), area
     # the tracking API and sign-in take no admin credential
     assert not any(p.startswith("/v1/") or p.startswith("/api/v1/auth/") for _, p in callers)
+
+
+def test_the_audit_trail_names_who_made_each_change(env: Env) -> None:
+    # before: a signed-in user's trait change and merge undo were recorded as "key:<user id>", and
+    # segment, tag and consent changes without any prefix, whoever made them
+    uh = user(env, "ana@example.com", "admin")
+    uid = users(env).find("ana@example.com")["user_id"]
+    kh = env.admin_auth()
+    key_id = env.gk.workspaces.authenticate(env.ws.admin_token, "admin").key_id
+    for h, suffix in ((uh, "u"), (kh, "k")):
+        r = env.client.post("/api/v1/segments", json={"name": f"s{suffix}", "rule": RULE}, headers=h)
+        assert r.status_code in (200, 201), r.text
+        r = env.client.post("/api/v1/tags", json={"name": f"t{suffix}", "kind": "manual", "value_type": "boolean",
+                                                  "category": "fixed"}, headers=h)
+        assert r.status_code in (200, 201), r.text
+        r = env.client.post("/api/v1/traits", json={"name": f"n{suffix}", "event": "E", "aggregate": "count"},
+                            headers=h)
+        assert r.status_code in (200, 201), r.text
+    rows = [e for e in _audit(env) if e["action"] in ("segment.create", "tag.create", "trait.create")]
+    assert len(rows) == 6, rows
+    assert sorted(e["actor"] for e in rows) == sorted([f"key:{key_id}"] * 3 + [f"user:{uid}"] * 3)

@@ -19,6 +19,7 @@ from goldkey.api.schemas import ErrorBody
 from goldkey.audience.catalog import declare_field, list_fields
 from goldkey.audience.common import parse_and_check
 from goldkey.core.errors import InvalidInput
+from goldkey.govern.audit import actor_of
 
 router = APIRouter(prefix="/api/v1", tags=["audience"])
 _ERR: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 401: {"model": ErrorBody},
@@ -89,7 +90,7 @@ async def put_consent(gk: GK, cred: Admin, profile_id: str, body: ConsentIn) -> 
     from goldkey.govern.consent import set_consent
 
     return await run_in_threadpool(set_consent, gk.engine, cred.workspace_id, profile_id, body.channel,
-                                   body.status, purpose=body.purpose, source=body.source, actor=cred.key_id)
+                                   body.status, purpose=body.purpose, source=body.source, actor=actor_of(cred))
 
 
 # -- fields ---------------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ async def check_rule(gk: GK, cred: Admin, rule: dict[str, Any]) -> dict[str, Any
 async def create_segment(gk: GK, cred: Admin, body: SegmentIn) -> dict[str, Any]:
     """Create a segment (version 1). An invalid rule is rejected with the clause's path; nothing is saved."""
     return await run_in_threadpool(gk.segments.create, cred.workspace_id, body.name, body.rule,
-                                   description=body.description, realtime=body.realtime, actor=cred.key_id)
+                                   description=body.description, realtime=body.realtime, actor=actor_of(cred))
 
 
 @router.get("/segments", tags=["segments"])
@@ -169,12 +170,12 @@ async def update_segment(gk: GK, cred: Admin, segment_id: str, body: SegmentPatc
     """Change a segment; a changed rule becomes a new version."""
     return await run_in_threadpool(gk.segments.update, cred.workspace_id, segment_id, name=body.name,
                                    rule=body.rule, description=body.description, realtime=body.realtime,
-                                   actor=cred.key_id)
+                                   actor=actor_of(cred))
 
 
 @router.delete("/segments/{segment_id}", tags=["segments"], status_code=204, responses=_ERR)
 async def delete_segment(gk: GK, cred: Admin, segment_id: str) -> None:
-    await run_in_threadpool(gk.segments.delete, cred.workspace_id, segment_id, cred.key_id)
+    await run_in_threadpool(gk.segments.delete, cred.workspace_id, segment_id, actor_of(cred))
 
 
 @router.get("/segments/{segment_id}/versions", tags=["segments"], responses=_ERR)
@@ -235,7 +236,7 @@ async def export_segment(gk: GK, cred: Admin, segment_id: str,
 async def create_tag(gk: GK, cred: Admin, body: dict[str, Any]) -> dict[str, Any]:
     """Create a tag: ``{name, kind: rule|manual|model, value_type: enum|boolean|number, category,
     owner, description, values, rules: [{value, rule}]}``."""
-    return await run_in_threadpool(gk.tags.create, cred.workspace_id, body, cred.key_id)
+    return await run_in_threadpool(gk.tags.create, cred.workspace_id, body, actor_of(cred))
 
 
 @router.get("/tags", tags=["tags"])
@@ -250,13 +251,13 @@ async def get_tag(gk: GK, cred: Admin, name: str) -> dict[str, Any]:
 
 @router.patch("/tags/{name}", tags=["tags"], responses=_ERR)
 async def update_tag(gk: GK, cred: Admin, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    return await run_in_threadpool(gk.tags.update, cred.workspace_id, name, body, cred.key_id)
+    return await run_in_threadpool(gk.tags.update, cred.workspace_id, name, body, actor_of(cred))
 
 
 @router.delete("/tags/{name}", tags=["tags"], responses=_ERR)
 async def delete_tag(gk: GK, cred: Admin, name: str) -> dict[str, Any]:
     """Delete a tag and remove it from every profile."""
-    removed = await run_in_threadpool(gk.tags.delete, cred.workspace_id, name, cred.key_id)
+    removed = await run_in_threadpool(gk.tags.delete, cred.workspace_id, name, actor_of(cred))
     return {"deleted": name, "removed_from": removed}
 
 

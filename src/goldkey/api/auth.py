@@ -19,8 +19,8 @@ from goldkey.api.deps import GK, Caller, get_gk, user_service
 from goldkey.api.schemas import ErrorBody
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import Unauthorized
+from goldkey.govern.audit import actor_of
 from goldkey.govern.users import SESSION_PREFIX, SessionUser
-from goldkey.govern.workspaces import Credential
 
 router = APIRouter(tags=["auth"])
 
@@ -39,10 +39,6 @@ def _session(request: Request, creds: Annotated[HTTPAuthorizationCredentials | N
 
 
 Session = Annotated[tuple[str, SessionUser], Depends(_session)]
-
-
-def _actor(cred: Credential) -> str:
-    return f"user:{cred.user_id}" if cred.user_id else f"key:{cred.key_id}"
 
 
 class LoginRequest(BaseModel):
@@ -148,7 +144,7 @@ def invite_user(body: UserInvite, gk: GK, cred: Caller) -> dict[str, Any]:
     """Give a user a role in this workspace. A new e-mail creates the user with a random initial
     password, answered only here; an existing user is granted the role (no password then). 409 when
     the user already has a role here."""
-    return user_service(gk).invite(cred.workspace_id, body.email, body.name, body.role, actor=_actor(cred))
+    return user_service(gk).invite(cred.workspace_id, body.email, body.name, body.role, actor=actor_of(cred))
 
 
 @router.put("/api/v1/workspace/users/{user_id}", response_model=WorkspaceUser, responses=_UERR)
@@ -156,12 +152,12 @@ def change_role(user_id: str, body: RoleChange, gk: GK, cred: Caller) -> dict[st
     """Change the user's role in this workspace. 409 when it would leave the workspace without an admin."""
     svc = user_service(gk)
     svc.member(cred.workspace_id, user_id)  # 404 for a user of another workspace
-    return svc.grant(cred.workspace_id, user_id, body.role, actor=_actor(cred))
+    return svc.grant(cred.workspace_id, user_id, body.role, actor=actor_of(cred))
 
 
 @router.delete("/api/v1/workspace/users/{user_id}", status_code=204, responses=_UERR)
 def remove_user(user_id: str, gk: GK, cred: Caller) -> Response:
     """Remove the user's role in this workspace (the user keeps their other workspaces). 409 for
     the workspace's last admin."""
-    user_service(gk).revoke(cred.workspace_id, user_id, actor=_actor(cred))
+    user_service(gk).revoke(cred.workspace_id, user_id, actor=actor_of(cred))
     return Response(status_code=204)

@@ -16,6 +16,7 @@ from goldkey.activate.journeys import JourneyDefinition, JourneyService
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody, inline_schema
 from goldkey.core.errors import InvalidInput
+from goldkey.govern.audit import actor_of
 
 router = APIRouter(tags=["journeys"])
 
@@ -134,7 +135,7 @@ async def validate_journey(journey_id: str, gk: GK, cred: Admin) -> dict[str, An
 @router.post("/api/v1/journeys/{journey_id}/publish", response_model=JourneyPublic, responses=_SAVE_ERR)
 async def publish_journey(journey_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
     """Freeze the draft as the next version and start admitting customers into it."""
-    return await run_in_threadpool(journey_service(gk).publish, cred.workspace_id, journey_id, cred.key_id)
+    return await run_in_threadpool(journey_service(gk).publish, cred.workspace_id, journey_id, actor_of(cred))
 
 
 @router.post("/api/v1/journeys/{journey_id}/pause", response_model=JourneyPublic, responses=_ERR)

@@ -15,6 +15,7 @@ from goldkey.api import deps
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody, ProfilePublic, UnmergeResult
 from goldkey.core.errors import InvalidInput
+from goldkey.govern.audit import actor_of
 from goldkey.govern.workspaces import Credential
 from goldkey.identity.graph import UnitOfWork
 from goldkey.runtime import Goldkey
@@ -90,7 +91,7 @@ async def undo_merge(merge_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
     def run(ctx: Any) -> dict[str, Any]:
         with ctx.engine.begin() as conn:
             uow = UnitOfWork(conn)
-            out = ctx.graph.unmerge(uow, cred.workspace_id, merge_id, actor=f"key:{cred.key_id}")
+            out = ctx.graph.unmerge(uow, cred.workspace_id, merge_id, actor=actor_of(cred))
             ops = uow.map_ops
         from goldkey.collect.writer import apply_map_ops
 

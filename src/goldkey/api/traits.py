@@ -19,6 +19,7 @@ from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody, inline_schema
 from goldkey.audience.traits import TraitDefinition
 from goldkey.core.errors import InvalidInput
+from goldkey.govern.audit import actor_of
 
 router = APIRouter(prefix="/api/v1/traits", tags=["traits"])
 
@@ -101,7 +102,7 @@ async def create_trait(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Define a trait (see docs/traits.md). It is computed by the next scheduled run, or now with
     `POST /api/v1/traits/compute`."""
     body = await _json_body(request)
-    return await run_in_threadpool(gk.traits.create, cred.workspace_id, body, actor=f"key:{cred.key_id}")
+    return await run_in_threadpool(gk.traits.create, cred.workspace_id, body, actor=actor_of(cred))
 
 
 @router.get("", response_model=TraitList, responses=_ERR)
@@ -133,10 +134,10 @@ async def update_trait(name: str, request: Request, gk: GK, cred: Admin) -> dict
     """Replace a trait's definition (`name` may be omitted from the body). The version goes up and the
     values are recomputed by the next batch run."""
     body = await _json_body(request)
-    return await run_in_threadpool(gk.traits.update, cred.workspace_id, name, body, actor=f"key:{cred.key_id}")
+    return await run_in_threadpool(gk.traits.update, cred.workspace_id, name, body, actor=actor_of(cred))
 
 
 @router.delete("/{name}", response_model=TraitDeleted, responses=_ERR)
 def delete_trait(name: str, gk: GK, cred: Admin) -> dict[str, Any]:
     """Delete a trait, its catalog field and its values on every profile."""
-    return gk.traits.delete(cred.workspace_id, name, actor=f"key:{cred.key_id}")
+    return gk.traits.delete(cred.workspace_id, name, actor=actor_of(cred))
