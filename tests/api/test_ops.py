@@ -89,3 +89,24 @@ def test_healthz_is_503_while_writes_fail_and_ok_again_after(env: Any, monkeypat
     assert r.status_code == 200, r.text
     h = env.client.get("/healthz")
     assert h.status_code == 200 and h.json()["writes"] == "ok" and "No space left" in h.json()["last_error"]
+
+
+def _counter(env: Any, name: str) -> float:
+    for line in env.client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_batch_refused_whole_counts_every_event_rejected(env: Any) -> None:
+    # before: its events were counted as received and never as rejected, accepted or refused
+    names = ("goldkey_events_received_total", "goldkey_events_rejected_total", "goldkey_events_accepted_total")
+    before = {n: _counter(env, n) for n in names}
+    batch = [{"type": "track", "userId": "u1", "event": "E", "messageId": f"m{i}"} for i in range(3)]
+    for extra in ({"sentAt": "not a time"}, {"context": [1]}):
+        r = env.client.post("/v1/batch", json={"batch": batch, **extra}, headers=env.write_auth())
+        assert r.status_code == 400, r.text
+    after = {n: _counter(env, n) for n in names}
+    assert after[names[0]] - before[names[0]] == 6
+    assert after[names[1]] - before[names[1]] == 6
+    assert after[names[2]] == before[names[2]]

@@ -283,3 +283,22 @@ def test_every_read_query_searches_an_index(env: Any) -> None:
             ), (sql, plan)
     finally:
         raw.close()
+
+
+def test_events_parameter_limits_the_timeline(env_any: Any) -> None:
+    # before: ?events=N was taken out of the identifiers of /lookup and then ignored
+    env = env_any
+    for i in range(3):
+        ident(env, f"e{i}", userId="u-ev", traits={"n": i})
+    full = ok(lookup(env, user_id="u-ev"))
+    assert len(full["events"]) == 3
+    one = ok(env.client.get("/api/v1/profiles/lookup", params={"user_id": "u-ev", "events": 1},
+                            headers=env.admin_auth()))
+    assert one["events"] == full["events"][:1]
+    pid = full["profile_id"]
+    none = ok(env.client.get(f"/api/v1/profiles/{pid}", params={"events": 0}, headers=env.admin_auth()))
+    assert none["events"] == [] and none["profile_id"] == pid
+    for bad in ("-1", "x", "5000"):
+        r = env.client.get("/api/v1/profiles/lookup", params={"user_id": "u-ev", "events": bad},
+                           headers=env.admin_auth())
+        assert 400 <= r.status_code < 500 and "events" in r.text, (bad, r.status_code, r.text)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
@@ -45,6 +45,10 @@ async def _read_gk(request: Request) -> Goldkey:
 
 _ReadGK = Annotated[Goldkey, Depends(_read_gk)]
 _ReadAdmin = Annotated[Credential, Depends(_read_admin)]
+_Events = Annotated[int | None, Query(
+    ge=0, le=1000,
+    description="How many recent events to return, newest first (default: all that the profile keeps, "
+                "recent_events_per_profile)")]
 
 
 async def _profile_response(gk: Goldkey, read: Callable[[], dict[str, Any]]) -> Response:
@@ -61,7 +65,7 @@ async def _profile_response(gk: Goldkey, read: Callable[[], dict[str, Any]]) -> 
 
 
 @router.get("/lookup", response_model=ProfilePublic, responses=_ERR)
-async def lookup(request: Request, gk: _ReadGK, cred: _ReadAdmin) -> Response:
+async def lookup(request: Request, gk: _ReadGK, cred: _ReadAdmin, events: _Events = None) -> Response:
     """Find a profile by exactly one identifier given as a query parameter, e.g. `?phone=13912345678`,
     `?user_id=u1`, `?wechat_openid=...` (types: the workspace's identifier types)."""
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "events"]
@@ -73,15 +77,15 @@ async def lookup(request: Request, gk: _ReadGK, cred: _ReadAdmin) -> Response:
         valid = gk.workspaces.rules(cred.workspace_id).all_types()
         if id_type not in valid:
             raise InvalidInput(f"unknown identifier type; use one of {', '.join(valid)}", field=id_type)
-        return gk.profiles.lookup(cred.workspace_id, id_type, value)
+        return gk.profiles.lookup(cred.workspace_id, id_type, value, events=events)
 
     return await _profile_response(gk, read)
 
 
 @router.get("/{profile_id}", response_model=ProfilePublic, responses=_ERR)
-async def get_profile(profile_id: str, gk: _ReadGK, cred: _ReadAdmin) -> Response:
+async def get_profile(profile_id: str, gk: _ReadGK, cred: _ReadAdmin, events: _Events = None) -> Response:
     """Return the 360° profile; an id that was merged away returns the profile it went into."""
-    return await _profile_response(gk, lambda: gk.profiles.get(cred.workspace_id, profile_id))
+    return await _profile_response(gk, lambda: gk.profiles.get(cred.workspace_id, profile_id, events=events))
 
 
 @router.post("/merges/{merge_id}/undo", response_model=UnmergeResult, responses={**_ERR, 409: {"model": ErrorBody}})

@@ -273,12 +273,16 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
         raise InvalidInput("must be a list of events", field="batch")
     items = data["batch"]
     METRICS.events_received.inc(len(items))
-    if deep and (field := _deep_field({k: v for k, v in data.items() if k != "batch"})) is not None:
-        raise InvalidInput(_DEEP, field=field)
-    sent_at = _parse_ts(data.get("sentAt"), "sentAt", None) if data.get("sentAt") is not None else None
-    ctx = data.get("context")
-    if ctx is not None and type(ctx) is not dict:
-        raise InvalidInput("must be a JSON object", field="context")
+    try:  # a batch refused as a whole: each of its events counts as rejected
+        if deep and (field := _deep_field({k: v for k, v in data.items() if k != "batch"})) is not None:
+            raise InvalidInput(_DEEP, field=field)
+        sent_at = _parse_ts(data.get("sentAt"), "sentAt", None) if data.get("sentAt") is not None else None
+        ctx = data.get("context")
+        if ctx is not None and type(ctx) is not dict:
+            raise InvalidInput("must be a JSON object", field="context")
+    except InvalidInput:
+        METRICS.events_rejected.inc(len(items))
+        raise
     small = len(body) <= gk.settings.max_event_bytes
     events: list[TrackedEvent] = []
     rejected: list[InvalidInput] = []

@@ -207,7 +207,7 @@ class ProfileService:
             {id(s): _Compiled(s, dialect) for s in _STATEMENTS} if dialect.name == "sqlite" else None
         )
 
-    def get(self, workspace_id: str, profile_id: str, *, events: int = 30) -> dict[str, Any]:
+    def get(self, workspace_id: str, profile_id: str, *, events: int | None = None) -> dict[str, Any]:
         """Return the 360° profile; a merged-away id resolves to the live profile it went into.
 
         Raises NotFound when no profile of that id exists in the workspace.
@@ -218,7 +218,7 @@ class ProfileService:
                 raise NotFound(f"profile {profile_id} not found")
             return self._assemble(run, workspace_id, rows[0], profile_id, events)
 
-    def lookup(self, workspace_id: str, id_type: str, value: str, *, events: int = 30) -> dict[str, Any]:
+    def lookup(self, workspace_id: str, id_type: str, value: str, *, events: int | None = None) -> dict[str, Any]:
         """Return the profile holding identifier ``id_type=value`` (normalised as on ingestion).
 
         Raises InvalidInput for a value that cannot be an identifier, NotFound when nobody holds it.
@@ -265,7 +265,7 @@ class ProfileService:
         finally:
             raw.close()  # back to the pool, which rolls back (ends any read transaction)
 
-    def _assemble(self, run: Run, ws: str, row: Sequence[Any], requested: str, n_events: int) -> dict[str, Any]:
+    def _assemble(self, run: Run, ws: str, row: Sequence[Any], requested: str, n_events: int | None) -> dict[str, Any]:
         (pid, origin, first_seen_at, first_seen_source, first_seen_context, last_seen_at, attributes, traits, tags,
          scores, model_tags, order_summary, recent_events) = row  # fmt: skip
         key = {"pid": pid, "ws": ws}
