@@ -191,3 +191,25 @@ def test_reimported_order_that_changed_hands_leaves_the_old_owner(env: Any, tmp_
     env.gk.importer.run(env.ws.workspace_id, "orders", fixed, {})
     assert lookup(env, crm_id="C001")["order_summary"].get("orders", 0) == 0
     assert lookup(env, crm_id="C002")["order_summary"]["orders"] == 1
+
+
+def test_rows_sharing_only_a_blocked_value_are_different_customers(env: Any, tmp_path: Path) -> None:
+    # before: the in-file de-duplication keyed rows on their first identifier even when it was a
+    # blocked placeholder ("N/A", the shop's counter phone): Alice and Bob became one row, Bob's
+    # phone and e-mail won, and Alice (and Dan) vanished without a quarantine entry
+    f = write_csv(tmp_path / "blocked.csv", ["crm_id", "phone", "email", "name"], [
+        ["N/A", "13912345678", "alice@x.com", "Alice"],
+        ["N/A", "13912345679", "bob@x.com", "Bob"],
+        ["", "13800138000", "dan@x.com", "Dan"],  # the counter phone, blocked by default
+        ["", "138 0013 8000", "eve@x.com", "Eve"],
+        ["C9", "13700001111", "", "Carl"],
+        ["C9", "", "carl@x.com", ""],  # a real duplicate is still merged
+    ])
+    s = env.gk.importer.run(env.ws.workspace_id, "customers", f, {})
+    assert (s.rows_read, s.accepted, s.quarantined, s.duplicates_merged) == (6, 5, 0, 1), s
+    for name, q in (("Alice", {"email": "alice@x.com"}), ("Bob", {"phone": "13912345679"}),
+                    ("Dan", {"email": "dan@x.com"}), ("Eve", {"email": "eve@x.com"})):
+        assert lookup(env, **q)["attributes"]["name"] == name
+    assert lookup(env, email="alice@x.com")["profile_id"] != lookup(env, email="bob@x.com")["profile_id"]
+    carl = lookup(env, crm_id="C9")
+    assert carl["attributes"]["name"] == "Carl" and carl["profile_id"] == lookup(env, email="carl@x.com")["profile_id"]

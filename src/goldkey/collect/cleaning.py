@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -127,11 +127,17 @@ class CleaningOptions:
         time_zone: IANA zone for date-times without an offset; None derives
             it from *default_region* (CN → Asia/Shanghai, i.e. UTC+08:00;
             unknown regions → UTC).
+        blocked: identifier values that never link anyone (the workspace's
+            identity rules): per identifier field its blocked values in normal
+            form, and under ``"*"`` the lower-cased values blocked for every
+            type. Two customer rows sharing only such a value are two people,
+            so the value is no de-duplication key.
     """
 
     default_region: str = "CN"
     day_first: bool = False
     time_zone: str | None = None
+    blocked: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def zone(self) -> str:
@@ -991,7 +997,7 @@ def clean(
 
     # -- phase E: de-duplication -------------------------------------------
     before = accepted.height
-    accepted = _dedupe(accepted, schema)
+    accepted = _dedupe(accepted, schema, options.blocked)
     duplicates = before - accepted.height
 
     unrecognised = 0
@@ -1217,8 +1223,9 @@ def _scatter(target: pl.Series, idx: pl.Series, values: pl.Series) -> pl.Series:
     return target.clone().scatter(idx, values)
 
 
-def _dedupe(df: pl.DataFrame, schema: ImportSchema) -> pl.DataFrame:
-    """Return *df* de-duplicated as the module docstring describes."""
+def _dedupe(df: pl.DataFrame, schema: ImportSchema, blocked: Mapping[str, frozenset[str]] | None = None
+            ) -> pl.DataFrame:
+    """Return *df* de-duplicated as the module docstring describes (*blocked*: CleaningOptions.blocked)."""
     if schema.kind == "orders":
         df = df.filter(_first_of_duplicates(df, schema.field_names))
         line_no = _const(1, df.height, pl.Int64, LINE_NO)
@@ -1238,10 +1245,20 @@ def _dedupe(df: pl.DataFrame, schema: ImportSchema) -> pl.DataFrame:
         # "<field>:<value>" of the first identifier present: one concat of
         # the coalesced field name and value (cheaper than one per field).
         ids = schema.identifier_fields
+        blocked = blocked or {}
+        every = list(blocked.get("*", ()))
+
+        def usable(f: str) -> pl.Expr:  # the field's value, or null when it may not link anyone
+            typed = list(blocked.get(f, ()))
+            if not every and not typed:
+                return pl.col(f)
+            hit = pl.col(f).str.strip_chars().str.to_lowercase().is_in(every) | pl.col(f).is_in(typed)
+            return pl.when(hit).then(None).otherwise(pl.col(f))
+
         key_expr = pl.concat_str(
             [
-                pl.coalesce([pl.when(pl.col(f).is_not_null()).then(pl.lit(f + ":")) for f in ids]),
-                pl.coalesce([pl.col(f) for f in ids]),
+                pl.coalesce([pl.when(usable(f).is_not_null()).then(pl.lit(f + ":")) for f in ids]),
+                pl.coalesce([usable(f) for f in ids]),
             ]
         ).alias(DEDUPE_KEY)
         cols = [c for c in df.columns if c != EXTRA]

@@ -295,7 +295,8 @@ class Importer:
             raise InvalidInput(str(exc), field="file") from exc
         if progress:
             progress("cleaning", 0, df.height)
-        result = clean(df, schema, CleaningOptions(default_region=self.region))
+        options = CleaningOptions(default_region=self.region, blocked=self._blocked(workspace_id, schema))
+        result = clean(df, schema, options)
         import_id = new_id("imp")
         with self.engine.begin() as conn:
             conn.execute(
@@ -357,6 +358,15 @@ class Importer:
                 )
                 .order_by(imports.c.created_at.desc())
             ).first()
+
+    def _blocked(self, ws: str, schema: ImportSchema) -> dict[str, frozenset[str]]:
+        """The workspace's blocked identifier values, for the cleaning step's de-duplication."""
+        if not schema.identifier_fields:
+            return {}
+        rules = self.writer.graph._rules_of(ws)
+        out = {f: rules.blocked_for(f, self.region) for f in schema.identifier_fields}
+        out["*"] = frozenset(v.lower() for v in rules.blocked_values)
+        return out
 
     # -- on the writer thread --------------------------------------------------------------
     def _write(
