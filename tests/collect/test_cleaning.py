@@ -939,3 +939,15 @@ def test_duplicates_with_many_rows() -> None:
     assert result.duplicates_merged == n - 1000
     assert result.accepted["points"].to_list() == list(range(n - 1000, n))
     assert result.accepted[RECORD].to_list() == list(range(1, 1001))
+
+
+@pytest.mark.parametrize("value", ["0001-01-01", "0001-01-01 00:00", "9999-12-31 23:00-05:00", "1899-12-31"])
+def test_a_placeholder_date_time_is_invalid_not_a_crash(value: str) -> None:
+    # before: 0001-01-01 (a CRM's "no date") moved to UTC became year 0: the feedback import failed
+    # with a 500, and an imported customer's profile could no longer be read
+    for schema, base in ((CUSTOMERS, {"crm_id": "C1"}),
+                         (FEEDBACK, {"feedback_id": "F1", "crm_id": "C1", "kind": "review"})):
+        field = "registered_at" if schema is CUSTOMERS else "created_at"
+        rej = one_rejection(schema, {**base, field: value})
+        assert rej.field == field and "1900-2200" in rej.reason and value in rej.reason, rej
+    assert one_value(CUSTOMERS, "registered_at", "1950-01-02") == dt.datetime(1950, 1, 1, 16, tzinfo=UTC)

@@ -215,6 +215,8 @@ _E_NO_AMOUNT = 7
 
 _CODE = pl.UInt8
 
+DATETIME_YEARS = (1900, 2200)  # a date-time outside these years is invalid (a placeholder, not a time)
+
 
 def _const(value: Any, n: int, dtype: pl.DataType, name: str = "") -> pl.Series:
     """Return a Series of *n* copies of *value* (a fresh, writable buffer)."""
@@ -901,6 +903,9 @@ def clean(
     for i, spec in enumerate(fields):
         if spec.type is FieldType.DATETIME:
             v, off = pl.col(_v(i)), pl.col(_o(i))
+            # a CRM's placeholder (0001-01-01) or 9999-12-31 is no time: it would leave the range
+            # the stores and Python can hold once moved to UTC. Invalid, so quarantined.
+            v = pl.when(v.dt.year().is_between(*DATETIME_YEARS)).then(v)
             local = v.dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
             aware = (v - pl.duration(minutes=off.fill_null(0))).dt.replace_time_zone("UTC")
             typed_exprs.append(
@@ -1064,8 +1069,10 @@ def _reason(
     if ft in (FieldType.DATE, FieldType.DATETIME):
         order = "day/month/year" if options.day_first else "month/day/year"
         kind = "date" if ft is FieldType.DATE else "date-time"
+        years = f" in the years {DATETIME_YEARS[0]}-{DATETIME_YEARS[1]}" if ft is FieldType.DATETIME else ""
         return (
-            f"field '{name}': invalid {kind} '{value}' (expected e.g. {_EXAMPLES[ft]}; 01/03/2025 is read as {order})"
+            f"field '{name}': invalid {kind} '{value}' (expected e.g. {_EXAMPLES[ft]}{years}; "
+            f"01/03/2025 is read as {order})"
         )
     if ft is FieldType.AMOUNT:
         return f"field '{name}': invalid amount '{value}' (expected e.g. 1299.00, ¥1,299.00 or 1299,50)"
