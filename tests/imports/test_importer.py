@@ -213,3 +213,37 @@ def test_rows_sharing_only_a_blocked_value_are_different_customers(env: Any, tmp
     assert lookup(env, email="alice@x.com")["profile_id"] != lookup(env, email="bob@x.com")["profile_id"]
     carl = lookup(env, crm_id="C9")
     assert carl["attributes"]["name"] == "Carl" and carl["profile_id"] == lookup(env, email="carl@x.com")["profile_id"]
+
+
+def test_reimport_keeps_what_the_new_file_does_not_carry(env_any: Any, tmp_path: Path) -> None:
+    # before: a price list re-imported with only sku,name,price wiped each product's category, brand
+    # and QR code; a feedback file without text or status wiped the text and reopened the case
+    import sqlalchemy as sa
+
+    from goldkey.store.operational import feedback, products
+
+    env, ws = env_any, env_any.ws.workspace_id
+    run = env.gk.importer.run
+    full = write_csv(tmp_path / "p_full.csv", ["sku", "name", "category", "brand", "price", "qr_code"],
+                     [["S1", "Lens A", "lens", "Acme", "199", "QR1"], ["S2", "Drops", "care", "Acme", "30", "QR2"]])
+    assert run(ws, "products", full, {}).accepted == 2
+    price = write_csv(tmp_path / "p_price.csv", ["sku", "name", "price", "brand"],
+                      [["S1", "Lens A", "179", "Acme"], ["S2", "Drops", "28", ""], ["S3", "New", "9", ""]])
+    assert run(ws, "products", price, {}).accepted == 3
+    with env.gk.engine.connect() as c:
+        got = {r.sku: r for r in c.execute(sa.select(products).where(products.c.workspace_id == ws))}
+    assert (got["S1"].name, got["S1"].category, got["S1"].brand, got["S1"].price, got["S1"].qr_code) == (
+        "Lens A", "lens", "Acme", 179.0, "QR1")
+    assert (got["S2"].brand, got["S2"].price, got["S2"].qr_code) == ("Acme", 28.0, "QR2")  # empty cells erase nothing
+    assert (got["S3"].name, got["S3"].category) == ("New", None)
+
+    fb = write_csv(tmp_path / "fb.csv", ["feedback_id", "crm_id", "kind", "created_at", "topic", "text", "rating",
+                                         "status"],
+                   [["F1", "C1", "complaint", "2025-03-01", "delivery", "Parcel arrived broken", "1", "resolved"]])
+    assert run(ws, "feedback", fb, {}).accepted == 1
+    again = write_csv(tmp_path / "fb2.csv", ["feedback_id", "crm_id", "kind", "created_at", "rating"],
+                      [["F1", "C1", "complaint", "2025-03-01", "2"]])
+    assert run(ws, "feedback", again, {}).accepted == 1
+    with env.gk.engine.connect() as c:
+        r = c.execute(sa.select(feedback).where(feedback.c.workspace_id == ws)).one()
+    assert (r.topic, r.text, r.rating, r.status) == ("delivery", "Parcel arrived broken", 2, "resolved")

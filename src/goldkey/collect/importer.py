@@ -295,6 +295,7 @@ class Importer:
             raise InvalidInput(str(exc), field="file") from exc
         if progress:
             progress("cleaning", 0, df.height)
+        present = frozenset(df.columns)
         options = CleaningOptions(default_region=self.region, blocked=self._blocked(workspace_id, schema))
         result = clean(df, schema, options)
         import_id = new_id("imp")
@@ -321,7 +322,7 @@ class Importer:
             paused = gc.isenabled()
             gc.disable()
             try:
-                return self._write(ctx, workspace_id, import_id, kind, schema, result, filename, progress)
+                return self._write(ctx, workspace_id, import_id, kind, schema, result, filename, progress, present)
             finally:
                 if paused:
                     gc.enable()
@@ -379,18 +380,20 @@ class Importer:
         result: CleanResult,
         filename: str,
         progress: Progress | None,
+        present: frozenset[str] = frozenset(),
     ) -> ImportSummary:
+        """``present``: the fields the file has a column for."""
         df = result.accepted
         map_ops: list[Any] = []
         touched: list[str] = []
         extra_rejections: list[Rejection] = []
         with ctx.engine.begin() as conn:
             if kind == "products":
-                accepted = self._products(conn, ws, df)
+                accepted = self._products(conn, ws, df, present)
             elif kind == "customers":
                 accepted, map_ops, touched = self._customers(ctx, conn, ws, df, progress)
             elif kind == "feedback":
-                accepted, map_ops, touched = self._feedback(ctx, conn, ws, import_id, df)
+                accepted, map_ops, touched = self._feedback(ctx, conn, ws, import_id, df, present)
             elif kind == "orders":
                 accepted, map_ops, touched = self._orders(ctx, conn, ws, import_id, df, progress)
             else:  # pragma: no cover - SCHEMAS and this dispatch are kept in step
@@ -483,11 +486,13 @@ class Importer:
             uow, ws, raw, at, source, {"import": source}, attributes=attributes, progress=report if progress else None
         )
 
-    def _products(self, conn: sa.Connection, ws: str, df: pl.DataFrame) -> int:
+    def _products(self, conn: sa.Connection, ws: str, df: pl.DataFrame, present: frozenset[str]) -> int:
         now = utcnow()
         cols = [c.name for c in products.columns if c.name not in ("workspace_id", "updated_at")]
         rows = [{**{c: r.get(c) for c in cols}, "workspace_id": ws, "updated_at": now} for r in self._rows(df)]
-        upsert(conn, products, rows, ["workspace_id", "sku"])
+        # a product imported again keeps what this file has no column for, and what its cell leaves empty
+        fields = [c for c in cols if c in present]
+        upsert(conn, products, rows, ["workspace_id", "sku"], only={*fields, "updated_at"}, keep=fields)
         return len(rows)
 
     def _consents(self, conn: sa.Connection, ws: str, df: pl.DataFrame, pids: list[str]) -> None:
@@ -614,7 +619,8 @@ class Importer:
         return df.height, uow.map_ops, pids
 
     def _feedback(
-        self, ctx: WriteContext, conn: sa.Connection, ws: str, import_id: str, df: pl.DataFrame
+        self, ctx: WriteContext, conn: sa.Connection, ws: str, import_id: str, df: pl.DataFrame,
+        present: frozenset[str],
     ) -> tuple[int, list[Any], list[str]]:
         uow = UnitOfWork(conn)
         pids, _ = self._resolve_rows(ctx, uow, ws, df, "created_at", "import:feedback")
@@ -629,7 +635,11 @@ class Importer:
             d.update(workspace_id=ws, profile_id=pid, import_id=import_id, status=r.get("status") or "open",
                      identifiers=ids)
             out.append(d)
-        upsert(conn, feedback, out, ["workspace_id", "feedback_id"])
+        # a record imported again keeps what this file has no column for (a status file need not
+        # repeat the text), and what its cell leaves empty; its owner follows its identifiers
+        fields = [c for c in cols if c in present]
+        upsert(conn, feedback, out, ["workspace_id", "feedback_id"],
+               only={*fields, "profile_id", "import_id", "identifiers"}, keep=fields)
         return len(rows), uow.map_ops, pids
 
     def _orders(
