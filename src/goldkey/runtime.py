@@ -226,8 +226,10 @@ def _lock(data_dir: Path) -> IO[str]:
 
 
 def _fail_interrupted_imports(engine: sa.Engine) -> None:
-    """An import still 'running' when the process starts was cut off by a crash: its write never
-    committed (it is one transaction), so mark it failed and let the user run it again."""
+    """An import still 'running' when the process starts was cut off by a crash, so mark it failed
+    and let the user run it again (imports are keyed: a second run never duplicates). Its operational
+    write is one transaction; an orders import is marked done only after its analytical transaction,
+    committed after the operational one, so one cut off between the two is found here too."""
     from goldkey.core.clock import utcnow
     from goldkey.store.operational import imports
 

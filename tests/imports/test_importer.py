@@ -247,3 +247,70 @@ def test_reimport_keeps_what_the_new_file_does_not_carry(env_any: Any, tmp_path:
     with env.gk.engine.connect() as c:
         r = c.execute(sa.select(feedback).where(feedback.c.workspace_id == ws)).one()
     assert (r.topic, r.text, r.rating, r.status) == ("delivery", "Parcel arrived broken", 2, "resolved")
+
+
+def test_an_orders_import_that_fails_leaves_no_orders_behind(env: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    # before: the orders were committed to the analytical store inside the still-open operational
+    # transaction; a failure after that left them owned by profiles that were never created
+    from goldkey.collect import importer as importer_mod
+
+    ws = env.ws.workspace_id
+    f = write_csv(tmp_path / "o.csv", ["order_id", "crm_id", "ordered_at", "sku", "line_amount"],
+                  [["O1", "NEW1", "2025-03-01", "S1", "10"], ["O2", "NEW2", "2025-03-02", "S2", "20"]])
+    original = importer_mod.refresh_order_summaries
+
+    def fail_late(*args: Any, **kwargs: Any) -> None:  # fault injection after the orders were written
+        original(*args, **kwargs)
+        raise RuntimeError("injected failure after the analytical writes")
+
+    monkeypatch.setattr(importer_mod, "refresh_order_summaries", fail_late)
+    try:
+        env.gk.importer.run(ws, "orders", f, {})
+        raise AssertionError("the import should have failed")
+    except RuntimeError as exc:
+        assert "injected" in str(exc)
+    monkeypatch.setattr(importer_mod, "refresh_order_summaries", original)
+    assert env.gk.analytical.query("SELECT count(*) FROM orders WHERE workspace_id = ?", [ws]) == [(0,)]
+    assert env.gk.analytical.query("SELECT count(*) FROM order_lines WHERE workspace_id = ?", [ws]) == [(0,)]
+    r = env.client.get("/api/v1/profiles/lookup", params={"crm_id": "NEW1"}, headers=env.admin_auth())
+    assert r.status_code == 404
+    listed = env.client.get("/api/v1/imports", headers=env.admin_auth()).json()
+    assert [i["status"] for i in listed] == ["failed"]
+    # run again: it all lands, once
+    s = env.gk.importer.run(ws, "orders", f, {})
+    assert (s.status, s.accepted) == ("done", 2)
+    assert lookup(env, crm_id="NEW1")["order_summary"]["orders"] == 1
+    assert env.gk.analytical.query("SELECT count(*) FROM orders WHERE workspace_id = ?", [ws]) == [(2,)]
+
+
+def test_an_orders_import_whose_analytical_commit_fails_is_failed_not_done(env: Any, tmp_path: Path,
+                                                                           monkeypatch: Any) -> None:
+    # the analytical transaction commits after the operational one: should it fail, the import must
+    # not stand as done with its orders missing
+    from contextlib import contextmanager
+
+    ws, an = env.ws.workspace_id, env.gk.analytical
+    f = write_csv(tmp_path / "o.csv", ["order_id", "crm_id", "ordered_at", "sku", "line_amount"],
+                  [["O1", "NEW1", "2025-03-01", "S1", "10"]])
+    original = an.transaction
+
+    @contextmanager
+    def commit_fails() -> Any:  # fault injection: the body runs, then the commit fails (rolled back)
+        with original() as con:
+            yield con
+            con.execute("ROLLBACK")
+            con.execute("BEGIN TRANSACTION")
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(an, "transaction", commit_fails)
+    try:
+        env.gk.importer.run(ws, "orders", f, {})
+        raise AssertionError("the import should have failed")
+    except OSError:
+        pass
+    monkeypatch.setattr(an, "transaction", original)
+    assert [i["status"] for i in env.client.get("/api/v1/imports", headers=env.admin_auth()).json()] == ["failed"]
+    assert an.query("SELECT count(*) FROM orders WHERE workspace_id = ?", [ws]) == [(0,)]
+    s = env.gk.importer.run(ws, "orders", f, {})
+    assert (s.status, s.accepted) == ("done", 1)
+    assert lookup(env, crm_id="NEW1")["order_summary"]["orders"] == 1

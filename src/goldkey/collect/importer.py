@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -384,9 +385,46 @@ class Importer:
     ) -> ImportSummary:
         """``present``: the fields the file has a column for."""
         df = result.accepted
+        extra_rejections: list[Rejection] = []
+        # Orders go to both stores. The analytical transaction is opened first and committed last,
+        # after the operational one: anything that fails before the operational commit rolls back
+        # both (before, the orders were committed first and a later failure left them owned by
+        # profiles that were never created). Should the analytical commit itself fail, the import
+        # is reported failed and runs again cleanly (orders are keyed by order_id).
+        try:
+            with ExitStack() as duck:
+                con = duck.enter_context(ctx.analytical.transaction()) if kind == "orders" else None
+                accepted, map_ops, touched, rejections = self._write_operational(
+                    ctx, ws, import_id, kind, df, result, present, progress, extra_rejections, con)
+        except BaseException:
+            ctx.graph.invalidate()  # its cache may name profiles a rolled-back transaction made
+            if kind == "orders":
+                ctx.writer.mark_map_stale()  # merges the operational side kept may have missed the map
+            raise
+        if kind == "orders":
+            with ctx.engine.begin() as conn:
+                conn.execute(imports.update().where(imports.c.import_id == import_id).values(status="done"))
+        if map_ops and kind != "orders":
+            from goldkey.collect.writer import apply_map_ops
+
+            try:
+                with ctx.analytical.transaction() as con:
+                    apply_map_ops(con, map_ops)
+            except BaseException:
+                ctx.writer.mark_map_stale()  # the operational side committed: repair at the next commit
+                raise
+        return ImportSummary(
+            import_id, kind, "done", result.rows_read, accepted, len(rejections), result.duplicates_merged, filename,
+            tuple(pl.Series(touched, dtype=pl.Utf8).unique().sort().to_list()),
+        )
+
+    def _write_operational(
+        self, ctx: WriteContext, ws: str, import_id: str, kind: str, df: pl.DataFrame, result: CleanResult,
+        present: frozenset[str], progress: Progress | None, extra_rejections: list[Rejection], con: Any,
+    ) -> tuple[int, list[Any], list[str], list[Rejection]]:
+        """The operational transaction of an import (with ``con``, the open analytical one of orders)."""
         map_ops: list[Any] = []
         touched: list[str] = []
-        extra_rejections: list[Rejection] = []
         with ctx.engine.begin() as conn:
             if kind == "products":
                 accepted = self._products(conn, ws, df, present)
@@ -395,7 +433,7 @@ class Importer:
             elif kind == "feedback":
                 accepted, map_ops, touched = self._feedback(ctx, conn, ws, import_id, df, present)
             elif kind == "orders":
-                accepted, map_ops, touched = self._orders(ctx, conn, ws, import_id, df, progress)
+                accepted, map_ops, touched = self._orders(ctx, conn, con, ws, import_id, df, progress)
             else:  # pragma: no cover - SCHEMAS and this dispatch are kept in step
                 raise InvalidInput(f"unknown import kind {kind!r}", field="kind")
             rejections = list(result.rejected) + extra_rejections
@@ -425,26 +463,16 @@ class Importer:
                 imports.update()
                 .where(imports.c.import_id == import_id)
                 .values(
-                    status="done",
+                    # orders are done once the analytical side commits too (_write): a crash between
+                    # the two leaves the import "running", which the next start marks failed
+                    status="running" if con is not None else "done",
                     accepted=accepted,
                     quarantined=len(rejections),
                     duplicates_merged=result.duplicates_merged,
                     finished_at=utcnow(),
                 )
             )
-        if map_ops:
-            from goldkey.collect.writer import apply_map_ops
-
-            try:
-                with ctx.analytical.transaction() as con:
-                    apply_map_ops(con, map_ops)
-            except BaseException:
-                ctx.writer.mark_map_stale()  # the operational side committed: repair at the next commit
-                raise
-        return ImportSummary(
-            import_id, kind, "done", result.rows_read, accepted, len(rejections), result.duplicates_merged, filename,
-            tuple(pl.Series(touched, dtype=pl.Utf8).unique().sort().to_list()),
-        )
+        return accepted, map_ops, touched, rejections
 
     @staticmethod
     def _rows(df: pl.DataFrame) -> list[dict[str, Any]]:
@@ -646,6 +674,7 @@ class Importer:
         self,
         ctx: WriteContext,
         conn: sa.Connection,
+        con: Any,
         ws: str,
         import_id: str,
         df: pl.DataFrame,
@@ -709,36 +738,38 @@ class Importer:
         order_ids = orders_out["order_id"].to_list()
         from goldkey.collect.writer import apply_map_ops
 
-        with ctx.analytical.transaction() as con:
-            con.register("_ids", pa.table({"order_id": order_ids}))
-            try:
-                # a re-imported order may have changed hands: its previous owner is recounted too
-                previous = con.execute(
-                    "SELECT DISTINCT canonical_id FROM orders_resolved WHERE workspace_id = ? "
-                    "AND order_id IN (SELECT order_id FROM _ids)",
-                    [ws],
-                ).fetchall()
-                con.execute(
-                    "DELETE FROM orders WHERE workspace_id = ? AND order_id IN (SELECT order_id FROM _ids)", [ws]
-                )
-                con.execute(
-                    "DELETE FROM order_lines WHERE workspace_id = ? AND order_id IN (SELECT order_id FROM _ids)", [ws]
-                )
-            finally:
-                con.unregister("_ids")
-            ctx.analytical.append("orders", orders_out.to_arrow(), con)
-            ctx.analytical.append("order_lines", lines_out.to_arrow(), con)
-            apply_map_ops(con, uow.map_ops)
+        # in the caller's analytical transaction ``con``, committed after the operational one
+        con.register("_ids", pa.table({"order_id": order_ids}))
+        try:
+            # a re-imported order may have changed hands: its previous owner is recounted too
+            previous = con.execute(
+                "SELECT DISTINCT canonical_id FROM orders_resolved WHERE workspace_id = ? "
+                "AND order_id IN (SELECT order_id FROM _ids)",
+                [ws],
+            ).fetchall()
+            con.execute(
+                "DELETE FROM orders WHERE workspace_id = ? AND order_id IN (SELECT order_id FROM _ids)", [ws]
+            )
+            con.execute(
+                "DELETE FROM order_lines WHERE workspace_id = ? AND order_id IN (SELECT order_id FROM _ids)", [ws]
+            )
+        finally:
+            con.unregister("_ids")
+        ctx.analytical.append("orders", orders_out.to_arrow(), con)
+        ctx.analytical.append("order_lines", lines_out.to_arrow(), con)
+        apply_map_ops(con, uow.map_ops)
         affected = set(pl.Series(pids, dtype=pl.Utf8).unique().to_list()) | {r[0] for r in previous}
-        refresh_order_summaries(ctx, conn, ws, sorted(affected))
+        refresh_order_summaries(ctx, conn, ws, sorted(affected), con)
         return df.height, [], sorted(affected)
 
 
-def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, profile_ids: list[str]) -> None:
-    """Recompute the order summary of the given live profiles from the analytical store."""
+def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, profile_ids: list[str],
+                            con: Any = None) -> None:
+    """Recompute the order summary of the given live profiles from the analytical store (read
+    through ``con``, an open analytical transaction, when given: it sees its own writes)."""
     if not profile_ids:
         return
-    cur = ctx.analytical.cursor()
+    cur = ctx.analytical.cursor() if con is None else con
     try:
         cur.register("_p", pa.table({"canonical_id": pa.array(profile_ids, pa.string())}))
         # Only these profiles' orders and their lines are read, not the workspace's; SKUs and
@@ -773,7 +804,8 @@ def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, pro
         ).to_arrow_table()
         cur.unregister("_p")
     finally:
-        cur.close()
+        if con is None:
+            cur.close()
     found = pl.from_arrow(tbl)
     assert isinstance(found, pl.DataFrame)
     empty = pl.lit([], pl.List(pl.Utf8))
