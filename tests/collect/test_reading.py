@@ -64,6 +64,21 @@ def test_gbk_csv(tmp_path: Path, encoding: str) -> None:
     assert df["省份"].to_list() == ["广东省", "北京"]
 
 
+def test_gbk_csv_with_an_ascii_header(tmp_path: Path) -> None:
+    path = tmp_path / "gbk.csv"
+    path.write_bytes("crm_id,name,city\nC1,张三,广东省\nC2,李四,北京\n".encode("gbk"))
+    assert read_table(path)["name"].to_list() == ["张三", "李四"]
+
+
+def test_utf8_csv_with_one_damaged_character_is_refused_not_garbled(tmp_path: Path) -> None:
+    # before: the whole file was read again as GB18030: accepted, every Chinese value mojibake
+    good = "crm_id,name,city,备注\nC1,王芳,广州,老客\nC2,李雷,北京,金卡会员\n".encode()
+    path = tmp_path / "cut.csv"
+    path.write_bytes(good + "C3,张".encode() + "伟".encode()[:1] + ",上海,\n".encode())
+    with pytest.raises(ImportFileError, match="invalid UTF-8 at line 4"):
+        read_table(path)
+
+
 def test_utf16_csv_with_tabs(tmp_path: Path) -> None:
     path = tmp_path / "u16.txt"
     path.write_bytes("a\tb\r\n1\t二\r\n".encode("utf-16"))

@@ -232,6 +232,7 @@ def _read_csv(path: Path, *, tab: bool) -> pl.DataFrame:
         except pl.exceptions.ComputeError as exc:
             if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
                 raise
+            _refuse_damaged_utf8(path, payload)
             encoding = "gb18030"
     if encoding == "gb18030":
         try:
@@ -241,6 +242,30 @@ def _read_csv(path: Path, *, tab: bool) -> pl.DataFrame:
         df = _polars_csv(path, text.encode("utf-8"), separator)
     df.columns = _unique_headers(df.columns)
     return _with_record(df)
+
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _refuse_damaged_utf8(path: Path, payload: bytes) -> None:
+    """Raise ImportFileError when *payload* is UTF-8 text with a damaged stretch (not GBK).
+
+    A GBK file fails UTF-8 at its first Chinese character; a UTF-8 file cut or edited mid-character
+    fails later, after Chinese text that decoded as UTF-8. Read as GB18030, the second would be
+    accepted with every Chinese value garbled; so it is refused, naming the line to fix.
+    """
+    try:
+        payload.decode("utf-8")
+        return
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    before = payload[:start].decode("utf-8")
+    if len(_CJK.findall(before, 0, 100_000)) < 2:
+        return  # no Chinese text read as UTF-8 before it: GBK / GB18030 it is
+    line = payload.count(b"\n", 0, start) + 1
+    raise ImportFileError(
+        path, f"invalid UTF-8 at line {line} (byte {start}) of a file that is otherwise UTF-8: a character "
+        "there is cut or damaged; fix that line or export the file again")
 
 
 def _polars_csv(path: Path, payload: bytes, separator: str) -> pl.DataFrame:
