@@ -551,6 +551,14 @@ def test_negative_amounts_are_rejected_outside_refunds() -> None:
         assert result.accepted["quantity"][0] == -1
 
 
+@pytest.mark.parametrize(("quantity", "price", "expected"), [("-1", "-100", -100.0), ("-2", "50", -100.0),
+                                                           ("1", "-100", -100.0), ("1", "100", 100.0)])
+def test_a_refund_line_computed_from_negatives_is_negative(quantity: str, price: str, expected: float) -> None:
+    # before: -1 x -100 became +100, a refund adding revenue
+    base = {"order_id": "O1", "ordered_at": "2025-03-01 10:00", "crm_id": "C1", "sku": "S1", "status": "refund"}
+    assert one_value(ORDERS, "line_amount", None, {**base, "quantity": quantity, "unit_price": price}) == expected
+
+
 @pytest.mark.parametrize(("raw", "expected"), [("12", 12), ("+12", 12), ("-3", -3), ("12.0", 12), ("007", 7)])
 def test_ints(raw: str, expected: int) -> None:
     assert one_value(CUSTOMERS, "points", raw) == expected

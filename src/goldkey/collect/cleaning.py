@@ -917,9 +917,14 @@ def clean(
     if is_orders:
         qi, ui, li = names.index("quantity"), names.index("unit_price"), names.index("line_amount")
         refund = pl.col(_t(names.index("status"))).str.to_lowercase().is_in(list(REFUND_STATUSES))
+        q, u = pl.col(_v(qi)), pl.col(_v(ui))
+        # a refund line's quantity or price (or both) is negative: money going back is negative, and
+        # -1 x -100 must not become +100 of revenue
+        computed = (q * u).round(2)
+        computed = pl.when(refund & ((q < 0) | (u < 0))).then(-computed.abs()).otherwise(computed)
         typed_exprs[li] = (
             pl.when(pl.col(_t(li)).is_null())
-            .then((pl.col(_v(qi)) * pl.col(_v(ui))).round(2))
+            .then(computed)
             .otherwise(pl.col(_v(li)))
             .alias("line_amount")
         )
