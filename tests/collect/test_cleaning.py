@@ -338,7 +338,9 @@ def test_emails_are_lowercased_and_stripped(raw: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["a b@c.com", "abc", "a@b", "a@@b.com", "a@b.c", "a@.com", "@b.com", "Name <a@b.com>", "a@b.com;c@d.com"]
+    "raw", ["a b@c.com", "abc", "a@b", "a@@b.com", "a@b.c", "a@.com", "@b.com", "Name <a@b.com>", "a@b.com;c@d.com",
+            # dots and hyphens where no address has them (accepted before)
+            "a..b@x.com", ".a@x.com", "a.@x.com", "a@-x.com", "a@x-.com"]
 )
 def test_invalid_emails_reject_the_row(raw: str) -> None:
     rej = one_rejection(CUSTOMERS, {"crm_id": "C1", "email": raw})

@@ -337,8 +337,12 @@ def _phone_leftovers(sub: pl.Series, region: str) -> pl.Series:
 # e-mail
 # ---------------------------------------------------------------------------
 
+_EMAIL_ATOM = r"[^\s@,;:<>()\[\]\\\".]"  # a character of an address other than a dot
+# local part: dot-separated atoms (no leading, trailing or doubled dot); domain: labels that neither
+# start nor end with a hyphen (nor start with "_"), then a top-level domain of letters or punycode
 _EMAIL_RE = (
-    r"^[^\s@,;:<>()\[\]\\\"]+@(?:[^\s@,;:<>()\[\]\\\"._][^\s@,;:<>()\[\]\\\".]*\.)+"
+    rf"^{_EMAIL_ATOM}+(?:\.{_EMAIL_ATOM}+)*@"
+    rf"(?:[^\s@,;:<>()\[\]\\\"._-](?:{_EMAIL_ATOM}*[^\s@,;:<>()\[\]\\\".-])?\.)+"
     r"(?:\p{L}{2,}|xn--[a-z0-9-]+)$"
 )
 
