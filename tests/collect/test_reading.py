@@ -109,6 +109,24 @@ def test_csv_headers_are_stripped_and_made_unique(tmp_path: Path) -> None:
     assert df.columns[0] == RECORD
     assert df.columns[1:3] == ["name", "name_2"]
     assert len(set(df.columns)) == 4
+    # repeated exactly, and two empty ones (before: polars' own "name_duplicated_0" names)
+    path.write_text("crm_id,name,name,,\nC1,a,b,x,y\n", encoding="utf-8")
+    assert read_table(path).columns == [RECORD, "crm_id", "name", "name_2", "column_4", "column_5"]
+    path.write_bytes("编号,姓名,姓名\nC1,甲,乙\n".encode("gbk"))
+    assert read_table(path).columns == [RECORD, "编号", "姓名", "姓名_2"]
+
+
+def test_parquet_duration_column_is_read_as_seconds(tmp_path: Path) -> None:
+    # before: any Duration column, mapped or not, made the file unreadable
+    import datetime as _dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"crm_id": ["C1", "C2", "C3"], "session": pa.array(
+        [_dt.timedelta(seconds=5), _dt.timedelta(milliseconds=1500), None], pa.duration("ms"))}), path)
+    assert read_table(path)["session"].to_list() == ["5", "1.5", None]
 
 
 def test_ragged_rows(tmp_path: Path) -> None:

@@ -240,7 +240,10 @@ def _read_csv(path: Path, *, tab: bool) -> pl.DataFrame:
         except UnicodeDecodeError as exc:
             raise ImportFileError(path, "text encoding not recognised (expected UTF-8 or GBK/GB18030)") from exc
         df = _polars_csv(path, text.encode("utf-8"), separator)
-    df.columns = _unique_headers(df.columns)
+        header_text = text.split("\n", 1)[0]
+    # the header as written: polars renames a repeated name to "<name>_duplicated_<n>" itself
+    written = next(csv.reader([header_text.rstrip("\r")], delimiter=separator), [])
+    df.columns = _unique_headers(written if len(written) == df.width else df.columns)
     return _with_record(df)
 
 
@@ -446,9 +449,12 @@ def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
         if dtype.time_zone is not None:
             return col.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.f+00:00")
         return col.dt.strftime("%Y-%m-%d %H:%M:%S%.f")
-    if dtype in (pl.Categorical, pl.Time, pl.Duration, pl.Null) or isinstance(
-        dtype, (pl.Enum, pl.Categorical, pl.Duration)
-    ):
+    if dtype == pl.Duration or isinstance(dtype, pl.Duration):
+        # polars cannot cast a duration to text: seconds, as a number ("90", "1.5")
+        secs = col.dt.total_microseconds() / 1_000_000
+        whole = secs == secs.round(0)
+        return pl.when(whole).then(secs.cast(pl.Int64).cast(pl.Utf8)).otherwise(secs.cast(pl.Utf8)).alias(name)
+    if dtype in (pl.Categorical, pl.Time, pl.Null) or isinstance(dtype, (pl.Enum, pl.Categorical)):
         return col.cast(pl.Utf8)
     if dtype == pl.Binary:
         return col.bin.encode("hex")
