@@ -62,6 +62,13 @@ def test_bad_mapping_is_a_clear_error(tmp_path: Path) -> None:
     csv.write_text("id\nC1\n", encoding="utf-8")
     r = runner.invoke(app, ["import", "customers", str(csv), "--map", "id=not_a_field", "--data-dir", d])
     assert r.exit_code == 1 and "not_a_field" in r.output
+    # a mapping file that is not JSON, or not an object: a clear error, not a traceback
+    for text, says in (("{id: phone", "cannot read it as JSON"), ('["id", "crm_id"]', "must be a JSON object")):
+        mf = tmp_path / "m.json"
+        mf.write_text(text, encoding="utf-8")
+        r = runner.invoke(app, ["import", "customers", str(csv), "--mapping-file", str(mf), "--data-dir", d])
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+        assert says in " ".join(r.output.split())
 
 
 def test_one_process_per_data_dir(tmp_path: Path) -> None:

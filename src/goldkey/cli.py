@@ -186,7 +186,15 @@ def user_list(
 def _parse_mapping(pairs: list[str], mapping_file: Path | None) -> dict[str, str]:
     mapping: dict[str, str] = {}
     if mapping_file is not None:
-        mapping.update(json.loads(mapping_file.read_text(encoding="utf-8")))
+        try:
+            loaded = json.loads(mapping_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            _fail(f"--mapping-file {mapping_file}: cannot read it as JSON: {exc}", 2)
+        if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in loaded.items()):
+            _fail(f"--mapping-file {mapping_file}: must be a JSON object of source column -> field names, "
+                  'e.g. {"手机号": "phone"}', 2)
+        mapping.update(loaded)
     for p in pairs:
         if "=" not in p:
             _fail(f"--map takes SOURCE_COLUMN=field, got {p!r}", 2)

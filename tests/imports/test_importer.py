@@ -179,6 +179,11 @@ def test_import_through_api_with_parquet_and_excel(env: Any, tmp_path: Path) -> 
         "/api/v1/imports", headers=env.admin_auth(), files={"file": ("x.csv", b"a\n1\n")}, data={"kind": "stuff"}
     )
     assert unknown.status_code == 400 and unknown.json()["field"] == "kind"
+    # a file that cannot be read is named as uploaded, not as the server's temporary copy
+    empty = env.client.post("/api/v1/imports", headers=env.admin_auth(), files={"file": ("会员.csv", b"")},
+                            data={"kind": "customers"})
+    assert empty.status_code == 400 and empty.json()["field"] == "file"
+    assert "会员.csv" in empty.json()["error"] and "upload" not in empty.json()["error"]
 
 
 def test_reimported_order_that_changed_hands_leaves_the_old_owner(env: Any, tmp_path: Path) -> None:

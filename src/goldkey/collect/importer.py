@@ -292,7 +292,9 @@ class Importer:
             df = apply_mapping(df, mapping, schema)
         except MappingError as exc:
             raise InvalidInput(str(exc), field="mapping") from exc
-        except (ImportFileError, OSError) as exc:
+        except ImportFileError as exc:  # named as the user knows the file (an upload is saved under another name)
+            raise InvalidInput(f"{filename}: {exc.message}", field="file") from exc
+        except OSError as exc:
             raise InvalidInput(str(exc), field="file") from exc
         if progress:
             progress("cleaning", 0, df.height)
