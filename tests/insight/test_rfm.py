@@ -190,6 +190,39 @@ def test_artifact_refuses_to_load_into_a_different_model(env: Any, tmp_path: Pat
         reg.load("../etc", "rfm", kind="rfm")
 
 
+def test_versions_saved_at_once_by_separate_registries_all_land(tmp_path: Path) -> None:
+    # before: each API request's own registry had its own lock; saves at the same moment all took
+    # v1, one won and the others failed (a 500 after all their fitting work)
+    import threading
+
+    start = threading.Barrier(6)
+    saved: list[int] = []
+    errors: list[BaseException] = []
+
+    def save(i: int) -> None:
+        reg = ModelRegistry(tmp_path / "models")  # one per request, as the services build them
+        start.wait()
+        try:
+            mv = reg.save("ws1", "rfm", kind="rfm", definition={"a": 1}, artifact={"i": i}, metrics={})
+            saved.append(mv.version)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(saved) == [1, 2, 3, 4, 5, 6]
+    reg = ModelRegistry(tmp_path / "models")
+    assert reg.versions("ws1", "rfm") == [1, 2, 3, 4, 5, 6]
+    assert sorted(reg.load("ws1", "rfm", v, kind="rfm").artifact["i"] for v in range(1, 7)) == list(range(6))
+    # a version another process wrote is never overwritten: the next number is taken
+    (tmp_path / "models" / "ws1" / "rfm" / "v7").mkdir()
+    (tmp_path / "models" / "ws1" / "rfm" / "v7" / "meta.json").write_text("{}")
+    assert reg.save("ws1", "rfm", kind="rfm", definition={"a": 1}, artifact={}, metrics={}).version == 8
+
+
 def test_empty_workspace_is_a_clear_error(env: Any) -> None:
     svc = RFMService.from_goldkey(env.gk)
     with pytest.raises(InvalidInput, match="no orders to score"):

@@ -14,6 +14,7 @@ one model never loads into another.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -64,12 +65,21 @@ class ModelVersion:
                 "created_at": self.created_at, "metrics": self.metrics}
 
 
+_DIR_LOCKS: dict[Path, threading.Lock] = {}
+_DIR_LOCKS_GUARD = threading.Lock()
+
+
+def _dir_lock(d: Path) -> threading.Lock:
+    key = d.resolve()
+    with _DIR_LOCKS_GUARD:
+        return _DIR_LOCKS.setdefault(key, threading.Lock())
+
+
 class ModelRegistry:
     """Save and load versioned model artifacts under ``root`` (normally ``<data_dir>/models``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._lock = threading.Lock()
 
     def _dir(self, ws: str, name: str) -> Path:
         for label, v in (("workspace", ws), ("model name", name)):
@@ -90,19 +100,27 @@ class ModelRegistry:
         d = self._dir(ws, name)
         d.mkdir(parents=True, exist_ok=True)
         created = to_iso(utcnow()) or ""
-        with self._lock:
-            version = (self.versions(ws, name) or [0])[-1] + 1
-            meta = {"workspace_id": ws, "name": name, "kind": kind, "version": version, "definition": definition,
-                    "definition_hash": definition_hash(definition), "created_at": created, "metrics": metrics}
-            tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=d))
+        opt = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+        # one lock per model directory for the whole process: every request builds its own registry
+        with _dir_lock(d):
+            tmp = Path(tempfile.mkdtemp(prefix=".v-", dir=d))
             try:
-                opt = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
                 (tmp / "artifact.json").write_bytes(orjson.dumps(artifact, option=opt))
-                (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=opt))
-                for f in tmp.iterdir():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-                os.rename(tmp, d / f"v{version}")
+                while True:
+                    version = (self.versions(ws, name) or [0])[-1] + 1
+                    meta = {"workspace_id": ws, "name": name, "kind": kind, "version": version,
+                            "definition": definition, "definition_hash": definition_hash(definition),
+                            "created_at": created, "metrics": metrics}
+                    (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=opt))
+                    for f in tmp.iterdir():
+                        with open(f, "rb") as fh:
+                            os.fsync(fh.fileno())
+                    try:
+                        os.rename(tmp, d / f"v{version}")
+                        break
+                    except OSError as exc:  # another writer (process) took the number: take the next
+                        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                            raise
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
