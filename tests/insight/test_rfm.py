@@ -293,3 +293,8 @@ def test_refit_when_due(env: Any, tmp_path: Path) -> None:
     assert rep is not None and rep["version"] == 2
     svc.run(ws, {"refit_every_hours": None, "lookback_days": 3650})
     assert svc.refit_if_due(ws, now=later + timedelta(days=30)) is None
+    # a model first run as of a fixed date is refitted as of now (before: the fixed date, for ever)
+    svc.run(ws, {"refit_every_hours": 6, "lookback_days": 3650, "as_of": AS_OF.isoformat()})
+    rep = svc.refit_if_due(ws, now=later + timedelta(days=31))
+    assert rep is not None and rep["version"] == 5
+    assert datetime.fromisoformat(rep["as_of"]) > datetime.now(UTC) - timedelta(minutes=5)

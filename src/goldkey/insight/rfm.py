@@ -298,7 +298,7 @@ class RFMService:
         t = as_of_utc(now)
         if datetime.fromisoformat(mv.created_at) + timedelta(hours=d.refit_every_hours) > t:
             return None
-        return self.run(ws, d)
+        return self.run(ws, d.model_copy(update={"as_of": None}))  # as of now, not the first run's date
 
     # -- write-back -----------------------------------------------------------------------------
     def _tag_specs(self, d: RFMDefinition, version: int | None) -> dict[str, dict[str, Any]]:
