@@ -177,6 +177,22 @@ def test_cohort_retention_matches_pandas(env: Any, tmp_path: Path) -> None:
     assert e.value.field == "tz"
 
 
+def test_a_cohort_nobody_came_back_from_is_listed_with_zeros(env: Any, tmp_path: Path) -> None:
+    # before: the sizes were joined to the activity, so a month of sign-ups who never ordered was
+    # missing from the table (its 0 % retention was the news), and with no orders at all it failed
+    t0 = datetime(2024, 3, 4, 10, tzinfo=UTC)
+    signups = [{"u": f"m{i}", "event": "Signed Up", "ts": t0 + timedelta(days=i), "props": {}, "ctx": None}
+               for i in range(4)]
+    signups += [{"u": f"a{i}", "event": "Signed Up", "ts": t0 + timedelta(days=32 + i), "props": {}, "ctx": None}
+                for i in range(3)]
+    orders = [{"order_id": f"O{i}", "at": t0 + timedelta(days=40), "u": f"m{i}", "amount": "10"} for i in range(2)]
+    _load(env, tmp_path, signups, orders)
+    rep = cohorts(env.gk.analytical, env.ws.workspace_id, {"cohort_by": "first_event", "activity": "order",
+                                                          "period": "month", "periods": 3, "end": "2024-06-01"})
+    assert [(c["cohort"], c["size"], c["counts"], c["pct"]) for c in rep["cohorts"]] == [
+        ("2024-03", 4, [0, 2, 0], [0.0, 50.0, 0.0]), ("2024-04", 3, [0, 0, 0], [0.0, 0.0, 0.0])]
+
+
 def test_channels_match_pandas_with_clv_and_costs(env: Any, tmp_path: Path) -> None:
     ws = env.ws.workspace_id
     with pytest.raises(InvalidInput):

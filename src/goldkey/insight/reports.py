@@ -246,11 +246,16 @@ WITH o AS (
     SELECT DISTINCT pid, date_trunc(?, lt) AS period FROM {act}
 ), sizes AS (
     SELECT cohort, count(*) AS size FROM firsts WHERE cohort >= ? GROUP BY cohort
+), kept AS (
+    SELECT f.cohort, date_diff(?, f.cohort, a.period) AS off, count(*) AS n
+    FROM firsts f JOIN act a ON a.pid = f.pid
+    WHERE a.period >= f.cohort AND date_diff(?, f.cohort, a.period) < ?
+    GROUP BY ALL
 )
-SELECT f.cohort, s.size, date_diff(?, f.cohort, a.period) AS off, count(*) AS n
-FROM firsts f JOIN act a ON a.pid = f.pid JOIN sizes s ON s.cohort = f.cohort
-WHERE a.period >= f.cohort AND date_diff(?, f.cohort, a.period) < ?
-GROUP BY ALL ORDER BY f.cohort, off"""
+-- every cohort, also one whose members never came back (off and n null: all zeros)
+SELECT s.cohort, s.size, k.off, k.n
+FROM sizes s LEFT JOIN kept k USING (cohort)
+ORDER BY s.cohort, k.off"""
 
 
 def cohorts(analytical: AnalyticalStore, ws: str, request: CohortRequest | dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +280,8 @@ def cohorts(analytical: AnalyticalStore, ws: str, request: CohortRequest | dict[
     for cohort, size, off, n in rows:
         c = table.setdefault(cohort, {"cohort": _label(cohort, req.period), "size": int(size),
                                       "counts": [0] * req.periods})
-        c["counts"][int(off)] = int(n)
+        if off is not None:
+            c["counts"][int(off)] = int(n)
     out = []
     for _, c in sorted(table.items()):
         c["pct"] = [round(100 * n / c["size"], 2) for n in c["counts"]]
