@@ -22,6 +22,7 @@ HEADER = ["order_id", "ordered_at", "crm_id", "sku", "category", "quantity", "un
 PLANTED = {
     "NEW": ([10], "new"),
     "WON": ([400, 5], "won_back"),
+    "WON_SPLIT": ([400, 5, 5], "won_back"),  # back with an order split in two (before: gap 0, "growing")
     "GROW": ([200, 60, 30, 10], "growing"),
     "ACTIVE": ([150, 30], "active"),
     "RISK": ([300, 120], "at_risk"),
@@ -71,12 +72,12 @@ def _reference(rows: list[dict[str, Any]], as_of: datetime, period: int = 90) ->
     out = []
     for crm, g in df.groupby("crm_id"):
         last, first = g.ordered_at.max(), g.ordered_at.min()
-        times = g.ordered_at.sort_values(ascending=False)
+        days = sorted({t.tz_convert("UTC").date() for t in g.ordered_at}, reverse=True)  # distinct UTC dates
         rec = g[g.ordered_at > as_of - timedelta(days=period)]
         pri = g[(g.ordered_at > as_of - timedelta(days=2 * period)) & (g.ordered_at <= as_of - timedelta(days=period))]
         since_last = (as_of - last).total_seconds() // 86400
         since_first = (as_of - first).total_seconds() // 86400
-        gap = (times.iloc[0] - times.iloc[1]).total_seconds() // 86400 if len(times) > 1 else np.nan
+        gap = (days[0] - days[1]).days if len(days) > 1 else np.nan
         ratio = rec.amount.sum() / pri.amount.sum() if pri.amount.sum() > 0 else np.nan
         delta = rec.order_id.nunique() - pri.order_id.nunique()
         if since_last <= 90 and gap >= 180:

@@ -16,8 +16,9 @@ computes per customer, as of ``as_of``:
   ``(as_of - P, as_of]`` / ``(as_of - 2P, as_of - P]`` (P = ``period_days``), ``lc_orders_delta``
   their difference; ``lc_spend_recent`` / ``lc_spend_prior`` and ``lc_spend_ratio`` = recent / prior
   spend (missing when the prior spend is 0);
-- ``lc_gap_days``: whole days between the last two orders (0 when both were at the same instant;
-  missing with a single order).
+- ``lc_gap_days``: days between the last two days (UTC dates) with an order: the gap before the
+  latest purchase day, so an order split in two on the day a customer returns does not hide the
+  gap (missing when all orders fell on one day, or the latest 16 did).
 
 They are written back as ``scores.lc_*`` (:func:`goldkey.insight.writeback.write_scores`, the one
 write-back path; declared in the field catalog first), and the stage rules reference them. The
@@ -102,7 +103,7 @@ FEATURES: dict[str, str] = {
     "lc_spend_recent": "spend in the last period",
     "lc_spend_prior": "spend in the period before",
     "lc_spend_ratio": "spend last period / the period before",
-    "lc_gap_days": "days between the last two order times",
+    "lc_gap_days": "days between the last two days with an order",
 }
 SCORE_FIELDS = (*FEATURES, "lc_model_version")
 
@@ -184,13 +185,15 @@ def _features_sql(n_excluded: int) -> str:
     if n_excluded:
         status = f" AND coalesce(status, '') NOT IN ({', '.join('?' * n_excluded)})"
     # one pass: orders are unique per (workspace, order_id) (the importer replaces a re-imported
-    # order), so count(*) counts orders; max(ordered_at, 2) is the two latest order times
+    # order), so count(*) counts orders; days16 holds the UTC day numbers of the 16 latest orders, of
+    # which the gap takes the latest and the latest earlier one (max(DISTINCT ..., 2) costs 10x more)
     return f"""
         WITH o AS (
             SELECT canonical_id AS profile_id, ordered_at, total_amount
             FROM orders_resolved WHERE workspace_id = ? AND ordered_at <= ?{status}
         ), b AS (
-            SELECT profile_id, max(ordered_at, 2) AS last2, min(ordered_at) AS first_at, count(*) AS n_total,
+            SELECT profile_id, max(ordered_at) AS last_at, max(CAST(epoch(ordered_at) // 86400 AS INTEGER), 16)
+                   AS days16, min(ordered_at) AS first_at, count(*) AS n_total,
                    count(*) FILTER (WHERE ordered_at > ?) AS n_recent,
                    count(*) FILTER (WHERE ordered_at > ? AND ordered_at <= ?) AS n_prior,
                    coalesce(sum(total_amount) FILTER (WHERE ordered_at > ?), 0) AS s_recent,
@@ -198,15 +201,14 @@ def _features_sql(n_excluded: int) -> str:
             FROM o GROUP BY profile_id
         )
         SELECT profile_id,
-               CAST(floor((epoch(CAST(? AS TIMESTAMPTZ)) - epoch(last2[1])) / 86400) AS DOUBLE) AS lc_days_since_last,
+               CAST(floor((epoch(CAST(? AS TIMESTAMPTZ)) - epoch(last_at)) / 86400) AS DOUBLE) AS lc_days_since_last,
                CAST(floor((epoch(CAST(? AS TIMESTAMPTZ)) - epoch(first_at)) / 86400) AS DOUBLE) AS lc_days_since_first,
                CAST(n_total AS DOUBLE) AS lc_orders_total,
                CAST(n_recent AS DOUBLE) AS lc_orders_recent, CAST(n_prior AS DOUBLE) AS lc_orders_prior,
                CAST(n_recent - n_prior AS DOUBLE) AS lc_orders_delta,
                CAST(s_recent AS DOUBLE) AS lc_spend_recent, CAST(s_prior AS DOUBLE) AS lc_spend_prior,
                CASE WHEN s_prior > 0 THEN CAST(s_recent / s_prior AS DOUBLE) END AS lc_spend_ratio,
-               CASE WHEN len(last2) = 2 THEN CAST(floor((epoch(last2[1]) - epoch(last2[2])) / 86400) AS DOUBLE) END
-                   AS lc_gap_days
+               CAST(days16[1] - list_filter(days16, lambda x: x < days16[1])[1] AS DOUBLE) AS lc_gap_days
         FROM b"""
 
 
