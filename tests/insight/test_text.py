@@ -328,6 +328,17 @@ def test_workspace_analysis_writes_insights_tags_and_alert_events(env: Any, tmp_
     rep2 = FeedbackTextService.from_goldkey(env.gk).analyze(ws, {"as_of": AS_OF.isoformat()})
     assert rep2["version"] == rep["version"] + 1 and rep2["alert_events"] == 0 and rep2["alerts"] == 2
     assert sum(rep2["tags_changed"].values()) == 0 and len(_alert_events(env)) == 2
+    # nor after C1 is merged into an older profile (before: its alert was looked up under C1's
+    # own id and announced again, so a campaign on the alert fired twice)
+    older = tmp_path / "older.csv"
+    older.write_text("order_id,ordered_at,user_id,sku,line_amount\nOX,2023-01-01T00:00:00Z,X,S,10\n", encoding="utf-8")
+    assert env.gk.importer.run(ws, "orders", older, {}).status == "done"
+    link = tmp_path / "link.csv"
+    link.write_text("crm_id,user_id\nC1,X\n", encoding="utf-8")
+    assert env.gk.importer.run(ws, "customers", link, {}).status == "done"
+    assert _pid(env, "C1") != c1  # C1's profile went into X's
+    rep3 = FeedbackTextService.from_goldkey(env.gk).analyze(ws, {"as_of": AS_OF.isoformat()})
+    assert rep3["alerts"] == 2 and rep3["alert_events"] == 0 and len(_alert_events(env)) == 2
 
     r = env.client.post("/api/v1/insights/text/sentiment", json={"texts": ["售后太差了", "Lovely staff"]}, headers=h)
     assert r.status_code == 200 and [x["language"] for x in r.json()["results"]] == ["zh", "en"]

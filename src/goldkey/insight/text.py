@@ -689,9 +689,11 @@ class FeedbackTextService:
     def _emitted_alert_keys(self, ws: str) -> set[tuple[str, str, str]]:
         cur = self.analytical.cursor()
         try:
+            # by the profile the alert's event resolves to now: an alert sent before a merge is the
+            # survivor's, whose alerts are keyed by its own (canonical) id
             rows = cur.execute(
-                "SELECT profile_id, json_extract_string(properties, '$.topic'), "
-                "json_extract_string(properties, '$.last_feedback_id') FROM events "
+                "SELECT canonical_id, json_extract_string(properties, '$.topic'), "
+                "json_extract_string(properties, '$.last_feedback_id') FROM events_resolved "
                 "WHERE workspace_id = ? AND event = ?", [ws, ALERT_EVENT]).fetchall()
         finally:
             cur.close()
