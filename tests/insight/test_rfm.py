@@ -274,9 +274,16 @@ def test_cli_runs_rfm_and_lists_models(tmp_path: Path) -> None:
                     "O1,2024-06-01T10:00:00Z,C1,S,1,100\nO2,2024-06-20T10:00:00Z,C2,S,2,50\n", encoding="utf-8")
     r = runner.invoke(app, ["import", "orders", str(path), "-w", "Shop", "--data-dir", d])
     assert r.exit_code == 0, r.output
+    # two customers cannot fill five quintiles: a clear error (before: scores 1 and 2 by profile id)
+    few = runner.invoke(insight_app, ["rfm", "-w", "Shop", "--data-dir", d, "--as-of", "2024-07-01T00:00:00"])
+    assert few.exit_code == 1 and "too few customers" in " ".join(few.output.split())
+    path.write_text("order_id,ordered_at,crm_id,sku,quantity,unit_price\n" + "".join(
+        f"O{i},2024-06-{i:02d}T10:00:00Z,C{i},S,1,{10 * i}\n" for i in range(3, 7)), encoding="utf-8")
+    r = runner.invoke(app, ["import", "orders", str(path), "-w", "Shop", "--data-dir", d])
+    assert r.exit_code == 0, r.output
     r = runner.invoke(insight_app, ["rfm", "-w", "Shop", "--data-dir", d, "--as-of", "2024-07-01T00:00:00"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["profiles"] == 2
+    assert json.loads(r.stdout)["profiles"] == 6
     r = runner.invoke(insight_app, ["models", "-w", "Shop", "--data-dir", d])
     assert r.exit_code == 0 and json.loads(r.stdout)[0]["version"] == 1
 

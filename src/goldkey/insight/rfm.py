@@ -174,6 +174,9 @@ def _rfm_sql(n_tiers: int, n_excluded: int) -> str:
         FROM q ORDER BY profile_id"""
 
 
+MIN_CUSTOMERS = 5  # quintiles of fewer: some scores impossible, the rest only the tie-breaker's order
+
+
 def compute_rfm(analytical: AnalyticalStore, ws: str, definition: RFMDefinition | dict[str, Any] | None = None,
                 as_of: datetime | None = None) -> pa.Table:
     """RFM of every live profile with orders in the window, as an Arrow table (one row per
@@ -193,6 +196,11 @@ def compute_rfm(analytical: AnalyticalStore, ws: str, definition: RFMDefinition 
         raise InvalidInput(
             f"no orders to score: workspace has no orders in the {d.lookback_days} days before {to_iso(t)}; "
             "import orders first (or widen lookback_days)", field="orders")
+    if tbl.num_rows < MIN_CUSTOMERS:
+        raise InvalidInput(
+            f"too few customers to score: {tbl.num_rows} with orders in the {d.lookback_days} days before "
+            f"{to_iso(t)}; quintile scores need at least {MIN_CUSTOMERS} (one per score): import more orders "
+            "or widen lookback_days", field="orders")
     return tbl
 
 
