@@ -110,6 +110,31 @@ def test_planted_clusters_are_recovered_described_tagged_and_saved(env: Any, tmp
     assert again["version"] == 2 and again["tag_changed"] == 0
 
 
+def test_descriptions_count_only_what_the_features_count(env: Any, tmp_path: Path) -> None:
+    # before: cancelled orders (excluded from the features) still made "giftcard" a top category of
+    # every cluster, and a cluster of visitors who never ordered read "last ordered 365 days ago"
+    rows, truth = _orders(per_group=20)
+    rows += [[f"X{i:04d}", (AS_OF - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ"), crm, "GC", "giftcard", "1",
+              "50"] for i, crm in enumerate(sorted(truth))]
+    path = tmp_path / "orders.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*HEADER, "status"])
+        w.writerows([[*r, "cancelled" if r[0].startswith("X") else "paid"] for r in rows])
+    assert env.gk.importer.run(env.ws.workspace_id, "orders", path, {}).status == "done"
+    batch = [{"type": "track", "userId": f"visitor{u}", "event": "Product Viewed", "messageId": f"v{u}-{k}",
+              "timestamp": (AS_OF - timedelta(days=1 + k + u % 20)).isoformat()} for u in range(30) for k in range(3)]
+    r = env.client.post("/v1/batch", json={"batch": batch}, headers=env.write_auth())
+    assert r.status_code == 200 and r.json()["accepted"] == 90, r.text
+    rep = ClusterService.from_goldkey(env.gk).run(env.ws.workspace_id, {
+        "as_of": AS_OF.isoformat(), "exclude_statuses": ["cancelled"], "customers_only": False, "k": 4})
+    assert all("giftcard" not in c["top_categories"] for c in rep["clusters"])
+    assert all("giftcard" not in c["description_en"] for c in rep["clusters"])
+    visitors = [c for c in rep["clusters"] if c["means"]["order_count"] == 0]
+    assert visitors and all("last ordered" not in c["description_en"] for c in visitors)
+    assert all("last ordered" in c["description_en"] for c in rep["clusters"] if c["means"]["order_count"] >= 1)
+
+
 def test_bad_input(env: Any, tmp_path: Path) -> None:
     ws = env.ws.workspace_id
     svc = ClusterService.from_goldkey(env.gk)

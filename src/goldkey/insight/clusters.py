@@ -156,8 +156,9 @@ def choose_k(z: np.ndarray, d: ClusterDefinition) -> tuple[int, dict[int, float]
 
 
 def _category_shares(analytical: AnalyticalStore, ws: str, labels: pl.DataFrame, as_of: datetime,
-                     lookback_days: int) -> dict[str, dict[str, float]]:
-    """{cluster: {category: share of its customers who bought it}} (and ``_all`` for everyone)."""
+                     lookback_days: int, exclude_statuses: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """{cluster: {category: share of its customers who bought it}} (and ``_all`` for everyone);
+    orders in ``exclude_statuses`` (cancelled, say) do not count, as in the features."""
     from datetime import timedelta
 
     cur = analytical.cursor()
@@ -168,9 +169,11 @@ def _category_shares(analytical: AnalyticalStore, ws: str, labels: pl.DataFrame,
                    SELECT DISTINCT o.canonical_id AS pid, l.category
                    FROM orders_resolved o JOIN order_lines l ON l.workspace_id = o.workspace_id
                         AND l.order_id = o.order_id
-                   WHERE o.workspace_id = ? AND o.ordered_at < ? AND o.ordered_at >= ? AND l.category IS NOT NULL)
+                   WHERE o.workspace_id = ? AND o.ordered_at < ? AND o.ordered_at >= ? AND l.category IS NOT NULL
+                     AND NOT list_contains(?, coalesce(o.status, '')))
                SELECT c.cluster, b.category, count(*) FROM b JOIN _gk_cl c ON c.profile_id = b.pid
-               GROUP BY ALL""", [ws, as_of, as_of - timedelta(days=lookback_days)]).fetchall()
+               GROUP BY ALL""", [ws, as_of, as_of - timedelta(days=lookback_days),
+                                 list(exclude_statuses or [])]).fetchall()
         cur.unregister("_gk_cl")
     finally:
         cur.close()
@@ -275,7 +278,10 @@ def _raw_stats(df: pl.DataFrame, labels: pl.DataFrame) -> dict[str, dict[str, fl
             if rep.height:
                 s["interval_median"] = float(rep["avg_days_between_orders"].median() or 0)  # type: ignore[arg-type]
         if "recency_days" in g.columns:
-            s["recency_median"] = float(g["recency_days"].median() or 0)  # type: ignore[arg-type]
+            # of buyers only: a customer without an order has a placeholder recency, not a fact
+            buyers = g.filter(pl.col("order_count") > 0) if "order_count" in g.columns else g
+            if buyers.height:
+                s["recency_median"] = float(buyers["recency_days"].median() or 0)  # type: ignore[arg-type]
         out[c] = s
     return out
 
@@ -306,7 +312,7 @@ class ClusterService:
         labels, artifact, metrics = fit_clusters(df, d)
         t2 = time.perf_counter()
         stats = _raw_stats(df, labels)
-        cats = _category_shares(self.analytical, ws, labels, t, d.lookback_days)
+        cats = _category_shares(self.analytical, ws, labels, t, d.lookback_days, d.exclude_statuses)
         for c in artifact["clusters"]:
             key = c["cluster"]
             c["description_en"], c["description_zh"] = describe(stats[key], stats["_all"], cats.get(key, {}),
