@@ -83,8 +83,8 @@ def mount(env: Any) -> None:
 def test_evaluation_matches_a_hand_count() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     t1 = datetime(2026, 3, 1, tzinfo=UTC)
-    # train: a{x,y}, b{x,y}, c{x,z}, d{y}; test: a buys z (new), b buys x again (not new) and w (unknown
-    # to training: ignored), c buys y (new); d buys nothing new
+    # train: a{x,y}, b{x,y}, c{x,z}, d{y}; test: a buys z (new), b buys x again (not new) and w (new,
+    # launched after the cutoff: no model can name it, a miss for all), c buys y (new); d nothing new
     tr = [("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "z"), ("d", "y")]
     te = [("a", "z"), ("b", "x"), ("b", "w"), ("c", "y")]
 
@@ -94,13 +94,15 @@ def test_evaluation_matches_a_hand_count() -> None:
                              "category": ["c"] * len(pairs)})
 
     ev = evaluate(frame(tr, t0), frame(te, t1), ["popularity", "cosine"], 1.0, ks=(1, 2))
-    assert ev["test_customers"] == 2 and ev["test_items"] == 2  # a->z, c->y
+    assert ev["test_customers"] == 3 and ev["test_items"] == 3  # a->z, b->w, c->y
+    assert ev["test_items_unseen_in_training"] == 1  # w
     # popularity x:3, y:3, z:1 (ties by SKU order among equals: x before y); a owns x,y -> [z];
-    # c owns x,z -> [y]: both hit at k=1
+    # c owns x,z -> [y]: both hit at k=1; b owns x,y -> [z]: a miss (it bought w)
     pop = ev["methods"]["popularity"]
-    assert pop["precision@1"] == 1.0 and pop["recall@1"] == 1.0 and pop["precision@2"] == 0.5
-    # cosine: a's only unowned item is z, c's is y: the same hits
-    assert ev["methods"]["cosine"]["recall@2"] == 1.0
+    assert pop["precision@1"] == pytest.approx(2 / 3) and pop["recall@1"] == pytest.approx(2 / 3)
+    assert pop["precision@2"] == pytest.approx(1 / 3)
+    # cosine: a's only unowned item is z, c's is y, b's is z: the same hits
+    assert ev["methods"]["cosine"]["recall@2"] == pytest.approx(2 / 3)
 
 
 def test_auto_choice_is_made_on_customers_its_figures_are_not_reported_on(market: list[dict[str, Any]]) -> None:
