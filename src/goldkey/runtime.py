@@ -28,7 +28,7 @@ from goldkey.audience.segments import SegmentService
 from goldkey.audience.tags import TagService
 from goldkey.audience.traits import TraitService
 from goldkey.collect.importer import Importer
-from goldkey.collect.writer import Writer, sync_profile_map
+from goldkey.collect.writer import Writer, finish_unmerges, sync_profile_map
 from goldkey.core.errors import GoldkeyError
 from goldkey.govern.consent import ConsentCollector
 from goldkey.govern.workspaces import WorkspaceService
@@ -144,6 +144,8 @@ class Goldkey:
             recent_keep=settings.recent_events_per_profile,
         )
         writer.start()
+        # an undo whose analytical part was cut off (a crash between the two stores) is finished now
+        writer.run_command(finish_unmerges)
         # first listener: consent that an identify carries is on record before a trigger on the same commit sends
         consent = ConsentCollector(engine)
         consent.attach(writer)

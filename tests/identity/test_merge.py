@@ -551,3 +551,85 @@ def test_undo_gives_back_orders_and_feedback_imported_while_the_merge_stood(env_
     owners = dict(env.gk.analytical.query("SELECT order_id, canonical_id FROM orders_resolved WHERE workspace_id = ?",
                                           [ws]))
     assert owners == {"O1": c1["profile_id"], "O2": w["profile_id"], "O3": w["profile_id"]}
+
+
+def _wrong_merge(env: Any) -> tuple[str, str]:
+    ident(env, "m1", userId="u1", traits={"name": "A"})
+    ident(env, "m3", anonymousId="dev-1", traits={"nickname": "B"})
+    ident(env, "m5", userId="u1", anonymousId="dev-1")  # a wrong merge (a shared tablet)
+    merged = lookup(env, user_id="u1")
+    track(env, "m6", anonymousId="dev-1")  # after the merge, with the loser's id: written to the winner
+    return merged["merges"][0]["merge_id"], merged["merges"][0]["loser_id"]
+
+
+def _pending(env: Any) -> list[str]:
+    from goldkey.store.operational import merges
+
+    with env.gk.engine.connect() as conn:
+        q = sa.select(merges.c.merge_id).where(merges.c.analytical_pending.is_not(None))
+        return [r[0] for r in conn.execute(q)]
+
+
+def test_an_undo_whose_analytical_step_fails_is_finished_by_the_writer(env: Any, monkeypatch: Any) -> None:
+    # before: the undo committed in the operational store, the analytical step failed (a 500), and
+    # nothing repaired it: the loser's events after the merge stayed with the winner for good
+    from goldkey.collect import writer as writer_mod
+
+    merge_id, loser = _wrong_merge(env)
+    original = writer_mod.apply_map_ops
+
+    def fails(con: Any, ops: Any) -> None:  # fault injection: the analytical store refuses the write
+        if any(op[0] == "unmerge" for op in ops):
+            raise OSError(28, "No space left on device")
+        original(con, ops)
+
+    monkeypatch.setattr(writer_mod, "apply_map_ops", fails)
+    r = env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+    assert r.status_code == 200 and r.json()["analytics_pending"] is True, r.text
+    assert _pending(env) == [merge_id]
+    assert lookup(env, anonymous_id="dev-1")["profile_id"] == loser  # the undo stands
+    monkeypatch.setattr(writer_mod, "apply_map_ops", original)
+    track(env, "m7", userId="u1")  # the writer's next commit repairs first
+    assert _pending(env) == []
+    assert resolved_events(env, loser) == ["m3", "m6"]
+    assert {e["message_id"] for e in lookup(env, anonymous_id="dev-1")["events"]} == {"m3", "m6"}
+    assert resolved_events(env, lookup(env, user_id="u1")["profile_id"]) == ["m1", "m5", "m7"]
+
+
+def test_an_undo_cut_off_before_its_analytical_step_is_finished_at_the_next_start(tmp_path: Any) -> None:
+    # a crash between the two stores' commits: the work is in the undo's own transaction
+    from fastapi.testclient import TestClient
+
+    from conftest import Env
+    from goldkey.app import create_app
+    from goldkey.runtime import Goldkey
+    from goldkey.settings import Settings
+    from goldkey.store.operational import merges
+
+    gk = Goldkey.open(Settings(data_dir=tmp_path))
+    ws = gk.workspaces.create("A")
+    with TestClient(create_app(gk=gk)) as client:
+        env = Env(gk, client, ws)
+        merge_id, loser = _wrong_merge(env)
+        r = client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth())
+        assert r.status_code == 200 and r.json()["analytics_pending"] is False
+        assert _pending(env) == [] and resolved_events(env, loser) == ["m3", "m6"]
+        # put the state back to "operational side committed, analytical side not done"
+        winner = lookup(env, user_id="u1")["profile_id"]
+        with gk.analytical.transaction() as con:
+            con.execute("UPDATE events SET profile_id = ? WHERE message_id = 'm6'", [winner])
+        with gk.engine.begin() as conn:
+            since = conn.execute(sa.select(merges.c.created_at).where(merges.c.merge_id == merge_id)).scalar_one()
+            detail = {"loser": loser, "winner": winner, "subtree": [loser], "identities": [["anonymous_id", "dev-1"]],
+                      "winner_identities": [["user_id", "u1"]], "since": str(since).replace(" ", "T")}
+            conn.execute(merges.update().where(merges.c.merge_id == merge_id)
+                         .values(analytical_pending=json.dumps(detail)))
+        assert resolved_events(env, loser) == ["m3"]
+    gk.close()
+    gk = Goldkey.open(Settings(data_dir=tmp_path))
+    try:
+        with TestClient(create_app(gk=gk)) as client:
+            env = Env(gk, client, ws)
+            assert _pending(env) == [] and resolved_events(env, loser) == ["m3", "m6"]
+    finally:
+        gk.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from goldkey.govern.workspaces import Credential
 from goldkey.identity.graph import UnitOfWork
 from goldkey.runtime import Goldkey
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 _ERR: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
 
@@ -93,21 +95,18 @@ async def undo_merge(merge_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
     """Undo a merge: both profiles come back, with their identifiers, events, orders and feedback."""
 
     def run(ctx: Any) -> dict[str, Any]:
+        from goldkey.collect.writer import finish_unmerges
+
         with ctx.engine.begin() as conn:
             uow = UnitOfWork(conn)
             out = ctx.graph.unmerge(uow, cred.workspace_id, merge_id, actor=actor_of(cred))
-            ops = uow.map_ops
-        from goldkey.collect.writer import apply_map_ops
-
-        with ctx.analytical.transaction() as con:
-            apply_map_ops(con, ops)
-        from goldkey.collect.importer import refresh_order_summaries
-        from goldkey.collect.writer import rebuild_recent_events
-
-        pair = [out["winner_id"], out["restored_profile_id"]]
-        with ctx.engine.begin() as conn:
-            refresh_order_summaries(ctx, conn, cred.workspace_id, pair)
-            rebuild_recent_events(ctx, conn, cred.workspace_id, pair)
+        try:
+            finish_unmerges(ctx, [merge_id])
+        except Exception:  # noqa: BLE001 - the undo stands (operational store); its analytical part waits
+            log.exception("undo of %s: the analytical step failed; the writer repairs it before its next commit",
+                          merge_id)
+            ctx.writer.mark_map_stale()
+            out["analytics_pending"] = True
         return out
 
     return await run_in_threadpool(gk.writer.run_command, run)

@@ -148,6 +148,9 @@ class UnmergeResult(BaseModel):
     winner_id: str
     restored_profile_id: str
     identities_moved: int
+    analytics_pending: bool = Field(
+        False, description="true when the analytical store's part (events and orders back to the restored "
+                           "profile) failed and waits for the writer's repair, before its next commit")
 
 
 class ImportPublic(BaseModel):

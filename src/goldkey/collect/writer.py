@@ -416,6 +416,7 @@ class Writer:
         operational store's commit and the analytical one."""
         if self._map_stale:
             sync_profile_map(self.engine, self.analytical)
+            finish_unmerges(WriteContext(self.engine, self.analytical, self.graph, self))
             self._map_stale = False
         try:
             return self.write_events(batch)
@@ -803,6 +804,48 @@ def rebuild_recent_events(ctx: WriteContext, conn: sa.Connection, ws: str, profi
             )
     finally:
         cur.close()
+
+
+def finish_unmerges(ctx: WriteContext, merge_ids: list[str] | None = None) -> int:
+    """Do the analytical side of undone merges (``merge_ids``, or every one still pending, in the
+    order they were undone): the restored profile's events and orders go back to it, the profile map
+    follows, both profiles' order summaries and timelines are recomputed; then the work is cleared
+    from ``merges.analytical_pending``. Returns how many were done.
+
+    The work is written in the undo's own operational transaction, so an analytical failure or a
+    crash between the two stores leaves it there for the repair (the writer's next commit, or the
+    next start) instead of losing it."""
+    from goldkey.collect.importer import refresh_order_summaries
+    from goldkey.store.operational import merges
+
+    q = sa.select(merges.c.merge_id, merges.c.workspace_id, merges.c.analytical_pending).where(
+        merges.c.analytical_pending.is_not(None))
+    if merge_ids is not None:
+        q = q.where(merges.c.merge_id.in_(merge_ids))
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(q.order_by(merges.c.undone_at)).all()
+    if not rows:
+        return 0
+    ops = []
+    for r in rows:
+        work = orjson.loads(r.analytical_pending)
+        work["since"] = datetime.fromisoformat(work["since"])
+        ops.append(("unmerge", r.workspace_id, work, None))
+    with ctx.analytical.transaction() as con:
+        apply_map_ops(con, ops)
+    if merge_ids is None:  # a late repair: merges since then moved the map on; rebuild it from the truth
+        sync_profile_map(ctx.engine, ctx.analytical)
+    with ctx.engine.begin() as conn:
+        for _, ws, work, _ in ops:
+            pair = [work["winner"], work["loser"]]
+            live = dict(conn.execute(sa.select(profiles.c.profile_id, profiles.c.canonical_id).where(
+                profiles.c.workspace_id == ws, profiles.c.profile_id.in_(pair))).all())
+            now_live = sorted({live[p] for p in pair if p in live})
+            refresh_order_summaries(ctx, conn, ws, now_live)
+            rebuild_recent_events(ctx, conn, ws, now_live)
+        conn.execute(merges.update().where(merges.c.merge_id.in_([r.merge_id for r in rows]))
+                     .values(analytical_pending=None))
+    return len(rows)
 
 
 def sync_profile_map(engine: sa.Engine, analytical: AnalyticalStore) -> None:

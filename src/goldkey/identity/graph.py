@@ -1238,7 +1238,20 @@ class IdentityGraph:
             conn.execute(feedback.update().where(feedback.c.workspace_id == workspace_id,
                                                  feedback.c.feedback_id.in_(back[lo : lo + 500]))
                          .values(profile_id=m.loser_id))
-        conn.execute(merges.update().where(merges.c.merge_id == merge_id).values(undone_at=now))
+        work = {
+            "loser": m.loser_id,
+            "winner": m.winner_id,
+            "subtree": subtree,
+            "identities": moved_ids,
+            # the ids the winner keeps: an event of the merge's own commit, or an order
+            # imported while the merge stood, that names none of them but one of the loser's
+            # was the loser's (it would have resolved to the loser)
+            "winner_identities": kept_ids,
+            "since": as_utc(m.created_at),
+        }
+        # the analytical side of the undo, kept until done (see collect.writer.finish_unmerges)
+        conn.execute(merges.update().where(merges.c.merge_id == merge_id).values(
+            undone_at=now, analytical_pending=_j({**work, "since": work["since"].isoformat()})))
         conn.execute(
             audit_log.insert().values(
                 workspace_id=workspace_id,
@@ -1249,24 +1262,7 @@ class IdentityGraph:
                 at=now,
             )
         )
-        uow.map_ops.append(
-            (
-                "unmerge",
-                workspace_id,
-                {
-                    "loser": m.loser_id,
-                    "winner": m.winner_id,
-                    "subtree": subtree,
-                    "identities": moved_ids,
-                    # the ids the winner keeps: an event of the merge's own commit, or an order
-                    # imported while the merge stood, that names none of them but one of the loser's
-                    # was the loser's (it would have resolved to the loser)
-                    "winner_identities": kept_ids,
-                    "since": as_utc(m.created_at),
-                },
-                None,
-            )
-        )
+        uow.map_ops.append(("unmerge", workspace_id, work, None))
         return {
             "merge_id": merge_id,
             "winner_id": m.winner_id,

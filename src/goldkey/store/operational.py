@@ -94,6 +94,8 @@ merges = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),  # JSON: snapshots needed to undo
     sa.Column("created_at", TS, nullable=False),
     sa.Column("undone_at", TS),
+    # JSON: the analytical work of an undo not yet done (migration 0012); NULL when none is left
+    sa.Column("analytical_pending", sa.Text),
     sa.Index("ix_merges_winner", "workspace_id", "winner_id"),
     sa.Index("ix_merges_loser", "workspace_id", "loser_id"),
 )
