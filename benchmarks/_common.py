@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import os
 import random
@@ -181,7 +182,7 @@ def percentiles(values: Sequence[float], ps: Sequence[float] = (50, 95, 99)) -> 
         if not s:
             out[f"p{p:g}"] = float("nan")
             continue
-        k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+        k = max(0, min(len(s) - 1, math.ceil(p * len(s) / 100 - 1e-9) - 1))  # nearest rank: the ceil(pn/100)-th
         out[f"p{p:g}"] = s[k]
     out["max"] = s[-1] if s else float("nan")
     return out
@@ -638,12 +639,14 @@ class LoadResult:
     late_sends: int = 0  # open loop: sends that left > 10 ms after their slot (all connections busy)
     first_error: str = ""  # the first non-200 answer, to show what went wrong
     generator_cpu: float = 0.0
+    unanswered: int = 0  # open loop: requests still unanswered when the run gave up on them
 
     def merge(self, o: LoadResult) -> None:
         self.requests += o.requests
         self.ok += o.ok
         self.non200.update(o.non200)
         self.errors += o.errors
+        self.unanswered += o.unanswered
         self.accepted += o.accepted
         self.duplicates += o.duplicates
         self.events_sent += o.events_sent
@@ -679,7 +682,7 @@ async def _closed_worker(
                     await c.close()
                     continue
                 res.requests += 1
-                if keep_latency:
+                if keep_latency and status == 200:  # the latency of an answer that did the work
                     res.latencies.append(time.perf_counter() - ts)
                 if status == 200:
                     res.ok += 1
@@ -761,9 +764,9 @@ async def _open_worker(port: int, source: Source, wid: int, rate: float, seconds
         end = time.perf_counter()
         pool.put_nowait(c)
         res.requests += 1
-        res.latencies.append(end - due)
-        res.service.append(end - ts)
-        if status == 200:
+        if status == 200:  # an acknowledgement's latency: a refusal (503, 4xx) acknowledges nothing
+            res.latencies.append(end - due)
+            res.service.append(end - ts)
             res.ok += 1
             a, d = _accepted_of(body)
             res.accepted += a
@@ -783,6 +786,11 @@ async def _open_worker(port: int, source: Source, wid: int, rate: float, seconds
         t.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks, timeout=60)
+        late = [t for t in tasks if not t.done()]
+        res.unanswered = len(late)  # never acknowledged: infinitely late, so the percentiles show them
+        res.latencies.extend([float("inf")] * len(late))
+        for t in late:
+            t.cancel()
     res.seconds = time.perf_counter() - t0
     while not pool.empty():
         await pool.get_nowait().close()

@@ -263,6 +263,7 @@ def fixed_rate(
         "requests": r.requests,
         "non200": sum(r.non200.values()),
         "errors": r.errors,
+        "unanswered": r.unanswered,
         "p50_ms": _ms(pc["p50"]),
         "p95_ms": _ms(pc["p95"]),
         "p99_ms": _ms(pc["p99"]),
@@ -276,6 +277,7 @@ def fixed_rate(
     print(
         f"  {label}: {rate:,.1f} req/s fixed for {args.seconds:.0f} s ({r.requests:,} answered, "
         f"achieved {out['achieved_rate']:,.1f}/s, non-200 {out['non200']}, errors {r.errors}, "
+        f"unanswered {r.unanswered}, "
         f"sends > 10 ms late {r.late_sends}): ack latency p50 {out['p50_ms']} ms, p95 {out['p95_ms']} ms, "
         f"p99 {out['p99_ms']} ms, max {out['max_ms']} ms; CPU server {out['server_cpu_pct']}%, "
         f"generator {out['generator_cpu_pct']}%\n    {commits}",
@@ -428,6 +430,10 @@ def main() -> int:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
+    def ack_ok(c: dict[str, Any]) -> bool:  # a latency target is met only if every request was acknowledged
+        refused = c.get("non200", 0) + c.get("errors", 0) + c.get("unanswered", 0)
+        return c["p99_ms"] < TARGET_P99_MS and refused == 0
+
     print("results:")
     print(
         f"  (a) batch      {a['events_per_s']:>12,.0f} events/s   target {TARGET_BATCH_EPS:,}  "
@@ -441,11 +447,11 @@ def main() -> int:
     )
     print(
         f"  (c) batch p99  {ca['p99_ms']:>12,.1f} ms at {a['events_per_s'] / 2:,.0f} events/s   "
-        f"target < {TARGET_P99_MS:.0f} ms  {verdict(ca['p99_ms'] < TARGET_P99_MS)}"
+        f"target < {TARGET_P99_MS:.0f} ms  {verdict(ack_ok(ca))}"
     )
     print(
         f"  (c) track p99  {cb['p99_ms']:>12,.1f} ms at {track_rate:,.0f} req/s   "
-        f"target < {TARGET_P99_MS:.0f} ms  {verdict(cb['p99_ms'] < TARGET_P99_MS)}"
+        f"target < {TARGET_P99_MS:.0f} ms  {verdict(ack_ok(cb))}"
     )
     for label, text in profiles_text:
         print(f"server profile during the {label} run (py-spy, CPU-busy samples):")
@@ -476,7 +482,7 @@ def main() -> int:
             "value": f"{ca['p50_ms']}/{ca['p95_ms']}/{ca['p99_ms']}",
             "unit": "ms",
             "target": f"p99 < {TARGET_P99_MS:.0f}",
-            "met": ca["p99_ms"] < TARGET_P99_MS,
+            "met": ack_ok(ca),
             "note": f"{a['events_per_s'] / 2:,.0f} ev/s",
         },
         {
@@ -484,7 +490,7 @@ def main() -> int:
             "value": f"{cb['p50_ms']}/{cb['p95_ms']}/{cb['p99_ms']}",
             "unit": "ms",
             "target": f"p99 < {TARGET_P99_MS:.0f}",
-            "met": cb["p99_ms"] < TARGET_P99_MS,
+            "met": ack_ok(cb),
             "note": f"{track_rate:,.0f} req/s",
         },
         {

@@ -92,6 +92,7 @@ class Load:
     sent_ids: set[str] = field(default_factory=set)
     failed_in_flight: int = 0
     other_status: list[tuple[int, str]] = field(default_factory=list)
+    bad_answers: list[str] = field(default_factory=list)  # 200s that did not accept the whole batch
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -145,9 +146,13 @@ def _sender(srv: Server, load: Load, stop: threading.Event, seed: int, tag: str)
                 return  # the server is gone
             if r.status_code == 200:
                 body = r.json()
-                assert body["accepted"] == BATCH and body["rejected"] == [], body
                 with load.lock:
+                    # the whole batch counts as acknowledged: every id of it must be stored. An answer
+                    # that accepts fewer is recorded and fails the test in the main thread (an assert
+                    # here would only end this thread, with a warning)
                     load.acked[ids[0]] = batch
+                    if body.get("accepted") != BATCH or body.get("rejected") != []:
+                        load.bad_answers.append(str(body)[:300])
             else:
                 with load.lock:
                     load.other_status.append((r.status_code, r.text[:200]))
@@ -202,6 +207,7 @@ def test_sigkill_under_load_loses_no_acknowledged_event(server: Server) -> None:
         assert health["status"] == "ok", health
 
     assert load.other_status == [], load.other_status[:5]
+    assert load.bad_answers == [], load.bad_answers[:5]
     assert len(load.acked) >= 10, f"only {len(load.acked)} batches acknowledged: the load was too light"
     assert load.failed_in_flight >= 1, "no request was in flight at the kill"
 
