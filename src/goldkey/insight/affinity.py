@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
+from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -74,7 +75,7 @@ class AffinityDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
     as_of: datetime | None = Field(default=None, description="orders up to this instant (default: now)")
     lookback_days: int = Field(default=730, ge=1, le=3650, description="orders of the last N days count")
-    exclude_statuses: list[str] = Field(default_factory=list, description="order statuses that do not count")
+    exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     min_support: float = Field(default=0.01, gt=0, le=1, description="minimum itemset support (share of transactions)")
     min_confidence: float = Field(default=0.05, ge=0, le=1, description="minimum rule confidence")
     min_lift: float = Field(default=0.0, ge=0, description="minimum rule lift (0: keep all)")
@@ -103,9 +104,8 @@ def load_lines(analytical: AnalyticalStore, ws: str, *, until: datetime, since: 
     if since is not None:
         status += " AND o.ordered_at > ?"
         params.append(since)
-    if exclude_statuses:
-        status += f" AND coalesce(o.status, '') NOT IN ({', '.join('?' * len(exclude_statuses))})"
-        params += list(exclude_statuses)
+    status += f" AND {status_filter('o.status')}"  # refunds and cancellations are no purchases
+    params.append(excluded_statuses(exclude_statuses))
     params.append(ws)
     sql = f"""
         SELECT o.canonical_id AS profile_id, o.order_id, o.ordered_at, l.sku,

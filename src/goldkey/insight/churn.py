@@ -82,6 +82,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.evaluation import evaluate
 from goldkey.insight.features import customer_features, describe, feature_columns
+from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
@@ -689,7 +690,7 @@ class _TrainDefinition(BaseModel):
     as_of: datetime | None = Field(default=None, description="score as of this instant (default: now)")
     horizon_days: int = Field(default=90, ge=1, le=730, description="the label window after the cutoff")
     lookback_days: int = Field(default=365, ge=7, le=3650, description="features from the N days before")
-    exclude_statuses: list[str] = Field(default_factory=list, description="order statuses that do not count")
+    exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     use_feedback: bool = Field(default=True, description="add feedback / complaint counts to the features")
     test_fraction: float = Field(default=0.25, gt=0, lt=0.9, description="stratified holdout for the metrics")
     refit_full: bool = Field(default=True, description="refit on every labelled customer after evaluating")
@@ -764,7 +765,7 @@ def _holdout_split(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -
 _ACTIVE_SQL = {
     "orders": """SELECT DISTINCT canonical_id FROM orders_resolved
                  WHERE workspace_id = $ws AND ordered_at >= $start AND ordered_at < $end
-                   AND NOT list_contains($excluded, coalesce(status, ''))""",
+                   AND NOT list_contains($excluded, lower(trim(coalesce(status, ''))))""",
     "events": """SELECT DISTINCT canonical_id FROM events_resolved
                  WHERE workspace_id = $ws AND "timestamp" >= $start AND "timestamp" < $end
                    AND NOT list_contains($own, coalesce(event, ''))""",
@@ -773,7 +774,8 @@ _ACTIVE_SQL = {
     "category": """SELECT DISTINCT o.canonical_id FROM orders_resolved o
                    JOIN order_lines l ON l.workspace_id = o.workspace_id AND l.order_id = o.order_id
                    WHERE o.workspace_id = $ws AND o.ordered_at >= $start AND o.ordered_at < $end
-                     AND l.category = $target AND NOT list_contains($excluded, coalesce(o.status, ''))""",
+                     AND l.category = $target AND NOT list_contains($excluded, lower(trim(coalesce(o.status, ''))))
+                     AND coalesce(l.quantity, 1) > 0""",
 }
 _KNOWN_SQL = {
     "event": "SELECT event, count(*) FROM events WHERE workspace_id = $ws AND event IS NOT NULL GROUP BY 1 "
@@ -805,7 +807,7 @@ class ChurnService:
              target: str | None = None) -> set[str]:
         params: dict[str, Any] = {"ws": ws, "start": start, "end": end}
         if kind in ("orders", "category"):
-            params["excluded"] = list(excluded)
+            params["excluded"] = excluded_statuses(excluded)  # refunds, cancellations and these
         if target is not None:
             params["target"] = target
         if kind == "events":  # Goldkey's own events (tags, messages sent, ...) are not the customer's activity

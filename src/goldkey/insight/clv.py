@@ -56,6 +56,7 @@ from scipy.special import digamma, expit, gammaln, hyp2f1
 
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
+from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.writeback import declare_scores, write_scores
 from goldkey.rules.values import as_of_utc
@@ -457,7 +458,7 @@ class CLVDefinition(BaseModel):
     horizon_days: int = Field(default=365, ge=1, le=3650, description="CLV and expected purchases over N days")
     discount_rate_annual: float = Field(default=0.1, ge=0, le=1,
                                         description="annual discount rate, applied monthly ((1+r)^(1/12)-1)")
-    exclude_statuses: list[str] = Field(default_factory=list, description="order statuses that do not count")
+    exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     refit_every_hours: int | None = Field(default=24, ge=1, description="the refit schedule (None: by hand)")
 
     def as_json(self) -> dict[str, Any]:
@@ -510,10 +511,9 @@ def load_summary(analytical: AnalyticalStore, ws: str, d: CLVDefinition, as_of: 
     since = as_of - timedelta(days=d.lookback_days)
     end_day = _day_number(as_of)
     cal_end = end_day - holdout_days_of(d)
-    status = ""
-    if d.exclude_statuses:
-        status = f" AND coalesce(status, '') NOT IN ({', '.join('?' * len(d.exclude_statuses))})"
-    params = [ws, as_of, since, *d.exclude_statuses, cal_end, cal_end, cal_end, cal_end, end_day, cal_end]
+    status = f" AND {status_filter()}"  # refunds and cancellations are no purchases
+    params = [ws, as_of, since, excluded_statuses(d.exclude_statuses), cal_end, cal_end, cal_end, cal_end, end_day,
+              cal_end]
     cur = analytical.cursor()
     try:
         tbl = cur.sql(_SUMMARY_SQL.format(status=status), params=params).to_arrow_table()

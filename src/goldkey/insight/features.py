@@ -34,6 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
+from goldkey.insight.purchases import excluded_statuses
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 
@@ -75,7 +76,7 @@ WITH o AS (
     SELECT canonical_id AS pid, order_id, ordered_at, total_amount
     FROM orders_resolved
     WHERE workspace_id = $ws AND ordered_at < $as_of AND ordered_at >= $since
-      AND NOT list_contains($excluded, coalesce(status, ''))
+      AND NOT list_contains($excluded, lower(trim(coalesce(status, ''))))
 ), oa AS (
     SELECT pid,
         count(*) AS order_count,
@@ -192,7 +193,7 @@ def customer_features(analytical: AnalyticalStore, ws: str, as_of: datetime, loo
     in ``exclude_statuses`` do not count. An empty frame (with all columns) when nobody is active."""
     if lookback_days < 1:
         raise ValueError("lookback_days must be >= 1")
-    params = {"ws": ws, **_windows(as_of_utc(as_of), lookback_days), "excluded": list(exclude_statuses),
+    params = {"ws": ws, **_windows(as_of_utc(as_of), lookback_days), "excluded": excluded_statuses(exclude_statuses),
               "own": list(NOT_CUSTOMER_ACTIVITY)}
     cur = analytical.cursor()
     try:

@@ -69,6 +69,7 @@ from goldkey.audience.facts import events_for, facts_table_name
 from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
+from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.model import AttributeCondition, iter_nodes
@@ -126,7 +127,7 @@ class LifecycleDefinition(BaseModel):
     churn_days: int = Field(default=365, ge=1, le=3650, description="churned: no order for more than N days")
     winback_gap_days: int = Field(default=180, ge=1, le=3650, description="won back: recent order after a gap >= N")
     growth_spend_ratio: float = Field(default=1.2, gt=1, le=100, description="growing: recent/prior spend >= this")
-    exclude_statuses: list[str] = Field(default_factory=list, description="order statuses that do not count")
+    exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     stages: list[StageRule] | None = Field(default=None, description="stage rules in evaluation order "
                                            "(first match wins); default: built from the thresholds")
     refit_every_hours: int | None = Field(default=24, ge=1, description="the refit schedule (None: by hand)")
@@ -180,10 +181,8 @@ def parse_definition(data: LifecycleDefinition | dict[str, Any] | None) -> Lifec
 # --------------------------------------------------------------------------- features
 
 
-def _features_sql(n_excluded: int) -> str:
-    status = ""
-    if n_excluded:
-        status = f" AND coalesce(status, '') NOT IN ({', '.join('?' * n_excluded)})"
+def _features_sql() -> str:
+    status = f" AND {status_filter()}"  # refunds and cancellations are no purchases
     # one pass: orders are unique per (workspace, order_id) (the importer replaces a re-imported
     # order), so count(*) counts orders; days16 holds the UTC day numbers of the 16 latest orders, of
     # which the gap takes the latest and the latest earlier one (max(DISTINCT ..., 2) costs 10x more)
@@ -219,10 +218,10 @@ def compute_features(analytical: AnalyticalStore, ws: str, definition: Lifecycle
     d = parse_definition(definition)
     t = as_of_utc(as_of or d.as_of)
     p1, p2 = t - timedelta(days=d.period_days), t - timedelta(days=2 * d.period_days)
-    params: list[Any] = [ws, t, *d.exclude_statuses, p1, p2, p1, p1, p2, p1, t, t]
+    params: list[Any] = [ws, t, excluded_statuses(d.exclude_statuses), p1, p2, p1, p1, p2, p1, t, t]
     cur = analytical.cursor()
     try:
-        tbl = cur.sql(_features_sql(len(d.exclude_statuses)), params=params).to_arrow_table()
+        tbl = cur.sql(_features_sql(), params=params).to_arrow_table()
     finally:
         cur.close()
     if tbl.num_rows == 0:

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight import affinity
+from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.writeback import read_profile_insights, write_profile_insights
 from goldkey.rules.values import as_of_utc
@@ -68,7 +69,7 @@ class RecommendDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
     as_of: datetime | None = Field(default=None, description="purchases up to this instant (default: now)")
     lookback_days: int = Field(default=730, ge=1, le=3650, description="purchases of the last N days count")
-    exclude_statuses: list[str] = Field(default_factory=list, description="order statuses that do not count")
+    exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     method: Literal["auto", "popularity", "cosine", "ease"] = Field(
         default="auto", description="auto: the best recall@10 on one half of the time split's test customers")
     test_days: int = Field(default=90, ge=1, le=730, description="evaluation: the last N days are the test period")

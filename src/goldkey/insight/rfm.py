@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
+from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
@@ -115,7 +116,7 @@ class RFMDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
     as_of: datetime | None = Field(default=None, description="score as of this instant (default: now)")
     lookback_days: int = Field(default=365, ge=1, le=3650, description="orders of the last N days count")
-    exclude_statuses: list[str] = Field(default_factory=list, description="order statuses that do not count")
+    exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     value_tiers: list[ValueTier] = Field(default_factory=lambda: list(DEFAULT_TIERS),
                                          description="monetary thresholds; the highest matching tier wins")
     refit_every_hours: int | None = Field(default=24, ge=1, description="the refit schedule (None: by hand)")
@@ -138,10 +139,8 @@ def parse_definition(data: RFMDefinition | dict[str, Any] | None) -> RFMDefiniti
     return validated(RFMDefinition, data or {})
 
 
-def _rfm_sql(n_tiers: int, n_excluded: int) -> str:
-    status = ""
-    if n_excluded:
-        status = f" AND coalesce(status, '') NOT IN ({', '.join('?' * n_excluded)})"
+def _rfm_sql(n_tiers: int) -> str:
+    status = f" AND {status_filter()}"  # refunds and cancellations are no purchases
     tier_case = "NULL"
     if n_tiers:
         tier_case = "CASE " + " ".join("WHEN monetary >= ? THEN ?" for _ in range(n_tiers)) + " ELSE NULL END"
@@ -184,12 +183,12 @@ def compute_rfm(analytical: AnalyticalStore, ws: str, definition: RFMDefinition 
     d = parse_definition(definition)
     t = as_of_utc(as_of or d.as_of)
     since = t - timedelta(days=d.lookback_days)
-    params: list[Any] = [ws, t, since, *d.exclude_statuses, t, [k for row in GRID for k in row]]
+    params: list[Any] = [ws, t, since, excluded_statuses(d.exclude_statuses), t, [k for row in GRID for k in row]]
     for tier in d.value_tiers:
         params += [tier.min_monetary, tier.name]
     cur = analytical.cursor()
     try:
-        tbl = cur.sql(_rfm_sql(len(d.value_tiers), len(d.exclude_statuses)), params=params).to_arrow_table()
+        tbl = cur.sql(_rfm_sql(len(d.value_tiers)), params=params).to_arrow_table()
     finally:
         cur.close()
     if tbl.num_rows == 0:
