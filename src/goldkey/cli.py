@@ -330,16 +330,28 @@ def demo(
     customers: Annotated[int, typer.Option(help="Simulated customers across both brands.")] = 50_000,
     events: Annotated[int, typer.Option(help="Approximate tracking events to generate.")] = 2_000_000,
     seed: Annotated[int, typer.Option(help="Seed of the market simulator.")] = 42,
+    start: Annotated[str | None, typer.Option(
+        help="First day of the market's history, YYYY-MM-DD (default: so that its 540 days end today); "
+             "the same seed and start give the same market.")] = None,
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Keep serving after loading.")] = True,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Generate the demo market, load it through the tracking API and the importers, and serve."""
+    import datetime as _dt
+
     from goldkey.demo.run import run_demo
 
+    first = None
+    if start is not None:
+        try:
+            first = _dt.date.fromisoformat(start)
+        except ValueError:
+            _fail(f"--start {start!r}: give a date as YYYY-MM-DD", 2)
     settings = _settings(data_dir, host=host, port=port)
-    run_demo(settings, customers=customers, events=events, seed=seed, serve_forever=serve_after, console=console)
+    run_demo(settings, customers=customers, events=events, seed=seed, serve_forever=serve_after, console=console,
+             start=first)
 
 
 def main() -> None:  # pragma: no cover

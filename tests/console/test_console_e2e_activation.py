@@ -23,7 +23,6 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -32,7 +31,6 @@ from test_console_e2e import Site, browser, page, pick, shot, sign_in  # noqa: F
 
 from goldkey.api.console import dist_dir
 from goldkey.app import create_app
-from goldkey.demo._base import MarketConfig
 from goldkey.demo.run import BackgroundServer, run_demo
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
@@ -57,10 +55,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         s = Site(server.start(), gk, result.brands)
         with s.api(s.brands[0].admin_token) as api:
-            # the demo market's history ends 540 days after 2025-01-01: churn is learnt as of its
-            # end (as of today, nobody but a campaign's buyers would be active in the label window)
-            end = (MarketConfig().start + timedelta(days=MarketConfig().days)).isoformat() + "T00:00:00Z"
-            for path, body in (("/api/v1/insights/churn/train", {"as_of": end}), ("/api/v1/insights/lifecycle/run", {}),
+            # the demo market's history ends today, so churn is learnt as of now, as a user would
+            for path, body in (("/api/v1/insights/churn/train", {}), ("/api/v1/insights/lifecycle/run", {}),
                                ("/api/v1/insights/clusters/run", {}), ("/api/v1/insights/affinity/run", {})):
                 r = api.post(path, json=body)
                 assert r.status_code == 200, (path, r.text)

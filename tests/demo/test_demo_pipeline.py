@@ -64,11 +64,17 @@ def test_demo_pipeline_small(tmp_path: Path) -> None:
         )[0][0]
         assert with_orders > 0
         # the tags were computed before the closed loop added its orders: compare with the market's history
-        end = manifest.config.start + datetime.timedelta(days=manifest.config.days + 1)
+        # (the history ends at today's local midnight; the loop acts now, today, after it)
+        end = manifest.config.start + datetime.timedelta(days=manifest.config.days)
         check_eyecare_groups(gk, eyecare.workspace_id, tmp_path / "data" / "demo-market" / "_truth", end)
         operator = next(b for b in result.brands if b.brand != "eyecare")
         assert result.audience["eyecare"]["segments"] and result.audience[operator.brand]["segments"]
         assert result.audience["eyecare"]["rfm"]["profiles"] > 0
+        # the market's history ends today (before: on a fixed day in 2026, so that as of any later day
+        # the lifecycle showed nobody active and churn training "as of now" had one class only)
+        assert manifest.config.start + datetime.timedelta(days=manifest.config.days) == datetime.date.today()
+        stages = result.audience["eyecare"]["lifecycle"]["stages"]
+        assert stages.get("active", 0) + stages.get("growing", 0) + stages.get("new", 0) > 0, stages
     finally:
         gk.close()
     check_closed_loop(result.loop)

@@ -4,6 +4,7 @@ importers and the tracking API over HTTP), and serve the API on the embedded def
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -80,15 +81,26 @@ class BackgroundServer:
         self.thread.join(timeout=30)
 
 
-def _market(settings: Settings, customers: int, events: int, seed: int, console: Console) -> Any:
+def _market(settings: Settings, customers: int, events: int, seed: int, console: Console,
+            start: dt.date | None = None) -> Any:
+    """The demo market of the data directory, generated when there is none of this size and seed.
+
+    Its history ends today unless ``start`` is given: a market that ended months ago shows nobody
+    active, and models trained "as of now" (lifecycle, churn) would see only lapsed customers. A market
+    already generated in the data directory is reused whatever day it was made on (its events are
+    loaded already), unless ``start`` asks for another."""
     from goldkey.demo.market import MarketConfig, MarketManifest, generate
 
-    cfg = MarketConfig(seed=seed, customers=customers, events=events)
+    days = MarketConfig().days
+    cfg = MarketConfig(seed=seed, customers=customers, events=events,
+                       start=start or dt.date.today() - dt.timedelta(days=days), days=days)
     out = settings.data_dir / "demo-market"
     if (out / "manifest.json").exists():
         try:
             manifest = MarketManifest.load(out)
-            if manifest.config == cfg:
+            have = manifest.config
+            if have == cfg or (start is None and (have.seed, have.customers, have.events, have.days)
+                               == (cfg.seed, cfg.customers, cfg.events, cfg.days)):
                 return manifest
         except Exception:  # noqa: BLE001 - regenerate a stale or partial market
             pass
@@ -225,10 +237,12 @@ def run_demo(
     seed: int,
     serve_forever: bool,
     console: Console,
+    start: dt.date | None = None,
 ) -> DemoResult:
-    """Run the demo; when ``serve_forever`` is False, stop serving after loading and return figures."""
+    """Run the demo; when ``serve_forever`` is False, stop serving after loading and return figures.
+    ``start``: the first day of the market's history (default: so that it ends today)."""
     t0 = time.perf_counter()
-    manifest = _market(settings, customers, events, seed, console)
+    manifest = _market(settings, customers, events, seed, console, start)
     t_gen = time.perf_counter() - t0
     gk = Goldkey.open(settings)
     server = BackgroundServer(create_app(gk=gk), settings.host, settings.port)
