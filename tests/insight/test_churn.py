@@ -305,7 +305,26 @@ def test_bad_goldkey_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:
     assert r.status_code == 404 and "no fitted version" in r.text
     r = env.client.post("/api/v1/insights/churn/train", headers=env.admin_auth(), json={"horizon_days": 0})
     assert r.status_code == 400 and "horizon_days" in r.text
+    # blend weights: none is a 400 (before: a 500), one outside 0-1 is refused (before: used, negating the trees)
+    for weights in ([], [2.0, -1.0]):
+        r = env.client.post("/api/v1/insights/churn/train", headers=env.admin_auth(),
+                            json={"classifier": {"blend_weights": weights}})
+        assert r.status_code == 400 and "blend_weights" in r.text, r.text
     assert svc.registry.versions(ws, "churn") == []
+
+
+def test_the_cli_refuses_a_bad_definition_file_clearly(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from goldkey.cli import app
+
+    runner = CliRunner()
+    for text in ("{not json", '["a"]'):
+        f = tmp_path / "d.json"
+        f.write_text(text, encoding="utf-8")
+        r = runner.invoke(app, ["insight", "churn", "--definition", str(f), "--data-dir", str(tmp_path / "data")])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+        assert "definition" in r.output
 
 
 def test_a_holdout_too_small_to_evaluate_is_refused_naming_test_fraction() -> None:

@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -109,8 +109,9 @@ class ClassifierParams(BaseModel):
     colsample_bytree: float = Field(default=0.8, gt=0, le=1)
     reg_lambda: float = Field(default=1.0, ge=0)
     logistic_c: float = Field(default=0.1, gt=0, description="inverse L2 strength of the logistic part")
-    blend_weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
-                                       description="candidate weights of the trees in the blend")
+    blend_weights: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], min_length=1, max_length=21,
+        description="candidate weights of the trees in the blend (each 0-1; at least one)")
     blend_metric: Literal["auc", "average_precision"] = Field(
         default="auc", description="what the out-of-fold logits maximise when choosing the blend weight")
     ensemble: bool = Field(default=True, description="score with the mean of the K fold models' logits "
