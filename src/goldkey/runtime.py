@@ -33,6 +33,7 @@ from goldkey.core.errors import GoldkeyError
 from goldkey.govern.consent import ConsentCollector
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
+from goldkey.insight.schedule import RefitScheduler
 from goldkey.profiles.service import ProfileService
 from goldkey.settings import Settings
 from goldkey.store.analytical import AnalyticalStore
@@ -107,6 +108,7 @@ class Goldkey:
     triggers: TriggerService | None = None
     journeys: JourneyService | None = None
     journey_engine: JourneyEngine | None = None
+    refit: RefitScheduler | None = None
     collectors: Any = None  # collect.collectors.CollectorPool, started by the served app with ``collectors`` > 0
     _lock_file: IO[str] | None = None
     # insight services: built on first use (see _OnFirstUse); class attributes, not dataclass fields
@@ -192,10 +194,14 @@ class Goldkey:
         gk.journey_engine = JourneyEngine.from_goldkey(gk)
         gk.journey_engine.attach(writer)
         gk.journey_engine.start()
+        gk.refit = RefitScheduler(gk, settings.refit_check_minutes * 60)
+        gk.refit.start()
         return gk
 
     def close(self) -> None:
         """Drain the writer, checkpoint and close the stores, release the data directory."""
+        if self.refit is not None:
+            self.refit.stop()
         self.realtime.stop()
         self.traits.stop()
         for svc in (self.journey_engine, self.triggers, self.campaigns):

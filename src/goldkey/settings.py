@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         description="Every segment is re-materialised (a size snapshot) when its last compute is older than this; "
         "0 turns the schedule off.",
     )
+    refit_check_minutes: float = Field(
+        15.0,
+        ge=0,
+        description="How often the server looks for models due a refit (a definition's refit_every_hours passed "
+        "since its latest version) and refits them as of now; 0 turns the schedule off.",
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:

@@ -279,6 +279,14 @@ def test_churn_model_learns_and_writes_scores_and_reasons(env: Any, tmp_path: Pa
     assert prof["scores"]["churn_risk_model_version"] == 1  # untouched by the other model
     r = env.client.get(f"/api/v1/insights/profiles/{churner}/reasons", headers=env.admin_auth())
     assert set(r.json()["models"]) == {"churn", "propensity_care"}
+    # the refit schedule: neither model asked for one; a version that does is retrained as of now
+    # (here, long after this test market's history, so the retrain finds nobody to learn from and says so)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    assert svc.refit_if_due(ws, now=later) == []
+    svc.train_churn(ws, {"as_of": AS_OF.isoformat(), "horizon_days": HORIZON, "classifier": FAST,
+                         "refit_every_hours": 1})
+    with pytest.raises(InvalidInput, match="no customers to learn from"):
+        svc.refit_if_due(ws, now=later)
 
 
 def test_bad_goldkey_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:

@@ -697,6 +697,9 @@ class _TrainDefinition(BaseModel):
     refit_full: bool = Field(default=True, description="refit on every labelled customer after evaluating")
     top_reasons: int = Field(default=3, ge=1, le=10)
     classifier: ClassifierParams = Field(default_factory=ClassifierParams)
+    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
+                                          description="the refit schedule: retrain as of now this often "
+                                                      "(default: by hand only)")
 
     def as_json(self) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(self.model_dump(mode="json")))
@@ -856,6 +859,23 @@ class ChurnService:
 
         return self._train(ws, d, "churn", "churn", "churn_risk", "churn risk (probability of no activity in "
                            f"the next {d.horizon_days} days)", population, label, progress)
+
+    def refit_if_due(self, ws: str, now: datetime | None = None) -> list[dict[str, Any]]:
+        """The refit schedule: every churn and propensity model of the workspace whose latest
+        version's ``refit_every_hours`` have passed is trained again on its definition, as of now.
+        Returns the reports of the models refitted (none when nothing is due)."""
+        t = as_of_utc(now)
+        out = []
+        for meta in self.registry.list(ws):
+            if meta.get("kind") not in ("churn", "propensity"):
+                continue
+            mv = self.registry.load(ws, meta["name"], kind=meta["kind"])
+            every = mv.definition.get("refit_every_hours")
+            if not every or datetime.fromisoformat(mv.created_at) + timedelta(hours=every) > t:
+                continue
+            again = {**mv.definition, "as_of": None}
+            out.append(self.train_churn(ws, again) if meta["kind"] == "churn" else self.train_propensity(ws, again))
+        return out
 
     def train_propensity(self, ws: str, definition: PropensityDefinition | dict[str, Any],
                          progress: Progress | None = None) -> dict[str, Any]:
