@@ -128,8 +128,8 @@ class SimilarItems(BaseModel):
 
 class Lookalike(BaseModel):
     profile_id: str
-    score: float
-    probability: float
+    score: float = Field(description="the PU classifier's score: ranks customers by likeness to the seed, "
+                                     "not a probability (read the validation's recall for the audience's quality)")
 
 
 class LookalikeReport(BaseModel):
