@@ -596,6 +596,20 @@ def test_an_undo_whose_analytical_step_fails_is_finished_by_the_writer(env: Any,
     assert resolved_events(env, lookup(env, user_id="u1")["profile_id"]) == ["m1", "m5", "m7"]
 
 
+def test_after_an_undo_the_survivor_is_last_seen_at_its_own_events(env: Any) -> None:
+    # before: the survivor kept the restored profile's later activity as its own last-seen time
+    ident(env, "m1", userId="u1", timestamp="2025-01-01T00:00:00Z")
+    ident(env, "m3", anonymousId="dev-1", timestamp="2025-02-01T00:00:00Z")
+    ident(env, "m5", userId="u1", anonymousId="dev-1", timestamp="2025-03-01T00:00:00Z")
+    merged = lookup(env, user_id="u1")
+    track(env, "m6", anonymousId="dev-1", timestamp="2025-06-01T00:00:00Z")  # the loser's, on the winner
+    assert lookup(env, user_id="u1")["last_seen_at"].startswith("2025-06-01")
+    r = env.client.post(f"/api/v1/profiles/merges/{merged['merges'][0]['merge_id']}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    assert lookup(env, user_id="u1")["last_seen_at"].startswith("2025-03-01")
+    assert lookup(env, anonymous_id="dev-1")["last_seen_at"].startswith("2025-06-01")
+
+
 def test_an_undo_cut_off_before_its_analytical_step_is_finished_at_the_next_start(tmp_path: Any) -> None:
     # a crash between the two stores' commits: the work is in the undo's own transaction
     from fastapi.testclient import TestClient

@@ -843,6 +843,13 @@ def finish_unmerges(ctx: WriteContext, merge_ids: list[str] | None = None) -> in
             now_live = sorted({live[p] for p in pair if p in live})
             refresh_order_summaries(ctx, conn, ws, now_live)
             rebuild_recent_events(ctx, conn, ws, now_live)
+            # last seen: the survivor no longer has the restored profile's later events
+            seen = ctx.analytical.query(
+                'SELECT canonical_id, max("timestamp") FROM events_resolved WHERE workspace_id = ? '
+                "AND canonical_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1", [ws, now_live])
+            for pid, last in seen:
+                if last is not None:
+                    conn.execute(profiles.update().where(profiles.c.profile_id == pid).values(last_seen_at=last))
         conn.execute(merges.update().where(merges.c.merge_id.in_([r.merge_id for r in rows]))
                      .values(analytical_pending=None))
     return len(rows)
