@@ -279,6 +279,10 @@ def test_churn_model_learns_and_writes_scores_and_reasons(env: Any, tmp_path: Pa
     assert prof["scores"]["churn_risk_model_version"] == 1  # untouched by the other model
     r = env.client.get(f"/api/v1/insights/profiles/{churner}/reasons", headers=env.admin_auth())
     assert set(r.json()["models"]) == {"churn", "propensity_care"}
+    # another target whose name makes the same model name is refused (before: it overwrote the scores)
+    with pytest.raises(InvalidInput, match="already predicts category 'care'") as e:
+        svc.train_propensity(ws, {"event": "Coupon Used", "name": "care", "as_of": AS_OF.isoformat()})
+    assert e.value.field == "name"
     # the refit schedule: neither model asked for one; a version that does is retrained as of now
     # (here, long after this test market's history, so the retrain finds nobody to learn from and says so)
     later = datetime.now(UTC) + timedelta(hours=2)

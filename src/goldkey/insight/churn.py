@@ -885,6 +885,15 @@ class ChurnService:
         assert target is not None
         self._check_target(ws, kind, target)
         slug = d.slug()
+        # one model name, one target: "Care" and "care", or an event and a category of the same name,
+        # would otherwise write the same score field and pass for versions of one model
+        prior = next((m for m in self.registry.list(ws) if m["name"] == f"propensity_{slug}"), None)
+        if prior is not None:
+            had = (prior["definition"].get("event"), prior["definition"].get("category"))
+            if had != (d.event, d.category):
+                was = f"event {had[0]!r}" if had[0] is not None else f"category {had[1]!r}"
+                raise InvalidInput(f"the model propensity_{slug} already predicts {was}; give this one another "
+                                   "name", field="name")
 
         def label(pids: list[str], start: datetime, end: datetime) -> np.ndarray:
             hit = self._ids(kind, ws, start, end, d.exclude_statuses, target)
