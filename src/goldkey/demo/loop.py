@@ -21,7 +21,9 @@ compressed into the moment after the sends: every response is stamped "now". Res
 an orders export through the order importer (store and online orders, as the brands' order files do),
 as ``Order Completed`` / ``WeChat Bound`` events through ``/v1/batch`` for online customers, and as
 clicks on the messages' tracked links. Nothing of the truth reaches the platform except through those
-paths. The world is seeded: the same market and seed give the same responses.
+paths. The world is seeded: the same market and seed give the same person the same answer to the
+same campaign, and draw the same random target. Which members the platform holds out is its own
+choice (by its profile and campaign ids, new on every fresh run), so the counts of a run still vary.
 """
 
 from __future__ import annotations
@@ -242,6 +244,20 @@ class Responses:
                                              "quantity": 1}]}})
 
 
+def _known_ids(gk: Any, ws: str) -> dict[str, str]:
+    """Each profile's smallest crm_id / user_id: a key that does not change from run to run."""
+    import sqlalchemy as sa
+
+    from goldkey.store.operational import identities
+
+    with gk.engine.connect() as conn:
+        rows = conn.execute(sa.select(identities.c.profile_id, sa.func.min(identities.c.id_type + ":" +
+                                                                            identities.c.id_value))
+                            .where(identities.c.workspace_id == ws, identities.c.id_type.in_(("crm_id", "user_id")))
+                            .group_by(identities.c.profile_id)).all()
+    return {pid: key for pid, key in rows}
+
+
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -330,7 +346,10 @@ class Loop:
             unbound = admin.segment_by_name(UNBOUND_SEGMENT)
             members = admin.segment(ALL_MEMBERS_SEGMENT)
             rng = np.random.default_rng(self.seed)
-            pool = admin.members(members["segment_id"])
+            # drawn from the members in a stable order (by the id the brand knows them by), so the
+            # same market and seed draw the same people whatever profile ids this run made
+            known = _known_ids(self.gk, b.workspace_id)
+            pool = sorted(admin.members(members["segment_id"]), key=lambda pid: (known.get(pid, "~"), pid))
             k = min(sol_only["size"], len(pool))
             random_ids = sorted(rng.choice(pool, size=k, replace=False).tolist()) if k else []
             plan = [
@@ -387,8 +406,10 @@ class Loop:
                         like = p["prefers_lens_offer"] if pref == "lens" else p["prefers_solution_offer"]
                         price = 1.2 - 0.4 * p["price_sensitivity"]
                         chance = min(0.9, 2 * base * like * like * (0.5 + 2 * aff) * price)
-                    yes = world.draw("respond", cid, m["message_id"]) < chance
-                    if yes or world.draw("click", cid, m["message_id"]) < base * 0.3:
+                    # the dice are the person's and the campaign's (by name), not the platform's
+                    # random ids: the same market and seed give the same answers to the same messages
+                    yes = world.draw("respond", name, i) < chance
+                    if yes or world.draw("click", name, i) < base * 0.3:
                         resp.clicks += _links(m["text"])
                     if not yes:
                         continue
@@ -499,7 +520,7 @@ class Loop:
                 messaged.add(i)
                 p = world.rows[i]
                 chance = min(0.9, p["data_pack_propensity"] * (0.4 + 1.6 * p["affinity_sms"]) * 0.6)
-                if world.draw("pack", m["message_id"]) < chance:
+                if world.draw("pack", i) < chance:
                     resp.order("operator", p, pack, at, f"{m['message_id'][-12:]}")
             bought_msg = len(resp.orders)
             buyers = {o["user_id"] for o in resp.orders if o.get("user_id")}
