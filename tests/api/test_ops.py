@@ -98,6 +98,16 @@ def _counter(env: Any, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+def test_accepted_and_duplicate_counters_count(env: Any) -> None:
+    names = ("goldkey_events_accepted_total", "goldkey_events_duplicate_total")
+    before = {n: _counter(env, n) for n in names}
+    batch = [{"type": "track", "userId": "u1", "event": "E", "messageId": f"acc-{i}"} for i in range(5)]
+    for _ in range(2):  # the second time, all five are duplicates
+        assert env.client.post("/v1/batch", json={"batch": batch}, headers=env.write_auth()).status_code == 200
+    after = {n: _counter(env, n) for n in names}
+    assert after[names[0]] - before[names[0]] == 5 and after[names[1]] - before[names[1]] == 5
+
+
 def test_a_batch_refused_whole_counts_every_event_rejected(env: Any) -> None:
     # before: its events were counted as received and never as rejected, accepted or refused
     names = ("goldkey_events_received_total", "goldkey_events_rejected_total", "goldkey_events_accepted_total")

@@ -384,10 +384,10 @@ class Writer:
                 self._dirty = True
                 self.last_commit_at = time.time()
                 self.failing_since = None
-            elif self.failing_since is None and any(err is not None for _, _, err in outcomes):
-                self.failing_since = time.time()
                 METRICS.events_accepted.inc(sum(r.accepted for r in done))
                 METRICS.events_duplicate.inc(sum(r.duplicates for r in done))
+            elif self.failing_since is None and any(err is not None for _, _, err in outcomes):
+                self.failing_since = time.time()
             for item, res, err in outcomes:
                 item.settle(res, err, later)
         finally:
