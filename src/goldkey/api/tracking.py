@@ -8,6 +8,7 @@ quarantined, listed in the answer and counted as rejected; the rest of the batch
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from typing import Any
 
@@ -25,6 +26,7 @@ from goldkey.ops.metrics import METRICS
 from goldkey.runtime import Goldkey
 from goldkey.store.operational import quarantine
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["tracking"])
 ACK_TIMEOUT_SECONDS = 60
 
@@ -203,8 +205,7 @@ async def _ingest(
         except GoldkeyError:
             raise
         except Exception as exc:
-            raise StoreUnavailable(f"rejected events not quarantined, retry: {type(exc).__name__}: {exc}"[:500]) \
-                from exc
+            raise not_quarantined(exc) from exc
     return orjson.dumps(
         {
             "success": True,
@@ -216,8 +217,18 @@ async def _ingest(
 
 
 def not_stored(exc: BaseException) -> StoreUnavailable:
-    """The 503 of a request whose events a store failed to take (nothing of it acknowledged)."""
-    return StoreUnavailable(f"events not stored, retry: {type(exc).__name__}: {exc}"[:500])
+    """The 503 of a request whose events a store failed to take (nothing of it acknowledged). The
+    store's own message (SQL, the event's values) goes to the server log, not to the client."""
+    log.error("events not stored: %s: %s", type(exc).__name__, str(exc)[:2000])
+    return StoreUnavailable(f"events not stored, retry ({type(exc).__name__}; the server log has the detail)")
+
+
+def not_quarantined(exc: BaseException) -> StoreUnavailable:
+    """The 503 of a request whose valid events were stored but whose rejected ones the quarantine
+    failed to take: the retry's valid events are acknowledged as duplicates."""
+    log.error("rejected events not quarantined: %s: %s", type(exc).__name__, str(exc)[:2000])
+    return StoreUnavailable(f"rejected events not quarantined, retry ({type(exc).__name__}; the server log has the "
+                            "detail)")
 
 
 def quarantine_rows(ws: str, rejected: list[InvalidInput], raw: list[Any]) -> list[dict[str, Any]]:
@@ -229,9 +240,11 @@ def quarantine_rows(ws: str, rejected: list[InvalidInput], raw: list[Any]) -> li
             source="tracking",
             import_id=None,
             record=str(e.record),
-            field=e.field,
+            # the column holds 100 characters (PostgreSQL enforces it): a longer field name, which
+            # the client chose (a consent channel, a top-level key), is cut; the reason names it whole
+            field=e.field if e.field is None or len(e.field) <= 100 else e.field[:99] + "…",
             value=None,
-            reason=e.message,
+            reason=e.message if e.field is None or len(e.field) <= 100 else f"field {e.field!r}: {e.message}",
             raw=raw_text(r),
             created_at=now,
         )

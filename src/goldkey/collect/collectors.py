@@ -338,7 +338,9 @@ class CollectorPool:
             insert_quarantine(self.gk.engine, rows)
         except Exception as exc:  # noqa: BLE001 - the collector answers 503: the retry's events are duplicates then
             log.exception("quarantine insert for a collector failed")
-            conn.send((rid, False, _public_error(exc)))
+            from goldkey.api.tracking import not_quarantined
+
+            conn.send((rid, False, not_quarantined(exc)))  # the same answer as the server's own
             return
         conn.send((rid, True, None))
 
