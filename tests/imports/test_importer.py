@@ -319,3 +319,21 @@ def test_an_orders_import_whose_analytical_commit_fails_is_failed_not_done(env: 
     s = env.gk.importer.run(ws, "orders", f, {})
     assert (s.status, s.accepted) == ("done", 1)
     assert lookup(env, crm_id="NEW1")["order_summary"]["orders"] == 1
+
+
+def test_a_value_too_long_for_its_column_is_quarantined_on_both_stores(env_any: Any, tmp_path: Path) -> None:
+    # before, on PostgreSQL: one 400-character product name failed the whole import (a 500, nothing
+    # written); on SQLite it was stored past the column's length
+    env, ws = env_any, env_any.ws.workspace_id
+    f = write_csv(tmp_path / "p.csv", ["sku", "name", "category"],
+                  [["S1", "Lens", "lens"], ["S2", "x" * 400, "lens"], ["S3", "Drops", "c" * 150]])
+    s = env.gk.importer.run(ws, "products", f, {})
+    assert (s.status, s.rows_read, s.accepted, s.quarantined) == ("done", 3, 1, 2), s
+    q = env.client.get("/api/v1/quarantine", params={"import_id": s.import_id}, headers=env.admin_auth()).json()
+    items = q["items"] if isinstance(q, dict) else q
+    assert sorted((i["record"], i["field"]) for i in items) == [("2", "name"), ("3", "category")]
+    assert all("at most" in i["reason"] for i in items)
+    fb = write_csv(tmp_path / "f.csv", ["feedback_id", "crm_id", "kind", "created_at", "topic"],
+                   [["F1", "C1", "review", "2025-01-01", "t" * 250], ["F2", "C1", "review", "2025-01-01", "ok"]])
+    s = env.gk.importer.run(ws, "feedback", fb, {})
+    assert (s.status, s.accepted, s.quarantined) == ("done", 1, 1), s

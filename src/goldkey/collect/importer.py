@@ -24,7 +24,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from goldkey.collect.cleaning import CleaningOptions, CleanResult, Rejection, clean
-from goldkey.collect.import_schemas import CONSENT_FIELDS, SCHEMAS, ImportSchema
+from goldkey.collect.import_schemas import CONSENT_FIELDS, RECORD, SCHEMAS, ImportSchema
 from goldkey.collect.reading import ImportFileError, MappingError, apply_mapping, file_digest, read_table
 from goldkey.collect.writer import WriteContext, Writer, _follow
 from goldkey.core.clock import as_utc, utcnow
@@ -427,6 +427,9 @@ class Importer:
         """The operational transaction of an import (with ``con``, the open analytical one of orders)."""
         map_ops: list[Any] = []
         touched: list[str] = []
+        if kind in ("products", "feedback"):  # text columns of a bounded length (PostgreSQL enforces them)
+            df, too_long = _over_long(df, products if kind == "products" else feedback)
+            extra_rejections.extend(too_long)
         with ctx.engine.begin() as conn:
             if kind == "products":
                 accepted = self._products(conn, ws, df, present)
@@ -763,6 +766,28 @@ class Importer:
         affected = set(pl.Series(pids, dtype=pl.Utf8).unique().to_list()) | {r[0] for r in previous}
         refresh_order_summaries(ctx, conn, ws, sorted(affected), con)
         return df.height, [], sorted(affected)
+
+
+def _over_long(df: pl.DataFrame, table: sa.Table) -> tuple[pl.DataFrame, list[Rejection]]:
+    """The rows of ``df`` whose values fit ``table``'s bounded text columns, and a rejection for
+    each other row (naming its first value too long): on PostgreSQL one such value failed the whole
+    import with a database error; on SQLite it was stored past the column's length."""
+    limits = {c.name: c.type.length for c in table.columns
+              if isinstance(c.type, sa.String) and c.type.length and c.name in df.columns}
+    if not limits or df.height == 0:
+        return df, []
+    over = pl.any_horizontal([pl.col(c).cast(pl.Utf8).str.len_chars() > n for c, n in limits.items()]).fill_null(False)
+    bad = df.filter(over)
+    if bad.height == 0:
+        return df, []
+    out = []
+    for row in bad.iter_rows(named=True):
+        c, n = next((c, n) for c, n in limits.items() if row.get(c) is not None and len(str(row[c])) > n)
+        v = str(row[c])
+        out.append(Rejection(record=int(row.get(RECORD) or 0), field=c, value=v[:200] + ("…" if len(v) > 200 else ""),
+                             reason=f"field '{c}': {len(v)} characters; at most {n}",
+                             raw={k: (None if x is None else str(x)) for k, x in row.items() if k != RECORD}))
+    return df.filter(~over), out
 
 
 def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, profile_ids: list[str],
