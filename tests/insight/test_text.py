@@ -355,3 +355,17 @@ def test_feedback_without_any_text_is_refused(env: Any, tmp_path: Path) -> None:
     assert e.value.field == "text" and "no" in str(e.value) and "text" in str(e.value)
     with pytest.raises(NotFound):
         svc.topic_summary(env.ws.workspace_id)
+
+
+def test_a_question_is_neither_a_pain_point_nor_a_negative_customer(env: Any, tmp_path: Path) -> None:
+    # before: "请问宽带怎么办理" (how do I get broadband?) scored 0.03, and made its asker a negative
+    # customer with pain_network, against the docs
+    at = (AS_OF - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _import(env, tmp_path, [["F1", "Q1", "consultation", "app", "", "请问宽带怎么办理", "", at, "open"],
+                            ["F2", "Q2", "complaint", "app", "", "宽带老是断网，太差了", "1", at, "open"]])
+    rep = FeedbackTextService.from_goldkey(env.gk).analyze(env.ws.workspace_id, {"as_of": AS_OF.isoformat()})
+    assert rep["analysed"] == 2
+    asked, complained = _tags(env, _pid(env, "Q1")), _tags(env, _pid(env, "Q2"))
+    assert "pain_points" not in asked and "pain_network" not in asked
+    assert asked.get("feedback_sentiment") != "negative"
+    assert complained["pain_points"] == "network" and complained["feedback_sentiment"] == "negative"

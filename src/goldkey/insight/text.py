@@ -662,9 +662,12 @@ class FeedbackTextService:
         pains: dict[str, Counter[str]] = defaultdict(Counter)
         last_pain: dict[tuple[str, str], datetime] = {}
         for a in recent:
-            if a["sentiment"] is not None:
+            # a consultation is a question ("请问宽带怎么办理"): the models read its wording as negative,
+            # so it counts neither in the customer's sentiment nor as a pain point (alerts still see it)
+            question = a["kind"] == "consultation"
+            if a["sentiment"] is not None and not question:
                 probs[a["profile_id"]].append(a["sentiment"])
-            if a["label"] == "negative" or a["kind"] == "complaint":
+            if a["kind"] == "complaint" or (a["label"] == "negative" and not question):
                 for t in a["topics"]:
                     pains[a["profile_id"]][t] += 1
                     last_pain[(a["profile_id"], t)] = max(a["created_at"], last_pain.get((a["profile_id"], t),
