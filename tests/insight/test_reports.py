@@ -166,7 +166,10 @@ def test_cohort_retention_matches_pandas(env: Any, tmp_path: Path) -> None:
     for cohort, c in got.items():
         p = pd.Period(cohort, "M")
         assert c["size"] == sizes[p]
-        assert c["counts"] == [int(ref.get((p, k), 0)) for k in range(6)]
+        # months that had not begun by END (2024-09-01, a month boundary) are unknown, not 0 %
+        elapsed = (pd.Period("2024-08", "M") - p).n + 1
+        assert c["counts"] == [int(ref.get((p, k), 0)) if k < elapsed else None for k in range(6)]
+        assert c["periods_elapsed"] == min(elapsed, 6) and c["partial_last"] is False
         assert c["counts"][0] == c["size"] and c["pct"][0] == 100.0
     weekly = cohorts(env.gk.analytical, ws, {"cohort_by": "first_event", "activity": "event", "period": "week",
                                              "periods": 4, "end": END, "tz": "Asia/Shanghai"})
@@ -190,7 +193,13 @@ def test_a_cohort_nobody_came_back_from_is_listed_with_zeros(env: Any, tmp_path:
     rep = cohorts(env.gk.analytical, env.ws.workspace_id, {"cohort_by": "first_event", "activity": "order",
                                                           "period": "month", "periods": 3, "end": "2024-06-01"})
     assert [(c["cohort"], c["size"], c["counts"], c["pct"]) for c in rep["cohorts"]] == [
-        ("2024-03", 4, [0, 2, 0], [0.0, 50.0, 0.0]), ("2024-04", 3, [0, 0, 0], [0.0, 0.0, 0.0])]
+        ("2024-03", 4, [0, 2, 0], [0.0, 50.0, 0.0]), ("2024-04", 3, [0, 0, None], [0.0, 0.0, None])]
+    # and a period that has not begun is unknown, not 0 %; the one holding `end` is marked partial
+    # (before: the months after `end` showed 0 %)
+    mid = cohorts(env.gk.analytical, env.ws.workspace_id, {"cohort_by": "first_event", "activity": "order",
+                                                          "period": "month", "periods": 3, "end": "2024-04-15"})
+    assert [(c["cohort"], c["counts"], c["partial_last"]) for c in mid["cohorts"]] == [
+        ("2024-03", [0, 2, None], True), ("2024-04", [0, None, None], True)]
 
 
 def test_channels_match_pandas_with_clv_and_costs(env: Any, tmp_path: Path) -> None:

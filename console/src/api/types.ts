@@ -246,7 +246,10 @@ export interface CohortReport {
   activity: string;
   period: string;
   offsets: number[];
-  cohorts: { cohort: string; size: number; counts: number[]; pct: (number | null)[] }[];
+  /** counts / pct are null for periods that had not begun by the report's end; partial_last marks
+   * a cohort whose last shown period is still running */
+  cohorts: { cohort: string; size: number; counts: (number | null)[]; pct: (number | null)[]; periods_elapsed: number;
+    partial_last: boolean }[];
 }
 
 export interface ChannelReport {

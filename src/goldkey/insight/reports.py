@@ -283,11 +283,33 @@ def cohorts(analytical: AnalyticalStore, ws: str, request: CohortRequest | dict[
         if off is not None:
             c["counts"][int(off)] = int(n)
     out = []
-    for _, c in sorted(table.items()):
-        c["pct"] = [round(100 * n / c["size"], 2) for n in c["counts"]]
+    local_end = end.astimezone(ZoneInfo(req.tz)).replace(tzinfo=None)
+    for cohort_at, c in sorted(table.items()):
+        # offsets whose period has not begun by ``end`` are unknown (null), not 0 %; the period that
+        # holds ``end`` is still running (``partial_last``)
+        if req.period == "month":
+            elapsed = (local_end.year - cohort_at.year) * 12 + local_end.month - cohort_at.month + 1
+        else:
+            elapsed = (local_end - cohort_at).days // 7 + 1
+        at_boundary = _period_start(local_end, req.period) == local_end  # end's period has not begun
+        if at_boundary:
+            elapsed -= 1
+        partial = not at_boundary and elapsed <= req.periods
+        elapsed = max(1, min(elapsed, req.periods))
+        c["counts"] = [n if k < elapsed else None for k, n in enumerate(c["counts"])]
+        c["pct"] = [None if n is None else round(100 * n / c["size"], 2) for n in c["counts"]]
+        c["periods_elapsed"] = elapsed
+        c["partial_last"] = partial
         out.append(c)
     return {"cohort_by": req.cohort_by, "activity": req.activity, "period": req.period, "tz": req.tz,
             "end": to_iso(end), "offsets": list(range(req.periods)), "cohorts": out}
+
+
+def _period_start(d: datetime, period: str) -> datetime:
+    if period == "month":
+        return d.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    day = d.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
 
 
 def _label(d: datetime, period: str) -> str:
