@@ -291,3 +291,21 @@ def test_a_source_cost_is_spent_once_over_all_its_media(env: Any, tmp_path: Path
     assert (rows[("baidu", "cpc")]["cost_key"], rows[("baidu", "cpc")]["cac"]) == ("baidu", 500.0)
     assert rows[("wechat", "social")]["cost_key"] is None
     assert [s["key"] for s in rep["spend"]] == ["baidu", "baidu/organic"] and rep["costs_without_channel"] == []
+
+
+def test_a_step_at_the_same_instant_as_the_one_before_converts_but_no_event_is_two_steps(
+        env: Any, tmp_path: Path) -> None:
+    # before: steps had to be strictly later, so events of one batch or second-precision imports
+    # with equal timestamps never converted
+    t0 = datetime(2024, 5, 1, 10, tzinfo=UTC)
+    evs = [{"u": "x", "event": "Order Completed", "ts": t0, "props": {}, "ctx": None},  # sent first
+           {"u": "x", "event": "Signed Up", "ts": t0, "props": {}, "ctx": None},
+           {"u": "y", "event": "Signed Up", "ts": t0, "props": {}, "ctx": None}]
+    _load(env, tmp_path, evs, [])
+    ws = env.ws.workspace_id
+    rep = funnel(env.gk.analytical, ws, {"steps": [{"event": "Signed Up"}, {"event": "Order Completed"}],
+                                         "start": "2024-04-01", "end": "2024-06-01"})
+    assert [s["profiles"] for s in rep["steps"]] == [2, 1]
+    twice = funnel(env.gk.analytical, ws, {"steps": [{"event": "Signed Up"}, {"event": "Signed Up"}],
+                                           "start": "2024-04-01", "end": "2024-06-01"})
+    assert [s["profiles"] for s in twice["steps"]] == [2, 0]

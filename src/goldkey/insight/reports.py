@@ -123,8 +123,11 @@ def _funnel_sql(req: FunnelRequest, ws: str, start: datetime, end: datetime) -> 
     n = len(req.steps)
     window = timedelta(days=req.window_days)
     params: list[Any] = [ws, [s.event for s in req.steps], start, end + window]
+    # a step may happen at the same instant as the one before it (one batch, second-precision
+    # imports), in either order; seq tells a profile's events apart, so no event is two steps
     sql = ["""WITH ev AS (
-        SELECT canonical_id AS pid, "timestamp" AS ts, event, properties, context
+        SELECT canonical_id AS pid, "timestamp" AS ts, event, properties, context,
+               row_number() OVER (PARTITION BY canonical_id ORDER BY "timestamp", received_at, message_id) AS seq
         FROM events_resolved
         WHERE workspace_id = ? AND type = 'track' AND list_contains(?, event)
           AND "timestamp" >= ? AND "timestamp" <= ?)"""]
@@ -136,20 +139,22 @@ def _funnel_sql(req: FunnelRequest, ws: str, start: datetime, end: datetime) -> 
     p1: list[Any] = []
     step1 = _filter_sql("e", req.steps[0].where, p1)
     sql.append(f""", s1 AS (
-        SELECT e.pid, min(e.ts) AS t1, {bval} AS bval FROM ev e
+        SELECT e.pid, min(e.ts) AS t1, min(e.seq) AS q1, {bval} AS bval FROM ev e
         WHERE e.event = ? AND e.ts >= ? AND e.ts < ?{step1} GROUP BY e.pid)""")
     params += [req.steps[0].event, start, end, *p1]
-    prev_cols = ["pid", "t1", "bval"]
+    prev_cols = ["pid", "t1", "q1", "bval"]
     for i in range(2, n + 1):
         pi: list[Any] = []
         filt = _filter_sql("e", req.steps[i - 1].where, pi)
         keys = ", ".join(f"s.{c}" for c in prev_cols)
+        used = ", ".join(f"s.q{k}" for k in range(1, i))  # an event is one step, never two
         sql.append(f""", s{i} AS (
-            SELECT {keys}, min(e.ts) AS t{i} FROM s{i - 1} s LEFT JOIN ev e
-              ON e.pid = s.pid AND e.event = ? AND e.ts > s.t{i - 1} AND e.ts <= s.t1 + CAST(? AS INTERVAL){filt}
+            SELECT {keys}, min(e.ts) AS t{i}, min(e.seq) AS q{i} FROM s{i - 1} s LEFT JOIN ev e
+              ON e.pid = s.pid AND e.event = ? AND e.ts >= s.t{i - 1} AND e.seq NOT IN ({used})
+                 AND e.ts <= s.t1 + CAST(? AS INTERVAL){filt}
             GROUP BY {keys})""")
         params += [req.steps[i - 1].event, window, *pi]
-        prev_cols.append(f"t{i}")
+        prev_cols += [f"t{i}", f"q{i}"]
     sql.append(f" SELECT * FROM s{n}")
     return "".join(sql), params
 
