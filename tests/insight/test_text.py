@@ -369,3 +369,17 @@ def test_a_question_is_neither_a_pain_point_nor_a_negative_customer(env: Any, tm
     assert "pain_points" not in asked and "pain_network" not in asked
     assert asked.get("feedback_sentiment") != "negative"
     assert complained["pain_points"] == "network" and complained["feedback_sentiment"] == "negative"
+
+
+def test_traditional_chinese_is_read_like_simplified(env: Any, tmp_path: Path) -> None:
+    # before: 質量很差 / 價格太貴 found no topic, and 投訴 / 未解決 were quarantined on import
+    from goldkey.insight.text import extract_topics, normalize
+
+    assert normalize("質量很差，價格太貴") == normalize("质量很差，价格太贵")
+    assert normalize("覆盖 多余") == "覆盖 多余"  # simplified text is left as it is
+    assert "price" in extract_topics("價格太貴了")
+    at = (AS_OF - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _import(env, tmp_path, [["F1", "T1", "投訴", "app", "", "訊號很差，一直斷線", "1", at, "未解決"],
+                            ["F2", "T1", "評論", "app", "", "服務很好", "5", at, "已解決"]])
+    FeedbackTextService.from_goldkey(env.gk).analyze(env.ws.workspace_id, {"as_of": AS_OF.isoformat()})
+    assert _tags(env, _pid(env, "T1"))["pain_points"] == "network"

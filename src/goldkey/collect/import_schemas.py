@@ -141,24 +141,34 @@ _GENDER_SYNONYMS = (
 
 _FEEDBACK_KIND_SYNONYMS = (
     ("投诉", "complaint"),
+    ("投訴", "complaint"),
     ("咨询", "consultation"),
     ("諮詢", "consultation"),
     ("评价", "review"),
     ("評價", "review"),
     ("评论", "review"),
+    ("評論", "review"),
     ("問卷", "survey"),
     ("问卷", "survey"),
     ("调查", "survey"),
+    ("調查", "survey"),
     ("调研", "survey"),
+    ("調研", "survey"),
 )
 
 _FEEDBACK_STATUS_SYNONYMS = (
     ("未解决", "open"),
+    ("未解決", "open"),
     ("待处理", "open"),
+    ("待處理", "open"),
     ("处理中", "open"),
+    ("處理中", "open"),
     ("已解决", "resolved"),
+    ("已解決", "resolved"),
     ("已处理", "resolved"),
+    ("已處理", "resolved"),
     ("已关闭", "resolved"),
+    ("已關閉", "resolved"),
     ("closed", "resolved"),
 )
 

@@ -37,6 +37,7 @@ feedback to ``feedback_insights`` (on the writer thread), the model tags ``feedb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -84,9 +85,30 @@ _HTML = re.compile(r"<[^>]{0,40}>")
 
 
 def normalize(text: str) -> str:
-    """NFKC (full-width to half-width), lower case, HTML tags and runs of spaces to one space."""
+    """NFKC (full-width to half-width), traditional Chinese to simplified (the lexicons and the
+    sentiment model are simplified: 質量很差 reads as 质量很差), lower case, HTML tags and runs of
+    spaces to one space."""
     t = unicodedata.normalize("NFKC", text or "")
+    if _CJK.search(t):
+        t = t.translate(_traditional())
     return _SPACE.sub(" ", _HTML.sub(" ", t)).strip().lower()
+
+
+@functools.cache
+def _traditional() -> dict[int, str]:
+    """Traditional characters to simplified, from snownlp's table (shipped with the package), for the
+    characters that are traditional only (not in GB2312): its whole table would also rewrite
+    simplified text (覆 -> 复, 余 -> 馀)."""
+    from snownlp.normal import zh
+
+    def simplified(c: str) -> bool:
+        try:
+            c.encode("gb2312")
+            return True
+        except UnicodeEncodeError:
+            return False
+
+    return {ord(k): v for k, v in zh.zh2hans.items() if len(k) == 1 and len(v) == 1 and not simplified(k)}
 
 
 def cjk_share(text: str) -> float:
