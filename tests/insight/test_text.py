@@ -383,3 +383,13 @@ def test_traditional_chinese_is_read_like_simplified(env: Any, tmp_path: Path) -
                             ["F2", "T1", "評論", "app", "", "服務很好", "5", at, "已解決"]])
     FeedbackTextService.from_goldkey(env.gk).analyze(env.ws.workspace_id, {"as_of": AS_OF.isoformat()})
     assert _tags(env, _pid(env, "T1"))["pain_points"] == "network"
+
+
+def test_a_topic_inside_a_compound_word_is_found() -> None:
+    # before: jieba kept 售后服务 / 产品质量 / 物流配送 whole, so their topics went unseen
+    from goldkey.insight.text import extract_topics
+
+    assert extract_topics("售后服务太差") == ["after_sales"]
+    assert extract_topics("产品质量不行") == ["quality"]
+    assert extract_topics("物流配送很慢") == ["delivery"]
+    assert extract_topics("贵宾卡") == []  # no price in a VIP card

@@ -387,8 +387,10 @@ def extract_topics(text: str) -> list[str]:
     tk, zh, en = _topic_tables()
     found: set[str] = set()
     if _CJK.search(t):
+        # search mode also gives the known words inside a longer one: jieba keeps 售后服务, 产品质量
+        # and 物流配送 whole, which hid the topics 售后 / 服务, 质量, 物流 they are made of
         with _tok_lock:
-            toks = tk.lcut(t)
+            toks = tk.lcut_for_search(t)
         for tok in toks:
             found |= zh.get(tok.strip(), set())
     words = _EN_TOKEN.findall(t.replace("-", " ").replace("'", ""))
