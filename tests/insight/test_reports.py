@@ -221,11 +221,16 @@ def test_channels_match_pandas_with_clv_and_costs(env: Any, tmp_path: Path) -> N
     for (src, med), g in touch.assign(src=[c["campaign"]["source"] for c in touch.ctx],
                                       med=[c["campaign"]["medium"] for c in touch.ctx]).groupby(["src", "med"]):
         c = got[(src, med)]
-        credited = od.merge(g[["ts"]], left_on="u", right_index=True)
+        # a profile that had bought before its touch was not acquired by the channel
+        first = od.groupby("u")["at"].min()
+        existing = {u for u in g.index if u in first.index and first[u] < g.loc[u, "ts"]}
+        new = g[~g.index.isin(existing)]
+        credited = od.merge(new[["ts"]], left_on="u", right_index=True)
         credited = credited[credited["at"] >= credited["ts"]]
-        assert c["customers"] == len(g) and c["converted"] == credited.u.nunique()
+        assert c["customers"] == len(new) and c["converted"] == credited.u.nunique()
+        assert c["existing_customers"] == len(existing)
         assert c["revenue"] == pytest.approx(credited.amount.sum())
-        vals = [clv[u] for u in g.index if u in clv]
+        vals = [clv[u] for u in new.index if u in clv]
         assert c["avg_clv"] == round(sum(vals) / len(vals), 2) and c["customers_with_clv"] == len(vals)
         if src == "wechat":
             assert c["cac"] == pytest.approx(round(1200 / c["converted"], 2))
@@ -309,3 +314,24 @@ def test_a_step_at_the_same_instant_as_the_one_before_converts_but_no_event_is_t
     twice = funnel(env.gk.analytical, ws, {"steps": [{"event": "Signed Up"}, {"event": "Signed Up"}],
                                            "start": "2024-04-01", "end": "2024-06-01"})
     assert [s["profiles"] for s in twice["steps"]] == [2, 0]
+
+
+def test_a_customer_who_bought_before_the_touch_was_not_acquired_by_the_channel(env: Any, tmp_path: Path) -> None:
+    # before: an existing customer touched by wechat, who ordered again later, counted as a wechat
+    # conversion, giving wechat the same CAC as a channel that found a new customer
+    t0 = datetime(2024, 1, 10, tzinfo=UTC)
+    ctx = {"wechat": {"campaign": {"source": "wechat", "medium": "social"}},
+           "baidu": {"campaign": {"source": "baidu", "medium": "cpc"}}}
+    evs = [{"u": "old", "event": "Page Viewed", "ts": t0 + timedelta(days=22), "props": {}, "ctx": ctx["wechat"]},
+           {"u": "new", "event": "Page Viewed", "ts": t0 + timedelta(days=22), "props": {}, "ctx": ctx["baidu"]}]
+    orders = [{"order_id": "O1", "at": t0, "u": "old", "amount": "300"},
+              {"order_id": "O2", "at": t0 + timedelta(days=60), "u": "old", "amount": "500"},
+              {"order_id": "O3", "at": t0 + timedelta(days=60), "u": "new", "amount": "500"}]
+    _load(env, tmp_path, evs, orders)
+    rep = channels(env.gk.engine, env.gk.analytical, env.ws.workspace_id,
+                   {"end": "2024-06-01", "costs": {"wechat": 1000.0, "baidu": 1000.0}})
+    got = {c["source"]: c for c in rep["channels"]}
+    assert (got["wechat"]["customers"], got["wechat"]["converted"], got["wechat"]["existing_customers"]) == (0, 0, 1)
+    assert got["wechat"]["existing_revenue"] == 500.0 and got["wechat"]["cac"] is None
+    assert got["wechat"]["conversion_pct"] is None
+    assert (got["baidu"]["customers"], got["baidu"]["converted"], got["baidu"]["cac"]) == (1, 1, 1000.0)

@@ -258,12 +258,16 @@ export interface ChannelReport {
   channels: {
     source: string;
     medium: string;
+    /** touched profiles that had not bought before the touch (the channel's prospects) */
     customers: number;
     converted: number;
-    conversion_pct: number;
+    conversion_pct: number | null;
     orders: number;
     revenue: number;
     revenue_per_customer: number | null;
+    /** touched profiles that had already bought before: not acquired by the channel */
+    existing_customers: number;
+    existing_revenue: number;
     avg_clv: number | null;
     cost_key: string | null;
     cost: number | null;

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from goldkey.audience.common import known_events
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, validated
+from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import profile_scores, profiles
@@ -355,18 +356,29 @@ FROM events_resolved
 WHERE workspace_id = ? AND "timestamp" < ? AND json_extract_string(context, '$.campaign.source') IS NOT NULL
 GROUP BY canonical_id"""
 
-_CHANNEL_SQL = """
+_CHANNEL_SQL = f"""
 WITH t AS (SELECT * FROM _gk_touch WHERE touched_at >= ? AND touched_at < ?),
+f AS (  -- each touched profile's first purchase ever: one made before the touch was not acquired by it
+    SELECT r.canonical_id AS pid, min(r.ordered_at) AS first_at
+    FROM orders_resolved r SEMI JOIN t ON t.pid = r.canonical_id
+    WHERE r.workspace_id = ? AND {status_filter("r.status")} GROUP BY 1),
 o AS (
     SELECT t.pid, count(DISTINCT r.order_id) AS orders, sum(r.total_amount) AS revenue
     FROM t JOIN orders_resolved r ON r.workspace_id = ? AND r.canonical_id = t.pid
-         AND r.ordered_at >= t.touched_at AND r.ordered_at < ?
-    GROUP BY t.pid)
-SELECT t.source, t.medium, count(*) AS customers, count(o.pid) AS converted,
-       coalesce(sum(o.revenue), 0) AS revenue, coalesce(sum(o.orders), 0) AS orders,
-       avg(c.clv) AS avg_clv, count(c.clv) AS with_clv
-FROM t LEFT JOIN o ON o.pid = t.pid LEFT JOIN _gk_clv c ON c.pid = t.pid
-GROUP BY ALL ORDER BY customers DESC, t.source, t.medium"""
+         AND r.ordered_at >= t.touched_at AND r.ordered_at < ? AND {status_filter("r.status")}
+    GROUP BY t.pid),
+j AS (
+    SELECT t.source, t.medium, t.pid, o.pid AS buyer, o.orders, o.revenue, c.clv,
+           coalesce(f.first_at < t.touched_at, false) AS existing
+    FROM t LEFT JOIN f ON f.pid = t.pid LEFT JOIN o ON o.pid = t.pid LEFT JOIN _gk_clv c ON c.pid = t.pid)
+SELECT source, medium, count(*) FILTER (WHERE NOT existing) AS customers,
+       count(buyer) FILTER (WHERE NOT existing) AS converted,
+       coalesce(sum(revenue) FILTER (WHERE NOT existing), 0) AS revenue,
+       coalesce(sum(orders) FILTER (WHERE NOT existing), 0) AS orders,
+       avg(clv) FILTER (WHERE NOT existing) AS avg_clv, count(clv) FILTER (WHERE NOT existing) AS with_clv,
+       count(*) FILTER (WHERE existing) AS existing_customers,
+       coalesce(sum(revenue) FILTER (WHERE existing), 0) AS existing_revenue
+FROM j GROUP BY ALL ORDER BY customers DESC, source, medium"""
 
 
 def _profile_touches(engine: sa.Engine, ws: str) -> pa.Table:
@@ -420,7 +432,8 @@ def channels(engine: sa.Engine, analytical: AnalyticalStore, ws: str,
             touches = _profile_touches(engine, ws)
         cur.register("_gk_touch", touches)
         cur.register("_gk_clv", clv)
-        rows = cur.execute(_CHANNEL_SQL, [start, end, ws, end]).fetchall()
+        ex = excluded_statuses()
+        rows = cur.execute(_CHANNEL_SQL, [start, end, ws, ex, ws, end, ex]).fetchall()
     finally:
         cur.close()
     if not rows:
@@ -446,13 +459,14 @@ def channels(engine: sa.Engine, analytical: AnalyticalStore, ws: str,
                 "roas": round(revenue / cost, 3) if cost else None}
 
     out = []
-    for source, medium, customers, converted, revenue, orders, avg_clv, with_clv in rows:
+    for source, medium, customers, converted, revenue, orders, avg_clv, with_clv, existing, ex_revenue in rows:
         k = key_of(source, medium)
         alone = k is not None and len(covered[k]) == 1
         out.append({"source": source, "medium": medium, "customers": customers, "converted": converted,
-                    "conversion_pct": round(100 * converted / customers, 2), "orders": orders,
-                    "revenue": round(float(revenue), 2),
-                    "revenue_per_customer": round(float(revenue) / customers, 2),
+                    "conversion_pct": round(100 * converted / customers, 2) if customers else None,
+                    "orders": orders, "revenue": round(float(revenue), 2),
+                    "revenue_per_customer": round(float(revenue) / customers, 2) if customers else None,
+                    "existing_customers": existing, "existing_revenue": round(float(ex_revenue), 2),
                     "avg_clv": None if avg_clv is None else round(float(avg_clv), 2), "customers_with_clv": with_clv,
                     "cost_key": k,
                     **(figures(req.costs[k], converted, float(revenue)) if alone and k is not None else

@@ -139,7 +139,8 @@ function ChannelTab() {
           <Table rowKey={(r) => `${r.source}/${r.medium}`} size="small" dataSource={c.channels} pagination={false} locale={{ emptyText: t("insight.reports.noChannels") }} columns={[
             { title: t("insight.reports.source"), dataIndex: "source", render: (s: string, r) => <span>{s} <Typography.Text type="secondary">/ {r.medium}</Typography.Text></span> },
             { title: t("insight.reports.customers"), dataIndex: "customers", align: "right", sorter: (a, b) => a.customers - b.customers, render: (n: number) => num(n) },
-            { title: t("insight.reports.converted"), dataIndex: "conversion_pct", align: "right", sorter: (a, b) => a.conversion_pct - b.conversion_pct, render: (n: number) => pct(n / 100) },
+            { title: t("insight.reports.existing"), dataIndex: "existing_customers", align: "right", render: (n: number) => num(n) },
+            { title: t("insight.reports.converted"), dataIndex: "conversion_pct", align: "right", sorter: (a, b) => (a.conversion_pct ?? -1) - (b.conversion_pct ?? -1), render: (n: number | null) => (n === null ? "—" : pct(n / 100)) },
             { title: t("insight.reports.orders"), dataIndex: "orders", align: "right", render: (n: number) => num(n) },
             { title: t("insight.reports.revenue"), dataIndex: "revenue", align: "right", sorter: (a, b) => a.revenue - b.revenue, render: (n: number) => money(n) },
             { title: t("insight.reports.perCustomer"), dataIndex: "revenue_per_customer", align: "right", render: (n: number | null) => money(n) },
