@@ -193,6 +193,12 @@ def test_alert_rule_window_status_and_topic() -> None:
     assert alerts[1]["feedback_ids"] == ["f1", "f2", "f3"] and alerts[0]["topic_zh"] == "物流配送"
     assert find_alerts(rows, 31)[1]["profile_id"] == "B"
     assert [a["profile_id"] for a in find_alerts(rows, 30, 3)] == ["F"]
+    # a follow-up that names no topic is about the previous open contact's problem, within the window
+    # (before: "上次反映的问题还是没人解决" raised no alert for lack of a keyword)
+    follow = [row("g1", "G", 10, ["delivery"]), row("g2", "G", 1, []),
+              row("h1", "H", 40, ["delivery"]), row("h2", "H", 1, []),  # too long after: no
+              row("i1", "I", 10, ["delivery"], status="resolved"), row("i2", "I", 1, [])]  # nothing open before
+    assert [(a["profile_id"], a["feedback_ids"]) for a in find_alerts(follow, 30)] == [("G", ["g1", "g2"])]
 
 
 def test_bad_ad_hoc_texts() -> None:

@@ -484,12 +484,21 @@ def find_alerts(rows: Iterable[dict[str, Any]], window_days: int, min_contacts: 
     alert when ``min_contacts`` of them fall within ``window_days``. The alert is the latest such
     window: its contacts, first and last time."""
     by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        if r["kind"] not in CONTACT_KINDS or (r["status"] or "").lower() in RESOLVED:
-            continue
-        for t in r["topics"]:
-            by[(r["profile_id"], t)].append(r)
+    open_rows = sorted((r for r in rows if r["kind"] in CONTACT_KINDS and (r["status"] or "").lower() not in RESOLVED),
+                       key=lambda r: (r["profile_id"], r["created_at"], r["feedback_id"]))
     win = timedelta(days=window_days)
+    last: dict[str, dict[str, Any]] = {}  # each profile's latest open contact with a topic
+    for r in open_rows:
+        topics = r["topics"]
+        prev = last.get(r["profile_id"])
+        if not topics and prev is not None and r["created_at"] - prev["created_at"] <= win:
+            # a follow-up that names no topic ("上次反映的问题还是没人解决") is about the same problem as
+            # the customer's previous open contact within the window
+            topics = prev["topics"]
+        elif topics:
+            last[r["profile_id"]] = r
+        for t in topics:
+            by[(r["profile_id"], t)].append(r)
     alerts = []
     for (pid, topic), items in sorted(by.items()):
         items.sort(key=lambda r: (r["created_at"], r["feedback_id"]))
