@@ -399,3 +399,16 @@ def test_a_topic_inside_a_compound_word_is_found() -> None:
     assert extract_topics("产品质量不行") == ["quality"]
     assert extract_topics("物流配送很慢") == ["delivery"]
     assert extract_topics("贵宾卡") == []  # no price in a VIP card
+
+
+def test_english_words_of_several_meanings_are_no_topic_alone() -> None:
+    # before: "return to this store" was after-sales, "plan to buy" a data plan, "in charge" billing,
+    # "family member" membership, "data package" delivery
+    from goldkey.insight.text import extract_topics
+
+    for text in ("I will return to this store", "I plan to buy more", "the manager in charge was nice",
+                 "my family member loves it"):
+        assert extract_topics(text) == [], text
+    assert extract_topics("the data package is great") == ["data_plan"]
+    assert extract_topics("I want to return it") == ["after_sales"]
+    assert extract_topics("My package arrived damaged") == ["delivery", "quality"]

@@ -379,6 +379,29 @@ def _topic_tables() -> tuple[jieba.Tokenizer, dict[str, set[str]], dict[str, set
     return tk, dict(zh), dict(en)
 
 
+# English words of several meanings: in these phrases the keyword is not the topic ("return to this
+# store", "plan to buy", "in charge", "family member", a "data package" is a data plan, not a parcel)
+_EN_VETO_PHRASES = {("return", "to"): ["to"], ("returned", "to"): ["to"], ("returning", "to"): ["to"],
+                    ("plan", "to"): ["to"], ("plans", "to"): ["to"], ("planning", "to"): ["to"],
+                    ("in", "charge"): ["in"], ("family", "member"): ["family"], ("team", "member"): ["team"],
+                    ("staff", "member"): ["staff"], ("data", "package"): ["data"]}
+_EN_VETO = frozenset(w for pair in _EN_VETO_PHRASES for w in pair)
+
+
+def _unveto(words: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        pair = tuple(words[i : i + 2])
+        if pair in _EN_VETO_PHRASES:
+            out += _EN_VETO_PHRASES[pair]  # type: ignore[index]
+            i += 2
+        else:
+            out.append(words[i])
+            i += 1
+    return out
+
+
 def extract_topics(text: str) -> list[str]:
     """The topic keys (in :data:`TOPICS` order) whose keywords occur in ``text`` (either language)."""
     t = normalize(text)
@@ -394,6 +417,8 @@ def extract_topics(text: str) -> list[str]:
         for tok in toks:
             found |= zh.get(tok.strip(), set())
     words = _EN_TOKEN.findall(t.replace("-", " ").replace("'", ""))
+    if words and not _EN_VETO.isdisjoint(words):
+        words = _unveto(words)
     if words:
         for n in (1, 2, 3):
             for i in range(len(words) - n + 1):
