@@ -82,7 +82,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.evaluation import evaluate
 from goldkey.insight.features import customer_features, describe, feature_columns
-from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses
+from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
@@ -767,18 +767,18 @@ def _holdout_split(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -
 
 
 _ACTIVE_SQL = {
-    "orders": """SELECT DISTINCT canonical_id FROM orders_resolved
+    "orders": f"""SELECT DISTINCT canonical_id FROM orders_resolved
                  WHERE workspace_id = $ws AND ordered_at >= $start AND ordered_at < $end
-                   AND NOT list_contains($excluded, lower(trim(coalesce(status, ''))))""",
+                   AND {status_filter("status", "$excluded")}""",
     "events": """SELECT DISTINCT canonical_id FROM events_resolved
                  WHERE workspace_id = $ws AND "timestamp" >= $start AND "timestamp" < $end
                    AND NOT list_contains($own, coalesce(event, ''))""",
     "event": """SELECT DISTINCT canonical_id FROM events_resolved
                 WHERE workspace_id = $ws AND "timestamp" >= $start AND "timestamp" < $end AND event = $target""",
-    "category": """SELECT DISTINCT o.canonical_id FROM orders_resolved o
+    "category": f"""SELECT DISTINCT o.canonical_id FROM orders_resolved o
                    JOIN order_lines l ON l.workspace_id = o.workspace_id AND l.order_id = o.order_id
                    WHERE o.workspace_id = $ws AND o.ordered_at >= $start AND o.ordered_at < $end
-                     AND l.category = $target AND NOT list_contains($excluded, lower(trim(coalesce(o.status, ''))))
+                     AND l.category = $target AND {status_filter("o.status", "$excluded")}
                      AND coalesce(l.quantity, 1) > 0""",
 }
 _KNOWN_SQL = {

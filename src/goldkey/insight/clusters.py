@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.lifecycle import check_model_tag, ensure_model_tag
-from goldkey.insight.purchases import excluded_statuses
+from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -166,12 +166,12 @@ def _category_shares(analytical: AnalyticalStore, ws: str, labels: pl.DataFrame,
     try:
         cur.register("_gk_cl", labels.to_arrow())
         rows = cur.execute(
-            """WITH b AS (
+            f"""WITH b AS (
                    SELECT DISTINCT o.canonical_id AS pid, l.category
                    FROM orders_resolved o JOIN order_lines l ON l.workspace_id = o.workspace_id
                         AND l.order_id = o.order_id
                    WHERE o.workspace_id = ? AND o.ordered_at < ? AND o.ordered_at >= ? AND l.category IS NOT NULL
-                     AND NOT list_contains(?, lower(trim(coalesce(o.status, '')))))
+                     AND {status_filter("o.status")})
                SELECT c.cluster, b.category, count(*) FROM b JOIN _gk_cl c ON c.profile_id = b.pid
                GROUP BY ALL""", [ws, as_of, as_of - timedelta(days=lookback_days),
                                  excluded_statuses(exclude_statuses or [])]).fetchall()

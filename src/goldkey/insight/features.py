@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
-from goldkey.insight.purchases import excluded_statuses
+from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 
@@ -71,12 +71,12 @@ FEEDBACK_DOCS: dict[str, str] = {
     "low_rating_count": "feedback rated 1 or 2 (of 5) in the window",
 }
 
-_FEATURE_SQL = """
+_FEATURE_SQL = f"""
 WITH o AS (
     SELECT canonical_id AS pid, order_id, ordered_at, total_amount
     FROM orders_resolved
     WHERE workspace_id = $ws AND ordered_at < $as_of AND ordered_at >= $since
-      AND NOT list_contains($excluded, lower(trim(coalesce(status, ''))))
+      AND {status_filter("status", "$excluded")}
 ), oa AS (
     SELECT pid,
         count(*) AS order_count,
