@@ -1247,11 +1247,11 @@ class IdentityGraph:
             # imported while the merge stood, that names none of them but one of the loser's
             # was the loser's (it would have resolved to the loser)
             "winner_identities": kept_ids,
-            "since": as_utc(m.created_at),
+            "since": as_utc(m.created_at).isoformat(),
         }
-        # the analytical side of the undo, kept until done (see collect.writer.finish_unmerges)
+        # the analytical side of the undo, kept until done (collect.writer.finish_unmerges does it)
         conn.execute(merges.update().where(merges.c.merge_id == merge_id).values(
-            undone_at=now, analytical_pending=_j({**work, "since": work["since"].isoformat()})))
+            undone_at=now, analytical_pending=_j(work)))
         conn.execute(
             audit_log.insert().values(
                 workspace_id=workspace_id,
@@ -1262,7 +1262,6 @@ class IdentityGraph:
                 at=now,
             )
         )
-        uow.map_ops.append(("unmerge", workspace_id, work, None))
         return {
             "merge_id": merge_id,
             "winner_id": m.winner_id,
