@@ -234,22 +234,17 @@ def not_quarantined(exc: BaseException) -> StoreUnavailable:
 def quarantine_rows(ws: str, rejected: list[InvalidInput], raw: list[Any]) -> list[dict[str, Any]]:
     """The quarantine rows of a request's rejected events (the reason and the raw event)."""
     now = utcnow()
-    return [
-        dict(
-            workspace_id=ws,
-            source="tracking",
-            import_id=None,
-            record=str(e.record),
-            # the column holds 100 characters (PostgreSQL enforces it): a longer field name, which
-            # the client chose (a consent channel, a top-level key), is cut; the reason names it whole
-            field=e.field if e.field is None or len(e.field) <= 100 else e.field[:99] + "…",
-            value=None,
-            reason=e.message if e.field is None or len(e.field) <= 100 else f"field {e.field!r}: {e.message}",
-            raw=raw_text(r),
-            created_at=now,
-        )
-        for e, r in zip(rejected, raw, strict=True)
-    ]
+    width = quarantine.c.field.type.length  # PostgreSQL enforces it
+    rows = []
+    for e, r in zip(rejected, raw, strict=True):
+        field, reason = e.field, e.message
+        if field is not None and len(field) > width:
+            # a longer field name, which the client chose (a consent channel, a top-level key), is
+            # cut; the reason names it whole
+            field, reason = field[: width - 1] + "…", f"field {field!r}: {reason}"
+        rows.append(dict(workspace_id=ws, source="tracking", import_id=None, record=str(e.record), field=field,
+                         value=None, reason=reason, raw=raw_text(r), created_at=now))
+    return rows
 
 
 def insert_quarantine(engine: Any, rows: list[dict[str, Any]]) -> None:

@@ -369,7 +369,7 @@ class Importer:
             return {}
         rules = self.writer.graph._rules_of(ws)
         out = {f: rules.blocked_for(f, self.region) for f in schema.identifier_fields}
-        out["*"] = frozenset(v.lower() for v in rules.blocked_values)
+        out["*"] = rules.blocked_everywhere
         return out
 
     # -- on the writer thread --------------------------------------------------------------

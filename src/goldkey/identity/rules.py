@@ -98,6 +98,11 @@ class IdentityRules(BaseModel):
             return True
         return value in self.blocked_for(id_type, region)
 
+    @property
+    def blocked_everywhere(self) -> frozenset[str]:
+        """The lower-cased values blocked for every identifier type (``blocked_values``)."""
+        return self._blocked_all
+
     def blocked_for(self, id_type: str, region: str = "CN") -> frozenset[str]:
         """The blocked values of ``id_type`` as entered and in the normal form identifiers of that
         type take (a phone entered without its country code, an e-mail in capitals): a blocked
