@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 import sqlalchemy as sa
 from sklearn.model_selection import train_test_split
@@ -94,6 +95,18 @@ def test_classifier_refuses_bad_input() -> None:
         clf.predict_proba(ok[["a"]])
     # an unseen category scores (all its one-hot columns are zero)
     assert np.isfinite(clf.predict_proba(pd.DataFrame({"a": [0.5], "b": ["zzz"]}))).all()
+
+
+def test_a_column_of_one_value_and_gaps_is_kept_for_who_has_a_value() -> None:
+    """A trait that is 1 for some customers and missing for the rest says who has it: the design
+    keeps it (before, it was dropped as constant) and the trees learn from it."""
+    rng = np.random.default_rng(1)
+    y = (rng.random(400) < 0.4).astype(int)
+    flag = np.where(y == 1, np.where(rng.random(400) < 0.8, 1.0, np.nan), np.where(rng.random(400) < 0.1, 1.0, np.nan))
+    X = pd.DataFrame({"noise": rng.random(400), "flag": flag})
+    clf = TabularClassifier(ClassifierParams(n_estimators=50, min_child_samples=10)).fit(X, y)
+    assert clf.feature_importance()[0]["feature"] == "flag"
+    assert evaluate(y, clf.predict_proba(X))["auc"] > 0.8
 
 
 # -- a Goldkey workspace -------------------------------------------------------------------------------
@@ -291,6 +304,87 @@ def test_churn_model_learns_and_writes_scores_and_reasons(env: Any, tmp_path: Pa
                          "refit_every_hours": 1})
     with pytest.raises(InvalidInput, match="no customers to learn from"):
         svc.refit_if_due(ws, now=later)
+
+
+def test_traits_are_features_as_of_the_cutoff_and_attributes_as_stored(env: Any, tmp_path: Path) -> None:
+    """Traits named in a definition are recomputed as of the cutoff for training (a trait that
+    counts what happens in the label window is empty then, so it cannot leak the label) and as of
+    the scoring date for scoring; attributes are read as stored, numbers or categories."""
+    w = _world(n=200, seed=7)
+    _load(env, tmp_path, w)
+    ws = env.ws.workspace_id
+    traits = env.gk.traits
+    traits.create(ws, {"name": "views", "event": "Product Viewed", "aggregate": "count",
+                       "description": "product views"})
+    traits.create(ws, {"name": "coupons", "event": "Coupon Used", "aggregate": "count"})
+    traits.create(ws, {"name": "care_spend", "source": "order_lines", "aggregate": "sum", "property": "line_amount",
+                       "where": [{"property": "category", "op": "eq", "value": "care"}]})
+    # the stored values (as of now) would give the label away: "Coupon Used" only happens in the window
+    traits.compute(ws)
+    # an attribute from identify calls: a category for most, a number for all
+    rng = random.Random(3)
+    batch = [{"type": "identify", "userId": u, "messageId": f"id-{u}", "timestamp": (CUTOFF - timedelta(days=400))
+              .isoformat(), "traits": {"tier": rng.choice(["gold", "silver"]) if rng.random() < 0.9 else None,
+                                       "age": 20 + i % 40}}
+             for i, u in enumerate(sorted(w["churned"]))]
+    for b in batch:
+        if b["traits"]["tier"] is None:
+            del b["traits"]["tier"]
+    r = env.client.post("/v1/batch", json={"batch": batch}, headers=env.write_auth())
+    assert r.status_code == 200, r.text
+    pid = _pids(env)
+    svc = ChurnService.from_goldkey(env.gk)
+    from goldkey.insight.features import attribute_features, trait_features
+
+    at_cut = trait_features(env.gk.engine, env.gk.analytical, ws, CUTOFF, ["views", "coupons", "care_spend"])
+    assert at_cut.docs["traits.views"] == "trait views as of the date scored: product views"
+    assert at_cut.zero_when_missing == ["traits.views", "traits.coupons", "traits.care_spend"]
+    got = at_cut.frame.to_pandas().set_index("profile_id")
+    assert (got["traits.coupons"] == 0).all()  # nothing before the cutoff
+    evs = pd.DataFrame(w["events"])
+    evs["at"] = pd.to_datetime(evs["timestamp"], utc=True)
+    views = evs[(evs["event"] == "Product Viewed") & (evs["at"] < CUTOFF)].groupby("userId").size()
+    assert {pid[u]: n for u, n in views.items()} == got["traits.views"][got["traits.views"] > 0].to_dict()
+    odf = pd.DataFrame(w["orders"], columns=["order_id", "at", "uid", "sku", "cat", "q", "amount"])
+    odf["at"] = pd.to_datetime(odf["at"], utc=True)
+    care = odf[(odf["cat"] == "care") & (odf["at"] < CUTOFF)].groupby("uid")["amount"].apply(
+        lambda a: a.astype(float).sum())
+    assert {pid[u]: v for u, v in care.items()} == pytest.approx(
+        got["traits.care_spend"][got["traits.care_spend"] > 0].to_dict())
+    coupons = evs[evs["event"] == "Coupon Used"].groupby("userId").size()
+    at_end = trait_features(env.gk.engine, env.gk.analytical, ws, AS_OF, ["coupons"]).frame
+    assert at_end.filter(pl.col("traits.coupons") > 0).height == len(coupons) > 0
+    attrs, adocs, _ = attribute_features(env.gk.engine, ws, ["tier", "age"])
+    assert attrs.schema["attributes.age"] == pl.Float64 and attrs.schema["attributes.tier"] == pl.String
+    assert adocs["attributes.tier"] == "profile attribute tier (its current value)"
+    assert attrs.height == len(pid) and attrs["attributes.tier"].null_count() > 0
+
+    # (small leaves, so that the trees could split on the coupon users were their trait leaked)
+    rep = svc.train_churn(ws, {"as_of": AS_OF.isoformat(), "horizon_days": HORIZON,
+                               "classifier": {**FAST, "min_child_samples": 5},
+                               "traits": ["views", "coupons", "care_spend"], "attributes": ["tier", "age"]})
+    mv = svc.registry.load(ws, "churn", rep["version"], kind="churn")
+    assert {"traits.views", "traits.care_spend", "attributes.tier", "attributes.age"} <= set(mv.artifact["features"])
+    assert mv.definition["traits"] == ["views", "coupons", "care_spend"]
+    # the leaking trait was empty at the cutoff: dropped as constant, not learnt (AUC stays honest)
+    important = {f["feature"] for f in mv.metrics["feature_importance"]}
+    assert not any(f.startswith("traits.coupons") for f in important)
+    assert rep["auc"] < 0.999
+    assert mv.artifact["descriptions"]["attributes.tier"] == "profile attribute tier (its current value)"
+    # scoring used the traits as of the scoring date and the reasons describe them
+    _mount(env)
+    reasons = [x for p in pid.values() for x in
+               env.client.get(f"/api/v1/insights/profiles/{p}/reasons", headers=env.admin_auth())
+               .json()["models"]["churn"]["reasons"]]
+    described = {x["feature"]: x["description"] for x in reasons if x["feature"].startswith(("traits.", "attri"))}
+    assert described and all(v == mv.artifact["descriptions"][k] for k, v in described.items())
+    # unknown names are refused, naming the field
+    with pytest.raises(InvalidInput, match="no trait named 'nope'") as e:
+        svc.train_churn(ws, {"as_of": AS_OF.isoformat(), "horizon_days": HORIZON, "traits": ["nope"]})
+    assert e.value.field == "traits"
+    r = env.client.post("/api/v1/insights/churn/train", headers=env.admin_auth(),
+                        json={"as_of": AS_OF.isoformat(), "horizon_days": HORIZON, "attributes": ["shoe_size"]})
+    assert r.status_code == 400 and "shoe_size" in r.text and "attributes" in r.text, r.text
 
 
 def test_bad_goldkey_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from goldkey.audience.catalog import declare_field, remove_field
-from goldkey.audience.facts import FactsCache
+from goldkey.audience.facts import FactsCache, events_for
 from goldkey.audience.property_cache import (
     CachedEvents,
     CacheNeeds,
@@ -1253,7 +1253,8 @@ class TraitService:
         cur.register(tmp, values)
         return {s.name: len(values) - values.column(s.col).null_count for s in specs}
 
-    def _join_parts(self, cur: Any, con: Any, parts: list[Any], cols: list[str], prefix: str,
+    @staticmethod
+    def _join_parts(cur: Any, con: Any, parts: list[Any], cols: list[str], prefix: str,
                     keys: str | None = None) -> pa.Table:
         """Run each aggregation and join them on the profile (with ``keys``, a table of
         (profile_id, pkey): translated from integer keys to profile ids)."""
@@ -1266,7 +1267,7 @@ class TraitService:
             tables.append(cur.sql(str(ibis.to_sql(p))).to_arrow_table())
             log.debug("trait aggregation %d/%d: %d profiles in %.2fs", i + 1, len(parts), len(tables[-1]),
                       time.perf_counter() - t0)
-        return self._outer_join(cur, con, tables, cols, prefix, keys)
+        return TraitService._outer_join(cur, con, tables, cols, prefix, keys)
 
     @staticmethod
     def _outer_join(cur: Any, con: Any, tables: list[pa.Table], cols: list[str], prefix: str,
@@ -1877,6 +1878,56 @@ class TraitService:
 def _bounds_us(w: Window | None, now: datetime) -> tuple[int | None, int | None]:
     lo, end = window_bounds(w, now)
     return (_micros(lo) if lo is not None else None, _micros(end) if end is not None else None)
+
+
+def values_as_of(engine: sa.Engine, analytical: AnalyticalStore, ws: str, names: Sequence[str],
+                 as_of: datetime) -> tuple[pa.Table, dict[str, TraitDefinition]]:
+    """The values the computed traits ``names`` of workspace ``ws`` had ``as_of`` a past (or the
+    present) instant, from the events and order lines before it, written nowhere: a table of
+    ``profile_id`` (live profiles with at least one value) and one column per name, and the
+    definitions. What a batch refresh as of ``as_of`` would store, for the models that learn from
+    traits as of a cutoff (the stored values are as of their last refresh). Reads the events
+    directly, not the property cache (which belongs to the refreshes). Raises NotFound for an
+    unknown name."""
+    wanted = list(dict.fromkeys(names))
+    with engine.connect() as conn:
+        rows = {r.name: r for r in conn.execute(sa.select(traits).where(traits.c.workspace_id == ws,
+                                                                        traits.c.name.in_(wanted)))}
+    missing = [n for n in wanted if n not in rows]
+    if missing:
+        raise NotFound(f"no trait named {missing[0]!r}")
+    specs = [_Spec(n, TraitDefinition.model_validate_json(rows[n].definition), f"t{i}") for i, n in enumerate(wanted)]
+    at = as_of_utc(as_of)
+    ibis = _ibis()
+    tmp = f"_gk_trait_asof_{next(_AS_OF_IDS)}"
+    cur = analytical.cursor()
+    registered: list[str] = []
+    try:
+        con = ibis.duckdb.from_connection(cur)
+        tables = []
+        for source in ("events", "order_lines"):
+            group = [s for s in specs if s.defn.source == source]
+            if not group:
+                continue
+            base = events_for(con, ws) if source == "events" else _order_lines_for(con, ws)
+            name = f"{tmp}_rows_{source}"
+            sql, value_col = _rows_sql(base, group, at, source, f"{tmp}_raw_{source}")
+            cur.register(name, cur.sql(sql).to_arrow_table())
+            registered.append(name)
+            parts = _aggregate_source(con.table(name), value_col, group, at)
+            tables.append(TraitService._join_parts(cur, con, parts, [s.col for s in group], f"{tmp}_{source}"))
+        cols = [s.col for s in specs]
+        values = tables[0] if len(tables) == 1 else TraitService._outer_join(cur, con, tables, cols, f"{tmp}_src")
+    finally:
+        for n in registered:
+            with contextlib.suppress(Exception):
+                cur.unregister(n)
+        cur.close()
+    values = values.select(["profile_id", *cols]).rename_columns(["profile_id", *wanted])
+    return values, {s.name: s.defn for s in specs}
+
+
+_AS_OF_IDS = itertools.count(1)
 
 
 __all__ = [

@@ -81,7 +81,14 @@ from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.evaluation import evaluate
-from goldkey.insight.features import customer_features, describe, feature_columns
+from goldkey.insight.features import (
+    attribute_features,
+    customer_features,
+    describe,
+    feature_columns,
+    trait_features,
+    with_profile_features,
+)
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
 from goldkey.insight.registry import ModelRegistry, ModelVersion
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
@@ -185,7 +192,9 @@ class _Design:
             seen = ~np.isnan(m).all(axis=0)
             lo = np.where(seen, np.nanmin(np.where(np.isnan(m), np.inf, m), axis=0), 0)
             hi = np.where(seen, np.nanmax(np.where(np.isnan(m), -np.inf, m), axis=0), 0)
-        keep = [j for j in range(m.shape[1]) if seen[j] and hi[j] > lo[j]]
+            # a column of one value and gaps still tells the trees who has a value
+            gaps = np.isnan(m).any(axis=0)
+        keep = [j for j in range(m.shape[1]) if seen[j] and (hi[j] > lo[j] or gaps[j])]
         if not keep:
             raise InvalidInput(f"every feature column is constant or empty ({', '.join(features[:10])}): "
                                "nothing to learn from", field="features")
@@ -693,6 +702,15 @@ class _TrainDefinition(BaseModel):
     lookback_days: int = Field(default=365, ge=7, le=3650, description="features from the N days before")
     exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     use_feedback: bool = Field(default=True, description="add feedback / complaint counts to the features")
+    traits: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=50,
+        description="computed traits to add as features (`traits.<name>`), each recomputed as of the cutoff "
+                    "for training and as of the scoring date for scoring")
+    attributes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50,
+        description="profile attributes to add as features (`attributes.<key>`, numbers or categories): their "
+                    "CURRENT values, so only attributes fixed before the label window (gender, city, sign-up "
+                    "channel), never ones that follow the outcome")
     test_fraction: float = Field(default=0.25, gt=0, lt=0.9, description="stratified holdout for the metrics")
     refit_full: bool = Field(default=True, description="refit on every labelled customer after evaluating")
     top_reasons: int = Field(default=3, ge=1, le=10)
@@ -837,10 +855,22 @@ class ChurnService:
             raise InvalidInput(f"unknown {kind} {target!r}: the workspace has no such {kind} (known: {known})",
                                field=kind)
 
-    def _features(self, ws: str, d: _TrainDefinition, at: datetime) -> pl.DataFrame:
-        return customer_features(self.analytical, ws, at, d.lookback_days,
-                                 engine=self.engine if d.use_feedback else None,
-                                 exclude_statuses=d.exclude_statuses)
+    def _features(self, ws: str, d: _TrainDefinition, at: datetime,
+                  docs: dict[str, str] | None = None) -> pl.DataFrame:
+        """The features of ``d`` as of ``at``: behaviour, feedback, the definition's traits (as of
+        ``at``) and attributes; their descriptions are added to ``docs``."""
+        f = customer_features(self.analytical, ws, at, d.lookback_days,
+                              engine=self.engine if d.use_feedback else None,
+                              exclude_statuses=d.exclude_statuses)
+        extra = []
+        if d.traits:
+            extra.append(trait_features(self.engine, self.analytical, ws, at, d.traits))
+        if d.attributes:
+            extra.append(attribute_features(self.engine, ws, d.attributes))
+        if docs is not None:
+            for x in extra:
+                docs.update(x.docs)
+        return with_profile_features(f, extra)
 
     # -- training -----------------------------------------------------------------------------------
     def train_churn(self, ws: str, definition: ChurnDefinition | dict[str, Any] | None = None,
@@ -921,7 +951,8 @@ class ChurnService:
         # LightGBM fits (one thread), and the scores are written while the reasons are built
         with ThreadPoolExecutor(2, thread_name_prefix="goldkey-churn") as pool:
             step(0, "features as of the cutoff")
-            train_f = population(self._features(ws, d, cutoff))
+            extra_docs: dict[str, str] = {}
+            train_f = population(self._features(ws, d, cutoff, extra_docs))
             if train_f.height == 0:
                 raise InvalidInput(f"no customers to learn from: nobody was active in the {d.lookback_days} days "
                                    f"before the cutoff {to_iso(cutoff)} (as_of - horizon_days); import orders/events "
@@ -946,7 +977,7 @@ class ChurnService:
             step(4, "score every live profile")
             t_fit = time.perf_counter()
             now_f = now_features.result()
-            docs = {c: describe(c) for c in cols}
+            docs = {c: describe(c, extra_docs) for c in cols}
             scored_ids = now_f["profile_id"].to_list()
             expl = clf.explain(now_f.select(cols), d.top_reasons) if now_f.height else None
             probs = expl.proba if expl is not None else np.zeros(0)

@@ -24,6 +24,11 @@ AsOf = Annotated[datetime | None, typer.Option("--as-of", help="Score as of this
 Horizon = Annotated[int, typer.Option("--horizon-days", help="Label window after the cutoff (days).")]
 Lookback = Annotated[int, typer.Option("--lookback-days", help="Feature window before the cutoff (days).")]
 Definition = Annotated[Path | None, typer.Option("--definition", help="A JSON file with the full definition (wins).")]
+Traits = Annotated[list[str] | None, typer.Option(
+    "--trait", help="A computed trait to add as a feature, as of the cutoff (repeatable).")]
+Attributes = Annotated[list[str] | None, typer.Option(
+    "--attribute", help="A profile attribute to add as a feature: its current value, so one fixed before the "
+                        "label window (repeatable).")]
 
 
 def _train(data_dir: Path | None, workspace: str, method: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +67,8 @@ def _train(data_dir: Path | None, workspace: str, method: str, d: dict[str, Any]
         gk.close()
 
 
-def _definition(definition: Path | None, base: dict[str, Any], as_of: datetime | None) -> dict[str, Any]:
+def _definition(definition: Path | None, base: dict[str, Any], as_of: datetime | None,
+                traits: list[str] | None = None, attributes: list[str] | None = None) -> dict[str, Any]:
     if definition is not None:
         try:
             loaded = json.loads(definition.read_text(encoding="utf-8"))
@@ -75,6 +81,10 @@ def _definition(definition: Path | None, base: dict[str, Any], as_of: datetime |
         return loaded
     if as_of is not None:
         base["as_of"] = as_of.isoformat()
+    if traits:
+        base["traits"] = traits
+    if attributes:
+        base["attributes"] = attributes
     return base
 
 
@@ -86,11 +96,14 @@ def churn(
     lookback_days: Lookback = 365,
     orders_only: Annotated[bool, typer.Option("--orders-only", help="Activity = orders (default: orders or events).")]
     = False,
+    trait: Traits = None,
+    attribute: Attributes = None,
     definition: Definition = None,
 ) -> None:
     """Train the churn model, write scores.churn_risk and the reasons; prints the report."""
     d = _definition(definition, {"horizon_days": horizon_days, "lookback_days": lookback_days,
-                                 "activity": "orders" if orders_only else "orders_and_events"}, as_of)
+                                 "activity": "orders" if orders_only else "orders_and_events"}, as_of,
+                    trait, attribute)
     typer.echo(json.dumps(_train(data_dir, workspace, "train_churn", d), ensure_ascii=False, indent=2))
 
 
@@ -104,6 +117,8 @@ def propensity(
     as_of: AsOf = None,
     horizon_days: Horizon = 30,
     lookback_days: Lookback = 365,
+    trait: Traits = None,
+    attribute: Attributes = None,
     definition: Definition = None,
 ) -> None:
     """Train a propensity model for an event or a category, write scores.propensity_<name>."""
@@ -111,7 +126,7 @@ def propensity(
     for k, v in (("event", event), ("category", category), ("name", name)):
         if v is not None:
             base[k] = v
-    d = _definition(definition, base, as_of)
+    d = _definition(definition, base, as_of, trait, attribute)
     typer.echo(json.dumps(_train(data_dir, workspace, "train_propensity", d), ensure_ascii=False, indent=2))
 
 

@@ -28,15 +28,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 import polars as pl
 import pyarrow as pa
+import sqlalchemy as sa
 
 from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
+from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
+from goldkey.store.operational import feedback, profiles
 
 FEATURE_DOCS: dict[str, str] = {
     "recency_days": "days since the last order (lookback_days when no order in the window)",
@@ -170,10 +174,6 @@ def _windows(as_of: datetime, lookback_days: int) -> dict[str, Any]:
 
 def _read_feedback(engine: Any, ws: str) -> pa.Table:
     """The workspace's feedback rows (profile id, kind, rating, created_at as aware UTC)."""
-    import sqlalchemy as sa
-
-    from goldkey.store.operational import feedback
-
     f = feedback.c
     with engine.connect() as c:
         rows = c.execute(sa.select(f.profile_id, f.kind, f.rating, f.created_at).where(f.workspace_id == ws)).all()
@@ -217,11 +217,97 @@ def customer_features(analytical: AnalyticalStore, ws: str, as_of: datetime, loo
                            + [pl.col(c).cast(pl.Float64) for c in FEATURE_DOCS if c not in ints])
 
 
+TRAIT_PREFIX = "traits."
+ATTRIBUTE_PREFIX = "attributes."
+
+
+class ProfileFeatures(NamedTuple):
+    """Extra feature columns keyed by ``profile_id`` (:func:`trait_features`,
+    :func:`attribute_features`): the frame, each column's description, and the columns whose
+    missing value means 0 (a count of nothing), filled after the join."""
+
+    frame: pl.DataFrame
+    docs: dict[str, str]
+    zero_when_missing: list[str]
+
+
+# a trait with no matching event or line counts or sums to 0; the others have no value then
+_ZERO_AGGREGATES = frozenset({"count", "distinct_count", "sum"})
+
+
+def trait_features(engine: Any, analytical: AnalyticalStore, ws: str, as_of: datetime,
+                   names: Sequence[str]) -> ProfileFeatures:
+    """The computed traits ``names`` as features: their values **as of** ``as_of``, recomputed from
+    the events and order lines before it (so a training cutoff sees what the trait was then, not
+    its value now, which may already reflect the label window). Columns ``traits.<name>`` keyed by
+    live profile (count, distinct_count and sum traits are 0 where nothing matched, the others
+    missing). An unknown name is refused naming ``traits``."""
+    from goldkey.audience.traits import values_as_of
+
+    try:
+        tbl, defs = values_as_of(engine, analytical, ws, names, as_of)
+    except NotFound as exc:
+        raise InvalidInput(f"{exc}: traits names computed traits of the workspace "
+                           "(GET /api/v1/traits lists them)", field="traits") from None
+    df = pl.from_arrow(tbl)
+    assert isinstance(df, pl.DataFrame)
+    df = df.rename({n: TRAIT_PREFIX + n for n in defs})
+    docs = {TRAIT_PREFIX + n: f"trait {n} as of the date scored" + (f": {d.description}" if d.description else "")
+            for n, d in defs.items()}
+    zero = [TRAIT_PREFIX + n for n, d in defs.items() if d.aggregate in _ZERO_AGGREGATES]
+    return ProfileFeatures(df.with_columns([pl.col(c).fill_null(0) for c in zero]), docs, zero)
+
+
+def attribute_features(engine: Any, ws: str, keys: Sequence[str]) -> ProfileFeatures:
+    """The profile attributes ``keys`` (from identify calls and customer imports) as features:
+    columns ``attributes.<key>`` of every live profile, numbers where every value of the key is a
+    number, text otherwise (true/false, JSON for lists and objects), missing where a profile has
+    none. These are the values **stored now**: pick attributes fixed before the window a model
+    learns from (gender, city, the membership level at sign-up), not ones that follow the outcome.
+    A key no live profile has is refused naming ``attributes``."""
+    wanted = list(dict.fromkeys(keys))
+    p = profiles.c
+    ids: list[str] = []
+    values: dict[str, list[Any]] = {k: [] for k in wanted}
+    with engine.connect() as c:
+        rows = c.execute(sa.select(p.profile_id, p.attributes).where(p.workspace_id == ws, p.merged_into.is_(None)))
+        for pid, raw in rows:
+            attrs = orjson.loads(raw) if raw and raw != "{}" else {}
+            if not any(k in attrs for k in wanted):
+                continue
+            ids.append(pid)
+            for k in wanted:
+                values[k].append(attrs.get(k))
+    cols: dict[str, pl.Series] = {"profile_id": pl.Series(ids, dtype=pl.String)}
+    for k, vs in values.items():
+        present = [v for v in vs if v is not None]
+        if not present:
+            raise InvalidInput(f"no live profile has the attribute {k!r}", field="attributes")
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+            cols[ATTRIBUTE_PREFIX + k] = pl.Series(vs, dtype=pl.Float64, strict=False)
+        else:
+            cols[ATTRIBUTE_PREFIX + k] = pl.Series(
+                [None if v is None else v if isinstance(v, str) else orjson.dumps(v).decode() for v in vs],
+                dtype=pl.String)
+    docs = {ATTRIBUTE_PREFIX + k: f"profile attribute {k} (its current value)" for k in wanted}
+    return ProfileFeatures(pl.DataFrame(cols), docs, [])
+
+
+def with_profile_features(df: pl.DataFrame, extra: Sequence[ProfileFeatures]) -> pl.DataFrame:
+    """``df`` (a :func:`customer_features` frame) with the columns of each of ``extra`` joined on
+    ``profile_id``; profiles an extra frame lacks get its missing value (0 or missing)."""
+    for x in extra:
+        df = df.join(x.frame, on="profile_id", how="left").with_columns(
+            [pl.col(c).fill_null(0) for c in x.zero_when_missing])
+    return df
+
+
 def feature_columns(df: pl.DataFrame) -> list[str]:
     """The feature columns of a :func:`customer_features` frame (everything but ``profile_id``)."""
     return [c for c in df.columns if c != "profile_id"]
 
 
-def describe(column: str) -> str:
-    """The human description of a feature column (the column name when unknown)."""
-    return FEATURE_DOCS.get(column) or FEEDBACK_DOCS.get(column) or column
+def describe(column: str, extra: dict[str, str] | None = None) -> str:
+    """The human description of a feature column (``extra``'s, for trait and attribute columns;
+    the column name when unknown)."""
+    return FEATURE_DOCS.get(column) or FEEDBACK_DOCS.get(column) or (extra or {}).get(column) or column
