@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     )
     max_event_bytes: int = Field(32 * 1024, description="Largest accepted event, as the Segment spec sets (32 KB).")
     max_batch_bytes: int = Field(
-        500 * 1024, description="Largest accepted batch body, as the Segment spec sets (500 KB)."
+        4 * 1024 * 1024,
+        description="Largest accepted batch body (decompressed): RudderStack's limit (4 MB), which its SDK fills; "
+        "Segment's SDKs stay under Segment's 500 KB.",
     )
     recent_events_per_profile: int = Field(
         20, description="Events kept on each operational profile row for the timeline and real-time rules."

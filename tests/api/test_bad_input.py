@@ -195,11 +195,15 @@ def test_oversized_event_inside_a_batch_is_rejected_not_the_batch(env: Env) -> N
     assert _count_events(env, env.ws.workspace_id) == 1
 
 
-def test_batch_over_500_kb_is_413(env: Env) -> None:
+def test_batch_over_the_limit_is_413(env: Env) -> None:
+    # 4 MB (RudderStack's limit): 60 events of 10 KB, over Segment's 500 KB, are accepted
     events = [_ok_event("track", type="track", properties={"blob": "z" * 10_000}) for _ in range(60)]
+    r = env.post("/v1/batch", {"batch": events})
+    assert r.status_code == 200 and r.json()["accepted"] == 60, r.text
+    events = [_ok_event("track", type="track", properties={"blob": "z" * 30_000}) for _ in range(140)]
     body = _assert_error(env.post("/v1/batch", {"batch": events}), 413)
     assert "limit" in body["error"]
-    assert _count_events(env, env.ws.workspace_id) == 0
+    assert _count_events(env, env.ws.workspace_id) == 60
 
 
 def _nested(levels: int) -> dict[str, Any]:
@@ -237,7 +241,7 @@ def test_events_nested_too_deep_are_400_and_the_deepest_allowed_are_stored(env: 
     assert _count_events(env, ws) == 3
     pid = env.client.get("/api/v1/profiles/lookup?user_id=u1", headers=env.admin_auth()).json()["profile_id"]
     profile = env.client.get(f"/api/v1/profiles/{pid}", headers=env.admin_auth()).json()
-    assert len(profile["events"]) == 3 and "g1" in profile["attributes"]["groups"]
+    assert len(profile["events"]) == 3 and "g1" in profile["attributes"]["$groups"]
     # in a batch over 32 KB (each event then measured) and under it: the deep event is rejected and
     # quarantined, the others stored
     for pad in (0, 20):
@@ -666,7 +670,7 @@ def test_gzip_body_is_accepted(env: Env) -> None:
 def test_gzip_bomb_is_413_by_decompressed_size(env: Env) -> None:
     # 10 MB of JSON compresses to ~10 KB: the limits apply to the decompressed body
     bomb = _gz(b'{"batch": [' + b" " * 10_000_000 + b"]}")
-    assert len(bomb) < 500 * 1024
+    assert len(bomb) < env.gk.settings.max_batch_bytes < 10_000_000
     headers = {**env.write_auth(), "Content-Encoding": "gzip"}
     _assert_error(_raw_post(env, "/v1/batch", bomb, headers), 413)
     small_bomb = _gz(b'{"userId": "u1", "event": "x", "p": "' + b"a" * 40_000 + b'"}')
@@ -713,7 +717,8 @@ def test_gzip_body_with_trailing_garbage_is_400(env: Env) -> None:
 
 def test_gzip_members_together_over_the_limit_are_413(env: Env) -> None:
     headers = {**env.write_auth(), "Content-Encoding": "gzip"}
-    member = _gz(b" " * 300_000)  # each under the 500 KB limit, together over it
+    half = env.gk.settings.max_batch_bytes * 3 // 5
+    member = _gz(b" " * half)  # each under the batch limit, together over it
     body = member + member + _gz(orjson.dumps({"batch": [_ok_event("track", type="track")]}))
     _assert_error(_raw_post(env, "/v1/batch", body, headers), 413)
 
@@ -779,3 +784,48 @@ def test_a_rejected_event_with_a_long_field_name_is_quarantined_on_both_stores(e
     assert items and all(len(i["field"]) <= 100 for i in items)
     assert channel in items[0]["reason"]
     assert _count_events(env, env.ws.workspace_id, ok["messageId"]) == 1
+
+
+@pytest.mark.parametrize("name", ["李\u3000雷", "Ana\u00a0Lima", "👩\u200d💻dev", "co\u00adop", "\u200bzw"])
+def test_ids_with_unicode_spaces_joiners_and_soft_hyphens_are_accepted(env: Env, name: str) -> None:
+    # before: refused as "contains control characters" (str.isprintable() is False for them)
+    ev = _ok_event("track", userId=name)
+    r = env.client.post("/v1/track", json=ev, headers=env.write_auth())
+    assert r.status_code == 200, r.text
+    rows = env.gk.analytical.query("SELECT user_id FROM events WHERE message_id = ?", [ev["messageId"]])
+    assert rows == [(name,)]
+
+
+@pytest.mark.parametrize("bad", ["u\x00", "a\nb", "x\u2028y", "\x1b[31m"])
+def test_ids_with_control_characters_are_refused(env: Env, bad: str) -> None:
+    _assert_error(env.client.post("/v1/track", json=_ok_event("track", userId=bad), headers=env.write_auth()),
+                  400, "userId", mentions="control characters")
+
+
+def test_numeric_ids_beyond_exact_integers_are_refused_not_collapsed(env: Env) -> None:
+    # before: 2 ids 1 apart above 2^64 both became "1.2345678901234568e+29", one person
+    for big in (b"123456789012345678901234567890", b"123456789012345678901234567891", b"12.5"):
+        body = b'{"userId": ' + big + b', "event": "x", "messageId": "m-' + big + b'"}'
+        _assert_error(_raw_post(env, "/v1/track", body, env.write_auth()), 400, "userId", mentions="as strings")
+    body = b'{"userId": 9007199254740993, "event": "x", "messageId": "m-int"}'  # a 64-bit int is exact
+    r = _raw_post(env, "/v1/track", body, env.write_auth())
+    assert r.status_code == 200, r.text
+    body = b'{"userId": 12.0, "event": "x", "messageId": "m-float"}'
+    assert _raw_post(env, "/v1/track", body, env.write_auth()).status_code == 200
+    rows = env.gk.analytical.query("SELECT message_id, user_id FROM events ORDER BY 1")
+    assert rows == [("m-float", "12"), ("m-int", "9007199254740993")]
+
+
+def test_page_and_screen_category_is_added_to_the_properties(env: Env) -> None:
+    # the spec: "The category of the page, added to the properties object" (it was dropped)
+    page = _ok_event("page", name="Pricing", category="Docs", properties={"path": "/pricing"})
+    screen = _ok_event("screen", name="Cart", category="Shop")
+    own = _ok_event("page", name="X", category="Top", properties={"category": "mine"})
+    for path, ev in (("/v1/page", page), ("/v1/screen", screen), ("/v1/page", own)):
+        assert env.client.post(path, json=ev, headers=env.write_auth()).status_code == 200
+    props = {m: orjson.loads(p) for m, p in env.gk.analytical.query("SELECT message_id, properties FROM events")}
+    assert props[page["messageId"]] == {"path": "/pricing", "category": "Docs"}
+    assert props[screen["messageId"]] == {"category": "Shop"}
+    assert props[own["messageId"]] == {"category": "mine"}  # a property of the same name wins
+    _assert_error(env.client.post("/v1/page", json=_ok_event("page", category=5), headers=env.write_auth()),
+                  400, "category")

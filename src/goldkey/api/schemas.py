@@ -20,6 +20,7 @@ class TrackingEvent(BaseModel):
     anonymousId: str | None = None
     event: str | None = Field(None, description="track: the event name.")
     name: str | None = Field(None, description="page/screen: the page or screen name.")
+    category: str | None = Field(None, description="page/screen: the category; stored as the `category` property.")
     groupId: str | None = Field(None, description="group: the account id.")
     previousId: str | None = Field(None, description="alias: the earlier id.")
     properties: dict[str, Any] | None = None

@@ -33,7 +33,7 @@ ACK_TIMEOUT_SECONDS = 60
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed JSON or an invalid event (names the field)"},
     401: {"model": ErrorBody, "description": "Missing or unknown write key"},
-    413: {"model": ErrorBody, "description": "Event over 32 KB or batch over 500 KB"},
+    413: {"model": ErrorBody, "description": "Event over 32 KB or batch over 4 MB"},
     503: {"model": ErrorBody, "description": "Queue full; retry after the Retry-After seconds"},
 }
 
@@ -331,7 +331,7 @@ async def _route(request: Request, kind: str) -> Response:
 
 @router.post("/v1/batch", response_model=TrackingAck, responses=_ERRORS, openapi_extra=_body_doc(TrackingBatch))
 async def batch(request: Request) -> Response:
-    """Accept a batch of events (at most 500 KB; each event at most 32 KB)."""
+    """Accept a batch of events (at most 4 MB; each event at most 32 KB)."""
     return await _route(request, "batch")
 
 

@@ -7,6 +7,7 @@ This is the hot path, so events are checked by hand rather than through a pydant
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -71,12 +72,25 @@ def _id_str(value: Any, fieldname: str, record: int | None) -> str | None:
         return None  # blank: no id at all (a space-only userId must not become everyone's id)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InvalidInput("must be a string or number", field=fieldname, record=record)
+    if type(value) is float:
+        # JSON numbers beyond 64 bits arrive as floats: two ids 1 apart would print alike and
+        # become one person. A number is an id only while it is an exact integer
+        if not (value.is_integer() and abs(value) <= _EXACT_INT):
+            raise InvalidInput("a numeric id must be a whole number of at most 2^53 in magnitude; send larger or "
+                               "fractional ids as strings", field=fieldname, record=record)
+        value = int(value)
     s = str(value)
     if len(s) > 200:
         raise InvalidInput("longer than 200 characters", field=fieldname, record=record)
-    if not s.isprintable():
+    if not s.isprintable() and any(unicodedata.category(ch) in _CONTROL for ch in s):
+        # not isprintable() alone: no-break and ideographic spaces, zero-width joiners (emoji
+        # sequences) and soft hyphens are ordinary text in a name or a handle
         raise InvalidInput("contains control characters", field=fieldname, record=record)
     return s
+
+
+_EXACT_INT = 2**53
+_CONTROL = frozenset({"Cc", "Cs", "Zl", "Zp"})  # control characters, lone surrogates, line/paragraph separators
 
 
 def merge_context(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +202,15 @@ def normalise_event(
 
     v = get("properties")
     properties = v if type(v) is dict else _obj(v, "properties", record)
+    if etype in ("page", "screen"):
+        v = get("category")
+        if v is not None:
+            # the spec's page/screen category is "added to the properties object" (a property of
+            # the same name, when sent, wins)
+            if not isinstance(v, str):
+                raise InvalidInput("must be a string", field="category", record=record)
+            if "category" not in properties:
+                properties = {**properties, "category": v}
     v = get("traits")
     traits = v if type(v) is dict else _obj(v, "traits", record)
     v = get("context")
@@ -200,6 +223,10 @@ def normalise_event(
     # stored under the group and never read as the user's identifiers or consent. The user's own
     # traits are the event's traits, or else its context.traits (mobile SDKs put them there).
     own = ctx_traits if etype == "group" else (traits or ctx_traits)
+    if "$groups" in own and etype == "identify":
+        field = "traits" if own is traits else "context.traits"
+        raise InvalidInput("the trait $groups is reserved: it holds the group memberships group calls make",
+                           field=f"{field}.$groups", record=record)
     if "consent" in own and etype == "identify":  # checked here: a stored event is never refused later
         try:
             consent_decisions(own)

@@ -30,11 +30,13 @@ import sqlalchemy as sa
 from goldkey.collect.tracking import TrackedEvent, micros_to_datetime, now_micros
 from goldkey.core.errors import Overloaded
 from goldkey.identity.graph import (
+    GROUPS,
     IdentityGraph,
     UnitOfWork,
     _merge_recent,
     executemany,
     fetch_in,
+    join_group,
     merged_attributes,
     names_only,
     ts_param,
@@ -537,7 +539,8 @@ class Writer:
                             if norm is not None:
                                 d.attributes[key] = norm
                 elif ev.type == "group" and ev.group_id:
-                    d.attributes.setdefault("groups", {})[ev.group_id] = ev.traits or True
+                    groups = d.attributes.setdefault(GROUPS, {})
+                    groups[ev.group_id] = join_group(groups.get(ev.group_id), ev.traits)
                 d.recent.append(ev)
             # Each event keeps the profile it resolved to when it arrived, even if that profile
             # was merged later in this batch: the profile map resolves it while the merge stands,

@@ -112,13 +112,33 @@ def names_only(named: str | None, theirs: set[tuple[str, str]], others: set[tupl
     return bool(ids & theirs) and not ids & others
 
 
+GROUPS = "$groups"
+"""The attribute holding a profile's group memberships: group id -> the group's traits (``true``
+when no group call sent any). ``$``-named, so an identify trait called ``groups`` is the user's own."""
+
+
+def join_group(old: Any, new: Any) -> Any:
+    """A group's entry after a group call with traits ``new`` (``True`` or ``{}``: none): the traits
+    sent are set, the ones not sent keep their value (the spec: "the original value is persisted")."""
+    if not isinstance(new, dict) or not new:
+        return old if old is not None else True
+    return {**old, **new} if isinstance(old, dict) else dict(new)
+
+
+def join_groups(under: Any, over: Any) -> dict[str, Any]:
+    """Two membership objects united: every group of either, ``over``'s traits winning per trait."""
+    out = dict(under) if isinstance(under, dict) else {}
+    for gid, entry in (over.items() if isinstance(over, dict) else ()):
+        out[gid] = join_group(out.get(gid), entry)
+    return out
+
+
 def merged_attributes(attrs: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``attrs`` with ``changes`` applied: each key replaced, except ``groups`` (group call traits by
-    group id), which gains or replaces the changed groups' entries and keeps the others."""
+    """``attrs`` with ``changes`` applied: each key replaced, except the group memberships
+    (:data:`GROUPS`), which are united group by group and trait by trait."""
     out = {**attrs, **changes}
-    had, groups = attrs.get("groups"), changes.get("groups")
-    if isinstance(had, dict) and isinstance(groups, dict):
-        out["groups"] = {**had, **groups}
+    if GROUPS in attrs and GROUPS in changes:
+        out[GROUPS] = join_groups(attrs[GROUPS], changes[GROUPS])
     return out
 
 
@@ -133,6 +153,25 @@ def _less_loser(current: dict[str, Any], loser: dict[str, Any], winner_before: d
                 out[k] = winner_before[k]
             else:
                 del out[k]
+    return out
+
+
+def _less_loser_groups(current: dict[str, Any], loser: dict[str, Any],
+                       winner_before: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_less_loser` for group memberships, group by group and then trait by trait: a group
+    the merge united keeps the winner's own traits and those changed since."""
+    out = _less_loser(current, loser, winner_before)
+    for gid, theirs in loser.items():
+        now = out.get(gid)
+        if isinstance(now, dict) and isinstance(theirs, dict) and now != theirs:
+            own = winner_before.get(gid)
+            kept = _less_loser(now, theirs, own if isinstance(own, dict) else {})
+            if kept:
+                out[gid] = kept
+            elif gid in winner_before:
+                out[gid] = own
+            else:
+                del out[gid]
     return out
 
 
@@ -985,7 +1024,8 @@ class IdentityGraph:
         if pending is not None and pending.attributes:
             la = merged_attributes(la, pending.attributes)
         newer_first = loser.last_seen_at > winner.last_seen_at
-        combined = {**wa, **la} if newer_first else {**la, **wa}
+        # the more recently seen profile's value wins a clash; group memberships are united
+        combined = merged_attributes(wa, la) if newer_first else merged_attributes(la, wa)
         keys_from_loser = [k for k in la if k not in wa]
         winner_overwritten = {k: wa[k] for k in la if k in wa and combined[k] != wa[k]}
         loser_ids = [
@@ -1148,12 +1188,20 @@ class IdentityGraph:
         conn.execute(profiles.update().where(profiles.c.profile_id.in_(subtree)).values(canonical_id=m.loser_id))
         attrs = orjson.loads(winner.attributes)
         loser_attrs = orjson.loads(lb["attributes"])
+        groups_now = attrs.pop(GROUPS, None)
         for k in detail["keys_from_loser"]:
             if k in attrs and attrs[k] == loser_attrs.get(k):
                 del attrs[k]
         for k, v in detail.get("winner_overwritten", {}).items():
-            if attrs.get(k) == loser_attrs.get(k):
+            if k != GROUPS and attrs.get(k) == loser_attrs.get(k):
                 attrs[k] = v  # the loser's value had won the clash: the winner's own comes back
+        if groups_now is not None:
+            # group by group as above: a group the loser brought goes unless changed since; one whose
+            # traits the loser's overwrote gets the winner's own back
+            groups = _less_loser_groups(groups_now, loser_attrs.get(GROUPS) or {},
+                                        orjson.loads(wb["attributes"]).get(GROUPS) or {})
+            if groups:
+                attrs[GROUPS] = groups
         # The winner's derived fields: its own state before this merge, combined again with the
         # profiles merged into it later (their rows keep their own pre-merge state), so undoing
         # an early merge never drops what later merges brought.
@@ -1183,7 +1231,7 @@ class IdentityGraph:
         first = (as_utc(datetime.fromisoformat(own["first_seen_at"])), own["first_seen_source"],
                  own["first_seen_context"])
         for o in others:
-            attrs = {**orjson.loads(o.attributes), **attrs}  # what a profile still merged in brought stays
+            attrs = merged_attributes(orjson.loads(o.attributes), attrs)  # what a profile still merged in brought stays
             traits = {**orjson.loads(o.traits), **traits}
             tags = {**orjson.loads(o.tags), **tags}
             o_scores, o_model_tags = others_outputs.get(o.profile_id, ({}, {}))
