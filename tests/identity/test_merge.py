@@ -647,3 +647,132 @@ def test_an_undo_cut_off_before_its_analytical_step_is_finished_at_the_next_star
             assert _pending(env) == [] and resolved_events(env, loser) == ["m3", "m6"]
     finally:
         gk.close()
+
+
+def _import(env: Any, tmp_path: Any, kind: str, text: str) -> None:
+    f = tmp_path / f"{kind}-{len(list(tmp_path.iterdir()))}.csv"
+    f.write_text(text, encoding="utf-8")
+    s = env.gk.importer.run(env.ws.workspace_id, kind, f, {})
+    assert s.status == "done" and s.quarantined == 0, s
+
+
+def test_undo_keeps_the_events_the_survivor_sent_under_its_user_id(env_any: Any) -> None:
+    """After a wrong merge (a shared tablet), the signed-in customer's SDK sends userId AND the
+    tablet's anonymousId: by priority those events are the customer's. Before, the undo gave them
+    (a purchase among them) to the anonymous profile."""
+    env = env_any
+    ident(env, "m1", userId="u1", traits={"name": "A"}, timestamp="2024-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="dev-1", traits={"nickname": "B"})
+    ident(env, "m3", userId="u1", anonymousId="dev-1")  # the wrong merge
+    merge_id = lookup(env, user_id="u1")["merges"][0]["merge_id"]
+    track(env, "m4", "Order Completed", userId="u1", anonymousId="dev-1", properties={"revenue": 99})
+    track(env, "m5", userId="u1")
+    track(env, "m6", anonymousId="dev-1")  # the tablet, nobody signed in: the loser's again
+    assert env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth()).status_code == 200
+    a, b = lookup(env, user_id="u1"), lookup(env, anonymous_id="dev-1")
+    assert resolved_events(env, a["profile_id"]) == ["m1", "m3", "m4", "m5"]
+    assert resolved_events(env, b["profile_id"]) == ["m2", "m6"]
+
+
+def test_undo_keeps_what_a_customer_import_made_of_the_survivor(env_any: Any, tmp_path: Any) -> None:
+    """A CRM import after the merge made the survivor an existing customer first seen at its
+    registration; undoing the (unrelated) merge put it back to "new", first seen on the web."""
+    env = env_any
+    ident(env, "w1", userId="u1", timestamp="2024-06-01T00:00:00Z")
+    ident(env, "a1", anonymousId="anon-1", traits={"nickname": "x"}, timestamp="2024-07-01T00:00:00Z")
+    ident(env, "m1", userId="u1", anonymousId="anon-1", timestamp="2024-08-01T00:00:00Z")
+    _import(env, tmp_path, "customers", "user_id,name,registered_at\nu1,Alice,2019-03-01\n")
+    p = lookup(env, user_id="u1")
+    assert (p["origin"], p["first_seen_source"]) == ("existing", "import:customers")
+    r = env.client.post(f"/api/v1/profiles/merges/{p['merges'][0]['merge_id']}/undo", headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    after = lookup(env, user_id="u1")
+    assert {k: after[k] for k in ("origin", "first_seen_at", "first_seen_source")} == {
+        k: p[k] for k in ("origin", "first_seen_at", "first_seen_source")}
+    back = lookup(env, anonymous_id="anon-1")
+    assert (back["origin"], back["first_seen_source"]) == ("new", "tracking")
+
+
+def test_the_more_recently_seen_value_wins_alike_in_one_batch_or_one_by_one(env_any: Any) -> None:
+    """Before, the loser's newest identify in the merging batch did not count as "more recent"."""
+    env = env_any
+    names = {}
+    for mode in ("single", "batch"):
+        u, a = f"{mode}-u", f"{mode}-a"
+        ident(env, f"{mode}-1", userId=u, traits={"name": "Alice"}, timestamp="2024-01-01T00:00:00Z")
+        ident(env, f"{mode}-2", anonymousId=a, traits={"name": "Bob"}, timestamp="2025-01-01T00:00:00Z")
+        track(env, f"{mode}-3", userId=u, timestamp="2025-06-01T00:00:00Z")  # the customer seen last, in June
+        later = [{"type": "identify", "anonymousId": a, "messageId": f"{mode}-4", "traits": {"name": "Robert"},
+                  "timestamp": "2025-07-01T00:00:00Z"},
+                 {"type": "identify", "userId": u, "anonymousId": a, "messageId": f"{mode}-5",
+                  "timestamp": "2025-07-01T00:00:01Z"}]
+        if mode == "batch":
+            assert env.post("/v1/batch", {"batch": later}).json()["accepted"] == 2
+        else:
+            for ev in later:
+                assert env.post("/v1/batch", {"batch": [ev]}).json()["accepted"] == 1
+        names[mode] = lookup(env, user_id=u)["attributes"]["name"]
+    assert names == {"single": "Robert", "batch": "Robert"}
+
+
+def test_custom_identifiers_are_read_like_the_built_in_ones(env_any: Any) -> None:
+    """From context.traits beside the event's traits (mobile SDKs), never from a group call's traits
+    (the company's card merged two strangers who visited it)."""
+    env = env_any
+    rules = env.client.get("/api/v1/workspace/identity-rules", headers=env.admin_auth()).json()
+    rules["custom"] = [{"name": "member_card", "trait": "member_card_no", "limit": 1}]
+    assert env.client.put("/api/v1/workspace/identity-rules", json=rules, headers=env.admin_auth()).status_code == 200
+    ident(env, "m1", userId="u1", traits={"name": "Li"},
+          context={"traits": {"member_card_no": "C-1", "phone": "13912345678"}})
+    ids = {(i["type"], i["value"]) for i in lookup(env, user_id="u1")["identities"]}
+    assert {("member_card", "C-1"), ("phone", "+8613912345678")} <= ids
+    for i, visitor in enumerate(("visitor-7", "visitor-8")):
+        r = env.post("/v1/group", {"messageId": f"g{i}", "anonymousId": visitor, "groupId": "acme",
+                                   "traits": {"name": "ACME Ltd", "member_card_no": "CORP-9"}})
+        assert r.status_code == 200, r.text
+    v7, v8 = lookup(env, anonymous_id="visitor-7"), lookup(env, anonymous_id="visitor-8")
+    assert v7["profile_id"] != v8["profile_id"]
+    assert {i["type"] for i in v7["identities"]} == {"anonymous_id"}
+
+
+def test_a_merge_a_later_merge_joined_through_cannot_be_undone_first(env_any: Any) -> None:
+    """A+B (wrong), then C joined only through B's anonymous id: undoing A+B alone would leave C on
+    A with nothing linking them. It is refused, naming the merge to undo first; in that order both go."""
+    env = env_any
+    ident(env, "m1", userId="u1", traits={"name": "A"}, timestamp="2024-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1", traits={"nickname": "B"}, timestamp="2024-02-01T00:00:00Z")
+    ident(env, "m3", anonymousId="a2", traits={"email": "c@x.com"}, timestamp="2024-03-01T00:00:00Z")
+    b_id, c_id = lookup(env, anonymous_id="a1")["profile_id"], lookup(env, anonymous_id="a2")["profile_id"]
+    ident(env, "m4", userId="u1", anonymousId="a1")
+    ident(env, "m5", anonymousId="a1", traits={"email": "c@x.com"})
+    ms = {m["loser_id"]: m["merge_id"] for m in lookup(env, user_id="u1")["merges"]}
+    r = env.client.post(f"/api/v1/profiles/merges/{ms[b_id]}/undo", headers=env.admin_auth())
+    assert r.status_code == 409 and ms[c_id] in r.json()["error"], r.text
+    for loser in (c_id, b_id):
+        r = env.client.post(f"/api/v1/profiles/merges/{ms[loser]}/undo", headers=env.admin_auth())
+        assert r.status_code == 200, r.text
+    assert len({lookup(env, **q)["profile_id"] for q in ({"user_id": "u1"}, {"anonymous_id": "a1"},
+                                                          {"email": "c@x.com"})}) == 3
+
+
+def test_times_read_from_the_analytical_store_are_utc_whatever_the_server_zone(tmp_path: Any, monkeypatch: Any) -> None:
+    """Run in Asia/Shanghai, DuckDB handed TIMESTAMPTZ values back in local time: stored on SQLite
+    as if UTC after an undo (last seen 8 hours late), timelines mixed +08:00 and +00:00."""
+    import time
+
+    from goldkey.store.analytical import AnalyticalStore
+
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    try:
+        store = AnalyticalStore(tmp_path / "a.duckdb")
+        cur = store.cursor()
+        (at,) = cur.execute("SELECT TIMESTAMPTZ '2025-06-01 00:00:00+00'").fetchone()
+        day = cur.execute("SELECT CAST(date_trunc('day', TIMESTAMPTZ '2025-06-01 20:00:00+00') AS VARCHAR)").fetchone()
+        cur.close()
+        store.close()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert at.utcoffset().total_seconds() == 0 and at.hour == 0
+    assert day[0].startswith("2025-06-01 00:00:00")

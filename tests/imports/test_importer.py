@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 CRM_MAPPING = {
     "会员编号": "crm_id",
@@ -337,3 +338,54 @@ def test_a_value_too_long_for_its_column_is_quarantined_on_both_stores(env_any: 
                    [["F1", "C1", "review", "2025-01-01", "t" * 250], ["F2", "C1", "review", "2025-01-01", "ok"]])
     s = env.gk.importer.run(ws, "feedback", fb, {})
     assert (s.status, s.accepted, s.quarantined) == ("done", 1, 1), s
+
+
+@pytest.mark.parametrize(("kind", "text", "first"), [
+    ("orders", "order_id,phone,ordered_at,sku,line_amount\nO1,13912345678,2024-01-10,LENS,300\n",
+     "2024-01-09T16:00:00Z"),
+    ("feedback", "feedback_id,phone,kind,text,created_at\nF1,13912345678,complaint,lens broke,2023-05-01\n",
+     "2023-04-30T16:00:00Z"),
+], ids=["orders", "feedback"])
+def test_an_order_or_feedback_import_tells_old_customers_apart_whichever_came_first(
+        env_any: Any, tmp_path: Path, kind: str, text: str, first: str) -> None:
+    """A 2024 store order (or a 2023 complaint) by phone P and a 2025 app sign-up with phone P: the
+    customer is an existing one, first seen at the record, whether the import or the app came first.
+    Before, app first gave a "new" customer first seen in 2025 holding a 2024 order."""
+    env = env_any
+    ws = env.ws.workspace_id
+    path = tmp_path / f"{kind}.csv"
+    path.write_text(text, encoding="utf-8")
+    r = env.post("/v1/identify", {"userId": "u1", "messageId": "m1", "traits": {"phone": "13912345678"},
+                                  "timestamp": "2025-03-01T00:00:00Z"})
+    assert r.status_code == 200
+    assert lookup(env, user_id="u1")["origin"] == "new"
+    s = env.gk.importer.run(ws, kind, path, {})
+    assert s.status == "done" and s.accepted == 1, s
+    p = lookup(env, user_id="u1")
+    assert (p["origin"], p["first_seen_at"], p["first_seen_source"]) == ("existing", first, f"import:{kind}")
+    # a later record does not move the first-seen time
+    later = tmp_path / f"{kind}-later.csv"
+    later.write_text(text.replace("O1", "O2").replace("F1", "F2").replace("2024-01-10", "2025-09-01")
+                     .replace("2023-05-01", "2025-09-01"), encoding="utf-8")
+    assert env.gk.importer.run(ws, kind, later, {}).accepted == 1
+    assert lookup(env, user_id="u1")["first_seen_at"] == first
+
+
+def test_a_placeholder_phone_or_email_does_not_lose_the_customer(env_any: Any, tmp_path: Path) -> None:
+    """CRM exports hold "unknown", "n/a", "-" or "0" where a contact is missing: the identity rules
+    block them, and the import reads them as empty instead of quarantining the customer."""
+    env = env_any
+    rows = [["C1", "unknown", "Ann"], ["C2", "n/a", "Bo"], ["C3", "-", "Cy"], ["C4", "ok@example.com", "Di"]]
+    path = write_csv(tmp_path / "crm.csv", ["crm_id", "email", "name"], rows)
+    phones = write_csv(tmp_path / "crm2.csv", ["crm_id", "phone", "name"], [["C5", "0", "Ed"], ["C6", "NONE", "Fa"]])
+    only = write_csv(tmp_path / "crm3.csv", ["phone", "name"], [["unknown", "Gu"]])
+    ws = env.ws.workspace_id
+    for f, n in ((path, 4), (phones, 2)):
+        s = env.gk.importer.run(ws, "customers", f, {})
+        assert (s.accepted, s.quarantined) == (n, 0), s
+    for c, name in (("C1", "Ann"), ("C3", "Cy"), ("C5", "Ed")):
+        p = lookup(env, crm_id=c)
+        assert p["attributes"]["name"] == name and {i["type"] for i in p["identities"]} == {"crm_id"}
+    assert lookup(env, email="ok@example.com")["attributes"]["name"] == "Di"
+    s = env.gk.importer.run(ws, "customers", only, {})  # the placeholder was its only identifier
+    assert (s.accepted, s.quarantined) == (0, 1), s

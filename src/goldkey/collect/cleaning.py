@@ -795,9 +795,14 @@ def clean(
         pl.col(RECORD),
         pl.int_range(pl.len(), dtype=pl.Int64).alias("__pos"),
     ]
+    placeholders = sorted(options.blocked.get("*", ()))
     for i, spec in enumerate(fields):
         if spec.name in df.columns:
             s = pl.col(spec.name).cast(pl.Utf8).str.strip_chars().replace("", None)
+            if placeholders and spec.type in (FieldType.PHONE, FieldType.EMAIL):
+                # a placeholder the identity rules block ("unknown", "n/a", "-", "0") is no phone or
+                # e-mail at all, as on the tracking path: an empty cell, not a reason to lose the row
+                s = pl.when(s.str.to_lowercase().is_in(placeholders)).then(None).otherwise(s)
         else:
             s = pl.lit(None, pl.Utf8)
         text_exprs.append(s.alias(_t(i)))

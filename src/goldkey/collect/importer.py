@@ -186,6 +186,43 @@ def _attribute_json_py(df: pl.DataFrame) -> pl.Series:
     return pl.Series("attributes", out, pl.Utf8)
 
 
+def _row_times(df: pl.DataFrame, at_field: str | None) -> pl.Series:
+    """Each row's time (``at_field``, UTC; now where missing or without the column)."""
+    now = utcnow()
+    if at_field and at_field in df.columns and isinstance(df.schema[at_field], pl.Datetime):
+        at = df[at_field]
+        at = at.dt.replace_time_zone("UTC") if at.dtype.time_zone is None else at.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
+        return at.fill_null(now)
+    if at_field and at_field in df.columns:  # not a datetime column: value by value
+        return pl.Series([as_utc(v) if v else now for v in df[at_field].to_list()], dtype=pl.Datetime("us", "UTC"))
+    return pl.repeat(now, df.height, eager=True, dtype=pl.Datetime("us", "UTC"))
+
+
+def _known_from_records(conn: sa.Connection, pids: list[str], fresh: pl.Series, at: pl.Series, source: str) -> None:
+    """The profiles an order or feedback import found rather than created are known to the brand:
+    ``existing``, and first seen at their earliest record when that is earlier than what they had
+    (``source``, e.g. ``import:orders``). The profiles it created were made so already, so the
+    same records give the same origin and first-seen time whichever came first, import or app."""
+    frame = pl.DataFrame({"pid": pl.Series(pids, dtype=pl.Utf8), "at": at}).filter(fresh.not_())
+    if frame.height == 0:
+        return
+    firsts = frame.group_by("pid", maintain_order=True).agg(pl.col("at").min())
+    ctx_json = orjson.dumps({"import": source}).decode()
+    now = ts_param(conn)(utcnow())
+    rows = [(t, source, t, ctx_json, t, t, now, pid, t)
+            for pid, t in zip(firsts["pid"].to_list(), ts_column(conn, firsts["at"]), strict=True)]
+    executemany(
+        conn,
+        """UPDATE profiles SET origin = 'existing',
+               first_seen_source = CASE WHEN ? < first_seen_at THEN ? ELSE first_seen_source END,
+               first_seen_context = CASE WHEN ? < first_seen_at THEN ? ELSE first_seen_context END,
+               first_seen_at = CASE WHEN ? < first_seen_at THEN ? ELSE first_seen_at END,
+               updated_at = ?
+           WHERE profile_id = ? AND (origin <> 'existing' OR ? < first_seen_at)""",
+        rows,
+    )
+
+
 def _earlier_than(conn: sa.Connection) -> Callable[[str, Any], bool]:
     """Return ``before(ts, stored)``: is ``ts`` (a bulk timestamp parameter, see ``ts_column``)
     earlier than a DateTime value as the DBAPI cursor reads it back?"""
@@ -501,15 +538,7 @@ class Importer:
         raw: list[tuple[str, pl.Series]] = [(f, df[f]) for f in IDENTIFIER_FIELDS if f in df.columns]
         for name, trait in graph.custom_identifiers(ws):
             raw.append((name, _trait_values(df, trait)))
-        now = utcnow()
-        if at_field and at_field in df.columns and isinstance(df.schema[at_field], pl.Datetime):
-            at = df[at_field]
-            at = at.dt.replace_time_zone("UTC") if at.dtype.time_zone is None else at.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
-            at = at.fill_null(now)
-        elif at_field and at_field in df.columns:  # not a datetime column: value by value, as before
-            at = pl.Series([as_utc(v) if v else now for v in df[at_field].to_list()], dtype=pl.Datetime("us", "UTC"))
-        else:
-            at = pl.repeat(now, df.height, eager=True, dtype=pl.Datetime("us", "UTC"))
+        at = _row_times(df, at_field)
 
         def report(done: int, total: int) -> None:
             if progress:
@@ -656,8 +685,9 @@ class Importer:
         present: frozenset[str],
     ) -> tuple[int, list[Any], list[str]]:
         uow = UnitOfWork(conn)
-        pids, _ = self._resolve_rows(ctx, uow, ws, df, "created_at", "import:feedback")
+        pids, fresh = self._resolve_rows(ctx, uow, ws, df, "created_at", "import:feedback")
         ctx.graph.flush(uow)
+        _known_from_records(conn, pids, fresh, _row_times(df, "created_at"), "import:feedback")
         rows = self._rows(df)
         cols = [c.name for c in feedback.columns
                 if c.name not in ("workspace_id", "profile_id", "import_id", "identifiers")]
@@ -694,11 +724,12 @@ class Importer:
         needed = {"order_id", "ordered_at", "extra", *IDENTIFIER_FIELDS, *custom}
         firsts = df.select([c for c in df.columns if c in needed]).group_by("order_id", maintain_order=True).first()
         uow = UnitOfWork(conn)
-        pids, _ = self._resolve_rows(ctx, uow, ws, firsts, "ordered_at", "import:orders", progress)
+        pids, fresh = self._resolve_rows(ctx, uow, ws, firsts, "ordered_at", "import:orders", progress)
         ctx.graph.flush(uow)
         if uow.merged:
             canon = _follow(uow.merged)
             pids = [canon.get(p, p) for p in pids]
+        _known_from_records(conn, pids, fresh, _row_times(firsts, "ordered_at"), "import:orders")
         owner = pl.DataFrame({"order_id": firsts["order_id"], "profile_id": pl.Series(pids, dtype=pl.Utf8),
                               "identifiers": named_identifiers(ctx.graph, ws, firsts)})
         lines = df.with_columns((pl.int_range(pl.len()).over("order_id") + 1).cast(pl.Int32).alias("line_no"))

@@ -132,6 +132,9 @@ class TrackedEvent:
     context: dict[str, Any]
     raw_size: int = 0
     identifiers: list[tuple[str, Any]] = field(default_factory=list)
+    # the user's own traits objects identifiers are read from (a group call's traits are the group's):
+    # the workspace's custom identifier types read the same ones as the built-in types
+    id_traits: tuple[dict[str, Any], ...] = ()
 
 
 def normalise_event(
@@ -273,8 +276,9 @@ def normalise_event(
     device = context.get("device")
     if isinstance(device, dict) and device.get("id") not in (None, ""):
         ident.append(("device_id", device.get("id")))
-    for source in (ctx_traits,) if etype == "group" else (traits, ctx_traits):
-        if source and not _TRAIT_KEYS.isdisjoint(source):
+    id_traits = tuple(t for t in ((ctx_traits,) if etype == "group" else (traits, ctx_traits)) if t)
+    for source in id_traits:
+        if not _TRAIT_KEYS.isdisjoint(source):
             for key, id_type in TRAIT_IDENTIFIERS.items():
                 v = source.get(key)
                 if v not in (None, ""):
@@ -297,6 +301,7 @@ def normalise_event(
         context=context,
         raw_size=size,
         identifiers=ident,
+        id_traits=id_traits,
     )
 
 

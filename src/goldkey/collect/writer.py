@@ -477,8 +477,9 @@ class Writer:
             for ws, _, ev in keep:
                 raw = ev.identifiers
                 custom = custom_of[ws]
-                if custom and ev.traits:
-                    raw = raw + [(name, ev.traits[t]) for name, t in custom if ev.traits.get(t) is not None]
+                if custom and ev.id_traits:
+                    raw = raw + [(name, src[t]) for src in ev.id_traits for name, t in custom
+                                 if src.get(t) not in (None, "")]
                 if raw != last_raw or ws != last_ws:
                     try:
                         mkey: Any = (ws, *raw)
@@ -722,14 +723,18 @@ def apply_map_ops(con: Any, ops: list[tuple[str, str, Any, Any]]) -> None:
             kept = a.get("winner_identities", [])
             w_uids = [v for t, v in kept if t == "user_id"]
             w_aids = [v for t, v in kept if t == "anonymous_id"]
+            # After the merge, userId decides (the identifier of highest priority): an event naming the
+            # loser's user_id goes back, one naming only the loser's anonymous_id goes back unless a
+            # userId says whose it is (a signed-in survivor on the loser's device keeps its purchase)
             con.execute(
                 """UPDATE events SET profile_id = ? WHERE workspace_id = ? AND profile_id = ?
                    AND (user_id IN (SELECT unnest(?::VARCHAR[])) OR anonymous_id IN (SELECT unnest(?::VARCHAR[])))
-                   AND (received_at >= ?
+                   AND ((received_at >= ?
+                         AND (user_id IN (SELECT unnest(?::VARCHAR[])) OR user_id IS NULL))
                         OR (received_at >= ? - INTERVAL 10 MINUTE
                             AND coalesce(user_id NOT IN (SELECT unnest(?::VARCHAR[])), true)
                             AND coalesce(anonymous_id NOT IN (SELECT unnest(?::VARCHAR[])), true)))""",
-                [loser, ws, winner, uids, aids, a["since"], a["since"], w_uids, w_aids],
+                [loser, ws, winner, uids, aids, a["since"], uids, a["since"], w_uids, w_aids],
             )
             # orders imported while the merge stood that named the loser's identifiers (and none the
             # winner keeps) were the loser's

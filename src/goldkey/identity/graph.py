@@ -11,7 +11,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any
 
@@ -173,6 +173,21 @@ def _less_loser_groups(current: dict[str, Any], loser: dict[str, Any],
             else:
                 del out[gid]
     return out
+
+
+def _seen_until(row: Any, uow: UnitOfWork) -> datetime:
+    """A profile's last-seen time with the events of the unit of work not yet written."""
+    seen = as_utc(row.last_seen_at)
+    assert seen is not None
+    pending = uow.deltas.get(row.profile_id)
+    if pending is not None and pending.last_seen is not None:
+        at = _EPOCH + timedelta(microseconds=pending.last_seen)
+        if at > seen:
+            return at
+    return seen
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
@@ -1023,7 +1038,9 @@ class IdentityGraph:
         pending = uow.deltas.get(loser.profile_id)
         if pending is not None and pending.attributes:
             la = merged_attributes(la, pending.attributes)
-        newer_first = loser.last_seen_at > winner.last_seen_at
+        # "more recently seen" counts the events of this same commit (not written yet) too: the same
+        # events must merge alike whether they came in one batch or one request at a time
+        newer_first = _seen_until(loser, uow) > _seen_until(winner, uow)
         # the more recently seen profile's value wins a clash; group memberships are united
         combined = merged_attributes(wa, la) if newer_first else merged_attributes(la, wa)
         keys_from_loser = [k for k in la if k not in wa]
@@ -1161,6 +1178,18 @@ class IdentityGraph:
             )
         detail = orjson.loads(m.detail)
         lb, wb = detail["loser_before"], detail["winner_before"]
+        # a later merge into the winner that was made through one of the identifiers going back to
+        # the loser would be left standing on nothing (that profile joined through the loser)
+        going = {(t, v) for t, v in detail.get("loser_identities", [])}
+        for later in conn.execute(
+            sa.select(merges.c.merge_id, merges.c.id_type, merges.c.id_value).where(
+                merges.c.workspace_id == workspace_id, merges.c.winner_id == m.winner_id,
+                merges.c.undone_at.is_(None), merges.c.merge_id != m.merge_id,
+                sa.or_(merges.c.created_at > m.created_at,
+                       sa.and_(merges.c.created_at == m.created_at, merges.c.merge_id > m.merge_id)))):
+            if (later.id_type, later.id_value) in going:
+                raise Conflict(f"merge {later.merge_id} joined its profile through {later.id_type} {later.id_value!r}, "
+                               f"which goes back with this undo; undo merge {later.merge_id} first")
         now = utcnow()
         # the loser and everything that had been merged into it resolve to it again
         subtree = self._subtree(conn, m.loser_id)
@@ -1230,6 +1259,14 @@ class IdentityGraph:
         origin = own["origin"]
         first = (as_utc(datetime.fromisoformat(own["first_seen_at"])), own["first_seen_source"],
                  own["first_seen_context"])
+        # ... unless the survivor's values now are not the loser's: a customer import after the merge
+        # (an earlier registration, "existing") was the survivor's own and stays
+        now_first = (as_utc(winner.first_seen_at), winner.first_seen_source, winner.first_seen_context)
+        loser_first = (as_utc(datetime.fromisoformat(lb["first_seen_at"])), lb["first_seen_source"])
+        if now_first[:2] != loser_first:
+            first = now_first
+        if winner.origin == "existing" and (lb["origin"] != "existing" or str(first[1]).startswith("import:")):
+            origin = "existing"
         for o in others:
             attrs = merged_attributes(orjson.loads(o.attributes), attrs)  # what a profile still merged in brought stays
             traits = {**orjson.loads(o.traits), **traits}

@@ -87,6 +87,10 @@ class AnalyticalStore:
             # the writer checkpoints when idle (see collect.writer); automatic checkpoints would
             # land inside acknowledged commits
             self._con.execute("SET wal_autocheckpoint = '4GB'")
+            # times in and out in UTC whatever the server's zone: a TIMESTAMPTZ otherwise comes back
+            # in local time (stored as such on SQLite after an undo, timelines sorted wrong) and
+            # date_trunc would cut days at local midnight
+            self._con.execute("SET GLOBAL TimeZone = 'UTC'")
             for ddl in _DDL:
                 self._con.execute(ddl)
 
