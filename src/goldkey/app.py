@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
     for module in (tracking, profiles, imports, workspace, audience, traits, insight_api, activate, ops,
                    clv_api, text_api, lifecycle_api, churn_api, affinity_api, campaigns, journeys):
         app.include_router(module.router)
+    app.include_router(insight_api.models_router)  # after churn_api: it adds the evaluation route
     app.include_router(auth.router)  # users: sign-in and the workspace's users
     app.include_router(console.router)  # last: its SPA fallback must never shadow an API route
     app.add_middleware(tracking.TrackingFastPath)

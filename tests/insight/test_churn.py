@@ -419,18 +419,24 @@ def test_bad_goldkey_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:
     assert svc.registry.versions(ws, "churn") == []
 
 
-def test_the_cli_refuses_a_bad_definition_file_clearly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["rfm", "lifecycle", "clusters", "affinity", "recommend", "clv", "churn",
+                                     "propensity"])
+def test_the_cli_refuses_a_bad_definition_file_clearly(tmp_path: Path, command: str) -> None:
+    # before: rfm, lifecycle, clusters, affinity and recommend printed a traceback
     from typer.testing import CliRunner
 
     from goldkey.cli import app
 
     runner = CliRunner()
-    for text in ("{not json", '["a"]'):
-        f = tmp_path / "d.json"
-        f.write_text(text, encoding="utf-8")
-        r = runner.invoke(app, ["insight", "churn", "--definition", str(f), "--data-dir", str(tmp_path / "data")])
-        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
-        assert "definition" in r.output
+    f = tmp_path / "d.json"
+    for text in ("{not json", '["a"]', None):
+        if text is None:
+            f.unlink()
+        else:
+            f.write_text(text, encoding="utf-8")
+        r = runner.invoke(app, ["insight", command, "--definition", str(f), "--data-dir", str(tmp_path / "data")])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (text, r.output, r.exception)
+        assert "definition" in r.output and "Traceback" not in r.output
 
 
 def test_a_holdout_too_small_to_evaluate_is_refused_naming_test_fraction() -> None:

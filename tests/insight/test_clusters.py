@@ -108,6 +108,9 @@ def test_planted_clusters_are_recovered_described_tagged_and_saved(env: Any, tmp
     # a refit on the same data gives the same clusters: no tag changes
     again = svc.run(ws, {"as_of": AS_OF.isoformat()})
     assert again["version"] == 2 and again["tag_changed"] == 0
+    # each tagged profile says which version gave its tag (the labels are renumbered at each fit)
+    some = next(iter(env.gk.tags._holders(ws, "cluster")))
+    assert env.gk.profiles.get(ws, some, events=0)["scores"]["clusters_model_version"] == 2
 
 
 def test_descriptions_count_only_what_the_features_count(env: Any, tmp_path: Path) -> None:

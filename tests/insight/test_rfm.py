@@ -188,6 +188,14 @@ def test_artifact_refuses_to_load_into_a_different_model(env: Any, tmp_path: Pat
     assert svc.latest(ws, {"as_of": AS_OF.isoformat()}).version == 1
     with pytest.raises(InvalidInput):
         reg.load("../etc", "rfm", kind="rfm")
+    # a version directory copied into another workspace's (or model's) place loads into neither
+    import shutil
+
+    for other_ws, other_name in (("ws_other", "rfm"), (ws, "rfm_copy")):
+        shutil.copytree(mv.path, reg.root / other_ws / other_name / "v1")
+        with pytest.raises(ModelMismatch, match=f"fitted as {ws}/rfm"):
+            reg.load(other_ws, other_name, kind="rfm")
+        assert [m["name"] for m in reg.list(other_ws)] == (["rfm"] if other_ws == ws else [])
 
 
 def test_versions_saved_at_once_by_separate_registries_all_land(tmp_path: Path) -> None:
@@ -233,6 +241,21 @@ def test_empty_workspace_is_a_clear_error(env: Any) -> None:
     assert svc.registry.versions(env.ws.workspace_id, "rfm") == []
 
 
+def test_a_measure_every_customer_shares_is_refused(env: Any, tmp_path: Path) -> None:
+    """40 customers with one order each: their frequency scores were 1-5 by profile id alone, so
+    one-order buyers of the same day came out "champions" and "lost". A clear error instead."""
+    rows = [{"order_id": f"O{c}", "ordered_at": AS_OF - timedelta(days=c % 30 + 1), "crm_id": f"C{c:03d}",
+             "amount": 50 + c} for c in range(40)]
+    _import(env, tmp_path, rows)
+    svc = RFMService.from_goldkey(env.gk)
+    with pytest.raises(InvalidInput, match=r"same frequency \(orders\): 1") as e:
+        svc.run(env.ws.workspace_id, {"as_of": AS_OF.isoformat()})
+    assert e.value.field == "orders"
+    assert svc.registry.versions(env.ws.workspace_id, "rfm") == []
+    r = env.client.post("/api/v1/insights/rfm/run", headers=env.admin_auth(), json={"as_of": AS_OF.isoformat()})
+    assert r.status_code == 400 and "same frequency" in r.text, r.text
+
+
 def test_api_runs_rfm_and_lists_models(env: Any, tmp_path: Path) -> None:
     from goldkey.insight.api import router
 
@@ -253,6 +276,18 @@ def test_api_runs_rfm_and_lists_models(env: Any, tmp_path: Path) -> None:
     assert env.client.get("/api/v1/insights/models/churn", headers=h).status_code == 404
     assert env.client.get("/api/v1/insights/models/rfm", params={"version": 9}, headers=h).status_code == 404
     assert env.client.get("/api/v1/insights/models", headers=env.write_auth()).status_code == 401
+    # the registry under /api/v1/models too, with every version (before: no such route)
+    env.client.post("/api/v1/insights/rfm/run", json={"as_of": AS_OF.isoformat(), "lookback_days": 200}, headers=h)
+    assert env.client.get("/api/v1/models", headers=h).json()["models"][0]["version"] == 2
+    assert env.client.get("/api/v1/models/rfm", params={"version": 1}, headers=h).json()["definition"][
+        "lookback_days"] == 365
+    vs = env.client.get("/api/v1/models/rfm/versions", headers=h).json()
+    assert vs["kind"] == "rfm" and [v["version"] for v in vs["versions"]] == [1, 2]
+    assert vs["versions"][1]["definition"]["lookback_days"] == 200
+    assert env.client.get("/api/v1/models/churn/versions", headers=h).status_code == 404
+    r = env.client.get("/api/v1/models/rfm/evaluation", headers=h)
+    assert r.status_code == 400 and "only churn and propensity" in r.text
+    assert env.client.get("/api/v1/models", headers=env.write_auth()).status_code == 401
 
 
 def test_cli_runs_rfm_and_lists_models(tmp_path: Path) -> None:
@@ -278,7 +313,8 @@ def test_cli_runs_rfm_and_lists_models(tmp_path: Path) -> None:
     few = runner.invoke(insight_app, ["rfm", "-w", "Shop", "--data-dir", d, "--as-of", "2024-07-01T00:00:00"])
     assert few.exit_code == 1 and "too few customers" in " ".join(few.output.split())
     path.write_text("order_id,ordered_at,crm_id,sku,quantity,unit_price\n" + "".join(
-        f"O{i},2024-06-{i:02d}T10:00:00Z,C{i},S,1,{10 * i}\n" for i in range(3, 7)), encoding="utf-8")
+        f"O{i},2024-06-{i:02d}T10:00:00Z,C{i},S,1,{10 * i}\n" for i in range(3, 7))
+        + "O7,2024-06-08T10:00:00Z,C3,S,1,10\n", encoding="utf-8")  # a repeat buyer: frequencies differ
     r = runner.invoke(app, ["import", "orders", str(path), "-w", "Shop", "--data-dir", d])
     assert r.exit_code == 0, r.output
     r = runner.invoke(insight_app, ["rfm", "-w", "Shop", "--data-dir", d, "--as-of", "2024-07-01T00:00:00"])
@@ -286,6 +322,15 @@ def test_cli_runs_rfm_and_lists_models(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["profiles"] == 6
     r = runner.invoke(insight_app, ["models", "-w", "Shop", "--data-dir", d])
     assert r.exit_code == 0 and json.loads(r.stdout)[0]["version"] == 1
+    # one model's versions, or one version, as the REST registry gives them
+    r = runner.invoke(insight_app, ["models", "rfm", "-w", "Shop", "--data-dir", d])
+    assert r.exit_code == 0 and [v["version"] for v in json.loads(r.stdout)] == [1], r.output
+    r = runner.invoke(insight_app, ["models", "rfm", "--version", "1", "-w", "Shop", "--data-dir", d])
+    assert r.exit_code == 0 and json.loads(r.stdout)["kind"] == "rfm", r.output
+    for args, says in ((["models", "rfm", "--version", "7"], "no version 7"), (["models", "churn"], "no fitted"),
+                       (["evaluation", "rfm"], "only churn and propensity")):
+        r = runner.invoke(insight_app, [*args, "-w", "Shop", "--data-dir", d])
+        assert r.exit_code == 1 and says in " ".join(r.output.split()), r.output
 
 
 def test_refit_when_due(env: Any, tmp_path: Path) -> None:
@@ -305,3 +350,34 @@ def test_refit_when_due(env: Any, tmp_path: Path) -> None:
     rep = svc.refit_if_due(ws, now=later + timedelta(days=31))
     assert rep is not None and rep["version"] == 5
     assert datetime.fromisoformat(rep["as_of"]) > datetime.now(UTC) - timedelta(minutes=5)
+
+
+def test_runs_of_one_model_go_one_after_another(env: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """Two runs at once (the schedule's refit and one by hand): before, the first run's slow
+    write-back landed after the second's, leaving profiles with v1's scores while the registry said
+    v2. Now the second run waits for the first, and the profiles hold the latest version."""
+    import threading
+    import time
+
+    _import(env, tmp_path, _orders())
+    ws = env.ws.workspace_id
+    svc = RFMService.from_goldkey(env.gk)
+    real = RFMService._write_scores
+    calls: list[int] = []
+
+    def slow_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)  # the first run's write-back is slow
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RFMService, "_write_scores", slow_first)
+    first = threading.Thread(target=svc.run, args=(ws, {"as_of": AS_OF.isoformat()}))
+    first.start()
+    time.sleep(0.3)
+    second = RFMService.from_goldkey(env.gk).run(ws, {"as_of": AS_OF.isoformat()})
+    first.join()
+    assert second["version"] == 2 and svc.registry.versions(ws, "rfm") == [1, 2]
+    versions = {env.gk.profiles.get(ws, _pid_of(env, f"C{c:03d}"), events=0)["scores"].get("rfm_model_version")
+                for c in range(5)}
+    assert versions == {2}

@@ -58,3 +58,28 @@ def test_the_server_thread_looks_on_its_interval(env: Any) -> None:
     finally:
         sched.stop()
     assert RefitScheduler(env.gk, 0)._thread is None  # 0: the schedule is off
+
+
+def test_every_kind_is_scheduled_and_a_failing_refit_stops_no_other(env: Any, tmp_path: Path) -> None:
+    """Clusters, affinity, recommendations and feedback text take refit_every_hours too (before: a
+    400), and the schedule goes model by model: before, one churn or propensity model whose refit
+    failed stopped the models after it, and its error was reported as "churn"."""
+    from goldkey.insight.clusters import ClusterService
+
+    _orders(env, tmp_path)
+    ws = env.ws.workspace_id
+    clusters = ClusterService.from_goldkey(env.gk)
+    # features of the last 400 days: fine as of AS_OF, nobody left as of now (a refit that fails)
+    clusters.run(ws, {"as_of": AS_OF.isoformat(), "lookback_days": 400, "k": 2, "refit_every_hours": 1,
+                      "features": ["recency_days", "order_count", "revenue"]})
+    RFMService.from_goldkey(env.gk).run(ws, {"as_of": AS_OF.isoformat(), "lookback_days": 3650})
+    done = refit_due(env.gk, now=datetime.now(UTC) + timedelta(hours=25))
+    by_model = {d["model"]: d for d in done}
+    assert set(by_model) == {"clusters", "rfm"}, done
+    assert "customers" in by_model["clusters"]["error"] and by_model["rfm"]["version"] == 2, done
+    for kind in ("affinity", "recommend", "feedback_text"):
+        from goldkey.insight import affinity, recommend, text
+
+        parse = {"affinity": affinity.parse_definition, "recommend": recommend.parse_definition,
+                 "feedback_text": text.parse_definition}[kind]
+        assert parse({"refit_every_hours": 12}).refit_every_hours == 12

@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 
@@ -82,6 +82,9 @@ class AffinityDefinition(BaseModel):
     max_len: int = Field(default=2, ge=2, le=4, description="largest itemset (antecedent + consequent)")
     max_rules: int = Field(default=5000, ge=1, le=100_000, description="keep the rules of highest lift")
     min_transactions: int = Field(default=20, ge=2, description="refuse to mine fewer transactions")
+    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
+                                          description="the refit schedule: run again as of now this often "
+                                                      "(default: by hand only)")
 
     def as_json(self) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(self.model_dump(mode="json")))
@@ -91,7 +94,7 @@ def parse_definition(data: AffinityDefinition | Mapping[str, Any] | None) -> Aff
     """Validate a definition; raises InvalidInput naming the bad field."""
     if isinstance(data, AffinityDefinition):
         return data
-    return validated(AffinityDefinition, dict(data or {}))
+    return validated(AffinityDefinition, data or {})
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -415,6 +418,7 @@ class AffinityService:
                                "import orders first (or widen lookback_days)", field="orders")
         return lines, t
 
+    @one_run_at_a_time(MODEL_NAME)
     def run(self, ws: str, definition: AffinityDefinition | Mapping[str, Any] | None = None,
             progress: Any = None) -> dict[str, Any]:
         """Mine the four rule sets and the category gaps; save them as a new model version.

@@ -57,7 +57,9 @@ def _run(data_dir: Path | None, workspace: str, label: str, fn: Callable[[Any, s
 
 
 def _definition(d: dict[str, Any], file: Path | None) -> dict[str, Any]:
-    return json.loads(file.read_text(encoding="utf-8")) if file is not None else d
+    from goldkey.insight.cli import read_definition
+
+    return read_definition(file) if file is not None else d
 
 
 def _echo(out: Any) -> None:
@@ -84,10 +86,11 @@ def register(app: typer.Typer) -> None:
         d: dict[str, Any] = {"min_support": min_support, "min_confidence": min_confidence}
         if as_of is not None:
             d["as_of"] = as_of.isoformat()
+        full = _definition(d, definition)
 
         def run(gk: Any, ws: str, progress: Any) -> dict[str, Any]:
             svc = AffinityService.from_goldkey(gk)
-            rep = svc.run(ws, _definition(d, definition), progress=progress)
+            rep = svc.run(ws, full, progress=progress)
             rep["top_rules"] = {f"{s}_{lv}": svc.rules(ws, scope=s, level=lv, limit=top)["rules"]  # type: ignore[arg-type]
                                 for s in SCOPES for lv in LEVELS}
             rep["top_gaps"] = svc.gaps(ws)["gaps"][:top]
@@ -111,8 +114,9 @@ def register(app: typer.Typer) -> None:
         d: dict[str, Any] = {"method": method, "test_days": test_days, "top_n": top_n}
         if as_of is not None:
             d["as_of"] = as_of.isoformat()
+        full = _definition(d, definition)
         _echo(_run(data_dir, workspace, "recommend",
-                   lambda gk, ws, p: RecommendService.from_goldkey(gk).train(ws, _definition(d, definition), p)))
+                   lambda gk, ws, p: RecommendService.from_goldkey(gk).train(ws, full, p)))
 
     @app.command("lookalike")
     def lookalike_cmd(
@@ -132,7 +136,9 @@ def register(app: typer.Typer) -> None:
         if segment is not None:
             req["segment_id"] = segment
         if profiles is not None:
-            req["profile_ids"] = [x.strip() for x in profiles.read_text(encoding="utf-8").splitlines() if x.strip()]
+            from goldkey.insight.cli import read_lines
+
+            req["profile_ids"] = read_lines(profiles)
         if as_of is not None:
             req["as_of"] = as_of.isoformat()
         _echo(_run(data_dir, workspace, "lookalike",

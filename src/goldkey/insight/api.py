@@ -15,10 +15,12 @@ from starlette.concurrency import run_in_threadpool
 
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput
+from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.insight.rfm import RFMDefinition, RFMService
 
 router = APIRouter(prefix="/api/v1/insights", tags=["insights"])
+# the model registry under its own name too: /api/v1/models, /api/v1/models/{name}[/versions|/evaluation]
+models_router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
 _ERR: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
 _RUN_ERR: dict[int | str, dict[str, Any]] = {
@@ -90,15 +92,40 @@ async def run_rfm(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
 
 
 @router.get("/models", response_model=ModelList, responses=_ERR)
+@models_router.get("", response_model=ModelList, responses=_ERR, operation_id="list_models_v1")
 def list_models(gk: GK, cred: Admin) -> dict[str, Any]:
     """The latest fitted version of every model of the workspace."""
     return {"models": rfm_service(gk).registry.list(cred.workspace_id)}
 
 
+def _kind(reg: Any, ws: str, name: str) -> str:
+    meta = reg.list(ws)
+    return next((m["kind"] for m in meta if m["name"] == name), name)
+
+
 @router.get("/models/{name}", response_model=ModelMeta, responses=_ERR)
+@models_router.get("/{name}", response_model=ModelMeta, responses=_ERR, operation_id="get_model_v1")
 def get_model(name: str, gk: GK, cred: Admin, version: int | None = None) -> dict[str, Any]:
     """A model's latest (or the given) version: definition, metrics, creation time."""
     reg = rfm_service(gk).registry
-    meta = reg.list(cred.workspace_id)
-    kind = next((m["kind"] for m in meta if m["name"] == name), name)
-    return reg.load(cred.workspace_id, name, version, kind=kind).meta()
+    return reg.load(cred.workspace_id, name, version, kind=_kind(reg, cred.workspace_id, name)).meta()
+
+
+class ModelVersions(BaseModel):
+    name: str
+    kind: str
+    versions: list[ModelMeta]
+
+
+@router.get("/models/{name}/versions", response_model=ModelVersions, responses=_ERR)
+@models_router.get("/{name}/versions", response_model=ModelVersions, responses=_ERR,
+                   operation_id="list_model_versions_v1")
+def list_model_versions(name: str, gk: GK, cred: Admin) -> dict[str, Any]:
+    """Every stored version of a model, oldest first: definition, metrics, creation time."""
+    reg = rfm_service(gk).registry
+    ws = cred.workspace_id
+    kind = _kind(reg, ws, name)
+    versions = [reg.load(ws, name, v, kind=kind).meta() for v in reg.versions(ws, name)]
+    if not versions:
+        raise NotFound(f"model {name!r} has no fitted version yet")
+    return {"name": name, "kind": kind, "versions": versions}

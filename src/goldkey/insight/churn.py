@@ -90,7 +90,7 @@ from goldkey.insight.features import (
     with_profile_features,
 )
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
     declare_scores,
@@ -807,6 +807,29 @@ _KNOWN_SQL = {
 }
 
 
+def model_evaluation(registry: ModelRegistry, ws: str, name: str) -> dict[str, Any]:
+    """Metrics and lift table of every version of a churn / propensity model."""
+    versions = registry.versions(ws, name)
+    if not versions:
+        raise NotFound(f"model {name!r} has no fitted version yet")
+    meta = next((m for m in registry.list(ws) if m["name"] == name), None)
+    model_kind = meta["kind"] if meta else ""
+    if model_kind not in ("churn", "propensity"):
+        raise InvalidInput(f"model {name!r} is a {model_kind!r} model; only churn and propensity models "
+                           "have a classifier evaluation", field="name")
+    out = []
+    for v in versions:
+        mv: ModelVersion = registry.load(ws, name, v, kind=model_kind)
+        m = mv.metrics
+        out.append({"version": v, "created_at": mv.created_at, "as_of": mv.artifact.get("as_of"),
+                    "cutoff": mv.artifact.get("cutoff"), "auc": m.get("auc"), "pr_auc": m.get("pr_auc"),
+                    "brier": m.get("brier"), "top_decile_lift": m.get("top_decile_lift"),
+                    "base_rate": m.get("base_rate"), "labelled": m.get("labelled"), "test": m.get("test"),
+                    "cv": m.get("cv"), "lift_table": m.get("holdout", {}).get("lift_table", []),
+                    "feature_importance": m.get("feature_importance", [])})
+    return {"name": name, "kind": model_kind, "versions": out}
+
+
 class ChurnService:
     """Train churn / propensity models of a workspace, score its profiles and explain the scores."""
 
@@ -934,6 +957,7 @@ class ChurnService:
                            f"propensity: probability the customer {what} in the next {d.horizon_days} days",
                            lambda f: f, label, progress)
 
+    @one_run_at_a_time(lambda self, ws, d, kind, name, *rest, **kw: name)
     def _train(self, ws: str, d: _TrainDefinition, kind: str, name: str, field: str, label_text: str,
                population: Callable[[pl.DataFrame], pl.DataFrame],
                label: Callable[[list[str], datetime, datetime], np.ndarray],
@@ -1012,25 +1036,7 @@ class ChurnService:
     # -- reading --------------------------------------------------------------------------------------
     def evaluation(self, ws: str, name: str) -> dict[str, Any]:
         """Metrics and lift table of every version of a churn / propensity model."""
-        versions = self.registry.versions(ws, name)
-        if not versions:
-            raise NotFound(f"model {name!r} has no fitted version yet")
-        meta = next((m for m in self.registry.list(ws) if m["name"] == name), None)
-        model_kind = meta["kind"] if meta else ""
-        if model_kind not in ("churn", "propensity"):
-            raise InvalidInput(f"model {name!r} is a {model_kind!r} model; only churn and propensity models "
-                               "have a classifier evaluation", field="name")
-        out = []
-        for v in versions:
-            mv: ModelVersion = self.registry.load(ws, name, v, kind=model_kind)
-            m = mv.metrics
-            out.append({"version": v, "created_at": mv.created_at, "as_of": mv.artifact.get("as_of"),
-                        "cutoff": mv.artifact.get("cutoff"), "auc": m.get("auc"), "pr_auc": m.get("pr_auc"),
-                        "brier": m.get("brier"), "top_decile_lift": m.get("top_decile_lift"),
-                        "base_rate": m.get("base_rate"), "labelled": m.get("labelled"), "test": m.get("test"),
-                        "cv": m.get("cv"), "lift_table": m.get("holdout", {}).get("lift_table", []),
-                        "feature_importance": m.get("feature_importance", [])})
-        return {"name": name, "kind": model_kind, "versions": out}
+        return model_evaluation(self.registry, ws, name)
 
     def reasons(self, ws: str, profile_id: str, profiles: Any = None) -> dict[str, Any]:
         """The churn / propensity scores and reasons stored for a profile (a merged-away id resolves

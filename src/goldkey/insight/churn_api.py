@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody, inline_schema
 from goldkey.core.errors import InvalidInput
+from goldkey.insight.api import models_router
 from goldkey.insight.churn import ChurnDefinition, ChurnService, PropensityDefinition
 
 router = APIRouter(prefix="/api/v1/insights", tags=["insights"])
@@ -108,6 +109,8 @@ async def train_propensity(request: Request, gk: GK, cred: Admin) -> dict[str, A
 
 
 @router.get("/models/{name}/evaluation", response_model=Evaluation, responses={**_ERR, 400: {"model": ErrorBody}})
+@models_router.get("/{name}/evaluation", response_model=Evaluation, responses={**_ERR, 400: {"model": ErrorBody}},
+                   operation_id="model_evaluation_v1")
 def model_evaluation(name: str, gk: GK, cred: Admin) -> dict[str, Any]:
     """AUC, PR-AUC, Brier, top-decile lift and the lift / cumulative gain table of every version."""
     return churn_service(gk).evaluation(cred.workspace_id, name)

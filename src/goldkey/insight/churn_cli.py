@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from goldkey.insight.cli import DataDir, Workspace
+from goldkey.insight.cli import DataDir, Workspace, read_definition
 
 console = Console(stderr=True)
 
@@ -70,15 +70,7 @@ def _train(data_dir: Path | None, workspace: str, method: str, d: dict[str, Any]
 def _definition(definition: Path | None, base: dict[str, Any], as_of: datetime | None,
                 traits: list[str] | None = None, attributes: list[str] | None = None) -> dict[str, Any]:
     if definition is not None:
-        try:
-            loaded = json.loads(definition.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            console.print(f"[red]error:[/red] cannot read the definition {definition}: {exc}")
-            raise typer.Exit(1) from None
-        if not isinstance(loaded, dict):
-            console.print(f"[red]error:[/red] the definition {definition} must be a JSON object")
-            raise typer.Exit(1)
-        return loaded
+        return read_definition(definition)
     if as_of is not None:
         base["as_of"] = as_of.isoformat()
     if traits:

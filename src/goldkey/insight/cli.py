@@ -18,6 +18,30 @@ from rich.console import Console
 insight_app = typer.Typer(help="Customer insight: RFM and value tiers, fitted models.", no_args_is_help=True)
 console = Console(stderr=True)
 
+
+def read_definition(path: Path) -> dict[str, Any]:
+    """The JSON object of a ``--definition`` file; a missing, unreadable or malformed file, or one
+    that holds no object, is an ``error:`` line and exit code 1, never a traceback."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        console.print(f"[red]error:[/red] cannot read the definition {path}: {exc}")
+        raise typer.Exit(1) from None
+    if not isinstance(loaded, dict):
+        console.print(f"[red]error:[/red] the definition {path} must hold a JSON object")
+        raise typer.Exit(1)
+    return loaded
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-empty lines of a text file given on the command line (exit 1 when unreadable)."""
+    try:
+        return [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        console.print(f"[red]error:[/red] cannot read {path}: {exc}")
+        raise typer.Exit(1) from None
+
+
 DataDir = Annotated[
     Path | None,
     typer.Option(
@@ -62,13 +86,50 @@ def rfm(
     if as_of is not None:
         d["as_of"] = as_of.isoformat()
     if definition is not None:
-        d = json.loads(definition.read_text(encoding="utf-8"))
+        d = read_definition(definition)
     report = _run(data_dir, workspace, lambda svc, ws: svc.run(ws, d))
     typer.echo(json.dumps(report, ensure_ascii=False, indent=2))
 
 
 @insight_app.command("models")
-def models(workspace: Workspace = "", data_dir: DataDir = None) -> None:
-    """List the latest fitted version of every model (JSON)."""
-    out = _run(data_dir, workspace, lambda svc, ws: svc.registry.list(ws))
+def models(
+    name: Annotated[str | None, typer.Argument(help="One model: its versions (or --version N).")] = None,
+    version: Annotated[int | None, typer.Option("--version", help="With NAME: this version only.")] = None,
+    workspace: Workspace = "",
+    data_dir: DataDir = None,
+) -> None:
+    """List the latest fitted version of every model, or NAME's versions (definition, metrics) as JSON."""
+    from goldkey.core.errors import NotFound
+
+    def read(svc: Any, ws: str) -> Any:
+        reg = svc.registry
+        if name is None:
+            return reg.list(ws)
+        kind = next((m["kind"] for m in reg.list(ws) if m["name"] == name), name)
+        if version is not None:
+            return reg.load(ws, name, version, kind=kind).meta()
+        found = [reg.load(ws, name, v, kind=kind).meta() for v in reg.versions(ws, name)]
+        if not found:
+            raise NotFound(f"model {name!r} has no fitted version yet")
+        return found
+
+    typer.echo(json.dumps(_run(data_dir, workspace, read), ensure_ascii=False, indent=2))
+
+
+@insight_app.command("evaluation")
+def evaluation(
+    name: Annotated[str, typer.Argument(help="A churn or propensity model, e.g. churn or propensity_care.")],
+    workspace: Workspace = "",
+    data_dir: DataDir = None,
+) -> None:
+    """A churn / propensity model's holdout metrics and lift table, every version (JSON; the latest
+    version's lift table also on stderr)."""
+    from goldkey.insight.churn import model_evaluation
+    from goldkey.insight.evaluation import format_lift_table
+
+    out = _run(data_dir, workspace, lambda svc, ws: model_evaluation(svc.registry, ws, name))
+    latest = out["versions"][-1]
+    console.print(f"{name} v{latest['version']}: holdout AUC {latest['auc']:.4f}  top-decile lift "
+                  f"{latest['top_decile_lift']:.2f}")
+    console.print(format_lift_table(latest["lift_table"]), markup=False, highlight=False)
     typer.echo(json.dumps(out, ensure_ascii=False, indent=2))

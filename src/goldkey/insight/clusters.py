@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
+import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -40,11 +41,13 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.lifecycle import check_model_tag, ensure_model_tag
 from goldkey.insight.purchases import excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.writeback import declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 
 MODEL_NAME = "clusters"
+VERSION_FIELD = "clusters_model_version"  # scores.clusters_model_version: the version of a profile's cluster tag
 MODEL_KIND = "kmeans"
 CLUSTER_TAG = "cluster"
 MAX_K = 12
@@ -69,6 +72,9 @@ class ClusterDefinition(BaseModel):
     n_init: int = Field(default=4, ge=1, le=20)
     random_state: int = Field(default=42, ge=0)
     exclude_statuses: list[str] = Field(default_factory=list)
+    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
+                                          description="the refit schedule: run again as of now this often "
+                                                      "(default: by hand only)")
 
     @model_validator(mode="after")
     def _range(self) -> ClusterDefinition:
@@ -291,16 +297,21 @@ class ClusterService:
     """Fit the customer clusters of a workspace, tag the customers, save a cluster as a segment."""
 
     def __init__(self, engine: sa.Engine, analytical: AnalyticalStore, tags: Any, segments: Any,
-                 registry: ModelRegistry) -> None:
+                 registry: ModelRegistry, writer: Any = None, facts: Any = None, realtime: Any = None) -> None:
         self.engine = engine
         self.analytical = analytical
         self.tags = tags
         self.segments = segments
         self.registry = registry
+        # the write-back's parts (goldkey.insight.writeback)
+        self.writer = writer
+        self.facts = facts
+        self.realtime = realtime
 
     @classmethod
     def from_goldkey(cls, gk: Any) -> ClusterService:
-        return cls(gk.engine, gk.analytical, gk.tags, gk.segments, ModelRegistry(gk.settings.data_dir / "models"))
+        return cls(gk.engine, gk.analytical, gk.tags, gk.segments, ModelRegistry(gk.settings.data_dir / "models"),
+                   gk.writer, gk.facts, getattr(gk, "realtime", None))
 
     def fit(self, ws: str, definition: ClusterDefinition | dict[str, Any] | None = None
             ) -> tuple[pl.DataFrame, ModelVersion, dict[str, float]]:
@@ -327,6 +338,7 @@ class ClusterService:
 
     PHASES = ("fit", "tag")
 
+    @one_run_at_a_time(MODEL_NAME)
     def run(self, ws: str, definition: ClusterDefinition | dict[str, Any] | None = None,
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Fit, then write the ``cluster`` model tag (removed from customers no longer clustered).
@@ -342,7 +354,13 @@ class ClusterService:
             "description": f"customer cluster / 客户聚类 (model {MODEL_NAME} v{mv.version}; k-means, "
                            "c1 = highest mean revenue)"})
         values = dict(zip(labels["profile_id"].to_list(), labels["cluster"].to_list(), strict=True))
-        changed = self.tags.set_model_values(ws, CLUSTER_TAG, values, f"model:{MODEL_NAME}:v{mv.version}").changed
+        # the tag with the version that gave it (c1..ck are renumbered at each fit), in one write of
+        # each row; both go from customers no longer clustered
+        declare_scores(self.engine, ws, {VERSION_FIELD: f"{MODEL_NAME} model version"}, MODEL_NAME, mv.version)
+        plans = self.tags.plan_model_values(ws, {CLUSTER_TAG: values})
+        w = write_model_table(self, ws, (VERSION_FIELD,), pa.table({"profile_id": labels["profile_id"].to_arrow()}),
+                              {VERSION_FIELD: mv.version}, tags=plans, source=f"model:{MODEL_NAME}:v{mv.version}")
+        changed = w.tags[CLUSTER_TAG]
         step("tag")
         return {"model": MODEL_NAME, "version": mv.version, "as_of": mv.artifact["as_of"], "k": mv.metrics["k"],
                 "customers": labels.height, "tag_changed": changed, "metrics": mv.metrics,

@@ -57,7 +57,7 @@ from scipy.special import digamma, expit, gammaln, hyp2f1
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.writeback import declare_scores, write_scores
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -708,6 +708,7 @@ class CLVService:
         d = None if definition is None else parse_definition(definition).as_json()
         return self.registry.load(ws, MODEL_NAME, kind=MODEL_KIND, definition=d)
 
+    @one_run_at_a_time(MODEL_NAME)
     def run(self, ws: str, definition: CLVDefinition | dict[str, Any] | None = None,
             progress: Progress | None = None) -> dict[str, Any]:
         """Fit, then write ``scores.clv_*`` (with the model version) to the profiles; the report."""

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from goldkey.insight.cli import DataDir, Workspace
+from goldkey.insight.cli import DataDir, Workspace, read_definition
 
 console = Console(stderr=True)
 
@@ -59,11 +59,7 @@ def clv(
     if as_of is not None:
         d["as_of"] = as_of.isoformat()
     if definition is not None:
-        try:
-            d = json.loads(definition.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            console.print(f"[red]error:[/red] cannot read the definition {definition}: {exc}")
-            raise typer.Exit(1) from None
+        d = read_definition(definition)
 
     def fit(svc: Any, ws: str) -> Any:
         with console.status("CLV: starting", spinner="dots") as status:

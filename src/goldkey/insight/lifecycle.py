@@ -70,7 +70,7 @@ from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.model import AttributeCondition, iter_nodes
 from goldkey.rules.values import as_of_utc, field_column
@@ -446,6 +446,7 @@ class LifecycleService:
 
     PHASES = ("stage", "scores and tag", "transition events")
 
+    @one_run_at_a_time(MODEL_NAME)
     def run(self, ws: str, definition: LifecycleDefinition | dict[str, Any] | None = None,
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Stage, save a model version, write the scores, the tag and the transition events.

@@ -63,11 +63,9 @@ def _with_bar(label: str, phases: tuple[str, ...], run: Callable[[Callable[[str]
 
 def _request(definition: Path | None, base: dict[str, Any]) -> dict[str, Any]:
     if definition is not None:
-        data = json.loads(definition.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            console.print("[red]error:[/red] the definition file must hold a JSON object")
-            raise typer.Exit(1)
-        return data
+        from goldkey.insight.cli import read_definition
+
+        return read_definition(definition)
     return {k: v for k, v in base.items() if v is not None}
 
 

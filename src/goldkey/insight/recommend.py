@@ -51,7 +51,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight import affinity
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC
-from goldkey.insight.registry import ModelRegistry, ModelVersion
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.writeback import read_profile_insights, write_profile_insights
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -82,6 +82,9 @@ class RecommendDefinition(BaseModel):
     consumable_categories: list[str] = Field(default_factory=list, description="categories always consumable")
     min_gap_confidence: float = Field(default=0.2, ge=0, le=1, description="next best: strongest gap to act on")
     rule_min_support: float = Field(default=0.005, gt=0, le=1, description="next best: support of SKU rules")
+    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
+                                          description="the refit schedule: run again as of now this often "
+                                                      "(default: by hand only)")
 
     def as_json(self) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(self.model_dump(mode="json")))
@@ -91,7 +94,7 @@ def parse_definition(data: RecommendDefinition | Mapping[str, Any] | None) -> Re
     """Validate a definition; raises InvalidInput naming the bad field."""
     if isinstance(data, RecommendDefinition):
         return data
-    return validated(RecommendDefinition, dict(data or {}))
+    return validated(RecommendDefinition, data or {})
 
 
 # -- the model ----------------------------------------------------------------------------------------
@@ -279,6 +282,7 @@ class RecommendService:
     def from_goldkey(cls, gk: Any) -> RecommendService:
         return cls(gk, gk.engine, gk.analytical, ModelRegistry(gk.settings.data_dir / "models"))
 
+    @one_run_at_a_time(MODEL_NAME)
     def train(self, ws: str, definition: RecommendDefinition | Mapping[str, Any] | None = None,
               progress: Any = None, write: bool = True) -> dict[str, Any]:
         """Evaluate on the time split, refit the chosen method on everything, save a model version,

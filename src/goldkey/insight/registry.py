@@ -7,29 +7,33 @@ Every fitted model is stored under ``<data_dir>/models/<workspace>/<model_name>/
   ``created_at`` and ``metrics``.
 
 Versions only grow; a version directory is written under a temporary name and renamed into place,
-so a reader never sees half a version. ``load`` checks the stored kind and definition hash against
-the model asking for it and raises :class:`ModelMismatch` when they differ: an artifact fitted for
-one model never loads into another.
+so a reader never sees half a version. ``load`` checks the stored workspace, name, kind and
+definition hash against the model asking for it and raises :class:`ModelMismatch` when they differ:
+an artifact fitted for one model (or another workspace) never loads into another, even when its
+directory was copied there; ``list`` leaves such a copy out.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 _SAFE = re.compile(r"^[A-Za-z0-9_\-]{1,100}\Z")
 _VERSION_DIR = re.compile(r"^v(\d+)\Z")
 
@@ -73,6 +77,36 @@ def _dir_lock(d: Path) -> threading.Lock:
     key = d.resolve()
     with _DIR_LOCKS_GUARD:
         return _DIR_LOCKS.setdefault(key, threading.Lock())
+
+
+_RUN_LOCKS: dict[Path, threading.RLock] = {}
+
+
+def run_lock(root: Path, ws: str, name: str) -> threading.RLock:
+    """The process-wide lock one model's runs take from fit to write-back (see :func:`one_run_at_a_time`)."""
+    key = (root / ws / name).resolve()
+    with _DIR_LOCKS_GUARD:
+        return _RUN_LOCKS.setdefault(key, threading.RLock())
+
+
+def one_run_at_a_time(name: str | Callable[..., str]) -> Callable[[_F], _F]:
+    """Decorate a service method ``(self, ws, ...)`` that fits a model, saves a version and writes
+    its outputs back: runs of the same model of a workspace go one after another (the schedule's
+    refit and a run by hand, two API calls). Without it the older version's write-back could land
+    last: profiles holding v1's scores beside v2's reasons while the registry says v2. ``name`` is
+    the model name, or a function of the call's arguments giving it. The data directory belongs to
+    one process, so a lock of the process is enough."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def inner(self: Any, ws: str, *args: Any, **kwargs: Any) -> Any:
+            model = name if isinstance(name, str) else name(self, ws, *args, **kwargs)
+            with run_lock(self.registry.root, ws, model):
+                return fn(self, ws, *args, **kwargs)
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
 
 
 class ModelRegistry:
@@ -143,6 +177,10 @@ class ModelRegistry:
             artifact = orjson.loads((p / "artifact.json").read_bytes())
         except FileNotFoundError:
             raise NotFound(f"model {name!r} has no version {version}") from None
+        if meta.get("workspace_id") != ws or meta.get("name") != name:
+            # a version copied or restored into another workspace's or model's directory
+            raise ModelMismatch(f"the artifact stored as {ws}/{name} v{version} was fitted as "
+                                f"{meta.get('workspace_id')}/{meta.get('name')}; it loads into no other model")
         if meta.get("kind") != kind:
             raise ModelMismatch(f"model {name!r} v{version} is a {meta.get('kind')!r} model; "
                                 f"it cannot load into a {kind!r} model")
@@ -163,5 +201,7 @@ class ModelRegistry:
         for d in sorted(base.iterdir()):
             vs = self.versions(ws, d.name) if d.is_dir() and _SAFE.match(d.name) else []
             if vs:
-                out.append(orjson.loads((d / f"v{vs[-1]}" / "meta.json").read_bytes()))
+                meta = orjson.loads((d / f"v{vs[-1]}" / "meta.json").read_bytes())
+                if meta.get("workspace_id") == ws and meta.get("name") == d.name:  # not another's, copied here
+                    out.append(meta)
         return out

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -46,7 +47,7 @@ from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -200,6 +201,15 @@ def compute_rfm(analytical: AnalyticalStore, ws: str, definition: RFMDefinition 
             f"too few customers to score: {tbl.num_rows} with orders in the {d.lookback_days} days before "
             f"{to_iso(t)}; quintile scores need at least {MIN_CUSTOMERS} (one per score): import more orders "
             "or widen lookback_days", field="orders")
+    for col, what in (("recency_days", "recency (days since the last order)"),
+                      ("frequency", "frequency (orders)"), ("monetary", "monetary value")):
+        lo, hi = pc.min_max(tbl.column(col)).values()
+        if lo.as_py() == hi.as_py():
+            # quintiles of one value would be the tie-breaker's order alone: a "champion" by profile id
+            raise InvalidInput(
+                f"every one of the {tbl.num_rows} customers has the same {what}: {lo.as_py()}; RFM cannot rank "
+                "them on it (their scores would follow the profile ids). Wait for more varied orders (repeat "
+                "purchases, other dates) or widen lookback_days", field="orders")
     return tbl
 
 
@@ -262,6 +272,7 @@ class RFMService:
         d = None if definition is None else parse_definition(definition).as_json()
         return self.registry.load(ws, MODEL_NAME, kind=MODEL_KIND, definition=d)
 
+    @one_run_at_a_time(MODEL_NAME)
     def run(self, ws: str, definition: RFMDefinition | dict[str, Any] | None = None) -> dict[str, Any]:
         """Fit, then write scores and model tags (with the model version) to the profiles."""
         t0 = time.perf_counter()

@@ -1,44 +1,87 @@
 """The models' refit schedule, run by the server.
 
-Every model whose definition sets ``refit_every_hours`` (RFM and lifecycle by default every 24 hours;
-CLV, churn and propensity models when their definition asks) is fitted again on the same definition,
-as of now, once that many hours have passed since its latest version. A thread of the server looks
-every ``GOLDKEY_REFIT_CHECK_MINUTES`` (15; 0 turns the schedule off) at every workspace's models. A
-refit that fails is logged and tried again at the next look; it never stops the others.
+Every model whose definition sets ``refit_every_hours`` (RFM, lifecycle and CLV by default every 24
+hours; churn, propensity, clusters, cross-sell affinity, recommendations and feedback text when
+their definition asks) is fitted again on the same definition, as of now, once that many hours have
+passed since its latest version. A thread of the server looks every ``GOLDKEY_REFIT_CHECK_MINUTES``
+(15; 0 turns the schedule off) at every workspace's models, one model at a time: a refit that fails
+is logged, reported under the model's own name and tried again at the next look; it never stops
+the models after it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+from goldkey.insight.registry import ModelRegistry
+from goldkey.rules.values import as_of_utc
+
 log = logging.getLogger(__name__)
+
+# the keys a feedback-text version adds to its definition (the shipped models, the lexicon's hash)
+_TEXT_RECORDED = ("models", "lexicon")
+
+
+def _refitters(gk: Any) -> dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[str, dict[str, Any]], Any]]]:
+    """Per model kind: how its stored definition reads (the kind's own parser, so a default such as
+    RFM's 24 hours applies to versions stored before the field existed) and how it runs again."""
+    from goldkey.insight import affinity, clusters, clv, lifecycle, recommend, rfm, text
+    from goldkey.insight.churn import ChurnDefinition, ChurnService, PropensityDefinition
+
+    churn = ChurnService.from_goldkey(gk)
+
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k not in _TEXT_RECORDED}
+
+    return {
+        rfm.MODEL_KIND: (rfm.parse_definition, lambda ws, d: rfm.RFMService.from_goldkey(gk).run(ws, d)),
+        lifecycle.MODEL_KIND: (lifecycle.parse_definition,
+                               lambda ws, d: lifecycle.LifecycleService.from_goldkey(gk).run(ws, d)),
+        clv.MODEL_KIND: (clv.parse_definition, lambda ws, d: clv.CLVService.from_goldkey(gk).run(ws, d)),
+        "churn": (ChurnDefinition.model_validate, churn.train_churn),
+        "propensity": (PropensityDefinition.model_validate, churn.train_propensity),
+        clusters.MODEL_KIND: (clusters.parse_definition,
+                              lambda ws, d: clusters.ClusterService.from_goldkey(gk).run(ws, d)),
+        affinity.MODEL_KIND: (affinity.parse_definition,
+                              lambda ws, d: affinity.AffinityService.from_goldkey(gk).run(ws, d)),
+        recommend.MODEL_KIND: (recommend.parse_definition,
+                               lambda ws, d: recommend.RecommendService.from_goldkey(gk).train(ws, d)),
+        text.MODEL_KIND: (lambda d: text.parse_definition(strip(d)),
+                          lambda ws, d: text.FeedbackTextService.from_goldkey(gk).analyze(ws, d)),
+    }
 
 
 def refit_due(gk: Any, now: datetime | None = None) -> list[dict[str, Any]]:
     """Refit every model of every workspace that is due; return one entry per refit (workspace,
     model, new version), or per failure (with the error)."""
-    from goldkey.insight.churn import ChurnService
-    from goldkey.insight.clv import CLVService
-    from goldkey.insight.lifecycle import LifecycleService
-    from goldkey.insight.rfm import RFMService
-
-    services = {"rfm": RFMService.from_goldkey(gk), "lifecycle": LifecycleService.from_goldkey(gk),
-                "clv": CLVService.from_goldkey(gk), "churn": ChurnService.from_goldkey(gk)}
+    t = as_of_utc(now)
+    registry = ModelRegistry(gk.settings.data_dir / "models")
+    kinds = _refitters(gk)
     done: list[dict[str, Any]] = []
     for w in gk.workspaces.list():
         ws = str(w["workspace_id"])
-        for name, svc in services.items():
+        for meta in registry.list(ws):
+            known = kinds.get(str(meta.get("kind")))
+            if known is None:
+                continue
+            parse, run = known
+            name = str(meta.get("name"))
             try:
-                got = svc.refit_if_due(ws, now=now)
+                d = parse(meta["definition"])
+                every = d.refit_every_hours
+                if not every or datetime.fromisoformat(meta["created_at"]) + timedelta(hours=every) > t:
+                    continue
+                rep = run(ws, d.model_copy(update={"as_of": None}))  # as of now, not the last run's date
             except Exception as exc:  # noqa: BLE001 - one model's failure never stops the others
                 log.exception("scheduled refit of %s in %s failed", name, ws)
                 done.append({"workspace_id": ws, "model": name, "error": str(exc)[:300]})
                 continue
-            for rep in got if isinstance(got, list) else [got] if got else []:
-                done.append({"workspace_id": ws, "model": rep.get("model", name), "version": rep.get("version")})
+            version = rep.get("version") if isinstance(rep, dict) else getattr(rep, "version", None)
+            done.append({"workspace_id": ws, "model": name, "version": version})
     return done
 
 
