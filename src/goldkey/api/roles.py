@@ -36,6 +36,7 @@ AREAS: tuple[Area, ...] = (
     Area("/api/v1/tags", "viewer", "marketer"),
     Area("/api/v1/traits", "viewer", "marketer"),
     Area("/api/v1/insights", "viewer", "analyst"),  # running models and reports
+    Area("/api/v1/models", "viewer", "analyst"),  # the model registry (reads only)
     Area("/api/v1/channels", "admin", "admin"),  # listing: see EXCEPTIONS
     Area("/api/v1/send-policy", "viewer", "admin"),
     Area("/api/v1/suppressions", "viewer", "marketer"),
