@@ -207,10 +207,17 @@ def _known_from_records(conn: sa.Connection, pids: list[str], fresh: pl.Series, 
     if frame.height == 0:
         return
     firsts = frame.group_by("pid", maintain_order=True).agg(pl.col("at").min())
+    at_of = dict(zip(firsts["pid"].to_list(), ts_column(conn, firsts["at"]), strict=True))
+    # only the profiles that change (a re-import, or records of known customers, change none)
+    before = _earlier_than(conn)
+    stale = [pid for pid, origin, first in fetch_in(
+        conn, "SELECT profile_id, origin, first_seen_at FROM profiles WHERE profile_id IN ({in})", [], list(at_of))
+        if origin != "existing" or before(at_of[pid], first)]
+    if not stale:
+        return
     ctx_json = orjson.dumps({"import": source}).decode()
     now = ts_param(conn)(utcnow())
-    rows = [(t, source, t, ctx_json, t, t, now, pid, t)
-            for pid, t in zip(firsts["pid"].to_list(), ts_column(conn, firsts["at"]), strict=True)]
+    rows = [(t, source, t, ctx_json, t, t, now, pid, t) for pid in stale for t in (at_of[pid],)]
     executemany(
         conn,
         """UPDATE profiles SET origin = 'existing',
