@@ -829,3 +829,14 @@ def test_page_and_screen_category_is_added_to_the_properties(env: Env) -> None:
     assert props[own["messageId"]] == {"category": "mine"}  # a property of the same name wins
     _assert_error(env.client.post("/v1/page", json=_ok_event("page", category=5), headers=env.write_auth()),
                   400, "category")
+
+
+def test_an_unknown_key_in_the_header_is_401_before_the_body_is_read(env: Env) -> None:
+    # before: malformed JSON answered 400, a large body 413 and bad gzip 400 to an unknown key
+    bad = {"Authorization": "Basic " + base64.b64encode(b"gkw_nope:").decode()}
+    for body, extra in ((b"{not json", {}), (b"x" * 5_000_000, {}), (b"\x1f\x8bgarbage", {"Content-Encoding": "gzip"})):
+        _assert_error(_raw_post(env, "/v1/batch", body, {**bad, **extra}), 401)
+    # a key in the body (RudderStack's writeKey) is still read from the body
+    ev = {"batch": [_ok_event("track", type="track")], "writeKey": env.ws.write_key}
+    r = _raw_post(env, "/v1/batch", orjson.dumps(ev), {})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text

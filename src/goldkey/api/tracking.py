@@ -152,6 +152,12 @@ _KEY_HASHES: dict[str, str] = {}
 _KEY_HASHES_MAX = 10_000
 
 
+def _has_header_key(authorization: str) -> bool:
+    from goldkey.api.deps import write_key_from_header
+
+    return authorization in _KEY_HASHES or bool(write_key_from_header(authorization))
+
+
 def _workspace(gk: Goldkey, authorization: str | None, data: Any) -> str:
     from goldkey.api.deps import write_key_from_header
 
@@ -261,11 +267,16 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
     limit = gk.settings.max_batch_bytes if kind == "batch" else gk.settings.max_event_bytes
     what = "batch" if kind == "batch" else "event"
     received = now_micros()
+    # a key in the header is checked before the body is read: an unknown key is a 401 whatever it
+    # sent, and nobody unknown makes the server decompress and parse megabytes (a key in the body,
+    # RudderStack's writeKey, can only be checked after)
+    ws = _workspace(gk, authorization, None) if authorization and _has_header_key(authorization) else None
     if len(body) > limit:
         raise TooLarge(f"{what} is {len(body)} bytes; the limit is {limit}")
     body = _decoded(encoding, body, limit, what)
     data = _parse(body)
-    ws = _workspace(gk, authorization, data)
+    if ws is None:
+        ws = _workspace(gk, authorization, data)
     deep = body.count(b"{") + body.count(b"[") > MAX_NESTING and not _encodable(data)
     if kind != "batch":
         METRICS.events_received.inc()
