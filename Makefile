@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# test workers (pytest-xdist; each takes whole test files): one per core of the 2-core CI machine
+TEST_WORKERS ?= 2
 
 .PHONY: demo test setup serve bench lint clean console chromium
 
@@ -42,7 +44,7 @@ demo: $(STAMP) console
 
 ## Set up and run the whole test suite (what CI runs)
 test: $(STAMP) console chromium
-	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 serve: $(STAMP) console
 	$(BIN)/goldkey serve

@@ -88,3 +88,13 @@ def env_any(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     """The same, once on SQLite and once on PostgreSQL as the operational store."""
     with operational_url(request.param) as url:
         yield from make_env(tmp_path, url)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Schemathesis names each API operation's test ``test_x[POST /v1/track]`` but gives them all
+    the function's node id: pytest-xdist tells items apart by node id, and ran one operation of
+    twelve. Each gets its name as its node id."""
+    for item in items:
+        if type(item).__name__ == "SchemathesisFunction" and "[" in item.name and not item.nodeid.endswith("]"):
+            params = item.name.split("[", 1)[1].removesuffix("]")
+            item._id = item._id.with_params(params)  # pytest 9 builds the id from originalname alone
