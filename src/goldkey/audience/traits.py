@@ -1226,14 +1226,8 @@ class TraitService:
                     tables.append(self._join_parts(cur, con, parts, [s.col for s in group], f"{tmp}_{source}",
                                                    keys=cached.keys))
                 else:
-                    base = _order_lines_for(con, ws)
-                    # the rows every trait of the source reads, scanned and typed once (see _rows_sql)
-                    name = f"{tmp}_rows_{source}"
-                    sql, value_col = _rows_sql(base, group, as_of, source, f"{tmp}_raw_{source}")
-                    cur.register(name, cur.sql(sql).to_arrow_table())
-                    registered.append(name)
-                    parts = _aggregate_source(con.table(name), value_col, group, as_of)
-                    tables.append(self._join_parts(cur, con, parts, [s.col for s in group], f"{tmp}_{source}"))
+                    tables.append(_aggregate_rows(cur, con, _order_lines_for(con, ws), group, as_of, source, tmp,
+                                                  registered))
                 log.debug("traits of %s aggregated in %.2fs", source, time.perf_counter() - t0)
             try:
                 # end the snapshot: keeps the cache's new rows (nothing else was written); what
@@ -1880,6 +1874,20 @@ def _bounds_us(w: Window | None, now: datetime) -> tuple[int | None, int | None]
     return (_micros(lo) if lo is not None else None, _micros(end) if end is not None else None)
 
 
+def _aggregate_rows(cur: Any, con: Any, base: Any, group: list[_Spec], as_of: datetime, source: str, tmp: str,
+                    registered: list[str]) -> pa.Table:
+    """The traits ``group`` of one source aggregated from the rows of ``base`` (Ibis) as of
+    ``as_of``: the rows every trait reads, scanned and typed once (see _rows_sql) into a table
+    registered on ``cur`` (its name appended to ``registered``, for the caller to unregister), then
+    one aggregation per shape, joined on the profile."""
+    name = f"{tmp}_rows_{source}"
+    sql, value_col = _rows_sql(base, group, as_of, source, f"{tmp}_raw_{source}")
+    cur.register(name, cur.sql(sql).to_arrow_table())
+    registered.append(name)
+    parts = _aggregate_source(con.table(name), value_col, group, as_of)
+    return TraitService._join_parts(cur, con, parts, [s.col for s in group], f"{tmp}_{source}")
+
+
 def values_as_of(engine: sa.Engine, analytical: AnalyticalStore, ws: str, names: Sequence[str],
                  as_of: datetime) -> tuple[pa.Table, dict[str, TraitDefinition]]:
     """The values the computed traits ``names`` of workspace ``ws`` had ``as_of`` a past (or the
@@ -1910,12 +1918,7 @@ def values_as_of(engine: sa.Engine, analytical: AnalyticalStore, ws: str, names:
             if not group:
                 continue
             base = events_for(con, ws) if source == "events" else _order_lines_for(con, ws)
-            name = f"{tmp}_rows_{source}"
-            sql, value_col = _rows_sql(base, group, at, source, f"{tmp}_raw_{source}")
-            cur.register(name, cur.sql(sql).to_arrow_table())
-            registered.append(name)
-            parts = _aggregate_source(con.table(name), value_col, group, at)
-            tables.append(TraitService._join_parts(cur, con, parts, [s.col for s in group], f"{tmp}_{source}"))
+            tables.append(_aggregate_rows(cur, con, base, group, at, source, tmp, registered))
         cols = [s.col for s in specs]
         values = tables[0] if len(tables) == 1 else TraitService._outer_join(cur, con, tables, cols, f"{tmp}_src")
     finally:

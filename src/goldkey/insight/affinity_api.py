@@ -144,6 +144,10 @@ class LookalikeReport(BaseModel):
     lookalikes: list[Lookalike]
     segment: str | None
     note: str
+    model: str | None = Field(None, description="with a name: the model the audience is kept as")
+    version: int | None = None
+    score_field: str | None = Field(None, description="with a name: scores.<score_field> holds the audience")
+    scores_written: int | None = None
     took_ms: int
 
 

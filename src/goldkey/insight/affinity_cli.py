@@ -128,11 +128,19 @@ def register(app: typer.Typer) -> None:
         top_n: Annotated[int, typer.Option("--top-n", help="Lookalikes to return.")] = 100,
         method: Annotated[str, typer.Option("--method", help="elkan_noto or bagging.")] = "elkan_noto",
         as_of: AsOf = None,
+        name: Annotated[str | None, typer.Option(
+            "--name", help="Keep the audience as model lookalike_NAME (scores.lookalike_NAME on the top N).")] = None,
+        refit_every_hours: Annotated[int | None, typer.Option(
+            "--refit-every-hours", help="With --name: find the audience again this often.")] = None,
     ) -> None:
         """Score every customer against a seed audience; prints the validation and the top N (JSON)."""
         from goldkey.insight.lookalike import LookalikeService
 
         req: dict[str, Any] = {"top_n": top_n, "method": method}
+        if name is not None:
+            req["name"] = name
+        if refit_every_hours is not None:
+            req["refit_every_hours"] = refit_every_hours
         if segment is not None:
             req["segment_id"] = segment
         if profiles is not None:

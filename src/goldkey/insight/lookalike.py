@@ -30,7 +30,12 @@ hidden members in the top N) against the random expectation N / candidates, and 
 members vs everyone else. The final scores come from a model trained on the whole seed.
 
 The segment service has no static (list) segments, so a lookalike audience is returned as ids and
-scores, not saved as a segment.
+scores. With a ``name`` it is also kept as the model ``lookalike_<name>`` (kind ``lookalike``): a
+registry version (the request with its seed as definition, the validation as metrics, the feature
+columns, method and seed ids as artifact), the score ``scores.lookalike_<name>`` with
+``scores.lookalike_<name>_model_version`` written on the top N and removed from the profiles no
+longer among them (so a segment rule on the score selects the audience), and ``refit_every_hours``
+for the refit schedule, which finds it again as of now from the seed segment's members then.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import polars as pl
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -49,6 +55,8 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, validated
 from goldkey.insight import affinity
 from goldkey.insight.features import customer_features
+from goldkey.insight.registry import ModelRegistry, one_run_at_a_time
+from goldkey.insight.writeback import declare_scores, write_score_columns
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import profiles, segment_members
@@ -74,12 +82,24 @@ class LookalikeRequest(BaseModel):
     holdout: float = Field(default=0.25, ge=0.1, le=0.5, description="validation: share of the seed hidden")
     validation: bool = Field(default=True, description="run the held-out validation first")
     random_state: int = 0
+    name: str | None = Field(default=None, max_length=40, pattern=r"^[a-z0-9_]+$",
+                             description="keep the audience as model lookalike_<name>: a registry version, the "
+                                         "score scores.lookalike_<name> on the top N (removed from the others) "
+                                         "and a refit schedule; without a name the audience is only returned")
+    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
+                                          description="with a name: find the audience again as of now this "
+                                                      "often, from the seed segment's members then")
 
     @model_validator(mode="after")
     def _one_seed(self) -> LookalikeRequest:
         if (self.segment_id is None) == (self.profile_ids is None):
             raise ValueError("give exactly one seed: segment_id or profile_ids")
+        if self.refit_every_hours is not None and self.name is None:
+            raise ValueError("a refit schedule needs a name (the audience is kept as lookalike_<name>)")
         return self
+
+    def as_json(self) -> dict[str, Any]:
+        return orjson.loads(orjson.dumps(self.model_dump(mode="json")))
 
 
 def parse_request(data: LookalikeRequest | Mapping[str, Any]) -> LookalikeRequest:
@@ -221,17 +241,33 @@ def validate(x: np.ndarray, seed_rows: np.ndarray, req: LookalikeRequest, top_n:
 
 
 # -- the service --------------------------------------------------------------------------------------
+MODEL_KIND = "lookalike"
+
+
+def _model_name(_self: Any, _ws: str, request: Any, *_a: Any, **_k: Any) -> str:
+    name = parse_request(request).name
+    return f"lookalike_{name}" if name else "lookalike"
+
+
 class LookalikeService:
     """Find lookalikes of a seed audience in a workspace."""
 
-    def __init__(self, engine: sa.Engine, analytical: AnalyticalStore, segments: Any) -> None:
+    def __init__(self, engine: sa.Engine, analytical: AnalyticalStore, segments: Any,
+                 registry: ModelRegistry | None = None, writer: Any = None, facts: Any = None,
+                 realtime: Any = None) -> None:
         self.engine = engine
         self.analytical = analytical
         self.segments = segments
+        # a named audience's version and write-back (goldkey.insight.writeback)
+        self.registry = registry
+        self.writer = writer
+        self.facts = facts
+        self.realtime = realtime
 
     @classmethod
     def from_goldkey(cls, gk: Any) -> LookalikeService:
-        return cls(gk.engine, gk.analytical, gk.segments)
+        return cls(gk.engine, gk.analytical, gk.segments, ModelRegistry(gk.settings.data_dir / "models"),
+                   gk.writer, gk.facts, getattr(gk, "realtime", None))
 
     def seed_ids(self, ws: str, req: LookalikeRequest) -> list[str]:
         """The seed's live profile ids; NotFound (from the segment service) for an unknown segment,
@@ -254,12 +290,15 @@ class LookalikeService:
                                f"{unknown[:3]}", field="profile_ids")
         return sorted({found[p] or p for p in ids})
 
+    @one_run_at_a_time(_model_name)
     def find(self, ws: str, request: LookalikeRequest | Mapping[str, Any], progress: Any = None) -> dict[str, Any]:
         """The top N lookalikes (never seed members) with scores, and the held-out validation.
-        Raises InvalidInput for a seed under MIN_SEED customers with features, NotFound for an
-        unknown segment."""
+        With a ``name`` the audience is also kept (see :meth:`_keep`). Raises InvalidInput for a
+        seed under MIN_SEED customers with features, NotFound for an unknown segment."""
         t0 = time.perf_counter()
         req = parse_request(request)
+        if req.name is not None:
+            self._check_name(ws, req)
         seed = self.seed_ids(ws, req)
         if len(seed) < MIN_SEED:
             raise InvalidInput(f"the seed has {len(seed)} profiles; a lookalike model needs at least {MIN_SEED}",
@@ -292,10 +331,50 @@ class LookalikeService:
         report.update({"candidates": int(len(cand)), "c": c,
                        "lookalikes": [{"profile_id": pids[i], "score": float(score[i])} for i in order],
                        "segment": None, "note": "returned as ids: the segment service has no static-list segments",
-                       "took_ms": int((time.perf_counter() - t0) * 1000)})
+                       "model": None, "version": None, "score_field": None})
+        if req.name is not None:
+            self._keep(ws, req, report, seed, [c for c in df.columns if c != "profile_id"])
+        report["took_ms"] = int((time.perf_counter() - t0) * 1000)
         if progress is not None:
             progress(3, 3, "done")
         return report
+
+    def _check_name(self, ws: str, req: LookalikeRequest) -> None:
+        """A name stays with its seed segment: another segment under a taken name would write the
+        same score and pass for a version of that audience."""
+        assert self.registry is not None, "a named lookalike audience needs the registry"
+        name = f"lookalike_{req.name}"
+        prior = next((m for m in self.registry.list(ws) if m["name"] == name), None)
+        if prior is not None and prior["definition"].get("segment_id") != req.segment_id:
+            had = prior["definition"].get("segment_id")
+            was = f"segment {had!r}" if had else "a list of profile ids"
+            raise InvalidInput(f"the audience {name} was found from {was}; give this seed another name", field="name")
+
+    def _keep(self, ws: str, req: LookalikeRequest, report: dict[str, Any], seed: list[str],
+              features: list[str]) -> None:
+        """Save a version of ``lookalike_<name>`` (definition: the request, seed included; the
+        validation as its metrics) and write ``scores.lookalike_<name>`` with the model version on
+        the top N, removing both from the profiles no longer in the audience."""
+        assert self.registry is not None
+        name = f"lookalike_{req.name}"
+        field, vfield = name, f"{name}_model_version"
+        metrics = {"validation": report.get("validation"), "seed_size": report["seed_size"],
+                   "seed_with_features": report["seed_with_features"], "candidates": report["candidates"],
+                   "audience": len(report["lookalikes"]), "c": report["c"]}
+        artifact = {"as_of": report["as_of"], "features": features, "method": req.method,
+                    "classifier": req.classifier, "seed": seed, "score_field": field}
+        mv = self.registry.save(ws, name, kind=MODEL_KIND, definition=req.as_json(), artifact=artifact,
+                                metrics=metrics)
+        declare_scores(self.engine, ws, {field: f"lookalike score: likeness to the seed of {name} (top "
+                                                f"{req.top_n}; not a probability)", vfield: f"{name} model version"},
+                       name, mv.version)
+        ids = [x["profile_id"] for x in report["lookalikes"]]
+        scores = np.array([x["score"] for x in report["lookalikes"]], dtype=float)
+        report["scores_written"] = write_score_columns(self, ws, (field, vfield), ids, {field: scores,
+                                                                                          vfield: mv.version})
+        report.update({"model": name, "version": mv.version, "score_field": field,
+                       "segment": None, "note": f"kept as model {name}: the audience is the profiles with "
+                                                f"scores.{field} (a segment rule can select them)"})
 
 
 __all__: Sequence[str] = ("LookalikeRequest", "LookalikeService", "feature_frame", "pu_scores", "validate")

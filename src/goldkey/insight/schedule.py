@@ -1,12 +1,12 @@
 """The models' refit schedule, run by the server.
 
-Every model whose definition sets ``refit_every_hours`` (RFM, lifecycle and CLV by default every 24
-hours; churn, propensity, clusters, cross-sell affinity, recommendations and feedback text when
-their definition asks) is fitted again on the same definition, as of now, once that many hours have
-passed since its latest version. A thread of the server looks every ``GOLDKEY_REFIT_CHECK_MINUTES``
-(15; 0 turns the schedule off) at every workspace's models, one model at a time: a refit that fails
-is logged, reported under the model's own name and tried again at the next look; it never stops
-the models after it.
+Every model whose definition sets ``refit_every_hours`` (RFM, lifecycle and CLV by default every
+24 hours; churn, propensity, clusters, cross-sell affinity, recommendations, feedback text and
+named lookalike audiences when their definition asks) is fitted again on the same definition, as
+of now, once that many hours have passed since its latest version. A thread of the server looks
+every ``GOLDKEY_REFIT_CHECK_MINUTES`` (15; 0 turns the schedule off) at every workspace's models,
+one model at a time: a refit that fails is logged, reported under the model's own name and tried
+again at the next look; it never stops the models after it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _TEXT_RECORDED = ("models", "lexicon")
 def _refitters(gk: Any) -> dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[str, dict[str, Any]], Any]]]:
     """Per model kind: how its stored definition reads (the kind's own parser, so a default such as
     RFM's 24 hours applies to versions stored before the field existed) and how it runs again."""
-    from goldkey.insight import affinity, clusters, clv, lifecycle, recommend, rfm, text
+    from goldkey.insight import affinity, clusters, clv, lifecycle, lookalike, recommend, rfm, text
     from goldkey.insight.churn import ChurnDefinition, ChurnService, PropensityDefinition
 
     churn = ChurnService.from_goldkey(gk)
@@ -52,6 +52,8 @@ def _refitters(gk: Any) -> dict[str, tuple[Callable[[dict[str, Any]], Any], Call
                                lambda ws, d: recommend.RecommendService.from_goldkey(gk).train(ws, d)),
         text.MODEL_KIND: (lambda d: text.parse_definition(strip(d)),
                           lambda ws, d: text.FeedbackTextService.from_goldkey(gk).analyze(ws, d)),
+        lookalike.MODEL_KIND: (lookalike.parse_request,
+                               lambda ws, d: lookalike.LookalikeService.from_goldkey(gk).find(ws, d)),
     }
 
 
