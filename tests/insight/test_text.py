@@ -199,6 +199,12 @@ def test_alert_rule_window_status_and_topic() -> None:
               row("h1", "H", 40, ["delivery"]), row("h2", "H", 1, []),  # too long after: no
               row("i1", "I", 10, ["delivery"], status="resolved"), row("i2", "I", 1, [])]  # nothing open before
     assert [(a["profile_id"], a["feedback_ids"]) for a in find_alerts(follow, 30)] == [("G", ["g1", "g2"])]
+    # an alert stands while its latest contact is recent: A's was 11 days ago, F's 1 day ago
+    # (before: an alert stood for the whole lookback, a year after the customer last called)
+    active = find_alerts(rows, 30, as_of=t, active_days=10)
+    assert [a["profile_id"] for a in active] == ["F"]
+    assert [a["profile_id"] for a in find_alerts(rows, 30, as_of=t, active_days=11)] == ["A", "F"]
+    assert find_alerts(rows, 30, as_of=t + timedelta(days=31), active_days=30) == []
 
 
 def test_bad_ad_hoc_texts() -> None:

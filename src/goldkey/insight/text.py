@@ -27,7 +27,9 @@ keywords match whole words or phrases. The imported ``topic`` column is matched 
 
 **Service alerts.** A contact (complaint or consultation) that is not resolved/closed, about a
 topic, counts; two or more such contacts of the same profile about the same topic within
-``alert_window_days`` (default 30) make an alert, emitted once as a ``Service Alert`` event.
+``alert_window_days`` (default 30) make an alert, emitted once as a ``Service Alert`` event. An
+alert stands while its latest contact is at most ``alert_active_days`` (30) old: after that (no new
+contact about it) the next analysis, by hand or on the refit schedule, takes its tag away.
 
 :class:`FeedbackTextService` runs all of it over a workspace's feedback: it writes one row per
 feedback to ``feedback_insights`` (on the writer thread), the model tags ``feedback_sentiment``,
@@ -474,6 +476,9 @@ class FeedbackTextDefinition(BaseModel):
     alert_window_days: int = Field(default=30, ge=1, le=365,
                                    description="two unresolved contacts on one topic within N days: an alert")
     alert_min_contacts: int = Field(default=2, ge=2, le=20, description="contacts needed for an alert")
+    alert_active_days: int = Field(default=30, ge=1, le=3650,
+                                   description="an alert stands (the service_alert tag, the alerts list) while "
+                                               "its latest contact is at most N days old")
 
     @model_validator(mode="after")
     def _band(self) -> FeedbackTextDefinition:
@@ -506,11 +511,13 @@ def _aware(t: datetime) -> datetime:
     return as_of_utc(t)
 
 
-def find_alerts(rows: Iterable[dict[str, Any]], window_days: int, min_contacts: int = 2) -> list[dict[str, Any]]:
+def find_alerts(rows: Iterable[dict[str, Any]], window_days: int, min_contacts: int = 2, *,
+                as_of: datetime | None = None, active_days: int | None = None) -> list[dict[str, Any]]:
     """Service alerts among analysed feedback rows (dicts with profile_id, feedback_id, kind, status,
     created_at, topics). For each profile and topic, the unresolved contacts sorted by time; an
     alert when ``min_contacts`` of them fall within ``window_days``. The alert is the latest such
-    window: its contacts, first and last time."""
+    window: its contacts, first and last time. With ``as_of`` and ``active_days``, an alert whose
+    latest contact is older than ``active_days`` has expired and is left out."""
     by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     open_rows = sorted((r for r in rows if r["kind"] in CONTACT_KINDS and (r["status"] or "").lower() not in RESOLVED),
                        key=lambda r: (r["profile_id"], r["created_at"], r["feedback_id"]))
@@ -537,6 +544,9 @@ def find_alerts(rows: Iterable[dict[str, Any]], window_days: int, min_contacts: 
                 lo += 1
             if hi - lo + 1 >= min_contacts:
                 best = items[lo : hi + 1]
+        if best and as_of is not None and active_days is not None and \
+                as_of - best[-1]["created_at"] > timedelta(days=active_days):
+            best = None  # expired: nobody has raised it again for active_days
         if best:
             tp = _TOPIC_BY_KEY.get(topic)
             alerts.append({"profile_id": pid, "topic": topic, "topic_en": tp.en if tp else topic,
@@ -633,7 +643,8 @@ class FeedbackTextService:
         written = self._write_insights(ws, analysed, mv.version)
         since = as_of - timedelta(days=d.lookback_days)
         recent = [a for a in analysed if since < a["created_at"] <= as_of]
-        alerts = find_alerts(recent, d.alert_window_days, d.alert_min_contacts)
+        alerts = find_alerts(recent, d.alert_window_days, d.alert_min_contacts, as_of=as_of,
+                             active_days=d.alert_active_days)
         source = f"model:{MODEL_NAME}:v{mv.version}"
         self._ensure_tags(ws, mv.version)
         changed = self._write_tags(ws, recent, alerts, d, source)
@@ -835,4 +846,5 @@ class FeedbackTextService:
         as_of = as_of_utc(d.as_of)
         since = as_of - timedelta(days=d.lookback_days)
         rows = [r for r in self._insights(ws) if since < r["created_at"] <= as_of]
-        return find_alerts(rows, d.alert_window_days, d.alert_min_contacts)
+        return find_alerts(rows, d.alert_window_days, d.alert_min_contacts, as_of=as_of,
+                           active_days=d.alert_active_days)
