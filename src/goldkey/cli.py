@@ -13,7 +13,7 @@ from rich.console import Console
 from goldkey.activate.cli import campaign_app
 from goldkey.audience.cli import segment_app, tag_app
 from goldkey.audience.traits_cli import traits_app
-from goldkey.insight import affinity_cli, churn_cli, clv_cli, lifecycle_cli, text_cli
+from goldkey.insight import affinity_cli, churn_cli, clv_cli, lifecycle_cli, read_cli, text_cli
 from goldkey.insight.cli import insight_app
 from goldkey.progress import progress_bar
 from goldkey.settings import Settings
@@ -33,7 +33,7 @@ app.add_typer(tag_app, name="tag")
 app.add_typer(traits_app, name="traits")
 app.add_typer(insight_app, name="insight")
 app.add_typer(campaign_app, name="campaign")
-for _model_cli in (clv_cli, churn_cli, lifecycle_cli, affinity_cli, text_cli):
+for _model_cli in (clv_cli, churn_cli, lifecycle_cli, affinity_cli, text_cli, read_cli):
     _model_cli.register(insight_app)
 console = Console(stderr=True)
 

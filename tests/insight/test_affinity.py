@@ -253,3 +253,38 @@ def test_pair_rules_equal_mlxtend_on_random_baskets() -> None:
     for k, r in ref.items():
         for f in ("support", "confidence", "lift", "leverage", "antecedent_support", "consequent_support", "count"):
             assert fast[k][f] == pytest.approx(r[f]), (k, f)
+
+
+def test_the_cli_reads_what_the_api_reads(tmp_path: Path) -> None:
+    """`goldkey insight show ...`: the read routes' results from the command line (before: only the
+    runs had CLI forms)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from goldkey.cli import app
+
+    runner = CliRunner()
+    d = str(tmp_path / "data")
+    assert runner.invoke(app, ["workspace", "create", "Shop", "--json", "--data-dir", d]).exit_code == 0
+    rows = ["order_id,ordered_at,crm_id,sku,category,quantity,unit_price"]
+    for c in range(30):
+        rows.append(f"A{c},2024-06-0{1 + c % 9}T10:00:00Z,C{c},SOL,solution,1,50")
+        if c % 3:
+            rows.append(f"A{c},2024-06-0{1 + c % 9}T10:00:00Z,C{c},LENS,lens,1,200")
+    path = tmp_path / "o.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert runner.invoke(app, ["import", "orders", str(path), "-w", "Shop", "--data-dir", d]).exit_code == 0
+    r = runner.invoke(app, ["insight", "affinity", "-w", "Shop", "--data-dir", d, "--as-of", "2024-07-01T00:00:00"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["insight", "show", "rules", "--level", "category", "-w", "Shop", "--data-dir", d])
+    assert r.exit_code == 0, r.output
+    rules = json.loads(r.stdout)["rules"]
+    assert {(tuple(x["antecedent"]), tuple(x["consequent"])) for x in rules} >= {(("lens",), ("solution",))}, rules
+    r = runner.invoke(app, ["insight", "show", "gaps", "--category-a", "solution", "--category-b", "lens",
+                            "-w", "Shop", "--data-dir", d])
+    assert r.exit_code == 0 and json.loads(r.stdout)["gaps"][0]["never_b"] == 10, r.output
+    for args, says in ((["reasons"], "needs a profile id"), (["lifecycle-summary"], "no fitted version"),
+                       (["recommendations", "prf_nope"], "")):
+        r = runner.invoke(app, ["insight", "show", *args, "-w", "Shop", "--data-dir", d])
+        assert r.exit_code == 1 and says in " ".join(r.output.split()) and "Traceback" not in r.output, r.output

@@ -51,24 +51,31 @@ DataDir = Annotated[
 Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")]
 
 
-def _run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
+def _open_gk(data_dir: Path | None, workspace: str, fn: Any) -> Any:
+    """Open the data directory, run ``fn(gk, workspace_id)``, close; a Goldkey error (or a server
+    owning the directory) is an ``error:`` line and exit code 1."""
     from goldkey.cli import _settings, _workspace_id
     from goldkey.core.errors import GoldkeyError
-    from goldkey.insight.api import rfm_service
     from goldkey.runtime import DataDirInUse, Goldkey
 
     try:
         gk = Goldkey.open(_settings(data_dir))
     except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: /api/v1/insight)")
+        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: /api/v1/insights)")
         raise typer.Exit(1) from None
     try:
-        return fn(rfm_service(gk), _workspace_id(gk, workspace))
+        return fn(gk, _workspace_id(gk, workspace))
     except GoldkeyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     finally:
         gk.close()
+
+
+def _run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
+    from goldkey.insight.api import rfm_service
+
+    return _open_gk(data_dir, workspace, lambda gk, ws: fn(rfm_service(gk), ws))
 
 
 @insight_app.command("rfm")

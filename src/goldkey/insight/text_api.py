@@ -139,9 +139,10 @@ def feedback_topics(gk: GK, cred: Admin) -> dict[str, Any]:
 
 @router.get("/feedback/alerts", response_model=AlertList, responses={**_ERR, 400: {"model": ErrorBody}})
 def feedback_alerts(gk: GK, cred: Admin, window_days: int = 30, lookback_days: int = 365,
-                    as_of: datetime | None = None) -> dict[str, Any]:
-    """Current service alerts: a profile with two or more unresolved complaints/consultations on one
-    topic within `window_days` (uses the topics of the last analysis and the feedback's status now)."""
-    d = {"alert_window_days": window_days, "lookback_days": lookback_days,
-         "as_of": as_of.isoformat() if as_of else None}
+                    as_of: datetime | None = None, min_contacts: int = 2, active_days: int = 30) -> dict[str, Any]:
+    """Current service alerts: a profile with `min_contacts` (2) or more unresolved
+    complaints/consultations on one topic within `window_days`, the latest at most `active_days`
+    old (uses the topics of the last analysis and the feedback's status now)."""
+    d = {"alert_window_days": window_days, "lookback_days": lookback_days, "alert_min_contacts": min_contacts,
+         "alert_active_days": active_days, "as_of": as_of.isoformat() if as_of else None}
     return {"alerts": text_service(gk).alerts(cred.workspace_id, d)}
