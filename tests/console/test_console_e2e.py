@@ -732,3 +732,71 @@ def test_accessibility_basics(page: Any, site: Site) -> None:
             if found:
                 problems.setdefault(path, []).extend(f"{kind}: {x}" for x in found[:12])
     assert not problems, "\n".join(f"{p}:\n  " + "\n  ".join(v) for p, v in problems.items())
+
+
+def test_names_are_readable_and_user_text_never_runs(page: Any, site: Site) -> None:
+    """A console review found: a campaign name shown as HTML in the overview's uplift tooltip (a
+    stored XSS), and the profile showing keys where words belong (score fields, group memberships,
+    a merge's identifier as "type: phone; value: ..."). Text a user chose is text; names are words."""
+    from goldkey.store.operational import campaigns
+
+    pg, eyecare = page, site.brands[0]
+    api = site.api(eyecare.admin_token)
+    ran = sorted((c for c in api.get("/api/v1/campaigns").json() if c["run"] > 0),
+                 key=lambda c: c["created_at"], reverse=True)
+    with_uplift = [c for c in ran[:6] if api.get(f"/api/v1/campaigns/{c['campaign_id']}/report").json()
+                   ["uplift"]["available"]]
+    assert with_uplift, "the demo's campaigns have an uplift"
+    victim = with_uplift[0]
+    evil = '<img src=x onerror="window.__xss=1">Spring'
+    with site.gk.engine.begin() as c:  # a name the API accepts (any text up to 200 characters)
+        c.execute(campaigns.update().where(campaigns.c.campaign_id == victim["campaign_id"]).values(name=evil))
+    try:
+        pg.goto(site.url + "/")
+        pg.wait_for_url(re.compile(r"/sign-in$"))
+        sign_in(pg, site, eyecare.admin_token)
+        card = pg.get_by_test_id("recent-campaigns")
+        card.get_by_role("link", name=evil, exact=True).wait_for()
+        card.scroll_into_view_if_needed()
+        chart = card.locator(".gk-chart").first
+        box = chart.bounding_box()
+        seen = ""
+        for fx in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+            pg.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * 0.5)
+            pg.wait_for_timeout(250)
+            tip = card.locator("div[style*='z-index']").filter(has_text="Spring")
+            if tip.count():
+                seen = tip.first.inner_text()
+                break
+        assert "<img" in seen, seen  # shown as text
+        assert pg.evaluate("window.__xss") is None
+    finally:
+        with site.gk.engine.begin() as c:
+            c.execute(campaigns.update().where(campaigns.c.campaign_id == victim["campaign_id"])
+                      .values(name=victim["name"]))
+
+    # a profile with group memberships, a merge and model scores: words, not keys
+    w = httpx.Client(base_url=site.url, auth=(eyecare.write_key, ""), timeout=30)
+    for body in ({"type": "group", "anonymousId": "names-anon", "groupId": "acme",
+                  "traits": {"name": "Acme <b>Optics</b>"}, "messageId": "names-1"},
+                 {"type": "identify", "userId": "names-user", "traits": {"name": "名字测试"}, "messageId": "names-2"},
+                 {"type": "identify", "userId": "names-user", "anonymousId": "names-anon", "messageId": "names-3"}):
+        assert w.post("/v1/batch", json={"batch": [body]}).status_code == 200
+    prof = api.get("/api/v1/profiles/lookup", params={"user_id": "names-user"}).json()
+    pg.goto(site.url + f"/customers/{prof['profile_id']}")
+    pg.get_by_test_id("profile-name").wait_for()
+    attrs = pg.locator(".ant-card", has_text="基本属性")
+    assert attrs.get_by_text("所属群组", exact=True).is_visible()
+    assert attrs.get_by_text("acme (Acme <b>Optics</b>)", exact=True).is_visible()
+    merges = pg.locator(".ant-card", has_text="合并记录")
+    assert merges.get_by_text(re.compile(r"^匿名.*: names-anon$")).is_visible(), merges.inner_text()
+    # a demo customer with RFM and lifecycle scores: every score field has a name
+    with site.gk.engine.connect() as c:
+        pid = c.execute(sa.text("SELECT profile_id FROM profile_scores WHERE workspace_id = :w AND scores LIKE "
+                                "'%lc_model_version%' LIMIT 1"), {"w": eyecare.workspace_id}).scalar_one()
+    pg.goto(site.url + f"/customers/{pid}")
+    scores = pg.locator(".ant-card", has_text="模型评分")
+    scores.get_by_text("生命周期模型版本", exact=True).wait_for()
+    text = scores.inner_text()
+    assert not re.search(r"\b(lc|rfm|clv|churn)_[a-z_]+", text), text
+    assert pg.errors == [], pg.errors

@@ -124,6 +124,10 @@ def test_rules_match_an_independent_count_and_the_api_filters_them(env: Any, tmp
     got = env.client.get("/api/v1/insights/affinity/rules", params={"min_confidence": 0.7, "min_support": 0.3},
                          headers=h).json()["rules"]
     assert got and all(g["confidence"] >= 0.7 and g["support"] >= 0.3 for g in got)
+    # the number of rules that match, beyond the page returned (the console showed the page's size)
+    page = env.client.get("/api/v1/insights/affinity/rules", params={"limit": 2}, headers=h).json()
+    every = env.client.get("/api/v1/insights/affinity/rules", params={"limit": 10_000}, headers=h).json()
+    assert len(page["rules"]) == 2 and page["matched"] == every["matched"] == len(every["rules"]) > 2
 
     # three-item rules with max_len 3: {L1, S1} -> A1 holds in 1 of the 4 baskets with L1 and S1 (O1, O3, O8, O10)
     rep3 = AffinityService.from_goldkey(env.gk).run(env.ws.workspace_id, {**d, "max_len": 3})

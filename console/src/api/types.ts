@@ -231,6 +231,8 @@ export interface RuleList {
   scope: string;
   level: string;
   transactions: number;
+  /** rules passing the filters; ``rules`` holds the first ``limit`` of them by lift */
+  matched: number;
   rules: AssociationRule[];
 }
 

@@ -8,6 +8,12 @@ import type { EChartsCoreOption } from "echarts/core";
 
 echarts.use([BarChart, LineChart, PieChart, HeatmapChart, SankeyChart, CustomChart, GridComponent, TooltipComponent, LegendComponent, TitleComponent, DatasetComponent, VisualMapComponent, MarkLineComponent, CanvasRenderer]);
 
+/** Text made safe inside an ECharts tooltip ``formatter``, whose return value is HTML (ECharts escapes
+ * only its own default tooltips): campaign, arm, segment and event names are the users'. */
+export function escapeHtml(text: unknown): string {
+  return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] as string);
+}
+
 export const PALETTE = ["#c8961e", "#1f5fa8", "#3f9b6b", "#d4613e", "#7a5bb5", "#2a9bb0", "#b04a7a", "#8a8f98", "#e0b84f", "#5b7fd1", "#6fb48c"];
 
 export function Chart({ option, height = 300, label }: { option: EChartsCoreOption; height?: number; label: string }) {

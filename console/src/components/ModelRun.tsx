@@ -58,7 +58,11 @@ export function ModelRun({ model, run, onDone }: { model: string; run: () => Pro
   return (
     <div className="gk-model-run" data-testid="model-run">
       <Space wrap align="center">
-        {meta.data === undefined ? null : current ? (
+        {meta.error ? (
+          <Typography.Text type="danger" data-testid="model-meta-error">
+            {t("insight.metaFailed", { error: meta.error.message })} <Button size="small" type="link" onClick={meta.reload}>{t("insight.retry")}</Button>
+          </Typography.Text>
+        ) : meta.data === undefined ? null : current ? (
           <Typography.Text type="secondary" data-testid="model-version" data-version={current.version}>
             <Tag color="gold">{t("insight.version", { v: current.version })}</Tag>
             {t("insight.fittedAt", { when: dateTime(current.created_at) })}

@@ -6,7 +6,7 @@ import { useMemo, useState } from "react";
 import { Link } from "react-router-dom";
 import { api, ApiError } from "../api/client";
 import type { CampaignReport, CampaignSummary, Coverage, LifecycleSummary, Overview, UpliftGroup } from "../api/types";
-import { Chart, intervalSeries } from "../components/Chart";
+import { Chart, escapeHtml, intervalSeries } from "../components/Chart";
 import { PageHead } from "../components/PageHead";
 import { Async, EmptyState, ErrorState } from "../components/States";
 import { useI18n, type I18n } from "../i18n";
@@ -241,7 +241,7 @@ function RecentCampaigns({ i18n }: { i18n: I18n }) {
         trigger: "axis", axisPointer: { type: "shadow" },
         formatter: (ps: { dataIndex: number }[]) => {
           const u = ups[ps[0].dataIndex];
-          return `${names[ps[0].dataIndex]}<br/>${t("overview.upliftSeries")}: ${pp(u.uplift)}<br/>95% CI: [${pp(u.uplift_ci95?.[0])}, ${pp(u.uplift_ci95?.[1])}]`;
+          return `${escapeHtml(names[ps[0].dataIndex])}<br/>${t("overview.upliftSeries")}: ${pp(u.uplift)}<br/>95% CI: [${pp(u.uplift_ci95?.[0])}, ${pp(u.uplift_ci95?.[1])}]`;
         },
       },
       grid: { left: 56, right: 16, top: 40, bottom: 56 },

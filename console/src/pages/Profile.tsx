@@ -9,6 +9,7 @@ import { PageHead } from "../components/PageHead";
 import { Async, ErrorState } from "../components/States";
 import { useI18n, type I18n } from "../i18n";
 import { useApi } from "../useApi";
+import { featureLabel, modelLabel, scoreLabel, tagLabel, tagValueLabel } from "../labels";
 
 type Dict = Record<string, unknown>;
 
@@ -22,13 +23,25 @@ function show(v: unknown, i18n: I18n): string {
   return String(v);
 }
 
-function KeyValues({ data, i18n, prefix, empty }: { data: Dict; i18n: I18n; prefix?: string; empty: string }) {
+/** Group memberships (``attributes.$groups``: group id -> the group's traits or true) as
+ * "acme (Acme Optics), beta". */
+function groupsText(v: unknown): string {
+  if (!v || typeof v !== "object") return String(v ?? "—");
+  return Object.entries(v as Dict).map(([id, traits]) => {
+    const name = traits && typeof traits === "object" ? (traits as Dict).name : undefined;
+    return name ? `${id} (${String(name)})` : id;
+  }).join(", ") || "—";
+}
+
+function KeyValues({ data, i18n, label, empty }: { data: Dict; i18n: I18n; label?: (k: string) => string; empty: string }) {
   const entries = Object.entries(data ?? {});
   if (!entries.length) return <Empty image={Empty.PRESENTED_IMAGE_SIMPLE} description={empty} />;
   return (
-    <Descriptions size="small" column={{ xs: 1, sm: 1, md: 2, lg: 2, xl: 2, xxl: 2 }} bordered>
+    // labels wrap instead of squeezing the values into one character a line
+    <Descriptions size="small" column={{ xs: 1, sm: 1, md: 2, lg: 2, xl: 2, xxl: 2 }} bordered
+      labelStyle={{ whiteSpace: "normal", wordBreak: "break-word", width: "28%" }} contentStyle={{ minWidth: 72 }}>
       {entries.map(([k, v]) => (
-        <Descriptions.Item key={k} label={prefix ? i18n.tOr(`${prefix}.${k}`, k) : k}>{show(v, i18n)}</Descriptions.Item>
+        <Descriptions.Item key={k} label={label ? label(k) : k}>{k === "$groups" ? groupsText(v) : show(v, i18n)}</Descriptions.Item>
       ))}
     </Descriptions>
   );
@@ -54,7 +67,7 @@ type ModelReasons = { version: number; score: number; reasons: Reason[] };
  * the features that pushed it up most (GET /api/v1/insights/profiles/{id}/reasons; the reasons
  * live in the analytical store, so they come beside the profile, not in it). */
 function ScoreReasons({ profileId, i18n }: { profileId: string; i18n: I18n }) {
-  const { t, tOr } = i18n;
+  const { t } = i18n;
   const got = useApi((signal) => api.raw<{ models: Record<string, ModelReasons> }>(
     "get", `/api/v1/insights/profiles/${encodeURIComponent(profileId)}/reasons`, undefined, { signal }), [profileId]);
   const models = Object.entries(got.data?.models ?? {});
@@ -66,14 +79,14 @@ function ScoreReasons({ profileId, i18n }: { profileId: string; i18n: I18n }) {
         {models.map(([model, m]) => (
           <Col xs={24} xl={12} key={model}>
             <Descriptions size="small" column={1} title={<Space>
-              {tOr(`scoreNames.${model}`, model)}
+              {modelLabel(i18n, model)}
               <Tag color={m.score >= 0.5 ? "red" : "green"}>{(m.score * 100).toFixed(1)}%</Tag>
               <Typography.Text type="secondary">{t("profile.modelVersion", { v: m.version })}</Typography.Text>
             </Space>} />
             <Table size="small" rowKey="feature" dataSource={m.reasons} pagination={false}
               locale={{ emptyText: t("profile.noReasons") }}
               columns={[
-                { title: t("profile.reasonFeature"), dataIndex: "feature", render: (f: string, r: Reason) => tOr(`insight.features.${f}`, r.description || f) },
+                { title: t("profile.reasonFeature"), dataIndex: "feature", render: (f: string, r: Reason) => featureLabel(i18n, f, r.description) },
                 { title: t("profile.reasonValue"), dataIndex: "value", render: (v: unknown) => show(v, i18n) },
                 { title: t("profile.reasonWeight"), dataIndex: "contribution", render: (c: number) => `+${c.toFixed(2)}` },
               ]} />
@@ -106,26 +119,22 @@ function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
         <Col xs={24} md={6}><Card><Statistic title={t("profile.orders")} value={num((os.orders as number) ?? 0)} valueStyle={{ fontSize: 18 }} /><Typography.Text type="secondary">{t("profile.lastOrder", { when: dateTime(os.last_order_at as string) })}</Typography.Text></Card></Col>
         <Col xs={24} md={6}><Card><Statistic title={t("profile.revenue")} value={money((os.revenue as number) ?? 0, (os.currency as string) ?? "CNY")} valueStyle={{ fontSize: 18 }} /><Typography.Text type="secondary">{t("profile.firstOrder", { when: dateTime(os.first_order_at as string) })}</Typography.Text></Card></Col>
 
-        <Col xs={24} xl={12}><Card title={t("profile.attributes")}><KeyValues data={attrs} i18n={i18n} prefix="attrs" empty={t("profile.noAttributes")} /></Card></Col>
+        <Col xs={24} xl={12}><Card title={t("profile.attributes")}><KeyValues data={attrs} i18n={i18n} label={(k) => tOr(`attrs.${k}`, k)} empty={t("profile.noAttributes")} /></Card></Col>
         <Col xs={24} xl={12}>
           <Card title={t("profile.tags")} style={{ marginBottom: 16 }}>
             {Object.keys(p.tags).length ? (
               <Space wrap>{Object.entries(p.tags as Dict).map(([k, v]) => (
-                <Tag key={k} color="gold">{tOr(`tagNames.${k}`, k)}{v === true ? "" : `: ${tOr(`rfm.group.${String(v)}`, tOr(`rfm.tier.${String(v)}`, show(v, i18n)))}`}</Tag>
+                <Tag key={k} color="gold">{tagLabel(i18n, k)}{v === true ? "" : `: ${tagValueLabel(i18n, k, v, (x) => show(x, i18n))}`}</Tag>
               ))}</Space>
             ) : <Empty image={Empty.PRESENTED_IMAGE_SIMPLE} description={t("profile.noTags")} />}
           </Card>
           <Card title={t("profile.traits")} style={{ marginBottom: 16 }}><KeyValues data={p.traits as Dict} i18n={i18n} empty={t("profile.noTraits")} /></Card>
-          <Card title={t("profile.scores")}><KeyValues data={p.scores as Dict} i18n={i18n} prefix="scoreNames" empty={t("profile.noScores")} /></Card>
+          <Card title={t("profile.scores")}><KeyValues data={p.scores as Dict} i18n={i18n} label={(k) => scoreLabel(i18n, k)} empty={t("profile.noScores")} /></Card>
         </Col>
         <ScoreReasons profileId={p.profile_id} i18n={i18n} />
         {insights && Object.keys(insights).length > 0 && (
           <Col xs={24}><Card title={t("profile.insights")}>
-            {Object.entries(insights).map(([model, payload]) => (
-              <Descriptions key={model} title={model} size="small" bordered column={1} style={{ marginBottom: 12 }}>
-                {Object.entries((payload as Dict) ?? {}).map(([k, v]) => <Descriptions.Item key={k} label={k}>{show(v, i18n)}</Descriptions.Item>)}
-              </Descriptions>
-            ))}
+            {Object.entries(insights).map(([model, payload]) => <ModelInsight key={model} model={model} payload={(payload as Dict) ?? {}} i18n={i18n} />)}
           </Card></Col>
         )}
         <Col xs={24} xl={12}>
@@ -145,7 +154,7 @@ function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
               locale={{ emptyText: t("profile.noConsents") }}
               columns={[
                 { title: t("profile.channel"), dataIndex: "channel", render: (v: string) => tOr(`channels.${v}`, v) },
-                { title: t("profile.purpose"), dataIndex: "purpose" },
+                { title: t("profile.purpose"), dataIndex: "purpose", render: (v: string) => tOr(`purposes.${v}`, v) },
                 { title: t("profile.status"), dataIndex: "status", render: (v: string) => <Badge status={v === "granted" ? "success" : "error"} text={tOr(`consent.${v}`, v)} /> },
                 { title: t("profile.updated"), dataIndex: "updated_at", render: (v: string) => dateTime(v) },
               ]} />
@@ -154,7 +163,7 @@ function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
             <Table size="small" rowKey="merge_id" dataSource={p.merges} pagination={false} locale={{ emptyText: t("profile.noMerges") }}
               columns={[
                 { title: t("profile.mergedProfile"), dataIndex: "loser_id", render: (v: string) => <span className="gk-mono">{v}</span> },
-                { title: t("profile.linkedBy"), dataIndex: "linked_by", render: (v: Record<string, string>) => Object.entries(v).map(([k, x]) => `${tOr(`idTypes.${k}`, k)}: ${x}`).join("; ") },
+                { title: t("profile.linkedBy"), dataIndex: "linked_by", render: (v: { type?: string; value?: string } | null) => (v && v.type ? `${tOr(`idTypes.${v.type}`, v.type)}: ${v.value ?? ""}` : "—") },
                 { title: t("profile.when"), dataIndex: "created_at", render: (v: string) => dateTime(v) },
                 { title: t("profile.status"), dataIndex: "undone_at", render: (v: string | null) => (v ? <Tag>{t("profile.undone")}</Tag> : <Tag color="green">{t("profile.active")}</Tag>) },
               ]} />
@@ -188,21 +197,60 @@ function ProfileView({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
         </Col>
         <Col xs={24} xl={12}>
           <Card title={t("profile.orderSummary")} style={{ marginBottom: 16 }}>
-            <KeyValues data={{ ...os, ...(typeof os.revenue === "number" ? { revenue: money(os.revenue as number, (os.currency as string) ?? "CNY") } : {}) }} i18n={i18n} prefix="orderKeys" empty={t("profile.noOrders")} />
+            <KeyValues data={{ ...os, ...(typeof os.revenue === "number" ? { revenue: money(os.revenue as number, (os.currency as string) ?? "CNY") } : {}) }} i18n={i18n} label={(k) => tOr(`orderKeys.${k}`, k)} empty={t("profile.noOrders")} />
           </Card>
           <Card title={t("profile.feedback")}>
             <Table size="small" rowKey="feedback_id" dataSource={p.feedback} pagination={{ pageSize: 5, hideOnSinglePage: true }}
               locale={{ emptyText: t("profile.noFeedback") }}
               columns={[
                 { title: t("profile.when"), dataIndex: "created_at", render: (v: string) => dateTime(v), width: 150 },
-                { title: t("profile.fbKind"), dataIndex: "kind" },
-                { title: t("profile.rating"), dataIndex: "rating", render: (v: number | null) => (v === null ? "—" : "★".repeat(v)) },
+                { title: t("profile.fbKind"), dataIndex: "kind", render: (v: string) => tOr(`fbKinds.${v}`, v) },
+                { title: t("profile.fbChannel"), dataIndex: "channel", render: (v: string | null) => (v ? tOr(`channels.${v}`, v) : "—") },
+                { title: t("profile.rating"), dataIndex: "rating", render: (v: number | null) => (v === null || v === undefined ? "—" : "★".repeat(v)) },
                 { title: t("profile.text"), dataIndex: "text" },
+                { title: t("profile.fbSentiment"), dataIndex: "sentiment", render: (s: { label?: string } | null) => (s?.label ? tOr(`sentiment.${s.label}`, s.label) : "—") },
+                { title: t("profile.fbTopics"), key: "topics", render: (_: unknown, r: Dict) => {
+                  const s = r.sentiment as { topics?: string[] } | null;
+                  const topics = [...(s?.topics ?? []), ...(r.topic && !(s?.topics ?? []).length ? [String(r.topic)] : [])];
+                  return topics.length ? <Space wrap size={4}>{topics.map((x) => <Tag key={x}>{tOr(`topics.${x}`, x)}</Tag>)}</Space> : "—";
+                } },
               ]} />
           </Card>
         </Col>
       </Row>
     </>
+  );
+}
+
+type RecItem = { sku: string; score?: number; reason?: string };
+
+/** One model's per-customer output stored on the profile (``insights``): recommendations as a table
+ * of products, anything else as labelled values. */
+function ModelInsight({ model, payload, i18n }: { model: string; payload: Dict; i18n: I18n }) {
+  const { t, num } = i18n;
+  const version = payload.version as number | undefined;
+  const title = version !== undefined ? t("profile.insightsOf", { model: modelLabel(i18n, model), v: version }) : modelLabel(i18n, model);
+  if (model === "recommend") {
+    const items = (payload.items as RecItem[] | undefined) ?? [];
+    const next = payload.next_best as RecItem | null | undefined;
+    return (
+      <div style={{ marginBottom: 12 }} data-testid="insight-recommend">
+        <Typography.Title level={5}>{title}</Typography.Title>
+        {next?.sku && <Typography.Paragraph>{t("profile.nextBest")}: <Tag color="gold" className="gk-mono">{next.sku}</Tag>{next.reason ?? ""}</Typography.Paragraph>}
+        <Table<RecItem> size="small" rowKey="sku" dataSource={items} pagination={false}
+          columns={[
+            { title: t("profile.sku"), dataIndex: "sku", render: (v: string) => <span className="gk-mono">{v}</span> },
+            { title: t("profile.score"), dataIndex: "score", render: (v: number | undefined) => (v === undefined ? "—" : num(v, 2)) },
+            { title: t("profile.reason"), dataIndex: "reason" },
+          ]} />
+      </div>
+    );
+  }
+  const rest = Object.entries(payload).filter(([k]) => k !== "version");
+  return (
+    <Descriptions title={title} size="small" bordered column={1} style={{ marginBottom: 12 }}>
+      {rest.map(([k, v]) => <Descriptions.Item key={k} label={k}>{show(v, i18n)}</Descriptions.Item>)}
+    </Descriptions>
   );
 }
 
@@ -238,7 +286,7 @@ function MessagesCard({ p, i18n }: { p: ProfilePublic; i18n: I18n }) {
           columns={[
             { title: t("profile.when"), dataIndex: "created_at", render: (v: string) => dateTime(v), width: 170 },
             { title: t("profile.channel"), dataIndex: "channel", render: (v: string) => tOr(`channels.${v}`, v) },
-            { title: t("profile.purpose"), dataIndex: "purpose" },
+            { title: t("profile.purpose"), dataIndex: "purpose", render: (v: string) => tOr(`purposes.${v}`, v) },
             { title: t("profile.msgFrom"), dataIndex: "ref", render: (v: string | null) => refLink(v, i18n) },
             { title: t("profile.msgTo"), dataIndex: "address", render: (v: string | null) => <span className="gk-mono">{v ?? "—"}</span> },
             {

@@ -465,9 +465,11 @@ class AffinityService:
             raise InvalidInput(f"level must be one of {list(LEVELS)}", field="level")
         mv = self.latest(ws)
         rows = mv.artifact["rules"][f"{scope}_{level}"]
+        limit = int(filters.pop("limit", 100))
+        matched = filter_rules(rows, **filters, limit=len(rows) or 1)
         return {"version": mv.version, "scope": scope, "level": level,
                 "transactions": mv.metrics["transactions"][f"{scope}_{level}"],
-                "rules": filter_rules(rows, **filters)}
+                "matched": len(matched), "rules": matched[:limit]}
 
     def gaps(self, ws: str, *, category_a: str | None = None, category_b: str | None = None,
              profile_id: str | None = None, min_confidence: float = 0.0) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class RuleList(BaseModel):
     scope: str
     level: str
     transactions: int
+    matched: int = Field(description="rules passing the filters; `rules` holds the first `limit` by lift")
     rules: list[Rule]
 
 

@@ -6,7 +6,7 @@ import { useEffect, useMemo, useState } from "react";
 import { Link, useParams } from "react-router-dom";
 import { api, ApiError } from "../../api/client";
 import type { ArmReport, Campaign, CampaignReport, UpliftGroup } from "../../api/types";
-import { Chart, intervalSeries } from "../../components/Chart";
+import { Chart, escapeHtml, intervalSeries } from "../../components/Chart";
 import { PageHead } from "../../components/PageHead";
 import { Async, EmptyState } from "../../components/States";
 import { useI18n } from "../../i18n";
@@ -163,7 +163,7 @@ function Report({ r }: { r: CampaignReport }) {
         trigger: "axis",
         formatter: (ps: { dataIndex: number }[]) => {
           const u = rows[ps[0].dataIndex];
-          return `${label(groups[ps[0].dataIndex])}<br/>${t("campaigns.uplift")}: ${pp(u.uplift)}<br/>95% CI: [${pp(u.uplift_ci95?.[0])}, ${pp(u.uplift_ci95?.[1])}]`;
+          return `${escapeHtml(label(groups[ps[0].dataIndex]))}<br/>${t("campaigns.uplift")}: ${pp(u.uplift)}<br/>95% CI: [${pp(u.uplift_ci95?.[0])}, ${pp(u.uplift_ci95?.[1])}]`;
         },
       },
       // top: room for the axis name above the plot (whiskers are inside the axis extent)

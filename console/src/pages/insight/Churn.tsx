@@ -11,6 +11,7 @@ import { PageHead } from "../../components/PageHead";
 import { Async, EmptyState } from "../../components/States";
 import { useI18n } from "../../i18n";
 import { useApi } from "../../useApi";
+import { featureLabel } from "../../labels";
 
 export function ChurnPage() {
   const { t } = useI18n();
@@ -32,7 +33,8 @@ export function ChurnPage() {
 }
 
 function ChurnBody({ e }: { e: Evaluation }) {
-  const { t, num, pct, dateTime, lang } = useI18n();
+  const i18n = useI18n();
+  const { t, num, pct, dateTime, lang } = i18n;
   const latest = Math.max(...e.versions.map((v) => v.version));
   const [picked, setPicked] = useState(latest);
   const v: ChurnVersion = e.versions.find((x) => x.version === picked) ?? e.versions[e.versions.length - 1];
@@ -70,7 +72,7 @@ function ChurnBody({ e }: { e: Evaluation }) {
       tooltip: { trigger: "axis", valueFormatter: (x: number) => `${x}%` },
       grid: { left: 170, right: 32, top: 8, bottom: 24 },
       xAxis: { type: "value", axisLabel: { formatter: "{value}%" } },
-      yAxis: { type: "category", data: top.map((f) => t(`insight.features.${f.feature}`) === `insight.features.${f.feature}` ? f.feature : t(`insight.features.${f.feature}`)) },
+      yAxis: { type: "category", data: top.map((f) => featureLabel(i18n, f.feature)) },
       series: [{ type: "bar", name: t("insight.churn.importance"), data: top.map((f) => +(f.gain_share * 100).toFixed(1)) }],
     };
     // eslint-disable-next-line react-hooks/exhaustive-deps

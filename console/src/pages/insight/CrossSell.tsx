@@ -65,7 +65,7 @@ export function CrossSellPage() {
         </Form>
         {rules.error ? <ErrorState error={rules.error} onRetry={rules.reload} /> : rules.data === null ? <EmptyState text={t("insight.cross.empty")} /> : (
           <>
-            {rules.data && <Typography.Paragraph type="secondary">{t("insight.cross.summary", { n: num(rules.data.rules.length), tx: num(rules.data.transactions), v: rules.data.version })}</Typography.Paragraph>}
+            {rules.data && <Typography.Paragraph type="secondary">{t("insight.cross.summary", { n: num(rules.data.matched), tx: num(rules.data.transactions), v: rules.data.version })}{rules.data.matched > rules.data.rules.length ? ` ${t("insight.cross.shown", { n: num(rules.data.rules.length) })}` : ""}</Typography.Paragraph>}
             <Table<AssociationRule> size="small" loading={rules.loading} dataSource={rules.data?.rules ?? []}
               rowKey={(r) => `${r.antecedent.join("+")}>${r.consequent.join("+")}`}
               locale={{ emptyText: t("insight.cross.noMatch") }}

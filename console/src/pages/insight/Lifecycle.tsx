@@ -32,7 +32,7 @@ export function LifecyclePage() {
 }
 
 function Body({ s }: { s: LifecycleSummary }) {
-  const { t, num, pct, lang } = useI18n();
+  const { t, tOr, num, pct, lang } = useI18n();
   const stageName = (k: string) => {
     if (k === "none") return t("insight.lifecycle.none");
     const st = s.stages.find((x) => x.stage === k);
@@ -82,7 +82,7 @@ function Body({ s }: { s: LifecycleSummary }) {
         <Card title={t("insight.lifecycle.stages")}>
           <Chart option={bars} height={320} label={t("insight.lifecycle.stages")} />
           <ul className="gk-legend-list">
-            {stages.map((x) => <li key={x.stage}><Typography.Text strong>{stageName(x.stage)}</Typography.Text> <Typography.Text type="secondary">{x.description}</Typography.Text></li>)}
+            {stages.map((x) => <li key={x.stage}><Typography.Text strong>{stageName(x.stage)}</Typography.Text> <Typography.Text type="secondary">{tOr(`lifecycleDesc.${x.stage}`, x.description)}</Typography.Text></li>)}
           </ul>
         </Card>
       </Col>

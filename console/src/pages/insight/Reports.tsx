@@ -114,15 +114,20 @@ function CohortTab() {
       </Space>
       <Async value={rep} rows={8}>
         {(c) => (c.cohorts.length === 0 ? <EmptyState text={t("insight.reports.noCohorts")} /> : (
+          <>
           <Chart height={Math.max(260, 34 * c.cohorts.length + 90)} label={t("insight.reports.cohorts")} option={{
-            tooltip: { formatter: (p: { data: [number, number, number | null, number] }) => `${c.cohorts[p.data[1]].cohort} +${p.data[0]}: ${p.data[2] === null ? "—" : `${num(p.data[2], 1)}%`} (${num(p.data[3])})` },
+            // the 5th value: 1 on a cohort's last period when that period is still running (partial_last)
+            tooltip: { formatter: (p: { data: [number, number, number | null, number, number] }) => `${c.cohorts[p.data[1]].cohort} +${p.data[0]}: ${p.data[2] === null ? "—" : `${num(p.data[2], 1)}%`} (${num(p.data[3])})${p.data[4] ? `<br/>* ${t("insight.reports.partial")}` : ""}` },
             grid: { left: 110, right: 24, top: 8, bottom: 48 },
             xAxis: { type: "category", name: t(period === "month" ? "insight.reports.monthsAfter" : "insight.reports.weeksAfter"), nameLocation: "middle", nameGap: 28, data: c.offsets.map(String), splitArea: { show: true } },
             yAxis: { type: "category", inverse: true, data: c.cohorts.map((x) => `${x.cohort} (${num(x.size)})`), splitArea: { show: true } },
             visualMap: { min: 0, max: 100, show: false, inRange: { color: ["#f7f9fc", "#9fc0e6", "#1f5fa8"] } },
-            series: [{ type: "heatmap", data: c.cohorts.flatMap((x, yi) => x.pct.map((p, xi) => [xi, yi, p, x.counts[xi]])).filter((d) => d[2] !== null),
-              label: { show: true, fontSize: 11, formatter: (p: { data: [number, number, number] }) => `${Math.round(p.data[2])}` }, itemStyle: { borderColor: "#fff", borderWidth: 1 } }],
+            series: [{ type: "heatmap", data: c.cohorts.flatMap((x, yi) => x.pct.map((p, xi) => [xi, yi, p, x.counts[xi],
+                x.partial_last && xi === x.periods_elapsed - 1 ? 1 : 0])).filter((d) => d[2] !== null),
+              label: { show: true, fontSize: 11, formatter: (p: { data: [number, number, number, number, number] }) => `${Math.round(p.data[2])}${p.data[4] ? "*" : ""}` }, itemStyle: { borderColor: "#fff", borderWidth: 1 } }],
           }} />
+          {c.cohorts.some((x) => x.partial_last) && <Typography.Text type="secondary">{t("insight.reports.partialNote")}</Typography.Text>}
+          </>
         ))}
       </Async>
     </Card>

@@ -4,7 +4,7 @@ import { Card, Col, Row, Table, Typography } from "antd";
 import { useMemo } from "react";
 import { api } from "../../api/client";
 import type { RFMGrid } from "../../api/types";
-import { Chart } from "../../components/Chart";
+import { Chart, escapeHtml } from "../../components/Chart";
 import { ModelRun } from "../../components/ModelRun";
 import { PageHead } from "../../components/PageHead";
 import { Async, EmptyState } from "../../components/States";
@@ -26,14 +26,14 @@ export function RfmPage() {
 }
 
 function RfmBody({ g }: { g: RFMGrid }) {
-  const { t, num, pct, lang } = useI18n();
+  const { t, tOr, num, pct, lang } = useI18n();
   const name = (key: string) => {
     const info = g.groups.find((x) => x.group === key);
     return info ? (lang === "zh-CN" ? info.zh : info.en) : key;
   };
   const max = Math.max(1, ...g.cells.map((c) => c.profiles));
   const option = useMemo(() => ({
-    tooltip: { formatter: (p: { data: [number, number, number, string] }) => `${name(p.data[3])}<br/>R=${p.data[1] + 1} · F=${p.data[0] + 1}: ${num(p.data[2])}` },
+    tooltip: { formatter: (p: { data: [number, number, number, string] }) => `${escapeHtml(name(p.data[3]))}<br/>R=${p.data[1] + 1} · F=${p.data[0] + 1}: ${num(p.data[2])}` },
     grid: { left: 64, right: 24, top: 16, bottom: 64 },
     xAxis: { type: "category", name: t("insight.rfm.fAxis"), nameLocation: "middle", nameGap: 32, data: ["1", "2", "3", "4", "5"], splitArea: { show: true } },
     yAxis: { type: "category", name: t("insight.rfm.rAxis"), nameLocation: "middle", nameGap: 40, data: ["1", "2", "3", "4", "5"], splitArea: { show: true } },
@@ -58,7 +58,7 @@ function RfmBody({ g }: { g: RFMGrid }) {
         <Card title={t("insight.rfm.groups")}>
           <Table rowKey="group" size="small" pagination={false} dataSource={rows}
             columns={[
-              { title: t("insight.rfm.group"), dataIndex: "group", render: (k: string, r) => (<div><Typography.Text strong>{name(k)}</Typography.Text><div><Typography.Text type="secondary" style={{ fontSize: 12 }}>{r.description}</Typography.Text></div></div>) },
+              { title: t("insight.rfm.group"), dataIndex: "group", render: (k: string, r) => (<div><Typography.Text strong>{name(k)}</Typography.Text><div><Typography.Text type="secondary" style={{ fontSize: 12 }}>{tOr(`rfm.desc.${k}`, r.description)}</Typography.Text></div></div>) },
               { title: t("insight.profiles"), dataIndex: "profiles", align: "right", render: (n: number) => num(n) },
               { title: t("insight.share"), key: "share", align: "right", render: (_: unknown, r) => pct(r.profiles / g.scored) },
             ]} />
