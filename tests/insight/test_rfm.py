@@ -116,8 +116,11 @@ def test_run_writes_scores_and_model_tags_with_the_version(env: Any, tmp_path: P
     ws = env.ws.workspace_id
     svc = RFMService.from_goldkey(env.gk)
     d = {"as_of": AS_OF.isoformat()}
-    rep = svc.run(ws, d)
+    stages: list[tuple[str, int, int]] = []
+    rep = svc.run(ws, d, progress=lambda what, i, n: stages.append((what, i, n)))
     assert rep["version"] == 1 and rep["profiles"] == rep["scores_written"] > 0
+    # the CLI's progress bar follows these (before: RFM had none)
+    assert [i for _, i, _ in stages] == [0, 1, 2, 3] and stages[-1] == ("done", 3, 3)
     assert sum(rep["metrics"]["groups"].values()) == rep["profiles"]
     tbl = compute_rfm(env.gk.analytical, ws, d).to_pandas().set_index("profile_id")
     pid = tbl.index[0]

@@ -94,7 +94,16 @@ def rfm(
         d["as_of"] = as_of.isoformat()
     if definition is not None:
         d = read_definition(definition)
-    report = _run(data_dir, workspace, lambda svc, ws: svc.run(ws, d))
+
+    def fit(svc: Any, ws: str) -> Any:
+        from goldkey.progress import progress_bar
+
+        with progress_bar(console, "RFM: {task.description}") as bar:
+            task = bar.add_task("starting", total=3)
+            return svc.run(ws, d, progress=lambda what, done, total: bar.update(
+                task, description=what, completed=done, total=total))
+
+    report = _run(data_dir, workspace, fit)
     typer.echo(json.dumps(report, ensure_ascii=False, indent=2))
 
 

@@ -62,8 +62,12 @@ def clv(
         d = read_definition(definition)
 
     def fit(svc: Any, ws: str) -> Any:
-        with console.status("CLV: starting", spinner="dots") as status:
-            return svc.run(ws, d, progress=lambda msg: status.update(f"CLV: {msg}"))
+        from goldkey.progress import progress_bar
+
+        # the stages CLVService.run reports: read, BG/NBD, Gamma-Gamma, score, holdout check, save, write
+        with progress_bar(console, "CLV: {task.description}") as bar:
+            task = bar.add_task("starting", total=7)
+            return svc.run(ws, d, progress=lambda msg: bar.update(task, advance=1, description=msg))
 
     report = _open_and_run(data_dir, workspace, fit)
     m = report["metrics"]

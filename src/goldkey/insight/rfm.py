@@ -32,7 +32,7 @@ path, so each change is a ``Tag Changed`` event with source ``model:rfm:v<N>``).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -273,12 +273,17 @@ class RFMService:
         return self.registry.load(ws, MODEL_NAME, kind=MODEL_KIND, definition=d)
 
     @one_run_at_a_time(MODEL_NAME)
-    def run(self, ws: str, definition: RFMDefinition | dict[str, Any] | None = None) -> dict[str, Any]:
-        """Fit, then write scores and model tags (with the model version) to the profiles."""
+    def run(self, ws: str, definition: RFMDefinition | dict[str, Any] | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+        """Fit, then write scores and model tags (with the model version) to the profiles.
+        ``progress(stage, done, total)`` follows the stages (for a progress bar)."""
         t0 = time.perf_counter()
+        step = progress or (lambda _s, _i, _n: None)
         d = parse_definition(definition)
         self._check_tags(ws, d)  # before anything is saved: a clash with a hand-made tag fails early
+        step("scoring customers", 0, 3)
         tbl, mv = self.fit(ws, d)
+        step("planning the tags", 1, 3)
         t_fit = time.perf_counter()
         declare_scores(self.engine, ws, {"rfm_r": "RFM recency score 1-5", "rfm_f": "RFM frequency score 1-5",
                                          "rfm_m": "RFM monetary score 1-5", "rfm_model_version": "RFM model version"},
@@ -292,7 +297,9 @@ class RFMService:
                                                  TIER_TAG: dict(zip(pids, tiers, strict=True))})
         t_plan = time.perf_counter()
         # the scores and both tags in one write of each profile's row
+        step(f"writing scores and tags of {tbl.num_rows} customers", 2, 3)
         w = self._write_scores(ws, tbl, mv.version, plans, source)
+        step("done", 3, 3)
         t_end = time.perf_counter()
         return {"model": MODEL_NAME, "version": mv.version, "as_of": mv.artifact.get("as_of"),
                 "profiles": tbl.num_rows, "scores_written": w.written, "group_tag_changed": w.tags[GROUP_TAG],
