@@ -776,3 +776,40 @@ def test_times_read_from_the_analytical_store_are_utc_whatever_the_server_zone(t
         time.tzset()
     assert at.utcoffset().total_seconds() == 0 and at.hour == 0
     assert day[0].startswith("2025-06-01 00:00:00")
+
+
+def test_undo_does_not_keep_a_first_seen_time_from_an_order_that_goes_back(env_any: Any, tmp_path: Any) -> None:
+    """An order imported after a wrong merge, found through the merged profile's phone, dated the
+    survivor to 2017; the undo gives the order back, so the date goes too."""
+    env = env_any
+    ident(env, "w1", userId="u1", timestamp="2018-01-01T00:00:00Z")
+    _import(env, tmp_path, "customers", "phone,name,registered_at\n13912345678,Li,2019-03-01\n")
+    ident(env, "m1", userId="u1", traits={"phone": "13912345678"})  # the wrong merge
+    merge_id = lookup(env, user_id="u1")["merges"][0]["merge_id"]
+    _import(env, tmp_path, "orders", "order_id,phone,ordered_at,sku,line_amount\nO1,13912345678,2017-05-01,LENS,300\n")
+    assert lookup(env, user_id="u1")["first_seen_source"] == "import:orders"
+    assert env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth()).status_code == 200
+    w, lo = lookup(env, user_id="u1"), lookup(env, phone="13912345678")
+    assert (w["origin"], w["first_seen_source"]) == ("new", "tracking")
+    assert w["first_seen_at"].startswith("2018-01-01") and lo["order_summary"]["orders"] == 1
+
+
+def test_a_record_that_merges_profiles_dates_the_survivor(env_any: Any, tmp_path: Any) -> None:
+    """Orders and feedback alike: the first row finds the phone's profile (2019), the second merges
+    it into the e-mail's; the survivor is the customer known since 2019 (feedback marked the
+    merged-away row instead)."""
+    env = env_any
+    files = {"orders": "order_id,email,phone,ordered_at,sku,line_amount\n"
+                       "O1,,13912345678,2019-05-01,LENS,300\nO2,a@x.com,13912345678,2024-06-01,LENS,300\n",
+             "feedback": "feedback_id,email,phone,kind,text,created_at\n"
+                         "F1,,13912345678,complaint,broke,2019-05-01\nF2,a@x.com,13912345678,review,ok,2024-06-01\n"}
+    for i, (kind, text) in enumerate(files.items()):
+        ident(env, f"{kind}-1", userId=f"u{i}", traits={"email": "a@x.com" if not i else "b@x.com"},
+              timestamp="2025-01-01T00:00:00Z")
+        ident(env, f"{kind}-2", anonymousId=f"anon-{i}", traits={"phone": f"1391234567{8 - i}"},
+              timestamp="2025-02-01T00:00:00Z")
+        own = text.replace("a@x.com", "a@x.com" if not i else "b@x.com").replace("13912345678", f"1391234567{8 - i}")
+        _import(env, tmp_path, kind, own)
+        p = lookup(env, user_id=f"u{i}")
+        assert lookup(env, anonymous_id=f"anon-{i}")["profile_id"] == p["profile_id"]
+        assert (p["origin"], p["first_seen_at"][:10]) == ("existing", "2019-04-30"), (kind, p)

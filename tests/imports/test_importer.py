@@ -389,3 +389,16 @@ def test_a_placeholder_phone_or_email_does_not_lose_the_customer(env_any: Any, t
     assert lookup(env, email="ok@example.com")["attributes"]["name"] == "Di"
     s = env.gk.importer.run(ws, "customers", only, {})  # the placeholder was its only identifier
     assert (s.accepted, s.quarantined) == (0, 1), s
+
+
+def test_a_groups_column_cannot_overwrite_the_group_memberships(env: Any, tmp_path: Path) -> None:
+    """``$groups`` holds what group calls record; a customers file's unmapped column of that name
+    would have become the attribute (and broke the undo of a later merge with a 500)."""
+    path = write_csv(tmp_path / "crm.csv", ["crm_id", "name", "$groups"], [["C1", "Ann", "vip"]])
+    from goldkey.collect.reading import MappingError
+    from goldkey.core.errors import GoldkeyError
+
+    with pytest.raises((MappingError, GoldkeyError), match=r"\$groups"):
+        env.gk.importer.run(env.ws.workspace_id, "customers", path, {})
+    s = env.gk.importer.run(env.ws.workspace_id, "customers", path, {"$groups": ""})  # left out: fine
+    assert s.status == "done" and s.accepted == 1, s

@@ -33,11 +33,21 @@ def test_group_memberships_move_to_their_own_key_and_back(engine: sa.Engine) -> 
         c.execute(sa.text("INSERT INTO merges (merge_id, workspace_id, winner_id, loser_id, id_type, id_value, detail,"
                           " created_at) VALUES ('m1', 'ws1', 'p1', 'p3', 'user_id', 'u', :d, :at)"),
                   {"d": json.dumps(detail), "at": at})
+        # a loser whose "groups" was its own list (an identify trait): not memberships, the names stay
+        own = {"winner_before": {"attributes": json.dumps({"name": "W"})},
+               "loser_before": {"attributes": json.dumps({"groups": ["admins"]})},
+               "keys_from_loser": ["groups"], "winner_overwritten": {}}
+        c.execute(sa.text("INSERT INTO merges (merge_id, workspace_id, winner_id, loser_id, id_type, id_value, detail,"
+                          " created_at) VALUES ('m2', 'ws1', 'p2', 'p3', 'user_id', 'v', :d, :at)"),
+                  {"d": json.dumps(own), "at": at})
 
     def read() -> tuple[dict[str, dict], dict]:
         with engine.connect() as c:
             got = {p: json.loads(a) for p, a in c.execute(sa.text("SELECT profile_id, attributes FROM profiles"))}
-            d = json.loads(c.execute(sa.text("SELECT detail FROM merges")).scalar_one())
+            d = json.loads(c.execute(sa.text("SELECT detail FROM merges WHERE merge_id = 'm1'")).scalar_one())
+            d2 = json.loads(c.execute(sa.text("SELECT detail FROM merges WHERE merge_id = 'm2'")).scalar_one())
+        assert d2["keys_from_loser"] == ["groups"] and json.loads(d2["loser_before"]["attributes"]) == {
+            "groups": ["admins"]}
         return got, d
 
     _alembic(engine, "upgrade", "head")

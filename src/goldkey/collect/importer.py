@@ -694,6 +694,9 @@ class Importer:
         uow = UnitOfWork(conn)
         pids, fresh = self._resolve_rows(ctx, uow, ws, df, "created_at", "import:feedback")
         ctx.graph.flush(uow)
+        if uow.merged:  # a row that merged two profiles: the survivor is the one known since its date
+            canon = _follow(uow.merged)
+            pids = [canon.get(p, p) for p in pids]
         _known_from_records(conn, pids, fresh, _row_times(df, "created_at"), "import:feedback")
         rows = self._rows(df)
         cols = [c.name for c in feedback.columns

@@ -535,6 +535,9 @@ def _resolve_mapping(
     return renames, unmapped
 
 
+GROUPS_ATTRIBUTE = "$groups"  # goldkey.identity.graph.GROUPS: reserved for group calls
+
+
 def unmapped_columns(df: pl.DataFrame, mapping: Mapping[str, str], schema: ImportSchema) -> list[str]:
     """Return the source columns that neither *mapping* nor their name maps to a field.
 
@@ -572,6 +575,9 @@ def apply_mapping(df: pl.DataFrame, mapping: Mapping[str, str], schema: ImportSc
             source columns are mapped to the same field.
     """
     renames, unmapped = _resolve_mapping(df.columns, mapping, schema)
+    if schema.keeps_extra and GROUPS_ATTRIBUTE in unmapped:
+        raise MappingError(f"the column {GROUPS_ATTRIBUTE!r} would become the attribute holding the group "
+                           "memberships that group calls record; rename it, or map it to \"\" to leave it out")
     by_field = {target: source for source, target in renames.items()}
     if RECORD in df.columns:
         exprs: list[pl.Expr] = [pl.col(RECORD).cast(pl.Int64)]

@@ -160,6 +160,8 @@ def _less_loser_groups(current: dict[str, Any], loser: dict[str, Any],
                        winner_before: dict[str, Any]) -> dict[str, Any]:
     """:func:`_less_loser` for group memberships, group by group and then trait by trait: a group
     the merge united keeps the winner's own traits and those changed since."""
+    if not (isinstance(current, dict) and isinstance(loser, dict) and isinstance(winner_before, dict)):
+        return current  # not memberships (never written so by Goldkey): left as they are
     out = _less_loser(current, loser, winner_before)
     for gid, theirs in loser.items():
         now = out.get(gid)
@@ -1260,10 +1262,12 @@ class IdentityGraph:
         first = (as_utc(datetime.fromisoformat(own["first_seen_at"])), own["first_seen_source"],
                  own["first_seen_context"])
         # ... unless the survivor's values now are not the loser's: a customer import after the merge
-        # (an earlier registration, "existing") was the survivor's own and stays
+        # (an earlier registration, "existing") was the survivor's own and stays. Not an order or
+        # feedback record's date: those records follow the identifiers they named, which may be the
+        # loser's, back with this undo (nothing tells which profile a first-seen time came from)
         now_first = (as_utc(winner.first_seen_at), winner.first_seen_source, winner.first_seen_context)
         loser_first = (as_utc(datetime.fromisoformat(lb["first_seen_at"])), lb["first_seen_source"])
-        if now_first[:2] != loser_first:
+        if now_first[:2] != loser_first and not str(now_first[1]).startswith(("import:orders", "import:feedback")):
             first = now_first
         if winner.origin == "existing" and (lb["origin"] != "existing" or str(first[1]).startswith("import:")):
             origin = "existing"

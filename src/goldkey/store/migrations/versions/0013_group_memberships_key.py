@@ -47,21 +47,24 @@ def _rewrite(old: str, new: str) -> None:
     for mid, raw in conn.execute(sa.select(merges.c.merge_id, merges.c.detail)
                                  .where(merges.c.detail.like(f'%{old}%'))).all():
         detail = json.loads(raw)
-        changed = False
+        moved: dict[str, bool] = {}
         for side in ("winner_before", "loser_before"):
             snap = detail.get(side)
+            moved[side] = False
             if isinstance(snap, dict) and isinstance(snap.get("attributes"), str):
                 attrs = json.loads(snap["attributes"])
                 if _move(attrs, old, new):
                     snap["attributes"] = json.dumps(attrs, ensure_ascii=False)
-                    changed = True
+                    moved[side] = True
+        changed = any(moved.values())
+        # the key lists name the memberships only where the snapshot's value was memberships (an
+        # object); a user's own "groups" trait (a list) keeps its name
         keys = detail.get("keys_from_loser")
-        if isinstance(keys, list) and old in keys:
+        if moved["loser_before"] and isinstance(keys, list) and old in keys:
             detail["keys_from_loser"] = [new if k == old else k for k in keys]
-            changed = True
         over = detail.get("winner_overwritten")
-        if isinstance(over, dict):
-            changed = _move(over, old, new) or changed
+        if moved["winner_before"] and isinstance(over, dict):
+            _move(over, old, new)
         if changed:
             conn.execute(merges.update().where(merges.c.merge_id == mid)
                          .values(detail=json.dumps(detail, ensure_ascii=False)))
