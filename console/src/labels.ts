@@ -38,7 +38,7 @@ export function tagValueLabel(i18n: I18n, tag: string, value: unknown, show: (v:
   const v = String(value);
   switch (tag) {
     case "rfm_group": return i18n.tOr(`rfm.group.${v}`, v);
-    case "rfm_value_tier": case "value_tier": return i18n.tOr(`rfm.tier.${v}`, v);
+    case "rfm_value_tier": return i18n.tOr(`rfm.tier.${v}`, v);
     case "lifecycle_stage": return i18n.tOr(`lifecycleStages.${v}`, v);
     case "feedback_sentiment": return i18n.tOr(`sentiment.${v}`, v);
     case "pain_points": return i18n.tOr(`topics.${v}`, v);

@@ -170,3 +170,61 @@ def test_a_customer_drawn_as_a_training_negative_is_scored_by_a_model_that_did_n
     hidden = true & ~positive
     a, b = g[hidden & sampled].mean(), g[hidden & ~sampled].mean()
     assert a > 0.75 * b, (a, b)
+
+
+def test_a_named_audience_is_a_versioned_model_written_to_the_profiles(loaded: Any) -> None:
+    """Before, a lookalike audience was only returned: no version, nothing on the profiles, no
+    refit. With a name it is kept as lookalike_<name>: a registry version with the validation,
+    scores.lookalike_<name> on the top N (and off the others at the next version), a segment rule
+    on the score selects it, and the schedule finds it again."""
+    from goldkey.insight.schedule import refit_due
+
+    env, truth, seed = loaded
+    ws = env.ws.workspace_id
+    seg = env.gk.segments.create(ws, "上海会员", {"kind": "attribute", "field": "attributes.city", "op": "eq",
+                                                "value": "上海"})
+    env.gk.segments.compute(ws, seg["segment_id"])
+    # (a long lookback: the scheduled refit below runs as of the real now, after this market's orders)
+    body = {"segment_id": seg["segment_id"], "top_n": 30, "as_of": AS_OF.isoformat(), "name": "shanghai_vip",
+            "refit_every_hours": 1, "lookback_days": 3650}
+    r = env.client.post("/api/v1/insights/lookalikes", json=body, headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    assert (rep["model"], rep["version"], rep["score_field"]) == ("lookalike_shanghai_vip", 1, "lookalike_shanghai_vip")
+    assert rep["scores_written"] == 30
+    svc = LookalikeService.from_goldkey(env.gk)
+    assert svc.registry is not None
+    mv = svc.registry.load(ws, "lookalike_shanghai_vip", kind="lookalike")
+    assert mv.metrics["validation"]["auc"] == rep["validation"]["auc"] and sorted(mv.artifact["seed"]) == seed
+    top = {x["profile_id"]: x["score"] for x in rep["lookalikes"]}
+    for pid in list(top)[:3]:
+        s = env.gk.profiles.get(ws, pid, events=0)["scores"]
+        assert s["lookalike_shanghai_vip"] == pytest.approx(top[pid], abs=1e-6)
+        assert s["lookalike_shanghai_vip_model_version"] == 1
+    outside = next(p for p in truth if p not in top and p not in seed)
+    assert "lookalike_shanghai_vip" not in env.gk.profiles.get(ws, outside, events=0)["scores"]
+    # the audience as a segment: a rule on the score
+    aud = env.gk.segments.create(ws, "lookalikes", {"kind": "attribute", "field": "scores.lookalike_shanghai_vip",
+                                                    "op": "is_set"})
+    assert env.gk.segments.compute(ws, aud["segment_id"])["size"] == 30
+    # a smaller audience next time: the profiles that left it lose the score
+    smaller = svc.find(ws, {**body, "top_n": 10})
+    assert smaller["version"] == 2
+    assert env.gk.segments.compute(ws, aud["segment_id"])["size"] == 10
+    # the name stays with its seed: another segment, another profile list
+    with pytest.raises(InvalidInput, match="give this seed another name") as e:
+        svc.find(ws, {"profile_ids": seed, "name": "shanghai_vip", "as_of": AS_OF.isoformat()})
+    assert e.value.field == "name"
+    svc.find(ws, {"profile_ids": seed, "name": "listed", "top_n": 5, "as_of": AS_OF.isoformat(),
+                  "validation": False})
+    with pytest.raises(InvalidInput, match="another list of 40 profile ids"):
+        svc.find(ws, {"profile_ids": seed[:20], "name": "listed", "as_of": AS_OF.isoformat()})
+    # no name reaches another audience's version field; a schedule needs a name
+    with pytest.raises(InvalidInput, match="_model_version") as e:
+        svc.find(ws, {"profile_ids": seed, "name": "shanghai_vip_model_version"})
+    with pytest.raises(InvalidInput, match="needs a name"):
+        svc.find(ws, {"profile_ids": seed, "refit_every_hours": 2})
+    # the schedule finds it again as of now, from the segment's members then (the other audience asked
+    # for no schedule)
+    done = refit_due(env.gk, now=datetime.now(UTC) + timedelta(hours=2))
+    assert [(d["model"], d.get("version")) for d in done] == [("lookalike_shanghai_vip", 3)], done

@@ -744,6 +744,9 @@ class PropensityDefinition(_TrainDefinition):
     def _one_target(self) -> PropensityDefinition:
         if (self.event is None) == (self.category is None):
             raise ValueError("name exactly one target: event or category")
+        if self.name is not None and self.name.endswith("_model_version"):
+            raise ValueError("a name may not end with _model_version (scores.propensity_<name>_model_version is "
+                             "the version field of another model)")
         return self
 
     def slug(self) -> str:

@@ -94,6 +94,9 @@ class LookalikeRequest(BaseModel):
     def _one_seed(self) -> LookalikeRequest:
         if (self.segment_id is None) == (self.profile_ids is None):
             raise ValueError("give exactly one seed: segment_id or profile_ids")
+        if self.name is not None and self.name.endswith("_model_version"):
+            raise ValueError("a name may not end with _model_version (scores.lookalike_<name>_model_version is "
+                             "the version field of another audience)")
         if self.refit_every_hours is not None and self.name is None:
             raise ValueError("a refit schedule needs a name (the audience is kept as lookalike_<name>)")
         return self
@@ -244,9 +247,9 @@ def validate(x: np.ndarray, seed_rows: np.ndarray, req: LookalikeRequest, top_n:
 MODEL_KIND = "lookalike"
 
 
-def _model_name(_self: Any, _ws: str, request: Any, *_a: Any, **_k: Any) -> str:
+def _model_name(_self: Any, _ws: str, request: Any, *_a: Any, **_k: Any) -> str | None:
     name = parse_request(request).name
-    return f"lookalike_{name}" if name else "lookalike"
+    return f"lookalike_{name}" if name else None  # an unnamed run keeps nothing: no lock
 
 
 class LookalikeService:
@@ -345,9 +348,14 @@ class LookalikeService:
         assert self.registry is not None, "a named lookalike audience needs the registry"
         name = f"lookalike_{req.name}"
         prior = next((m for m in self.registry.list(ws) if m["name"] == name), None)
-        if prior is not None and prior["definition"].get("segment_id") != req.segment_id:
-            had = prior["definition"].get("segment_id")
-            was = f"segment {had!r}" if had else "a list of profile ids"
+        if prior is None:
+            return
+        had_segment = prior["definition"].get("segment_id")
+        had_ids = sorted(set(prior["definition"].get("profile_ids") or []))
+        same = had_segment == req.segment_id if had_segment or req.segment_id else had_ids == sorted(
+            set(req.profile_ids or []))
+        if not same:
+            was = f"segment {had_segment!r}" if had_segment else f"another list of {len(had_ids)} profile ids"
             raise InvalidInput(f"the audience {name} was found from {was}; give this seed another name", field="name")
 
     def _keep(self, ws: str, req: LookalikeRequest, report: dict[str, Any], seed: list[str],

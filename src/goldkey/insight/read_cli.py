@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
         data_dir: DataDir = None,
         scope: Annotated[str, typer.Option("--scope", help="rules: basket or customer.")] = "basket",
         level: Annotated[str, typer.Option("--level", help="rules: sku or category.")] = "sku",
-        limit: Annotated[int, typer.Option("--limit", help="rules / similar: at most this many.")] = 20,
+        limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="rules / similar: at most this many.")]
+        = 20,
         category_a: Annotated[str | None, typer.Option("--category-a", help="gaps: bought this ...")] = None,
         category_b: Annotated[str | None, typer.Option("--category-b", help="gaps: ... never this.")] = None,
     ) -> None:

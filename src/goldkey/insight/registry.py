@@ -89,18 +89,20 @@ def run_lock(root: Path, ws: str, name: str) -> threading.RLock:
         return _RUN_LOCKS.setdefault(key, threading.RLock())
 
 
-def one_run_at_a_time(name: str | Callable[..., str]) -> Callable[[_F], _F]:
+def one_run_at_a_time(name: str | Callable[..., str | None]) -> Callable[[_F], _F]:
     """Decorate a service method ``(self, ws, ...)`` that fits a model, saves a version and writes
     its outputs back: runs of the same model of a workspace go one after another (the schedule's
     refit and a run by hand, two API calls). Without it the older version's write-back could land
     last: profiles holding v1's scores beside v2's reasons while the registry says v2. ``name`` is
-    the model name, or a function of the call's arguments giving it. The data directory belongs to
-    one process, so a lock of the process is enough."""
+    the model name, or a function of the call's arguments giving it (None: the run keeps nothing and
+    takes no lock). The data directory belongs to one process, so a lock of the process is enough."""
 
     def wrap(fn: _F) -> _F:
         @functools.wraps(fn)
         def inner(self: Any, ws: str, *args: Any, **kwargs: Any) -> Any:
             model = name if isinstance(name, str) else name(self, ws, *args, **kwargs)
+            if model is None:  # a run that keeps nothing (an unnamed lookalike audience)
+                return fn(self, ws, *args, **kwargs)
             with run_lock(self.registry.root, ws, model):
                 return fn(self, ws, *args, **kwargs)
 

@@ -545,8 +545,8 @@ def find_alerts(rows: Iterable[dict[str, Any]], window_days: int, min_contacts: 
             if hi - lo + 1 >= min_contacts:
                 best = items[lo : hi + 1]
         if best and as_of is not None and active_days is not None and \
-                as_of - best[-1]["created_at"] > timedelta(days=active_days):
-            best = None  # expired: nobody has raised it again for active_days
+                as_of - items[-1]["created_at"] > timedelta(days=active_days):
+            best = None  # expired: the customer has not raised it (unresolved) for active_days
         if best:
             tp = _TOPIC_BY_KEY.get(topic)
             alerts.append({"profile_id": pid, "topic": topic, "topic_en": tp.en if tp else topic,
