@@ -92,7 +92,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 def page(browser: Any) -> Iterator[Any]:
     ctx = browser.new_context(locale="zh-CN", viewport={"width": 1400, "height": 900})
     pg = ctx.new_page()
-    pg.set_default_timeout(30_000)
+    pg.set_default_timeout(60_000)  # a loaded 2-core machine (two test workers) can take seconds per step
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.errors = errors
