@@ -16,16 +16,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from goldkey.insight.cli import DataDir, Workspace, read_definition, read_lines
 from goldkey.progress import progress_bar
 
 console = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./goldkey-data, or GOLDKEY_DATA_DIR).",
-                 show_default=False),
-]
-Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")]
 AsOf = Annotated[datetime | None, typer.Option("--as-of", help="Use orders up to this instant (UTC).")]
 
 
@@ -57,8 +52,6 @@ def _run(data_dir: Path | None, workspace: str, label: str, fn: Callable[[Any, s
 
 
 def _definition(d: dict[str, Any], file: Path | None) -> dict[str, Any]:
-    from goldkey.insight.cli import read_definition
-
     return read_definition(file) if file is not None else d
 
 
@@ -144,8 +137,6 @@ def register(app: typer.Typer) -> None:
         if segment is not None:
             req["segment_id"] = segment
         if profiles is not None:
-            from goldkey.insight.cli import read_lines
-
             req["profile_ids"] = read_lines(profiles)
         if as_of is not None:
             req["as_of"] = as_of.isoformat()

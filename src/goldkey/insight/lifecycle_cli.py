@@ -17,14 +17,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from goldkey.insight.cli import DataDir, Workspace, read_definition
+
 console = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default ./goldkey-data, or GOLDKEY_DATA_DIR).",
-                 show_default=False),
-]
-Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")]
 AsOf = Annotated[datetime | None, typer.Option("--as-of", help="As of this instant (UTC; default now).")]
 Definition = Annotated[Path | None, typer.Option("--definition", help="A JSON file with the full request (wins).")]
 
@@ -63,8 +59,6 @@ def _with_bar(label: str, phases: tuple[str, ...], run: Callable[[Callable[[str]
 
 def _request(definition: Path | None, base: dict[str, Any]) -> dict[str, Any]:
     if definition is not None:
-        from goldkey.insight.cli import read_definition
-
         return read_definition(definition)
     return {k: v for k, v in base.items() if v is not None}
 
