@@ -804,7 +804,8 @@ def test_ids_with_control_characters_are_refused(env: Env, bad: str) -> None:
 
 def test_numeric_ids_beyond_exact_integers_are_refused_not_collapsed(env: Env) -> None:
     # before: 2 ids 1 apart above 2^64 both became "1.2345678901234568e+29", one person
-    for big in (b"123456789012345678901234567890", b"123456789012345678901234567891", b"9007199254740993.0"):
+    for big in (b"123456789012345678901234567890", b"123456789012345678901234567891", b"9007199254740993.0",
+                b"0.10000000000000001", b"12.5"):
         body = b'{"userId": ' + big + b', "event": "x", "messageId": "m-' + big + b'"}'
         _assert_error(_raw_post(env, "/v1/track", body, env.write_auth()), 400, "userId", mentions="as strings")
     body = b'{"userId": 9007199254740993, "event": "x", "messageId": "m-int"}'  # a 64-bit int is exact

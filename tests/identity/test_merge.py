@@ -794,6 +794,22 @@ def test_undo_does_not_keep_a_first_seen_time_from_an_order_that_goes_back(env_a
     assert w["first_seen_at"].startswith("2018-01-01") and lo["order_summary"]["orders"] == 1
 
 
+def test_undo_keeps_the_first_seen_time_of_an_order_that_stays(env_any: Any, tmp_path: Any) -> None:
+    """The other side: an order found through the survivor's own phone stays with it, so after the
+    undo it is still the existing customer first seen at that order (the undo re-derives it from
+    the records each profile holds)."""
+    env = env_any
+    ident(env, "w1", userId="u1", traits={"phone": "13912345678"}, timestamp="2018-01-01T00:00:00Z")
+    ident(env, "a1", anonymousId="dev-1", traits={"nickname": "x"}, timestamp="2018-06-01T00:00:00Z")
+    ident(env, "m1", userId="u1", anonymousId="dev-1")  # the wrong merge
+    merge_id = lookup(env, user_id="u1")["merges"][0]["merge_id"]
+    _import(env, tmp_path, "orders", "order_id,phone,ordered_at,sku,line_amount\nO1,13912345678,2017-05-01,LENS,300\n")
+    assert env.client.post(f"/api/v1/profiles/merges/{merge_id}/undo", headers=env.admin_auth()).status_code == 200
+    w, lo = lookup(env, user_id="u1"), lookup(env, anonymous_id="dev-1")
+    assert (w["origin"], w["first_seen_source"], w["first_seen_at"][:10]) == ("existing", "import:orders", "2017-04-30")
+    assert w["order_summary"]["orders"] == 1 and (lo["origin"], lo["first_seen_source"]) == ("new", "tracking")
+
+
 def test_a_record_that_merges_profiles_dates_the_survivor(env_any: Any, tmp_path: Any) -> None:
     """Orders and feedback alike: the first row finds the phone's profile (2019), the second merges
     it into the e-mail's; the survivor is the customer known since 2019 (feedback marked the

@@ -402,6 +402,12 @@ def test_bad_goldkey_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:
         svc.train_propensity(ws, {"category": "hats"})
     with pytest.raises(InvalidInput, match="exactly one target"):
         svc.train_propensity(ws, {"event": "Product Viewed", "category": "care"})
+    # no model name may reach another model's version field, given or derived from the target
+    from goldkey.insight.churn import PropensityDefinition
+
+    for bad in ({"event": "x", "name": "buy_model_version"}, {"category": "Buy Model Version"}):
+        with pytest.raises(InvalidInput, match="_model_version"):
+            PropensityDefinition.model_validate(bad).slug() if "name" not in bad else svc.train_propensity(ws, bad)
     # nobody is inactive after a cutoff in the future of every order: one class
     with pytest.raises(InvalidInput, match="one class only"):
         svc.train_churn(ws, {"as_of": (AS_OF + timedelta(days=400)).isoformat(), "horizon_days": 30,

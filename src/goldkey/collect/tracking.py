@@ -72,11 +72,12 @@ def _id_str(value: Any, fieldname: str, record: int | None) -> str | None:
         return None  # blank: no id at all (a space-only userId must not become everyone's id)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InvalidInput("must be a string or number", field=fieldname, record=record)
-    if type(value) is float and not abs(value) < _EXACT_INT:
+    if type(value) is float and not (value.is_integer() and abs(value) < _EXACT_INT):
         # JSON numbers beyond 64 bits arrive as floats, and from 2^53 on two ids 1 apart read as
-        # the same float: they would become one person. (Below it a float id keeps the text it
-        # always had, 12345.0, so stored identities still match.)
-        raise InvalidInput("a numeric id must be below 2^53 in magnitude; send larger ids as strings",
+        # the same float; so do fractions that differ past float precision (0.1 and
+        # 0.10000000000000001): they would become one person. (A whole float id below 2^53 keeps
+        # the text it always had, 12345.0, so stored identities still match.)
+        raise InvalidInput("a numeric id must be a whole number below 2^53 in magnitude; send other ids as strings",
                            field=fieldname, record=record)
     s = str(value)
     if len(s) > 200:

@@ -28,6 +28,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from goldkey.collect.tracking import TrackedEvent, micros_to_datetime, now_micros
+from goldkey.core.clock import as_utc
 from goldkey.core.errors import Overloaded
 from goldkey.identity.graph import (
     GROUPS,
@@ -858,9 +859,36 @@ def finish_unmerges(ctx: WriteContext, merge_ids: list[str] | None = None) -> in
             for pid, last in seen:
                 if last is not None:
                     conn.execute(profiles.update().where(profiles.c.profile_id == pid).values(last_seen_at=last))
+            _known_from_kept_records(ctx, conn, ws, now_live)
         conn.execute(merges.update().where(merges.c.merge_id.in_([r.merge_id for r in rows]))
                      .values(analytical_pending=None))
     return len(rows)
+
+
+def _known_from_kept_records(ctx: WriteContext, conn: sa.Connection, ws: str, pids: list[str]) -> None:
+    """After an undo, each of the two profiles is a known ("existing") customer when it holds an
+    imported order or feedback record, first seen no later than its earliest one: the records went
+    where the identifiers they named went, so the dates follow them (the undo itself keeps no
+    first-seen time that came from such a record: it cannot tell whose it was)."""
+    from goldkey.store.operational import feedback
+
+    earliest: dict[str, tuple[datetime, str]] = {}
+    for pid, at in ctx.analytical.query(
+            "SELECT canonical_id, min(ordered_at) FROM orders_resolved WHERE workspace_id = ? "
+            "AND canonical_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1", [ws, pids]):
+        if at is not None:
+            earliest[pid] = (as_utc(at), "import:orders")
+    f, p = feedback.c, profiles.c
+    for pid, at in conn.execute(
+            sa.select(p.canonical_id, sa.func.min(f.created_at)).join(profiles, p.profile_id == f.profile_id)
+            .where(f.workspace_id == ws, p.canonical_id.in_(pids)).group_by(p.canonical_id)).all():
+        at = as_utc(at)
+        if at is not None and (pid not in earliest or at < earliest[pid][0]):
+            earliest[pid] = (at, "import:feedback")
+    for pid, (at, source) in earliest.items():
+        conn.execute(profiles.update().where(profiles.c.profile_id == pid).values(origin="existing"))
+        conn.execute(profiles.update().where(profiles.c.profile_id == pid, profiles.c.first_seen_at > at).values(
+            first_seen_at=at, first_seen_source=source, first_seen_context=orjson.dumps({"import": source}).decode()))
 
 
 def sync_profile_map(engine: sa.Engine, analytical: AnalyticalStore) -> None:

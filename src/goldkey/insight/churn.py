@@ -756,6 +756,9 @@ class PropensityDefinition(_TrainDefinition):
         s = re.sub(r"[^a-z0-9]+", "_", (raw or "").lower()).strip("_")[:40]
         if not s:
             raise InvalidInput(f"cannot derive a model name from {raw!r}; give a name ([a-z0-9_])", field="name")
+        if s.endswith("_model_version"):
+            raise InvalidInput(f"the model name from {raw!r} would end in _model_version (another model's version "
+                               "field); give a name ([a-z0-9_])", field="name")
         return s
 
 
