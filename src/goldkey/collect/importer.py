@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -213,11 +213,19 @@ def _known_from_records(conn: sa.Connection, pids: list[str], fresh: pl.Series, 
     stale = [pid for pid, origin, first in fetch_in(
         conn, "SELECT profile_id, origin, first_seen_at FROM profiles WHERE profile_id IN ({in})", [], list(at_of))
         if origin != "existing" or before(at_of[pid], first)]
-    if not stale:
+    mark_known(conn, {pid: (at_of[pid], source) for pid in stale})
+
+
+def mark_known(conn: sa.Connection, firsts: Mapping[str, tuple[Any, str]]) -> None:
+    """Make each profile of ``firsts`` (profile -> (earliest record time as a bulk timestamp
+    parameter, see ``ts_column`` / ``ts_param``, and the record's source such as ``import:orders``))
+    an ``existing`` customer, first seen at that time when it is earlier than what it had: one
+    statement for all of them (an import's found profiles, or the two profiles of an undo)."""
+    if not firsts:
         return
-    ctx_json = orjson.dumps({"import": source}).decode()
     now = ts_param(conn)(utcnow())
-    rows = [(t, source, t, ctx_json, t, t, now, pid, t) for pid in stale for t in (at_of[pid],)]
+    rows = [(t, source, t, orjson.dumps({"import": source}).decode(), t, t, now, pid, t)
+            for pid, (t, source) in firsts.items()]
     executemany(
         conn,
         """UPDATE profiles SET origin = 'existing',

@@ -37,6 +37,7 @@ from typing import Any
 import polars as pl
 
 from goldkey.collect.import_schemas import EXTRA, RECORD, ImportSchema
+from goldkey.identity.graph import GROUPS
 
 __all__ = [
     "ImportFileError",
@@ -535,9 +536,6 @@ def _resolve_mapping(
     return renames, unmapped
 
 
-GROUPS_ATTRIBUTE = "$groups"  # goldkey.identity.graph.GROUPS: reserved for group calls
-
-
 def unmapped_columns(df: pl.DataFrame, mapping: Mapping[str, str], schema: ImportSchema) -> list[str]:
     """Return the source columns that neither *mapping* nor their name maps to a field.
 
@@ -575,8 +573,8 @@ def apply_mapping(df: pl.DataFrame, mapping: Mapping[str, str], schema: ImportSc
             source columns are mapped to the same field.
     """
     renames, unmapped = _resolve_mapping(df.columns, mapping, schema)
-    if schema.keeps_extra and GROUPS_ATTRIBUTE in unmapped:
-        raise MappingError(f"the column {GROUPS_ATTRIBUTE!r} would become the attribute holding the group "
+    if schema.keeps_extra and GROUPS in unmapped:
+        raise MappingError(f"the column {GROUPS!r} would become the attribute holding the group "
                            "memberships that group calls record; rename it, or map it to \"\" to leave it out")
     by_field = {target: source for source, target in renames.items()}
     if RECORD in df.columns:

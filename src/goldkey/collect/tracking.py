@@ -15,8 +15,10 @@ from typing import Any
 
 import orjson
 
+from goldkey.core.clock import micros_to_datetime as micros_to_datetime  # re-exported: the tracking path's times
 from goldkey.core.errors import InvalidInput, TooLarge
 from goldkey.govern.consent import consent_decisions
+from goldkey.identity.graph import GROUPS
 
 EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
@@ -226,10 +228,10 @@ def normalise_event(
     # stored under the group and never read as the user's identifiers or consent. The user's own
     # traits are the event's traits, or else its context.traits (mobile SDKs put them there).
     own = ctx_traits if etype == "group" else (traits or ctx_traits)
-    if "$groups" in own and etype == "identify":
+    if GROUPS in own and etype == "identify":
         field = "traits" if own is traits else "context.traits"
-        raise InvalidInput("the trait $groups is reserved: it holds the group memberships group calls make",
-                           field=f"{field}.$groups", record=record)
+        raise InvalidInput(f"the trait {GROUPS} is reserved: it holds the group memberships group calls make",
+                           field=f"{field}.{GROUPS}", record=record)
     if "consent" in own and etype == "identify":  # checked here: a stored event is never refused later
         try:
             consent_decisions(own)
@@ -309,7 +311,3 @@ def now_micros() -> int:
     """Return the current time in epoch microseconds."""
     return _micros(datetime.now(UTC))
 
-
-def micros_to_datetime(us: int) -> datetime:
-    """Return epoch microseconds as an aware UTC datetime."""
-    return _EPOCH + timedelta(microseconds=us)

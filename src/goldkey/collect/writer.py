@@ -870,6 +870,7 @@ def _known_from_kept_records(ctx: WriteContext, conn: sa.Connection, ws: str, pi
     imported order or feedback record, first seen no later than its earliest one: the records went
     where the identifiers they named went, so the dates follow them (the undo itself keeps no
     first-seen time that came from such a record: it cannot tell whose it was)."""
+    from goldkey.collect.importer import mark_known
     from goldkey.store.operational import feedback
 
     earliest: dict[str, tuple[datetime, str]] = {}
@@ -885,10 +886,8 @@ def _known_from_kept_records(ctx: WriteContext, conn: sa.Connection, ws: str, pi
         at = as_utc(at)
         if at is not None and (pid not in earliest or at < earliest[pid][0]):
             earliest[pid] = (at, "import:feedback")
-    for pid, (at, source) in earliest.items():
-        conn.execute(profiles.update().where(profiles.c.profile_id == pid).values(origin="existing"))
-        conn.execute(profiles.update().where(profiles.c.profile_id == pid, profiles.c.first_seen_at > at).values(
-            first_seen_at=at, first_seen_source=source, first_seen_context=orjson.dumps({"import": source}).decode()))
+    ts = ts_param(conn)
+    mark_known(conn, {pid: (ts(at), source) for pid, (at, source) in earliest.items()})
 
 
 def sync_profile_map(engine: sa.Engine, analytical: AnalyticalStore) -> None:

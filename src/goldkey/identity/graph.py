@@ -11,7 +11,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from itertools import repeat
 from typing import Any
 
@@ -19,7 +19,7 @@ import orjson
 import polars as pl
 import sqlalchemy as sa
 
-from goldkey.core.clock import as_utc, utcnow
+from goldkey.core.clock import as_utc, micros_to_datetime, utcnow
 from goldkey.core.errors import Conflict, NotFound
 from goldkey.core.ids import new_id, new_ids
 from goldkey.identity.normalize import normalize_identifier
@@ -183,13 +183,11 @@ def _seen_until(row: Any, uow: UnitOfWork) -> datetime:
     assert seen is not None
     pending = uow.deltas.get(row.profile_id)
     if pending is not None and pending.last_seen is not None:
-        at = _EPOCH + timedelta(microseconds=pending.last_seen)
+        at = micros_to_datetime(pending.last_seen)
         if at > seen:
             return at
     return seen
 
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
