@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 
@@ -82,9 +82,7 @@ class AffinityDefinition(BaseModel):
     max_len: int = Field(default=2, ge=2, le=4, description="largest itemset (antecedent + consequent)")
     max_rules: int = Field(default=5000, ge=1, le=100_000, description="keep the rules of highest lift")
     min_transactions: int = Field(default=20, ge=2, description="refuse to mine fewer transactions")
-    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
-                                          description="the refit schedule: run again as of now this often "
-                                                      "(default: by hand only)")
+    refit_every_hours: RefitEveryHours = None
 
     def as_json(self) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(self.model_dump(mode="json")))

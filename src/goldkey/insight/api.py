@@ -98,17 +98,12 @@ def list_models(gk: GK, cred: Admin) -> dict[str, Any]:
     return {"models": rfm_service(gk).registry.list(cred.workspace_id)}
 
 
-def _kind(reg: Any, ws: str, name: str) -> str:
-    meta = reg.list(ws)
-    return next((m["kind"] for m in meta if m["name"] == name), name)
-
-
 @router.get("/models/{name}", response_model=ModelMeta, responses=_ERR)
 @models_router.get("/{name}", response_model=ModelMeta, responses=_ERR, operation_id="get_model_v1")
 def get_model(name: str, gk: GK, cred: Admin, version: int | None = None) -> dict[str, Any]:
     """A model's latest (or the given) version: definition, metrics, creation time."""
     reg = rfm_service(gk).registry
-    return reg.load(cred.workspace_id, name, version, kind=_kind(reg, cred.workspace_id, name)).meta()
+    return reg.load(cred.workspace_id, name, version, kind=reg.kind_of(cred.workspace_id, name)).meta()
 
 
 class ModelVersions(BaseModel):
@@ -123,9 +118,7 @@ class ModelVersions(BaseModel):
 def list_model_versions(name: str, gk: GK, cred: Admin) -> dict[str, Any]:
     """Every stored version of a model, oldest first: definition, metrics, creation time."""
     reg = rfm_service(gk).registry
-    ws = cred.workspace_id
-    kind = _kind(reg, ws, name)
-    versions = [reg.load(ws, name, v, kind=kind).meta() for v in reg.versions(ws, name)]
+    versions = reg.all_versions(cred.workspace_id, name)
     if not versions:
         raise NotFound(f"model {name!r} has no fitted version yet")
-    return {"name": name, "kind": kind, "versions": versions}
+    return {"name": name, "kind": versions[-1]["kind"], "versions": versions}

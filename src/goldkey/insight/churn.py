@@ -90,7 +90,7 @@ from goldkey.insight.features import (
     with_profile_features,
 )
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, is_due, one_run_at_a_time
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
     declare_scores,
@@ -818,7 +818,7 @@ def model_evaluation(registry: ModelRegistry, ws: str, name: str) -> dict[str, A
     versions = registry.versions(ws, name)
     if not versions:
         raise NotFound(f"model {name!r} has no fitted version yet")
-    meta = next((m for m in registry.list(ws) if m["name"] == name), None)
+    meta = registry.latest_meta(ws, name)
     model_kind = meta["kind"] if meta else ""
     if model_kind not in ("churn", "propensity"):
         raise InvalidInput(f"model {name!r} is a {model_kind!r} model; only churn and propensity models "
@@ -929,8 +929,7 @@ class ChurnService:
             if meta.get("kind") not in ("churn", "propensity"):
                 continue
             mv = self.registry.load(ws, meta["name"], kind=meta["kind"])
-            every = mv.definition.get("refit_every_hours")
-            if not every or datetime.fromisoformat(mv.created_at) + timedelta(hours=every) > t:
+            if not is_due(mv.created_at, mv.definition.get("refit_every_hours"), t):
                 continue
             again = {**mv.definition, "as_of": None}
             out.append(self.train_churn(ws, again) if meta["kind"] == "churn" else self.train_propensity(ws, again))
@@ -946,7 +945,7 @@ class ChurnService:
         slug = d.slug()
         # one model name, one target: "Care" and "care", or an event and a category of the same name,
         # would otherwise write the same score field and pass for versions of one model
-        prior = next((m for m in self.registry.list(ws) if m["name"] == f"propensity_{slug}"), None)
+        prior = self.registry.latest_meta(ws, f"propensity_{slug}")
         if prior is not None:
             had = (prior["definition"].get("event"), prior["definition"].get("category"))
             if had != (d.event, d.category):

@@ -121,10 +121,9 @@ def models(
         reg = svc.registry
         if name is None:
             return reg.list(ws)
-        kind = next((m["kind"] for m in reg.list(ws) if m["name"] == name), name)
         if version is not None:
-            return reg.load(ws, name, version, kind=kind).meta()
-        found = [reg.load(ws, name, v, kind=kind).meta() for v in reg.versions(ws, name)]
+            return reg.load(ws, name, version, kind=reg.kind_of(ws, name)).meta()
+        found = reg.all_versions(ws, name)
         if not found:
             raise NotFound(f"model {name!r} has no fitted version yet")
         return found

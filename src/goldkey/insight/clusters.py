@@ -41,7 +41,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.lifecycle import check_model_tag, ensure_model_tag
 from goldkey.insight.purchases import excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.insight.writeback import declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -72,9 +72,7 @@ class ClusterDefinition(BaseModel):
     n_init: int = Field(default=4, ge=1, le=20)
     random_state: int = Field(default=42, ge=0)
     exclude_statuses: list[str] = Field(default_factory=list)
-    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
-                                          description="the refit schedule: run again as of now this often "
-                                                      "(default: by hand only)")
+    refit_every_hours: RefitEveryHours = None
 
     @model_validator(mode="after")
     def _range(self) -> ClusterDefinition:

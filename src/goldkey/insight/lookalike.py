@@ -347,7 +347,7 @@ class LookalikeService:
         same score and pass for a version of that audience."""
         assert self.registry is not None, "a named lookalike audience needs the registry"
         name = f"lookalike_{req.name}"
-        prior = next((m for m in self.registry.list(ws) if m["name"] == name), None)
+        prior = self.registry.latest_meta(ws, name)
         if prior is None:
             return
         had_segment = prior["definition"].get("segment_id")

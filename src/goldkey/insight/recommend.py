@@ -51,7 +51,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight import affinity
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.insight.writeback import read_profile_insights, write_profile_insights
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -82,9 +82,7 @@ class RecommendDefinition(BaseModel):
     consumable_categories: list[str] = Field(default_factory=list, description="categories always consumable")
     min_gap_confidence: float = Field(default=0.2, ge=0, le=1, description="next best: strongest gap to act on")
     rule_min_support: float = Field(default=0.005, gt=0, le=1, description="next best: support of SKU rules")
-    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
-                                          description="the refit schedule: run again as of now this often "
-                                                      "(default: by hand only)")
+    refit_every_hours: RefitEveryHours = None
 
     def as_json(self) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(self.model_dump(mode="json")))

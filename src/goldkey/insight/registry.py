@@ -25,10 +25,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
+from pydantic import Field
 
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
@@ -109,6 +111,17 @@ def one_run_at_a_time(name: str | Callable[..., str | None]) -> Callable[[_F], _
         return inner  # type: ignore[return-value]
 
     return wrap
+
+
+RefitEveryHours = Annotated[int | None, Field(ge=1, le=8760, description="the refit schedule: run again as of now "
+                                                                           "this often (default: by hand only)")]
+"""A definition's ``refit_every_hours`` (:func:`is_due`; goldkey.insight.schedule runs it)."""
+
+
+def is_due(created_at: str, every_hours: int | None, now: datetime) -> bool:
+    """Whether a version created at ``created_at`` (ISO) is due a refit at ``now`` under a
+    definition's ``refit_every_hours`` (None or 0: refitted by hand only)."""
+    return bool(every_hours) and datetime.fromisoformat(created_at) + timedelta(hours=every_hours or 0) <= now
 
 
 class ModelRegistry:
@@ -193,6 +206,21 @@ class ModelRegistry:
                             version=int(meta["version"]), definition=meta["definition"],
                             definition_hash=meta["definition_hash"], created_at=meta["created_at"],
                             metrics=meta.get("metrics", {}), artifact=artifact, path=p)
+
+    def latest_meta(self, ws: str, name: str) -> dict[str, Any] | None:
+        """The latest version's metadata of model ``name`` (as :meth:`list` gives it), or None."""
+        return next((m for m in self.list(ws) if m["name"] == name), None)
+
+    def kind_of(self, ws: str, name: str) -> str:
+        """The stored kind of model ``name``; the name itself when there is none (a load then
+        raises NotFound)."""
+        meta = self.latest_meta(ws, name)
+        return str(meta["kind"]) if meta else name
+
+    def all_versions(self, ws: str, name: str) -> list[dict[str, Any]]:
+        """Every stored version's metadata of model ``name``, oldest first ([] when none)."""
+        kind = self.kind_of(ws, name)
+        return [self.load(ws, name, v, kind=kind).meta() for v in self.versions(ws, name)]
 
     def list(self, ws: str) -> list[dict[str, Any]]:
         """The latest version's metadata of every model of the workspace."""

@@ -47,7 +47,7 @@ from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, is_due, one_run_at_a_time
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -318,10 +318,7 @@ class RFMService:
         except NotFound:
             return None
         d = parse_definition(mv.definition)
-        if d.refit_every_hours is None:
-            return None
-        t = as_of_utc(now)
-        if datetime.fromisoformat(mv.created_at) + timedelta(hours=d.refit_every_hours) > t:
+        if not is_due(mv.created_at, d.refit_every_hours, as_of_utc(now)):
             return None
         return self.run(ws, d.model_copy(update={"as_of": None}))  # as of now, not the first run's date
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from goldkey.insight.registry import ModelRegistry
+from goldkey.insight.registry import ModelRegistry, is_due
 from goldkey.rules.values import as_of_utc
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,7 @@ def refit_due(gk: Any, now: datetime | None = None) -> list[dict[str, Any]]:
             name = str(meta.get("name"))
             try:
                 d = parse(meta["definition"])
-                every = d.refit_every_hours
-                if not every or datetime.fromisoformat(meta["created_at"]) + timedelta(hours=every) > t:
+                if not is_due(meta["created_at"], d.refit_every_hours, t):
                     continue
                 rep = run(ws, d.model_copy(update={"as_of": None}))  # as of now, not the last run's date
             except Exception as exc:  # noqa: BLE001 - one model's failure never stops the others

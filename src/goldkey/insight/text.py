@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.rules.values import as_of_utc
 from goldkey.store.operational import feedback, feedback_insights, profiles
 
@@ -470,9 +470,7 @@ class FeedbackTextDefinition(BaseModel):
                                description="feedback of the last N days counts for tags and alerts")
     negative_below: float = Field(default=0.4, gt=0, lt=1, description="p(positive) <= this: negative")
     positive_above: float = Field(default=0.6, gt=0, lt=1, description="p(positive) >= this: positive")
-    refit_every_hours: int | None = Field(default=None, ge=1, le=8760,
-                                          description="the refit schedule: run again as of now this often "
-                                                      "(default: by hand only)")
+    refit_every_hours: RefitEveryHours = None
     alert_window_days: int = Field(default=30, ge=1, le=365,
                                    description="two unresolved contacts on one topic within N days: an alert")
     alert_min_contacts: int = Field(default=2, ge=2, le=20, description="contacts needed for an alert")
