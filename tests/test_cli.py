@@ -80,3 +80,28 @@ def test_one_process_per_data_dir(tmp_path: Path) -> None:
         assert r.exit_code == 1 and "--api" in r.output
     finally:
         gk.close()
+
+
+def test_a_mistyped_workspace_id_is_refused_by_every_command(tmp_path: Path) -> None:
+    """A ``ws_…`` id is looked up like a name: a typo must not run a model, a segment command or an
+    insight read on a workspace that does not exist (it used to pass through and fail later with a
+    misleading message, e.g. "no orders to score")."""
+    d = str(tmp_path)
+    r = runner.invoke(app, ["workspace", "create", "A", "--json", "--data-dir", d])
+    ws = json.loads(r.stdout)["workspace_id"]
+    for args in (
+        ["insight", "rfm"],
+        ["insight", "clv"],
+        ["insight", "lifecycle"],
+        ["insight", "show", "feedback-alerts"],
+        ["insight", "churn"],
+        ["insight", "affinity"],
+        ["insight", "feedback"],
+        ["insight", "cohorts"],
+        ["segment", "list"],
+    ):
+        r = runner.invoke(app, [*args, "-w", "ws_nope", "--data-dir", d])
+        assert r.exit_code == 2, (args, r.output)
+        assert "no workspace with id 'ws_nope'" in r.output, (args, r.output)
+    r = runner.invoke(app, ["segment", "list", "-w", ws, "--data-dir", d])
+    assert r.exit_code == 0, r.output

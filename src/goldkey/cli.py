@@ -270,6 +270,12 @@ def _workspace_id(gk: Any, workspace: str) -> str:
             return str(all_ws[0]["workspace_id"])
         _fail("name the workspace with --workspace (id or name)", 2)
     if workspace.startswith("ws_"):
+        from goldkey.core.errors import NotFound
+
+        try:  # an id is checked too: a mistyped one must not run a command on a workspace that is not there
+            gk.workspaces.get(workspace)
+        except NotFound:
+            _fail(f"no workspace with id {workspace!r}", 2)
         return workspace
     ws = gk.workspaces.find_by_name(workspace)
     if ws is None:

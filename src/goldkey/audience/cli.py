@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.table import Table
 
 from goldkey.progress import progress_bar
-from goldkey.settings import Settings
 
 console = Console(stderr=True)
 segment_app = typer.Typer(help="Define, estimate, compute and export segments.", no_args_is_help=True)
@@ -33,27 +32,17 @@ def _fail(message: str, code: int = 1) -> None:
 
 @contextmanager
 def _open(data_dir: Path | None, workspace: str) -> Iterator[tuple[Any, str]]:
+    from goldkey.cli import _settings, _workspace_id
     from goldkey.core.errors import GoldkeyError
     from goldkey.runtime import DataDirInUse, Goldkey
 
-    settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
     try:
-        gk = Goldkey.open(settings)
+        gk = Goldkey.open(_settings(data_dir))
     except DataDirInUse as exc:
         _fail(f"{exc}; use the REST API of the running server instead")
         raise
     try:
-        all_ws = gk.workspaces.list()
-        if not workspace:
-            if len(all_ws) != 1:
-                _fail("name the workspace with --workspace (id or name)", 2)
-            ws = str(all_ws[0]["workspace_id"])
-        elif workspace.startswith("ws_"):
-            ws = workspace
-        else:
-            ws = gk.workspaces.find_by_name(workspace) or ""
-            if not ws:
-                _fail(f"no workspace named {workspace!r}", 2)
+        ws = _workspace_id(gk, workspace)
         try:
             yield gk, ws
         except GoldkeyError as exc:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from goldkey.insight.cli import DataDir, Workspace, read_definition, read_lines
+from goldkey.insight.cli import DataDir, Workspace, _open_gk, read_definition, read_lines
 from goldkey.progress import progress_bar
 
 console = Console(stderr=True)
@@ -26,17 +26,8 @@ AsOf = Annotated[datetime | None, typer.Option("--as-of", help="Use orders up to
 
 def _run(data_dir: Path | None, workspace: str, label: str, fn: Callable[[Any, str, Any], Any]) -> Any:
     """Open the instance, run ``fn(gk, workspace_id, progress)`` under a progress bar, close."""
-    from goldkey.cli import _settings, _workspace_id
-    from goldkey.core.errors import GoldkeyError
-    from goldkey.runtime import DataDirInUse, Goldkey
 
-    try:
-        gk = Goldkey.open(_settings(data_dir))
-    except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: /api/v1/insights)")
-        raise typer.Exit(1) from None
-    try:
-        ws = _workspace_id(gk, workspace)
+    def go(gk: Any, ws: str) -> Any:
         with progress_bar(console, label + " {task.description}") as bar:
             task = bar.add_task("", total=1)
 
@@ -44,11 +35,8 @@ def _run(data_dir: Path | None, workspace: str, label: str, fn: Callable[[Any, s
                 bar.update(task, completed=done, total=total, description=what)
 
             return fn(gk, ws, progress)
-    except GoldkeyError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        gk.close()
+
+    return _open_gk(data_dir, workspace, go)
 
 
 def _definition(d: dict[str, Any], file: Path | None) -> dict[str, Any]:

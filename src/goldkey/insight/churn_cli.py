@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from goldkey.insight.cli import DataDir, Workspace, read_definition
+from goldkey.insight.cli import DataDir, Workspace, _open_gk, read_definition
 
 console = Console(stderr=True)
 
@@ -32,21 +32,12 @@ Attributes = Annotated[list[str] | None, typer.Option(
 
 
 def _train(data_dir: Path | None, workspace: str, method: str, d: dict[str, Any]) -> dict[str, Any]:
-    from goldkey.cli import _settings, _workspace_id
-    from goldkey.core.errors import GoldkeyError
     from goldkey.insight.churn_api import churn_service
     from goldkey.insight.evaluation import format_lift_table
     from goldkey.progress import progress_bar
-    from goldkey.runtime import DataDirInUse, Goldkey
 
-    try:
-        gk = Goldkey.open(_settings(data_dir))
-    except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: /api/v1/insights)")
-        raise typer.Exit(1) from None
-    try:
+    def go(gk: Any, ws: str) -> dict[str, Any]:
         svc = churn_service(gk)
-        ws = _workspace_id(gk, workspace)
         with progress_bar(console, "{task.description}") as bar:
             task = bar.add_task("starting", total=7)
 
@@ -60,11 +51,8 @@ def _train(data_dir: Path | None, workspace: str, method: str, d: dict[str, Any]
                       f"top-decile lift {report['top_decile_lift']:.2f}")
         console.print(format_lift_table(table), markup=False, highlight=False)
         return report
-    except GoldkeyError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        gk.close()
+
+    return _open_gk(data_dir, workspace, go)
 
 
 def _definition(definition: Path | None, base: dict[str, Any], as_of: datetime | None,

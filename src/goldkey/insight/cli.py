@@ -51,9 +51,10 @@ DataDir = Annotated[
 Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")]
 
 
-def _open_gk(data_dir: Path | None, workspace: str, fn: Any) -> Any:
+def _open_gk(data_dir: Path | None, workspace: str, fn: Any, api: str = "/api/v1/insights") -> Any:
     """Open the data directory, run ``fn(gk, workspace_id)``, close; a Goldkey error (or a server
-    owning the directory) is an ``error:`` line and exit code 1."""
+    owning the directory) is an ``error:`` line and exit code 1. Every command that opens the data
+    directory itself runs through here; ``api`` names the route to use while a server owns it."""
     from goldkey.cli import _settings, _workspace_id
     from goldkey.core.errors import GoldkeyError
     from goldkey.runtime import DataDirInUse, Goldkey
@@ -61,7 +62,7 @@ def _open_gk(data_dir: Path | None, workspace: str, fn: Any) -> Any:
     try:
         gk = Goldkey.open(_settings(data_dir))
     except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: /api/v1/insights)")
+        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: {api})")
         raise typer.Exit(1) from None
     try:
         return fn(gk, _workspace_id(gk, workspace))

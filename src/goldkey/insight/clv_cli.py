@@ -17,30 +17,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from goldkey.insight.cli import DataDir, Workspace, read_definition
+from goldkey.insight.cli import DataDir, Workspace, _open_gk, read_definition
 
 console = Console(stderr=True)
 
 
 def _open_and_run(data_dir: Path | None, workspace: str, fn: Callable[[Any, str], Any]) -> Any:
-    """Open the data directory, run ``fn(clv_service, workspace_id)``, close; errors exit 1."""
-    from goldkey.cli import _settings, _workspace_id
-    from goldkey.core.errors import GoldkeyError
+    """Run ``fn(clv_service, workspace_id)`` on the opened data directory; errors exit 1."""
     from goldkey.insight.clv_api import clv_service
-    from goldkey.runtime import DataDirInUse, Goldkey
 
-    try:
-        gk = Goldkey.open(_settings(data_dir))
-    except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: /api/v1/insights/clv/run)")
-        raise typer.Exit(1) from None
-    try:
-        return fn(clv_service(gk), _workspace_id(gk, workspace))
-    except GoldkeyError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        gk.close()
+    return _open_gk(data_dir, workspace, lambda gk, ws: fn(clv_service(gk), ws), api="/api/v1/insights/clv/run")
 
 
 def clv(

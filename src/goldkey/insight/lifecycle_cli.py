@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from goldkey.insight.cli import DataDir, Workspace, read_definition
+from goldkey.insight.cli import DataDir, Workspace, _open_gk, read_definition
 
 console = Console(stderr=True)
 
@@ -26,22 +26,7 @@ Definition = Annotated[Path | None, typer.Option("--definition", help="A JSON fi
 
 
 def _open(data_dir: Path | None, workspace: str, fn: Callable[[Any, str], Any]) -> Any:
-    from goldkey.cli import _settings, _workspace_id
-    from goldkey.core.errors import GoldkeyError
-    from goldkey.runtime import DataDirInUse, Goldkey
-
-    try:
-        gk = Goldkey.open(_settings(data_dir))
-    except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: /api/v1/insights)")
-        raise typer.Exit(1) from None
-    try:
-        return fn(gk, _workspace_id(gk, workspace))
-    except GoldkeyError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        gk.close()
+    return _open_gk(data_dir, workspace, fn)
 
 
 def _with_bar(label: str, phases: tuple[str, ...], run: Callable[[Callable[[str], None]], Any]) -> Any:

@@ -16,31 +16,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from goldkey.insight.cli import DataDir, Workspace
+from goldkey.insight.cli import DataDir, Workspace, _open_gk
 
 console = Console(stderr=True)
 
 
 
 def _open_and_run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
-    from goldkey.cli import _settings, _workspace_id
-    from goldkey.core.errors import GoldkeyError
     from goldkey.insight.text_api import text_service
-    from goldkey.runtime import DataDirInUse, Goldkey
 
-    try:
-        gk = Goldkey.open(_settings(data_dir))
-    except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: "
-                      "POST /api/v1/insights/feedback/analyze)")
-        raise typer.Exit(1) from None
-    try:
-        return fn(text_service(gk), _workspace_id(gk, workspace))
-    except GoldkeyError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        gk.close()
+    return _open_gk(data_dir, workspace, lambda gk, ws: fn(text_service(gk), ws),
+                    api="POST /api/v1/insights/feedback/analyze")
 
 
 def feedback(
