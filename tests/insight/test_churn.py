@@ -21,6 +21,7 @@ from goldkey.insight import churn_api
 from goldkey.insight.churn import ChurnService, ClassifierParams, TabularClassifier, _holdout_split
 from goldkey.insight.evaluation import evaluate
 from goldkey.insight.features import FEATURE_DOCS, FEEDBACK_DOCS, customer_features
+from goldkey.insight.schedule import refit_due
 from goldkey.store.operational import identities
 
 TELCO = Path("/work/shared/data/telco_churn.csv")
@@ -299,11 +300,11 @@ def test_churn_model_learns_and_writes_scores_and_reasons(env: Any, tmp_path: Pa
     # the refit schedule: neither model asked for one; a version that does is retrained as of now
     # (here, long after this test market's history, so the retrain finds nobody to learn from and says so)
     later = datetime.now(UTC) + timedelta(hours=2)
-    assert svc.refit_if_due(ws, now=later) == []
+    assert refit_due(env.gk, now=later) == []
     svc.train_churn(ws, {"as_of": AS_OF.isoformat(), "horizon_days": HORIZON, "classifier": FAST,
                          "refit_every_hours": 1})
-    with pytest.raises(InvalidInput, match="no customers to learn from"):
-        svc.refit_if_due(ws, now=later)
+    [failed] = refit_due(env.gk, now=later)
+    assert failed["model"] == "churn" and "no customers to learn from" in failed["error"]
 
 
 def test_traits_are_features_as_of_the_cutoff_and_attributes_as_stored(env: Any, tmp_path: Path) -> None:

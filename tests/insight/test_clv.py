@@ -32,6 +32,7 @@ from goldkey.insight.clv import (
     summary_from_transactions,
 )
 from goldkey.insight.registry import ModelMismatch
+from goldkey.insight.schedule import refit_due
 from goldkey.store.operational import identities
 
 
@@ -498,7 +499,7 @@ def test_registry_versions_refit_and_mismatch(env: Any, tmp_path: Path, sample: 
     _import_orders(env, tmp_path, _subset(sample))
     ws = env.ws.workspace_id
     svc = CLVService.from_goldkey(env.gk)
-    assert svc.refit_if_due(ws) is None  # no model yet
+    assert refit_due(env.gk) == []  # no model yet
     d = {"as_of": CAL_AS_OF, "refit_every_hours": 6}
     _, mv = svc.fit(ws, d)
     assert mv.version == 1 and (mv.path / "artifact.json").exists()
@@ -508,10 +509,10 @@ def test_registry_versions_refit_and_mismatch(env: Any, tmp_path: Path, sample: 
     with pytest.raises(ModelMismatch, match="another definition"):
         svc.latest(ws, {**d, "horizon_days": 30})
     assert svc.latest(ws, d).version == 1
-    assert svc.refit_if_due(ws) is None  # fitted just now
+    assert refit_due(env.gk) == []  # fitted just now
     # when due, it refits as of now: the 1997 orders are outside the lookback, which is reported
     later = datetime.now(UTC) + timedelta(hours=7)
-    with pytest.raises(InvalidInput, match="no orders to score"):
-        svc.refit_if_due(ws, now=later)
+    [failed] = refit_due(env.gk, now=later)
+    assert failed["model"] == "clv" and "no orders to score" in failed["error"]
     svc.fit(ws, {**d, "refit_every_hours": None})
-    assert svc.refit_if_due(ws, now=later + timedelta(days=30)) is None
+    assert refit_due(env.gk, now=later + timedelta(days=30)) == []

@@ -15,6 +15,7 @@ import pytest
 
 from goldkey.core.errors import InvalidInput
 from goldkey.insight.lifecycle import STAGES, TRANSITION_EVENT, LifecycleService, compute_features
+from goldkey.insight.schedule import refit_due
 
 AS_OF = datetime(2024, 7, 1, tzinfo=UTC)
 HEADER = ["order_id", "ordered_at", "crm_id", "sku", "category", "quantity", "unit_price"]
@@ -201,9 +202,11 @@ def test_custom_rules_first_match_and_other_fields(env: Any, tmp_path: Path) -> 
     p = env.client.get(f"/api/v1/profiles/{_pid_of(env, 'CHURN')}", headers=env.admin_auth()).json()
     assert p["tags"]["lifecycle_stage"] == "churned"
     # the refit schedule: not due right after a run; due a day later, rerun as of now
-    assert svc.refit_if_due(ws) is None
-    again = svc.refit_if_due(ws, now=datetime.now(UTC) + timedelta(hours=25))
-    assert again is not None and again["version"] == 2 and again["metrics"]["stages"]["churned"] == len(ref)
+    assert refit_due(env.gk) == []
+    assert refit_due(env.gk, now=datetime.now(UTC) + timedelta(hours=25)) == [
+        {"workspace_id": ws, "model": "lifecycle", "version": 2}]
+    again = svc.latest(ws)
+    assert again.version == 2 and again.metrics["stages"]["churned"] == len(ref)
 
 
 def test_bad_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from goldkey.core.errors import InvalidInput
 from goldkey.insight.registry import ModelMismatch, ModelRegistry
 from goldkey.insight.rfm import GROUPS, RFMDefinition, RFMService, compute_rfm, group_of
+from goldkey.insight.schedule import refit_due
 
 AS_OF = datetime(2024, 7, 1, tzinfo=UTC)
 HEADER = ["order_id", "ordered_at", "crm_id", "sku", "category", "quantity", "unit_price"]
@@ -293,7 +294,7 @@ def test_api_runs_rfm_and_lists_models(env: Any, tmp_path: Path) -> None:
     assert env.client.get("/api/v1/models", headers=env.write_auth()).status_code == 401
 
 
-def test_cli_runs_rfm_and_lists_models(tmp_path: Path) -> None:
+def test_cli_runs_rfm_and_lists_models(tmp_path: Path, monkeypatch: Any) -> None:
     import json
 
     from typer.testing import CliRunner
@@ -334,25 +335,36 @@ def test_cli_runs_rfm_and_lists_models(tmp_path: Path) -> None:
                        (["evaluation", "rfm"], "only churn and propensity")):
         r = runner.invoke(insight_app, [*args, "-w", "Shop", "--data-dir", d])
         assert r.exit_code == 1 and says in " ".join(r.output.split()), r.output
+    # the schedule's look by hand: nothing is due right after a run; a day later, the RFM model
+    # (24 h by default) is refitted as of now, which finds no order in its 365 days and says so
+    r = runner.invoke(insight_app, ["refit-due", "-w", "Shop", "--data-dir", d])
+    assert r.exit_code == 0 and json.loads(r.stdout) == [], r.output
+    import goldkey.insight.schedule as schedule
+
+    monkeypatch.setattr(schedule, "as_of_utc", lambda now: datetime.now(UTC) + timedelta(hours=25))
+    r = runner.invoke(insight_app, ["refit-due", "-w", "Shop", "--data-dir", d])
+    [failed] = json.loads(r.stdout)
+    assert r.exit_code == 1 and failed["model"] == "rfm" and "no orders to score" in failed["error"], r.output
+    assert "refit of rfm failed" in " ".join(r.output.split())
 
 
 def test_refit_when_due(env: Any, tmp_path: Path) -> None:
     _import(env, tmp_path, _orders(n_customers=8))
     ws = env.ws.workspace_id
     svc = RFMService.from_goldkey(env.gk)
-    assert svc.refit_if_due(ws) is None  # no model yet
+    assert refit_due(env.gk) == []  # no model yet
     svc.run(ws, {"refit_every_hours": 6, "lookback_days": 3650})
-    assert svc.refit_if_due(ws) is None  # fitted just now
+    assert refit_due(env.gk) == []  # fitted just now
     later = datetime.now(UTC) + timedelta(hours=7)
-    rep = svc.refit_if_due(ws, now=later)
-    assert rep is not None and rep["version"] == 2
+    assert refit_due(env.gk, now=later) == [{"workspace_id": ws, "model": "rfm", "version": 2}]
     svc.run(ws, {"refit_every_hours": None, "lookback_days": 3650})
-    assert svc.refit_if_due(ws, now=later + timedelta(days=30)) is None
+    assert refit_due(env.gk, now=later + timedelta(days=30)) == []
     # a model first run as of a fixed date is refitted as of now (before: the fixed date, for ever)
     svc.run(ws, {"refit_every_hours": 6, "lookback_days": 3650, "as_of": AS_OF.isoformat()})
-    rep = svc.refit_if_due(ws, now=later + timedelta(days=31))
-    assert rep is not None and rep["version"] == 5
-    assert datetime.fromisoformat(rep["as_of"]) > datetime.now(UTC) - timedelta(minutes=5)
+    assert refit_due(env.gk, now=later + timedelta(days=31)) == [{"workspace_id": ws, "model": "rfm", "version": 5}]
+    latest = svc.latest(ws)
+    assert latest.version == 5
+    assert datetime.fromisoformat(latest.artifact["as_of"]) > datetime.now(UTC) - timedelta(minutes=5)
 
 
 def test_runs_of_one_model_go_one_after_another(env: Any, tmp_path: Path, monkeypatch: Any) -> None:

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from goldkey.insight.churn import ChurnService
 from goldkey.insight.lifecycle import LifecycleService
 from goldkey.insight.rfm import RFMService
 from goldkey.insight.schedule import RefitScheduler, refit_due
@@ -40,9 +39,6 @@ def test_due_models_are_refitted_as_of_now_and_others_left(env: Any, tmp_path: P
     latest = RFMService.from_goldkey(env.gk).latest(ws)
     assert latest.version == 2 and datetime.fromisoformat(latest.artifact["as_of"]) > AS_OF + timedelta(days=365)
     assert LifecycleService.from_goldkey(env.gk).latest(ws).version == 1  # by hand only
-    # a churn model asks for a schedule in its definition; a failing refit is reported, the rest go on
-    svc = ChurnService.from_goldkey(env.gk)
-    assert svc.refit_if_due(ws, now=later) == []
 
 
 def test_the_server_thread_looks_on_its_interval(env: Any) -> None:

@@ -90,7 +90,7 @@ from goldkey.insight.features import (
     with_profile_features,
 )
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, is_due, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
     declare_scores,
@@ -918,22 +918,6 @@ class ChurnService:
 
         return self._train(ws, d, "churn", "churn", "churn_risk", "churn risk (probability of no activity in "
                            f"the next {d.horizon_days} days)", population, label, progress)
-
-    def refit_if_due(self, ws: str, now: datetime | None = None) -> list[dict[str, Any]]:
-        """The refit schedule: every churn and propensity model of the workspace whose latest
-        version's ``refit_every_hours`` have passed is trained again on its definition, as of now.
-        Returns the reports of the models refitted (none when nothing is due)."""
-        t = as_of_utc(now)
-        out = []
-        for meta in self.registry.list(ws):
-            if meta.get("kind") not in ("churn", "propensity"):
-                continue
-            mv = self.registry.load(ws, meta["name"], kind=meta["kind"])
-            if not is_due(mv.created_at, mv.definition.get("refit_every_hours"), t):
-                continue
-            again = {**mv.definition, "as_of": None}
-            out.append(self.train_churn(ws, again) if meta["kind"] == "churn" else self.train_propensity(ws, again))
-        return out
 
     def train_propensity(self, ws: str, definition: PropensityDefinition | dict[str, Any],
                          progress: Progress | None = None) -> dict[str, Any]:

@@ -132,6 +132,22 @@ def models(
     typer.echo(json.dumps(_run(data_dir, workspace, read), ensure_ascii=False, indent=2))
 
 
+@insight_app.command("refit-due")
+def refit_due_command(workspace: Workspace = "", data_dir: DataDir = None) -> None:
+    """Refit, as of now, every model of the workspace whose refit_every_hours have passed (what the
+    server's schedule does every GOLDKEY_REFIT_CHECK_MINUTES); prints one line per refit as JSON.
+    Exit 1 when a refit failed (the others still run)."""
+    from goldkey.insight.schedule import refit_due
+
+    done = _open_gk(data_dir, workspace, lambda gk, ws: refit_due(gk, workspace_id=ws))
+    typer.echo(json.dumps(done, ensure_ascii=False, indent=2))
+    failed = [d for d in done if "error" in d]
+    for d in failed:
+        console.print(f"[red]error:[/red] refit of {d['model']} failed: {d['error']}")
+    if failed:
+        raise typer.Exit(1)
+
+
 @insight_app.command("evaluation")
 def evaluation(
     name: Annotated[str, typer.Argument(help="A churn or propensity model, e.g. churn or propensity_care.")],

@@ -55,9 +55,9 @@ from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln, hyp2f1
 
 from goldkey.core.clock import to_iso
-from goldkey.core.errors import InvalidInput, NotFound, validated
+from goldkey.core.errors import InvalidInput, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, is_due, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.writeback import declare_scores, write_scores
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -745,14 +745,3 @@ class CLVService:
                 "definition": mv.definition, "period": a.get("period"), "parameters": params, "metrics": metrics,
                 "distribution": mv.metrics.get("clv_distribution", {"histogram": [], "deciles": []})}
 
-    def refit_if_due(self, ws: str, now: datetime | None = None) -> dict[str, Any] | None:
-        """Rerun the latest version's definition (scored as of now) when its ``refit_every_hours``
-        have passed; None when nothing is due (no model yet, a manual-only model, not yet time)."""
-        try:
-            mv = self.latest(ws)
-        except NotFound:
-            return None
-        d = parse_definition(mv.definition)
-        if not is_due(mv.created_at, d.refit_every_hours, as_of_utc(now)):
-            return None
-        return self.run(ws, d.model_copy(update={"as_of": None}))

@@ -70,7 +70,7 @@ from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, is_due, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.model import AttributeCondition, iter_nodes
 from goldkey.rules.values import as_of_utc, field_column
@@ -496,18 +496,6 @@ class LifecycleService:
 
     def latest(self, ws: str) -> ModelVersion:
         return self.registry.load(ws, MODEL_NAME, kind=MODEL_KIND)
-
-    def refit_if_due(self, ws: str, now: datetime | None = None) -> dict[str, Any] | None:
-        """The refit schedule: rerun the latest version's definition (as of now) when its
-        ``refit_every_hours`` have passed since it was fitted; None when nothing is due."""
-        try:
-            mv = self.latest(ws)
-        except NotFound:
-            return None
-        d = parse_definition(mv.definition)
-        if not is_due(mv.created_at, d.refit_every_hours, as_of_utc(now)):
-            return None
-        return self.run(ws, d.model_copy(update={"as_of": None}))
 
     def summary(self, ws: str) -> dict[str, Any]:
         """The latest version's stage counts and transition matrix, with the stage names."""

@@ -47,7 +47,7 @@ from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, is_due, one_run_at_a_time
+from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -308,19 +308,6 @@ class RFMService:
                 "timings_ms": {"fit": int((t_fit - t0) * 1000), "plan": int((t_plan - t_fit) * 1000),
                                "write": int((t_end - t_plan) * 1000),
                                **{f"write_{k}": v for k, v in w.timings_ms.items()}}}
-
-    def refit_if_due(self, ws: str, now: datetime | None = None) -> dict[str, Any] | None:
-        """The refit schedule: rerun the latest version's definition (scored as of now) when its
-        ``refit_every_hours`` have passed since it was fitted. Returns the run's report, or None
-        when nothing is due (no model yet, a manual-only model, or not yet time)."""
-        try:
-            mv = self.latest(ws)
-        except NotFound:
-            return None
-        d = parse_definition(mv.definition)
-        if not is_due(mv.created_at, d.refit_every_hours, as_of_utc(now)):
-            return None
-        return self.run(ws, d.model_copy(update={"as_of": None}))  # as of now, not the first run's date
 
     # -- write-back -----------------------------------------------------------------------------
     def _tag_specs(self, d: RFMDefinition, version: int | None) -> dict[str, dict[str, Any]]:

@@ -57,15 +57,15 @@ def _refitters(gk: Any) -> dict[str, tuple[Callable[[dict[str, Any]], Any], Call
     }
 
 
-def refit_due(gk: Any, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Refit every model of every workspace that is due; return one entry per refit (workspace,
-    model, new version), or per failure (with the error)."""
+def refit_due(gk: Any, now: datetime | None = None, workspace_id: str | None = None) -> list[dict[str, Any]]:
+    """Refit every model of every workspace (or of ``workspace_id``) that is due; return one entry
+    per refit (workspace, model, new version), or per failure (with the error)."""
     t = as_of_utc(now)
     registry = ModelRegistry(gk.settings.data_dir / "models")
     kinds = _refitters(gk)
     done: list[dict[str, Any]] = []
-    for w in gk.workspaces.list():
-        ws = str(w["workspace_id"])
+    ids = [workspace_id] if workspace_id else [str(w["workspace_id"]) for w in gk.workspaces.list()]
+    for ws in ids:
         for meta in registry.list(ws):
             known = kinds.get(str(meta.get("kind")))
             if known is None:
