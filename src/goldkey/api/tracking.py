@@ -152,30 +152,33 @@ _KEY_HASHES: dict[str, str] = {}
 _KEY_HASHES_MAX = 10_000
 
 
-def _has_header_key(authorization: str) -> bool:
+def _header_workspace(gk: Goldkey, authorization: str | None) -> str | None:
+    """The workspace of the write key in the Authorization header; None when the header names no
+    key (the key may then come in the body). An unknown or revoked key raises Unauthorized."""
     from goldkey.api.deps import write_key_from_header
 
-    return authorization in _KEY_HASHES or bool(write_key_from_header(authorization))
+    if not authorization:
+        return None
+    h = _KEY_HASHES.get(authorization)
+    if h is None:
+        key = write_key_from_header(authorization)
+        if not key:
+            return None
+        h = hash_secret(key)
+        ws = gk.workspaces.authenticate_hash(h, "write").workspace_id
+        if len(_KEY_HASHES) < _KEY_HASHES_MAX:
+            _KEY_HASHES[authorization] = h  # only headers that named a live write key are remembered
+        return ws
+    return gk.workspaces.authenticate_hash(h, "write").workspace_id
 
 
-def _workspace(gk: Goldkey, authorization: str | None, data: Any) -> str:
-    from goldkey.api.deps import write_key_from_header
-
-    if authorization:
-        h = _KEY_HASHES.get(authorization)
-        if h is not None:
-            return gk.workspaces.authenticate_hash(h, "write").workspace_id
-    key = write_key_from_header(authorization)
+def _body_workspace(gk: Goldkey, data: Any) -> str:
+    """The workspace of the ``writeKey`` in the body (RudderStack's), for a request whose header
+    named no key."""
     body_key = data.get("writeKey") if isinstance(data, dict) else None
-    if key is None and isinstance(body_key, str):
-        key = body_key
-    if not key:
+    if not isinstance(body_key, str) or not body_key:
         raise Unauthorized("missing write key: send it as the HTTP Basic user name")
-    h = hash_secret(key)
-    cred = gk.workspaces.authenticate_hash(h, "write")
-    if authorization and len(_KEY_HASHES) < _KEY_HASHES_MAX:
-        _KEY_HASHES[authorization] = h  # only headers that named a live write key are remembered
-    return cred.workspace_id
+    return gk.workspaces.authenticate_hash(hash_secret(body_key), "write").workspace_id
 
 
 async def _ingest(
@@ -270,13 +273,13 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
     # a key in the header is checked before the body is read: an unknown key is a 401 whatever it
     # sent, and nobody unknown makes the server decompress and parse megabytes (a key in the body,
     # RudderStack's writeKey, can only be checked after)
-    ws = _workspace(gk, authorization, None) if authorization and _has_header_key(authorization) else None
+    ws = _header_workspace(gk, authorization)
     if len(body) > limit:
         raise TooLarge(f"{what} is {len(body)} bytes; the limit is {limit}")
     body = _decoded(encoding, body, limit, what)
     data = _parse(body)
     if ws is None:
-        ws = _workspace(gk, authorization, data)
+        ws = _body_workspace(gk, data)
     deep = body.count(b"{") + body.count(b"[") > MAX_NESTING and not _encodable(data)
     if kind != "batch":
         METRICS.events_received.inc()
