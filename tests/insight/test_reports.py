@@ -69,9 +69,10 @@ def _load(env: Any, tmp: Path, events: list[dict[str, Any]], orders: list[dict[s
     path = tmp / "orders.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["order_id", "ordered_at", "user_id", "sku", "category", "quantity", "unit_price"])
+        w.writerow(["order_id", "ordered_at", "user_id", "sku", "category", "quantity", "unit_price", "status"])
         for o in orders:
-            w.writerow([o["order_id"], o["at"].strftime("%Y-%m-%dT%H:%M:%SZ"), o["u"], "S", "lens", "1", o["amount"]])
+            w.writerow([o["order_id"], o["at"].strftime("%Y-%m-%dT%H:%M:%SZ"), o["u"], "S", "lens", "1", o["amount"],
+                        o.get("status", "")])
     s = env.gk.importer.run(env.ws.workspace_id, "orders", path, {})
     assert s.status == "done" and s.quarantined == 0, s
 
@@ -200,6 +201,31 @@ def test_a_cohort_nobody_came_back_from_is_listed_with_zeros(env: Any, tmp_path:
                                                           "period": "month", "periods": 3, "end": "2024-04-15"})
     assert [(c["cohort"], c["counts"], c["partial_last"]) for c in mid["cohorts"]] == [
         ("2024-03", [0, 2, None], True), ("2024-04", [0, None, None], True)]
+
+
+def test_cohorts_count_purchases_only_and_read_a_bare_end_in_tz(env: Any, tmp_path: Path) -> None:
+    """A refunded or cancelled order is no purchase (docs/insight.md): it opens no cohort and is no
+    return. Before, a January refund made its customer a January cohort member and a cancelled
+    February order showed as 50 % month-1 retention."""
+    at = datetime(2024, 1, 10, 4, tzinfo=UTC)
+    orders = [
+        {"order_id": "Z0", "at": at, "u": "z", "amount": "10", "status": "refunded"},  # z first buys in February
+        {"order_id": "Z1", "at": at + timedelta(days=26), "u": "z", "amount": "10"},
+        {"order_id": "W1", "at": at, "u": "w", "amount": "10"},
+        {"order_id": "W2", "at": at + timedelta(days=31), "u": "w", "amount": "10", "status": "已取消"},
+        {"order_id": "V1", "at": at, "u": "v", "amount": "10"},
+    ]
+    _load(env, tmp_path, [], orders)
+    ws = env.ws.workspace_id
+    rep = cohorts(env.gk.analytical, ws, {"period": "month", "periods": 3, "end": "2024-04-01T00:00:00Z"})
+    assert [(c["cohort"], c["size"], c["counts"]) for c in rep["cohorts"]] == [
+        ("2024-01", 2, [2, 0, 0]), ("2024-02", 1, [1, 0, None])]
+    # an end without an offset is midnight in tz: April has not begun in Shanghai (before: read as
+    # UTC, 08:00 on April 1st there, so April showed as a running period)
+    local = cohorts(env.gk.analytical, ws, {"period": "month", "periods": 4, "end": "2024-04-01T00:00:00",
+                                            "tz": "Asia/Shanghai"})
+    assert [(c["cohort"], c["counts"], c["partial_last"]) for c in local["cohorts"]] == [
+        ("2024-01", [2, 0, 0, None], False), ("2024-02", [1, 0, None, None], False)]
 
 
 def test_channels_match_pandas_with_clv_and_costs(env: Any, tmp_path: Path) -> None:

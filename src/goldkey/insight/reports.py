@@ -5,14 +5,15 @@ zone is a bound parameter, and names are checked to be word characters before th
 
 **Funnel** (the "ordered funnel with a conversion window" of product analytics, as in Mixpanel and
 Amplitude): a profile enters at its *first* step-1 event in ``[start, end)``; step i (i > 1) is the
-earliest event matching step i strictly after the profile's step i-1 and no later than
+earliest event matching step i at or after the profile's step i-1 (the same instant counts) and no later than
 ``window_days`` after its step 1. Per step: profiles, conversion from the previous step and from step
 1 (%), median time from the previous step. Optionally broken down by a property of the step-1
 event (``properties.<name>``) or of its context (``context.campaign.source``).
 
 **Cohort retention**: profiles grouped by the period (month or ISO week, in ``tz``) of their first
 order or first event; for each period offset 0, 1, 2 ... the number (and %) of the cohort's
-profiles active (an order, or any event) in that period.
+profiles active (an order, or any event) in that period. A refunded or cancelled order is no order
+here (``goldkey.insight.purchases``).
 
 **Acquisition channels**: each profile's first touch is its earliest event whose context carries
 ``campaign.source`` (the UTM source; ``campaign.medium`` with it), or the campaign of the context it
@@ -24,7 +25,7 @@ profiles hold one, and, given costs per source, CAC (cost / converted customers)
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -229,9 +230,11 @@ class CohortRequest(BaseModel):
     activity: Literal["order", "event"] = "order"
     period: Literal["month", "week"] = "month"
     periods: int = Field(default=12, ge=1, le=104, description="offsets 0..periods-1")
-    start: datetime | None = Field(default=None, description="cohorts starting at or after this")
-    end: datetime | None = Field(default=None, description="activity before this (default: now)")
-    tz: str = "UTC"
+    start: datetime | None = Field(default=None, description="cohorts starting at or after this (without an offset: "
+                                   "in tz)")
+    end: datetime | None = Field(default=None, description="activity before this (default: now; without an offset: "
+                                 "in tz)")
+    tz: str = Field(default="UTC", description="time zone of the periods (and of a start or end without an offset)")
 
     @field_validator("tz")
     @classmethod
@@ -242,7 +245,7 @@ class CohortRequest(BaseModel):
 _COHORT_SQL = """
 WITH o AS (
     SELECT canonical_id AS pid, timezone(?, ordered_at) AS lt FROM orders_resolved
-    WHERE workspace_id = ? AND ordered_at < ?
+    WHERE workspace_id = ? AND ordered_at < ? AND {purchase}
 ), e AS (
     SELECT canonical_id AS pid, timezone(?, "timestamp") AS lt FROM events_resolved
     WHERE workspace_id = ? AND "timestamp" < ? AND NOT list_contains(?, coalesce(event, ''))
@@ -267,13 +270,17 @@ ORDER BY s.cohort, k.off"""
 def cohorts(analytical: AnalyticalStore, ws: str, request: CohortRequest | dict[str, Any]) -> dict[str, Any]:
     """The cohort retention table: counts and % per cohort and period offset."""
     req: CohortRequest = _validated(CohortRequest, request)
-    end = as_of_utc(req.end)
-    start = as_of_utc(req.start) if req.start else datetime(1970, 1, 1, tzinfo=end.tzinfo)
+    zone = ZoneInfo(req.tz)
+    # a start or end without an offset is a wall-clock time in ``tz``, like the periods it bounds
+    end = as_of_utc(req.end.replace(tzinfo=zone) if req.end and req.end.tzinfo is None else req.end)
+    start = (as_of_utc(req.start.replace(tzinfo=zone) if req.start.tzinfo is None else req.start) if req.start
+             else datetime(1970, 1, 1, tzinfo=UTC))
+    # a refunded or cancelled order is no purchase: it opens no cohort and is no return
     sql = _COHORT_SQL.format(first="o" if req.cohort_by == "first_order" else "e",
-                             act="o" if req.activity == "order" else "e")
+                             act="o" if req.activity == "order" else "e", purchase=status_filter())
     local_start = start.astimezone(ZoneInfo(req.tz)).replace(tzinfo=None)
-    params = [req.tz, ws, end, req.tz, ws, end, own_events(), req.period, req.period, local_start, req.period,
-              req.period, req.periods]
+    params = [req.tz, ws, end, excluded_statuses(), req.tz, ws, end, own_events(), req.period, req.period,
+              local_start, req.period, req.period, req.periods]
     cur = analytical.cursor()
     try:
         rows = cur.execute(sql, params).fetchall()
