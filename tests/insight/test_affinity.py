@@ -171,6 +171,30 @@ def test_category_gaps_bought_a_never_b(env: Any, tmp_path: Path) -> None:
     assert r.status_code == 404 and "p_nobody" in r.json()["error"]
 
 
+def test_one_customers_gaps_count_purchases_in_the_models_window(env: Any, tmp_path: Path) -> None:
+    """A customer's own gaps follow the model's rules (docs/cross-sell.md): a refunded order, or one
+    before the model's lookback window, bought nothing. Before, both closed the customer's
+    'solution' gap, so neither was offered solution while the stored next best said otherwise."""
+    _import(env, tmp_path, BASKETS)
+    path = tmp_path / "more.csv"
+    old = (AS_OF - timedelta(days=5 * 365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    recent = (AS_OF - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path.write_text("order_id,ordered_at,crm_id,sku,category,quantity,unit_price,status\n"
+                    f"R1,{recent},ref,L1,lens,1,10,paid\nR2,{recent},ref,S1,solution,1,10,Refunded\n"
+                    f"D1,{recent},old,L1,lens,1,10,paid\nD2,{old},old,S1,solution,1,10,paid\n", encoding="utf-8")
+    assert env.gk.importer.run(env.ws.workspace_id, "orders", path, {}).status == "done"
+    _mount(env)
+    h = env.admin_auth()
+    r = env.client.post("/api/v1/insights/affinity/run", json={"as_of": AS_OF.isoformat(), "min_transactions": 2},
+                        headers=h)
+    assert r.status_code == 200, r.text
+    for crm in ("ref", "old"):
+        pid = env.client.get("/api/v1/profiles/lookup", params={"crm_id": crm}, headers=h).json()["profile_id"]
+        mine = env.client.get("/api/v1/insights/affinity/gaps", params={"profile_id": pid}, headers=h).json()
+        assert mine["categories"] == ["lens"], (crm, mine)
+        assert "solution" in [x["category"] for x in mine["gaps"]], (crm, mine)
+
+
 def _demo_lines(n: int = 2000) -> pl.DataFrame:
     """Order lines of the demo market's eye-care brand (its buying groups are hidden preferences)."""
     from goldkey.demo import eyecare

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -97,14 +97,18 @@ def parse_definition(data: AffinityDefinition | Mapping[str, Any] | None) -> Aff
 
 # -- data ---------------------------------------------------------------------------------------------
 def load_lines(analytical: AnalyticalStore, ws: str, *, until: datetime, since: datetime | None = None,
-               exclude_statuses: Sequence[str] = ()) -> pl.DataFrame:
+               exclude_statuses: Sequence[str] = (), profile_id: str | None = None) -> pl.DataFrame:
     """Order lines with their live profile: ``profile_id, order_id, ordered_at, sku, category``
-    (orders in ``(since, until]``, lines without a SKU dropped, category ``(none)`` when missing)."""
+    (orders in ``(since, until]``, of one profile when given, lines without a SKU dropped, category
+    ``(none)`` when missing)."""
     status = ""
     params: list[Any] = [ws, until]
     if since is not None:
         status += " AND o.ordered_at > ?"
         params.append(since)
+    if profile_id is not None:
+        status += " AND o.canonical_id = ?"
+        params.append(profile_id)
     status += f" AND {status_filter('o.status')}"  # refunds and cancellations are no purchases
     params.append(excluded_statuses(exclude_statuses))
     params.append(ws)
@@ -480,7 +484,7 @@ class AffinityService:
                 raise NotFound(f"no category {v!r} in the affinity model (known: {sorted(cats)})")
         out: dict[str, Any] = {"version": mv.version}
         if profile_id is not None:
-            owned = self._categories_of(ws, profile_id)
+            owned = self._categories_of(ws, profile_id, mv)
             out["profile_id"] = profile_id
             out["categories"] = sorted(owned)
             out["gaps"] = customer_gaps(owned, gaps, min_confidence)
@@ -489,11 +493,16 @@ class AffinityService:
                        and (category_b is None or g["category_b"] == category_b) and g["confidence"] >= min_confidence]
         return out
 
-    def _categories_of(self, ws: str, profile_id: str) -> set[str]:
-        rows = self.analytical.query(
-            "SELECT DISTINCT coalesce(nullif(trim(l.category), ''), '(none)') FROM orders_resolved o "
-            "JOIN order_lines l ON l.order_id = o.order_id AND l.workspace_id = o.workspace_id "
-            "WHERE o.workspace_id = ? AND o.canonical_id = ?", [ws, profile_id])
-        if not rows:
-            raise NotFound(f"profile {profile_id!r} has no orders in this workspace")
-        return {r[0] for r in rows}
+    def _categories_of(self, ws: str, profile_id: str, mv: ModelVersion) -> set[str]:
+        """The categories the customer bought, by the model's own rules: purchases only (no refund,
+        cancellation or excluded status), from the start of the model's window (``lookback_days``
+        before its ``as_of``) up to now, so a purchase since the model was fitted closes its gap."""
+        d = parse_definition(mv.definition)
+        since = datetime.fromisoformat(mv.artifact["as_of"]) - timedelta(days=d.lookback_days)
+        lines = load_lines(self.analytical, ws, until=datetime.now(UTC), since=since,
+                           exclude_statuses=d.exclude_statuses, profile_id=profile_id)
+        owned = set(lines["category"].to_list())
+        if not owned:
+            raise NotFound(f"profile {profile_id!r} has no purchase in this workspace since {to_iso(since)} (the "
+                           f"affinity model's {d.lookback_days} days before {mv.artifact['as_of']})")
+        return owned
