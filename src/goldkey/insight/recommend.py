@@ -145,7 +145,8 @@ def fit_weights(x: sp.csr_matrix, method: str, lam: float) -> np.ndarray:
 def top_n(x: sp.csr_matrix, method: str, weights: np.ndarray, popularity: np.ndarray, n: int
           ) -> tuple[np.ndarray, np.ndarray]:
     """Per user (row of ``x``) the ``n`` best unowned items and their scores (chunked: never the full
-    users x items score matrix at once). Popularity breaks ties and fills personal scores of 0."""
+    users x items score matrix at once). Popularity breaks ties and fills personal scores of 0; items
+    of equal score (equally popular) go in item order, so the result follows from the data alone."""
     n = min(n, x.shape[1])
     tie = popularity / (popularity.max() + 1.0) * 1e-6
     out_i = np.zeros((x.shape[0], n), np.int64)
@@ -157,7 +158,13 @@ def top_n(x: sp.csr_matrix, method: str, weights: np.ndarray, popularity: np.nda
         scores[xc.nonzero()] = -np.inf
         part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
         ps = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-ps, axis=1, kind="stable")
+        # items tied with the n-th best at the cut: argpartition keeps an arbitrary few of them; those
+        # rows are cut again by a stable sort, so the lower item index (the earlier SKU) wins a tie
+        tied = np.flatnonzero((scores >= ps.min(axis=1, keepdims=True)).sum(axis=1) > n)
+        if tied.size:
+            part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :n]
+            ps[tied] = np.take_along_axis(scores[tied], part[tied], axis=1)
+        order = np.lexsort((part, -ps), axis=1)  # best first; equal scores by item index
         out_i[a:a + _CHUNK] = np.take_along_axis(part, order, axis=1)
         out_s[a:a + _CHUNK] = np.take_along_axis(ps, order, axis=1)
     return out_i, out_s
