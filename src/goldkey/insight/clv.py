@@ -541,13 +541,13 @@ def _check_population(df: pl.DataFrame, d: CLVDefinition) -> None:
     if repeat.height < MIN_REPEAT_BUYERS:
         raise InvalidInput(f"only {repeat.height} repeat buyer(s) (orders on 2+ days) among {n} customers {window}; "
                            f"CLV needs at least {MIN_REPEAT_BUYERS}", field="orders")
-    bad = repeat.filter(pl.col("monetary") <= 0)
+    bad = repeat.filter(pl.col("monetary") < 0)
     if bad.height:
         ex = bad.row(0, named=True)
         raise InvalidInput(
-            f"{bad.height} repeat buyer(s) have a mean repeat order value <= 0 (e.g. profile {ex['profile_id']}: "
-            f"{ex['monetary']:g}); Gamma-Gamma needs positive order values: leave refunds and cancellations out "
-            "with exclude_statuses, or fix the amounts", field="monetary")
+            f"{bad.height} repeat buyer(s) have a negative mean repeat order value (e.g. profile {ex['profile_id']}: "
+            f"{ex['monetary']:g}); Gamma-Gamma needs order values of 0 or more: leave refunds and cancellations "
+            "out with exclude_statuses (or their statuses), or fix the amounts", field="monetary")
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -666,8 +666,13 @@ class CLVService:
         m = df["monetary"].fill_null(0.0).to_numpy().astype(np.float64)
         say(f"fitting BG/NBD on {df.height} customers")
         bg = fit_beta_geo(x, t_x, tt)
-        say(f"fitting Gamma-Gamma on {int((x > 0).sum())} repeat buyers")
-        gg = fit_gamma_gamma(x, m)
+        # Gamma-Gamma is a model of positive spend: a repeat buyer whose repeat purchases were all
+        # free (the demo's trial packs) is left out of its fit and scored by the same formula with a
+        # mean of 0, so the prior pulls their expected order value up from 0 (reported in the metrics)
+        paid = m > 0
+        free_repeat = int(((x > 0) & ~paid).sum())
+        say(f"fitting Gamma-Gamma on {int(((x > 0) & paid).sum())} repeat buyers")
+        gg = fit_gamma_gamma(np.where(paid, x, 0.0), m)
         say("scoring customers")
         p_alive, purchases, value, clv = score_customers(bg, gg, x, t_x, tt, m, d)
         bad = ~(np.isfinite(p_alive) & np.isfinite(purchases) & np.isfinite(clv))
@@ -686,7 +691,8 @@ class CLVService:
             "customers": df.height, "repeat_buyers": int(repeat.sum()),
             "bgnbd": {**bg.params(), "log_likelihood": bg.log_likelihood, "iterations": bg.iterations},
             "gamma_gamma": {**gg.params(), "log_likelihood": gg.log_likelihood, "customers": gg.n_customers,
-                            "population_mean_order_value": gg.population_mean},
+                            "population_mean_order_value": gg.population_mean,
+                            "repeat_buyers_without_spend": free_repeat},
             "frequency_monetary_correlation": corr,
             "p_alive_mean": float(p_alive.mean()), "expected_purchases_total": float(purchases.sum()),
             "clv_total": float(clv.sum()), "clv_mean": float(clv.mean()), "clv_median": float(np.median(clv)),
