@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 
@@ -73,7 +73,7 @@ class AffinityDefinition(BaseModel):
     """What an affinity run mines (what the artifact's definition hash covers)."""
 
     model_config = ConfigDict(extra="forbid")
-    as_of: datetime | None = Field(default=None, description="orders up to this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="orders up to this instant (default: now)")
     lookback_days: int = Field(default=730, ge=1, le=3650, description="orders of the last N days count")
     exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     min_support: float = Field(default=0.01, gt=0, le=1, description="minimum itemset support (share of transactions)")

@@ -90,7 +90,7 @@ from goldkey.insight.features import (
     with_profile_features,
 )
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, one_run_at_a_time
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
     declare_scores,
@@ -697,7 +697,7 @@ def _json_value(v: Any) -> Any:
 
 class _TrainDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    as_of: datetime | None = Field(default=None, description="score as of this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="score as of this instant (default: now)")
     horizon_days: int = Field(default=90, ge=1, le=730, description="the label window after the cutoff")
     lookback_days: int = Field(default=365, ge=7, le=3650, description="features from the N days before")
     exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)

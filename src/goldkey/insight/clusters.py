@@ -41,7 +41,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight.lifecycle import check_model_tag, ensure_model_tag
 from goldkey.insight.purchases import excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.insight.writeback import declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -60,7 +60,7 @@ class ClusterDefinition(BaseModel):
     """What a clustering run fits (the artifact's definition hash covers it)."""
 
     model_config = ConfigDict(extra="forbid")
-    as_of: datetime | None = Field(default=None, description="features as of this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="features as of this instant (default: now)")
     lookback_days: int = Field(default=365, ge=7, le=3650)
     features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES), min_length=1,
                                 description="columns of goldkey.insight.features.customer_features")

@@ -57,7 +57,7 @@ from scipy.special import digamma, expit, gammaln, hyp2f1
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.insight.writeback import declare_scores, write_scores
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -451,7 +451,7 @@ class CLVDefinition(BaseModel):
     """The CLV model definition (what the artifact's definition hash covers)."""
 
     model_config = ConfigDict(extra="forbid")
-    as_of: datetime | None = Field(default=None, description="score as of this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="score as of this instant (default: now)")
     lookback_days: int = Field(default=730, ge=30, le=3650,
                                description="orders of the last N days form the purchase history")
     period: Literal["day", "week"] = Field(default="week", description="the model's time unit")
@@ -459,7 +459,7 @@ class CLVDefinition(BaseModel):
     discount_rate_annual: float = Field(default=0.1, ge=0, le=1,
                                         description="annual discount rate, applied monthly ((1+r)^(1/12)-1)")
     exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
-    refit_every_hours: int | None = Field(default=24, ge=1, description="the refit schedule (None: by hand)")
+    refit_every_hours: RefitEveryHours = Field(default=24, description="the refit schedule (None: by hand)")
 
     def as_json(self) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(self.model_dump(mode="json")))

@@ -70,7 +70,7 @@ from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.model import AttributeCondition, iter_nodes
 from goldkey.rules.values import as_of_utc, field_column
@@ -119,7 +119,7 @@ class LifecycleDefinition(BaseModel):
     """The lifecycle model definition (what the artifact's definition hash covers)."""
 
     model_config = ConfigDict(extra="forbid")
-    as_of: datetime | None = Field(default=None, description="stage as of this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="stage as of this instant (default: now)")
     period_days: int = Field(default=90, ge=1, le=3650, description="length of the recent / prior periods")
     new_days: int = Field(default=90, ge=1, le=3650, description="new: first order within N days")
     active_days: int = Field(default=90, ge=1, le=3650, description="active: last order within N days")
@@ -130,7 +130,7 @@ class LifecycleDefinition(BaseModel):
     exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     stages: list[StageRule] | None = Field(default=None, description="stage rules in evaluation order "
                                            "(first match wins); default: built from the thresholds")
-    refit_every_hours: int | None = Field(default=24, ge=1, description="the refit schedule (None: by hand)")
+    refit_every_hours: RefitEveryHours = Field(default=24, description="the refit schedule (None: by hand)")
 
     @model_validator(mode="after")
     def _consistent(self) -> LifecycleDefinition:

@@ -55,7 +55,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, validated
 from goldkey.insight import affinity
 from goldkey.insight.features import customer_features
-from goldkey.insight.registry import ModelRegistry, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, one_run_at_a_time
 from goldkey.insight.writeback import declare_scores, write_score_columns
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -72,7 +72,7 @@ class LookalikeRequest(BaseModel):
     segment_id: str | None = Field(default=None, description="seed: the members of this segment")
     profile_ids: list[str] | None = Field(default=None, description="seed: these profiles")
     top_n: int = Field(default=100, ge=1, le=1_000_000, description="lookalikes to return")
-    as_of: datetime | None = Field(default=None, description="features as of this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="features as of this instant (default: now)")
     lookback_days: int = Field(default=365, ge=1, le=3650, description="feature window")
     method: Literal["elkan_noto", "bagging"] = "elkan_noto"
     classifier: Literal["logistic", "gbm"] = "logistic"

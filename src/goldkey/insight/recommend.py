@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -51,7 +51,7 @@ from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, NotFound, validated
 from goldkey.insight import affinity
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC
-from goldkey.insight.registry import ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.insight.writeback import read_profile_insights, write_profile_insights
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -67,7 +67,7 @@ class RecommendDefinition(BaseModel):
     """How recommendations are trained and evaluated (what the artifact's definition hash covers)."""
 
     model_config = ConfigDict(extra="forbid")
-    as_of: datetime | None = Field(default=None, description="purchases up to this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="purchases up to this instant (default: now)")
     lookback_days: int = Field(default=730, ge=1, le=3650, description="purchases of the last N days count")
     exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     method: Literal["auto", "popularity", "cosine", "ease"] = Field(

@@ -25,12 +25,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
@@ -116,6 +116,41 @@ def one_run_at_a_time(name: str | Callable[..., str | None]) -> Callable[[_F], _
 RefitEveryHours = Annotated[int | None, Field(ge=1, le=8760, description="the refit schedule: run again as of now "
                                                                            "this often (default: by hand only)")]
 """A definition's ``refit_every_hours`` (:func:`is_due`; goldkey.insight.schedule runs it)."""
+
+
+# a clock a few minutes ahead of the server's is not "the future"
+_AS_OF_SLACK = timedelta(minutes=10)
+_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+def _past_instant(v: datetime | None) -> datetime | None:
+    if v is None:
+        return None
+    t = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+    if t < _EARLIEST:
+        raise ValueError("must be 1900-01-01 or later")
+    if t > datetime.now(UTC) + _AS_OF_SLACK:
+        raise ValueError("is in the future: a model learns from what has happened (leave as_of out for now)")
+    return v
+
+
+AsOf = Annotated[datetime | None, AfterValidator(_past_instant)]
+"""A model definition's ``as_of``: an instant from 1900 up to now. A later one would fit on a future
+nobody has seen (churn labels every customer of a window not yet over as churned) and an earlier one
+overflows the date arithmetic of the windows before it."""
+
+
+def _sane_instant(v: datetime | None) -> datetime | None:
+    if v is None:
+        return None
+    t = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+    if not _EARLIEST <= t < datetime(3000, 1, 1, tzinfo=UTC):
+        raise ValueError("must lie between 1900-01-01 and 2999-12-31")
+    return v
+
+
+Instant = Annotated[datetime | None, AfterValidator(_sane_instant)]
+"""A report's ``start`` / ``end``: any instant from 1900 to 2999 (the windows around it stay dates)."""
 
 
 def is_due(created_at: str, every_hours: int | None, now: datetime) -> bool:

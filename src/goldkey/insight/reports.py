@@ -39,6 +39,7 @@ from goldkey.audience.common import known_events
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import InvalidInput, validated
 from goldkey.insight.purchases import excluded_statuses, status_filter
+from goldkey.insight.registry import Instant
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
 from goldkey.store.operational import profile_scores, profiles
@@ -86,8 +87,8 @@ class FunnelStep(BaseModel):
 class FunnelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     steps: list[FunnelStep] = Field(min_length=2, max_length=10)
-    start: datetime | None = Field(default=None, description="step 1 at or after this (default: end - 30 days)")
-    end: datetime | None = Field(default=None, description="step 1 before this (default: now)")
+    start: Instant = Field(default=None, description="step 1 at or after this (default: end - 30 days)")
+    end: Instant = Field(default=None, description="step 1 before this (default: now)")
     window_days: float = Field(default=7, gt=0, le=365, description="every step within N days of step 1")
     breakdown: str | None = Field(default=None, description="`properties.<name>` or `context.<path>` of the "
                                   "step-1 event, e.g. `properties.category`, `context.campaign.source`")
@@ -230,9 +231,9 @@ class CohortRequest(BaseModel):
     activity: Literal["order", "event"] = "order"
     period: Literal["month", "week"] = "month"
     periods: int = Field(default=12, ge=1, le=104, description="offsets 0..periods-1")
-    start: datetime | None = Field(default=None, description="cohorts starting at or after this (without an offset: "
+    start: Instant = Field(default=None, description="cohorts starting at or after this (without an offset: "
                                    "in tz)")
-    end: datetime | None = Field(default=None, description="activity before this (default: now; without an offset: "
+    end: Instant = Field(default=None, description="activity before this (default: now; without an offset: "
                                  "in tz)")
     tz: str = Field(default="UTC", description="time zone of the periods (and of a start or end without an offset)")
 
@@ -341,8 +342,8 @@ class ChannelRequest(BaseModel):
         default="event",
         description="first touch from the earliest event with context.campaign.source, or the profile's first-seen "
                     "context")
-    start: datetime | None = Field(default=None, description="first touches at or after this")
-    end: datetime | None = Field(default=None, description="first touches and orders before this (default: now)")
+    start: Instant = Field(default=None, description="first touches at or after this")
+    end: Instant = Field(default=None, description="first touches and orders before this (default: now)")
     costs: dict[str, float] = Field(default_factory=dict, description="spend per source (or `source/medium`)")
 
     @field_validator("costs")

@@ -47,7 +47,7 @@ from goldkey.audience.tags import ModelTagPlan
 from goldkey.core.clock import to_iso
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.insight.writeback import ModelWrite, declare_scores, write_model_table
 from goldkey.rules.values import as_of_utc
 from goldkey.store.analytical import AnalyticalStore
@@ -115,12 +115,12 @@ class RFMDefinition(BaseModel):
     """The RFM model definition (what the artifact's definition hash covers)."""
 
     model_config = ConfigDict(extra="forbid")
-    as_of: datetime | None = Field(default=None, description="score as of this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="score as of this instant (default: now)")
     lookback_days: int = Field(default=365, ge=1, le=3650, description="orders of the last N days count")
     exclude_statuses: list[str] = Field(default_factory=list, description=EXCLUDE_STATUSES_DOC)
     value_tiers: list[ValueTier] = Field(default_factory=lambda: list(DEFAULT_TIERS),
                                          description="monetary thresholds; the highest matching tier wins")
-    refit_every_hours: int | None = Field(default=24, ge=1, description="the refit schedule (None: by hand)")
+    refit_every_hours: RefitEveryHours = Field(default=24, description="the refit schedule (None: by hand)")
 
     @field_validator("value_tiers")
     @classmethod

@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
-from goldkey.insight.registry import ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
 from goldkey.rules.values import as_of_utc
 from goldkey.store.operational import feedback, feedback_insights, profiles
 
@@ -465,7 +465,7 @@ class FeedbackTextDefinition(BaseModel):
     """What a feedback analysis run does (the registry's definition hash covers it)."""
 
     model_config = ConfigDict(extra="forbid")
-    as_of: datetime | None = Field(default=None, description="analyse as of this instant (default: now)")
+    as_of: AsOf = Field(default=None, description="analyse as of this instant (default: now)")
     lookback_days: int = Field(default=365, ge=1, le=3650,
                                description="feedback of the last N days counts for tags and alerts")
     negative_below: float = Field(default=0.4, gt=0, lt=1, description="p(positive) <= this: negative")
@@ -636,13 +636,14 @@ class FeedbackTextService:
             analysed.append({"feedback_id": r.feedback_id, "profile_id": r.profile_id, "kind": r.kind,
                              "status": r.status, "created_at": r.created_at, "language": a["language"],
                              "sentiment": a["sentiment"], "label": a["label"], "topics": topics})
-        mv = self._save_version(ws, d, analysed)
-        t_score = time.perf_counter()
-        written = self._write_insights(ws, analysed, mv.version)
+        # everything that can fail on the data is worked out before the version is saved
         since = as_of - timedelta(days=d.lookback_days)
         recent = [a for a in analysed if since < a["created_at"] <= as_of]
         alerts = find_alerts(recent, d.alert_window_days, d.alert_min_contacts, as_of=as_of,
                              active_days=d.alert_active_days)
+        mv = self._save_version(ws, d, analysed)
+        t_score = time.perf_counter()
+        written = self._write_insights(ws, analysed, mv.version)
         source = f"model:{MODEL_NAME}:v{mv.version}"
         self._ensure_tags(ws, mv.version)
         changed = self._write_tags(ws, recent, alerts, d, source)
