@@ -558,3 +558,34 @@ def test_profile_insights_write_only_changes_and_replace_the_model_rows(env: Any
     write_profile_insights(gk, ws, "churn", 3, {"pb": {"score": 0.25}})
     assert read_profile_insights(gk.engine, ws, "pb")["churn"] == {"version": 3, "score": 0.25}
     assert read_profile_insights(gk.engine, ws, "pc") == {}
+
+
+def test_two_propensity_trainings_of_one_name_and_two_targets_at_once(env: Any, tmp_path: Path,
+                                                                       monkeypatch: Any) -> None:
+    """The one-name-one-target check runs under the model's run lock: before, two calls at once with
+    name "race" (one for a category, one for an event) both passed it and became v1 and v2 of one
+    model writing one score field."""
+    import threading
+    import time
+
+    _load(env, tmp_path, _world())
+    ws = env.ws.workspace_id
+    real = ChurnService._train
+    calls: list[int] = []
+
+    def slow_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)  # the first training is still running when the second call comes
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChurnService, "_train", slow_first)
+    base = {"as_of": AS_OF.isoformat(), "horizon_days": HORIZON, "classifier": FAST, "name": "race"}
+    first = threading.Thread(target=ChurnService.from_goldkey(env.gk).train_propensity,
+                             args=(ws, {**base, "category": "care"}))
+    first.start()
+    time.sleep(0.3)
+    with pytest.raises(InvalidInput, match="already predicts category 'care'"):
+        ChurnService.from_goldkey(env.gk).train_propensity(ws, {**base, "event": "Coupon Used"})
+    first.join()
+    assert ChurnService.from_goldkey(env.gk).registry.versions(ws, "propensity_race") == [1]

@@ -90,7 +90,7 @@ from goldkey.insight.features import (
     with_profile_features,
 )
 from goldkey.insight.purchases import EXCLUDE_STATUSES_DOC, excluded_statuses, status_filter
-from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, one_run_at_a_time
+from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, one_run_at_a_time, run_lock
 from goldkey.insight.treeshap import ROW_BLOCK, ShapTables
 from goldkey.insight.writeback import (
     declare_scores,
@@ -927,24 +927,27 @@ class ChurnService:
         assert target is not None
         self._check_target(ws, kind, target)
         slug = d.slug()
-        # one model name, one target: "Care" and "care", or an event and a category of the same name,
-        # would otherwise write the same score field and pass for versions of one model
-        prior = self.registry.latest_meta(ws, f"propensity_{slug}")
-        if prior is not None:
-            had = (prior["definition"].get("event"), prior["definition"].get("category"))
-            if had != (d.event, d.category):
-                was = f"event {had[0]!r}" if had[0] is not None else f"category {had[1]!r}"
-                raise InvalidInput(f"the model propensity_{slug} already predicts {was}; give this one another "
-                                   "name", field="name")
 
         def label(pids: list[str], start: datetime, end: datetime) -> np.ndarray:
             hit = self._ids(kind, ws, start, end, d.exclude_statuses, target)
             return np.array([p in hit for p in pids], dtype=int)
 
         what = f"did event {target!r}" if kind == "event" else f"bought category {target!r}"
-        return self._train(ws, d, "propensity", f"propensity_{slug}", f"propensity_{slug}",
-                           f"propensity: probability the customer {what} in the next {d.horizon_days} days",
-                           lambda f: f, label, progress)
+        # the model's run lock (reentrant; _train takes it again) is held from the check to the
+        # write-back: two calls at once with one name and two targets both passed the check before
+        with run_lock(self.registry.root, ws, f"propensity_{slug}"):
+            # one model name, one target: "Care" and "care", or an event and a category of the same
+            # name, would otherwise write the same score field and pass for versions of one model
+            prior = self.registry.latest_meta(ws, f"propensity_{slug}")
+            if prior is not None:
+                had = (prior["definition"].get("event"), prior["definition"].get("category"))
+                if had != (d.event, d.category):
+                    was = f"event {had[0]!r}" if had[0] is not None else f"category {had[1]!r}"
+                    raise InvalidInput(f"the model propensity_{slug} already predicts {was}; give this one another "
+                                       "name", field="name")
+            return self._train(ws, d, "propensity", f"propensity_{slug}", f"propensity_{slug}",
+                               f"propensity: probability the customer {what} in the next {d.horizon_days} days",
+                               lambda f: f, label, progress)
 
     @one_run_at_a_time(lambda self, ws, d, kind, name, *rest, **kw: name)
     def _train(self, ws: str, d: _TrainDefinition, kind: str, name: str, field: str, label_text: str,
