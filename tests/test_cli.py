@@ -105,3 +105,14 @@ def test_a_mistyped_workspace_id_is_refused_by_every_command(tmp_path: Path) -> 
         assert "no workspace with id 'ws_nope'" in r.output, (args, r.output)
     r = runner.invoke(app, ["segment", "list", "-w", ws, "--data-dir", d])
     assert r.exit_code == 0, r.output
+
+
+def test_error_messages_are_printed_as_text_not_markup(tmp_path: Path) -> None:
+    """A value echoed in an error is not read as Rich markup: '[/x]' crashed the command with a
+    MarkupError traceback, and a name pattern '^[a-z0-9_]+$' printed as '^+$'."""
+    d = str(tmp_path)
+    assert runner.invoke(app, ["workspace", "create", "A", "--data-dir", d]).exit_code == 0
+    r = runner.invoke(app, ["insight", "propensity", "--category", "[/x]", "--as-of", "2024-07-01", "--data-dir", d])
+    assert r.exit_code == 1 and "[/x]" in r.output, (r.output, r.exception)
+    r = runner.invoke(app, ["insight", "propensity", "--category", "care", "--name", "中文", "--data-dir", d])
+    assert "[a-z0-9_]" in " ".join(r.output.split()), r.output

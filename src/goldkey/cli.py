@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from goldkey.activate.cli import campaign_app
 from goldkey.audience.cli import segment_app, tag_app
@@ -53,7 +54,7 @@ def _settings(data_dir: Path | None, **extra: Any) -> Settings:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print("[red]error:[/red] " + escape(f"{message}"))
     raise typer.Exit(code)
 
 

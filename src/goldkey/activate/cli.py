@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 campaign_app = typer.Typer(help="Campaigns: create, launch, report, list.", no_args_is_help=True)
@@ -36,13 +37,13 @@ def _run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
     try:
         gk = Goldkey.open(_settings(data_dir))
     except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: /api/v1/campaigns)")
+        console.print("[red]error:[/red] " + escape(f"{exc} (with a server running, use its API: /api/v1/campaigns)"))
         raise typer.Exit(1) from None
     try:
         svc = getattr(gk, "campaigns", None) or CampaignService.from_goldkey(gk)
         return fn(svc, _workspace_id(gk, workspace))
     except GoldkeyError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print("[red]error:[/red] " + escape(f"{exc}"))
         raise typer.Exit(1) from None
     finally:
         gk.close()

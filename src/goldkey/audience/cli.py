@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from goldkey.progress import progress_bar
@@ -26,7 +27,7 @@ RuleOpt = Annotated[str, typer.Option("--rule", help="The rule: a JSON text, or 
 
 
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print("[red]error:[/red] " + escape(f"{message}"))
     raise typer.Exit(code)
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from goldkey.progress import progress_bar
 
@@ -31,7 +32,7 @@ Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id 
 
 
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print("[red]error:[/red] " + escape(f"{message}"))
     raise typer.Exit(code)
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 insight_app = typer.Typer(help="Customer insight: RFM and value tiers, fitted models.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -25,10 +26,10 @@ def read_definition(path: Path) -> dict[str, Any]:
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        console.print(f"[red]error:[/red] cannot read the definition {path}: {exc}")
+        console.print("[red]error:[/red] " + escape(f"cannot read the definition {path}: {exc}"))
         raise typer.Exit(1) from None
     if not isinstance(loaded, dict):
-        console.print(f"[red]error:[/red] the definition {path} must hold a JSON object")
+        console.print("[red]error:[/red] " + escape(f"the definition {path} must hold a JSON object"))
         raise typer.Exit(1)
     return loaded
 
@@ -38,7 +39,7 @@ def read_lines(path: Path) -> list[str]:
     try:
         return [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        console.print(f"[red]error:[/red] cannot read {path}: {exc}")
+        console.print("[red]error:[/red] " + escape(f"cannot read {path}: {exc}"))
         raise typer.Exit(1) from None
 
 
@@ -62,12 +63,12 @@ def _open_gk(data_dir: Path | None, workspace: str, fn: Any, api: str = "/api/v1
     try:
         gk = Goldkey.open(_settings(data_dir))
     except DataDirInUse as exc:
-        console.print(f"[red]error:[/red] {exc} (with a server running, use its API: {api})")
+        console.print("[red]error:[/red] " + escape(f"{exc} (with a server running, use its API: {api})"))
         raise typer.Exit(1) from None
     try:
         return fn(gk, _workspace_id(gk, workspace))
     except GoldkeyError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print("[red]error:[/red] " + escape(f"{exc}"))
         raise typer.Exit(1) from None
     finally:
         gk.close()
@@ -143,7 +144,7 @@ def refit_due_command(workspace: Workspace = "", data_dir: DataDir = None) -> No
     typer.echo(json.dumps(done, ensure_ascii=False, indent=2))
     failed = [d for d in done if "error" in d]
     for d in failed:
-        console.print(f"[red]error:[/red] refit of {d['model']} failed: {d['error']}")
+        console.print("[red]error:[/red] " + escape(f"refit of {d['model']} failed: {d['error']}"))
     if failed:
         raise typer.Exit(1)
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from goldkey.insight.cli import DataDir, Workspace, _open_gk, read_definition
 
@@ -150,7 +151,7 @@ def register(app: typer.Typer) -> None:
             except ValueError:
                 key = ""
             if not key:
-                console.print(f"[red]error:[/red] --cost {c!r} must look like source:amount")
+                console.print("[red]error:[/red] " + escape(f"--cost {c!r} must look like source:amount"))
                 raise typer.Exit(1)
         req = {"touch": touch, "costs": costs}
         _echo(_open(data_dir, workspace, lambda gk, ws: run(gk.engine, gk.analytical, ws, req)))
