@@ -589,3 +589,11 @@ def test_two_propensity_trainings_of_one_name_and_two_targets_at_once(env: Any, 
         ChurnService.from_goldkey(env.gk).train_propensity(ws, {**base, "event": "Coupon Used"})
     first.join()
     assert ChurnService.from_goldkey(env.gk).registry.versions(ws, "propensity_race") == [1]
+
+
+@pytest.mark.parametrize("seed", [-1, 10**12])
+def test_a_seed_out_of_range_is_refused_naming_it(env: Any, seed: int) -> None:
+    # before: a 400 naming 'test_fraction' with scikit-learn's random_state message
+    with pytest.raises(InvalidInput) as e:
+        ChurnService.from_goldkey(env.gk).train_churn(env.ws.workspace_id, {"classifier": {"seed": seed}})
+    assert e.value.field == "classifier.seed", e.value

@@ -140,7 +140,7 @@ class ClassifierParams(BaseModel):
     max_categories: int = Field(default=30, ge=1, le=1000)
     min_rows: int = Field(default=40, ge=10)
     min_class_count: int = Field(default=10, ge=2)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="random seed (0 to 2^32 - 1)")
     n_jobs: int | None = Field(default=None, ge=1,
                                description="LightGBM threads (default 1: on a shared machine OpenMP threads "
                                            "mostly wait on each other; set 2+ on a dedicated one)")

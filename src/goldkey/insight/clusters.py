@@ -70,7 +70,7 @@ class ClusterDefinition(BaseModel):
     k: int | None = Field(default=None, ge=2, le=MAX_K, description="fix k (no silhouette search)")
     sample_size: int = Field(default=4_000, ge=100, le=50_000, description="customers used to choose k")
     n_init: int = Field(default=4, ge=1, le=20)
-    random_state: int = Field(default=42, ge=0)
+    random_state: int = Field(default=42, ge=0, le=2**32 - 1)
     exclude_statuses: list[str] = Field(default_factory=list)
     refit_every_hours: RefitEveryHours = None
 
