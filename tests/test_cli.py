@@ -116,3 +116,41 @@ def test_error_messages_are_printed_as_text_not_markup(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "[/x]" in r.output, (r.output, r.exception)
     r = runner.invoke(app, ["insight", "propensity", "--category", "care", "--name", "中文", "--data-dir", d])
     assert "[a-z0-9_]" in " ".join(r.output.split()), r.output
+
+
+def test_trigger_commands_list_pause_resume_and_delete(tmp_path: Path) -> None:
+    from goldkey.activate.triggers import TriggerService
+
+    d = tmp_path / "data"
+    gk = Goldkey.open(Settings(data_dir=d))
+    try:
+        ws = gk.workspaces.create("Shop").workspace_id
+        ch = gk.sender.channels.save(ws, name="sink", kind="sink",
+                                     config={"path": str(tmp_path / "out.jsonl"), "simulates": "sms"})
+        tid = TriggerService.from_goldkey(gk).create(ws, {
+            "name": "流量提醒", "kind": "realtime", "channel_id": ch["channel_id"],
+            "event": {"kind": "event", "event": "Data Usage"},
+            "template": {"template_id": "t", "variants": {"zh": {"text": "hi"}}}})["trigger_id"]
+    finally:
+        gk.close()
+    args = ["-w", "Shop", "--data-dir", str(d)]
+    r = runner.invoke(app, ["trigger", "list", *args])
+    assert r.exit_code == 0 and tid in r.output and "active" in r.output, r.output
+    r = runner.invoke(app, ["trigger", "pause", tid, *args])
+    assert r.exit_code == 0 and "paused" in r.output, r.output
+    r = runner.invoke(app, ["trigger", "show", tid, *args])
+    assert json.loads(r.stdout)["status"] == "paused"
+    assert "active" in runner.invoke(app, ["trigger", "resume", tid, *args]).output
+    r = runner.invoke(app, ["trigger", "delete", tid, *args])
+    assert r.exit_code == 0 and "0 queued message(s) not sent" in " ".join(r.output.split()), r.output
+    r = runner.invoke(app, ["trigger", "show", tid, *args])
+    assert r.exit_code == 1 and "not found" in r.output
+    gk = Goldkey.open(Settings(data_dir=d))
+    try:
+        from goldkey.govern.audit import list_entries
+
+        acts = [(e["actor"], e["action"]) for e in list_entries(gk.engine, ws)["items"]]
+    finally:
+        gk.close()
+    assert [a for a in acts if a[1].startswith("trigger.")] == [
+        ("cli", "trigger.delete"), ("cli", "trigger.resume"), ("cli", "trigger.pause")]

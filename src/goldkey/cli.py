@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from goldkey.activate.cli import campaign_app
+from goldkey.activate.cli import campaign_app, trigger_app
 from goldkey.audience.cli import segment_app, tag_app
 from goldkey.audience.traits_cli import traits_app
 from goldkey.insight import affinity_cli, churn_cli, clv_cli, lifecycle_cli, read_cli, text_cli
@@ -34,6 +34,7 @@ app.add_typer(tag_app, name="tag")
 app.add_typer(traits_app, name="traits")
 app.add_typer(insight_app, name="insight")
 app.add_typer(campaign_app, name="campaign")
+app.add_typer(trigger_app, name="trigger")
 for _model_cli in (clv_cli, churn_cli, lifecycle_cli, affinity_cli, text_cli, read_cli):
     _model_cli.register(insight_app)
 console = Console(stderr=True)

@@ -504,3 +504,51 @@ def test_the_window_firings_lookup_is_by_primary_key_per_profile(env: Any) -> No
         plan = " | ".join(r[3] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql,
                                                            tuple(values[k] for k in order)))
     assert "trigger_firings" in plan and "profile_id=? AND window_key=?" in plan, plan
+
+
+def test_a_trigger_can_be_paused_resumed_edited_and_deleted(env: Any, svc: TriggerService, tmp_path: Path) -> None:
+    """Before, a trigger could only be created: one firing real sends could not be stopped, fixed or
+    removed, and its name could not be used again for a corrected one."""
+    h = env.admin_auth()
+    pids = make_profiles(env, 5)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    body = {"name": "流量提醒", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
+            "window": {"unit": "month", "timezone": "Asia/Shanghai"}}
+    tid = env.client.post("/api/v1/triggers", headers=h, json=body).json()["trigger_id"]
+    r = env.client.post(f"/api/v1/triggers/{tid}/pause", headers=h)
+    assert r.status_code == 200 and r.json()["status"] == "paused"
+    track(env, "u0", "Data Usage", data_used_pct=80)  # paused: no firing
+    svc.drain()
+    assert not out.exists()
+    assert env.client.post(f"/api/v1/triggers/{tid}/resume", headers=h).json()["status"] == "active"
+    track(env, "u1", "Data Usage", data_used_pct=80)
+    svc.drain()
+    assert [x["profile_id"] for x in lines(out)] == [pids[1]]
+    # an edit: the threshold goes up to 95 %; checked as on create, firings stay with the trigger
+    stricter = {**body, "event": {**DATA_EVENT, "where": [{"property": "data_used_pct", "op": "gte", "value": 95}]}}
+    r = env.client.put(f"/api/v1/triggers/{tid}", headers=h, json=stricter)
+    assert r.status_code == 200 and r.json()["changed"] == ["event"], r.text
+    bad = env.client.put(f"/api/v1/triggers/{tid}", headers=h, json={**body, "channel_id": "chn_nope"})
+    assert bad.status_code == 400 and env.client.get(f"/api/v1/triggers/{tid}", headers=h).json()["definition"][
+        "event"]["where"][0]["value"] == 95
+    track(env, "u2", "Data Usage", data_used_pct=90)  # below the new threshold
+    track(env, "u1", "Data Usage", data_used_pct=99)  # fired in this window already
+    svc.drain()
+    assert len(lines(out)) == 1
+    # deleted with a message queued and not sent: it is not sent; the firings stay
+    track(env, "u3", "Data Usage", data_used_pct=99)
+    svc.drain(deliver=False)
+    r = env.client.delete(f"/api/v1/triggers/{tid}", headers=h)
+    assert r.status_code == 200 and r.json()["queued_messages_not_sent"] == 1, r.text
+    assert svc.deliver_pending() == 0 and len(lines(out)) == 1
+    with env.gk.engine.connect() as c:
+        st = c.execute(sa.select(messages.c.status, messages.c.reason).where(
+            messages.c.profile_id == pids[3])).one()
+        assert tuple(st) == ("failed", "trigger deleted before sending")
+        assert c.execute(sa.select(sa.func.count()).select_from(trigger_firings).where(
+            trigger_firings.c.trigger_id == tid)).scalar() == 2
+    assert env.client.get(f"/api/v1/triggers/{tid}", headers=h).status_code == 404
+    assert env.client.post("/api/v1/triggers", headers=h, json=body).status_code == 201  # the name is free
+    actions = [e["action"] for e in env.client.get("/api/v1/workspace/audit", headers=h).json()["items"]]
+    assert {"trigger.pause", "trigger.resume", "trigger.update", "trigger.delete"} <= set(actions)

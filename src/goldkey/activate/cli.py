@@ -28,8 +28,8 @@ DataDir = Annotated[
 Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")]
 
 
-def _run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
-    from goldkey.activate.campaigns import CampaignService
+def _open(data_dir: Path | None, workspace: str, fn: Any, api: str) -> Any:
+    """Open the data directory, run ``fn(gk, workspace_id)``, close; errors exit 1."""
     from goldkey.cli import _settings, _workspace_id
     from goldkey.core.errors import GoldkeyError
     from goldkey.runtime import DataDirInUse, Goldkey
@@ -37,16 +37,23 @@ def _run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
     try:
         gk = Goldkey.open(_settings(data_dir))
     except DataDirInUse as exc:
-        console.print("[red]error:[/red] " + escape(f"{exc} (with a server running, use its API: /api/v1/campaigns)"))
+        console.print("[red]error:[/red] " + escape(f"{exc} (with a server running, use its API: {api})"))
         raise typer.Exit(1) from None
     try:
-        svc = getattr(gk, "campaigns", None) or CampaignService.from_goldkey(gk)
-        return fn(svc, _workspace_id(gk, workspace))
+        return fn(gk, _workspace_id(gk, workspace))
     except GoldkeyError as exc:
         console.print("[red]error:[/red] " + escape(f"{exc}"))
         raise typer.Exit(1) from None
     finally:
         gk.close()
+
+
+def _run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
+    from goldkey.activate.campaigns import CampaignService
+
+    return _open(data_dir, workspace,
+                 lambda gk, ws: fn(getattr(gk, "campaigns", None) or CampaignService.from_goldkey(gk), ws),
+                 "/api/v1/campaigns")
 
 
 @campaign_app.command("create")
@@ -133,3 +140,69 @@ def list_campaigns(workspace: Workspace = "", data_dir: DataDir = None) -> None:
     """The workspace's campaigns (JSON)."""
     out = _run(data_dir, workspace, lambda svc, ws: svc.list(ws))
     typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+trigger_app = typer.Typer(help="Triggers: list, show, pause, resume, delete (create and edit them through the API).",
+                          no_args_is_help=True)
+
+
+def _triggers(data_dir: Path | None, workspace: str, fn: Any, action: str | None = None,
+              target: str | None = None) -> Any:
+    """Run ``fn(trigger_service, workspace_id)`` on the opened data directory; a change is audited
+    as done by ``cli``."""
+    from goldkey.activate.triggers import TriggerService
+    from goldkey.govern.audit import write
+
+    def go(gk: Any, ws: str) -> Any:
+        svc = getattr(gk, "triggers", None) or TriggerService.from_goldkey(gk)
+        out = fn(svc, ws)
+        if action is not None and target is not None:
+            with gk.engine.begin() as c:
+                write(c, ws, "cli", action, target)
+        return out
+
+    return _open(data_dir, workspace, go, "/api/v1/triggers")
+
+
+@trigger_app.command("list")
+def trigger_list(workspace: Workspace = "", data_dir: DataDir = None) -> None:
+    """The workspace's triggers with their status and firing counts."""
+    rows = _triggers(data_dir, workspace, lambda svc, ws: svc.list(ws))
+    t = Table()
+    for col in ("trigger_id", "name", "kind", "status", "firings"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["trigger_id"], escape(r["name"]), r["kind"], r["status"],
+                  ", ".join(f"{k} {v}" for k, v in sorted(r["firings"].items())))
+    Console().print(t)
+
+
+@trigger_app.command("show")
+def trigger_show(trigger_id: str, workspace: Workspace = "", data_dir: DataDir = None) -> None:
+    """One trigger's definition and firing counts (JSON)."""
+    typer.echo(json.dumps(_triggers(data_dir, workspace, lambda svc, ws: svc.get(ws, trigger_id)),
+                          ensure_ascii=False, indent=2))
+
+
+@trigger_app.command("pause")
+def trigger_pause(trigger_id: str, workspace: Workspace = "", data_dir: DataDir = None) -> None:
+    """Stop firing (messages already queued are still sent by the server)."""
+    out = _triggers(data_dir, workspace, lambda svc, ws: svc.set_active(ws, trigger_id, False), "trigger.pause",
+                    trigger_id)
+    console.print(f"trigger {trigger_id}: [bold]{out['status']}[/bold]")
+
+
+@trigger_app.command("resume")
+def trigger_resume(trigger_id: str, workspace: Workspace = "", data_dir: DataDir = None) -> None:
+    """Fire again from now on."""
+    out = _triggers(data_dir, workspace, lambda svc, ws: svc.set_active(ws, trigger_id, True), "trigger.resume",
+                    trigger_id)
+    console.print(f"trigger {trigger_id}: [bold]{out['status']}[/bold]")
+
+
+@trigger_app.command("delete")
+def trigger_delete(trigger_id: str, workspace: Workspace = "", data_dir: DataDir = None) -> None:
+    """Delete a trigger; its firings and sent messages stay, its queued messages are not sent."""
+    out = _triggers(data_dir, workspace, lambda svc, ws: svc.delete(ws, trigger_id), "trigger.delete", trigger_id)
+    console.print(f"deleted trigger {trigger_id} ({escape(out['name'])}); {out['queued_messages_not_sent']} queued "
+                  "message(s) not sent")

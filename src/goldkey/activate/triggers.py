@@ -321,12 +321,45 @@ class TriggerService:
         return self.get(ws, tid)
 
     def set_active(self, ws: str, tid: str, active: bool) -> dict[str, Any]:
+        """Pause (no new firings; messages already queued are still sent) or resume a trigger."""
         self._row(ws, tid)
         with self.engine.begin() as c:
             c.execute(triggers.update().where(T.trigger_id == tid).values(
                 status="active" if active else "paused", updated_at=utcnow()))
         self.reload()
         return self.get(ws, tid)
+
+    def update(self, ws: str, tid: str, data: Any) -> dict[str, Any]:
+        """Replace a trigger's definition (checked as on create; its ``active`` sets the status).
+        Its firings so far stay with it: a customer who fired in a window does not fire again in it."""
+        before = self._row(ws, tid)
+        d = parse_trigger(data)
+        self.compile(ws, tid, d)
+        with self.engine.begin() as c:
+            if c.execute(sa.select(T.trigger_id).where(T.workspace_id == ws, T.name == d.name,
+                                                       T.trigger_id != tid)).first():
+                raise Conflict(f"a trigger named {d.name!r} already exists")
+            c.execute(triggers.update().where(T.trigger_id == tid).values(
+                name=d.name, kind=d.kind, definition=d.model_dump_json(),
+                status="active" if d.active else "paused", updated_at=utcnow()))
+        self.reload()
+        out = self.get(ws, tid)
+        out["changed"] = sorted(k for k, v in d.model_dump(mode="json").items()
+                                if orjson.loads(before.definition).get(k) != v)
+        return out
+
+    def delete(self, ws: str, tid: str) -> dict[str, Any]:
+        """Delete a trigger. Its firings and sent messages stay (reports and the audit trail read
+        them); messages it queued but had not sent are not sent (failed, with the reason)."""
+        r = self._row(ws, tid)
+        m = messages.c
+        with self.engine.begin() as c:
+            dropped = c.execute(messages.update().where(
+                m.workspace_id == ws, m.ref == f"trigger:{tid}", m.status == "queued").values(
+                status="failed", reason="trigger deleted before sending", updated_at=utcnow())).rowcount
+            c.execute(triggers.delete().where(T.trigger_id == tid))
+        self.reload()
+        return {"trigger_id": tid, "name": r.name, "deleted": True, "queued_messages_not_sent": int(dropped or 0)}
 
     def get(self, ws: str, tid: str) -> dict[str, Any]:
         r = self._row(ws, tid)

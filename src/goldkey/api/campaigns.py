@@ -19,6 +19,7 @@ from goldkey.activate.triggers import TriggerDefinition, TriggerService
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody, inline_schema
 from goldkey.core.errors import InvalidInput
+from goldkey.govern.audit import audit
 
 router = APIRouter(tags=["campaigns"])
 
@@ -129,6 +130,18 @@ class TriggerPublic(BaseModel):
     updated_at: str
 
 
+class TriggerChanged(TriggerPublic):
+    changed: list[str] = Field(description="The definition's top-level fields this change altered.")
+
+
+class TriggerDeleted(BaseModel):
+    trigger_id: str
+    name: str
+    deleted: bool
+    queued_messages_not_sent: int = Field(description="Messages the trigger had queued and not sent: they are "
+                                                      "not sent now (status failed, reason given).")
+
+
 class Firing(BaseModel):
     profile_id: str
     window_key: str
@@ -232,6 +245,47 @@ async def create_trigger(request: Request, gk: GK, cred: Admin) -> dict[str, Any
 async def list_triggers(gk: GK, cred: Admin) -> list[dict[str, Any]]:
     """The workspace's triggers with their firing counts by status."""
     return await run_in_threadpool(trigger_service(gk).list, cred.workspace_id)
+
+
+@router.get("/api/v1/triggers/{trigger_id}", response_model=TriggerPublic, responses=_ERR)
+async def get_trigger(trigger_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
+    """One trigger with its definition and firing counts by status."""
+    return await run_in_threadpool(trigger_service(gk).get, cred.workspace_id, trigger_id)
+
+
+@router.put("/api/v1/triggers/{trigger_id}", response_model=TriggerChanged, responses=_SAVE_ERR,
+            openapi_extra=_TRIGGER_BODY)
+async def update_trigger(trigger_id: str, request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
+    """Replace the trigger's definition (checked as on create; ``active`` sets its status). Its
+    firings stay with it: nobody fires twice in one window because of an edit."""
+    body = await _json_object(request)
+    out = await run_in_threadpool(trigger_service(gk).update, cred.workspace_id, trigger_id, body)
+    audit(gk.engine, cred, "trigger.update", trigger_id, {"changed": out["changed"]})
+    return out
+
+
+@router.post("/api/v1/triggers/{trigger_id}/pause", response_model=TriggerPublic, responses=_ERR)
+async def pause_trigger(trigger_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
+    """Stop firing (messages already queued are still sent)."""
+    out = await run_in_threadpool(trigger_service(gk).set_active, cred.workspace_id, trigger_id, False)
+    audit(gk.engine, cred, "trigger.pause", trigger_id)
+    return out
+
+
+@router.post("/api/v1/triggers/{trigger_id}/resume", response_model=TriggerPublic, responses=_ERR)
+async def resume_trigger(trigger_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
+    """Fire again from now on."""
+    out = await run_in_threadpool(trigger_service(gk).set_active, cred.workspace_id, trigger_id, True)
+    audit(gk.engine, cred, "trigger.resume", trigger_id)
+    return out
+
+
+@router.delete("/api/v1/triggers/{trigger_id}", response_model=TriggerDeleted, responses=_ERR)
+async def delete_trigger(trigger_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
+    """Delete the trigger; its firings and sent messages stay, its queued messages are not sent."""
+    out = await run_in_threadpool(trigger_service(gk).delete, cred.workspace_id, trigger_id)
+    audit(gk.engine, cred, "trigger.delete", trigger_id, {"name": out["name"]})
+    return out
 
 
 @router.get("/api/v1/triggers/{trigger_id}/report", response_model=TriggerReport, responses=_SAVE_ERR)
