@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import polars as pl
+import pytest
 import sqlalchemy as sa
 from rich.console import Console
 
@@ -111,7 +112,10 @@ def check_closed_loop(loop: Any) -> None:
     assert w["messages"] == sent_total  # what the sinks wrote is what the reports count as sent
     assert w["messaged_without_consent"] == 0
     assert w["responses"] > 0 and w["orders_imported"] > 0
-    assert set(loop.comparison) == {"targeted", "random", "targeted_beats_random"}
+    c = loop.comparison
+    assert {"targeted", "random", "targeted_beats_random", "verdict", "uplift_difference_ci95"} <= set(c)
+    if c["uplift_difference_ci95"] is not None:  # "beats" only when the difference's interval is above 0
+        assert c["targeted_beats_random"] == (c["uplift_difference_ci95"][0] > 0)
     t = loop.trigger
     assert t["usage_events"] > 0 and t["crossed_75pct"] > 0
     assert t["messages"] == t["firings"].get("queued", 0) + t["firings"].get("sent", 0) > 0, t
@@ -183,3 +187,22 @@ def check_eyecare_groups(gk: Goldkey, ws: str, truth_dir: Path, end: datetime.da
                 total += 1
                 hits += pid in tagged
     assert total > 0 and hits / total >= 0.6, (hits, total)
+
+
+def test_targeting_is_said_to_beat_random_only_when_the_difference_is_measured_above_zero() -> None:
+    """Before, "targeting beats random" followed the two point estimates, also when their intervals
+    overlapped almost entirely (+7.9 pp [+1.5, +12.4] vs +2.8 pp [-4.0, +7.3])."""
+    from goldkey.demo.loop import _compare
+
+    def rep(u: float, lo: float, hi: float) -> dict[str, Any]:
+        return {"uplift": {"treated": {"uplift": u, "uplift_ci95": [lo, hi], "n": 500}, "holdout": {}}}
+
+    close = _compare(rep(0.0787, 0.0148, 0.1241), rep(0.0279, -0.0401, 0.0725))
+    assert close["verdict"] == "higher, not significant" and close["targeted_beats_random"] is False
+    lo, hi = close["uplift_difference_ci95"]
+    assert lo < 0 < hi and close["uplift_difference"] == pytest.approx(0.0508)
+    # MOVER: the difference's half-widths combine the two intervals' sides
+    assert lo == pytest.approx(0.0508 - ((0.0787 - 0.0148) ** 2 + (0.0725 - 0.0279) ** 2) ** 0.5)
+    clear = _compare(rep(0.12, 0.09, 0.15), rep(0.01, -0.01, 0.03))
+    assert clear["verdict"] == "beats" and clear["targeted_beats_random"] is True
+    assert _compare(rep(0.01, -0.02, 0.04), rep(0.03, 0.0, 0.06))["verdict"] == "not higher"

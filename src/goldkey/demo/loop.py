@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -572,8 +573,24 @@ def _compare(targeted: dict[str, Any], random: dict[str, Any]) -> dict[str, Any]
                 "holdout_rate": h.get("conversion_rate"), "uplift": t.get("uplift"),
                 "uplift_ci95": t.get("uplift_ci95"), "incremental_conversions": t.get("incremental_conversions")}
     a, b = pick(targeted), pick(random)
-    better = (a["uplift"] is not None and b["uplift"] is not None and a["uplift"] > b["uplift"])
-    return {"targeted": a, "random": b, "targeted_beats_random": better}
+    out: dict[str, Any] = {"targeted": a, "random": b, "uplift_difference": None, "uplift_difference_ci95": None,
+                           "targeted_beats_random": False, "verdict": "not measured"}
+    if a["uplift"] is None or b["uplift"] is None:
+        return out
+    diff = a["uplift"] - b["uplift"]
+    out["uplift_difference"] = diff
+    out["verdict"] = "higher, not significant" if diff > 0 else "not higher"
+    if a["uplift_ci95"] and b["uplift_ci95"]:
+        # the two uplifts come from independent customers: their difference's 95% interval by MOVER
+        # (Zou & Donner 2008) from each uplift's own interval
+        (l1, u1), (l2, u2) = a["uplift_ci95"], b["uplift_ci95"]
+        lo = diff - math.sqrt((a["uplift"] - l1) ** 2 + (u2 - b["uplift"]) ** 2)
+        hi = diff + math.sqrt((u1 - a["uplift"]) ** 2 + (b["uplift"] - l2) ** 2)
+        out["uplift_difference_ci95"] = [lo, hi]
+        out["targeted_beats_random"] = lo > 0  # measured, not a point estimate's luck
+        if lo > 0:
+            out["verdict"] = "beats"
+    return out
 
 
 def print_loop(console: Console, r: LoopResult) -> None:
@@ -581,9 +598,13 @@ def print_loop(console: Console, r: LoopResult) -> None:
     console.rule("Closed loop: campaigns on the demo market (responses decided by its hidden preferences)")
     if r.world.get("eyecare"):
         w = r.world["eyecare"]
-        console.print(f"the world answered {w['messages']} messages: {w['responses']} responses, {w['clicks']} "
-                      f"link clicks, {w['organic']} organic orders; {w.get('orders_imported', 0)} order lines "
-                      "imported, online ones also tracked (the attribution week is compressed into now)")
+        if w["messages"] == 0 and r.campaigns:
+            console.print("this run sent nothing new: the campaigns already ran on this data directory (a message "
+                          "goes once per customer), so the tables below are their reports from the earlier run(s)")
+        else:
+            console.print(f"the world answered {w['messages']} messages: {w['responses']} responses, {w['clicks']} "
+                          f"link clicks, {w['organic']} organic orders; {w.get('orders_imported', 0)} order lines "
+                          "imported, online ones also tracked (the attribution week is compressed into now)")
     for name, rep in r.campaigns.items():
         t = Table(title=name, show_lines=False)
         for col in ("arm", "targeted", "suppressed", "sent", "clicked", "converted", "conv. rate", "revenue",
@@ -617,10 +638,18 @@ def print_loop(console: Console, r: LoopResult) -> None:
         console.print(f"\n[bold]Segment targeting vs a random target of the same size[/bold] (same lens offer): "
                       f"uplift {_pp(a['uplift'])} (95% CI {_pp(ca[0])} to {_pp(ca[1])}) vs {_pp(b['uplift'])} "
                       f"(95% CI {_pp(cb[0])} to {_pp(cb[1])}); conversion {_pct(a['conversion_rate'])} vs "
-                      f"{_pct(b['conversion_rate'])} -> targeting "
-                      f"{'beats' if c['targeted_beats_random'] else 'does NOT beat'} random on this run")
+                      f"{_pct(b['conversion_rate'])}")
+        d, dci = c["uplift_difference"], c["uplift_difference_ci95"] or [None, None]
+        verdict = {"beats": "targeting beats random on this run",
+                   "higher, not significant": "targeting did better on this run, but the difference's 95% CI "
+                                              "includes 0: not shown to beat random",
+                   "not higher": "targeting did NOT beat random on this run"}.get(c["verdict"], "not measured")
+        console.print(f"  difference in uplift {_pp(d)} (95% CI {_pp(dci[0])} to {_pp(dci[1])}) -> {verdict}")
     if r.trigger:
         t = r.trigger
+        if t["messages"] == 0 and any(t["firings"].values()):
+            console.print(f"\n[bold]{t['name']}[/bold]: nothing new fired on this run (its usage reports were "
+                          "already loaded: duplicates); the firings and the report below count every run so far")
         console.print(f"\n[bold]{t['name']}[/bold] (real time, on /v1/batch): {t['usage_events']} usage reports, "
                       f"{t['crossed_75pct']} crossed 75%, firings {t['firings']}, {t['messages']} messages; "
                       f"data packs bought: {t['bought_after_message']} of {t['messaged']} messaged, "
