@@ -47,12 +47,26 @@ def test_workspace_create_import_and_quarantine(tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "rows read 2, accepted 1, quarantined 1" in r.output
+    assert "rows read 2, accepted 1, quarantined 1" in r.stdout  # the summary is on stdout
+    r0_output = r.output
     r = runner.invoke(app, ["quarantine", "-w", "Eye Care", "--data-dir", d])
     assert r.exit_code == 0 and "phone" in r.stdout and "record 2" in r.stdout
 
     r = runner.invoke(app, ["workspace", "list", "--data-dir", d])
     assert "Eye Care" in r.stdout
+    # with two workspaces the hint the import prints ("goldkey quarantine --import-id ...") works as
+    # printed: the import names its workspace (before: "name the workspace with --workspace")
+    assert runner.invoke(app, ["workspace", "create", "Other", "--data-dir", d]).exit_code == 0
+    import re
+
+    hint = re.search(r"goldkey quarantine --import-id (imp_\w+)", " ".join(r0_output.split()))
+    assert hint, r0_output
+    r = runner.invoke(app, ["quarantine", "--import-id", hint.group(1), "--data-dir", d])
+    assert r.exit_code == 0 and "record 2" in r.stdout, r.output
+    r = runner.invoke(app, ["quarantine", "--import-id", "imp_nope", "--data-dir", d])
+    assert r.exit_code == 2 and "no import 'imp_nope'" in r.output
+    r = runner.invoke(app, ["quarantine", "-w", "ws_nope", "--data-dir", d])
+    assert r.exit_code == 2 and "no workspace with id 'ws_nope'" in r.output  # before: "0 record(s)"
 
 
 def test_bad_mapping_is_a_clear_error(tmp_path: Path) -> None:
@@ -154,3 +168,16 @@ def test_trigger_commands_list_pause_resume_and_delete(tmp_path: Path) -> None:
         gk.close()
     assert [a for a in acts if a[1].startswith("trigger.")] == [
         ("cli", "trigger.delete"), ("cli", "trigger.resume"), ("cli", "trigger.pause")]
+
+
+def test_user_commands_take_a_workspace_name_or_id(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    ws = json.loads(runner.invoke(app, ["workspace", "create", "明眸 Eye Care", "--json", "--data-dir", d]).stdout)
+    r = runner.invoke(app, ["user", "create", "ana@example.com", "-w", "明眸 Eye Care", "--role", "analyst",
+                            "--data-dir", d])
+    assert r.exit_code == 0 and "role:     analyst" in r.stdout and "password: " in r.stdout, r.output
+    r = runner.invoke(app, ["user", "list", "-w", ws["workspace_id"], "--data-dir", d])
+    assert r.exit_code == 0 and r.stdout.startswith("ana@example.com\tanalyst"), r.output
+    r = runner.invoke(app, ["user", "create", "bo@example.com", "-w", "ws_nope", "--data-dir", d])
+    assert r.exit_code == 2 and "no workspace with id 'ws_nope'" in r.output
+    assert "bo@example.com" not in runner.invoke(app, ["user", "list", "-w", "明眸 Eye Care", "--data-dir", d]).stdout

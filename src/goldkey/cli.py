@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -135,7 +136,7 @@ def _user_service(data_dir: Path | None) -> Any:
 @user_app.command("create")
 def user_create(
     email: Annotated[str, typer.Argument(help="The user's e-mail (their sign-in name).")],
-    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace id.")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")],
     role: Annotated[str, typer.Option(help="admin | marketer | analyst | viewer")] = "viewer",
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     password_stdin: Annotated[
@@ -150,8 +151,9 @@ def user_create(
     from goldkey.govern.workspaces import WorkspaceService
 
     svc = _user_service(data_dir)
+    # before creating anyone: an unknown workspace fails
+    workspace = _workspace_id(SimpleNamespace(workspaces=WorkspaceService(svc.engine)), workspace)
     try:
-        WorkspaceService(svc.engine).get(workspace)  # before creating anyone: an unknown workspace fails
         role_rank(role)
         existing = svc.find(email)
         if existing is not None:
@@ -177,11 +179,15 @@ def user_create(
 
 @user_app.command("list")
 def user_list(
-    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace id.")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")],
     data_dir: DataDir = None,
 ) -> None:
     """List the users of a workspace: e-mail, role, name, user id (and 'disabled')."""
-    for u in _user_service(data_dir).list_users(workspace):
+    from goldkey.govern.workspaces import WorkspaceService
+
+    svc = _user_service(data_dir)
+    workspace = _workspace_id(SimpleNamespace(workspaces=WorkspaceService(svc.engine)), workspace)
+    for u in svc.list_users(workspace):
         print("\t".join([u["email"], u["role"], u["name"], u["user_id"]] + (["disabled"] if u["disabled_at"] else [])))
 
 
@@ -228,13 +234,14 @@ def import_(
     else:
         summary = _import_local(_settings(data_dir), workspace, kind, file, mapping, force)
     s = summary
-    console.print(
-        f"[bold]{s['kind']}[/bold] {s['filename']}: status {s['status']} — rows read {s['rows_read']}, "
+    # the progress bar goes to stderr, the summary to stdout (so `goldkey import ... > log` keeps it)
+    typer.echo(
+        f"{s['kind']} {s['filename']}: status {s['status']} — rows read {s['rows_read']}, "
         f"accepted {s['accepted']}, quarantined {s['quarantined']}, duplicates merged {s['duplicates_merged']}"
         f"  (import {s['import_id']})"
     )
     if s["quarantined"]:
-        console.print("  see them with: goldkey quarantine --import-id " + s["import_id"])
+        typer.echo("  see them with: goldkey quarantine --import-id " + s["import_id"])
 
 
 def _import_local(
@@ -313,21 +320,23 @@ def quarantine(
     data_dir: DataDir = None,
 ) -> None:
     """Show quarantined (rejected) records with their reason."""
+    import sqlalchemy as sa
+
     from goldkey.collect.importer import list_quarantine
     from goldkey.govern.workspaces import WorkspaceService
-    from goldkey.store.operational import create_operational_engine
+    from goldkey.store.operational import create_operational_engine, imports
 
     settings = _settings(data_dir)
     engine = create_operational_engine(settings.resolved_operational_url())
     svc = WorkspaceService(engine)
-    if workspace and not workspace.startswith("ws_"):
-        workspace = svc.find_by_name(workspace) or _fail(f"no workspace named {workspace!r}", 2) or ""
-    elif not workspace:
-        all_ws = svc.list()
-        if len(all_ws) != 1:
-            _fail("name the workspace with --workspace", 2)
-        workspace = str(all_ws[0]["workspace_id"])
-    rows = list_quarantine(engine, workspace, import_id, limit)
+    if import_id and not workspace:  # the import names its workspace
+        with engine.connect() as conn:
+            owner = conn.execute(sa.select(imports.c.workspace_id).where(imports.c.import_id == import_id)).scalar()
+        if owner is None:
+            _fail(f"no import {import_id!r}", 2)
+        workspace = str(owner)
+    ws = _workspace_id(SimpleNamespace(workspaces=svc), workspace)  # reads the store only: works beside a server
+    rows = list_quarantine(engine, ws, import_id, limit)
     for r in rows:
         print(f"{r['source']}\trecord {r['record']}\t{r['field']}\t{r['reason']}")
     console.print(f"{len(rows)} record(s)")
