@@ -94,11 +94,16 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
         errs = exc.errors()
         first = errs[0] if errs else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        what = f"field {loc!r}: " if loc else ""
+        msg = f"{what}{first.get('msg', 'invalid')}"
+        # the same keys as every other error body (error, field, code, message), plus pydantic's list
         return _error(
             422,
             {
-                "error": f"{loc}: {first.get('msg', 'invalid')}",
+                "error": msg,
                 "field": loc or None,
+                "code": "RequestValidationError",
+                "message": msg,
                 "details": orjson.loads(orjson.dumps(errs, default=str)),
             },
         )

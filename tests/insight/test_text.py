@@ -359,8 +359,13 @@ def test_workspace_analysis_writes_insights_tags_and_alert_events(env: Any, tmp_
     r = env.client.post("/api/v1/insights/text/sentiment", json={"texts": ["售后太差了", "Lovely staff"]}, headers=h)
     assert r.status_code == 200 and [x["language"] for x in r.json()["results"]] == ["zh", "en"]
     assert env.client.post("/api/v1/insights/text/sentiment", json={"texts": [""]}, headers=h).status_code == 400
-    assert env.client.post("/api/v1/insights/text/sentiment", json={"texts": []}, headers=h).status_code in (400,
-                                                                                                           422)
+    empty = env.client.post("/api/v1/insights/text/sentiment", json={"texts": []}, headers=h)
+    assert empty.status_code == 400 and empty.json()["field"] == "texts", empty.text
+    # like every insight route the body is JSON whatever the Content-Type (curl -d sends a form type);
+    # before, only this route answered 422 with an empty field name
+    r = env.client.post("/api/v1/insights/text/sentiment", content='{"texts": ["物流很快"]}',
+                        headers={**h, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json()["results"][0]["language"] == "zh", r.text
 
 
 def test_feedback_without_any_text_is_refused(env: Any, tmp_path: Path) -> None:

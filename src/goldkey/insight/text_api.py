@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput
+from goldkey.core.errors import InvalidInput, validated
 from goldkey.insight.text import FeedbackTextDefinition, FeedbackTextService, score_texts
 
 router = APIRouter(prefix="/api/v1/insights", tags=["insights"])
@@ -125,9 +125,20 @@ async def analyze_feedback(request: Request, gk: GK, cred: Admin) -> dict[str, A
     return await run_in_threadpool(text_service(gk).analyze, cred.workspace_id, body)
 
 
-@router.post("/text/sentiment", response_model=SentimentResponse, responses={**_ERR, 400: {"model": ErrorBody}})
-async def text_sentiment(body: SentimentRequest, cred: Admin) -> dict[str, Any]:
-    """Score ad-hoc texts (to try the models): language, probability positive, label, topics."""
+@router.post("/text/sentiment", response_model=SentimentResponse, responses={**_ERR, 400: {"model": ErrorBody}},
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": inline_schema(SentimentRequest.model_json_schema())}}}})
+async def text_sentiment(request: Request, cred: Admin) -> dict[str, Any]:
+    """Score ad-hoc texts (to try the models): language, probability positive, label, topics. The
+    body is read as JSON whatever its Content-Type, like every insight route."""
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
+    if not isinstance(data, dict):
+        raise InvalidInput('send {"texts": [...]} as a JSON object', field="body")
+    body = validated(SentimentRequest, data)
     return {"results": await run_in_threadpool(score_texts, body.texts)}
 
 
