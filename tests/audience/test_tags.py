@@ -65,6 +65,10 @@ def test_rule_tag_compute_coverage_profile_and_history(env: Env) -> None:
     assert "value_tier" not in env.client.get(f"/api/v1/profiles/{ids['u4']}", headers=h).json()["tags"]
     r = env.client.post("/api/v1/rules/check", json=rule, headers=h)
     assert r.status_code == 400 and "unknown field" in r.json()["error"]
+    # the body may also be {"rule": ...}, as the segment routes take it (before: "Unable to extract
+    # tag using discriminator 'kind'")
+    wrapped = env.client.post("/api/v1/rules/check", json={"rule": rule}, headers=h)
+    assert wrapped.status_code == 400 and wrapped.json()["error"] == r.json()["error"], wrapped.text
 
 
 def test_boolean_rule_tag_stores_true_only(env: Env) -> None:

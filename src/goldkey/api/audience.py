@@ -127,7 +127,10 @@ async def put_field(gk: GK, cred: Admin, body: FieldIn) -> dict[str, Any]:
 
 @router.post("/rules/check", tags=["rules"], responses=_ERR)
 async def check_rule(gk: GK, cred: Admin, rule: dict[str, Any]) -> dict[str, Any]:
-    """Check a rule against the workspace (fields, types, events) without saving anything."""
+    """Check a rule against the workspace (fields, types, events) without saving anything. The body
+    is the rule itself, or ``{"rule": {...}}`` as the segment routes take it."""
+    if set(rule) == {"rule"} and isinstance(rule["rule"], dict):
+        rule = rule["rule"]
     await run_in_threadpool(parse_and_check, gk.engine, gk.analytical, cred.workspace_id, rule)
     return {"valid": True}
 
