@@ -181,7 +181,8 @@ def test_one_customers_gaps_count_purchases_in_the_models_window(env: Any, tmp_p
     recent = (AS_OF - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     path.write_text("order_id,ordered_at,crm_id,sku,category,quantity,unit_price,status\n"
                     f"R1,{recent},ref,L1,lens,1,10,paid\nR2,{recent},ref,S1,solution,1,10,Refunded\n"
-                    f"D1,{recent},old,L1,lens,1,10,paid\nD2,{old},old,S1,solution,1,10,paid\n", encoding="utf-8")
+                    f"D1,{recent},old,L1,lens,1,10,paid\nD2,{old},old,S1,solution,1,10,paid\n"
+                    f"N1,{recent},ref,X1,,1,10,paid\n", encoding="utf-8")  # a line without a category
     assert env.gk.importer.run(env.ws.workspace_id, "orders", path, {}).status == "done"
     _mount(env)
     h = env.admin_auth()
@@ -193,6 +194,10 @@ def test_one_customers_gaps_count_purchases_in_the_models_window(env: Any, tmp_p
         mine = env.client.get("/api/v1/insights/affinity/gaps", params={"profile_id": pid}, headers=h).json()
         assert mine["categories"] == ["lens"], (crm, mine)
         assert "solution" in [x["category"] for x in mine["gaps"]], (crm, mine)
+        # "(none)" is no category to offer, and a pairing nobody bought (0 %) is no reason to
+        assert all(x["category"] != "(none)" and x["confidence"] > 0 for x in mine["gaps"]), mine
+    store = env.client.get("/api/v1/insights/affinity/gaps", headers=h).json()["gaps"]
+    assert all("(none)" not in (g["category_a"], g["category_b"]) for g in store)
 
 
 def _demo_lines(n: int = 2000) -> pl.DataFrame:

@@ -96,6 +96,10 @@ def parse_definition(data: AffinityDefinition | Mapping[str, Any] | None) -> Aff
 
 
 # -- data ---------------------------------------------------------------------------------------------
+NO_CATEGORY = "(none)"
+"""The category of an order line that has none: counted in the rules, never offered as a gap."""
+
+
 def load_lines(analytical: AnalyticalStore, ws: str, *, until: datetime, since: datetime | None = None,
                exclude_statuses: Sequence[str] = (), profile_id: str | None = None) -> pl.DataFrame:
     """Order lines with their live profile: ``profile_id, order_id, ordered_at, sku, category``
@@ -114,7 +118,7 @@ def load_lines(analytical: AnalyticalStore, ws: str, *, until: datetime, since: 
     params.append(ws)
     sql = f"""
         SELECT o.canonical_id AS profile_id, o.order_id, o.ordered_at, l.sku,
-               coalesce(nullif(trim(l.category), ''), '(none)') AS category
+               coalesce(nullif(trim(l.category), ''), '{NO_CATEGORY}') AS category
         FROM orders_resolved o JOIN order_lines l ON l.order_id = o.order_id AND l.workspace_id = o.workspace_id
         WHERE o.workspace_id = ? AND o.ordered_at <= ?{status} AND l.workspace_id = ?
           AND l.sku IS NOT NULL AND trim(l.sku) <> ''"""
@@ -253,7 +257,8 @@ def category_gaps(lines: pl.DataFrame) -> list[dict[str, Any]]:
     bought B (``both``), who never bought B (``never_b``), the share ``both / a_buyers``
     (confidence), the lift of that share over B's share of all buyers, the customers whose ONLY
     category is A (``only_a``), and the B product most often chosen by customers who bought both
-    (``offer_sku``)."""
+    (``offer_sku``). Lines without a category take no part: "(none)" is no category to offer."""
+    lines = lines.filter(pl.col("category") != NO_CATEGORY)
     pairs = transactions(lines, "category", "customer")
     m, cats, n_cust = incidence(pairs)
     x = m.astype(np.int64)
@@ -292,10 +297,12 @@ def _gap_offers(lines: pl.DataFrame) -> dict[tuple[str, str], str]:
 def customer_gaps(categories: set[str], gaps: Sequence[Mapping[str, Any]], min_confidence: float = 0.0
                   ) -> list[dict[str, Any]]:
     """The gaps of one customer who bought ``categories``: for every category B never bought, the
-    strongest pairing A -> B among the customer's categories (highest confidence), best first."""
+    strongest pairing A -> B among the customer's categories (highest confidence), best first. A
+    pairing nobody has bought (confidence 0) is no reason to offer B."""
     best: dict[str, Mapping[str, Any]] = {}
     for g in gaps:
-        if g["category_a"] in categories and g["category_b"] not in categories and g["confidence"] >= min_confidence:
+        if (g["category_a"] in categories and g["category_b"] not in categories and g["both"] > 0
+                and g["category_b"] != NO_CATEGORY and g["confidence"] >= min_confidence):
             cur = best.get(g["category_b"])
             if cur is None or g["confidence"] > cur["confidence"]:
                 best[g["category_b"]] = g
@@ -505,4 +512,4 @@ class AffinityService:
         if not owned:
             raise NotFound(f"profile {profile_id!r} has no purchase in this workspace since {to_iso(since)} (the "
                            f"affinity model's {d.lookback_days} days before {mv.artifact['as_of']})")
-        return owned
+        return owned - {NO_CATEGORY}
