@@ -397,8 +397,14 @@ def test_bad_goldkey_input_is_a_clear_error(env: Any, tmp_path: Path) -> None:
     _load(env, tmp_path, w)
     with pytest.raises(InvalidInput, match="too few labelled customers: 12"):
         svc.train_churn(ws, {"as_of": AS_OF.isoformat(), "horizon_days": HORIZON})
-    with pytest.raises(InvalidInput, match="unknown event 'Nope'.*'Product Viewed'"):
+    r = env.client.post("/v1/track", json={"userId": "u0", "event": "Message Sent"}, headers=env.write_auth())
+    assert r.status_code == 200
+    with pytest.raises(InvalidInput, match="unknown event 'Nope'.*'Product Viewed'") as e:
         svc.train_propensity(ws, {"event": "Nope"})
+    assert "Message Sent" not in e.value.message  # Goldkey's own events are not offered as targets
+    with pytest.raises(InvalidInput, match="an event Goldkey writes itself") as e:
+        svc.train_propensity(ws, {"event": "Message Sent"})
+    assert e.value.field == "event"
     with pytest.raises(InvalidInput, match="unknown category 'hats'"):
         svc.train_propensity(ws, {"category": "hats"})
     with pytest.raises(InvalidInput, match="exactly one target"):

@@ -806,8 +806,8 @@ _ACTIVE_SQL = {
                      AND coalesce(l.quantity, 1) > 0""",
 }
 _KNOWN_SQL = {
-    "event": "SELECT event, count(*) FROM events WHERE workspace_id = $ws AND event IS NOT NULL GROUP BY 1 "
-             "ORDER BY 2 DESC, 1 LIMIT 20",
+    "event": "SELECT event, count(*) FROM events WHERE workspace_id = $ws AND event IS NOT NULL "
+             "AND NOT list_contains($own, event) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
     "category": "SELECT category, count(*) FROM order_lines WHERE workspace_id = $ws AND category IS NOT NULL "
                 "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
 }
@@ -870,9 +870,16 @@ class ChurnService:
             cur.close()
 
     def _check_target(self, ws: str, kind: str, target: str) -> None:
+        from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
+
+        if kind == "event" and target in NOT_CUSTOMER_ACTIVITY:
+            # Goldkey's own events (a tag changed, a message sent) are no customer behaviour to predict
+            raise InvalidInput(f"{target!r} is an event Goldkey writes itself, not customer activity; predict a "
+                               "customer event", field="event")
         cur = self.analytical.cursor()
         try:
-            rows = cur.execute(_KNOWN_SQL[kind], {"ws": ws}).fetchall()
+            rows = cur.execute(_KNOWN_SQL[kind], {"ws": ws, **({"own": list(NOT_CUSTOMER_ACTIVITY)}
+                                                               if kind == "event" else {})}).fetchall()
             found = cur.execute(
                 "SELECT count(*) FROM events WHERE workspace_id = $ws AND event = $t" if kind == "event" else
                 "SELECT count(*) FROM order_lines WHERE workspace_id = $ws AND category = $t",
