@@ -841,3 +841,36 @@ def test_an_unknown_key_in_the_header_is_401_before_the_body_is_read(env: Env) -
     ev = {"batch": [_ok_event("track", type="track")], "writeKey": env.ws.write_key}
     r = _raw_post(env, "/v1/batch", orjson.dumps(ev), {})
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+
+
+def test_a_body_over_the_limit_sent_in_parts_is_refused_with_its_real_size(env: Env) -> None:
+    """The tracking fast path stops keeping a body's parts once it passes every limit; the 413 used
+    to report the size of the part kept (4,384,768 for a 4,416,622-byte body), not the body's."""
+    import asyncio
+
+    from goldkey.api.tracking import TrackingFastPath
+
+    part = b" " * 1_000_000
+    parts = [b'{"batch": [' + part] + [part] * 4 + [b"]}"]
+    total = sum(len(p) for p in parts)
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    auth = env.write_auth()["Authorization"].encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/batch", "app": env.client.app,
+             "headers": [(b"authorization", auth)]}
+    asyncio.run(TrackingFastPath(None)(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert f"batch is {total} bytes" in orjson.loads(sent[1]["body"])["error"], sent[1]["body"]
+
+
+def test_an_unknown_content_encoding_names_what_is_accepted(env: Env) -> None:
+    r = _raw_post(env, "/v1/batch", b"{}", {**env.write_auth(), "Content-Encoding": "br"})
+    body = _assert_error(r, 400)
+    assert body["field"] == "Content-Encoding" and "deflate" in body["error"] and "x-gzip" in body["error"]

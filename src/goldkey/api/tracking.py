@@ -63,7 +63,8 @@ def _decoded(encoding: str | None, body: bytes, limit: int, what: str) -> bytes:
     if enc in ("", "identity"):
         return body
     if enc not in ("gzip", "x-gzip", "deflate"):
-        raise InvalidInput(f"unsupported Content-Encoding {enc!r}; send gzip or no encoding")
+        raise InvalidInput(f"unsupported Content-Encoding {enc!r}; send gzip (or x-gzip), deflate (zlib-wrapped, "
+                           "RFC 1950) or no encoding", field="Content-Encoding")
     parts: list[bytes] = []
     size = 0
     rest = body
@@ -262,8 +263,11 @@ def insert_quarantine(engine: Any, rows: list[dict[str, Any]]) -> None:
         conn.execute(quarantine.insert(), rows)
 
 
-async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None, encoding: str | None) -> bytes:
+async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None, encoding: str | None,
+                 size: int | None = None) -> bytes:
     """Handle one tracking request (``kind``: "batch" or an event type); return the JSON ack.
+    ``size``: the body's length when ``body`` holds only its first part (a body over every limit is
+    not read whole).
 
     Raises GoldkeyError subclasses (answered as 4xx/503 with a body naming the problem).
     """
@@ -274,8 +278,9 @@ async def handle(gk: Goldkey, kind: str, body: bytes, authorization: str | None,
     # sent, and nobody unknown makes the server decompress and parse megabytes (a key in the body,
     # RudderStack's writeKey, can only be checked after)
     ws = _header_workspace(gk, authorization)
-    if len(body) > limit:
-        raise TooLarge(f"{what} is {len(body)} bytes; the limit is {limit}")
+    n = max(len(body), size or 0)
+    if n > limit:
+        raise TooLarge(f"{what} is {n} bytes; the limit is {limit}")
     body = _decoded(encoding, body, limit, what)
     data = _parse(body)
     if ws is None:
@@ -408,7 +413,7 @@ class TrackingFastPath:
                 encoding = value.decode("latin-1")
         headers = [(b"content-type", b"application/json")]
         try:
-            out = await handle(gk, kind, body, authorization, encoding)
+            out = await handle(gk, kind, body, authorization, encoding, size)
             status = 200
         except GoldkeyError as exc:
             status, out, extra = error_parts(exc)
