@@ -106,7 +106,8 @@ def test_manual_tag_from_api_and_csv(env: Env) -> None:
     assert (rep["rows"], rep["profiles"], rep["quarantined"]) == (3, 1, 2)
     q = env.client.get("/api/v1/quarantine", headers=h).json()
     reasons = {x["record"]: x["reason"] for x in q if x["source"] == "tag:interest"}
-    assert "no profile" in reasons["line 3"] and "not one of" in reasons["line 4"]
+    # rows numbered as the imports number them (1 = the first row under the header); before: "line 3"
+    assert "no profile" in reasons["2"] and "not one of" in reasons["3"]
     cov = env.client.get("/api/v1/tags/interest/coverage", headers=h).json()
     assert {v["value"]: v["profiles"] for v in cov["values"]} == {"color_lens": 1, "daily_lens": 2}
     # a manual tag cannot be computed, a rule tag cannot be set

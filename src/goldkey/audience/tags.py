@@ -273,7 +273,7 @@ class TagService:
             raise InvalidInput("the CSV has no header row", field="file")
         good: list[dict[str, Any]] = []
         bad: list[tuple[int, str | None, str, dict[str, Any]]] = []
-        for i, row in enumerate(reader, start=2):  # line numbers as a spreadsheet shows them
+        for i, row in enumerate(reader, start=1):  # the row number, 1 = the first row under the header, as imports
             a: dict[str, Any] = {k: v for k, v in row.items() if k and v not in (None, "") and k != "value"}
             if "value" in row and row["value"] not in (None, ""):
                 a["value"] = _parse_cell(row["value"], tag["value_type"])
@@ -290,7 +290,7 @@ class TagService:
             now = utcnow()
             with self.engine.begin() as c:
                 c.execute(quarantine.insert(), [
-                    {"workspace_id": ws, "source": f"tag:{name}", "import_id": None, "record": f"line {i}",
+                    {"workspace_id": ws, "source": f"tag:{name}", "import_id": None, "record": str(i),
                      "field": f, "value": str(row.get(f) if f else "")[:1000], "reason": msg,
                      "raw": orjson.dumps(row).decode(), "created_at": now} for i, f, msg, row in bad])
         # a list with rejected rows is incomplete: it sets what it names but removes nobody
