@@ -14,7 +14,7 @@ import pytest
 
 from goldkey.core.errors import InvalidInput
 from goldkey.insight.registry import ModelMismatch, ModelRegistry
-from goldkey.insight.rfm import GROUPS, RFMDefinition, RFMService, compute_rfm, group_of
+from goldkey.insight.rfm import GROUPS, RFMDefinition, RFMService, compute_rfm, fit_summary, group_of
 from goldkey.insight.schedule import refit_due
 
 AS_OF = datetime(2024, 7, 1, tzinfo=UTC)
@@ -101,6 +101,12 @@ def test_quintiles_match_an_independent_computation_and_ties_are_deterministic(e
     custom = compute_rfm(env.gk.analytical, ws, {"value_tiers": [{"name": "vip", "min_monetary": 6000}]}, AS_OF)
     ct = custom.to_pandas().set_index("profile_id")
     assert set(ct.value_tier.dropna()) == {"vip"} and ct.value_tier.isna().any()
+    # the metrics say how many customers the tie-breaker placed: those of a value spread over scores
+    _, metrics = fit_summary(tbl)
+    for s, col in (("r", "recency_days"), ("f", "frequency"), ("m", "monetary")):
+        spread = got.groupby(col)[f"{s}_score"].transform("nunique")
+        assert metrics["tie_broken"][s] == int((spread > 1).sum()), s
+    assert metrics["tie_broken"]["f"] > 0  # few distinct order counts: F is mostly the tie-breaker's
 
 
 def test_group_grid_covers_every_cell_with_named_groups() -> None:

@@ -218,7 +218,12 @@ def fit_summary(tbl: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
     df = pl.from_arrow(tbl)
     assert isinstance(df, pl.DataFrame)
     cuts: dict[str, list[dict[str, Any]]] = {}
+    tie_broken: dict[str, int] = {}
     for score, col in (("r", "recency_days"), ("f", "frequency"), ("m", "monetary")):
+        # customers of one value spread over several scores: the tie-breaker (profile id), not their
+        # data, put them in one quintile or the next (most one-order customers on F, typically)
+        spread = df.group_by(col).agg(pl.col(f"{score}_score").n_unique().alias("k"), pl.len().alias("n"))
+        tie_broken[score] = int(spread.filter(pl.col("k") > 1)["n"].sum())
         agg = (df.group_by(f"{score}_score").agg(pl.col(col).min().alias("min"), pl.col(col).max().alias("max"),
                                                   pl.len().alias("profiles"))
                .sort(f"{score}_score"))
@@ -228,7 +233,7 @@ def fit_summary(tbl: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
     for g, n in df.group_by("rfm_group").len().iter_rows():
         groups[g] = int(n)
     tiers = {str(k): int(n) for k, n in df.group_by("value_tier").len().iter_rows() if k is not None}
-    metrics = {"profiles": df.height, "groups": groups, "value_tiers": tiers,
+    metrics = {"profiles": df.height, "groups": groups, "value_tiers": tiers, "tie_broken": tie_broken,
                "recency_days_median": float(df["recency_days"].median() or 0),
                "frequency_mean": float(df["frequency"].mean() or 0),  # type: ignore[arg-type]
                "monetary_sum": float(df["monetary"].sum())}
