@@ -95,7 +95,7 @@ def propensity(
     = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name suffix ([a-z0-9_]).")] = None,
     as_of: AsOf = None,
-    horizon_days: Horizon = 30,
+    horizon_days: Horizon = 90,  # the API's default too
     lookback_days: Lookback = 365,
     trait: Traits = None,
     attribute: Attributes = None,

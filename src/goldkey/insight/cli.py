@@ -151,7 +151,7 @@ def refit_due_command(workspace: Workspace = "", data_dir: DataDir = None) -> No
 
 @insight_app.command("evaluation")
 def evaluation(
-    name: Annotated[str, typer.Argument(help="A churn or propensity model, e.g. churn or propensity_care.")],
+    name: Annotated[str, typer.Argument(help="A churn or propensity model, e.g. churn or propensity_solution.")],
     workspace: Workspace = "",
     data_dir: DataDir = None,
 ) -> None:
