@@ -807,7 +807,10 @@ def test_cli_create_list_show_compute_delete(tmp_path: Path) -> None:
     r = runner.invoke(traits_app, ["list", *d])
     assert r.exit_code == 0 and "orders\tcount\tnumber\tincremental\tcomputed" in r.stdout
     r = runner.invoke(traits_app, ["show", "revenue", *d])
-    assert json.loads(r.stdout)["definition"]["property"] == "total"
+    shown = json.loads(r.stdout)
+    assert shown["definition"]["property"] == "total"
+    # times as the API gives them (before: Python's str(), "2026-11-25 05:55:49.946427+00:00")
+    assert shown["created_at"].endswith("Z") and "T" in shown["created_at"], shown["created_at"]
     r = runner.invoke(traits_app, ["compute", "--name", "orders", *d])
     assert r.exit_code == 0 and "1 trait(s) computed" in r.output
     r = runner.invoke(traits_app, ["delete", "revenue", "--yes", *d])

@@ -104,8 +104,16 @@ def _definition(
     return data
 
 
+def _json_default(v: Any) -> Any:
+    from datetime import datetime
+
+    from goldkey.core.clock import to_iso
+
+    return to_iso(v) if isinstance(v, datetime) else str(v)  # times as the API gives them (ISO, Z)
+
+
 def _print(obj: Any) -> None:
-    print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+    print(json.dumps(obj, ensure_ascii=False, indent=2, default=_json_default))
 
 
 @traits_app.command("create")
