@@ -248,10 +248,14 @@ def _check_converged(res: Any, names: list[str], values: Array, model: str) -> N
                 if abs(v) >= _LOG_BOUND - 1e-3]
     if at_bound:
         hint = next((h for k, h in _RUNAWAY_HINTS.items() if k in at_bound), "the data cannot pin the model down")
+        no_dropout = "a -> 0" in at_bound or "b -> infinity" in at_bound
+        advice = ("BG/NBD is a model of customers who may stop buying without saying so; where nobody is seen "
+                  "to stop (regular top-ups, subscriptions) it has nothing to estimate: widen lookback_days to "
+                  "take in customers who lapsed, or predict leaving with a churn model" if no_dropout
+                  else "use more customers or a longer lookback")
         raise InvalidInput(
             f"the {model} fit did not converge: parameter {', '.join(at_bound)} ({hint}; fitted so far: "
-            f"{', '.join(f'{n}={v:.4g}' for n, v in zip(names, values, strict=True))}); "
-            "use more customers or a longer lookback", field="orders")
+            f"{', '.join(f'{n}={v:.4g}' for n, v in zip(names, values, strict=True))}); {advice}", field="orders")
     # a line search that cannot improve at the optimum ends "ABNORMAL" with a vanishing gradient
     if not res.success and not (res.status == 2 and float(np.abs(res.jac).max()) < _GRAD_OK):
         raise InvalidInput(f"the {model} fit did not converge after {res.nit} iterations: {res.message}",
