@@ -9,16 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from goldkey.activate.campaigns import CampaignDefinition, CampaignService
 from goldkey.activate.triggers import TriggerDefinition, TriggerService
-from goldkey.api.deps import GK, Admin
+from goldkey.api.deps import GK, Admin, json_object
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput
 from goldkey.govern.audit import audit
 
 router = APIRouter(tags=["campaigns"])
@@ -52,17 +50,6 @@ def trigger_service(gk: Any) -> TriggerService:
         svc = TriggerService.from_goldkey(gk)
         gk.triggers = svc
     return svc  # type: ignore[no-any-return]
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send the definition as a JSON object", field="body")
-    return body
 
 
 class Progress(BaseModel):
@@ -178,7 +165,7 @@ class TriggerReport(BaseModel):
              openapi_extra=_CAMPAIGN_BODY)
 async def create_campaign(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Save a campaign as a draft after the save-time checks."""
-    body = await _json_object(request)
+    body = await json_object(request, required=True)
     return await run_in_threadpool(campaign_service(gk).create, cred.workspace_id, body)
 
 
@@ -198,7 +185,7 @@ async def get_campaign(campaign_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
             openapi_extra=_CAMPAIGN_BODY)
 async def update_campaign(campaign_id: str, request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Replace the definition of a draft, scheduled or paused campaign."""
-    body = await _json_object(request)
+    body = await json_object(request, required=True)
     return await run_in_threadpool(campaign_service(gk).update, cred.workspace_id, campaign_id, body)
 
 
@@ -237,7 +224,7 @@ async def campaign_report(campaign_id: str, gk: GK, cred: Admin, run: int | None
              openapi_extra=_TRIGGER_BODY)
 async def create_trigger(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Save a real-time, after-event or date trigger (active unless ``active: false``)."""
-    body = await _json_object(request)
+    body = await json_object(request, required=True)
     return await run_in_threadpool(trigger_service(gk).create, cred.workspace_id, body)
 
 
@@ -258,7 +245,7 @@ async def get_trigger(trigger_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
 async def update_trigger(trigger_id: str, request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Replace the trigger's definition (checked as on create; ``active`` sets its status). Its
     firings stay with it: nobody fires twice in one window because of an edit."""
-    body = await _json_object(request)
+    body = await json_object(request, required=True)
     out = await run_in_threadpool(trigger_service(gk).update, cred.workspace_id, trigger_id, body)
     audit(gk.engine, cred, "trigger.update", trigger_id, {"changed": out["changed"]})
     return out

@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import binascii
 from threading import Lock
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from goldkey.api.roles import least_role
-from goldkey.core.errors import Forbidden, Unauthorized
+from goldkey.core.errors import Forbidden, InvalidInput, Unauthorized
 from goldkey.govern.users import ROLES, SESSION_PREFIX, WORKSPACE_HEADER, UserService
 from goldkey.govern.workspaces import Credential
 from goldkey.runtime import Goldkey
@@ -99,3 +100,19 @@ def admin(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None
 Admin = Annotated[Credential, Depends(admin)]
 Caller = Admin
 """The caller of an admin API route: an admin token or a signed-in user, with the role checked."""
+
+
+async def json_object(request: Request, what: str = "the definition", *, required: bool = False) -> dict[str, Any]:
+    """The request's body as a JSON object, whatever its Content-Type (``curl -d`` sends a form
+    type); an empty body is ``{}`` unless ``required``. Bad JSON or another JSON value is a 400
+    naming ``body``. The routes whose body is a definition with every field optional read it here."""
+    raw = await request.body()
+    if not raw.strip() and not required:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"send {what} as a JSON object", field="body")
+    return body

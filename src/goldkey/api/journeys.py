@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from goldkey.activate.journeys import JourneyDefinition, JourneyService
-from goldkey.api.deps import GK, Admin
+from goldkey.api.deps import GK, Admin, json_object
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput
 from goldkey.govern.audit import actor_of
 
 router = APIRouter(tags=["journeys"])
@@ -38,16 +36,6 @@ def journey_service(gk: Any) -> JourneyService:
         svc = JourneyService.from_goldkey(gk)
         gk.journeys = svc
     return svc  # type: ignore[no-any-return]
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send the journey as a JSON object", field="body")
-    return body
 
 
 class VersionInfo(BaseModel):
@@ -102,7 +90,7 @@ class JourneyStats(BaseModel):
              openapi_extra=_BODY)
 async def create_journey(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Save a new journey as a draft after the save-time checks."""
-    body = await _json_object(request)
+    body = await json_object(request, "the journey", required=True)
     return await run_in_threadpool(journey_service(gk).create, cred.workspace_id, body)
 
 
@@ -122,7 +110,7 @@ async def get_journey(journey_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
             openapi_extra=_BODY)
 async def update_journey(journey_id: str, request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Replace the draft (checked as at creation); published versions do not change."""
-    body = await _json_object(request)
+    body = await json_object(request, "the journey", required=True)
     return await run_in_threadpool(journey_service(gk).update, cred.workspace_id, journey_id, body)
 
 

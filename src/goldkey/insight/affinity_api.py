@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from goldkey.api.deps import GK, Admin
+from goldkey.api.deps import GK, Admin, json_object
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput
 from goldkey.insight.affinity import AffinityDefinition, AffinityService
 from goldkey.insight.lookalike import LookalikeRequest, LookalikeService
 from goldkey.insight.recommend import RecommendDefinition, RecommendService
@@ -157,22 +155,11 @@ def _body(schema: type[BaseModel]) -> dict[str, Any]:
         "schema": inline_schema(schema.model_json_schema())}}}}
 
 
-async def _json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send a JSON object", field="body")
-    return body
-
-
 @router.post("/affinity/run", response_model=RunReport, responses=_ERR, openapi_extra=_body(AffinityDefinition))
 async def run_affinity(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Mine association rules (baskets and customer histories, by SKU and by category) and the
     category gaps; saves a new `affinity` model version."""
-    body = await _json(request)
+    body = await json_object(request)
     return await run_in_threadpool(AffinityService.from_goldkey(gk).run, cred.workspace_id, body)
 
 
@@ -201,7 +188,7 @@ def get_gaps(gk: GK, cred: Admin, category_a: str | None = None, category_b: str
 async def train_recommendations(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Evaluate popularity / cosine / EASE on a time split, refit the best, save a `recommend`
     model version and write each customer's top-N and next best product."""
-    body = await _json(request)
+    body = await json_object(request)
     return await run_in_threadpool(RecommendService.from_goldkey(gk).train, cred.workspace_id, body)
 
 
@@ -221,5 +208,5 @@ def profile_recommendations(profile_id: str, gk: GK, cred: Admin) -> dict[str, A
 async def lookalikes(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Score every customer against a seed (`segment_id` or `profile_ids`) by positive-unlabelled
     learning; returns the top N with scores and the held-out validation of the seed."""
-    body = await _json(request)
+    body = await json_object(request)
     return await run_in_threadpool(LookalikeService.from_goldkey(gk).find, cred.workspace_id, body)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from goldkey.api.deps import GK, Admin
+from goldkey.api.deps import GK, Admin, json_object
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput, NotFound
+from goldkey.core.errors import NotFound
 from goldkey.insight.rfm import RFMDefinition, RFMService
 
 router = APIRouter(prefix="/api/v1/insights", tags=["insights"])
@@ -81,13 +80,7 @@ _RUN_BODY = {"requestBody": {"required": False, "content": {"application/json": 
 async def run_rfm(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Fit RFM (a new model version) and write `scores.rfm_*` and the `rfm_group` /
     `rfm_value_tier` model tags to the profiles. The body is the definition (all optional)."""
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send the RFM definition as a JSON object", field="body")
+    body = await json_object(request, "the RFM definition")
     return await run_in_threadpool(rfm_service(gk).run, cred.workspace_id, body)
 
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from goldkey.api.deps import GK, Admin
+from goldkey.api.deps import GK, Admin, json_object
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput
 from goldkey.insight.api import models_router
 from goldkey.insight.churn import ChurnDefinition, ChurnService, PropensityDefinition
 
@@ -74,17 +72,6 @@ def churn_service(gk: Any) -> ChurnService:
     return svc
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send the definition as a JSON object", field="body")
-    return body
-
-
 def _schema(model: type[BaseModel], required: bool) -> dict[str, Any]:
     return {"requestBody": {"required": required, "content": {"application/json": {
         "schema": inline_schema(model.model_json_schema())}}}}
@@ -95,7 +82,7 @@ def _schema(model: type[BaseModel], required: bool) -> dict[str, Any]:
 async def train_churn(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Fit a churn model (a new version of `churn`), score every live profile (`scores.churn_risk`)
     and store the per-profile reasons. The body is the definition (all optional)."""
-    body = await _body(request)
+    body = await json_object(request)
     return await run_in_threadpool(churn_service(gk).train_churn, cred.workspace_id, body)
 
 
@@ -104,7 +91,7 @@ async def train_churn(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
 async def train_propensity(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Fit a propensity model for a target event (`event`) or product category (`category`),
     score every live profile (`scores.propensity_<name>`) and store the reasons."""
-    body = await _body(request)
+    body = await json_object(request)
     return await run_in_threadpool(churn_service(gk).train_propensity, cred.workspace_id, body)
 
 

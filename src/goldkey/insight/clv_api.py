@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from goldkey.api.deps import GK, Admin
+from goldkey.api.deps import GK, Admin, json_object
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput
 from goldkey.insight.clv import CLVDefinition, CLVService
 
 router = APIRouter(prefix="/api/v1/insights", tags=["insights"])
@@ -93,13 +91,7 @@ async def run_clv(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Fit BG/NBD + Gamma-Gamma (a new model version) and write `scores.clv_p_alive`,
     `scores.clv_expected_purchases`, `scores.clv_value` and `scores.clv_model_version` to the
     profiles. The body is the definition (all fields optional)."""
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send the CLV definition as a JSON object", field="body")
+    body = await json_object(request, "the CLV definition")
     return await run_in_threadpool(clv_service(gk).run, cred.workspace_id, body)
 
 

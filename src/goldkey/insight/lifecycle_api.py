@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from goldkey.api.deps import GK, Admin
+from goldkey.api.deps import GK, Admin, json_object
 from goldkey.api.schemas import ErrorBody, inline_schema
 from goldkey.core.errors import InvalidInput
 from goldkey.insight import reports
@@ -32,17 +31,6 @@ _RUN_ERR: dict[int | str, dict[str, Any]] = {
 def _body_schema(model: Any, required: bool = False) -> dict[str, Any]:
     return {"requestBody": {"required": required, "content": {"application/json": {
         "schema": inline_schema(model.model_json_schema())}}}}
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send a JSON object", field="body")
-    return body
 
 
 def lifecycle_service(gk: Any) -> LifecycleService:
@@ -65,7 +53,7 @@ async def run_lifecycle(request: Request, gk: GK, cred: Admin) -> dict[str, Any]
     """Stage every customer (a new model version): writes `scores.lc_*`, the `lifecycle_stage`
     model tag and a `Lifecycle Stage Changed` event per transition. The body is the definition
     (all optional: thresholds, or `stages` with your own rules in evaluation order)."""
-    body = await _json(request)
+    body = await json_object(request)
     return await run_in_threadpool(lifecycle_service(gk).run, cred.workspace_id, body)
 
 
@@ -83,7 +71,7 @@ def lifecycle_summary(gk: GK, cred: Admin) -> dict[str, Any]:
 async def run_clusters(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Cluster the customers (k-means, k by silhouette; a new model version) and write the
     `cluster` model tag. Returns each cluster's size and description."""
-    body = await _json(request)
+    body = await json_object(request)
     return await run_in_threadpool(cluster_service(gk).run, cred.workspace_id, body)
 
 
@@ -100,7 +88,7 @@ def get_clusters(gk: GK, cred: Admin) -> dict[str, Any]:
 async def save_cluster_segment(cluster: str, request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Save a cluster of the latest clustering as a segment (rule `tags.cluster = <cluster>`).
     Body (optional): `name`, `realtime`."""
-    body = await _json(request)
+    body = await json_object(request)
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise InvalidInput("name must be a string", field="name")
@@ -118,7 +106,7 @@ async def save_cluster_segment(cluster: str, request: Request, gk: GK, cred: Adm
 async def funnel_report(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Conversion funnel over a sequence of track events within a conversion window: profiles per
     step, conversion %, median time between steps; optionally broken down by a property."""
-    body = await _json(request)
+    body = await json_object(request)
     return await run_in_threadpool(reports.funnel, gk.analytical, cred.workspace_id, body)
 
 
@@ -126,7 +114,7 @@ async def funnel_report(request: Request, gk: GK, cred: Admin) -> dict[str, Any]
 async def cohort_report(request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
     """Cohort retention table (cohort by first order or first event, per month or week): counts
     and % per period offset, for a heat map."""
-    body = await _json(request)
+    body = await json_object(request)
     return await run_in_threadpool(reports.cohorts, gk.analytical, cred.workspace_id, body)
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from goldkey.api.deps import GK, Admin
+from goldkey.api.deps import GK, Admin, json_object
 from goldkey.api.schemas import ErrorBody, inline_schema
-from goldkey.core.errors import InvalidInput, validated
+from goldkey.core.errors import validated
 from goldkey.insight.text import FeedbackTextDefinition, FeedbackTextService, score_texts
 
 router = APIRouter(prefix="/api/v1/insights", tags=["insights"])
@@ -115,13 +114,7 @@ async def analyze_feedback(request: Request, gk: GK, cred: Admin) -> dict[str, A
     """Score the sentiment and topics of every feedback of the workspace, write `feedback_insights`,
     the model tags (`feedback_sentiment`, `pain_points`, `pain_<topic>`, `service_alert`) and a
     `Service Alert` event per new alert. The body is the definition (all optional)."""
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("send the analysis definition as a JSON object", field="body")
+    body = await json_object(request, "the analysis definition")
     return await run_in_threadpool(text_service(gk).analyze, cred.workspace_id, body)
 
 
@@ -131,14 +124,7 @@ async def analyze_feedback(request: Request, gk: GK, cred: Admin) -> dict[str, A
 async def text_sentiment(request: Request, cred: Admin) -> dict[str, Any]:
     """Score ad-hoc texts (to try the models): language, probability positive, label, topics. The
     body is read as JSON whatever its Content-Type, like every insight route."""
-    raw = await request.body()
-    try:
-        data = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}", field="body") from None
-    if not isinstance(data, dict):
-        raise InvalidInput('send {"texts": [...]} as a JSON object', field="body")
-    body = validated(SentimentRequest, data)
+    body = validated(SentimentRequest, await json_object(request, '{"texts": [...]}'))
     return {"results": await run_in_threadpool(score_texts, body.texts)}
 
 
