@@ -517,7 +517,14 @@ def test_a_trigger_can_be_paused_resumed_edited_and_deleted(env: Any, svc: Trigg
             "window": {"unit": "month", "timezone": "Asia/Shanghai"}}
     tid = env.client.post("/api/v1/triggers", headers=h, json=body).json()["trigger_id"]
     r = env.client.post(f"/api/v1/triggers/{tid}/pause", headers=h)
-    assert r.status_code == 200 and r.json()["status"] == "paused"
+    assert r.status_code == 200 and r.json()["status"] == "paused" and r.json()["definition"]["active"] is False
+    # a paused trigger's definition, read back, edited and sent again, stays paused (before: its
+    # stored "active": true switched it back on, and neither the answer nor the audit said so)
+    edited = {**r.json()["definition"], "vars": {"pack": "5 GB"}}
+    r = env.client.put(f"/api/v1/triggers/{tid}", headers=h, json=edited)
+    assert (r.json()["status"], r.json()["changed"]) == ("paused", ["vars"]), r.text
+    r = env.client.put(f"/api/v1/triggers/{tid}", headers=h, json=body)  # no "active": the status stays
+    assert (r.json()["status"], r.json()["changed"]) == ("paused", ["vars"]), r.text
     track(env, "u0", "Data Usage", data_used_pct=80)  # paused: no firing
     svc.drain()
     assert not out.exists()

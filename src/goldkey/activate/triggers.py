@@ -321,11 +321,13 @@ class TriggerService:
         return self.get(ws, tid)
 
     def set_active(self, ws: str, tid: str, active: bool) -> dict[str, Any]:
-        """Pause (no new firings; messages already queued are still sent) or resume a trigger."""
-        self._row(ws, tid)
+        """Pause (no new firings; messages already queued are still sent) or resume a trigger. The
+        stored definition's ``active`` follows, so a definition read back and sent again keeps it."""
+        r = self._row(ws, tid)
+        d = TriggerDefinition.model_validate_json(r.definition).model_copy(update={"active": active})
         with self.engine.begin() as c:
             c.execute(triggers.update().where(T.trigger_id == tid).values(
-                status="active" if active else "paused", updated_at=utcnow()))
+                status="active" if active else "paused", definition=d.model_dump_json(), updated_at=utcnow()))
         self.reload()
         return self.get(ws, tid)
 
@@ -333,6 +335,8 @@ class TriggerService:
         """Replace a trigger's definition (checked as on create; its ``active`` sets the status).
         Its firings so far stay with it: a customer who fired in a window does not fire again in it."""
         before = self._row(ws, tid)
+        if isinstance(data, dict) and "active" not in data:  # left out: the trigger stays as it is
+            data = {**data, "active": before.status == "active"}
         d = parse_trigger(data)
         self.compile(ws, tid, d)
         with self.engine.begin() as c:
@@ -344,8 +348,8 @@ class TriggerService:
                 status="active" if d.active else "paused", updated_at=utcnow()))
         self.reload()
         out = self.get(ws, tid)
-        out["changed"] = sorted(k for k, v in d.model_dump(mode="json").items()
-                                if orjson.loads(before.definition).get(k) != v)
+        was = {**orjson.loads(before.definition), "active": before.status == "active"}
+        out["changed"] = sorted(k for k, v in d.model_dump(mode="json").items() if was.get(k) != v)
         return out
 
     def delete(self, ws: str, tid: str) -> dict[str, Any]:

@@ -243,8 +243,9 @@ async def get_trigger(trigger_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
 @router.put("/api/v1/triggers/{trigger_id}", response_model=TriggerChanged, responses=_SAVE_ERR,
             openapi_extra=_TRIGGER_BODY)
 async def update_trigger(trigger_id: str, request: Request, gk: GK, cred: Admin) -> dict[str, Any]:
-    """Replace the trigger's definition (checked as on create; ``active`` sets its status). Its
-    firings stay with it: nobody fires twice in one window because of an edit."""
+    """Replace the trigger's definition (checked as on create; ``active`` sets its status, left out
+    it stays as it is). Its firings stay with it: nobody fires twice in one window because of an
+    edit. ``changed`` lists the fields that changed, ``active`` among them."""
     body = await json_object(request, required=True)
     out = await run_in_threadpool(trigger_service(gk).update, cred.workspace_id, trigger_id, body)
     audit(gk.engine, cred, "trigger.update", trigger_id, {"changed": out["changed"]})
