@@ -93,10 +93,12 @@ goldkey import customers crm.csv --api http://127.0.0.1:8000 --token gka_...   #
 ```
 """,
     "goldkey quarantine": """\
-Prints the newest quarantined records first, one per line: source (`import:<kind>` or `tracking`),
-record number, field and reason; then the count. It reads the operational store directly, so it
-works while a server runs (the same records are at `GET /api/v1/quarantine`). Without `--workspace`
-it uses the only workspace there is.
+Prints the newest quarantined records first, one per line: source (`import:<kind>`, `tracking` or
+`tag:<name>` for a tag list), record number (1 = the first row under a file's header), field and
+reason; then the count. It reads the operational store directly, so it works while a server runs
+(the same records are at `GET /api/v1/quarantine`). Without `--workspace` it uses the import's
+workspace with `--import-id`, else the only workspace there is. The line an import prints
+("see them with: ...") is this command, with the import's id and data directory.
 
 ```sh
 goldkey quarantine --import-id imp_01m8... --limit 20

@@ -59,10 +59,15 @@ def test_workspace_create_import_and_quarantine(tmp_path: Path) -> None:
     assert runner.invoke(app, ["workspace", "create", "Other", "--data-dir", d]).exit_code == 0
     import re
 
-    hint = re.search(r"goldkey quarantine --import-id (imp_\w+)", " ".join(r0_output.split()))
-    assert hint, r0_output
-    r = runner.invoke(app, ["quarantine", "--import-id", hint.group(1), "--data-dir", d])
+    hint = re.search(r"goldkey (quarantine --import-id imp_\w+ --data-dir \S+)", " ".join(r0_output.split()))
+    assert hint, r0_output  # the hint names the data directory the import used
+    import shlex
+
+    r = runner.invoke(app, shlex.split(hint.group(1)))  # run exactly as printed
     assert r.exit_code == 0 and "record 2" in r.stdout, r.output
+    empty = tmp_path / "nothing-here"
+    r = runner.invoke(app, ["quarantine", "--data-dir", str(empty)])
+    assert r.exit_code == 2 and "no Goldkey data" in r.output and not empty.exists(), r.output
     r = runner.invoke(app, ["quarantine", "--import-id", "imp_nope", "--data-dir", d])
     assert r.exit_code == 2 and "no import 'imp_nope'" in r.output
     r = runner.invoke(app, ["quarantine", "-w", "ws_nope", "--data-dir", d])
@@ -181,3 +186,10 @@ def test_user_commands_take_a_workspace_name_or_id(tmp_path: Path) -> None:
     r = runner.invoke(app, ["user", "create", "bo@example.com", "-w", "ws_nope", "--data-dir", d])
     assert r.exit_code == 2 and "no workspace with id 'ws_nope'" in r.output
     assert "bo@example.com" not in runner.invoke(app, ["user", "list", "-w", "明眸 Eye Care", "--data-dir", d]).stdout
+
+
+def test_a_workspace_named_like_an_id_is_found_by_its_name(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    assert runner.invoke(app, ["workspace", "create", "ws_europe", "--data-dir", d]).exit_code == 0
+    r = runner.invoke(app, ["segment", "list", "-w", "ws_europe", "--data-dir", d])
+    assert r.exit_code == 0, r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -241,7 +242,8 @@ def import_(
         f"  (import {s['import_id']})"
     )
     if s["quarantined"]:
-        typer.echo("  see them with: goldkey quarantine --import-id " + s["import_id"])
+        where = f" --data-dir {shlex.quote(str(data_dir))}" if data_dir is not None and not api else ""
+        typer.echo(f"  see them with: goldkey quarantine --import-id {s['import_id']}{where}")
 
 
 def _import_local(
@@ -283,12 +285,13 @@ def _workspace_id(gk: Any, workspace: str) -> str:
 
         try:  # an id is checked too: a mistyped one must not run a command on a workspace that is not there
             gk.workspaces.get(workspace)
+            return workspace
         except NotFound:
-            _fail(f"no workspace with id {workspace!r}", 2)
-        return workspace
-    ws = gk.workspaces.find_by_name(workspace)
+            pass
+    ws = gk.workspaces.find_by_name(workspace)  # also a name that looks like an id ("ws_europe")
     if ws is None:
-        _fail(f"no workspace named {workspace!r}", 2)
+        _fail(f"no workspace with id {workspace!r}" if workspace.startswith("ws_") else
+              f"no workspace named {workspace!r}", 2)
     return str(ws)
 
 
@@ -327,6 +330,8 @@ def quarantine(
     from goldkey.store.operational import create_operational_engine, imports
 
     settings = _settings(data_dir)
+    if settings.operational_url is None and not (settings.data_dir / "operational.sqlite").exists():
+        _fail(f"no Goldkey data in {settings.data_dir} (pass --data-dir, or set GOLDKEY_DATA_DIR)", 2)
     engine = create_operational_engine(settings.resolved_operational_url())
     svc = WorkspaceService(engine)
     if import_id and not workspace:  # the import names its workspace

@@ -528,3 +528,13 @@ def test_registry_versions_refit_and_mismatch(env: Any, tmp_path: Path, sample: 
     assert failed["model"] == "clv" and "no orders to score" in failed["error"]
     svc.fit(ws, {**d, "refit_every_hours": None})
     assert refit_due(env.gk, now=later + timedelta(days=30)) == []
+
+
+def test_too_few_repeat_buyers_with_spend_is_said_in_those_words(env: Any, tmp_path: Path) -> None:
+    """Twelve repeat buyers pass the population check; when ten of them only took free items the
+    error says so (before: "only 2 repeat buyer(s)", contradicting the count of twelve)."""
+    free = pd.DataFrame({"sample_id": range(10), "date": pd.Timestamp("2024-04-15"), "amount": 0.0})
+    paid = pd.DataFrame({"sample_id": [10, 11], "date": pd.Timestamp("2024-04-15"), "amount": 30.0})
+    _import_orders(env, tmp_path, pd.concat([_one_day_orders(25), free, paid]))
+    with pytest.raises(InvalidInput, match=r"12 repeat buyers, but only 2 of them spent anything .*10 took free"):
+        CLVService.from_goldkey(env.gk).run(env.ws.workspace_id, {"as_of": "2024-06-30T00:00:00+00:00"})

@@ -138,8 +138,13 @@ def refit_due_command(workspace: Workspace = "", data_dir: DataDir = None) -> No
     """Refit, as of now, every model of the workspace whose refit_every_hours have passed (what the
     server's schedule does every GOLDKEY_REFIT_CHECK_MINUTES); prints one line per refit as JSON.
     Exit 1 when a refit failed (the others still run)."""
+    import logging
+
     from goldkey.insight.schedule import refit_due
 
+    # the schedule logs a failed refit with its traceback for the server's log; here the error line
+    # below says it (without a handler, logging's last resort would print the traceback)
+    logging.getLogger("goldkey.insight.schedule").addHandler(logging.NullHandler())
     done = _open_gk(data_dir, workspace, lambda gk, ws: refit_due(gk, workspace_id=ws))
     typer.echo(json.dumps(done, ensure_ascii=False, indent=2))
     failed = [d for d in done if "error" in d]

@@ -668,13 +668,18 @@ class CLVService:
         t_x = df["recency_days"].to_numpy().astype(np.float64) / unit
         tt = df["t_days"].to_numpy().astype(np.float64) / unit
         m = df["monetary"].fill_null(0.0).to_numpy().astype(np.float64)
-        say(f"fitting BG/NBD on {df.height} customers")
-        bg = fit_beta_geo(x, t_x, tt)
         # Gamma-Gamma is a model of positive spend: a repeat buyer whose repeat purchases were all
         # free (the demo's trial packs) is left out of its fit and scored by the same formula with a
         # mean of 0, so the prior pulls their expected order value up from 0 (reported in the metrics)
         paid = m > 0
         free_repeat = int(((x > 0) & ~paid).sum())
+        if int(((x > 0) & paid).sum()) < 3:
+            raise InvalidInput(
+                f"{int((x > 0).sum())} repeat buyers, but only {int(((x > 0) & paid).sum())} of them spent anything "
+                f"on their repeat purchases ({free_repeat} took free items only); Gamma-Gamma needs at least 3 "
+                "with spend", field="monetary")
+        say(f"fitting BG/NBD on {df.height} customers")
+        bg = fit_beta_geo(x, t_x, tt)
         say(f"fitting Gamma-Gamma on {int(((x > 0) & paid).sum())} repeat buyers")
         gg = fit_gamma_gamma(np.where(paid, x, 0.0), m)
         say("scoring customers")

@@ -127,7 +127,8 @@ def register(app: typer.Typer) -> None:
                 period: Annotated[str, typer.Option("--period", help="month or week.")] = "month",
                 periods: Annotated[int, typer.Option("--periods", help="Offsets 0..N-1.")] = 12,
                 tz: Annotated[str, typer.Option("--tz", help="Time zone of the periods.")] = "UTC",
-                end: Annotated[datetime | None, typer.Option("--end", help="Activity before (UTC).")] = None) -> None:
+                end: Annotated[datetime | None, typer.Option(
+                    "--end", help="Activity before this wall-clock time in --tz (default now).")] = None) -> None:
         """Cohort retention table (counts and % per period offset)."""
         from goldkey.insight.reports import cohorts as run
 
