@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.insight import affinity_api
 from goldkey.insight.lookalike import MIN_SEED, LookalikeService
-from goldkey.store.operational import identities
+from goldkey.store.operational import identities, profiles
 
 AS_OF = datetime(2026, 6, 30, tzinfo=UTC)
 PREMIUM = ["L-ACU-1D90", "L-AL-DT30", "L-ACU-1D30", "S-AL-AO360"]
@@ -228,3 +228,33 @@ def test_a_named_audience_is_a_versioned_model_written_to_the_profiles(loaded: A
     # for no schedule)
     done = refit_due(env.gk, now=datetime.now(UTC) + timedelta(hours=2))
     assert [(d["model"], d.get("version")) for d in done] == [("lookalike_shanghai_vip", 3)], done
+
+
+def test_a_seed_member_merged_twice_is_still_a_seed_member(loaded: Any) -> None:
+    """A seed id whose profile was merged into one that was later merged away in turn: the seed
+    resolves to the live root. Before, it followed merged_into one step only, landed on a merged-away
+    profile with no features, lost the seed member and returned its live profile as a lookalike."""
+    env, _truth, seed = loaded
+    ws = env.ws.workspace_id
+    crm = {pid: v for v, pid in env.gk.engine.connect().execute(
+        sa.select(identities.c.id_value, identities.c.profile_id).where(
+            identities.c.workspace_id == ws, identities.c.id_type == "crm_id")).all()}
+    first = crm[seed[0]]
+    # two profiles first seen before the market: the seed member's profile loses to X, X then to Y
+    batch = [{"type": "identify", "userId": "x-person", "timestamp": "2020-01-01T00:00:00Z", "traits": {}},
+             {"type": "identify", "anonymousId": "anon-y", "timestamp": "2019-01-01T00:00:00Z",
+              "traits": {"phone": "13912340001"}},
+             {"type": "identify", "userId": "x-person", "traits": {"crm_id": first}},
+             {"type": "identify", "userId": "x-person", "traits": {"phone": "13912340001"}}]
+    r = env.client.post("/v1/batch", json={"batch": batch}, headers=env.write_auth())
+    assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
+    with env.gk.engine.connect() as c:
+        row = c.execute(sa.select(profiles.c.merged_into, profiles.c.canonical_id).where(
+            profiles.c.profile_id == seed[0])).one()
+        parent_live = c.execute(sa.select(profiles.c.merged_into).where(
+            profiles.c.profile_id == row.merged_into)).scalar()
+    assert row.merged_into is not None and parent_live is not None, "the chain seed -> X -> Y was not built"
+    rep = LookalikeService.from_goldkey(env.gk).find(ws, {"profile_ids": seed, "top_n": 600, "validation": False,
+                                                          "as_of": AS_OF.isoformat()})
+    assert rep["seed_with_features"] == len(seed), rep["seed_with_features"]
+    assert row.canonical_id not in {x["profile_id"] for x in rep["lookalikes"]}

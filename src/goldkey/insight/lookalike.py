@@ -285,7 +285,9 @@ class LookalikeService:
             return sorted({r[0] for r in rows})
         ids = sorted(set(req.profile_ids or []))
         with self.engine.connect() as c:
-            found = {r[0]: r[1] for r in c.execute(sa.select(profiles.c.profile_id, profiles.c.merged_into).where(
+            # canonical_id names the live root; merged_into only the direct parent, which a later
+            # merge may have merged away in turn
+            found = {r[0]: r[1] for r in c.execute(sa.select(profiles.c.profile_id, profiles.c.canonical_id).where(
                 profiles.c.workspace_id == ws, profiles.c.profile_id.in_(ids)))} if ids else {}
         unknown = [p for p in ids if p not in found]
         if unknown:
