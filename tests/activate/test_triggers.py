@@ -559,3 +559,31 @@ def test_a_trigger_can_be_paused_resumed_edited_and_deleted(env: Any, svc: Trigg
     assert env.client.post("/api/v1/triggers", headers=h, json=body).status_code == 201  # the name is free
     actions = [e["action"] for e in env.client.get("/api/v1/workspace/audit", headers=h).json()["items"]]
     assert {"trigger.pause", "trigger.resume", "trigger.update", "trigger.delete"} <= set(actions)
+
+
+def test_a_round_compiled_before_a_delete_or_pause_reserves_nothing_after_it(env: Any, svc: TriggerService,
+                                                                             tmp_path: Path) -> None:
+    """A round holds the trigger compiled from before a delete or a pause. Under PostgreSQL's MVCC
+    the delete did not wait for the round, which then queued messages for a deleted trigger that
+    nothing would ever send or fail. Deletes and status changes now take the workspace's reservation
+    lock, and a round checks the trigger under it."""
+    h = env.admin_auth()
+    pids = make_profiles(env, 3)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    body = {"name": "提醒", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
+            "window": {"unit": "day", "timezone": "Asia/Shanghai"}}
+    tid = env.client.post("/api/v1/triggers", headers=h, json=body).json()["trigger_id"]
+    now = datetime.now(UTC)
+    compiled = next(t for t in svc.active(env.ws.workspace_id) if t.trigger_id == tid)
+    key = compiled.d.window.key(now)
+    assert env.client.post(f"/api/v1/triggers/{tid}/pause", headers=h).status_code == 200
+    assert svc.fire(compiled, [pids[0]], {key: [pids[0]]}, now) == 0  # paused in between: no firing
+    assert env.client.delete(f"/api/v1/triggers/{tid}", headers=h).status_code == 200
+    assert svc.fire(compiled, [pids[1]], {key: [pids[1]]}, now) == 0  # deleted in between
+    with env.gk.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(messages).where(
+            messages.c.ref == f"trigger:{tid}")).scalar() == 0
+        assert c.execute(sa.select(sa.func.count()).select_from(trigger_firings).where(
+            trigger_firings.c.trigger_id == tid)).scalar() == 0
+    assert not out.exists()

@@ -326,6 +326,7 @@ class TriggerService:
         r = self._row(ws, tid)
         d = TriggerDefinition.model_validate_json(r.definition).model_copy(update={"active": active})
         with self.engine.begin() as c:
+            self.sender.guardrails.lock(c, ws)  # after any round reserving now; later rounds see the status
             c.execute(triggers.update().where(T.trigger_id == tid).values(
                 status="active" if active else "paused", definition=d.model_dump_json(), updated_at=utcnow()))
         self.reload()
@@ -340,6 +341,7 @@ class TriggerService:
         d = parse_trigger(data)
         self.compile(ws, tid, d)
         with self.engine.begin() as c:
+            self.sender.guardrails.lock(c, ws)
             if c.execute(sa.select(T.trigger_id).where(T.workspace_id == ws, T.name == d.name,
                                                        T.trigger_id != tid)).first():
                 raise Conflict(f"a trigger named {d.name!r} already exists")
@@ -358,6 +360,9 @@ class TriggerService:
         r = self._row(ws, tid)
         m = messages.c
         with self.engine.begin() as c:
+            # the workspace's reservation lock: a round reserving for this trigger right now commits
+            # first (its queued messages are then marked below), and a later one finds it gone
+            self.sender.guardrails.lock(c, ws)
             dropped = c.execute(messages.update().where(
                 m.workspace_id == ws, m.ref == f"trigger:{tid}", m.status == "queued").values(
                 status="failed", reason="trigger deleted before sending", updated_at=utcnow())).rowcount
@@ -740,6 +745,11 @@ class TriggerService:
         guard = self.sender.guardrails
         with self.engine.begin() as c:
             pol = guard.lock(c, ws)
+            # a round compiled the trigger before it took the lock: under it, the trigger must still
+            # exist and (for new firings) be active, or a delete or pause in between is ignored
+            status = c.execute(sa.select(T.status).where(T.trigger_id == tid)).scalar()
+            if status is None or (status != "active" and not retry):
+                return []
             fill_audience(c, pids)
             existing: dict[str, str] = dict(_FIRED.rows(c, ws=ws, tid=tid, window_key=window_key))
             todo = ([p for p in pids if existing.get(p) == "deferred"] if retry
