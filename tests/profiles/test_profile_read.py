@@ -102,7 +102,11 @@ def test_merged_away_id_resolves_to_survivor_with_requested_id(env_any: Any) -> 
     assert p["merged_from"] == [gone]
     assert p["attributes"]["name"] == "王芳" and p["attributes"]["city"] == "广州"
     assert {(i["type"], i["value"]) for i in p["identities"]} >= {("user_id", "u1"), ("anonymous_id", "anon-9")}
+    # a stable order on both stores (PostgreSQL gave them by type, SQLite as inserted): first seen first
+    seen = [(i["first_seen_at"], i["type"], i["value"]) for i in p["identities"]]
+    assert seen == sorted(seen), seen
     assert {(c["channel"], c["status"]) for c in p["consents"]} == {("sms", "denied"), ("email", "granted")}
+    assert [c["channel"] for c in p["consents"]] == sorted(c["channel"] for c in p["consents"])
     assert [f["feedback_id"] for f in p["feedback"]] == ["fb-new", "fb-old"]  # newest first
     assert len(p["merges"]) == 1
     m = p["merges"][0]

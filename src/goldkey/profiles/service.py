@@ -94,9 +94,10 @@ _PROFILE_BY_IDENTIFIER = (
 )
 _SUBTREE = sa.select(_P.profile_id, _P.workspace_id).where(_P.canonical_id == _PID)
 _SUBTREE_IDS = sa.select(_P.profile_id).where(_P.canonical_id == _PID)
+# in the order they were first seen (then by type and value): the same on SQLite and PostgreSQL
 _IDENTITIES = sa.select(_I.id_type, _I.id_value, _I.first_seen_at, _I.source).where(
     _I.profile_id == _PID, _I.workspace_id == _WS
-)
+).order_by(_I.first_seen_at, _I.id_type, _I.id_value)
 
 
 def _of(col: sa.ColumnElement[Any], merged: bool) -> sa.ColumnElement[bool]:
@@ -108,7 +109,7 @@ def _consents(merged: bool) -> sa.Select[Any]:
     c = consents.c
     return sa.select(c.channel, c.purpose, c.status, c.source, c.updated_at).where(
         c.workspace_id == _WS, _of(c.profile_id, merged)
-    )
+    ).order_by(c.channel, c.purpose)
 
 
 def _feedback(merged: bool) -> sa.Select[Any]:
