@@ -467,6 +467,7 @@ class Importer:
             except BaseException:
                 ctx.writer.mark_map_stale()  # the operational side committed: repair at the next commit
                 raise
+        refresh_statistics(ctx.engine, kind, accepted)
         return ImportSummary(
             import_id, kind, "done", result.rows_read, accepted, len(rejections), result.duplicates_merged, filename,
             tuple(pl.Series(touched, dtype=pl.Utf8).unique().sort().to_list()),
@@ -976,3 +977,23 @@ def _import_dict(r: Any) -> dict[str, Any]:
         "created_at": as_utc(r.created_at),
         "finished_at": as_utc(r.finished_at),
     }
+
+
+# the tables an import of each kind grows, besides profiles and identities
+_IMPORT_TABLES = {"customers": ("consents",), "orders": (), "products": ("products",), "feedback": ("feedback",)}
+ANALYZE_AFTER_ROWS = 1000
+
+
+def refresh_statistics(engine: Any, kind: str, rows: int) -> None:
+    """On PostgreSQL, ANALYZE the tables a bulk import grew. The planner's row estimates otherwise
+    stay at what they were before the load until autovacuum gets to it (never, where it is off): a
+    real-time trigger's reservation query, planned for "1 row", took seconds on a freshly loaded
+    workspace and 5 ms after an ANALYZE. SQLite plans without table statistics here: nothing to do."""
+    if engine.dialect.name != "postgresql" or rows < ANALYZE_AFTER_ROWS:
+        return
+    tables = ("profiles", "identities", *_IMPORT_TABLES.get(kind, ()))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE " + ", ".join(tables))
+    except Exception as exc:  # noqa: BLE001 - statistics are an optimisation: the import is done
+        log.warning("ANALYZE after the %s import failed: %s", kind, exc)
