@@ -129,3 +129,51 @@ def test_a_child_that_dies_while_sending_leaves_the_outcome_unknown_never_resent
     finally:
         _Hook.release.set()
         server.shutdown()
+
+
+class _SlowHook(BaseHTTPRequestHandler):
+    arrived = threading.Event()
+    release = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).arrived.set()
+        type(self).release.wait(60)  # a channel that takes its time (a slow provider, a rate limit)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+
+def test_shutdown_does_not_wait_for_a_slow_delivery_round(env: Any, svc: TriggerService) -> None:
+    """A delivery round holds the child's lock while it sends; close() waited for it (up to the
+    600 s round timeout), so `goldkey serve` did not exit on SIGTERM while a slow channel sent. It
+    now waits a bounded time, then stops the child: the round's message is of unknown outcome,
+    never resent, as after a crash."""
+    ws = env.ws.workspace_id
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pids = make_profiles(env, 1)
+        from goldkey.govern.consent import set_consent
+
+        set_consent(env.gk.engine, ws, pids[0], "push", "granted")
+        ch = env.gk.sender.channels.save(ws, name="slow", kind="webhook", secrets={"signing_secret": "s"},
+                                         config={"url": f"http://127.0.0.1:{server.server_port}/in"})
+        svc.create(ws, {"name": "slow", "kind": "realtime", "event": DATA_EVENT, "channel_id": ch["channel_id"],
+                        "template": OFFER})
+        track(env, "u0", "Data Usage", data_used_pct=80)
+        drainer = threading.Thread(target=svc.drain, daemon=True)
+        drainer.start()
+        assert _SlowHook.arrived.wait(60)
+        t0 = time.monotonic()
+        svc.child.close(wait_s=1.0)
+        assert time.monotonic() - t0 < 15
+        drainer.join(30)
+        assert not drainer.is_alive()
+        status, reason = _statuses(env)[pids[0]]
+        assert status == "failed" and "outcome unknown" in (reason or ""), (status, reason)
+    finally:
+        _SlowHook.release.set()
+        server.shutdown()

@@ -133,9 +133,22 @@ class DeliveryProcess:
         self.failed = why
         self._close_locked()
 
-    def close(self) -> None:
-        with self._lock:
-            self._close_locked()
+    def close(self, wait_s: float = 10.0) -> None:
+        """Stop the child. A delivery round holds the lock while the child sends (a slow channel can
+        take minutes); shutdown waits for it ``wait_s`` at most, then stops the child under it: the
+        round's messages stay 'sending' and the next start marks them as of unknown outcome, never
+        resent (``Sender``), as after a crash."""
+        if self._lock.acquire(timeout=wait_s):
+            try:
+                self._close_locked()
+            finally:
+                self._lock.release()
+            return
+        proc = self._proc
+        if proc is not None:
+            log.warning("a delivery round is still running after %.0f s; stopping the delivery process", wait_s)
+            proc.kill()
+            proc.wait(timeout=10)
 
     def _close_locked(self) -> None:
         conn, proc = self._conn, self._proc
