@@ -258,3 +258,20 @@ def test_a_seed_member_merged_twice_is_still_a_seed_member(loaded: Any) -> None:
                                                           "as_of": AS_OF.isoformat()})
     assert rep["seed_with_features"] == len(seed), rep["seed_with_features"]
     assert row.canonical_id not in {x["profile_id"] for x in rep["lookalikes"]}
+
+
+def test_features_and_category_shares_use_the_same_window(env: Any, tmp_path: Path) -> None:
+    """An order exactly at the window's start counted in the customer features ([since, as_of)) but
+    not in the category shares ((since, as_of]): one window for both now."""
+    from goldkey.insight.lookalike import feature_frame
+
+    since = AS_OF - timedelta(days=30)
+    path = tmp_path / "o.csv"
+    path.write_text("order_id,ordered_at,crm_id,sku,category,quantity,unit_price\n"
+                    f"O1,{since.strftime('%Y-%m-%dT%H:%M:%SZ')},C1,S1,lens,1,10\n"
+                    f"O2,{AS_OF.strftime('%Y-%m-%dT%H:%M:%SZ')},C2,S2,care,1,10\n", encoding="utf-8")
+    assert env.gk.importer.run(env.ws.workspace_id, "orders", path, {}).status == "done"
+    df = feature_frame(env.gk.analytical, env.ws.workspace_id, AS_OF, 30)
+    assert df.height == 1  # C1 (at the start: in); C2 (at as_of: out, as in the features)
+    assert "cat_share:lens" in df.columns and df["cat_share:lens"][0] == 1.0
+    assert "cat_share:care" not in df.columns

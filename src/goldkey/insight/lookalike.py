@@ -116,8 +116,10 @@ def feature_frame(analytical: AnalyticalStore, ws: str, as_of: datetime, lookbac
     """customer_features plus ``cat_share:<category>`` columns (share of the customer's order lines);
     one row per active profile, numeric columns only besides ``profile_id``."""
     base = customer_features(analytical, ws, as_of, lookback_days)
+    # load_lines takes (since, until]; customer_features [since, as_of): one microsecond (the stores'
+    # precision) on each side makes both windows the same
     lines = affinity.load_lines(analytical, ws, until=as_of - timedelta(microseconds=1),
-                                since=as_of - timedelta(days=lookback_days))
+                                since=as_of - timedelta(days=lookback_days) - timedelta(microseconds=1))
     if lines.height:
         top = lines.group_by("category").len().sort("len", descending=True).head(MAX_CATEGORIES)["category"]
         mix = (lines.filter(pl.col("category").is_in(top.to_list()))
