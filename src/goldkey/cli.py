@@ -6,7 +6,6 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -153,7 +152,7 @@ def user_create(
 
     svc = _user_service(data_dir)
     # before creating anyone: an unknown workspace fails
-    workspace = _workspace_id(SimpleNamespace(workspaces=WorkspaceService(svc.engine)), workspace)
+    workspace = _resolve_workspace(WorkspaceService(svc.engine), workspace)
     try:
         role_rank(role)
         existing = svc.find(email)
@@ -187,7 +186,7 @@ def user_list(
     from goldkey.govern.workspaces import WorkspaceService
 
     svc = _user_service(data_dir)
-    workspace = _workspace_id(SimpleNamespace(workspaces=WorkspaceService(svc.engine)), workspace)
+    workspace = _resolve_workspace(WorkspaceService(svc.engine), workspace)
     for u in svc.list_users(workspace):
         print("\t".join([u["email"], u["role"], u["name"], u["user_id"]] + (["disabled"] if u["disabled_at"] else [])))
 
@@ -274,9 +273,11 @@ def _import_local(
         gk.close()
 
 
-def _workspace_id(gk: Any, workspace: str) -> str:
+def _resolve_workspace(workspaces: Any, workspace: str) -> str:
+    """The id of the workspace named by ``workspace`` (an id or a name; empty: the only one there is)
+    in ``workspaces`` (a WorkspaceService); exit 2 when there is none."""
     if not workspace:
-        all_ws = gk.workspaces.list()
+        all_ws = workspaces.list()
         if len(all_ws) == 1:
             return str(all_ws[0]["workspace_id"])
         _fail("name the workspace with --workspace (id or name)", 2)
@@ -284,15 +285,40 @@ def _workspace_id(gk: Any, workspace: str) -> str:
         from goldkey.core.errors import NotFound
 
         try:  # an id is checked too: a mistyped one must not run a command on a workspace that is not there
-            gk.workspaces.get(workspace)
+            workspaces.get(workspace)
             return workspace
         except NotFound:
             pass
-    ws = gk.workspaces.find_by_name(workspace)  # also a name that looks like an id ("ws_europe")
+    ws = workspaces.find_by_name(workspace)  # also a name that looks like an id ("ws_europe")
     if ws is None:
         _fail(f"no workspace with id {workspace!r}" if workspace.startswith("ws_") else
               f"no workspace named {workspace!r}", 2)
     return str(ws)
+
+
+def _workspace_id(gk: Any, workspace: str) -> str:
+    return _resolve_workspace(gk.workspaces, workspace)
+
+
+def open_data_dir(data_dir: Path | None, workspace: str, fn: Any, api: str) -> Any:
+    """Open the data directory, run ``fn(gk, workspace_id)``, close; a Goldkey error (or a server
+    owning the directory) is an ``error:`` line and exit code 1. The commands that open the data
+    directory themselves run through here; ``api`` names the route to use while a server owns it."""
+    from goldkey.core.errors import GoldkeyError
+    from goldkey.runtime import DataDirInUse, Goldkey
+
+    try:
+        gk = Goldkey.open(_settings(data_dir))
+    except DataDirInUse as exc:
+        console.print("[red]error:[/red] " + escape(f"{exc} (with a server running, use its API: {api})"))
+        raise typer.Exit(1) from None
+    try:
+        return fn(gk, _workspace_id(gk, workspace))
+    except GoldkeyError as exc:
+        console.print("[red]error:[/red] " + escape(f"{exc}"))
+        raise typer.Exit(1) from None
+    finally:
+        gk.close()
 
 
 def _import_via_api(
@@ -340,7 +366,7 @@ def quarantine(
         if owner is None:
             _fail(f"no import {import_id!r}", 2)
         workspace = str(owner)
-    ws = _workspace_id(SimpleNamespace(workspaces=svc), workspace)  # reads the store only: works beside a server
+    ws = _resolve_workspace(svc, workspace)  # reads the store only: works beside a server
     rows = list_quarantine(engine, ws, import_id, limit)
     for r in rows:
         print(f"{r['source']}\trecord {r['record']}\t{r['field']}\t{r['reason']}")

@@ -28,32 +28,13 @@ DataDir = Annotated[
 Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id or name.")]
 
 
-def _open(data_dir: Path | None, workspace: str, fn: Any, api: str) -> Any:
-    """Open the data directory, run ``fn(gk, workspace_id)``, close; errors exit 1."""
-    from goldkey.cli import _settings, _workspace_id
-    from goldkey.core.errors import GoldkeyError
-    from goldkey.runtime import DataDirInUse, Goldkey
-
-    try:
-        gk = Goldkey.open(_settings(data_dir))
-    except DataDirInUse as exc:
-        console.print("[red]error:[/red] " + escape(f"{exc} (with a server running, use its API: {api})"))
-        raise typer.Exit(1) from None
-    try:
-        return fn(gk, _workspace_id(gk, workspace))
-    except GoldkeyError as exc:
-        console.print("[red]error:[/red] " + escape(f"{exc}"))
-        raise typer.Exit(1) from None
-    finally:
-        gk.close()
-
-
 def _run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
     from goldkey.activate.campaigns import CampaignService
+    from goldkey.cli import open_data_dir
 
-    return _open(data_dir, workspace,
-                 lambda gk, ws: fn(getattr(gk, "campaigns", None) or CampaignService.from_goldkey(gk), ws),
-                 "/api/v1/campaigns")
+    return open_data_dir(data_dir, workspace,
+                         lambda gk, ws: fn(getattr(gk, "campaigns", None) or CampaignService.from_goldkey(gk), ws),
+                         "/api/v1/campaigns")
 
 
 @campaign_app.command("create")
@@ -151,6 +132,7 @@ def _triggers(data_dir: Path | None, workspace: str, fn: Any, action: str | None
     """Run ``fn(trigger_service, workspace_id)`` on the opened data directory; a change is audited
     as done by ``cli``."""
     from goldkey.activate.triggers import TriggerService
+    from goldkey.cli import open_data_dir
     from goldkey.govern.audit import write
 
     def go(gk: Any, ws: str) -> Any:
@@ -161,7 +143,7 @@ def _triggers(data_dir: Path | None, workspace: str, fn: Any, action: str | None
                 write(c, ws, "cli", action, target)
         return out
 
-    return _open(data_dir, workspace, go, "/api/v1/triggers")
+    return open_data_dir(data_dir, workspace, go, "/api/v1/triggers")
 
 
 @trigger_app.command("list")

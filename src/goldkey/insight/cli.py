@@ -53,25 +53,10 @@ Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace id 
 
 
 def _open_gk(data_dir: Path | None, workspace: str, fn: Any, api: str = "/api/v1/insights") -> Any:
-    """Open the data directory, run ``fn(gk, workspace_id)``, close; a Goldkey error (or a server
-    owning the directory) is an ``error:`` line and exit code 1. Every command that opens the data
-    directory itself runs through here; ``api`` names the route to use while a server owns it."""
-    from goldkey.cli import _settings, _workspace_id
-    from goldkey.core.errors import GoldkeyError
-    from goldkey.runtime import DataDirInUse, Goldkey
+    """``goldkey.cli.open_data_dir`` with the insight API as the route to use beside a server."""
+    from goldkey.cli import open_data_dir
 
-    try:
-        gk = Goldkey.open(_settings(data_dir))
-    except DataDirInUse as exc:
-        console.print("[red]error:[/red] " + escape(f"{exc} (with a server running, use its API: {api})"))
-        raise typer.Exit(1) from None
-    try:
-        return fn(gk, _workspace_id(gk, workspace))
-    except GoldkeyError as exc:
-        console.print("[red]error:[/red] " + escape(f"{exc}"))
-        raise typer.Exit(1) from None
-    finally:
-        gk.close()
+    return open_data_dir(data_dir, workspace, fn, api)
 
 
 def _run(data_dir: Path | None, workspace: str, fn: Any) -> Any:
