@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -80,15 +81,18 @@ def test_trigger_messages_go_out_from_the_child_and_in_process_after_it_dies(env
 
 
 class _Hook(BaseHTTPRequestHandler):
+    """A webhook that holds each request until ``release`` (at most ``wait_s``)."""
+
     arrived = threading.Event()
     release = threading.Event()
     count = 0
+    wait_s = 20.0
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         type(self).count += 1
         type(self).arrived.set()
-        type(self).release.wait(20)
+        type(self).release.wait(self.wait_s)
         self.send_response(200)
         self.end_headers()
 
@@ -96,20 +100,41 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_child_that_dies_while_sending_leaves_the_outcome_unknown_never_resent(env: Any, svc: TriggerService) -> None:
+class _SlowHook(_Hook):
+    """A channel that takes its time (a slow provider, a rate limit); events of its own."""
+
+    arrived = threading.Event()
+    release = threading.Event()
+    count = 0
+    wait_s = 60.0
+
+
+@contextmanager
+def _hooked_trigger(env: Any, svc: TriggerService, hook: type[_Hook]) -> Iterator[list[str]]:
+    """A customer with push consent, a webhook channel to ``hook`` on a local server and a real-time
+    trigger on it, and one event that fires it; yields the customer's profile ids. At the end the
+    hook is released and the server stopped."""
+    from goldkey.govern.consent import set_consent
+
     ws = env.ws.workspace_id
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         pids = make_profiles(env, 1)
-        from goldkey.govern.consent import set_consent
-
         set_consent(env.gk.engine, ws, pids[0], "push", "granted")
-        ch = env.gk.sender.channels.save(ws, name="hook", kind="webhook", secrets={"signing_secret": "s"},
+        ch = env.gk.sender.channels.save(ws, name=hook.__name__, kind="webhook", secrets={"signing_secret": "s"},
                                          config={"url": f"http://127.0.0.1:{server.server_port}/in"})
-        svc.create(ws, {"name": "data 75%", "kind": "realtime", "event": DATA_EVENT, "channel_id": ch["channel_id"],
-                        "template": OFFER})
+        svc.create(ws, {"name": hook.__name__, "kind": "realtime", "event": DATA_EVENT,
+                        "channel_id": ch["channel_id"], "template": OFFER})
         track(env, "u0", "Data Usage", data_used_pct=80)
+        yield pids
+    finally:
+        hook.release.set()
+        server.shutdown()
+
+
+def test_a_child_that_dies_while_sending_leaves_the_outcome_unknown_never_resent(env: Any, svc: TriggerService) -> None:
+    with _hooked_trigger(env, svc, _Hook) as pids:
         killer_done = threading.Event()
 
         def kill_when_sending() -> None:
@@ -126,24 +151,6 @@ def test_a_child_that_dies_while_sending_leaves_the_outcome_unknown_never_resent
         svc.drain()  # nothing is queued any more: the message is never sent a second time
         time.sleep(0.2)
         assert _Hook.count == 1
-    finally:
-        _Hook.release.set()
-        server.shutdown()
-
-
-class _SlowHook(BaseHTTPRequestHandler):
-    arrived = threading.Event()
-    release = threading.Event()
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        type(self).arrived.set()
-        type(self).release.wait(60)  # a channel that takes its time (a slow provider, a rate limit)
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *a: Any) -> None:
-        pass
 
 
 def test_shutdown_does_not_wait_for_a_slow_delivery_round(env: Any, svc: TriggerService) -> None:
@@ -151,19 +158,7 @@ def test_shutdown_does_not_wait_for_a_slow_delivery_round(env: Any, svc: Trigger
     600 s round timeout), so `goldkey serve` did not exit on SIGTERM while a slow channel sent. It
     now waits a bounded time, then stops the child: the round's message is of unknown outcome,
     never resent, as after a crash."""
-    ws = env.ws.workspace_id
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        pids = make_profiles(env, 1)
-        from goldkey.govern.consent import set_consent
-
-        set_consent(env.gk.engine, ws, pids[0], "push", "granted")
-        ch = env.gk.sender.channels.save(ws, name="slow", kind="webhook", secrets={"signing_secret": "s"},
-                                         config={"url": f"http://127.0.0.1:{server.server_port}/in"})
-        svc.create(ws, {"name": "slow", "kind": "realtime", "event": DATA_EVENT, "channel_id": ch["channel_id"],
-                        "template": OFFER})
-        track(env, "u0", "Data Usage", data_used_pct=80)
+    with _hooked_trigger(env, svc, _SlowHook) as pids:
         drainer = threading.Thread(target=svc.drain, daemon=True)
         drainer.start()
         assert _SlowHook.arrived.wait(60)
@@ -174,6 +169,3 @@ def test_shutdown_does_not_wait_for_a_slow_delivery_round(env: Any, svc: Trigger
         assert not drainer.is_alive()
         status, reason = _statuses(env)[pids[0]]
         assert status == "failed" and "outcome unknown" in (reason or ""), (status, reason)
-    finally:
-        _SlowHook.release.set()
-        server.shutdown()

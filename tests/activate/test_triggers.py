@@ -506,16 +506,24 @@ def test_the_window_firings_lookup_is_by_primary_key_per_profile(env: Any) -> No
     assert "trigger_firings" in plan and "profile_id=? AND window_key=?" in plan, plan
 
 
+def _sink_trigger(env: Any, tmp_path: Path, customers: int, unit: str) -> tuple[list[str], Path, dict[str, Any], str]:
+    """``customers`` consented customers and a real-time data-usage trigger to a file sink, created
+    through the API with a ``unit`` window: (profile ids, the sink's file, the body, trigger id)."""
+    pids = make_profiles(env, customers)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    body = {"name": "流量提醒", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
+            "window": {"unit": unit, "timezone": "Asia/Shanghai"}}
+    r = env.client.post("/api/v1/triggers", headers=env.admin_auth(), json=body)
+    assert r.status_code == 201, r.text
+    return pids, out, body, r.json()["trigger_id"]
+
+
 def test_a_trigger_can_be_paused_resumed_edited_and_deleted(env: Any, svc: TriggerService, tmp_path: Path) -> None:
     """Before, a trigger could only be created: one firing real sends could not be stopped, fixed or
     removed, and its name could not be used again for a corrected one."""
     h = env.admin_auth()
-    pids = make_profiles(env, 5)
-    grant(env, pids)
-    cid, out = sink(env, tmp_path)
-    body = {"name": "流量提醒", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
-            "window": {"unit": "month", "timezone": "Asia/Shanghai"}}
-    tid = env.client.post("/api/v1/triggers", headers=h, json=body).json()["trigger_id"]
+    pids, out, body, tid = _sink_trigger(env, tmp_path, 5, "month")
     r = env.client.post(f"/api/v1/triggers/{tid}/pause", headers=h)
     assert r.status_code == 200 and r.json()["status"] == "paused" and r.json()["definition"]["active"] is False
     # a paused trigger's definition, read back, edited and sent again, stays paused (before: its
@@ -568,12 +576,7 @@ def test_a_round_compiled_before_a_delete_or_pause_reserves_nothing_after_it(env
     nothing would ever send or fail. Deletes and status changes now take the workspace's reservation
     lock, and a round checks the trigger under it."""
     h = env.admin_auth()
-    pids = make_profiles(env, 3)
-    grant(env, pids)
-    cid, out = sink(env, tmp_path)
-    body = {"name": "提醒", "kind": "realtime", "event": DATA_EVENT, "channel_id": cid, "template": OFFER,
-            "window": {"unit": "day", "timezone": "Asia/Shanghai"}}
-    tid = env.client.post("/api/v1/triggers", headers=h, json=body).json()["trigger_id"]
+    pids, out, _body, tid = _sink_trigger(env, tmp_path, 3, "day")
     now = datetime.now(UTC)
     compiled = next(t for t in svc.active(env.ws.workspace_id) if t.trigger_id == tid)
     key = compiled.d.window.key(now)
