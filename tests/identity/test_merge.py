@@ -829,3 +829,18 @@ def test_a_record_that_merges_profiles_dates_the_survivor(env_any: Any, tmp_path
         p = lookup(env, user_id=f"u{i}")
         assert lookup(env, anonymous_id=f"anon-{i}")["profile_id"] == p["profile_id"]
         assert (p["origin"], p["first_seen_at"][:10]) == ("existing", "2019-04-30"), (kind, p)
+
+
+def test_merged_order_summaries_add_refunds_cancellations_and_currencies() -> None:
+    from goldkey.identity.graph import combine_order_summaries
+
+    a = {"orders": 2, "revenue": 120.0, "refunds": 1, "cancellations": 0, "skus": ["A"], "categories": ["lens"],
+         "first_order_at": "2024-01-10T02:00:00+00:00", "last_order_at": "2024-03-01T02:00:00+00:00",
+         "revenue_by_currency": {"CNY": 100.0, "USD": 20.0}}
+    b = {"orders": 1, "revenue": 30.5, "refunds": 0, "cancellations": 2, "skus": ["B"], "categories": ["solution"],
+         "first_order_at": "2023-12-01T02:00:00+00:00", "last_order_at": "2023-12-01T02:00:00+00:00",
+         "revenue_by_currency": {"CNY": 30.5}}
+    c = combine_order_summaries(a, b)
+    assert (c["orders"], c["revenue"], c["refunds"], c["cancellations"]) == (3, 150.5, 1, 2)
+    assert c["revenue_by_currency"] == {"CNY": 130.5, "USD": 20.0}
+    assert (c["first_order_at"], c["last_order_at"]) == (b["first_order_at"], a["last_order_at"])

@@ -129,6 +129,37 @@ def test_orders_give_an_order_summary_without_double_counting(env_any: Any, tmp_
     assert lookup(env, crm_id="C001")["order_summary"]["orders"] == 2
 
 
+def test_the_order_summary_counts_purchases_and_keeps_currencies_apart(env_any: Any, tmp_path: Path) -> None:
+    # a refund and a cancelled order are no purchases (as in every model): before, this customer
+    # showed 4 orders and 619.00 of "revenue", the cancelled frames' 500 included and their category
+    # "bought"; amounts in two currencies are also given per currency
+    env = env_any
+    env.gk.importer.run(env.ws.workspace_id, "customers", crm_file(tmp_path), CRM_MAPPING)
+    orders = write_csv(
+        tmp_path / "orders.csv",
+        ["order_id", "ordered_at", "crm_id", "sku", "category", "quantity", "unit_price", "currency", "status"],
+        [
+            ["P1", "2024-01-10 10:00", "C001", "SKU-A", "lens", "1", "100", "CNY", "paid"],
+            ["P2", "2024-02-10 10:00", "C001", "SKU-A", "lens", "-1", "100", "CNY", "退款"],
+            ["P3", "2024-05-01 10:00", "C001", "SKU-F", "frames", "1", "500", "CNY", "Cancelled"],
+            ["P4", "2024-03-01 10:00", "C001", "SKU-B", "solution", "1", "20", "usd", "paid"],
+            ["Q1", "2024-03-02 09:00", "C002", "SKU-B", "solution", "1", "39", "", "已取消"],
+        ],
+    )
+    assert env.gk.importer.run(env.ws.workspace_id, "orders", orders, {}).quarantined == 0
+    s = lookup(env, crm_id="C001")["order_summary"]
+    assert (s["orders"], s["revenue"], s["refunds"], s["cancellations"]) == (2, 120.0, 1, 1)
+    assert s["revenue_by_currency"] == {"CNY": 100.0, "USD": 20.0}
+    assert (s["first_order_at"], s["last_order_at"]) == ("2024-01-10T02:00:00+00:00", "2024-03-01T02:00:00+00:00")
+    assert (s["skus"], s["categories"]) == (["SKU-A", "SKU-B"], ["lens", "solution"])
+    # a customer whose only order was cancelled has bought nothing
+    s2 = lookup(env, crm_id="C002")["order_summary"]
+    assert (s2["orders"], s2["revenue"], s2["cancellations"], s2["skus"], s2["first_order_at"]) == (0, 0.0, 1, [], None)
+    overview = env.client.get("/api/v1/console/overview", params={"as_of": "2024-06-01T00:00:00Z", "days": 366},
+                              headers=env.admin_auth()).json()
+    assert (overview["orders_all_time"], overview["revenue_all_time"]) == (2, 120.0)
+
+
 def test_import_through_api_with_parquet_and_excel(env: Any, tmp_path: Path) -> None:
     products = tmp_path / "products.parquet"
     pl.DataFrame(

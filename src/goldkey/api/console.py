@@ -37,6 +37,7 @@ from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody
 from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 from goldkey.core.clock import as_utc, to_iso, utcnow
+from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.insight.rfm import GRID, GROUPS
 from goldkey.runtime import Goldkey
 from goldkey.store.operational import profile_scores, profiles
@@ -116,18 +117,20 @@ SELECT strftime(date_trunc('day', ts AT TIME ZONE 'UTC'), '%Y-%m-%d') AS d, coun
 ) GROUP BY d ORDER BY d
 """
 
-_ORDERS_SQL = """
+# purchases only (goldkey.insight.purchases), as the profiles' order summaries and every model
+_ORDERS_SQL = f"""
 SELECT count(*) FILTER (WHERE ordered_at >= $start),
        coalesce(sum(total_amount) FILTER (WHERE ordered_at >= $start), 0),
        count(DISTINCT canonical_id) FILTER (WHERE ordered_at >= $start),
        count(*), coalesce(sum(total_amount), 0), mode(currency), count(DISTINCT currency)
-FROM orders_resolved WHERE workspace_id = $ws AND ordered_at <= $as_of
+FROM orders_resolved WHERE workspace_id = $ws AND ordered_at <= $as_of AND {status_filter("status", "$excluded")}
 """
 
-_MONTHLY_SQL = """
+_MONTHLY_SQL = f"""
 SELECT strftime(date_trunc('month', ordered_at AT TIME ZONE 'UTC'), '%Y-%m') AS m,
        sum(total_amount), count(*), count(DISTINCT canonical_id)
 FROM orders_resolved WHERE workspace_id = $ws AND ordered_at > $year_ago AND ordered_at <= $as_of
+  AND {status_filter("status", "$excluded")}
 GROUP BY m ORDER BY m
 """
 
@@ -149,14 +152,15 @@ def overview(gk: Goldkey, ws: str, *, days: int = 30, as_of: datetime | None = N
     first_month = _months(t)[0]
     year_ago = datetime(int(first_month[:4]), int(first_month[5:]), 1, tzinfo=t.tzinfo)
     params = {"ws": ws, "as_of": t, "start": start, "own": list(NOT_CUSTOMER_ACTIVITY)}
+    excluded = excluded_statuses()
     cur = gk.analytical.cursor()
     try:
         active, active_new, last = cur.execute(_ACTIVITY_SQL, params).fetchone() or (0, 0, None)
         daily = dict(cur.execute(_DAILY_SQL, params).fetchall())
         n_win, rev_win, buyers, n_all, rev_all, currency, n_cur = cur.execute(
-            _ORDERS_SQL, {"ws": ws, "as_of": t, "start": start}).fetchone()  # type: ignore[misc]
+            _ORDERS_SQL, {"ws": ws, "as_of": t, "start": start, "excluded": excluded}).fetchone()  # type: ignore[misc]
         monthly = {r[0]: r[1:] for r in cur.execute(
-            _MONTHLY_SQL, {"ws": ws, "as_of": t, "year_ago": year_ago}).fetchall()}
+            _MONTHLY_SQL, {"ws": ws, "as_of": t, "year_ago": year_ago, "excluded": excluded}).fetchall()}
     finally:
         cur.close()
     p = profiles.c

@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 import sqlalchemy as sa
 
-from goldkey.collect.cleaning import CleaningOptions, CleanResult, Rejection, clean
+from goldkey.collect.cleaning import REFUND_STATUSES, CleaningOptions, CleanResult, Rejection, clean
 from goldkey.collect.import_schemas import CONSENT_FIELDS, RECORD, SCHEMAS, ImportSchema
 from goldkey.collect.reading import ImportFileError, MappingError, apply_mapping, file_digest, read_table
 from goldkey.collect.writer import WriteContext, Writer, _follow
@@ -32,6 +32,7 @@ from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.core.ids import new_id
 from goldkey.govern.consent import record_decisions
 from goldkey.identity.graph import UnitOfWork, executemany, fetch_in, ts_column, ts_param
+from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.ops.metrics import METRICS
 from goldkey.store.operational import feedback, imports, products, quarantine
 from goldkey.store.upsert import upsert
@@ -846,22 +847,42 @@ def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, pro
     through ``con``, an open analytical transaction, when given: it sees its own writes)."""
     if not profile_ids:
         return
+    excluded = excluded_statuses()
+    refunds = sorted({r.strip().lower() for r in REFUND_STATUSES})
     cur = ctx.analytical.cursor() if con is None else con
     try:
         cur.register("_p", pa.table({"canonical_id": pa.array(profile_ids, pa.string())}))
         # Only these profiles' orders and their lines are read, not the workspace's; SKUs and
         # categories are made distinct before they are listed (far cheaper than listing per order,
         # flattening and making the lists distinct).
+        # Purchases only (goldkey.insight.purchases: a refunded or cancelled order is no purchase),
+        # as every model counts them; refunds and cancellations are counted beside them. Revenue is
+        # also given per currency: a sum across currencies means nothing.
         tbl = cur.sql(
-            """
-            WITH o AS (
-                SELECT o.canonical_id, o.order_id, o.total_amount, o.ordered_at
+            f"""
+            WITH all_o AS (
+                SELECT o.canonical_id, o.order_id, o.total_amount, o.ordered_at,
+                       coalesce(nullif(upper(trim(o.currency)), ''), '?') AS currency,
+                       lower(trim(coalesce(o.status, ''))) AS st
                 FROM orders_resolved o SEMI JOIN _p USING (canonical_id)
                 WHERE o.workspace_id = ?),
+            o AS (SELECT * FROM all_o WHERE {status_filter("st")}),
             a AS (
                 SELECT canonical_id, count(*) AS orders, round(sum(total_amount), 2) AS revenue,
                        epoch_us(min(ordered_at)) AS first_us, epoch_us(max(ordered_at)) AS last_us
                 FROM o GROUP BY canonical_id),
+            cur AS (
+                SELECT canonical_id,
+                       to_json(map(list(currency ORDER BY currency), list(amount ORDER BY currency)))::VARCHAR
+                           AS revenue_by_currency
+                FROM (SELECT canonical_id, currency, round(sum(total_amount), 2) AS amount
+                      FROM o GROUP BY canonical_id, currency)
+                GROUP BY canonical_id),
+            n AS (
+                SELECT canonical_id, count(*) FILTER (WHERE list_contains(?, st)) AS refunds,
+                       count(*) FILTER (WHERE NOT list_contains(?, st) AND NOT {status_filter("st")})
+                           AS cancellations
+                FROM all_o GROUP BY canonical_id),
             ol AS (
                 SELECT o.canonical_id, l.sku, l.category
                 FROM order_lines l JOIN o USING (order_id)
@@ -874,10 +895,13 @@ def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, pro
                 SELECT canonical_id, list(category ORDER BY category) AS categories
                 FROM (SELECT DISTINCT canonical_id, category FROM ol WHERE category IS NOT NULL)
                 GROUP BY canonical_id)
-            SELECT a.*, s.skus, c.categories
-            FROM a LEFT JOIN s USING (canonical_id) LEFT JOIN c USING (canonical_id)
+            SELECT n.canonical_id, coalesce(a.orders, 0) AS orders, coalesce(a.revenue, 0) AS revenue,
+                   a.first_us, a.last_us, cur.revenue_by_currency, n.refunds, n.cancellations, s.skus,
+                   c.categories
+            FROM n LEFT JOIN a USING (canonical_id) LEFT JOIN cur USING (canonical_id)
+                LEFT JOIN s USING (canonical_id) LEFT JOIN c USING (canonical_id)
             """,
-            params=[ws, ws],
+            params=[ws, excluded, refunds, refunds, excluded, ws],
         ).to_arrow_table()
         cur.unregister("_p")
     finally:
@@ -894,10 +918,16 @@ def refresh_order_summaries(ctx: WriteContext, conn: sa.Connection, ws: str, pro
             pl.col("revenue").cast(pl.Float64),
             _iso_expr(when["first_us"]).alias("first_order_at"),
             _iso_expr(when["last_us"]).alias("last_order_at"),
+            pl.col("refunds").cast(pl.Int64),
+            pl.col("cancellations").cast(pl.Int64),
             pl.col("skus").cast(pl.List(pl.Utf8)).fill_null(empty),
             pl.col("categories").cast(pl.List(pl.Utf8)).fill_null(empty),
         )
         .struct.json_encode()
+        .str.strip_suffix("}")
+        .add(pl.lit(',"revenue_by_currency":'))
+        .add(pl.col("revenue_by_currency").fill_null("{}"))
+        .add(pl.lit("}"))
         .alias("summary"),
     )
     seen = set(summaries["canonical_id"].to_list())

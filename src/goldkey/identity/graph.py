@@ -216,13 +216,20 @@ def combine_order_summaries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, A
         return dict(a)
     firsts = [x for x in (a.get("first_order_at"), b.get("first_order_at")) if x]
     lasts = [x for x in (a.get("last_order_at"), b.get("last_order_at")) if x]
+    by_currency: dict[str, float] = {}
+    for side in (a, b):
+        for cur, amount in (side.get("revenue_by_currency") or {}).items():
+            by_currency[cur] = round(by_currency.get(cur, 0.0) + amount, 2)
     return {
         "orders": a.get("orders", 0) + b.get("orders", 0),
         "revenue": round(a.get("revenue", 0.0) + b.get("revenue", 0.0), 2),
         "first_order_at": min(firsts) if firsts else None,
         "last_order_at": max(lasts) if lasts else None,
+        "refunds": a.get("refunds", 0) + b.get("refunds", 0),
+        "cancellations": a.get("cancellations", 0) + b.get("cancellations", 0),
         "skus": sorted(set(a.get("skus", [])) | set(b.get("skus", []))),
         "categories": sorted(set(a.get("categories", [])) | set(b.get("categories", []))),
+        "revenue_by_currency": dict(sorted(by_currency.items())),
     }
 
 
