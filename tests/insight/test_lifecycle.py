@@ -24,6 +24,9 @@ PLANTED = {
     "NEW": ([10], "new"),
     "WON": ([400, 5], "won_back"),
     "WON_SPLIT": ([400, 5, 5], "won_back"),  # back with an order split in two (before: gap 0, "growing")
+    # back with orders at 11:30 and 12:30 UTC of one day (the days are whole: before, 12:00 and later
+    # counted as the next day, so the gap was 1 and the stage "growing")
+    "WON_NOON": ([400, 4 + 10.5 / 24, 4 + 9.5 / 24], "won_back"),
     "GROW": ([200, 60, 30, 10], "growing"),
     "ACTIVE": ([150, 30], "active"),
     "RISK": ([300, 120], "at_risk"),

@@ -191,7 +191,7 @@ def _features_sql() -> str:
             SELECT canonical_id AS profile_id, ordered_at, total_amount
             FROM orders_resolved WHERE workspace_id = ? AND ordered_at <= ?{status}
         ), b AS (
-            SELECT profile_id, max(ordered_at) AS last_at, max(CAST(epoch(ordered_at) // 86400 AS INTEGER), 16)
+            SELECT profile_id, max(ordered_at) AS last_at, max(CAST(floor(epoch(ordered_at) / 86400) AS INTEGER), 16)
                    AS days16, min(ordered_at) AS first_at, count(*) AS n_total,
                    count(*) FILTER (WHERE ordered_at > ?) AS n_recent,
                    count(*) FILTER (WHERE ordered_at > ? AND ordered_at <= ?) AS n_prior,
