@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from goldkey import __version__
 from goldkey.api import (
@@ -34,6 +37,24 @@ from goldkey.insight import api as insight_api
 from goldkey.ops.tuning import restore_gc, tune_gc
 from goldkey.runtime import Goldkey
 from goldkey.settings import Settings
+
+_STATUSES = {int(s) for s in HTTPStatus}
+
+
+def _plain(errs: Any) -> Any:
+    """Pydantic's error list as plain JSON values (an input of any size or type becomes text where
+    JSON has no room for it: orjson refuses integers over 64 bits)."""
+    try:
+        return orjson.loads(orjson.dumps(errs, default=str))
+    except TypeError:
+        def fit(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: fit(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [fit(x) for x in v]
+            return str(v) if isinstance(v, int) and not -2**63 <= v < 2**64 else v
+
+        return fit(json.loads(json.dumps(errs, default=str)))
 
 
 def _error(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> Response:
@@ -104,9 +125,18 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
                 "field": loc or None,
                 "code": "RequestValidationError",
                 "message": msg,
-                "details": orjson.loads(orjson.dumps(errs, default=str)),
+                "details": _plain(errs),
             },
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI's and Starlette's own errors (a body that is not UTF-8, 404, 405) in the same shape
+        # as every other error body, instead of {"detail": ...}
+        text = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        code = HTTPStatus(exc.status_code).phrase.replace(" ", "") if exc.status_code in _STATUSES else "HTTPError"
+        return _error(exc.status_code, {"error": text, "field": None, "code": code, "message": text},
+                      dict(exc.headers) if exc.headers else None)
 
     for module in (tracking, profiles, imports, workspace, audience, traits, insight_api, activate, ops,
                    clv_api, text_api, lifecycle_api, churn_api, affinity_api, campaigns, journeys):

@@ -465,9 +465,15 @@ def _api_miss(request: Request, path: str) -> Response:
         if any(r.matches(probe)[0] == Match.FULL for r in others):
             allowed.add(method)
     if allowed:
-        return JSONResponse({"error": f"method GET not allowed for /{path}", "field": None}, status_code=405,
-                            headers={"Allow": ", ".join(sorted(allowed))})
-    return JSONResponse({"error": f"no route /{path}", "field": None}, status_code=404)
+        allow = {"Allow": ", ".join(sorted(allowed))}
+        return _miss(405, f"method GET not allowed for /{path}", "MethodNotAllowed", allow)
+    return _miss(404, f"no route /{path}", "NotFound")
+
+
+def _miss(status: int, text: str, code: str, headers: dict[str, str] | None = None) -> Response:
+    """An error body of the API's shape (error, field, code, message)."""
+    return JSONResponse({"error": text, "field": None, "code": code, "message": text}, status_code=status,
+                        headers=headers)
 
 
 @router.get("/{path:path}", include_in_schema=False)
@@ -482,6 +488,5 @@ async def console_path(request: Request, path: str) -> Response:
         cache = "public, max-age=31536000, immutable" if hashed else "no-cache"
         return FileResponse(found, headers={"Cache-Control": cache})
     if path.startswith("assets/") or path.rsplit("/", 1)[-1].count(".") and not path.endswith(".html"):
-        return JSONResponse({"error": f"no file {'/' + path!r} in the console build", "field": None},
-                            status_code=404)
+        return _miss(404, f"no file {'/' + path!r} in the console build", "NotFound")
     return _index(root)

@@ -177,7 +177,7 @@ class QuarantinedRecord(BaseModel):
     field: str | None
     value: str | None
     reason: str
-    raw: dict[str, Any] | list[Any] | str | None
+    raw: Any = Field(None, description="The record as received: a JSON value (an object, or whatever a batch held)")
     created_at: datetime | None
 
 

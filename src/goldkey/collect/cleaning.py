@@ -1144,6 +1144,8 @@ def _raw_rows(df: pl.DataFrame, positions: pl.Series, raw_cols: Sequence[str]) -
     cols: list[pl.Expr] = [pl.col(c).cast(pl.Utf8) for c in raw_cols]
     if EXTRA in df.columns:
         cols.append(pl.col(EXTRA))
+    if not cols:  # no field of the kind in the file: nothing of the row to keep but its number
+        return [{} for _ in range(len(positions))]
     rows = df.select(cols)[positions]
     result: list[dict[str, str | None]] = []
     for row in rows.iter_rows(named=True):

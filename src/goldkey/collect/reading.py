@@ -573,6 +573,11 @@ def apply_mapping(df: pl.DataFrame, mapping: Mapping[str, str], schema: ImportSc
             source columns are mapped to the same field.
     """
     renames, unmapped = _resolve_mapping(df.columns, mapping, schema)
+    if not renames and not schema.keeps_extra:
+        shown = ", ".join(repr(c) for c in df.columns[:8] if c != RECORD) + (" ..." if len(df.columns) > 8 else "")
+        raise MappingError(f"none of the file's columns ({shown or 'none'}) is a field of {schema.kind}; name them as "
+                           f"the fields ({', '.join(schema.field_names[:6])}, ...) or give a column mapping "
+                           "(source column -> field)")
     if schema.keeps_extra and GROUPS in unmapped:
         raise MappingError(f"the column {GROUPS!r} would become the attribute holding the group "
                            "memberships that group calls record; rename it, or map it to \"\" to leave it out")

@@ -15,7 +15,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from goldkey.core.clock import utcnow
+from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import Conflict, NotFound, Unauthorized
 from goldkey.core.ids import new_id, new_secret
 from goldkey.identity.rules import IdentityRules
@@ -164,13 +164,13 @@ class WorkspaceService:
             row = conn.execute(sa.select(workspaces).where(workspaces.c.workspace_id == workspace_id)).first()
         if row is None:
             raise NotFound(f"workspace {workspace_id} not found")
-        return {"workspace_id": row.workspace_id, "name": row.name, "created_at": row.created_at}
+        return {"workspace_id": row.workspace_id, "name": row.name, "created_at": as_utc(row.created_at)}
 
     def list(self) -> list[dict[str, object]]:
         """Return all workspaces (id, name, created_at)."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(workspaces).order_by(workspaces.c.created_at)).all()
-        return [{"workspace_id": r.workspace_id, "name": r.name, "created_at": r.created_at} for r in rows]
+        return [{"workspace_id": r.workspace_id, "name": r.name, "created_at": as_utc(r.created_at)} for r in rows]
 
     def find_by_name(self, name: str) -> str | None:
         """Return the id of the workspace called ``name``, or None."""
