@@ -844,3 +844,43 @@ def test_merged_order_summaries_add_refunds_cancellations_and_currencies() -> No
     assert (c["orders"], c["revenue"], c["refunds"], c["cancellations"]) == (3, 150.5, 1, 2)
     assert c["revenue_by_currency"] == {"CNY": 130.5, "USD": 20.0}
     assert (c["first_order_at"], c["last_order_at"]) == (b["first_order_at"], a["last_order_at"])
+
+
+def test_a_consent_decision_made_while_merged_goes_back_with_its_customer(env_any: Any, tmp_path: Any) -> None:
+    """Before, a restored customer's opt-out made while the merge stood was written over the
+    survivor's own decision and stayed with the survivor after the undo: the customer who had
+    unsubscribed could be e-mailed again, and the survivor showed a decision it never made."""
+    env = env_any
+    _import(env, tmp_path, "customers", "crm_id,phone,email,name,registered_at,consent_email\n"
+                                        "C4,13655554444,dave@example.com,Dave,2021-05-05,是\n")
+    ident(env, "u1", userId="u-100", traits={"email": "u100@example.com", "consent": {"email": True}},
+          timestamp="2025-03-01T00:00:00Z")
+    ident(env, "u2", userId="u-100", traits={"phone": "13655554444"}, timestamp="2025-03-05T00:00:00Z")
+    dave = lookup(env, crm_id="C4")
+    assert len(dave["merges"]) == 1
+    ident(env, "u3", userId="u-100", traits={"consent": {"email": False}}, timestamp="2025-03-07T00:00:00Z")
+    merged = lookup(env, crm_id="C4")["consents"]
+    assert [(c["channel"], c["status"]) for c in merged] == [("email", "denied")]  # the latest, while merged
+    with env.gk.engine.connect() as c:
+        from goldkey.govern.consent import latest_decision
+
+        assert c.execute(sa.select(latest_decision("email", "marketing", sa.literal(dave["profile_id"])))).scalar() \
+            == "denied"
+    _undo(env, dave["merges"][0]["merge_id"])
+    u, d = lookup(env, user_id="u-100"), lookup(env, crm_id="C4")
+    assert [(c["channel"], c["status"], c["source"]) for c in u["consents"]] == [("email", "denied", "identify")]
+    assert [(c["channel"], c["status"], c["source"]) for c in d["consents"]] == [("email", "granted", "import")]
+
+
+def test_after_an_undo_a_survivor_without_events_is_last_seen_as_before(env_any: Any, tmp_path: Any) -> None:
+    env = env_any
+    _import(env, tmp_path, "customers", "crm_id,phone,name,registered_at\nC7,13655557777,Carol,2022-06-30\n")
+    before = lookup(env, crm_id="C7")["last_seen_at"]
+    ident(env, "v0", userId="v-9", timestamp="2025-03-31T00:00:00Z")
+    ident(env, "v1", userId="v-9", traits={"phone": "13655557777"}, timestamp="2025-04-01T00:00:00Z")
+    track(env, "v2", userId="v-9", timestamp="2025-04-02T00:00:00Z")
+    merged = lookup(env, crm_id="C7")
+    assert merged["last_seen_at"].startswith("2025-04-02")
+    _undo(env, merged["merges"][0]["merge_id"])
+    assert lookup(env, crm_id="C7")["last_seen_at"] == before
+    assert lookup(env, user_id="v-9")["last_seen_at"].startswith("2025-04-02")

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import InvalidInput, NotFound
-from goldkey.store.operational import audit_log, consents, profiles
+from goldkey.store.operational import audit_log, consents, merges, profiles
 from goldkey.store.upsert import upsert
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class ConsentCollector:
     def on_commit(self, stored: list[tuple[str, str, Any]]) -> None:
         from goldkey.collect.tracking import micros_to_datetime
 
-        latest: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
+        found: list[tuple[str, str, Any, list[tuple[str, str, str]]]] = []
         for ws, pid, ev in stored:
             if ev.type != "identify" or not ev.traits or "consent" not in ev.traits:
                 continue
@@ -166,28 +166,59 @@ class ConsentCollector:
                 self.refused += 1
                 log.warning("event %s: consent not recorded: %s", ev.message_id, exc)
                 continue
-            at = micros_to_datetime(ev.timestamp)
-            for channel, purpose, status in decisions:
-                keep_newest(latest, (ws, pid, channel, purpose), (at, status, ev.message_id))
-        if latest:
-            self.record(latest)
-
-    def record(self, latest: dict[tuple[str, str, str, str], tuple[Any, str, str]]) -> None:
-        """Upsert decisions keyed (workspace, profile, channel, purpose) -> (time, status, message id)."""
+            found.append((ws, pid, ev, decisions))
+        if not found:
+            return
         with self.engine.begin() as c:
-            self.recorded += record_decisions(c, latest, source="identify", actor="tracking")
+            owner = self._owners(c, found)
+            latest: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
+            for ws, pid, ev, decisions in found:
+                at = micros_to_datetime(ev.timestamp)
+                who = owner.get((ws, "user_id", ev.user_id)) or owner.get((ws, "anonymous_id", ev.anonymous_id)) or pid
+                for channel, purpose, status in decisions:
+                    keep_newest(latest, (ws, who, channel, purpose), (at, status, ev.message_id))
+            self.recorded += record_decisions(c, latest, source="identify", actor="tracking", on_live=False)
+
+    @staticmethod
+    def _owners(c: sa.Connection, found: list[tuple[str, str, Any, list[tuple[str, str, str]]]]
+                ) -> dict[tuple[str, str, str], str]:
+        """(workspace, id type, value) -> the profile merged into the one an identify was stored on
+        that brought its user or anonymous id: the decision is that customer's own, kept on their
+        profile so that an undo of the merge gives it back with them (the identifiers moved to the
+        survivor; the standing merges' records name whose they were, the earliest merge the
+        original holder)."""
+        live = sorted({(ws, pid) for ws, pid, _, _ in found})
+        wanted = {(ws, t, v) for ws, _, ev, _ in found
+                  for t, v in (("user_id", ev.user_id), ("anonymous_id", ev.anonymous_id)) if v}
+        m, loser = merges.c, profiles.alias("loser")
+        owner: dict[tuple[str, str, str], str] = {}
+        for a in range(0, len(live), 200):
+            rows = c.execute(
+                sa.select(m.workspace_id, m.loser_id, m.detail)
+                .join(loser, loser.c.profile_id == m.loser_id)
+                .where(m.undone_at.is_(None),
+                       sa.or_(*[sa.and_(m.workspace_id == ws, loser.c.canonical_id == pid)
+                                for ws, pid in live[a:a + 200]]))
+                .order_by(m.created_at.desc(), m.merge_id.desc())).all()
+            for r in rows:  # latest first: an earlier merge's loser overrides (it held the id first)
+                for t, v in orjson.loads(r.detail).get("loser_identities", []):
+                    if (r.workspace_id, t, v) in wanted:
+                        owner[(r.workspace_id, t, v)] = r.loser_id
+        return owner
 
 
 def record_decisions(c: sa.Connection, latest: dict[tuple[str, str, str, str], tuple[Any, str, str]], *,
-                     source: str, actor: str) -> int:
+                     source: str, actor: str, on_live: bool = True) -> int:
     """Upsert consent decisions keyed (workspace, profile, channel, purpose) -> (decided at, status,
-    reference) on each profile's live (canonical) profile, where newer than the stored decision;
-    audited. The one bulk path of tracked (identify) and imported (CRM file) consent. Returns how
-    many decisions changed the record."""
+    reference), where newer than the stored decision; audited. The one bulk path of tracked
+    (identify) and imported (CRM file) consent. With ``on_live`` each decision goes to the profile's
+    live (canonical) profile; without, to the profile named (a merged-away one keeps its own
+    decisions, which :func:`latest_decision` and the 360° profile read across the merge, and which an
+    undo of the merge gives back with it). Returns how many decisions changed the record."""
     k = consents.c
     pids = sorted({key[1] for key in latest})
     canon: dict[str, str] = {}
-    for i in range(0, len(pids), 500):
+    for i in range(0, len(pids), 500) if on_live else ():
         canon.update(c.execute(sa.select(profiles.c.profile_id, profiles.c.canonical_id)
                                .where(profiles.c.profile_id.in_(pids[i:i + 500]))).all())
     want: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}

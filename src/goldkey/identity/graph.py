@@ -190,6 +190,11 @@ def _seen_until(row: Any, uow: UnitOfWork) -> datetime:
 
 
 
+def _snapshot_time(v: Any) -> datetime | None:
+    """A time of a merge record's profile snapshot (ISO text as stored, or None)."""
+    return as_utc(datetime.fromisoformat(v)) if isinstance(v, str) and v else None
+
+
 def _row_dict(row: Any) -> dict[str, Any]:
     return {str(k): getattr(row, k) for k in row._fields}
 
@@ -1216,6 +1221,8 @@ class IdentityGraph:
                 first_seen_at=datetime.fromisoformat(lb["first_seen_at"]),
                 first_seen_source=lb["first_seen_source"],
                 first_seen_context=lb["first_seen_context"],
+                # as before the merge; the undo's analytical step moves it on to its events' latest
+                last_seen_at=_snapshot_time(lb.get("last_seen_at")),
                 updated_at=now,
             )
         )
@@ -1300,6 +1307,9 @@ class IdentityGraph:
                 first_seen_at=first[0],
                 first_seen_source=first[1],
                 first_seen_context=first[2],
+                # not the restored profile's later activity: as before the merge (a survivor known
+                # only from the CRM has no events for the undo's analytical step to date it by)
+                last_seen_at=_snapshot_time(wb.get("last_seen_at")),
                 updated_at=now,
             )
         )
