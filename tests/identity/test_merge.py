@@ -884,3 +884,37 @@ def test_after_an_undo_a_survivor_without_events_is_last_seen_as_before(env_any:
     _undo(env, merged["merges"][0]["merge_id"])
     assert lookup(env, crm_id="C7")["last_seen_at"] == before
     assert lookup(env, user_id="v-9")["last_seen_at"].startswith("2025-04-02")
+
+
+def test_first_seen_is_the_earliest_event_and_decides_the_survivor(env_any: Any) -> None:
+    """Before, a profile was first seen at the first event received: an offline-queued event
+    older than it left first_seen_at after an event in its own timeline, and the wrong profile
+    survived a later merge ("the one first seen earlier survives")."""
+    env = env_any
+    r = env.post("/v1/batch", {"batch": [
+        {"type": "track", "messageId": "b1", "userId": "u1", "event": "App Opened", "timestamp": "2025-06-02T01:00:00Z",
+         "context": {"page": {"url": "https://x/second"}}},
+        {"type": "track", "messageId": "b2", "userId": "u1", "event": "App Installed",
+         "timestamp": "2025-05-01T01:00:00Z", "context": {"page": {"url": "https://x/first"}}}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    p = lookup(env, user_id="u1")
+    assert p["first_seen_at"].startswith("2025-05-01T01:00:00")
+    assert p["first_seen_context"]["page"]["url"] == "https://x/first"
+    track(env, "b3", anonymousId="dev-1", timestamp="2025-05-20T00:00:00Z")
+    track(env, "b4", userId="u1", anonymousId="dev-1", timestamp="2025-06-03T00:00:00Z")
+    merged = lookup(env, user_id="u1")
+    assert merged["profile_id"] == p["profile_id"] and merged["first_seen_at"].startswith("2025-05-01")
+    # a later, still older event moves it back again; a newer one does not
+    track(env, "b5", userId="u1", timestamp="2025-04-01T00:00:00Z")
+    track(env, "b6", userId="u1", timestamp="2025-07-01T00:00:00Z")
+    assert lookup(env, user_id="u1")["first_seen_at"].startswith("2025-04-01")
+
+
+def test_a_clock_years_ahead_locks_in_neither_consent_nor_last_seen(env_any: Any) -> None:
+    env = env_any
+    ident(env, "f1", userId="u1", traits={"consent": {"sms": True}}, timestamp="2030-01-01T00:00:00Z")
+    ident(env, "f2", userId="u1", traits={"consent": {"sms": False}})  # the customer's opt-out, clock right
+    p = lookup(env, user_id="u1")
+    assert [(c["channel"], c["status"]) for c in p["consents"]] == [("sms", "denied")]
+    assert p["last_seen_at"] < "2030", p["last_seen_at"]
+

@@ -160,6 +160,21 @@ def test_the_order_summary_counts_purchases_and_keeps_currencies_apart(env_any: 
     assert (overview["orders_all_time"], overview["revenue_all_time"]) == (2, 120.0)
 
 
+def test_an_orders_import_dates_last_seen_by_the_latest_order(env_any: Any, tmp_path: Path) -> None:
+    # before: a profile the import created was last seen at the first of its rows in the file
+    env = env_any
+    rows = [[o, at, crm, "S", "lens", "1", "10"] for o, at, crm in (
+        ("O1", "2024-01-01 10:00", "N1"), ("O2", "2025-06-01 10:00", "N1"),
+        ("O3", "2025-06-01 10:00", "N2"), ("O4", "2024-01-01 10:00", "N2"))]
+    f = write_csv(tmp_path / "o.csv", ["order_id", "ordered_at", "crm_id", "sku", "category", "quantity", "unit_price"],
+                  rows)
+    assert env.gk.importer.run(env.ws.workspace_id, "orders", f, {}).quarantined == 0
+    for crm in ("N1", "N2"):
+        p = lookup(env, crm_id=crm)
+        assert p["first_seen_at"].startswith("2024-01-01T02:00:00"), p
+        assert p["last_seen_at"].startswith("2025-06-01T02:00:00"), p
+
+
 def test_import_through_api_with_parquet_and_excel(env: Any, tmp_path: Path) -> None:
     products = tmp_path / "products.parquet"
     pl.DataFrame(

@@ -204,17 +204,30 @@ def _known_from_records(conn: sa.Connection, pids: list[str], fresh: pl.Series, 
     ``existing``, and first seen at their earliest record when that is earlier than what they had
     (``source``, e.g. ``import:orders``). The profiles it created were made so already, so the
     same records give the same origin and first-seen time whichever came first, import or app."""
-    frame = pl.DataFrame({"pid": pl.Series(pids, dtype=pl.Utf8), "at": at}).filter(fresh.not_())
+    frame = pl.DataFrame({"pid": pl.Series(pids, dtype=pl.Utf8), "at": at, "fresh": fresh})
     if frame.height == 0:
         return
-    firsts = frame.group_by("pid", maintain_order=True).agg(pl.col("at").min())
-    at_of = dict(zip(firsts["pid"].to_list(), ts_column(conn, firsts["at"]), strict=True))
+    span = frame.group_by("pid", maintain_order=True).agg(pl.col("at").min().alias("first"),
+                                                          pl.col("at").max().alias("last"),
+                                                          pl.col("fresh").all())
+    ids = span["pid"].to_list()
+    first_of = dict(zip(ids, ts_column(conn, span["first"]), strict=True))
+    last_of = dict(zip(ids, ts_column(conn, span["last"]), strict=True))
+    found = set(span.filter(pl.col("fresh").not_())["pid"].to_list())
     # only the profiles that change (a re-import, or records of known customers, change none)
-    before = _earlier_than(conn)
-    stale = [pid for pid, origin, first in fetch_in(
-        conn, "SELECT profile_id, origin, first_seen_at FROM profiles WHERE profile_id IN ({in})", [], list(at_of))
-        if origin != "existing" or before(at_of[pid], first)]
-    mark_known(conn, {pid: (at_of[pid], source) for pid in stale})
+    before, after = _earlier_than(conn), _later_than(conn)
+    stale, later = [], []
+    for pid, origin, first, last in fetch_in(
+            conn, "SELECT profile_id, origin, first_seen_at, last_seen_at FROM profiles WHERE profile_id IN ({in})",
+            [], ids):
+        if pid in found and (origin != "existing" or before(first_of[pid], first)):
+            stale.append(pid)
+        # a record is activity: last seen at the latest one when that is later (a profile this
+        # import created was dated by the first of its rows the file held)
+        if last is None or after(last_of[pid], last):
+            later.append((last_of[pid], pid))
+    mark_known(conn, {pid: (first_of[pid], source) for pid in stale})
+    executemany(conn, "UPDATE profiles SET last_seen_at = ? WHERE profile_id = ?", later)
 
 
 def mark_known(conn: sa.Connection, firsts: Mapping[str, tuple[Any, str]]) -> None:
@@ -245,6 +258,14 @@ def _earlier_than(conn: sa.Connection) -> Callable[[str, Any], bool]:
     if conn.dialect.name == "sqlite":  # both text in the same fixed-width form
         return lambda ts, stored: ts < stored
     return lambda ts, stored: datetime.fromisoformat(ts) < as_utc(stored)  # type: ignore[operator]
+
+
+def _later_than(conn: sa.Connection) -> Callable[[str, Any], bool]:
+    """Return ``after(ts, stored)``: is ``ts`` (a bulk timestamp parameter) later than a stored
+    DateTime value as the DBAPI cursor reads it back? (See :func:`_earlier_than`.)"""
+    if conn.dialect.name == "sqlite":
+        return lambda ts, stored: ts > stored
+    return lambda ts, stored: datetime.fromisoformat(ts) > as_utc(stored)  # type: ignore[operator]
 
 
 def _as_text(values: list[Any]) -> pl.Series:

@@ -503,7 +503,7 @@ class Writer:
             d = None
             for (ws, source, ev), ids in zip(keep, normalised, strict=True):
                 if ev.type == "alias" and ev.previous_id:
-                    at = micros_to_datetime(ev.timestamp)
+                    at = micros_to_datetime(_seen_at(ev))
                     pid = graph.resolve(uow, ws, ids, at, source, _first_seen_context(ev))
                     pid = graph.alias(uow, ws, pid, ev.previous_id, at, source)
                     last_ids = None
@@ -515,7 +515,7 @@ class Writer:
                         # a returning user's identifiers are all cached with one owner: skip
                         # building the first-seen context that only a new profile needs
                         pid = graph.known_owner(ws, ids) or graph.resolve(
-                            uow, ws, ids, micros_to_datetime(ev.timestamp), source, _first_seen_context(ev)
+                            uow, ws, ids, micros_to_datetime(_seen_at(ev)), source, _first_seen_context(ev)
                         )
                         pid_memo[rkey] = pid
                     last_ids, last_ws = ids, ws
@@ -527,9 +527,11 @@ class Writer:
                     d = deltas.get(pid) or uow.delta(pid)
                 assert d is not None
                 profile_ids.append(pid)
-                ts = ev.timestamp
-                if d.last_seen is None or ts > d.last_seen:
-                    d.last_seen = ts
+                seen = _seen_at(ev)
+                if d.last_seen is None or seen > d.last_seen:
+                    d.last_seen = seen
+                if d.first_seen is None or seen < d.first_seen:
+                    d.first_seen, d.first_event = seen, (ev, source)
                 if ev.type == "identify" and ev.traits:
                     d.attributes.update(ev.traits)
                     # consent is a decision, not an attribute: the consent listener records it
@@ -579,11 +581,11 @@ class Writer:
         if not uow.deltas:
             return
         ids = list(uow.deltas)
-        current: dict[str, tuple[str, str]] = {
-            pid: (attrs, recent)
-            for pid, attrs, recent in fetch_in(
+        current: dict[str, tuple[str, str, Any]] = {
+            pid: (attrs, recent, first)
+            for pid, attrs, recent, first in fetch_in(
                 conn,
-                "SELECT profile_id, attributes, recent_events FROM profiles WHERE profile_id IN ({in})",
+                "SELECT profile_id, attributes, recent_events, first_seen_at FROM profiles WHERE profile_id IN ({in})",
                 [],
                 ids,
             )
@@ -592,8 +594,17 @@ class Writer:
         loads, dumps = orjson.loads, orjson.dumps
         keep = self.recent_keep
         rows = []
+        earlier = []
         for pid, d in uow.deltas.items():
-            attrs_raw, recent_raw = current[pid]
+            attrs_raw, recent_raw, first_raw = current[pid]
+            if d.first_seen is not None:
+                # an event older than the profile's first-seen time (an offline queue, a batch out of
+                # order): the profile was first seen then, there; as a text in SQLite's one format, or
+                # an aware datetime from PostgreSQL, compared as such
+                at = ts(micros_to_datetime(d.first_seen))
+                if first_raw is not None and at < first_raw:
+                    ev, source = d.first_event
+                    earlier.append((at, source, dumps(_first_seen_context(ev)).decode(), pid))
             newest = d.recent if len(d.recent) <= keep else sorted(d.recent, key=_ts, reverse=True)[:keep]
             fresh = [_compact(ev, micros_to_datetime(ev.timestamp)) for ev in newest]
             recent = _merge_recent(loads(recent_raw), fresh, keep)
@@ -608,6 +619,9 @@ class Writer:
             "THEN ? ELSE last_seen_at END WHERE profile_id = ?",
             rows,
         )
+        if earlier:
+            executemany(conn, "UPDATE profiles SET first_seen_at = ?, first_seen_source = ?, first_seen_context = ? "
+                        "WHERE profile_id = ?", earlier)
 
     def _append_events(
         self, keep: list[tuple[str, str, TrackedEvent]], profile_ids: list[str], map_ops: list[Any],
@@ -775,6 +789,13 @@ def compact_event(
 
 def _compact(ev: TrackedEvent, at: datetime) -> dict[str, Any]:
     return compact_event(ev.message_id, at, ev.type, ev.event or ev.name, ev.properties)
+
+
+def _seen_at(ev: TrackedEvent) -> int:
+    """When a profile was seen through ``ev`` (epoch µs): its time, but never after it arrived (a
+    client clock years ahead, without sentAt to correct it, must not date a profile's first or last
+    activity in the future for good)."""
+    return ev.timestamp if ev.timestamp <= ev.received_at else ev.received_at
 
 
 def _first_seen_context(ev: TrackedEvent) -> dict[str, Any]:

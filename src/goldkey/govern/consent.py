@@ -173,7 +173,9 @@ class ConsentCollector:
             owner = self._owners(c, found)
             latest: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
             for ws, pid, ev, decisions in found:
-                at = micros_to_datetime(ev.timestamp)
+                # decided no later than received: a client clock years ahead (no sentAt to correct
+                # it) must not make this decision outrank every later one, an opt-out included
+                at = micros_to_datetime(min(ev.timestamp, ev.received_at))
                 who = owner.get((ws, "user_id", ev.user_id)) or owner.get((ws, "anonymous_id", ev.anonymous_id)) or pid
                 for channel, purpose, status in decisions:
                     keep_newest(latest, (ws, who, channel, purpose), (at, status, ev.message_id))

@@ -47,6 +47,8 @@ class ProfileDelta:
     """Changes to one profile gathered during a unit of work, written once at the end."""
 
     last_seen: int | None = None  # epoch microseconds
+    first_seen: int | None = None  # epoch microseconds of the unit's earliest event of the profile
+    first_event: Any = None  # (TrackedEvent, source) of that event
     attributes: dict[str, Any] = field(default_factory=dict)
     recent: list[Any] = field(default_factory=list)  # TrackedEvents, compacted when written
 
