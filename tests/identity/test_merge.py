@@ -918,3 +918,37 @@ def test_a_clock_years_ahead_locks_in_neither_consent_nor_last_seen(env_any: Any
     assert [(c["channel"], c["status"]) for c in p["consents"]] == [("sms", "denied")]
     assert p["last_seen_at"] < "2030", p["last_seen_at"]
 
+
+def test_undo_keeps_a_value_set_on_the_survivor_that_equals_the_merged_profiles(env_any: Any) -> None:
+    """Before: the survivor's own tag (a) won the merge; set to b afterwards (the merged profile's
+    value too), the undo put it back to a without a Tag Changed event; a model's new scores went
+    back to the old ones under the new version the same way."""
+    from goldkey.insight.writeback import declare_scores, write_scores
+
+    env, ws, h = env_any, env_any.ws.workspace_id, env_any.admin_auth()
+    r = env.client.post("/api/v1/tags", json={"name": "tier", "kind": "manual", "value_type": "enum",
+                                              "values": ["a", "b"], "category": "fixed"}, headers=h)
+    assert r.status_code in (200, 201), r.text
+    ident(env, "m1", userId="u1", timestamp="2024-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1")
+    r = env.client.post("/api/v1/tags/tier/values", json={"assignments": [{"user_id": "u1", "value": "a"}]},
+                        headers=h)
+    assert r.status_code == 200, r.text
+    a1 = lookup(env, anonymous_id="a1")["profile_id"]
+    r = env.client.post("/api/v1/tags/tier/values", json={"assignments": [{"profile_id": a1, "value": "b"}]},
+                        headers=h)
+    assert r.status_code == 200, r.text
+    declare_scores(env.gk.engine, ws, {"r": "r", "v": "version"}, "rfm", 1)
+    u1 = lookup(env, user_id="u1")["profile_id"]
+    write_scores(env.gk, ws, ["r", "v"], {u1: {"r": 1, "v": 2}, a1: {"r": 4, "v": 2}})
+    ident(env, "m3", userId="u1", anonymousId="a1")
+    p = lookup(env, user_id="u1")
+    assert p["tags"]["tier"] == "a" and p["scores"]["r"] == 1  # the survivor's own won
+    r = env.client.post("/api/v1/tags/tier/values", json={"assignments": [{"user_id": "u1", "value": "b"}]},
+                        headers=h)
+    assert r.status_code == 200, r.text
+    write_scores(env.gk, ws, ["r", "v"], {u1: {"r": 4, "v": 3}})  # a new model version, after the merge
+    _undo(env, p["merges"][0]["merge_id"])
+    w = lookup(env, user_id="u1")
+    assert w["tags"]["tier"] == "b" and (w["scores"]["r"], w["scores"]["v"]) == (4, 3)
+    assert lookup(env, anonymous_id="a1")["tags"]["tier"] == "b"

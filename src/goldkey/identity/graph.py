@@ -145,16 +145,17 @@ def merged_attributes(attrs: dict[str, Any], changes: dict[str, Any]) -> dict[st
 
 
 def _less_loser(current: dict[str, Any], loser: dict[str, Any], winner_before: dict[str, Any]) -> dict[str, Any]:
-    """The survivor's ``current`` values without the loser's contribution: a key still holding the
-    value the loser brought goes back to the survivor's own value before the merge, or away when it
-    had none; a key changed since the merge keeps its new value (it was set on the survivor)."""
+    """The survivor's ``current`` values without the loser's contribution. The merge took a loser's
+    value only for a key the survivor did not have (the survivor's own value wins a conflict): such
+    a key still holding it goes away; a key changed since the merge keeps its new value (it was set
+    on the survivor). A key the survivor had keeps its current value, even one equal to the loser's:
+    that was set on the survivor after the merge (a model run, a marketer), not brought by the
+    loser (before, it was reset to the pre-merge value, with no Tag Changed event, and a model's
+    new values went back to old ones under the new version)."""
     out = dict(current)
     for k, v in loser.items():
-        if k in out and out[k] == v:
-            if k in winner_before:
-                out[k] = winner_before[k]
-            else:
-                del out[k]
+        if k in out and out[k] == v and k not in winner_before:
+            del out[k]
     return out
 
 
