@@ -289,6 +289,15 @@ def test_recompute_sees_fresh_attributes_and_merges_leave_segments(env: Env) -> 
     page = env.client.get(f"/api/v1/segments/{sid}/members", headers=h).json()
     assert merged not in {m["profile_id"] for m in page["items"]}
     assert page["total"] == env.gk.segments.get(ws, sid)["size"]
+    # undoing the merge brings the visitor back: a compute sees it, and so do the real-time segments
+    # (before, neither did until some later write touched the two profiles)
+    r = env.client.post(f"/api/v1/profiles/merges/{live['merges'][-1]['merge_id']}/undo", headers=h)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not env.gk.segments.is_member(ws, sid, merged):
+        time.sleep(0.1)
+    assert env.gk.segments.is_member(ws, sid, merged)
+    assert env.client.post(f"/api/v1/segments/{sid}/compute", headers=h).json()["size"] == 4
 
 
 def test_call_list_honours_a_denial_on_a_merged_profile(env: Env) -> None:

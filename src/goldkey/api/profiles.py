@@ -109,4 +109,11 @@ async def undo_merge(merge_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
             out["analytics_pending"] = True
         return out
 
-    return await run_in_threadpool(gk.writer.run_command, run)
+    out = await run_in_threadpool(gk.writer.run_command, run)
+    # both profiles' values changed outside an event commit: the batch facts are stale and the
+    # real-time segments must look at the two again (as after a tag or model write)
+    gk.facts.touch(cred.workspace_id)
+    realtime = getattr(gk, "realtime", None)
+    if realtime is not None:
+        realtime.notify(cred.workspace_id, [out["winner_id"], out["restored_profile_id"]])
+    return out
