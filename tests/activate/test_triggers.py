@@ -590,3 +590,35 @@ def test_a_round_compiled_before_a_delete_or_pause_reserves_nothing_after_it(env
         assert c.execute(sa.select(sa.func.count()).select_from(trigger_firings).where(
             trigger_firings.c.trigger_id == tid)).scalar() == 0
     assert not out.exists()
+
+
+def test_goldkeys_own_events_fire_real_time_triggers(env: Any, svc: TriggerService, tmp_path: Path) -> None:
+    """A model run's Lifecycle Stage Changed, a Tag Changed or a segment_entered is written straight
+    to the event log, not through the writer's commits: before, a real-time trigger on one never
+    fired (the lifecycle doc calls "moved back to active" a one-clause trigger rule)."""
+    from goldkey.audience.common import emit_events
+
+    pids = make_profiles(env, 4)
+    grant(env, pids)
+    cid, out = sink(env, tmp_path)
+    event = {"kind": "event", "event": "Lifecycle Stage Changed", "where": [{"property": "to", "op": "eq",
+                                                                           "value": "active"}]}
+    r = env.client.post("/api/v1/triggers", headers=env.admin_auth(), json={
+        "name": "欢迎回来", "kind": "realtime", "event": event, "channel_id": cid, "template": OFFER})
+    assert r.status_code == 201, r.text
+    svc.reload()
+    ws = env.ws.workspace_id
+    with env.gk.analytical.transaction() as con:
+        emit_events(env.gk.analytical, con, ws, [
+            (pids[0], "Lifecycle Stage Changed", {"from": "at_risk", "to": "active"}),
+            (pids[1], "Lifecycle Stage Changed", {"from": "active", "to": "at_risk"}),
+            (pids[2], "Tag Changed", {"tag": "lifecycle_stage", "to": "active"})], "insight")
+    try:
+        with env.gk.analytical.transaction() as con:  # rolled back: nothing fires
+            emit_events(env.gk.analytical, con, ws, [(pids[3], "Lifecycle Stage Changed", {"to": "active"})], "insight")
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    svc.drain()
+    sent = lines(out)
+    assert [m["profile_id"] for m in sent] == [pids[0]], sent

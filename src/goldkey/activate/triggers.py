@@ -581,6 +581,38 @@ class TriggerService:
         conditions once the events are in the event log it reads."""
         writer.early_listeners.append(lambda stored: self._on_commit(stored, history=False))
         writer.listeners.append(lambda stored: self._on_commit(stored, history=True))
+        # Goldkey's own events (Tag Changed, Lifecycle Stage Changed, segment_entered, ...) are
+        # written by model runs, tags and segments straight to the event log, not through the writer
+        analytical = getattr(self.gk, "analytical", None)
+        if analytical is not None and self._on_own_events not in analytical.own_event_listeners:
+            analytical.own_event_listeners.append(self._on_own_events)
+
+    def _on_own_events(self, ws: str, profile_ids: Any, events: Any, properties: Any, at: datetime) -> None:
+        """Match Goldkey's own events, once committed to the event log, against the workspace's
+        real-time triggers (both kinds: the events are in the log). Only the events named by a
+        trigger's event clause have their properties read, so a million Tag Changed events of a
+        model run cost a name comparison each when no trigger listens to them."""
+        committed = time.perf_counter()
+        with self._cache_lock:
+            trig = [t for t in (self._realtime or {}).get(ws, ()) if t.event is not None]
+        if not trig:
+            return
+        names = {(t.d.event or {}).get("event") for t in trig}
+        if None in names:  # a clause without one event name: every event is a candidate
+            names = None
+
+        def listed(v: Any) -> list[Any]:
+            return v.to_pylist() if hasattr(v, "to_pylist") else list(v)
+
+        now, loads = utcnow(), orjson.loads
+        received = int(at.timestamp() * 1_000_000)
+        for pid, name, props in zip(listed(profile_ids), listed(events), listed(properties), strict=True):
+            if names is not None and name not in names:
+                continue
+            e = Event("track", name, at, loads(props) if props else {}, None)
+            for t in trig:
+                if t.event is not None and t.event.matches({}, [e], max(now, at)):
+                    self._queue.put(Hit(t, pid, committed, received))
 
     def _on_commit(self, stored: list[tuple[str, str, Any]], history: bool) -> None:
         """On the writer thread: match the event clauses, queue the hits (never blocks on a send).

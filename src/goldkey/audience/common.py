@@ -234,4 +234,5 @@ def emit_event_columns(analytical: AnalyticalStore, con: Any, ws: str, profile_i
         schema=EVENT_SCHEMA,
     )
     analytical.append("events", table, con)
+    analytical.announce(con, ws, profile_ids, events, properties, at)  # the real-time triggers hear them
     return n

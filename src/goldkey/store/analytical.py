@@ -7,14 +7,17 @@ commit (never row by row); readers take their own cursor. Batch work reaches the
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 EVENT_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("workspace_id", pa.string()),
@@ -83,6 +86,13 @@ class AnalyticalStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(str(path))
         self.write_lock = threading.RLock()
+        # Goldkey's own events (Tag Changed, Lifecycle Stage Changed, segment_entered, Message Sent,
+        # ...) are appended here, not through the writer's event commits: whoever must hear them
+        # as they happen (the real-time triggers) listens here. Each listener gets ``(workspace,
+        # profile ids, event names, properties JSON texts, time)`` once the transaction that wrote
+        # them has committed (see :meth:`announce`).
+        self.own_event_listeners: list[Callable[[str, Any, Any, Any, Any], None]] = []
+        self._announced: dict[int, list[tuple[str, Any, Any, Any, Any]]] = {}
         with self.write_lock:
             # the writer checkpoints when idle (see collect.writer); automatic checkpoints would
             # land inside acknowledged commits
@@ -116,17 +126,41 @@ class AnalyticalStore:
         (a failing rollback never hides the original error)."""
         with self.write_lock:
             con = self.cursor()
+            self._announced[id(con)] = []
             try:
                 con.execute("BEGIN TRANSACTION")
                 try:
                     yield con
                     con.execute("COMMIT")
                 except BaseException:
+                    self._announced[id(con)] = []  # rolled back: nothing to tell
                     with suppress(Exception):
                         con.execute("ROLLBACK")
                     raise
             finally:
                 con.close()
+                announced = self._announced.pop(id(con), None) or []
+            for args in announced:
+                for listen in list(self.own_event_listeners):
+                    try:
+                        listen(*args)
+                    except Exception:  # a listener never fails a write that is already durable
+                        log.exception("own-event listener failed")
+
+    def announce(self, con: Any, ws: str, profile_ids: Any, events: Any, properties: Any, at: Any) -> None:
+        """Tell :attr:`own_event_listeners` about own events written through ``con`` once its
+        transaction commits (at once when ``con`` is not one of :meth:`transaction`'s)."""
+        if not self.own_event_listeners:
+            return
+        pending = self._announced.get(id(con)) if con is not None else None
+        if pending is not None:
+            pending.append((ws, profile_ids, events, properties, at))
+            return
+        for listen in list(self.own_event_listeners):
+            try:
+                listen(ws, profile_ids, events, properties, at)
+            except Exception:
+                log.exception("own-event listener failed")
 
     def rebuild_profile_map(self, con: duckdb.DuckDBPyConnection, rows: list[tuple[str, str, str]]) -> None:
         """Replace the profile map with ``rows`` of (workspace_id, profile_id, canonical_id),
