@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from goldkey.core.errors import GoldkeyError
 from goldkey.govern.consent import ConsentCollector
 from goldkey.govern.workspaces import WorkspaceService
 from goldkey.identity.graph import IdentityGraph
+from goldkey.insight.registry import recover_interrupted_runs
 from goldkey.insight.schedule import RefitScheduler
 from goldkey.profiles.service import ProfileService
 from goldkey.settings import Settings
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from goldkey.insight.text import FeedbackTextService
 
 _S = TypeVar("_S")
+
+log = logging.getLogger(__name__)
 
 
 class _OnFirstUse(Generic[_S]):
@@ -130,8 +134,10 @@ class Goldkey:
         lock = _lock(settings.data_dir)
         engine = create_operational_engine(settings.resolved_operational_url())
         migrate(engine)
-        _fail_interrupted_imports(engine)
         analytical = AnalyticalStore(settings.resolved_analytical_path())
+        _fail_interrupted_imports(engine, analytical)
+        for gone in recover_interrupted_runs(settings.data_dir / "models"):
+            log.warning("model run cut off before its write-back finished: %s retired (run it again)", gone)
         sync_profile_map(engine, analytical)
         workspaces = WorkspaceService(engine)
         graph = IdentityGraph(workspaces.rules, settings.default_phone_region, settings.recent_events_per_profile)
@@ -233,15 +239,22 @@ def _lock(data_dir: Path) -> IO[str]:
     return f
 
 
-def _fail_interrupted_imports(engine: sa.Engine) -> None:
+def _fail_interrupted_imports(engine: sa.Engine, analytical: AnalyticalStore) -> None:
     """An import still 'running' when the process starts was cut off by a crash, so mark it failed
     and let the user run it again (imports are keyed: a second run never duplicates). Its operational
     write is one transaction; an orders import is marked done only after its analytical transaction,
-    committed after the operational one, so one cut off between the two is found here too."""
+    committed after the operational one, so one cut off between the two is found here too: its
+    profiles' order summaries, committed with the operational half, may count orders the analytical
+    store never got, so the workspace's summaries are recomputed from the orders it holds."""
+    from types import SimpleNamespace
+
+    from goldkey.collect.importer import refresh_order_summaries
     from goldkey.core.clock import utcnow
-    from goldkey.store.operational import imports
+    from goldkey.store.operational import imports, profiles
 
     with engine.begin() as conn:
+        cut = conn.execute(sa.select(imports.c.workspace_id, imports.c.kind)
+                           .where(imports.c.status == "running")).all()
         conn.execute(
             imports.update()
             .where(imports.c.status == "running")
@@ -251,3 +264,12 @@ def _fail_interrupted_imports(engine: sa.Engine) -> None:
                 finished_at=utcnow(),
             )
         )
+    ctx = SimpleNamespace(analytical=analytical)
+    for ws in sorted({r.workspace_id for r in cut if r.kind == "orders"}):
+        with engine.begin() as conn:
+            ids = [r[0] for r in conn.execute(
+                sa.select(profiles.c.profile_id).where(profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None),
+                                                       profiles.c.order_summary != "{}"))]
+            for i in range(0, len(ids), 50_000):
+                refresh_order_summaries(ctx, conn, ws, ids[i:i + 50_000])  # type: ignore[arg-type]
+        log.warning("orders import of %s cut off: %d order summaries recomputed", ws, len(ids))

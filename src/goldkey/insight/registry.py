@@ -7,7 +7,12 @@ Every fitted model is stored under ``<data_dir>/models/<workspace>/<model_name>/
   ``created_at`` and ``metrics``.
 
 Versions only grow; a version directory is written under a temporary name and renamed into place,
-so a reader never sees half a version. ``load`` checks the stored workspace, name, kind and
+so a reader never sees half a version. A run that saves a version and then writes its outputs back
+(:func:`one_run_at_a_time`) leaves a ``.run`` marker in the model's directory while it runs: a run
+that fails after saving, or a process killed before the write-back finished, retires the version it
+saved (renamed ``.interrupted-v<N>-<time>``, kept for inspection, never loaded), so the registry
+never names a version whose scores the profiles do not hold (:func:`recover_interrupted_runs` at
+start-up; the schedule then finds the model due as it was). ``load`` checks the stored workspace, name, kind and
 definition hash against the model asking for it and raises :class:`ModelMismatch` when they differ:
 an artifact fitted for one model (or another workspace) never loads into another, even when its
 directory was copied there; ``list`` leaves such a copy out.
@@ -91,13 +96,72 @@ def run_lock(root: Path, ws: str, name: str) -> threading.RLock:
         return _RUN_LOCKS.setdefault(key, threading.RLock())
 
 
+_RUN_MARK = ".run"
+_RUN_DEPTH: dict[Path, int] = {}
+
+
+def _versions_in(d: Path) -> list[int]:
+    if not d.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_DIR.match(p.name)) and p.is_dir())
+
+
+def _retire(d: Path, keep: set[int]) -> list[int]:
+    """Rename the versions of ``d`` not in ``keep`` out of the registry's sight; return them."""
+    stamp = utcnow().strftime("%Y%m%dT%H%M%S")
+    gone = [v for v in _versions_in(d) if v not in keep]
+    for v in gone:
+        os.rename(d / f"v{v}", d / f".interrupted-v{v}-{stamp}")
+    return gone
+
+
+def _begin_run(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    mark = d / _RUN_MARK
+    with open(mark, "wb") as fh:
+        fh.write(orjson.dumps({"started_at": to_iso(utcnow()), "pid": os.getpid(), "versions": _versions_in(d)}))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _end_run(d: Path, ok: bool) -> None:
+    mark = d / _RUN_MARK
+    try:
+        before = orjson.loads(mark.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return
+    if not ok:
+        _retire(d, set(before.get("versions", [])))
+    mark.unlink(missing_ok=True)
+
+
+def recover_interrupted_runs(root: Path) -> list[str]:
+    """Retire the versions saved by runs that a stopped process left unfinished (a ``.run`` marker
+    is still there: the data directory belongs to one process, so at start-up no run is going on).
+    Returns ``workspace/model vN`` for each version retired."""
+    out: list[str] = []
+    if not root.is_dir():
+        return out
+    for mark in sorted(root.glob(f"*/*/{_RUN_MARK}")):
+        d = mark.parent
+        try:
+            before = set(orjson.loads(mark.read_bytes()).get("versions", []))
+        except orjson.JSONDecodeError:  # cut off while written: the run had saved nothing yet
+            before = set(_versions_in(d))
+        out += [f"{d.parent.name}/{d.name} v{v}" for v in _retire(d, before)]
+        mark.unlink(missing_ok=True)
+    return out
+
+
 def one_run_at_a_time(name: str | Callable[..., str | None]) -> Callable[[_F], _F]:
     """Decorate a service method ``(self, ws, ...)`` that fits a model, saves a version and writes
     its outputs back: runs of the same model of a workspace go one after another (the schedule's
     refit and a run by hand, two API calls). Without it the older version's write-back could land
     last: profiles holding v1's scores beside v2's reasons while the registry says v2. ``name`` is
     the model name, or a function of the call's arguments giving it (None: the run keeps nothing and
-    takes no lock). The data directory belongs to one process, so a lock of the process is enough."""
+    takes no lock). The data directory belongs to one process, so a lock of the process is enough.
+    A run that raises after saving a version retires it (as does the next start after a run cut off
+    by a killed process): the registry never names a version whose write-back did not finish."""
 
     def wrap(fn: _F) -> _F:
         @functools.wraps(fn)
@@ -106,7 +170,21 @@ def one_run_at_a_time(name: str | Callable[..., str | None]) -> Callable[[_F], _
             if model is None:  # a run that keeps nothing (an unnamed lookalike audience)
                 return fn(self, ws, *args, **kwargs)
             with run_lock(self.registry.root, ws, model):
-                return fn(self, ws, *args, **kwargs)
+                d = self.registry._dir(ws, model).resolve()
+                depth = _RUN_DEPTH.get(d, 0)
+                _RUN_DEPTH[d] = depth + 1
+                ok = False
+                try:
+                    if depth == 0:
+                        _begin_run(d)
+                    out = fn(self, ws, *args, **kwargs)
+                    ok = True
+                    return out
+                finally:
+                    _RUN_DEPTH[d] = depth
+                    if depth == 0:
+                        del _RUN_DEPTH[d]
+                        _end_run(d, ok)
 
         return inner  # type: ignore[return-value]
 
@@ -173,10 +251,7 @@ class ModelRegistry:
 
     def versions(self, ws: str, name: str) -> list[int]:
         """The stored versions of a model, ascending."""
-        d = self._dir(ws, name)
-        if not d.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_DIR.match(p.name)) and p.is_dir())
+        return _versions_in(self._dir(ws, name))
 
     def save(self, ws: str, name: str, *, kind: str, definition: dict[str, Any], artifact: dict[str, Any],
              metrics: dict[str, Any]) -> ModelVersion:

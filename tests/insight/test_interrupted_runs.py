@@ -1,0 +1,127 @@
+"""A model run or an orders import cut off part-way (an error, a killed process) leaves the registry
+and the profiles agreeing: the version whose write-back did not finish is retired, and order
+summaries committed without their orders are recomputed at the next start.
+
+Found by a crash review: ``kill -9`` right after a run saved v2 left GET /models at v2 while every
+profile held v1's scores (4 of 6 kills), and the refit schedule, dating the model by v2, left it so
+for a day."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from goldkey.insight import registry as reg
+from goldkey.insight.rfm import RFMService
+from goldkey.runtime import Goldkey
+from goldkey.settings import Settings
+
+AS_OF = datetime(2024, 7, 1, tzinfo=UTC)
+
+
+def _orders(gk: Goldkey, ws: str, tmp: Path) -> None:
+    rows = ["order_id,ordered_at,crm_id,sku,category,quantity,unit_price"]
+    for c in range(40):
+        for k in range(1 + c % 4):
+            rows.append(f"O{c}-{k},2024-0{1 + k}-{1 + c % 27:02d} 10:00,C{c},S,lens,1,{10 + c}")
+    f = tmp / "orders.csv"
+    f.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert gk.importer.run(ws, "orders", f, {}).quarantined == 0
+
+
+def _stored_versions(gk: Goldkey, ws: str) -> set[float]:
+    from goldkey.store.operational import profile_scores
+
+    with gk.engine.connect() as c:
+        rows = c.execute(sa.select(profile_scores.c.scores).where(profile_scores.c.workspace_id == ws)).all()
+    import orjson
+
+    return {orjson.loads(r.scores).get("rfm_model_version") for r in rows}
+
+
+def test_a_run_that_fails_after_saving_retires_its_version(tmp_path: Path, monkeypatch: Any) -> None:
+    gk = Goldkey.open(Settings(data_dir=tmp_path / "d"))
+    try:
+        ws = gk.workspaces.create("A").workspace_id
+        _orders(gk, ws, tmp_path)
+        svc = RFMService.from_goldkey(gk)
+        svc.run(ws, {"as_of": AS_OF.isoformat()})
+        assert _stored_versions(gk, ws) == {1.0}
+
+        import goldkey.insight.rfm as rfm_mod
+
+        def broken(*_a: Any, **_k: Any) -> Any:
+            raise RuntimeError("the disk is full")
+
+        monkeypatch.setattr(rfm_mod, "write_model_table", broken)
+        with pytest.raises(RuntimeError):
+            svc.run(ws, {"as_of": AS_OF.isoformat()})
+        assert svc.registry.versions(ws, "rfm") == [1]  # v2 never reached the profiles
+        assert _stored_versions(gk, ws) == {1.0}
+        d = svc.registry.root / ws / "rfm"
+        assert [p.name for p in d.iterdir() if p.name.startswith(".interrupted-v2-")]
+        assert not (d / ".run").exists()
+        monkeypatch.undo()
+        assert svc.run(ws, {"as_of": AS_OF.isoformat()})["version"] == 2
+        assert _stored_versions(gk, ws) == {2.0}
+    finally:
+        gk.close()
+
+
+def test_a_run_cut_off_by_a_killed_process_is_retired_at_the_next_start(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    gk = Goldkey.open(Settings(data_dir=data))
+    try:
+        ws = gk.workspaces.create("A").workspace_id
+        _orders(gk, ws, tmp_path)
+        svc = RFMService.from_goldkey(gk)
+        svc.run(ws, {"as_of": AS_OF.isoformat()})
+        # what a process killed between saving v2 and its write-back leaves: the marker, and v2
+        d = (svc.registry.root / ws / "rfm").resolve()
+        reg._begin_run(d)
+        first = svc.registry.load(ws, "rfm", 1, kind="rfm")
+        svc.registry.save(ws, "rfm", kind="rfm", definition=first.definition, artifact=first.artifact, metrics={})
+        assert svc.registry.versions(ws, "rfm") == [1, 2]
+    finally:
+        gk.close()
+    gk = Goldkey.open(Settings(data_dir=data))
+    try:
+        svc = RFMService.from_goldkey(gk)
+        assert svc.registry.versions(ws, "rfm") == [1]
+        assert svc.registry.list(ws)[0]["version"] == 1 and _stored_versions(gk, ws) == {1.0}
+        assert not (d / ".run").exists()
+    finally:
+        gk.close()
+
+
+def test_order_summaries_of_an_orders_import_cut_off_between_its_stores_are_recomputed(tmp_path: Path) -> None:
+    from goldkey.store.operational import imports, profiles
+
+    data = tmp_path / "d"
+    gk = Goldkey.open(Settings(data_dir=data))
+    try:
+        ws = gk.workspaces.create("A").workspace_id
+        _orders(gk, ws, tmp_path)
+        # the operational half of a second import committed (summaries counting its orders), the
+        # analytical half never did, and the process died with the import 'running'
+        with gk.engine.begin() as c:
+            c.execute(profiles.update().where(profiles.c.workspace_id == ws)
+                      .values(order_summary='{"orders": 99, "revenue": 1.0}'))
+            c.execute(imports.update().where(imports.c.workspace_id == ws).values(status="running"))
+    finally:
+        gk.close()
+    gk = Goldkey.open(Settings(data_dir=data))
+    try:
+        with gk.engine.connect() as c:
+            rows = c.execute(sa.select(profiles.c.order_summary).where(profiles.c.workspace_id == ws)).all()
+            status = c.execute(sa.select(imports.c.status).where(imports.c.workspace_id == ws)).scalars().all()
+        import orjson
+
+        counts = sorted(orjson.loads(r.order_summary)["orders"] for r in rows)
+        assert counts == sorted(1 + c % 4 for c in range(40)) and status == ["failed"]
+    finally:
+        gk.close()
