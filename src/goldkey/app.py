@@ -13,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic_core import PydanticSerializationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from goldkey import __version__
@@ -128,6 +129,16 @@ def create_app(settings: Settings | None = None, gk: Goldkey | None = None) -> F
                 "details": _plain(errs),
             },
         )
+
+    @app.exception_handler(UnicodeEncodeError)
+    @app.exception_handler(PydanticSerializationError)
+    async def not_unicode(_: Request, exc: Exception) -> Response:
+        # a JSON body may spell a lone UTF-16 surrogate ("\udc00"): valid JSON, but no text any store
+        # or answer can hold; refused when it is about to be stored or echoed, instead of a 500
+        if isinstance(exc, PydanticSerializationError) and "surrogate" not in str(exc):
+            raise exc
+        text = "the request holds text that is not valid Unicode (a lone surrogate such as \\udc00)"
+        return _error(400, {"error": text, "field": None, "code": "InvalidInput", "message": text})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:

@@ -914,3 +914,16 @@ def test_a_body_that_is_not_utf8_gets_the_error_body_shape(env: Env) -> None:
 def test_the_workspace_times_carry_their_zone(env: Env) -> None:
     got = env.client.get("/api/v1/workspace", headers=env.admin_auth()).json()
     assert got["created_at"].endswith("Z") or got["created_at"].endswith("+00:00"), got
+
+
+def test_a_lone_surrogate_in_an_admin_body_is_400_and_nothing_is_stored(env_any: Env) -> None:
+    env = env_any
+    h = {**env.admin_auth(), "Content-Type": "application/json"}
+    before = env.client.get("/api/v1/workspace/keys", headers=env.admin_auth()).json()
+    for path, body, method in (("/api/v1/workspace/keys", b'{"kind": "write", "label": "\\udc00"}', "post"),
+                               ("/api/v1/workspace/identity-rules", b'{"blocked_values": ["\\udc00"]}', "put")):
+        r = getattr(env.client, method)(path, content=body, headers=h)
+        assert r.status_code == 400 and "lone surrogate" in r.json()["error"], (path, r.text)
+    assert env.client.get("/api/v1/workspace/keys", headers=env.admin_auth()).json() == before
+    rules = env.client.get("/api/v1/workspace/identity-rules", headers=env.admin_auth())
+    assert rules.status_code == 200 and "\\udc00" not in rules.text

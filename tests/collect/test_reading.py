@@ -272,6 +272,22 @@ def test_parquet_typed_columns_become_text(tmp_path: Path) -> None:
     assert clean(utc_frame, CUSTOMERS).accepted["registered_at"][0] == dt.datetime(2025, 3, 1, 4, 30, tzinfo=dt.UTC)
 
 
+def test_a_zoned_parquet_timestamp_keeps_its_date_and_its_instant(tmp_path: Path) -> None:
+    # before: a birthday written as a zoned midnight (what pandas/Spark write for a date column in
+    # Asia/Shanghai) became '1989-12-31 16:00:00+00:00' and the row went to the quarantine
+    path = tmp_path / "zoned.parquet"
+    pl.DataFrame({
+        "crm_id": ["C1"],
+        "birthday": pl.Series([dt.datetime(1990, 1, 1)]).dt.replace_time_zone("Asia/Shanghai"),
+        "registered_at": pl.Series([dt.datetime(2023, 3, 1, 8, 30)]).dt.replace_time_zone("Asia/Shanghai"),
+    }).write_parquet(path)
+    res = clean(read_table(path), CUSTOMERS)
+    assert res.accepted.height == 1, res.rejections
+    row = res.accepted.to_dicts()[0]
+    assert str(row["birthday"]) == "1990-01-01"
+    assert row["registered_at"] == dt.datetime(2023, 3, 1, 0, 30, tzinfo=dt.UTC)
+
+
 # ---------------------------------------------------------------------------
 # formats, errors and digests
 # ---------------------------------------------------------------------------

@@ -448,7 +448,10 @@ def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
         return col.dt.strftime("%Y-%m-%d")
     if isinstance(dtype, pl.Datetime):
         if dtype.time_zone is not None:
-            return col.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.f+00:00")
+            # in its own zone, with its offset: the same instant, and a date column written as a
+            # zoned midnight (1990-01-01 00:00 Asia/Shanghai) stays that date (in UTC it was the 31st,
+            # 16:00, which a date field refuses)
+            return col.dt.strftime("%Y-%m-%d %H:%M:%S%.f%:z")
         return col.dt.strftime("%Y-%m-%d %H:%M:%S%.f")
     if dtype == pl.Duration or isinstance(dtype, pl.Duration):
         # polars cannot cast a duration to text: seconds, as a number ("90", "1.5")
