@@ -76,10 +76,12 @@ def test_overview_matches_an_independent_count(env: Any, tmp_path: Path) -> None
     assert env.client.post("/api/v1/tags/viewer/compute", headers=env.admin_auth()).status_code == 200
 
     for days in (30, 90, 365):
-        r = env.client.get("/api/v1/console/overview", params={"days": days, "as_of": AS_OF.isoformat()},
+        r = env.client.get("/api/v1/console/overview",
+                           params={"days": days, "as_of": AS_OF.isoformat(), "tz": "UTC"},
                            headers=env.admin_auth())
         assert r.status_code == 200, r.text
         body = r.json()
+        assert body["timezone"] == "UTC"
         want = _expected(days)
         assert {k: body[k] for k in want} == want, days
         assert body["customers_existing"] == len(ORDERS) and body["customers_new"] == len(EVENTS)
@@ -93,6 +95,31 @@ def test_overview_matches_an_independent_count(env: Any, tmp_path: Path) -> None
     last_year = sum(a for os in ORDERS.values() for d, a in os if NOW - timedelta(days=d) >= _first_month_start())
     assert round(sum(m["revenue"] for m in months), 2) == round(last_year, 2)
     assert body["last_activity_at"] == _iso(1)
+
+
+def test_overview_follows_the_workspaces_calendar(env: Any, tmp_path: Path) -> None:
+    # before: days and months were cut at UTC midnight; orders at 00:30 and 07:59 Beijing time on
+    # 1 July showed as June revenue and the day as 30 June
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,ordered_at,crm_id,sku,category,quantity,unit_price\n"
+                    "J1,2025-07-01 00:30,C1,S,lens,1,300\nJ2,2025-07-01 07:59,C2,S,lens,1,400\n"
+                    "J3,2025-06-30 23:59,C3,S,lens,1,50\n", encoding="utf-8")
+    assert env.gk.importer.run(env.ws.workspace_id, "orders", path, {}).quarantined == 0  # Beijing wall clock
+    r = env.client.get("/api/v1/console/overview", params={"days": 3, "as_of": "2025-07-01T12:00:00+08:00"},
+                       headers=env.admin_auth())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["timezone"] == "Asia/Shanghai"  # the send policy's default
+    months = {m["month"]: (m["revenue"], m["orders"]) for m in body["monthly_revenue"]}
+    assert months["2025-07"] == (700.0, 2) and months["2025-06"] == (50.0, 1)
+    assert [d["day"] for d in body["daily_active"]] == ["2025-06-29", "2025-06-30", "2025-07-01"]
+    assert [d["active"] for d in body["daily_active"]] == [0, 1, 2]
+    cohorts = env.client.post("/api/v1/insights/reports/cohorts", json={"end": "2025-07-02T00:00:00+08:00"},
+                              headers=env.admin_auth()).json()
+    assert cohorts["tz"] == "Asia/Shanghai"
+    assert {c["cohort"]: c["size"] for c in cohorts["cohorts"]} == {"2025-06": 1, "2025-07": 2}
+    r = env.client.get("/api/v1/console/overview", params={"tz": "Mars/Olympus"}, headers=env.admin_auth())
+    assert r.status_code == 400 and r.json()["field"] == "tz"
 
 
 def _first_month_start() -> datetime:

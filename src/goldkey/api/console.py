@@ -24,6 +24,7 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import sqlalchemy as sa
@@ -37,7 +38,9 @@ from goldkey.api.deps import GK, Admin
 from goldkey.api.schemas import ErrorBody
 from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 from goldkey.core.clock import as_utc, to_iso, utcnow
+from goldkey.core.errors import InvalidInput
 from goldkey.insight.purchases import excluded_statuses, status_filter
+from goldkey.insight.reports import workspace_timezone
 from goldkey.insight.rfm import GRID, GROUPS
 from goldkey.runtime import Goldkey
 from goldkey.store.operational import profile_scores, profiles
@@ -73,6 +76,7 @@ class Overview(BaseModel):
     """The dashboard's figures for one workspace."""
 
     as_of: str
+    timezone: str = Field(description="The time zone whose calendar the days and months follow")
     window_days: int
     customers: int = Field(description="Live profiles (merged-away ones not counted)")
     customers_existing: int = Field(description="Live profiles known from the brand's own records")
@@ -107,7 +111,7 @@ SELECT count(in_window), count(in_window) FILTER (WHERE first_ts >= $start), max
 """
 
 _DAILY_SQL = """
-SELECT strftime(date_trunc('day', ts AT TIME ZONE 'UTC'), '%Y-%m-%d') AS d, count(DISTINCT pid) FROM (
+SELECT strftime(date_trunc('day', ts AT TIME ZONE $tz), '%Y-%m-%d') AS d, count(DISTINCT pid) FROM (
     SELECT canonical_id AS pid, "timestamp" AS ts FROM events_resolved
     WHERE workspace_id = $ws AND "timestamp" > $start AND "timestamp" <= $as_of
       AND NOT (type = 'track' AND event IN (SELECT unnest($own)))
@@ -127,7 +131,7 @@ FROM orders_resolved WHERE workspace_id = $ws AND ordered_at <= $as_of AND {stat
 """
 
 _MONTHLY_SQL = f"""
-SELECT strftime(date_trunc('month', ordered_at AT TIME ZONE 'UTC'), '%Y-%m') AS m,
+SELECT strftime(date_trunc('month', ordered_at AT TIME ZONE $tz), '%Y-%m') AS m,
        sum(total_amount), count(*), count(DISTINCT canonical_id)
 FROM orders_resolved WHERE workspace_id = $ws AND ordered_at > $year_ago AND ordered_at <= $as_of
   AND {status_filter("status", "$excluded")}
@@ -136,7 +140,7 @@ GROUP BY m ORDER BY m
 
 
 def _months(as_of: datetime) -> list[str]:
-    """The 12 calendar months (UTC) ending with ``as_of``'s month, oldest first."""
+    """The 12 calendar months ending with ``as_of``'s month (in ``as_of``'s zone), oldest first."""
     y, m = as_of.year, as_of.month
     out = []
     for _ in range(12):
@@ -145,31 +149,37 @@ def _months(as_of: datetime) -> list[str]:
     return out[::-1]
 
 
-def overview(gk: Goldkey, ws: str, *, days: int = 30, as_of: datetime | None = None) -> dict[str, Any]:
-    """Compute the dashboard figures of workspace ``ws`` over the ``days`` before ``as_of`` (default now)."""
+def overview(gk: Goldkey, ws: str, *, days: int = 30, as_of: datetime | None = None,
+             tz: str | None = None) -> dict[str, Any]:
+    """Compute the dashboard figures of workspace ``ws`` over the ``days`` before ``as_of`` (default
+    now); days and months are the calendar's of ``tz`` (default: the workspace's time zone)."""
+    tz = tz or workspace_timezone(gk, ws)
+    zone = ZoneInfo(tz)
     t = as_utc(as_of) or utcnow()
     start = t - timedelta(days=days)
-    first_month = _months(t)[0]
-    year_ago = datetime(int(first_month[:4]), int(first_month[5:]), 1, tzinfo=t.tzinfo)
+    local = t.astimezone(zone)
+    first_month = _months(local)[0]
+    year_ago = datetime(int(first_month[:4]), int(first_month[5:]), 1, tzinfo=zone)
     params = {"ws": ws, "as_of": t, "start": start, "own": list(NOT_CUSTOMER_ACTIVITY)}
     excluded = excluded_statuses()
     cur = gk.analytical.cursor()
     try:
         active, active_new, last = cur.execute(_ACTIVITY_SQL, params).fetchone() or (0, 0, None)
-        daily = dict(cur.execute(_DAILY_SQL, params).fetchall())
+        daily = dict(cur.execute(_DAILY_SQL, {**params, "tz": tz}).fetchall())
         n_win, rev_win, buyers, n_all, rev_all, currency, n_cur = cur.execute(
             _ORDERS_SQL, {"ws": ws, "as_of": t, "start": start, "excluded": excluded}).fetchone()  # type: ignore[misc]
         monthly = {r[0]: r[1:] for r in cur.execute(
-            _MONTHLY_SQL, {"ws": ws, "as_of": t, "year_ago": year_ago, "excluded": excluded}).fetchall()}
+            _MONTHLY_SQL, {"ws": ws, "as_of": t, "year_ago": year_ago, "excluded": excluded, "tz": tz}).fetchall()}
     finally:
         cur.close()
     p = profiles.c
     with gk.engine.connect() as c:
         by_origin = dict(c.execute(sa.select(p.origin, sa.func.count()).where(
             p.workspace_id == ws, p.merged_into.is_(None)).group_by(p.origin)).all())
-    days_list = [(start + timedelta(days=i + 1)).strftime("%Y-%m-%d") for i in range(days)]
+    days_list = [(local - timedelta(days=days - 1 - i)).strftime("%Y-%m-%d") for i in range(days)]
     return {
         "as_of": to_iso(t),
+        "timezone": tz,
         "window_days": days,
         "customers": sum(by_origin.values()),
         "customers_existing": by_origin.get("existing", 0),
@@ -189,7 +199,7 @@ def overview(gk: Goldkey, ws: str, *, days: int = 30, as_of: datetime | None = N
         "monthly_revenue": [
             {"month": m, "revenue": round(float(monthly[m][0]), 2), "orders": monthly[m][1], "customers": monthly[m][2]}
             if m in monthly else {"month": m, "revenue": 0.0, "orders": 0, "customers": 0}
-            for m in _months(t)
+            for m in _months(local)
         ],
     }
 
@@ -197,10 +207,19 @@ def overview(gk: Goldkey, ws: str, *, days: int = 30, as_of: datetime | None = N
 @router.get("/api/v1/console/overview", response_model=Overview,
             responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}})
 async def get_overview(gk: GK, cred: Admin, days: Annotated[int, Query(ge=1, le=366)] = 30,
-                       as_of: datetime | None = None) -> dict[str, Any]:
+                       as_of: datetime | None = None,
+                       tz: Annotated[str | None, Query(description="Time zone of the days and months (default: "
+                                                       "the workspace's, its send policy's timezone)")] = None
+                       ) -> dict[str, Any]:
     """The console dashboard's figures: customers, active customers in the last ``days`` days (new vs
-    returning), revenue and orders, daily active customers and monthly revenue for the last 12 months."""
-    return await run_in_threadpool(overview, gk, cred.workspace_id, days=days, as_of=as_of)
+    returning), revenue and orders, daily active customers and monthly revenue for the last 12 months,
+    by the calendar of the workspace's time zone."""
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInput(f"unknown time zone {tz!r}", field="tz") from None
+    return await run_in_threadpool(overview, gk, cred.workspace_id, days=days, as_of=as_of, tz=tz)
 
 
 class RFMCell(BaseModel):

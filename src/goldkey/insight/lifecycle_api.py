@@ -115,7 +115,8 @@ async def cohort_report(request: Request, gk: GK, cred: Admin) -> dict[str, Any]
     """Cohort retention table (cohort by first order or first event, per month or week): counts
     and % per period offset, for a heat map."""
     body = await json_object(request)
-    return await run_in_threadpool(reports.cohorts, gk.analytical, cred.workspace_id, body)
+    return await run_in_threadpool(reports.cohorts, gk.analytical, cred.workspace_id, body,
+                                   reports.workspace_timezone(gk, cred.workspace_id))
 
 
 @router.get("/reports/channels", responses=_ERR)

@@ -126,15 +126,17 @@ def register(app: typer.Typer) -> None:
                 activity: Annotated[str, typer.Option("--activity", help="order or event.")] = "order",
                 period: Annotated[str, typer.Option("--period", help="month or week.")] = "month",
                 periods: Annotated[int, typer.Option("--periods", help="Offsets 0..N-1.")] = 12,
-                tz: Annotated[str, typer.Option("--tz", help="Time zone of the periods.")] = "UTC",
+                tz: Annotated[str, typer.Option(
+                    "--tz", help="Time zone of the periods (default: the workspace's, its send policy's).")] = "",
                 end: Annotated[datetime | None, typer.Option(
                     "--end", help="Activity before this wall-clock time in --tz (default now).")] = None) -> None:
         """Cohort retention table (counts and % per period offset)."""
         from goldkey.insight.reports import cohorts as run
+        from goldkey.insight.reports import workspace_timezone
 
         req = _request(None, {"cohort_by": cohort_by, "activity": activity, "period": period, "periods": periods,
-                              "tz": tz, "end": end.isoformat() if end else None})
-        _echo(_open(data_dir, workspace, lambda gk, ws: run(gk.analytical, ws, req)))
+                              "tz": tz or None, "end": end.isoformat() if end else None})
+        _echo(_open(data_dir, workspace, lambda gk, ws: run(gk.analytical, ws, req, workspace_timezone(gk, ws))))
 
     @app.command("channels")
     def channels(workspace: Workspace = "", data_dir: DataDir = None,

@@ -235,12 +235,13 @@ class CohortRequest(BaseModel):
                                    "in tz)")
     end: Instant = Field(default=None, description="activity before this (default: now; without an offset: "
                                  "in tz)")
-    tz: str = Field(default="UTC", description="time zone of the periods (and of a start or end without an offset)")
+    tz: str | None = Field(default=None, description="time zone of the periods (and of a start or end without an "
+                           "offset); default: the workspace's time zone (its send policy's timezone)")
 
     @field_validator("tz")
     @classmethod
-    def _tz(cls, v: str) -> str:
-        return _zone(v)
+    def _tz(cls, v: str | None) -> str | None:
+        return None if v is None else _zone(v)
 
 
 _COHORT_SQL = """
@@ -268,9 +269,22 @@ FROM sizes s LEFT JOIN kept k USING (cohort)
 ORDER BY s.cohort, k.off"""
 
 
-def cohorts(analytical: AnalyticalStore, ws: str, request: CohortRequest | dict[str, Any]) -> dict[str, Any]:
-    """The cohort retention table: counts and % per cohort and period offset."""
+def workspace_timezone(gk: Any, ws: str) -> str:
+    """The workspace's time zone (its send policy's ``timezone``: the calendar of caps and quiet hours,
+    Asia/Shanghai unless set), the default zone of its calendar reports; UTC when there is none."""
+    try:
+        return str(gk.sender.guardrails.policy(ws).timezone)
+    except Exception:  # noqa: BLE001 - no sender (a bare store), or no policy: the reports still work
+        return "UTC"
+
+
+def cohorts(analytical: AnalyticalStore, ws: str, request: CohortRequest | dict[str, Any],
+            default_tz: str = "UTC") -> dict[str, Any]:
+    """The cohort retention table: counts and % per cohort and period offset (periods in the
+    request's ``tz``, else ``default_tz``: the API and CLI give the workspace's)."""
     req: CohortRequest = _validated(CohortRequest, request)
+    req = req.model_copy(update={"tz": req.tz or default_tz})
+    assert req.tz is not None
     zone = ZoneInfo(req.tz)
     # a start or end without an offset is a wall-clock time in ``tz``, like the periods it bounds
     end = as_of_utc(req.end.replace(tzinfo=zone) if req.end and req.end.tzinfo is None else req.end)
