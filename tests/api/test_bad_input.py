@@ -927,3 +927,23 @@ def test_a_lone_surrogate_in_an_admin_body_is_400_and_nothing_is_stored(env_any:
     assert env.client.get("/api/v1/workspace/keys", headers=env.admin_auth()).json() == before
     rules = env.client.get("/api/v1/workspace/identity-rules", headers=env.admin_auth())
     assert rules.status_code == 200 and "\\udc00" not in rules.text
+
+
+def test_the_schema_declares_the_answers_these_routes_give(env: Env) -> None:
+    """From the review of responses against the schema: generated clients could not tell these
+    answers apart (undeclared), and the lookup's identifiers were no parameters at all."""
+    spec = env.client.get("/openapi.json").json()["paths"]
+    h = env.admin_auth()
+    for path, method, status, call in (
+        ("/api/v1/profiles/lookup", "get", 400, lambda: env.client.get("/api/v1/profiles/lookup?foo=bar", headers=h)),
+        ("/api/v1/workspace/keys/{key_id}", "delete", 404,
+         lambda: env.client.delete("/api/v1/workspace/keys/key_nosuch", headers=h)),
+        ("/api/v1/workspace/audit", "get", 400, lambda: env.client.get("/api/v1/workspace/audit?before=1", headers=h)),
+        ("/api/v1/quarantine", "get", 401, lambda: env.client.get("/api/v1/quarantine")),
+        ("/api/v1/insights/models/{name}/versions", "get", 400,
+         lambda: env.client.get("/api/v1/insights/models/a%20b/versions", headers=h)),
+    ):
+        assert call().status_code == status, path
+        assert str(status) in spec[path][method]["responses"], (path, status)
+    names = {p["name"] for p in spec["/api/v1/profiles/lookup"]["get"]["parameters"]}
+    assert {"phone", "user_id", "wechat_openid", "crm_id"} <= names

@@ -18,7 +18,7 @@ from goldkey.core.errors import InvalidInput
 router = APIRouter(prefix="/api/v1", tags=["imports"])
 
 
-@router.post("/imports", response_model=ImportPublic, responses={400: {"model": ErrorBody}})
+@router.post("/imports", response_model=ImportPublic, responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}})
 async def create_import(
     gk: GK,
     cred: Admin,
@@ -49,19 +49,21 @@ async def create_import(
     return out
 
 
-@router.get("/imports", response_model=list[ImportPublic])
+@router.get("/imports", response_model=list[ImportPublic], responses={401: {"model": ErrorBody}})
 def imports_list(gk: GK, cred: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
     """List the workspace's imports, newest first."""
     return list_imports(gk.engine, cred.workspace_id, limit)
 
 
-@router.get("/imports/{import_id}", response_model=ImportPublic, responses={404: {"model": ErrorBody}})
+@router.get("/imports/{import_id}", response_model=ImportPublic,
+            responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
 def import_get(import_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
     """One import's outcome."""
     return get_import(gk.engine, cred.workspace_id, import_id)
 
 
-@router.get("/quarantine", response_model=list[QuarantinedRecord])
+@router.get("/quarantine", response_model=list[QuarantinedRecord],
+            responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}})
 def quarantine_list(
     gk: GK,
     cred: Admin,

@@ -66,7 +66,14 @@ async def _profile_response(gk: Goldkey, read: Callable[[], dict[str, Any]]) -> 
     return Response(orjson.dumps(body, option=_JSON_OPTS), media_type="application/json")
 
 
-@router.get("/lookup", response_model=ProfilePublic, responses=_ERR)
+_LOOKUP_PARAMS = {"parameters": [
+    {"name": t, "in": "query", "required": False, "schema": {"type": "string"},
+     "description": f"the profile holding this {t} (give exactly one identifier; custom types work alike)"}
+    for t in ("user_id", "anonymous_id", "phone", "email", "wechat_openid", "wechat_unionid", "crm_id", "device_id")]}
+
+
+@router.get("/lookup", response_model=ProfilePublic, responses={**_ERR, 400: {"model": ErrorBody}},
+            openapi_extra=_LOOKUP_PARAMS)
 async def lookup(request: Request, gk: _ReadGK, cred: _ReadAdmin, events: _Events = None) -> Response:
     """Find a profile by exactly one identifier given as a query parameter, e.g. `?phone=13912345678`,
     `?user_id=u1`, `?wechat_openid=...` (types: the workspace's identifier types)."""

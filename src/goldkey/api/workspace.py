@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from goldkey.api.deps import GK, Admin
-from goldkey.api.schemas import KeyCreate, KeyCreated, WorkspacePublic
+from goldkey.api.schemas import ErrorBody, KeyCreate, KeyCreated, WorkspacePublic
 from goldkey.govern.audit import MAX_PAGE, audit, changed_fields, list_entries
 from goldkey.govern.keys import list_keys, revoke_key
 from goldkey.identity.rules import IdentityRules
@@ -17,13 +17,18 @@ from goldkey.identity.rules import IdentityRules
 router = APIRouter(prefix="/api/v1/workspace", tags=["workspace"])
 
 
-@router.get("", response_model=WorkspacePublic)
+_E = {"model": ErrorBody}
+_ERR: dict[int | str, dict[str, Any]] = {401: _E}
+_BAD: dict[int | str, dict[str, Any]] = {400: _E, 401: _E}
+
+
+@router.get("", response_model=WorkspacePublic, responses=_ERR)
 def current(gk: GK, cred: Admin) -> dict[str, Any]:
     """The workspace the admin token belongs to."""
     return gk.workspaces.get(cred.workspace_id)
 
 
-@router.post("/keys", response_model=KeyCreated, status_code=201)
+@router.post("/keys", response_model=KeyCreated, status_code=201, responses=_BAD)
 def create_key(body: KeyCreate, gk: GK, cred: Admin) -> dict[str, Any]:
     """Create a write key or admin token; the secret is shown only in this answer."""
     secret = gk.workspaces.create_key(cred.workspace_id, body.kind, body.label)
@@ -42,13 +47,13 @@ class KeyPublic(BaseModel):
     revoked_at: str | None = Field(description="When it was revoked; null while it is live.")
 
 
-@router.get("/keys", response_model=list[KeyPublic])
+@router.get("/keys", response_model=list[KeyPublic], responses=_ERR)
 async def get_keys(gk: GK, cred: Admin, include_revoked: bool = True) -> list[dict[str, Any]]:
     """The workspace's write keys and admin tokens, newest first (``include_revoked=false``: live ones)."""
     return await run_in_threadpool(list_keys, gk.workspaces, cred.workspace_id, include_revoked=include_revoked)
 
 
-@router.delete("/keys/{key_id}", response_model=KeyPublic)
+@router.delete("/keys/{key_id}", response_model=KeyPublic, responses={**_ERR, 404: _E, 409: _E})
 def delete_key(key_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
     """Revoke a key: refused from the next request. The row is kept (``revoked_at`` set). 409 for
     the admin token of this request and for the workspace's last live admin token."""
@@ -57,13 +62,13 @@ def delete_key(key_id: str, gk: GK, cred: Admin) -> dict[str, Any]:
     return key
 
 
-@router.get("/identity-rules", response_model=IdentityRules)
+@router.get("/identity-rules", response_model=IdentityRules, responses=_ERR)
 def get_rules(gk: GK, cred: Admin) -> IdentityRules:
     """Identity-resolution rules: priority, per-type limits, blocked values, custom types."""
     return gk.workspaces.rules(cred.workspace_id)
 
 
-@router.put("/identity-rules", response_model=IdentityRules)
+@router.put("/identity-rules", response_model=IdentityRules, responses=_BAD)
 def put_rules(rules: IdentityRules, gk: GK, cred: Admin) -> IdentityRules:
     """Replace the identity rules; they apply to identifiers seen from now on."""
     before = gk.workspaces.rules(cred.workspace_id).model_dump(mode="json")
@@ -91,7 +96,7 @@ class AuditPage(BaseModel):
     next_before: int | None = Field(description="Pass as ``before`` for the next (older) page; null on the last.")
 
 
-@router.get("/audit", response_model=AuditPage)
+@router.get("/audit", response_model=AuditPage, responses=_BAD)
 async def get_audit(gk: GK, cred: Admin, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
                     before: int | None = None) -> dict[str, Any]:
     """The workspace's audit trail, newest first, ``limit`` entries a page; ``before`` is the

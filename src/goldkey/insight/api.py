@@ -21,7 +21,8 @@ router = APIRouter(prefix="/api/v1/insights", tags=["insights"])
 # the model registry under its own name too: /api/v1/models, /api/v1/models/{name}[/versions|/evaluation]
 models_router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
-_ERR: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+_ERR: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 401: {"model": ErrorBody},
+                                         404: {"model": ErrorBody}}
 _RUN_ERR: dict[int | str, dict[str, Any]] = {
     **_ERR,
     400: {"model": ErrorBody, "description": "Invalid definition, or no orders to score"},
