@@ -601,8 +601,8 @@ def test_goldkeys_own_events_fire_real_time_triggers(env: Any, svc: TriggerServi
     pids = make_profiles(env, 4)
     grant(env, pids)
     cid, out = sink(env, tmp_path)
-    event = {"kind": "event", "event": "Lifecycle Stage Changed", "where": [{"property": "to", "op": "eq",
-                                                                           "value": "active"}]}
+    event = {"kind": "event", "event": "Lifecycle Stage Changed", "where": [
+        {"property": "from", "op": "eq", "value": "at_risk"}, {"property": "to", "op": "eq", "value": "active"}]}
     r = env.client.post("/api/v1/triggers", headers=env.admin_auth(), json={
         "name": "欢迎回来", "kind": "realtime", "event": event, "channel_id": cid, "template": OFFER})
     assert r.status_code == 201, r.text
@@ -612,6 +612,7 @@ def test_goldkeys_own_events_fire_real_time_triggers(env: Any, svc: TriggerServi
         emit_events(env.gk.analytical, con, ws, [
             (pids[0], "Lifecycle Stage Changed", {"from": "at_risk", "to": "active"}),
             (pids[1], "Lifecycle Stage Changed", {"from": "active", "to": "at_risk"}),
+            (pids[1], "Lifecycle Stage Changed", {"from": None, "to": "active"}),  # a first assignment
             (pids[2], "Tag Changed", {"tag": "lifecycle_stage", "to": "active"})], "insight")
     try:
         with env.gk.analytical.transaction() as con:  # rolled back: nothing fires

@@ -952,3 +952,48 @@ def test_undo_keeps_a_value_set_on_the_survivor_that_equals_the_merged_profiles(
     w = lookup(env, user_id="u1")
     assert w["tags"]["tier"] == "b" and (w["scores"]["r"], w["scores"]["v"]) == (4, 3)
     assert lookup(env, anonymous_id="a1")["tags"]["tier"] == "b"
+
+
+def test_undo_gives_back_a_group_trait_the_merged_profile_had_overwritten(env: Any) -> None:
+    # group traits go to the more recently seen profile at a merge, the merged one's too: the undo
+    # must give the survivor its own back (a review of this session's _less_loser change)
+    ident(env, "m1", userId="u1", timestamp="2024-01-01T00:00:00Z")
+    for mid, who, plan, at in (("g1", {"userId": "u1"}, "free", "2024-01-02"), ("g2", {"anonymousId": "a1"}, "pro",
+                                                                                 "2024-06-01")):
+        r = env.post("/v1/group", {"messageId": mid, **who, "groupId": "acme", "traits": {"plan": plan},
+                                   "timestamp": f"{at}T00:00:00Z"})
+        assert r.status_code == 200, r.text
+    ident(env, "m3", userId="u1", anonymousId="a1", timestamp="2024-06-02T00:00:00Z")
+    p = lookup(env, user_id="u1")
+    _undo(env, p["merges"][0]["merge_id"])
+    assert lookup(env, user_id="u1")["attributes"]["$groups"] == {"acme": {"plan": "free"}}
+    assert lookup(env, anonymous_id="a1")["attributes"]["$groups"] == {"acme": {"plan": "pro"}}
+
+
+def test_a_signed_in_survivors_opt_out_on_the_merged_device_stays_with_the_survivor(env_any: Any) -> None:
+    # every identify a signed-in customer's SDK sends from the device that caused the merge carries
+    # the survivor's userId and the merged device's anonymousId: the userId decides whose it is
+    env = env_any
+    ident(env, "m1", userId="u1", traits={"email": "u1@example.com", "consent": {"email": True}},
+          timestamp="2024-01-01T00:00:00Z")
+    ident(env, "m2", anonymousId="a1", timestamp="2024-02-01T00:00:00Z")
+    ident(env, "m3", userId="u1", anonymousId="a1", timestamp="2024-02-02T00:00:00Z")
+    p = lookup(env, user_id="u1")
+    ident(env, "m4", userId="u1", anonymousId="a1", traits={"consent": {"email": False}},
+          timestamp="2024-02-03T00:00:00Z")
+    _undo(env, p["merges"][0]["merge_id"])
+    assert [(c["channel"], c["status"]) for c in lookup(env, user_id="u1")["consents"]] == [("email", "denied")]
+    assert lookup(env, anonymous_id="a1")["consents"] == []
+
+
+def test_an_undo_and_an_import_keep_last_seen_out_of_the_future(env_any: Any, tmp_path: Any) -> None:
+    env = env_any
+    ident(env, "f1", userId="u1", timestamp="2030-01-01T00:00:00Z")  # a client clock years ahead
+    ident(env, "f2", anonymousId="a1")
+    ident(env, "f3", userId="u1", anonymousId="a1")
+    p = lookup(env, user_id="u1")
+    _undo(env, p["merges"][0]["merge_id"])
+    assert lookup(env, user_id="u1")["last_seen_at"] < "2030"
+    _import(env, tmp_path, "orders", "order_id,ordered_at,user_id,sku,quantity,unit_price\n"
+                                     "F1,2099-01-01 10:00,u1,S,1,10\n")
+    assert lookup(env, user_id="u1")["last_seen_at"] < "2030"

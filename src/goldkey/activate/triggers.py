@@ -61,6 +61,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -280,6 +281,8 @@ class TriggerService:
         self._loaded_at = 0.0
         self._cache_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Hit | None] = queue.SimpleQueue()
+        # Goldkey's own events to match (off the writer thread): (workspace, columns, time, committed)
+        self._own: queue.SimpleQueue[tuple[str, list[Any], datetime, float] | None] = queue.SimpleQueue()
         # reserved messages handed from the real-time rounds to the delivery worker
         self._outbox: queue.SimpleQueue[tuple[Compiled, list[str]] | None] = queue.SimpleQueue()
         self._channels: dict[tuple[str, str], tuple[float, Channel]] = {}  # (ws, channel id) -> (opened, channel)
@@ -588,31 +591,47 @@ class TriggerService:
             analytical.own_event_listeners.append(self._on_own_events)
 
     def _on_own_events(self, ws: str, profile_ids: Any, events: Any, properties: Any, at: datetime) -> None:
-        """Match Goldkey's own events, once committed to the event log, against the workspace's
-        real-time triggers (both kinds: the events are in the log). Only the events named by a
-        trigger's event clause have their properties read, so a million Tag Changed events of a
-        model run cost a name comparison each when no trigger listens to them."""
+        """Goldkey's own events, once committed to the event log: keep those a real-time trigger of
+        the workspace names (an Arrow filter on the name, so a million Tag Changed events of a model
+        run cost next to nothing when no trigger listens to them) and hand them to the matching
+        thread; this runs on the writer thread, under the analytical store's write lock."""
         committed = time.perf_counter()
         with self._cache_lock:
             trig = [t for t in (self._realtime or {}).get(ws, ()) if t.event is not None]
         if not trig:
             return
         names = {(t.d.event or {}).get("event") for t in trig}
-        if None in names:  # a clause without one event name: every event is a candidate
-            names = None
+        cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c if isinstance(c, pa.Array)
+                else pa.array(list(c), pa.string()) for c in (profile_ids, events, properties)]
+        if None not in names:  # else a clause without one event name: every event is a candidate
+            keep = pc.is_in(cols[1], value_set=pa.array(sorted(names), pa.string()))
+            cols = [pc.filter(c, keep) for c in cols]
+        if len(cols[0]):
+            self._own.put((ws, cols, at, committed))
 
-        def listed(v: Any) -> list[Any]:
-            return v.to_pylist() if hasattr(v, "to_pylist") else list(v)
-
+    def _match_own(self, ws: str, cols: list[Any], at: datetime, committed: float) -> None:
+        """Match kept own events against the workspace's real-time triggers (both kinds: the events
+        are in the log) and queue the hits."""
+        with self._cache_lock:
+            trig = [t for t in (self._realtime or {}).get(ws, ()) if t.event is not None]
         now, loads = utcnow(), orjson.loads
         received = int(at.timestamp() * 1_000_000)
-        for pid, name, props in zip(listed(profile_ids), listed(events), listed(properties), strict=True):
-            if names is not None and name not in names:
-                continue
-            e = Event("track", name, at, loads(props) if props else {}, None)
+        pids, names, props = (c.to_pylist() for c in cols)
+        for pid, name, text in zip(pids, names, props, strict=True):
+            e = Event("track", name, at, loads(text) if text else {}, None)
             for t in trig:
                 if t.event is not None and t.event.matches({}, [e], max(now, at)):
                     self._queue.put(Hit(t, pid, committed, received))
+
+    def _own_worker(self) -> None:
+        while not self._stop.is_set():
+            item = self._own.get()
+            if item is None:
+                return
+            try:
+                self._match_own(*item)
+            except Exception:  # noqa: BLE001 - one batch's failure never stops the thread
+                log.exception("matching Goldkey's own events against triggers failed")
 
     def _on_commit(self, stored: list[tuple[str, str, Any]], history: bool) -> None:
         """On the writer thread: match the event clauses, queue the hits (never blocks on a send).
@@ -645,6 +664,7 @@ class TriggerService:
         self._stop.clear()
         self.reload()
         for target, name in ((self._worker, "goldkey-triggers-realtime"),
+                             (self._own_worker, "goldkey-triggers-own-events"),
                              (self._delivery_worker, "goldkey-triggers-delivery"),
                              (self._loop, "goldkey-triggers-timer")):
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -654,6 +674,7 @@ class TriggerService:
     def stop(self) -> None:
         self._stop.set()
         self._queue.put(None)
+        self._own.put(None)
         self._outbox.put(None)
         for t in self._threads:
             t.join(timeout=10)
@@ -688,6 +709,13 @@ class TriggerService:
     def drain(self, timeout: float = 10.0, *, deliver: bool = True) -> None:
         """Process what is queued now and (``deliver``) send what that reserved, in the calling
         thread (tests, when the workers are not started)."""
+        while True:  # own events first: their hits join the queue
+            try:
+                own = self._own.get_nowait()
+            except queue.Empty:
+                break
+            if own is not None:
+                self._match_own(*own)
         hits = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -212,7 +212,8 @@ def _known_from_records(conn: sa.Connection, pids: list[str], fresh: pl.Series, 
                                                           pl.col("fresh").all())
     ids = span["pid"].to_list()
     first_of = dict(zip(ids, ts_column(conn, span["first"]), strict=True))
-    last_of = dict(zip(ids, ts_column(conn, span["last"]), strict=True))
+    # a record dated in the future (a typo, a placeholder) is no activity after the import itself
+    last_of = dict(zip(ids, ts_column(conn, span["last"].clip(upper_bound=utcnow())), strict=True))
     found = set(span.filter(pl.col("fresh").not_())["pid"].to_list())
     # only the profiles that change (a re-import, or records of known customers, change none)
     before, after = _earlier_than(conn), _later_than(conn)

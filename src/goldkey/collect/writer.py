@@ -874,8 +874,9 @@ def finish_unmerges(ctx: WriteContext, merge_ids: list[str] | None = None) -> in
             refresh_order_summaries(ctx, conn, ws, now_live)
             rebuild_recent_events(ctx, conn, ws, now_live)
             # last seen: the survivor no longer has the restored profile's later events
+            # (an event counts as seen no later than it arrived, as on ingestion)
             seen = ctx.analytical.query(
-                'SELECT canonical_id, max("timestamp") FROM events_resolved WHERE workspace_id = ? '
+                'SELECT canonical_id, max(least("timestamp", received_at)) FROM events_resolved WHERE workspace_id = ? '
                 "AND canonical_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1", [ws, now_live])
             for pid, last in seen:
                 if last is not None:

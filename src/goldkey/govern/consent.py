@@ -176,7 +176,13 @@ class ConsentCollector:
                 # decided no later than received: a client clock years ahead (no sentAt to correct
                 # it) must not make this decision outrank every later one, an opt-out included
                 at = micros_to_datetime(min(ev.timestamp, ev.received_at))
-                who = owner.get((ws, "user_id", ev.user_id)) or owner.get((ws, "anonymous_id", ev.anonymous_id)) or pid
+                # the userId decides, as it does for the events an undo moves back: a survivor's own
+                # userId is no merged customer's, so the decision stays on the survivor even when the
+                # identify also carries the merged-away device's anonymousId
+                if ev.user_id:
+                    who = owner.get((ws, "user_id", ev.user_id)) or pid
+                else:
+                    who = owner.get((ws, "anonymous_id", ev.anonymous_id)) or pid
                 for channel, purpose, status in decisions:
                     keep_newest(latest, (ws, who, channel, purpose), (at, status, ev.message_id))
             self.recorded += record_decisions(c, latest, source="identify", actor="tracking", on_live=False)

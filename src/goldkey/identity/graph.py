@@ -144,7 +144,8 @@ def merged_attributes(attrs: dict[str, Any], changes: dict[str, Any]) -> dict[st
     return out
 
 
-def _less_loser(current: dict[str, Any], loser: dict[str, Any], winner_before: dict[str, Any]) -> dict[str, Any]:
+def _less_loser(current: dict[str, Any], loser: dict[str, Any], winner_before: dict[str, Any],
+                survivor_won: bool = True) -> dict[str, Any]:
     """The survivor's ``current`` values without the loser's contribution. The merge took a loser's
     value only for a key the survivor did not have (the survivor's own value wins a conflict): such
     a key still holding it goes away; a key changed since the merge keeps its new value (it was set
@@ -154,23 +155,28 @@ def _less_loser(current: dict[str, Any], loser: dict[str, Any], winner_before: d
     new values went back to old ones under the new version)."""
     out = dict(current)
     for k, v in loser.items():
-        if k in out and out[k] == v and k not in winner_before:
-            del out[k]
+        if k in out and out[k] == v:
+            if k not in winner_before:
+                del out[k]
+            elif not survivor_won:  # the loser's value may have won (group traits: the more recent)
+                out[k] = winner_before[k]
     return out
 
 
 def _less_loser_groups(current: dict[str, Any], loser: dict[str, Any],
                        winner_before: dict[str, Any]) -> dict[str, Any]:
     """:func:`_less_loser` for group memberships, group by group and then trait by trait: a group
-    the merge united keeps the winner's own traits and those changed since."""
+    the merge united keeps the winner's own traits and those changed since. Unlike traits and tags,
+    a group trait of the more recently seen profile wins a merge, the loser's too: one still holding
+    the loser's value goes back to the winner's own."""
     if not (isinstance(current, dict) and isinstance(loser, dict) and isinstance(winner_before, dict)):
         return current  # not memberships (never written so by Goldkey): left as they are
-    out = _less_loser(current, loser, winner_before)
+    out = _less_loser(current, loser, winner_before, survivor_won=False)
     for gid, theirs in loser.items():
         now = out.get(gid)
         if isinstance(now, dict) and isinstance(theirs, dict) and now != theirs:
             own = winner_before.get(gid)
-            kept = _less_loser(now, theirs, own if isinstance(own, dict) else {})
+            kept = _less_loser(now, theirs, own if isinstance(own, dict) else {}, survivor_won=False)
             if kept:
                 out[gid] = kept
             elif gid in winner_before:
