@@ -136,6 +136,7 @@ class Goldkey:
         migrate(engine)
         analytical = AnalyticalStore(settings.resolved_analytical_path())
         _fail_interrupted_imports(engine, analytical)
+        _upgrade_order_summaries(settings.data_dir, engine, analytical)
         for gone in recover_interrupted_runs(settings.data_dir / "models"):
             log.warning("model run cut off before its write-back finished: %s retired (run it again)", gone)
         sync_profile_map(engine, analytical)
@@ -246,11 +247,8 @@ def _fail_interrupted_imports(engine: sa.Engine, analytical: AnalyticalStore) ->
     committed after the operational one, so one cut off between the two is found here too: its
     profiles' order summaries, committed with the operational half, may count orders the analytical
     store never got, so the workspace's summaries are recomputed from the orders it holds."""
-    from types import SimpleNamespace
-
-    from goldkey.collect.importer import refresh_order_summaries
     from goldkey.core.clock import utcnow
-    from goldkey.store.operational import imports, profiles
+    from goldkey.store.operational import imports
 
     with engine.begin() as conn:
         cut = conn.execute(sa.select(imports.c.workspace_id, imports.c.kind)
@@ -264,12 +262,44 @@ def _fail_interrupted_imports(engine: sa.Engine, analytical: AnalyticalStore) ->
                 finished_at=utcnow(),
             )
         )
-    ctx = SimpleNamespace(analytical=analytical)
     for ws in sorted({r.workspace_id for r in cut if r.kind == "orders"}):
-        with engine.begin() as conn:
-            ids = [r[0] for r in conn.execute(
-                sa.select(profiles.c.profile_id).where(profiles.c.workspace_id == ws, profiles.c.merged_into.is_(None),
-                                                       profiles.c.order_summary != "{}"))]
+        n = _recompute_order_summaries(engine, analytical, ws)
+        log.warning("orders import of %s cut off: %d order summaries recomputed", ws, n)
+
+
+def _recompute_order_summaries(engine: sa.Engine, analytical: AnalyticalStore, ws: str | None = None) -> int:
+    """Recompute the order summaries of the live profiles holding one (of ``ws``, or of every
+    workspace) from the orders the analytical store holds; return how many."""
+    from types import SimpleNamespace
+
+    from goldkey.collect.importer import refresh_order_summaries
+    from goldkey.store.operational import profiles
+
+    ctx = SimpleNamespace(analytical=analytical)
+    q = sa.select(profiles.c.workspace_id, profiles.c.profile_id).where(
+        profiles.c.merged_into.is_(None), profiles.c.order_summary != "{}")
+    if ws is not None:
+        q = q.where(profiles.c.workspace_id == ws)
+    with engine.begin() as conn:
+        by_ws: dict[str, list[str]] = {}
+        for w, pid in conn.execute(q):
+            by_ws.setdefault(w, []).append(pid)
+        for w, ids in sorted(by_ws.items()):
             for i in range(0, len(ids), 50_000):
-                refresh_order_summaries(ctx, conn, ws, ids[i:i + 50_000])  # type: ignore[arg-type]
-        log.warning("orders import of %s cut off: %d order summaries recomputed", ws, len(ids))
+                refresh_order_summaries(ctx, conn, w, ids[i:i + 50_000])  # type: ignore[arg-type]
+    return sum(len(v) for v in by_ws.values())
+
+
+# order summaries of data directories written before purchases were told from refunds and
+# cancellations (and revenue given per currency) are recomputed once, at the first start after
+_SUMMARIES_MARK = ".order-summaries-v2"
+
+
+def _upgrade_order_summaries(data_dir: Path, engine: sa.Engine, analytical: AnalyticalStore) -> None:
+    mark = data_dir / _SUMMARIES_MARK
+    if mark.exists():
+        return
+    n = _recompute_order_summaries(engine, analytical)
+    if n:
+        log.warning("order summaries recomputed once for this version (purchases only): %d profiles", n)
+    mark.write_text("order summaries: purchases only, refunds and cancellations counted, revenue per currency\n")

@@ -997,3 +997,20 @@ def test_an_undo_and_an_import_keep_last_seen_out_of_the_future(env_any: Any, tm
     _import(env, tmp_path, "orders", "order_id,ordered_at,user_id,sku,quantity,unit_price\n"
                                      "F1,2099-01-01 10:00,u1,S,1,10\n")
     assert lookup(env, user_id="u1")["last_seen_at"] < "2030"
+
+
+def test_after_an_undo_each_is_first_seen_at_its_own_earliest_event(env_any: Any) -> None:
+    # an offline-queued older event of the merged-away customer, received while the merge stood,
+    # moved the survivor's first seen back; the undo gave the event back but kept the date
+    env = env_any
+    ident(env, "e1", userId="u1", timestamp="2025-05-01T00:00:00Z")
+    track(env, "e2", anonymousId="a1", timestamp="2025-05-10T00:00:00Z")
+    ident(env, "e3", userId="u1", anonymousId="a1", timestamp="2025-05-11T00:00:00Z")
+    p = lookup(env, user_id="u1")
+    track(env, "e4", anonymousId="a1", timestamp="2025-04-01T00:00:00Z",
+          context={"page": {"url": "https://x/a1-offline"}})
+    assert lookup(env, user_id="u1")["first_seen_at"].startswith("2025-04-01")  # merged: the earliest of both
+    _undo(env, p["merges"][0]["merge_id"])
+    u, a = lookup(env, user_id="u1"), lookup(env, anonymous_id="a1")
+    assert u["first_seen_at"].startswith("2025-05-01") and u["first_seen_context"].get("page") is None, u
+    assert a["first_seen_at"].startswith("2025-04-01") and a["first_seen_context"]["page"]["url"].endswith("offline")

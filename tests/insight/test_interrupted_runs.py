@@ -66,8 +66,25 @@ def test_a_run_that_fails_after_saving_retires_its_version(tmp_path: Path, monke
         assert [p.name for p in d.iterdir() if p.name.startswith(".interrupted-v2-")]
         assert not (d / ".run").exists()
         monkeypatch.undo()
-        assert svc.run(ws, {"as_of": AS_OF.isoformat()})["version"] == 2
-        assert _stored_versions(gk, ws) == {2.0}
+        # the retired number is never given again: two different fits are never both "v2"
+        assert svc.run(ws, {"as_of": AS_OF.isoformat()})["version"] == 3
+        assert _stored_versions(gk, ws) == {3.0} and svc.registry.versions(ws, "rfm") == [1, 3]
+
+        # a failure once the outputs started to land keeps the version: the profiles may hold part of
+        # it (a write-back goes in chunks), and the next run replaces it
+        import goldkey.insight.writeback as wb
+
+        real = wb._apply_patches
+
+        def half(*a: Any, **k: Any) -> Any:
+            real(*a, **k)
+            raise RuntimeError("cut off after the first chunk")
+
+        monkeypatch.setattr(wb, "_apply_patches", half)
+        with pytest.raises(RuntimeError):
+            svc.run(ws, {"as_of": AS_OF.isoformat()})
+        assert svc.registry.versions(ws, "rfm") == [1, 3, 4]
+        assert not (d / ".run").exists()
     finally:
         gk.close()
 
@@ -123,5 +140,31 @@ def test_order_summaries_of_an_orders_import_cut_off_between_its_stores_are_reco
 
         counts = sorted(orjson.loads(r.order_summary)["orders"] for r in rows)
         assert counts == sorted(1 + c % 4 for c in range(40)) and status == ["failed"]
+    finally:
+        gk.close()
+
+
+def test_order_summaries_written_by_an_older_version_are_recomputed_once(tmp_path: Path) -> None:
+    # summaries written before refunds and cancellations were told from purchases kept counting them
+    # until a later orders import touched the profile (review of this session's commits)
+    from goldkey.store.operational import profiles
+
+    data = tmp_path / "d"
+    gk = Goldkey.open(Settings(data_dir=data))
+    try:
+        ws = gk.workspaces.create("A").workspace_id
+        _orders(gk, ws, tmp_path)
+        with gk.engine.begin() as c:  # what the older version wrote: refunds counted, no currencies
+            c.execute(profiles.update().where(profiles.c.workspace_id == ws)
+                      .values(order_summary='{"orders": 5, "revenue": 600.0}'))
+    finally:
+        gk.close()
+    (data / ".order-summaries-v2").unlink()  # a data directory of the older version has no marker
+    gk = Goldkey.open(Settings(data_dir=data))
+    try:
+        with gk.engine.connect() as c:
+            got = [r.order_summary for r in c.execute(sa.select(profiles.c.order_summary)
+                                                      .where(profiles.c.workspace_id == ws))]
+        assert all('"revenue_by_currency"' in g for g in got) and (data / ".order-summaries-v2").exists()
     finally:
         gk.close()

@@ -10,8 +10,9 @@ Versions only grow; a version directory is written under a temporary name and re
 so a reader never sees half a version. A run that saves a version and then writes its outputs back
 (:func:`one_run_at_a_time`) leaves a ``.run`` marker in the model's directory while it runs: a run
 that fails after saving, or a process killed before the write-back finished, retires the version it
-saved (renamed ``.interrupted-v<N>-<time>``, kept for inspection, never loaded), so the registry
-never names a version whose scores the profiles do not hold (:func:`recover_interrupted_runs` at
+saved (renamed ``.interrupted-v<N>-<time>``, kept for inspection, never loaded; its number is not
+given again) unless its write-back had begun (:func:`note_writeback`), so the registry never names
+a version none of whose outputs the profiles hold (:func:`recover_interrupted_runs` at
 start-up; the schedule then finds the model due as it was). ``load`` checks the stored workspace, name, kind and
 definition hash against the model asking for it and raises :class:`ModelMismatch` when they differ:
 an artifact fitted for one model (or another workspace) never loads into another, even when its
@@ -23,6 +24,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -40,6 +42,7 @@ from pydantic import AfterValidator, Field
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound
 
+log = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
 _SAFE = re.compile(r"^[A-Za-z0-9_\-]{1,100}\Z")
 _VERSION_DIR = re.compile(r"^v(\d+)\Z")
@@ -98,12 +101,53 @@ def run_lock(root: Path, ws: str, name: str) -> threading.RLock:
 
 _RUN_MARK = ".run"
 _RUN_DEPTH: dict[Path, int] = {}
+_INTERRUPTED = re.compile(r"^\.interrupted-v(\d+)-")
+# the model directories of the runs going on, by workspace (note_writeback marks them)
+_ACTIVE: dict[str, set[Path]] = {}
+_WRITING: set[Path] = set()  # those of them marked as writing
+_ACTIVE_GUARD = threading.Lock()
+
+
+def note_writeback(ws: str) -> None:
+    """Called by the write-back paths (goldkey.insight.writeback, the feedback-text writes) before
+    they write a model's outputs: the runs of ``ws`` going on are past saving their version and their
+    outputs start to land on profiles, so a failure from here on keeps the version (the profiles
+    may hold part of it; the next run replaces it) instead of retiring it. Runs of other models of
+    the workspace going on at the same moment are marked too: they then keep their version on a
+    failure, as before this marker existed."""
+    with _ACTIVE_GUARD:  # one writer of the markers at a time (a run writes scores and reasons on two threads)
+        for d in list(_ACTIVE.get(ws, ())):
+            if d in _WRITING:
+                continue
+            mark = d / _RUN_MARK
+            try:
+                _write_mark(mark, {**orjson.loads(mark.read_bytes()), "writing": True})
+            except (OSError, orjson.JSONDecodeError):  # never fails a write-back: the marker only dates it
+                log.exception("could not mark the run in %s as writing", d)
+            _WRITING.add(d)
+
+
+def _write_mark(mark: Path, info: dict[str, Any]) -> None:
+    tmp = mark.with_name(mark.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(orjson.dumps(info))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, mark)
 
 
 def _versions_in(d: Path) -> list[int]:
     if not d.is_dir():
         return []
     return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_DIR.match(p.name)) and p.is_dir())
+
+
+def _highest_number(d: Path) -> int:
+    """The highest version number ever given in ``d``, retired ones included (never given again)."""
+    if not d.is_dir():
+        return 0
+    found = (_VERSION_DIR.match(p.name) or _INTERRUPTED.match(p.name) for p in d.iterdir())
+    return max((int(m.group(1)) for m in found if m), default=0)
 
 
 def _retire(d: Path, keep: set[int]) -> list[int]:
@@ -115,22 +159,25 @@ def _retire(d: Path, keep: set[int]) -> list[int]:
     return gone
 
 
-def _begin_run(d: Path) -> None:
+def _begin_run(d: Path, ws: str | None = None) -> None:
     d.mkdir(parents=True, exist_ok=True)
-    mark = d / _RUN_MARK
-    with open(mark, "wb") as fh:
-        fh.write(orjson.dumps({"started_at": to_iso(utcnow()), "pid": os.getpid(), "versions": _versions_in(d)}))
-        fh.flush()
-        os.fsync(fh.fileno())
+    _write_mark(d / _RUN_MARK, {"started_at": to_iso(utcnow()), "pid": os.getpid(), "versions": _versions_in(d)})
+    if ws is not None:
+        with _ACTIVE_GUARD:
+            _ACTIVE.setdefault(ws, set()).add(d)
 
 
-def _end_run(d: Path, ok: bool) -> None:
+def _end_run(d: Path, ok: bool, ws: str | None = None) -> None:
+    if ws is not None:
+        with _ACTIVE_GUARD:
+            _ACTIVE.get(ws, set()).discard(d)
+            _WRITING.discard(d)
     mark = d / _RUN_MARK
     try:
         before = orjson.loads(mark.read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
         return
-    if not ok:
+    if not ok and not before.get("writing"):
         _retire(d, set(before.get("versions", [])))
     mark.unlink(missing_ok=True)
 
@@ -145,10 +192,11 @@ def recover_interrupted_runs(root: Path) -> list[str]:
     for mark in sorted(root.glob(f"*/*/{_RUN_MARK}")):
         d = mark.parent
         try:
-            before = set(orjson.loads(mark.read_bytes()).get("versions", []))
+            info = orjson.loads(mark.read_bytes())
         except orjson.JSONDecodeError:  # cut off while written: the run had saved nothing yet
-            before = set(_versions_in(d))
-        out += [f"{d.parent.name}/{d.name} v{v}" for v in _retire(d, before)]
+            info = {"versions": _versions_in(d)}
+        if not info.get("writing"):  # past that, profiles may hold part of it: kept, the next run replaces it
+            out += [f"{d.parent.name}/{d.name} v{v}" for v in _retire(d, set(info.get("versions", [])))]
         mark.unlink(missing_ok=True)
     return out
 
@@ -176,7 +224,7 @@ def one_run_at_a_time(name: str | Callable[..., str | None]) -> Callable[[_F], _
                 ok = False
                 try:
                     if depth == 0:
-                        _begin_run(d)
+                        _begin_run(d, ws)
                     out = fn(self, ws, *args, **kwargs)
                     ok = True
                     return out
@@ -184,7 +232,7 @@ def one_run_at_a_time(name: str | Callable[..., str | None]) -> Callable[[_F], _
                     _RUN_DEPTH[d] = depth
                     if depth == 0:
                         del _RUN_DEPTH[d]
-                        _end_run(d, ok)
+                        _end_run(d, ok, ws)
 
         return inner  # type: ignore[return-value]
 
@@ -266,7 +314,7 @@ class ModelRegistry:
             try:
                 (tmp / "artifact.json").write_bytes(orjson.dumps(artifact, option=opt))
                 while True:
-                    version = (self.versions(ws, name) or [0])[-1] + 1
+                    version = _highest_number(d) + 1  # a retired version's number is never given again
                     meta = {"workspace_id": ws, "name": name, "kind": kind, "version": version,
                             "definition": definition, "definition_hash": definition_hash(definition),
                             "created_at": created, "metrics": metrics}

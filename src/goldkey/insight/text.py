@@ -62,7 +62,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from goldkey.core.clock import to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
-from goldkey.insight.registry import AsOf, ModelRegistry, ModelVersion, RefitEveryHours, one_run_at_a_time
+from goldkey.insight.registry import (
+    AsOf,
+    ModelRegistry,
+    ModelVersion,
+    RefitEveryHours,
+    note_writeback,
+    one_run_at_a_time,
+)
 from goldkey.rules.values import as_of_utc
 from goldkey.store.operational import feedback, feedback_insights, profiles
 
@@ -670,6 +677,7 @@ class FeedbackTextService:
                                   metrics=metrics)
 
     def _write_insights(self, ws: str, analysed: list[dict[str, Any]], version: int) -> int:
+        note_writeback(ws)  # the run's outputs start to land: a failure from here keeps its version
         now = utcnow()
         rows = [{"workspace_id": ws, "feedback_id": a["feedback_id"], "profile_id": a["profile_id"],
                  "language": a["language"], "sentiment": -1.0 if a["sentiment"] is None else a["sentiment"],
@@ -758,6 +766,7 @@ class FeedbackTextService:
     def _set_tag(self, ws: str, name: str, values: dict[str, Any], source: str) -> int:
         """Set a model tag on exactly these profiles and remove it from all others (one Tag Changed
         event per change), through the tag service's shared model write path."""
+        note_writeback(ws)  # the run's outputs start to land: a failure from here keeps its version
         return int(self.tags.set_model_values(ws, name, values, source).changed)
 
     # -- alerts ---------------------------------------------------------------------------------

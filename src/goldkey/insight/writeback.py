@@ -68,6 +68,7 @@ import sqlalchemy as sa
 from goldkey.audience.catalog import declare_field
 from goldkey.audience.common import emit_event_columns
 from goldkey.audience.tags import WRITE_CHUNK, ModelTagPlan, tag_change_events
+from goldkey.insight.registry import note_writeback
 
 CHUNK = 5000
 
@@ -516,6 +517,7 @@ def write_model_outputs(gk_parts: Any, ws: str, owned: Iterable[str], profile_id
     The tags are written as the plans say without comparing the row's value first: a model's tags
     are written by the model alone, and a tag value that a merge of profiles brought in meanwhile is
     replaced by the model's, as a score is."""
+    note_writeback(ws)  # the run's outputs start to land: a failure from here keeps its version
     owned = tuple(owned)
     if len(profile_ids) != len(patches):
         raise ValueError(f"{len(profile_ids)} profiles but {len(patches)} score patches")
@@ -599,6 +601,7 @@ def write_profile_insight_texts(gk_parts: Any, ws: str, model: str, version: int
     changed), ``WRITE_CHUNK`` profiles per writer command so that event commits go on in between;
     then the rows of profiles absent from ``profile_ids`` are deleted. While it runs, a reader may
     see some profiles at the new version and others at the previous one."""
+    note_writeback(ws)  # the run's outputs start to land: a failure from here keeps its version
     from goldkey.core.clock import utcnow
     from goldkey.store.operational import profile_insights as t
     from goldkey.store.operational import timestamp_param
@@ -683,6 +686,7 @@ def write_profile_reasons(analytical: Any, ws: str, model: str, version: int, pr
     No index on ``profile_id``: DuckDB's ART index made one profile's read 1 ms instead of 3-4 ms
     (zone maps over the sorted rows), but deleting a million rows of the previous version through it
     took 29 s at 1M."""
+    note_writeback(ws)  # the run's outputs start to land: a failure from here keeps its version
     ids = profile_ids if isinstance(profile_ids, pa.Array) else pa.array(profile_ids, pa.string())
     texts = (payloads.to_arrow() if isinstance(payloads, pl.Series) else
              payloads if isinstance(payloads, pa.Array) else pa.array(payloads, pa.string()))
