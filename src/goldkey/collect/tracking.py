@@ -138,6 +138,13 @@ class TrackedEvent:
     # the workspace's custom identifier types read the same ones as the built-in types
     id_traits: tuple[dict[str, Any], ...] = ()
 
+    @property
+    def seen_at(self) -> int:
+        """When the customer was seen through this event (epoch µs): its time, but never after it
+        arrived (a client clock years ahead, without sentAt to correct it, must not date a profile's
+        first or last activity, or a consent decision, in the future for good)."""
+        return self.timestamp if self.timestamp <= self.received_at else self.received_at
+
 
 def normalise_event(
     body: Any,

@@ -503,7 +503,7 @@ class Writer:
             d = None
             for (ws, source, ev), ids in zip(keep, normalised, strict=True):
                 if ev.type == "alias" and ev.previous_id:
-                    at = micros_to_datetime(_seen_at(ev))
+                    at = micros_to_datetime(ev.seen_at)
                     pid = graph.resolve(uow, ws, ids, at, source, _first_seen_context(ev))
                     pid = graph.alias(uow, ws, pid, ev.previous_id, at, source)
                     last_ids = None
@@ -515,7 +515,7 @@ class Writer:
                         # a returning user's identifiers are all cached with one owner: skip
                         # building the first-seen context that only a new profile needs
                         pid = graph.known_owner(ws, ids) or graph.resolve(
-                            uow, ws, ids, micros_to_datetime(_seen_at(ev)), source, _first_seen_context(ev)
+                            uow, ws, ids, micros_to_datetime(ev.seen_at), source, _first_seen_context(ev)
                         )
                         pid_memo[rkey] = pid
                     last_ids, last_ws = ids, ws
@@ -527,7 +527,7 @@ class Writer:
                     d = deltas.get(pid) or uow.delta(pid)
                 assert d is not None
                 profile_ids.append(pid)
-                seen = _seen_at(ev)
+                seen = ev.seen_at
                 if d.last_seen is None or seen > d.last_seen:
                     d.last_seen = seen
                 if d.first_seen is None or seen < d.first_seen:
@@ -791,13 +791,6 @@ def compact_event(
 
 def _compact(ev: TrackedEvent, at: datetime) -> dict[str, Any]:
     return compact_event(ev.message_id, at, ev.type, ev.event or ev.name, ev.properties)
-
-
-def _seen_at(ev: TrackedEvent) -> int:
-    """When a profile was seen through ``ev`` (epoch µs): its time, but never after it arrived (a
-    client clock years ahead, without sentAt to correct it, must not date a profile's first or last
-    activity in the future for good)."""
-    return ev.timestamp if ev.timestamp <= ev.received_at else ev.received_at
 
 
 def _first_seen_context(ev: TrackedEvent) -> dict[str, Any]:

@@ -173,9 +173,8 @@ class ConsentCollector:
             owner = self._owners(c, found)
             latest: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
             for ws, pid, ev, decisions in found:
-                # decided no later than received: a client clock years ahead (no sentAt to correct
-                # it) must not make this decision outrank every later one, an opt-out included
-                at = micros_to_datetime(min(ev.timestamp, ev.received_at))
+                # decided no later than received (a clock years ahead must not outrank a later opt-out)
+                at = micros_to_datetime(ev.seen_at)
                 # the userId decides, as it does for the events an undo moves back: a survivor's own
                 # userId is no merged customer's, so the decision stays on the survivor even when the
                 # identify also carries the merged-away device's anonymousId
