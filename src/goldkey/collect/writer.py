@@ -844,7 +844,6 @@ def finish_unmerges(ctx: WriteContext, merge_ids: list[str] | None = None) -> in
     The work is written in the undo's own operational transaction, so an analytical failure or a
     crash between the two stores leaves it there for the repair (the writer's next commit, or the
     next start) instead of losing it."""
-    from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY as own
     from goldkey.collect.importer import refresh_order_summaries
     from goldkey.store.operational import merges
 
@@ -873,46 +872,39 @@ def finish_unmerges(ctx: WriteContext, merge_ids: list[str] | None = None) -> in
             now_live = sorted({live[p] for p in pair if p in live})
             refresh_order_summaries(ctx, conn, ws, now_live)
             rebuild_recent_events(ctx, conn, ws, now_live)
-            # last seen: the survivor no longer has the restored profile's later events
-            # (an event counts as seen no later than it arrived, as on ingestion; Goldkey's own events,
-            # a model run's Tag Changed stamped now, are no sight of the customer)
-            seen = ctx.analytical.query(
-                'SELECT canonical_id, max(least("timestamp", received_at)) FROM events_resolved WHERE workspace_id = ? '
-                "AND canonical_id IN (SELECT unnest(?::VARCHAR[])) "
-                "AND NOT (type = 'track' AND event IN (SELECT unnest(?::VARCHAR[]))) GROUP BY 1",
-                [ws, now_live, list(own)])
-            for pid, last in seen:
-                if last is not None:
-                    conn.execute(profiles.update().where(profiles.c.profile_id == pid).values(last_seen_at=last))
-            _first_seen_from_events(ctx, conn, ws, now_live)
+            _seen_from_events(ctx, conn, ws, now_live)
             _known_from_kept_records(ctx, conn, ws, now_live)
         conn.execute(merges.update().where(merges.c.merge_id.in_([r.merge_id for r in rows]))
                      .values(analytical_pending=None))
     return len(rows)
 
 
-def _first_seen_from_events(ctx: WriteContext, conn: sa.Connection, ws: str, pids: list[str]) -> None:
-    """After an undo, a profile first seen through tracking is first seen at its own earliest event:
-    an older event of the merged-away customer, received while the merge stood, had moved the
-    survivor's first-seen time back, and the restored profile's own older event was not counted in
-    its snapshot. A first-seen time from an import (a registration date) is left as it is."""
-    rows = conn.execute(sa.select(profiles.c.profile_id, profiles.c.first_seen_at, profiles.c.first_seen_source)
-                        .where(profiles.c.profile_id.in_(pids))).all()
-    tracked = [r.profile_id for r in rows if not str(r.first_seen_source or "").startswith("import:")]
-    if not tracked:
-        return
+def _seen_from_events(ctx: WriteContext, conn: sa.Connection, ws: str, pids: list[str]) -> None:
+    """After an undo, date each of the two profiles by its own events (one scan for both times):
+    last seen at its latest, as the survivor no longer has the restored profile's later events; and a
+    profile first seen through tracking at its earliest, as an older event of the merged-away
+    customer received while the merge stood had moved the survivor's first sight back, and the
+    restored profile's snapshot did not count its own. A first-seen time from an import (a
+    registration date) is left as it is. An event counts as seen no later than it arrived, as on
+    ingestion; Goldkey's own events (a model run's Tag Changed, stamped now) are no sight of the
+    customer."""
     from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 
+    p = profiles.c
+    imported = {pid for pid, source in conn.execute(sa.select(p.profile_id, p.first_seen_source)
+                                                    .where(p.profile_id.in_(pids)))
+                if str(source or "").startswith("import:")}
     seen = 'least("timestamp", received_at)'
-    for pid, at, source, context in ctx.analytical.query(
-            f"SELECT canonical_id, min({seen}), arg_min(source, {seen}), arg_min(context, {seen}) "
+    for pid, last, first, source, context in ctx.analytical.query(
+            f"SELECT canonical_id, max({seen}), min({seen}), arg_min(source, {seen}), arg_min(context, {seen}) "
             "FROM events_resolved WHERE workspace_id = ? AND canonical_id IN (SELECT unnest(?::VARCHAR[])) "
             "AND NOT (type = 'track' AND event IN (SELECT unnest(?::VARCHAR[]))) GROUP BY 1",
-            [ws, tracked, list(NOT_CUSTOMER_ACTIVITY)]):
-        if at is not None:
-            ctx_json = orjson.dumps(_context_fields(orjson.loads(context) if context else {})).decode()
-            conn.execute(profiles.update().where(profiles.c.profile_id == pid).values(
-                first_seen_at=at, first_seen_source=source, first_seen_context=ctx_json))
+            [ws, pids, list(NOT_CUSTOMER_ACTIVITY)]):
+        values: dict[str, Any] = {"last_seen_at": last}
+        if pid not in imported:
+            values.update(first_seen_at=first, first_seen_source=source, first_seen_context=orjson.dumps(
+                _context_fields(orjson.loads(context) if context else {})).decode())
+        conn.execute(profiles.update().where(p.profile_id == pid).values(**values))
 
 
 def _known_from_kept_records(ctx: WriteContext, conn: sa.Connection, ws: str, pids: list[str]) -> None:
