@@ -141,11 +141,7 @@ class AnalyticalStore:
                 con.close()
                 announced = self._announced.pop(id(con), None) or []
             for args in announced:
-                for listen in list(self.own_event_listeners):
-                    try:
-                        listen(*args)
-                    except Exception:  # a listener never fails a write that is already durable
-                        log.exception("own-event listener failed")
+                self._tell(*args)
 
     def announce(self, con: Any, ws: str, profile_ids: Any, events: Any, properties: Any, at: Any) -> None:
         """Tell :attr:`own_event_listeners` about own events written through ``con`` once its
@@ -155,11 +151,14 @@ class AnalyticalStore:
         pending = self._announced.get(id(con)) if con is not None else None
         if pending is not None:
             pending.append((ws, profile_ids, events, properties, at))
-            return
+        else:
+            self._tell(ws, profile_ids, events, properties, at)
+
+    def _tell(self, *args: Any) -> None:
         for listen in list(self.own_event_listeners):
             try:
-                listen(ws, profile_ids, events, properties, at)
-            except Exception:
+                listen(*args)
+            except Exception:  # a listener never fails a write that is already durable
                 log.exception("own-event listener failed")
 
     def rebuild_profile_map(self, con: duckdb.DuckDBPyConnection, rows: list[tuple[str, str, str]]) -> None:
