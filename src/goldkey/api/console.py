@@ -24,7 +24,7 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import orjson
 import sqlalchemy as sa
@@ -40,7 +40,7 @@ from goldkey.audience.common import NOT_CUSTOMER_ACTIVITY
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import InvalidInput
 from goldkey.insight.purchases import excluded_statuses, status_filter
-from goldkey.insight.reports import workspace_timezone
+from goldkey.insight.reports import workspace_timezone, zone_name
 from goldkey.insight.rfm import GRID, GROUPS
 from goldkey.runtime import Goldkey
 from goldkey.store.operational import profile_scores, profiles
@@ -216,9 +216,9 @@ async def get_overview(gk: GK, cred: Admin, days: Annotated[int, Query(ge=1, le=
     by the calendar of the workspace's time zone."""
     if tz is not None:
         try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise InvalidInput(f"unknown time zone {tz!r}", field="tz") from None
+            zone_name(tz)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="tz") from None
     return await run_in_threadpool(overview, gk, cred.workspace_id, days=days, as_of=as_of, tz=tz)
 
 

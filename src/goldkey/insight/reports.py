@@ -54,7 +54,8 @@ def _validated(model: type[BaseModel], data: Any) -> Any:
     return validated(model, data or {})
 
 
-def _zone(tz: str) -> str:
+def zone_name(tz: str) -> str:
+    """``tz`` when it names a time zone; ValueError otherwise."""
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -241,7 +242,7 @@ class CohortRequest(BaseModel):
     @field_validator("tz")
     @classmethod
     def _tz(cls, v: str | None) -> str | None:
-        return None if v is None else _zone(v)
+        return None if v is None else zone_name(v)
 
 
 _COHORT_SQL = """
