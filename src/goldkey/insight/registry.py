@@ -12,8 +12,8 @@ so a reader never sees half a version. A run that saves a version and then write
 that fails after saving, or a process killed before the write-back finished, retires the version it
 saved (renamed ``.interrupted-v<N>-<time>``, kept for inspection, never loaded; its number is not
 given again) unless its write-back had begun (:func:`note_writeback`), so the registry never names
-a version none of whose outputs the profiles hold (:func:`recover_interrupted_runs` at
-start-up; the schedule then finds the model due as it was). ``load`` checks the stored workspace, name, kind and
+a version none of whose outputs the profiles hold (:func:`recover_interrupted_runs` at start-up;
+the schedule then finds the model due as it was). ``load`` checks the stored workspace, name, kind and
 definition hash against the model asking for it and raises :class:`ModelMismatch` when they differ:
 an artifact fitted for one model (or another workspace) never loads into another, even when its
 directory was copied there; ``list`` leaves such a copy out.
@@ -208,8 +208,9 @@ def one_run_at_a_time(name: str | Callable[..., str | None]) -> Callable[[_F], _
     last: profiles holding v1's scores beside v2's reasons while the registry says v2. ``name`` is
     the model name, or a function of the call's arguments giving it (None: the run keeps nothing and
     takes no lock). The data directory belongs to one process, so a lock of the process is enough.
-    A run that raises after saving a version retires it (as does the next start after a run cut off
-    by a killed process): the registry never names a version whose write-back did not finish."""
+    A run that raises after saving a version, before its write-back began (:func:`note_writeback`),
+    retires it, as does the next start after a run a killed process cut off there; past that point
+    the version is kept (the profiles may hold part of it) and the next run replaces it."""
 
     def wrap(fn: _F) -> _F:
         @functools.wraps(fn)
