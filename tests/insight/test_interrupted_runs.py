@@ -8,6 +8,8 @@ for a day."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,31 @@ def _orders(gk: Goldkey, ws: str, tmp: Path) -> None:
     assert gk.importer.run(ws, "orders", f, {}).quarantined == 0
 
 
+@contextmanager
+def _opened(data: Path) -> Iterator[Goldkey]:
+    """An instance on ``data`` for a block; closing it is the "stop" a next opening starts after."""
+    gk = Goldkey.open(Settings(data_dir=data))
+    try:
+        yield gk
+    finally:
+        gk.close()
+
+
+def _with_orders(gk: Goldkey, tmp: Path) -> str:
+    """A new workspace with the orders of :func:`_orders`; its id."""
+    ws = gk.workspaces.create("A").workspace_id
+    _orders(gk, ws, tmp)
+    return ws
+
+
+def _summaries(gk: Goldkey, ws: str) -> list[str]:
+    from goldkey.store.operational import profiles
+
+    with gk.engine.connect() as c:
+        return [r.order_summary for r in c.execute(sa.select(profiles.c.order_summary)
+                                                   .where(profiles.c.workspace_id == ws))]
+
+
 def _stored_versions(gk: Goldkey, ws: str) -> set[float]:
     from goldkey.store.operational import profile_scores
 
@@ -44,10 +71,8 @@ def _stored_versions(gk: Goldkey, ws: str) -> set[float]:
 
 
 def test_a_run_that_fails_after_saving_retires_its_version(tmp_path: Path, monkeypatch: Any) -> None:
-    gk = Goldkey.open(Settings(data_dir=tmp_path / "d"))
-    try:
-        ws = gk.workspaces.create("A").workspace_id
-        _orders(gk, ws, tmp_path)
+    with _opened(tmp_path / "d") as gk:
+        ws = _with_orders(gk, tmp_path)
         svc = RFMService.from_goldkey(gk)
         svc.run(ws, {"as_of": AS_OF.isoformat()})
         assert _stored_versions(gk, ws) == {1.0}
@@ -85,16 +110,12 @@ def test_a_run_that_fails_after_saving_retires_its_version(tmp_path: Path, monke
             svc.run(ws, {"as_of": AS_OF.isoformat()})
         assert svc.registry.versions(ws, "rfm") == [1, 3, 4]
         assert not (d / ".run").exists()
-    finally:
-        gk.close()
 
 
 def test_a_run_cut_off_by_a_killed_process_is_retired_at_the_next_start(tmp_path: Path) -> None:
     data = tmp_path / "d"
-    gk = Goldkey.open(Settings(data_dir=data))
-    try:
-        ws = gk.workspaces.create("A").workspace_id
-        _orders(gk, ws, tmp_path)
+    with _opened(data) as gk:
+        ws = _with_orders(gk, tmp_path)
         svc = RFMService.from_goldkey(gk)
         svc.run(ws, {"as_of": AS_OF.isoformat()})
         # what a process killed between saving v2 and its write-back leaves: the marker, and v2
@@ -103,45 +124,32 @@ def test_a_run_cut_off_by_a_killed_process_is_retired_at_the_next_start(tmp_path
         first = svc.registry.load(ws, "rfm", 1, kind="rfm")
         svc.registry.save(ws, "rfm", kind="rfm", definition=first.definition, artifact=first.artifact, metrics={})
         assert svc.registry.versions(ws, "rfm") == [1, 2]
-    finally:
-        gk.close()
-    gk = Goldkey.open(Settings(data_dir=data))
-    try:
+    with _opened(data) as gk:
         svc = RFMService.from_goldkey(gk)
         assert svc.registry.versions(ws, "rfm") == [1]
         assert svc.registry.list(ws)[0]["version"] == 1 and _stored_versions(gk, ws) == {1.0}
         assert not (d / ".run").exists()
-    finally:
-        gk.close()
 
 
 def test_order_summaries_of_an_orders_import_cut_off_between_its_stores_are_recomputed(tmp_path: Path) -> None:
     from goldkey.store.operational import imports, profiles
 
     data = tmp_path / "d"
-    gk = Goldkey.open(Settings(data_dir=data))
-    try:
-        ws = gk.workspaces.create("A").workspace_id
-        _orders(gk, ws, tmp_path)
+    with _opened(data) as gk:
+        ws = _with_orders(gk, tmp_path)
         # the operational half of a second import committed (summaries counting its orders), the
         # analytical half never did, and the process died with the import 'running'
         with gk.engine.begin() as c:
             c.execute(profiles.update().where(profiles.c.workspace_id == ws)
                       .values(order_summary='{"orders": 99, "revenue": 1.0}'))
             c.execute(imports.update().where(imports.c.workspace_id == ws).values(status="running"))
-    finally:
-        gk.close()
-    gk = Goldkey.open(Settings(data_dir=data))
-    try:
+    with _opened(data) as gk:
         with gk.engine.connect() as c:
-            rows = c.execute(sa.select(profiles.c.order_summary).where(profiles.c.workspace_id == ws)).all()
             status = c.execute(sa.select(imports.c.status).where(imports.c.workspace_id == ws)).scalars().all()
         import orjson
 
-        counts = sorted(orjson.loads(r.order_summary)["orders"] for r in rows)
+        counts = sorted(orjson.loads(text)["orders"] for text in _summaries(gk, ws))
         assert counts == sorted(1 + c % 4 for c in range(40)) and status == ["failed"]
-    finally:
-        gk.close()
 
 
 def test_order_summaries_written_by_an_older_version_are_recomputed_once(tmp_path: Path) -> None:
@@ -150,21 +158,12 @@ def test_order_summaries_written_by_an_older_version_are_recomputed_once(tmp_pat
     from goldkey.store.operational import profiles
 
     data = tmp_path / "d"
-    gk = Goldkey.open(Settings(data_dir=data))
-    try:
-        ws = gk.workspaces.create("A").workspace_id
-        _orders(gk, ws, tmp_path)
+    with _opened(data) as gk:
+        ws = _with_orders(gk, tmp_path)
         with gk.engine.begin() as c:  # what the older version wrote: refunds counted, no currencies
             c.execute(profiles.update().where(profiles.c.workspace_id == ws)
                       .values(order_summary='{"orders": 5, "revenue": 600.0}'))
-    finally:
-        gk.close()
     (data / ".order-summaries-v2").unlink()  # a data directory of the older version has no marker
-    gk = Goldkey.open(Settings(data_dir=data))
-    try:
-        with gk.engine.connect() as c:
-            got = [r.order_summary for r in c.execute(sa.select(profiles.c.order_summary)
-                                                      .where(profiles.c.workspace_id == ws))]
+    with _opened(data) as gk:
+        got = _summaries(gk, ws)
         assert all('"revenue_by_currency"' in g for g in got) and (data / ".order-summaries-v2").exists()
-    finally:
-        gk.close()
