@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from rich.console import Console
 from test_console_e2e import Site, browser, page, pick, shot, sign_in  # noqa: F401 - fixtures
 
@@ -225,8 +226,16 @@ def campaign(pg: Any, site: Site, api: Any) -> None:
     assert len(api.get("/api/v1/campaigns").json()) == before  # the demo's own campaigns only
     shot(pg, "campaign-form-error")
     pg.get_by_label("文案（中文）").fill("{{ attributes.name }}您好，护理液第二瓶半价")
-    pg.get_by_role("button", name="保存草稿").click()
-    pg.wait_for_url(re.compile(r"/campaigns/cmp_|/campaigns/[a-z]+_"))
+    save = pg.get_by_role("button", name="保存草稿")
+    # Ant Design's button turns its loading state off one render after the page does, and ignores
+    # a click until then
+    save.and_(pg.locator(":not(.ant-btn-loading)")).wait_for()
+    save.click()
+    try:
+        pg.wait_for_url(re.compile(r"/campaigns/cmp_|/campaigns/[a-z]+_"), timeout=90_000)
+    except PlaywrightTimeout:
+        raise AssertionError(f"the draft was not saved; the page says {pg.get_by_role('alert').all_inner_texts()}, "
+                             f"the API lists {[c['name'] for c in api.get('/api/v1/campaigns').json()]}") from None
     cid = pg.url.rsplit("/", 1)[1]
     assert api.get(f"/api/v1/campaigns/{cid}").json()["status"] == "draft"
     pg.get_by_role("button", name=re.compile(r"启\s?动")).click()
