@@ -343,6 +343,54 @@ def test_trigger_entry_admits_whoever_the_trigger_fired_for(env: Any, eng: Journ
     assert r.status_code == 400 and message(r) == "node 'start' (entry): trigger 'trg_nope' does not exist"
 
 
+def test_goldkeys_own_events_enter_and_convert(env: Any, eng: JourneyEngine) -> None:
+    """Lifecycle Stage Changed and Tag Changed are written by model runs and tags straight to the
+    event log, not through the writer's commits: before, a journey entered on one (the lifecycle
+    doc's win-back: "moved to at_risk") never admitted anybody, and a goal on one never converted."""
+    from goldkey.audience.common import emit_events
+
+    ws, h, gk = env.ws.workspace_id, env.admin_auth(), env.gk
+    pids = make_profiles(env.client, env.write_auth(), gk, ws, 4)
+    to_risk = {"kind": "event", "event": "Lifecycle Stage Changed",
+               "where": [{"property": "to", "op": "eq", "value": "at_risk"}]}
+    d = journey("win-back", [node("start", "entry", kind="event", event=to_risk),
+                             node("w", "wait", duration={"days": 7}),
+                             node("back", "goal", event={"kind": "event", "event": "Tag Changed", "where": [
+                                 {"property": "tag", "op": "eq", "value": "lifecycle_stage"},
+                                 {"property": "to", "op": "eq", "value": "active"}]}),
+                             node("done", "exit")],
+                [edge("start", "w"), edge("w", "done")])
+    r = env.client.post("/api/v1/journeys", json=d, headers=h)
+    assert r.status_code == 201, r.text
+    jid = r.json()["journey_id"]
+    assert env.client.post(f"/api/v1/journeys/{jid}/publish", headers=h).status_code == 200
+    with gk.analytical.transaction() as con:
+        emit_events(gk.analytical, con, ws, [
+            (pids[0], "Lifecycle Stage Changed", {"from": "active", "to": "at_risk"}),
+            (pids[1], "Lifecycle Stage Changed", {"from": "at_risk", "to": "active"}),  # not this way
+            (pids[2], "Tag Changed", {"tag": "lifecycle_stage", "to": "at_risk"}),  # another event
+            (pids[3], "Lifecycle Stage Changed", {"from": None, "to": "at_risk"})], "insight")
+    try:
+        with gk.analytical.transaction() as con:  # rolled back: nobody enters
+            emit_events(gk.analytical, con, ws, [(pids[1], "Lifecycle Stage Changed", {"to": "at_risk"})], "insight")
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    t0 = utcnow()
+    assert eng.run_once(t0) == 2
+    st = states(gk, jid)
+    assert set(st) == {pids[0], pids[3]} and {s.node_id for s in st.values()} == {"w"}
+    with gk.analytical.transaction() as con:
+        emit_events(gk.analytical, con, ws, [(pids[0], "Tag Changed", {"tag": "lifecycle_stage", "to": "active"}),
+                                             (pids[3], "Tag Changed", {"tag": "rfm_group", "to": "active"})],
+                    "insight")
+    eng.run_once(t0 + timedelta(minutes=1))
+    st = states(gk, jid)
+    assert (st[pids[0]].status, st[pids[0]].node_id) == ("converted", "back")
+    assert (st[pids[3]].status, st[pids[3]].node_id) == ("active", "w")  # still waiting its 7 days
+    assert eng.last_error is None
+
+
 # --------------------------------------------------------------------------- splits and re-entry
 
 

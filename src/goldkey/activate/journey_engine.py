@@ -8,9 +8,12 @@ as in durable workflow engines such as Temporal: the history is the truth and re
 
 One runner thread does everything, in rounds:
 
-1. events the writer committed (``Writer.listeners``; the listener only queues): an event that
-   matches a journey's goal converts its customers (they exit as ``converted``, counted); one that
-   matches a ``wait until`` ends that wait; one that matches an event entry admits the customer;
+1. events the writer committed (``Writer.listeners``; the listener only queues) and Goldkey's own
+   events (Tag Changed, Lifecycle Stage Changed, segment_entered, ...: written by model runs, tags
+   and segments straight to the event log, heard through ``AnalyticalStore.own_event_listeners``
+   once committed): an event that matches a journey's goal converts its customers (they exit as
+   ``converted``, counted); one that matches a ``wait until`` ends that wait; one that matches an
+   event entry admits the customer;
 2. segment and trigger entries, read from ``segment_members`` / ``trigger_firings`` after the
    journey's ``entry_cursor`` (advanced in the same transaction as the admissions);
 3. due customers (``status = 'active' and wake_at <= now``) in batches: pure steps (entry,
@@ -34,13 +37,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from goldkey.activate.journeys import CompiledJourney, CompiledNode, JourneyService, compile_journey
@@ -137,6 +142,8 @@ class JourneyEngine:
         self._interest: dict[str, list[tuple[str, int]]] = {}  # ws -> live (journey, version) with events
         self._lock = threading.Lock()
         self._events: queue.SimpleQueue[tuple[str, str, Event]] = queue.SimpleQueue()
+        # own events, as the columns the analytical store announced: (ws, profile ids, names, properties, at)
+        self._own: queue.SimpleQueue[tuple[str, Any, Any, Any, datetime]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -177,8 +184,23 @@ class JourneyEngine:
 
     # -- the writer listener ----------------------------------------------------------------------
     def attach(self, writer: Any) -> None:
-        """Listen to the writer's durable commits."""
+        """Listen to the writer's durable commits and to Goldkey's own events."""
         writer.listeners.append(self._on_commit)
+        analytical = self.analytical
+        if analytical is not None and self._on_own_events not in analytical.own_event_listeners:
+            analytical.own_event_listeners.append(self._on_own_events)
+
+    def _on_own_events(self, ws: str, profile_ids: Any, events: Any, properties: Any, at: datetime) -> None:
+        """Goldkey's own events, once committed to the event log (on the thread that wrote them,
+        under the analytical store's write lock): only queued, for a workspace with live journeys;
+        the runner thread keeps those a journey names and matches them. The columns are the ones
+        the writer built for the log (Arrow arrays or fresh lists), never changed afterwards."""
+        with self._lock:
+            if ws not in self._interest:
+                return
+        if len(profile_ids):
+            self._own.put((ws, profile_ids, events, properties, at))
+            self._wake.set()
 
     def _on_commit(self, stored: list[tuple[str, str, Any]]) -> None:
         """On the writer thread: queue the events of workspaces with live journeys (never blocks)."""
@@ -253,7 +275,50 @@ class JourneyEngine:
         for ws, evs in by_ws.items():
             n += self._inside_events(ws, evs, now)
             n += self._event_entries(ws, evs, now)
+        while True:
+            try:
+                own = self._own.get_nowait()
+            except queue.Empty:
+                break
+            for ws, evs in self._own_events(*own):
+                n += self._inside_events(ws, evs, now)
+                n += self._event_entries(ws, evs, now)
         return n
+
+    def _listened(self, ws: str) -> set[str | None]:
+        """The event names the workspace's live journeys match (entries, waits, goals); None when
+        a clause names no event (every event is a candidate)."""
+        with self._lock:
+            live = list(self._interest.get(ws, ()))
+        names: set[str | None] = set()
+        for jid, version in live:
+            try:
+                cj = self.compiled(ws, jid, version)
+            except GoldkeyError:
+                continue
+            for node in (cj.entry, cj.goal, *cj.waits_for_events):
+                if node is not None and node.event is not None:
+                    names.add(getattr(node.event.rule, "event", None))
+        return names
+
+    def _own_events(self, ws: str, profile_ids: Any, events: Any, properties: Any, at: datetime,
+                    chunk: int = 5000) -> Iterator[tuple[str, list[tuple[str, Event]]]]:
+        """The own events a live journey of ``ws`` names, as ``(ws, [(profile, Event)])`` in chunks
+        (a model run can announce a million Tag Changed events; filtered by name with Arrow
+        first, so that those no journey listens to cost next to nothing)."""
+        names = self._listened(ws)
+        if not names:
+            return
+        cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c if isinstance(c, pa.Array)
+                else pa.array(list(c), pa.string()) for c in (profile_ids, events, properties)]
+        if None not in names:
+            keep = pc.is_in(cols[1], value_set=pa.array(sorted(names), pa.string()))  # type: ignore[type-var]
+            cols = [pc.filter(c, keep) for c in cols]
+        loads = orjson.loads
+        for lo in range(0, len(cols[0]), chunk):
+            pids, evs, props = (c.slice(lo, chunk).to_pylist() for c in cols)
+            yield ws, [(p, Event("track", e, at, loads(t) if t else {}, None))
+                       for p, e, t in zip(pids, evs, props, strict=True)]
 
     def _inside_events(self, ws: str, evs: list[tuple[str, Event]], now: datetime) -> int:
         """Goals and wait-until for customers already inside a journey."""
