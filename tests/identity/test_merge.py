@@ -872,6 +872,31 @@ def test_a_consent_decision_made_while_merged_goes_back_with_its_customer(env_an
     assert [(c["channel"], c["status"], c["source"]) for c in d["consents"]] == [("email", "granted", "import")]
 
 
+def test_an_imported_consent_decision_for_a_merged_away_customer_goes_back_with_them(env_any: Any,
+                                                                                    tmp_path: Any) -> None:
+    """Before, a customers file's opt-out for the merged-away customer (the row names their
+    user_id) was written over the survivor's own decision and stayed there after the undo, as an
+    identify's did until the fix above."""
+    env = env_any
+    _import(env, tmp_path, "customers", "crm_id,phone,email,name,registered_at,consent_email\n"
+                                        "C4,13655554444,dave@example.com,Dave,2021-05-05,是\n")
+    ident(env, "u1", userId="u-100", traits={"email": "u100@example.com", "consent": {"email": True}},
+          timestamp="2025-03-01T00:00:00Z")
+    ident(env, "u2", userId="u-100", traits={"phone": "13655554444"}, timestamp="2025-03-05T00:00:00Z")
+    dave = lookup(env, crm_id="C4")
+    assert len(dave["merges"]) == 1
+    # the merged-away customer's opt-out (their user_id leads), and one of Dave's own (his crm_id)
+    _import(env, tmp_path, "customers", "crm_id,user_id,email,consent_email,consent_sms,consent_updated_at\n"
+                                        ",u-100,u100@example.com,否,,2025-03-07\n"
+                                        "C4,,,,是,2025-03-08\n")
+    merged = lookup(env, crm_id="C4")
+    assert {c["channel"]: c["status"] for c in merged["consents"]} == {"email": "denied", "sms": "granted"}
+    _undo(env, dave["merges"][0]["merge_id"])
+    u, d = lookup(env, user_id="u-100"), lookup(env, crm_id="C4")
+    assert [(c["channel"], c["status"], c["source"]) for c in u["consents"]] == [("email", "denied", "import")]
+    assert sorted((c["channel"], c["status"]) for c in d["consents"]) == [("email", "granted"), ("sms", "granted")]
+
+
 def test_after_an_undo_a_survivor_without_events_is_last_seen_as_before(env_any: Any, tmp_path: Any) -> None:
     env = env_any
     _import(env, tmp_path, "customers", "crm_id,phone,name,registered_at\nC7,13655557777,Carol,2022-06-30\n")

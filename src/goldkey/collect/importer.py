@@ -30,7 +30,7 @@ from goldkey.collect.writer import WriteContext, Writer, _follow
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import InvalidInput, NotFound
 from goldkey.core.ids import new_id
-from goldkey.govern.consent import record_decisions
+from goldkey.govern.consent import merged_away_owners, record_decisions, standing_merges
 from goldkey.identity.graph import UnitOfWork, executemany, fetch_in, ts_column, ts_param
 from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.ops.metrics import METRICS
@@ -596,13 +596,21 @@ class Importer:
         upsert(conn, products, rows, ["workspace_id", "sku"], only={*fields, "updated_at"}, keep=fields)
         return len(rows)
 
-    def _consents(self, conn: sa.Connection, ws: str, df: pl.DataFrame, pids: list[str]) -> None:
+    def _consents(self, conn: sa.Connection, graph: Any, ws: str, df: pl.DataFrame, pids: list[str]) -> None:
         """Record the file's consent columns (``consent_<channel>``) as marketing consent decisions,
         in the import's transaction. A decision is dated ``consent_updated_at``, else ``registered_at``,
-        else the import time, and only replaces an older one (a later unsubscribe stands)."""
+        else the import time, and only replaces an older one (a later unsubscribe stands).
+
+        A row is the decision of the customer its highest-priority identifier names: when that
+        identifier came to the row's profile with a merged-away profile (a standing merge), the
+        decision is recorded on the merged-away profile, as an identify's under its ``userId`` is
+        (:class:`goldkey.govern.consent.ConsentCollector`): it counts across the merge while it
+        stands, never overwrites the survivor's own decision, and goes back with the customer who
+        made it on an undo."""
         cols = [c for c in CONSENT_FIELDS if c in df.columns and df[c].null_count() < df.height]
         if not cols:
             return  # no decision anywhere in the file
+        pids = self._consent_owners(conn, graph, ws, df, pids)
         now = utcnow()
         dated: list[pl.Series] = []
         for name in ("consent_updated_at", "registered_at"):
@@ -634,7 +642,34 @@ class Importer:
             ):
                 latest[(ws, pid, channel, "marketing")] = (as_utc(t), status, f"row {rec}")
         if latest:
-            record_decisions(conn, latest, source="import", actor="import:customers")
+            record_decisions(conn, latest, source="import", actor="import:customers", on_live=False)
+
+    @staticmethod
+    def _consent_owners(conn: sa.Connection, graph: Any, ws: str, df: pl.DataFrame, pids: list[str]) -> list[str]:
+        """Per row, the profile its consent decision belongs to: the row's (live) profile, or the
+        merged-away profile that brought the row's highest-priority identifier to it."""
+        merged = standing_merges(conn, ws)
+        survivors = {r.canonical_id for r in merged}.intersection(pids)
+        if not survivors:
+            return pids  # no row's profile holds a merged-away customer: nothing to look at
+        rows = [i for i, p in enumerate(pids) if p in survivors]
+        part = df[rows]
+        raw: list[tuple[str, pl.Series]] = [(f, part[f]) for f in IDENTIFIER_FIELDS if f in part.columns]
+        for name, trait in graph.custom_identifiers(ws):
+            raw.append((name, _trait_values(part, trait)))
+        rank = graph._rules_of(ws).rank
+        # the highest-priority identifier each of those rows names: (type, value)
+        top: list[tuple[str, str] | None] = [None] * len(rows)
+        for name, series in sorted(raw, key=lambda x: rank(x[0])):
+            for k, v in enumerate(graph.normalised_column(ws, name, series).to_list()):
+                if v is not None and top[k] is None:
+                    top[k] = (name, v)
+        owner = merged_away_owners(merged, survivors, {(ws, *t) for t in top if t is not None})
+        out = list(pids)
+        for i, t in zip(rows, top, strict=True):
+            if t is not None:
+                out[i] = owner.get((ws, *t), out[i])
+        return out
 
     def _customers(
         self, ctx: WriteContext, conn: sa.Connection, ws: str, df: pl.DataFrame, progress: Progress | None
@@ -648,7 +683,7 @@ class Importer:
         if uow.merged:
             canon = _follow(uow.merged)
             pids = [canon.get(p, p) for p in pids]
-        self._consents(conn, ws, df, pids)
+        self._consents(conn, ctx.graph, ws, df, pids)
         # Profiles a row created on its own were written with its attributes and registration
         # time already; the others (known customers, several rows of one customer) are merged
         # into what the profile holds.

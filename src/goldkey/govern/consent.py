@@ -8,6 +8,7 @@ without a row for a channel has not consented.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -207,11 +208,43 @@ class ConsentCollector:
                        sa.or_(*[sa.and_(m.workspace_id == ws, loser.c.canonical_id == pid)
                                 for ws, pid in live[a:a + 200]]))
                 .order_by(m.created_at.desc(), m.merge_id.desc())).all()
-            for r in rows:  # latest first: an earlier merge's loser overrides (it held the id first)
-                for t, v in orjson.loads(r.detail).get("loser_identities", []):
-                    if (r.workspace_id, t, v) in wanted:
-                        owner[(r.workspace_id, t, v)] = r.loser_id
+            _brought_by(rows, wanted, owner)
         return owner
+
+
+def _brought_by(rows: Iterable[Any], wanted: set[tuple[str, str, str]], owner: dict[tuple[str, str, str], str]) -> None:
+    """Fill ``owner`` (workspace, id type, value) -> merged-away profile from standing merges'
+    rows (``workspace_id``, ``loser_id``, ``detail``), latest merge first: an earlier merge's loser
+    overrides (it held the identifier first)."""
+    for r in rows:
+        for t, v in orjson.loads(r.detail).get("loser_identities", []):
+            if (r.workspace_id, t, v) in wanted:
+                owner[(r.workspace_id, t, v)] = r.loser_id
+
+
+def standing_merges(c: sa.Connection, ws: str) -> list[Any]:
+    """The standing merges of ``ws`` (``workspace_id``, ``loser_id``, ``detail``, and the loser's
+    ``canonical_id``: the live profile it lives on as), latest first: what
+    :func:`merged_away_owners` reads, in one query (an import names up to millions of profiles;
+    merges are far fewer)."""
+    m, loser = merges.c, profiles.alias("loser")
+    return list(c.execute(
+        sa.select(m.workspace_id, m.loser_id, m.detail, loser.c.canonical_id)
+        .join(loser, loser.c.profile_id == m.loser_id)
+        .where(m.workspace_id == ws, m.undone_at.is_(None))
+        .order_by(m.created_at.desc(), m.merge_id.desc())).all())
+
+
+def merged_away_owners(rows: Iterable[Any], survivors: Iterable[str], wanted: set[tuple[str, str, str]]
+                       ) -> dict[tuple[str, str, str], str]:
+    """(workspace, id type, value) -> the merged-away profile that brought that identifier to one
+    of ``survivors`` (live profiles) by one of the standing merges ``rows``
+    (:func:`standing_merges`): whose a consent decision made under it is."""
+    live = set(survivors)
+    owner: dict[tuple[str, str, str], str] = {}
+    if wanted:
+        _brought_by((r for r in rows if r.canonical_id in live), wanted, owner)
+    return owner
 
 
 def record_decisions(c: sa.Connection, latest: dict[tuple[str, str, str, str], tuple[Any, str, str]], *,
