@@ -397,6 +397,16 @@ def test_webhook_retries_with_backoff_then_dead_letter_and_redrive(env: Any, pro
     assert len(prov.requests) == n + 1 and _rows(env)[pids[1]].status == "sent"
     events = env.gk.analytical.query("SELECT event, count(*) FROM events WHERE event LIKE 'Message%' GROUP BY 1")
     assert dict(events) == {"Message Sent": 2, "Message Failed": 2}
+    # a customer who opted out after the message died is not sent it on a re-drive (before, the
+    # re-drive skipped the send-time re-check every other delivery makes)
+    set_consent(env.gk.engine, env.ws.workspace_id, pids[2], "push", "denied")
+    n = len(prov.requests)
+    r = env.client.post("/api/v1/messages/redrive", json={"message_ids": [rows[pids[2]].message_id]},
+                        headers=env.admin_auth())
+    assert r.status_code == 200 and (r.json()["sent"], r.json()["failed"]) == (0, 1), r.text
+    assert len(prov.requests) == n
+    row = _rows(env)[pids[2]]
+    assert (row.status, row.reason) == ("failed", "not sent: opted out of push/marketing after it was queued")
 
 
 def test_timeout_after_the_request_went_out_is_never_sent_twice(env: Any, provider: Any) -> None:

@@ -529,7 +529,9 @@ class Sender:
                 updated_at=utcnow())).rowcount
 
     def redrive(self, ws: str, message_ids: Sequence[str]) -> DeliveryReport:
-        """Send dead-lettered messages again from their stored payload (raise InvalidInput if none)."""
+        """Send dead-lettered messages again from their stored payload (raise InvalidInput if none),
+        each re-checked first as every queued message is (:meth:`_recheck`): a customer who opted
+        out or was suppressed since the message died is not sent it (it is failed with the reason)."""
         m = messages.c
         with self.engine.begin() as c:
             rows = c.execute(sa.select(m.message_id, m.channel_id, m.payload).where(
@@ -543,6 +545,9 @@ class Sender:
             claimed = self._claim(ws, [r.message_id])
             if not claimed:
                 report.skipped += 1
+                continue
+            claimed = self._recheck(ws, list(claimed), report)
+            if not claimed:
                 continue
             ch = self.channels.open(ws, r.channel_id)
             msg = OutboundMessage(**orjson.loads(r.payload))

@@ -205,7 +205,8 @@ class Redrive(BaseModel):
 
 @router.post("/api/v1/messages/redrive")
 async def redrive(body: Redrive, gk: GK, cred: Admin) -> dict[str, Any]:
-    """Send dead-lettered messages again from their stored payload (each at most once more)."""
+    """Send dead-lettered messages again from their stored payload (each at most once more), to
+    customers who may still be sent them (consent and suppressions are checked again)."""
     sender, _ = activation(gk)
     rep = await run_in_threadpool(sender.redrive, cred.workspace_id, body.message_ids)
     return asdict(rep)
