@@ -57,3 +57,17 @@ def test_call_list_reaches_only_call_consented_customers(env: Any, tmp_path: Pat
     r = env.client.get(f"/api/v1/segments/{seg['segment_id']}/export?kind=call_list&mask=false", headers=h)
     exported = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
     assert exported[1:] == [[pid["u0"], "张三", "+8613912340000", "上海", "gold"]]
+    # a do-not-call entry (a suppression on call, or on every channel) keeps a consenting customer
+    # off the export as it keeps them off the channel; before, the export read consent alone
+    for channel in ("call", "*"):
+        r = env.client.post("/api/v1/suppressions", json={"profile_ids": [pid["u0"]], "channel": channel,
+                                                          "reason": "do-not-call registry"}, headers=h)
+        assert r.status_code == 200 and r.json()["suppressed"] == 1, r.text
+        r = env.client.get(f"/api/v1/segments/{seg['segment_id']}/export?kind=call_list&mask=false", headers=h)
+        assert list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))[1:] == []
+        r = env.client.post("/api/v1/suppressions", json={"profile_ids": [pid["u0"]], "channel": channel,
+                                                          "reason": "lifted", "expires_at": "2000-01-01T00:00:00Z"},
+                            headers=h)  # an expired suppression stands no more
+        assert r.status_code == 200, r.text
+    r = env.client.get(f"/api/v1/segments/{seg['segment_id']}/export?kind=call_list&mask=false", headers=h)
+    assert len(list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))) == 2

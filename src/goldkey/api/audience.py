@@ -223,7 +223,8 @@ async def explain_members(gk: GK, cred: Admin, segment_id: str, profile_ids: lis
 async def export_segment(gk: GK, cred: Admin, segment_id: str,
                          kind: Annotated[str, Query(description="csv | call_list")] = "csv",
                          mask: Annotated[bool, Query(description="Mask phone numbers")] = True) -> StreamingResponse:
-    """The members as CSV; ``call_list`` keeps only members who consented to calls and have a phone."""
+    """The members as CSV; ``call_list`` keeps only members who consented to calls, are not suppressed
+    on call or * (a do-not-call entry) and have a phone."""
     await run_in_threadpool(gk.segments.get, cred.workspace_id, segment_id)
     if kind not in ("csv", "call_list"):
         raise InvalidInput("kind must be csv or call_list", field="kind")

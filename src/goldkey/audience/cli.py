@@ -151,7 +151,8 @@ def segment_overlap(segment_ids: list[str], workspace: Workspace = "", data_dir:
 @segment_app.command("export")
 def segment_export(segment_id: str,
                    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write")],
-                   kind: Annotated[str, typer.Option(help="csv | call_list (consented, with a phone)")] = "csv",
+                   kind: Annotated[str, typer.Option(
+                       help="csv | call_list (consented, not suppressed, with a phone)")] = "csv",
                    mask: Annotated[bool, typer.Option("--mask/--no-mask", help="Mask phone numbers")] = True,
                    workspace: Workspace = "", data_dir: DataDir = None) -> None:
     """Export the members as CSV, or as an outbound-call list."""

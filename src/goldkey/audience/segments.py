@@ -355,10 +355,12 @@ class SegmentService:
 
     def export_rows(self, ws: str, sid: str, *, kind: str = "csv", mask: bool = True) -> list[list[Any]]:
         """Rows of an export, header first. ``csv``: every member with name, phone, e-mail.
-        ``call_list``: only members whose latest ``call`` decision for marketing, across every
-        profile merged into them, is granted (``govern.consent.latest_decision``, the rule the send
-        guardrails and the call-list channel apply) and who have a phone; the phone
-        shown in full or masked (``mask``). Read in one go, so a download holds no connection."""
+        ``call_list``: only members who may be called for marketing and have a phone: their latest
+        ``call`` decision, across every profile merged into them, is granted and no suppression on
+        ``call`` or ``*`` stands (a do-not-call entry, a complaint): the send guardrails' own check
+        (:meth:`goldkey.activate.guardrails.Guardrails.recheck`), which the call-list channel applies
+        too. The phone shown in full or masked (``mask``). Read in one go, so a download holds no
+        connection."""
         if kind not in ("csv", "call_list"):
             raise InvalidInput("export kind must be csv or call_list", field="kind")
         self._row(ws, sid)
@@ -373,6 +375,12 @@ class SegmentService:
              .order_by(M.profile_id, ph.c.id_value))
         with self.engine.connect() as c:
             found = c.execute(q).all()
+        stopped: dict[str, str] = {}
+        if call_list:
+            from goldkey.activate.guardrails import Guardrails
+
+            callable_ = list(dict.fromkeys(r.profile_id for r in found if r.consent == "granted" and r.phone))
+            stopped = Guardrails(self.engine).recheck(ws, "call", "marketing", callable_)
         out: list[list[Any]] = [["profile_id", "name", "phone", "city", "member_tier"] if kind == "call_list"
                                 else ["profile_id", "name", "phone", "email", "city"]]
         seen: set[str] = set()
@@ -382,7 +390,7 @@ class SegmentService:
             seen.add(r.profile_id)
             a = orjson.loads(r.attributes)
             if call_list:
-                if r.consent != "granted" or not r.phone:
+                if r.consent != "granted" or not r.phone or r.profile_id in stopped:
                     continue
                 out.append([r.profile_id, a.get("name"), show(r.phone), a.get("city"), a.get("member_tier")])
             else:
