@@ -106,9 +106,13 @@ ROWS = [
     # C3: the later row was decided earlier: the first row's decision stands
     ["C3", "13900000003", "2024-01-01", "退订", "", "2024-05-01 10:00:00"],
     ["", "13900000003", "2024-01-01", "Y", "拒绝", "2024-01-01 10:00:00"],
-    # C4: no consent_updated_at: dated by registered_at (the second row registered later)
+    # C4: no consent_updated_at: a grant is dated by registered_at, a denial at the import (the file's
+    # word now: it wins over the first row's grant although that row registered earlier)
     ["C4", "13900000004", "2024-01-01", "Y", "", ""],
     ["", "13900000004", "2024-06-01", "N", "", ""],
+    # C6: undated grants, the later registration wins
+    ["C6", "13900000006", "2024-01-01", "N", "", "2023-01-01 10:00:00"],
+    ["", "13900000006", "2024-06-01", "Y", "", ""],
     # C5: no decision at all
     ["C5", "13900000005", "2024-01-01", "", "", ""],
 ]
@@ -136,10 +140,11 @@ def _profile_of(env: Any, crm_id: str) -> str:
 def test_consent_columns_keep_the_latest_decision_per_profile(env_any: Any, tmp_path: Path) -> None:
     env = env_any
     ws = env.ws.workspace_id
+    before = datetime.now(UTC).replace(tzinfo=None)
     s = env.gk.importer.run(ws, "customers", _write(tmp_path / "crm.csv", ROWS), MAPPING)
-    assert (s.rows_read, s.accepted, s.quarantined) == (9, 9, 0)
-    p = {c: _profile_of(env, c) for c in ("C1", "C2", "C3", "C4", "C5")}
-    assert len(set(p.values())) == 5  # the phone-only rows joined their customer
+    assert (s.rows_read, s.accepted, s.quarantined) == (11, 11, 0)
+    p = {c: _profile_of(env, c) for c in ("C1", "C2", "C3", "C4", "C5", "C6")}
+    assert len(set(p.values())) == 6  # the phone-only rows joined their customer
     assert list(s.profile_ids) == sorted(set(p.values()))  # sorted, each once
     with env.gk.engine.connect() as c:
         got = {
@@ -152,13 +157,15 @@ def test_consent_columns_keep_the_latest_decision_per_profile(env_any: Any, tmp_
                 sa.select(audit_log).where(audit_log.c.workspace_id == ws, audit_log.c.action == "consent.set")
             )
         }
+    c4 = got.pop((p["C4"], "sms"))
+    assert c4[0] == "denied" and before <= c4[1] <= datetime.now(UTC).replace(tzinfo=None)
     assert got == {
         (p["C1"], "sms"): ("denied", datetime(2024, 3, 1, 2)),
         (p["C2"], "sms"): ("denied", datetime(2024, 2, 1, 2)),
         (p["C2"], "email"): ("granted", datetime(2024, 2, 1, 2)),
         (p["C3"], "sms"): ("denied", datetime(2024, 5, 1, 2)),
         (p["C3"], "email"): ("denied", datetime(2024, 1, 1, 2)),
-        (p["C4"], "sms"): ("denied", datetime(2024, 5, 31, 16)),
+        (p["C6"], "sms"): ("granted", datetime(2024, 5, 31, 16)),
     }
     # the audit names the row each decision came from
     assert refs == {
@@ -168,6 +175,7 @@ def test_consent_columns_keep_the_latest_decision_per_profile(env_any: Any, tmp_
         (p["C3"], "sms"): "row 5",
         (p["C3"], "email"): "row 6",
         (p["C4"], "sms"): "row 8",
+        (p["C6"], "sms"): "row 10",
     }
     # a forced re-import of the same file changes nothing
     again = env.gk.importer.run(ws, "customers", tmp_path / "crm.csv", MAPPING, force=True)
@@ -178,12 +186,29 @@ def test_consent_columns_keep_the_latest_decision_per_profile(env_any: Any, tmp_
             .select_from(audit_log)
             .where(audit_log.c.workspace_id == ws, audit_log.c.action == "consent.set")
         ).scalar_one()
-    assert n == 6
+    assert n == 7
 
 
 def test_a_file_without_consent_values_records_none(env: Any, tmp_path: Path) -> None:
     rows = [[r[0], r[1], r[2], "", "", ""] for r in ROWS if r[0]]
     s = env.gk.importer.run(env.ws.workspace_id, "customers", _write(tmp_path / "none.csv", rows), MAPPING)
-    assert s.accepted == 5
+    assert s.accepted == 6
     with env.gk.engine.connect() as c:
         assert c.execute(sa.select(sa.func.count()).select_from(consents)).scalar_one() == 0
+
+
+def test_a_crm_opt_out_without_a_date_stands_against_an_earlier_online_grant(env: Any, tmp_path: Path) -> None:
+    """Before, the file's 退订 was dated at the customer's registration (2019) and lost to the grant
+    the app had recorded in 2025: the customer the CRM had opted out was texted (found by a review)."""
+    ws = env.ws.workspace_id
+    r = env.post("/v1/identify", {"userId": "fay", "traits": {"phone": "13600000002", "consent": {"sms": True}},
+                                  "timestamp": "2025-03-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    path = tmp_path / "crm.csv"
+    path.write_text("phone,registered_at,consent_sms\n13600000002,2019-05-01,退订\n", encoding="utf-8")
+    s = env.gk.importer.run(ws, "customers", path, {"phone": "phone", "registered_at": "registered_at",
+                                                    "consent_sms": "consent_sms"})
+    assert (s.accepted, s.quarantined) == (1, 0)
+    with env.gk.engine.connect() as c:
+        rows = c.execute(sa.select(consents.c.status, consents.c.source).where(consents.c.workspace_id == ws)).all()
+    assert [tuple(r) for r in rows] == [("denied", "import")]

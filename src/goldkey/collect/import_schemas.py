@@ -216,7 +216,8 @@ CUSTOMERS = ImportSchema(
                     help=f"marketing consent for {ch}: granted / denied (是 / 否, Y / N, 同意 / 拒绝, 退订 ...)")
           for name, ch in CONSENT_FIELDS.items()),
         FieldSpec("consent_updated_at", _T.DATETIME,
-                  help="when the consent columns were decided (default: registered_at, else the import time)"),
+                  help="when the consent columns were decided (default: the import time for a denial, "
+                       "registered_at, else the import time, for a grant)"),
     ),
     key=(DEDUPE_KEY,),
     identifier_fields=(

@@ -598,8 +598,10 @@ class Importer:
 
     def _consents(self, conn: sa.Connection, graph: Any, ws: str, df: pl.DataFrame, pids: list[str]) -> None:
         """Record the file's consent columns (``consent_<channel>``) as marketing consent decisions,
-        in the import's transaction. A decision is dated ``consent_updated_at``, else ``registered_at``,
-        else the import time, and only replaces an older one (a later unsubscribe stands).
+        in the import's transaction. A decision is dated ``consent_updated_at``; without it a denial
+        is dated at the import and a grant at ``registered_at`` (else the import). It only replaces
+        an older one: a later unsubscribe stands against an old export's grant, and the file's
+        opt-out stands against a grant recorded before the import.
 
         A row is the decision of the customer its highest-priority identifier names: when that
         identifier came to the row's profile with a merged-away profile (a standing merge), the
@@ -611,25 +613,32 @@ class Importer:
         if not cols:
             return  # no decision anywhere in the file
         pids = self._consent_owners(conn, graph, ws, df, pids)
-        now = utcnow()
-        dated: list[pl.Series] = []
-        for name in ("consent_updated_at", "registered_at"):
+        utc = pl.Datetime("us", "UTC")
+        now = pl.lit(utcnow(), utc)
+
+        def dated(name: str) -> pl.Series:
             if name not in df.columns:
-                continue
+                return pl.Series(name, [None] * df.height, dtype=utc)
             s = df[name]
             if not isinstance(s.dtype, pl.Datetime):  # not typed by the cleaning: value by value
-                s = pl.Series(name, [as_utc(v) for v in s.to_list()], dtype=pl.Datetime("us", "UTC"))
+                s = pl.Series(name, [as_utc(v) for v in s.to_list()], dtype=utc)
             tz = s.dtype.time_zone  # type: ignore[union-attr]
-            dated.append(s.dt.replace_time_zone("UTC") if tz is None else s.dt.convert_time_zone("UTC"))
-        at = pl.select(pl.coalesce([*map(pl.lit, dated), pl.lit(now, pl.Datetime("us", "UTC"))])).to_series()
+            return (s.dt.replace_time_zone("UTC") if tz is None else s.dt.convert_time_zone("UTC")).alias(name)
+
         records = df["__record"] if "__record" in df.columns else pl.int_range(0, df.height, eager=True)
-        frame = pl.DataFrame({"pid": pl.Series(pids, dtype=pl.Utf8), "at": at, "rec": records})
+        frame = pl.DataFrame({"pid": pl.Series(pids, dtype=pl.Utf8), "stated": dated("consent_updated_at"),
+                              "registered": dated("registered_at"), "rec": records})
+        # Undated, a denial is the file's word now (a CRM export holds the state it was exported in:
+        # dated at registration, an opt-out would lose to any grant recorded since); a grant is
+        # dated at registration, so that an old export never overturns a later unsubscribe
+        undated = pl.when(pl.col("status") == "denied").then(now).otherwise(pl.col("registered"))
         latest: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}
         for c in cols:
             # per profile, the latest decision (the later row on a tie), as ``keep_newest`` keeps it;
             # profiles in the order of their first decision
             kept = (
                 frame.with_columns(df[c].alias("status"))
+                .with_columns(pl.coalesce(pl.col("stated"), undated, now).alias("at"))
                 .filter(pl.col("status").is_not_null())
                 .with_row_index("i")
                 .group_by("pid", maintain_order=True)

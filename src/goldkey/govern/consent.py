@@ -267,15 +267,19 @@ def record_decisions(c: sa.Connection, latest: dict[tuple[str, str, str, str], t
     live = sorted({key[1] for key in want})
     have: dict[tuple[str, str, str, str], Any] = {}
     for i in range(0, len(live), 500):
-        for r in c.execute(sa.select(k.workspace_id, k.profile_id, k.channel, k.purpose, k.updated_at, k.status)
-                           .where(k.profile_id.in_(live[i:i + 500]))):
-            have[(r.workspace_id, r.profile_id, r.channel, r.purpose)] = (as_utc(r.updated_at), r.status)
+        for r in c.execute(sa.select(k.workspace_id, k.profile_id, k.channel, k.purpose, k.updated_at, k.status,
+                                     k.source).where(k.profile_id.in_(live[i:i + 500]))):
+            have[(r.workspace_id, r.profile_id, r.channel, r.purpose)] = (as_utc(r.updated_at), r.status, r.source)
     rows, audit = [], []
     now = utcnow()
     for (ws, pid, ch, pu), (at, status, ref) in want.items():
         old = have.get((ws, pid, ch, pu))
-        if old is not None and (old[0] > at or (old[0] == at and old[1] == status)):
-            continue  # a newer decision stands, or this very one is on record (a re-import)
+        if old is not None and (old[0] > at or (old[1] == status and (
+                old[0] == at or (source == "import" and old[2] == "import")))):
+            # a newer decision stands, or this very one is on record: a file says what it said
+            # before (a re-import, whose undated denial is dated at each import) - an identify
+            # sending its decision again is a decision made again, and dated anew
+            continue
         rows.append({"workspace_id": ws, "profile_id": pid, "channel": ch, "purpose": pu,
                      "status": status, "source": source, "updated_at": at})
         audit.append({"workspace_id": ws, "actor": actor, "action": "consent.set", "target": pid,
