@@ -137,3 +137,47 @@ def test_aliyun_reports_and_a_chinese_unsubscribe_reply(env: Any) -> None:
 def test_opt_out_keywords() -> None:
     assert all(is_opt_out(t) for t in ["TD", "td", " 退订 ", "T", "STOP", "Stop.", "unsubscribe", "退订。"])
     assert not any(is_opt_out(t) for t in ["", None, "谢谢", "don't stop", "TD TD?"])
+
+
+def test_an_unsubscribe_from_the_merged_away_customers_phone_goes_back_with_them(env: Any, tmp_path: Any) -> None:
+    """While two profiles are merged a message may go to the merged-away customer's phone. Before,
+    that customer's unsubscribe was recorded on the survivor (overwriting the survivor's own
+    consent) and lost with the undo: the customer was texted again on the phone that had opted out
+    (found by a review)."""
+    from goldkey.activate.sender import SendRequest
+    from goldkey.activate.templates import compile_for_workspace
+
+    ws, h = env.ws.workspace_id, env.admin_auth()
+    env.gk.sender.guardrails.set_policy(ws, {"quiet_hours": None, "caps": {}})
+    for body in ({"userId": "wu", "traits": {"phone": "+8613900000009", "name": "Wu"}},
+                 {"anonymousId": "dev1", "traits": {"phone": "+8613900000001", "name": "Li"}}):
+        assert env.post("/v1/identify", body).status_code == 200
+
+    def pid(**q: str) -> str:
+        return str(env.client.get("/api/v1/profiles/lookup", params=q, headers=h).json()["profile_id"])
+
+    wu, li = pid(user_id="wu"), pid(anonymous_id="dev1")
+    for p in (wu, li):
+        set_consent(env.gk.engine, ws, p, "sms", "granted")
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
+    merge = env.client.get(f"/api/v1/profiles/{wu}", headers=h).json()["merges"][0]["merge_id"]
+    out = tmp_path / "sms.jsonl"
+    cid = env.gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": str(out), "simulates": "sms"})[
+        "channel_id"]
+    tpl = compile_for_workspace(env.gk.engine, ws, {"variants": {"zh": {"text": "优惠 退订: {{ unsubscribe_url }}"}}})
+    rep = env.gk.sender.send(SendRequest(ws, cid, tpl, [wu], "promo", now=NOON_SH))
+    assert rep.delivery.sent == 1, rep.summary()
+    sent = json.loads(out.read_text().splitlines()[0])
+    assert sent["to"] == "+8613900000001"  # the smallest phone the survivor holds: Li's
+    token = sent["text"].split("/t/u/")[1].split()[0]
+    assert env.client.post(f"/t/u/{token}").status_code == 200
+
+    def consents(p: str) -> dict[str, str]:
+        got = env.client.get(f"/api/v1/profiles/{p}", headers=h).json()["consents"]
+        return {c["channel"]: c["status"] for c in got}
+
+    assert consents(wu) == {"sms": "denied"}  # while merged: the latest decision across the merge
+    v = Guardrails(env.gk.engine).check(ws, "sms", "marketing", [wu], "next", NOON_SH)
+    assert v.suppressed[wu] == "opted out of sms/marketing"
+    assert env.client.post(f"/api/v1/profiles/merges/{merge}/undo", headers=h).status_code == 200
+    assert consents(li) == {"sms": "denied"} and consents(wu) == {"sms": "granted"}

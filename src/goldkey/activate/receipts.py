@@ -24,10 +24,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from goldkey.activate.channels.base import Receipt
+from goldkey.activate.guardrails import mask
 from goldkey.activate.sender import Sender
 from goldkey.core.clock import utcnow
-from goldkey.core.errors import NotFound
-from goldkey.govern.consent import set_consent
+from goldkey.core.errors import GoldkeyError, NotFound
+from goldkey.govern.consent import merged_away_owners, set_consent, standing_merges
 from goldkey.store.operational import identities, messages, profiles
 
 _EVENT = {"delivered": "Message Delivered", "failed": "Message Failed", "opened": "Message Opened",
@@ -71,7 +72,8 @@ class Receipts:
             matched += 1
             self.record(row, rc)
             if rc.status == "replied" and is_opt_out(rc.text):
-                self.record(row, Receipt("unsubscribed", message_id=row.message_id, reason=f"replied {rc.text!r}"))
+                self.record(row, Receipt("unsubscribed", message_id=row.message_id, reason=f"replied {rc.text!r}",
+                                         from_address=rc.from_address))
         return {"matched": matched, "unmatched": unmatched}
 
     def _match(self, ws: str, channel_id: str, address_type: str, rc: Receipt) -> Any:
@@ -123,10 +125,39 @@ class Receipts:
         if rc.text:
             props["text"] = rc.text[:2000]
         if rc.status == "unsubscribed":
-            set_consent(self.engine, row.workspace_id, row.profile_id, row.channel, "denied", purpose=row.purpose,
-                        source=f"unsubscribe:{row.message_id}"[:60], actor="unsubscribe")
+            for who in self._address_owners(row, rc.from_address):
+                set_consent(self.engine, row.workspace_id, who, row.channel, "denied", purpose=row.purpose,
+                            source=f"unsubscribe:{row.message_id}"[:60], actor="unsubscribe", on_live=False)
         self.sender.emit(row.workspace_id, [(row.profile_id, _EVENT[rc.status], props)])
         return True
+
+    def _address_owners(self, row: Any, address: str | None) -> list[str]:
+        """Whose an unsubscribe from message ``row`` is: the customer whose address it went to.
+        Usually the message's live profile; but while two profiles are merged the message may have
+        gone to the merged-away customer's phone (which the survivor holds since), and that customer
+        opted out, not the survivor, whose own decision stays (an undo gives the decision back with
+        them, as an identify's: :class:`goldkey.govern.consent.ConsentCollector`). The address is
+        the reply's sender, else the message's (masked in the log: the profile's identifiers that
+        mask to it); an identifier a standing merge brought names its merged-away profile. When
+        the masked address fits identifiers of both, each of them records the opt-out."""
+        ws = row.workspace_id
+        with self.engine.connect() as c:
+            canon = c.execute(sa.select(profiles.c.canonical_id).where(
+                profiles.c.workspace_id == ws, profiles.c.profile_id == row.profile_id)).scalar()
+            if canon is None:
+                return [row.profile_id]
+            try:
+                id_type = self.sender.channels.open(ws, row.channel_id).address_type
+            except GoldkeyError:  # the channel is gone: its address type with it
+                return [canon]
+            held = list(c.execute(sa.select(identities.c.id_value).where(
+                identities.c.workspace_id == ws, identities.c.profile_id == canon,
+                identities.c.id_type == id_type)).scalars())
+            sent_to = [v for v in held if (v == address if address else mask(v) == row.address)]
+            if not sent_to:
+                return [canon]
+            owner = merged_away_owners(standing_merges(c, ws), {canon}, {(ws, id_type, v) for v in sent_to})
+        return sorted({owner.get((ws, id_type, v), canon) for v in sent_to})
 
     # -- tracking hits ------------------------------------------------------------------------------
     def open(self, token: str) -> None:

@@ -26,8 +26,11 @@ STATUSES = ("granted", "denied")
 
 
 def set_consent(engine: sa.Engine, ws: str, profile_id: str, channel: str, status: str, *,
-                purpose: str = "marketing", source: str = "api", actor: str = "api") -> dict[str, Any]:
-    """Record a consent decision for the live profile behind ``profile_id``."""
+                purpose: str = "marketing", source: str = "api", actor: str = "api",
+                on_live: bool = True) -> dict[str, Any]:
+    """Record a consent decision for the live profile behind ``profile_id`` (``on_live``), or for
+    ``profile_id`` itself, merged away or not (the customer who made it, kept apart from a survivor's
+    own decisions: see :func:`record_decisions`)."""
     if channel not in CHANNELS:
         raise InvalidInput(f"channel must be one of {', '.join(CHANNELS)}", field="channel")
     if status not in STATUSES:
@@ -40,7 +43,7 @@ def set_consent(engine: sa.Engine, ws: str, profile_id: str, channel: str, statu
             profiles.c.workspace_id == ws, profiles.c.profile_id == profile_id)).first()
         if r is None:
             raise NotFound(f"profile {profile_id!r} not found")
-        pid = r.canonical_id
+        pid = r.canonical_id if on_live else profile_id
         upsert(c, consents, [{"workspace_id": ws, "profile_id": pid, "channel": channel, "purpose": purpose,
                               "status": status, "source": source[:60], "updated_at": now}],
                keys=["workspace_id", "profile_id", "channel", "purpose"])
