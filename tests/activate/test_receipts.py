@@ -132,6 +132,11 @@ def test_aliyun_reports_and_a_chinese_unsubscribe_reply(env: Any) -> None:
     assert v.suppressed[pids[1]] == "opted out of sms/marketing" and v.allowed == [pids[0]]
     bad = env.client.post(f"/api/v1/receipts/{cid}?token=tok", json={"not": "a list"})
     assert bad.status_code == 400 and bad.json()["field"] == "body"
+    # without a receipt token nothing proves a push came from Aliyun: a forged 退订 is refused
+    bare = env.gk.sender.channels.save(ws, name="ali2", kind="sms", provider="aliyun", config={
+        "access_key_id": "LTAI", "sign_name": "金钥"}, secrets={"access_key_secret": "s"})["channel_id"]
+    forged = env.client.post(f"/api/v1/receipts/{bare}", json=up)
+    assert forged.status_code == 400 and forged.json()["field"] == "secrets.receipt_token", forged.text
 
 
 def test_opt_out_keywords() -> None:

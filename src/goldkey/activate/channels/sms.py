@@ -18,7 +18,8 @@
   errors are not retried (Aliyun counts them against the day's quota), system errors are. Delivery
   reports (SmsReport: a JSON list with ``biz_id``, ``out_id``, ``success``, ``err_code``) and replies
   (SmsUp: ``phone_number``, ``content``) arrive as Aliyun's HTTP batch push, which is not signed:
-  set the optional secret ``receipt_token`` and put ``?token=<it>`` in the push URL.
+  set the secret ``receipt_token`` and put ``?token=<it>`` in the push URL (without it receipts are
+  refused: anyone knowing the channel id could otherwise forge a delivery report or a 退订 reply).
 - ``generic``: ``POST`` JSON to any gateway, signed like Goldkey's webhooks (``X-Goldkey-Signature:
   t=...,v1=HMAC-SHA256``) with ``Idempotency-Key`` = our message id; a timed-out request is retried
   only when the gateway is declared to drop repeats (``receiver_deduplicates``).
@@ -238,7 +239,10 @@ class AliyunSms(SmsChannel):
 
     def parse_receipts(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[Receipt]:
         token = self.secrets.get("receipt_token")
-        if token and not hmac.compare_digest(query.get("token", ""), token):
+        if not token:  # Aliyun's push is not signed: without the token anyone could forge a report or a 退订 reply
+            raise InvalidInput("set secrets.receipt_token and put ?token=<it> in Aliyun's push URL to receive "
+                               "SMS reports and replies (the push is not signed)", field="secrets.receipt_token")
+        if not hmac.compare_digest(query.get("token", ""), token):
             raise Unauthorized("the Aliyun push URL's token does not match secrets.receipt_token")
         try:
             items = orjson.loads(body)
