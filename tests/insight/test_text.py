@@ -123,9 +123,12 @@ def test_numpy_scoring_reproduces_sklearn_exactly(lang: str, tmp_path: Path) -> 
     mid = text_train.export(vec, lr, lang, tmp_path / "m.npz", {"note": "test"})
     model = load_model_file(tmp_path / "m.npz")
     assert model.model_id == mid and model.meta["note"] == "test" and len(model.vocabulary) == len(vec.idf_)
-    want = lr.predict_proba(vec.transform(feats[600:]))[:, 1]
+    x = vec.transform(feats[600:])
+    want = lr.predict_proba(x)[:, 1]
     got = model.predict_proba(texts[600:])
-    assert np.allclose(got, want, rtol=0, atol=1e-12)
+    known = x.getnnz(axis=1) > 0  # a text with no known feature is no evidence: 0.5, not the intercept
+    assert known.sum() >= 150
+    assert np.allclose(got[known], want[known], rtol=0, atol=1e-12) and np.all(got[~known] == 0.5)
     assert not (tmp_path / "m.npz").read_bytes().count(b"pickle")
 
 
@@ -155,6 +158,54 @@ def test_negation_examples_go_the_right_way() -> None:
     assert r["Not good at all, save your money"]["label"] == "negative"
     assert r["Absolutely love it, great taste"]["label"] == "positive"
     assert {x["language"] for x in r.values()} == {"zh", "en"}
+
+
+# -- negation, questions, non-answers (tests/insight/data/sentiment_hard_cases.csv) ------------------
+# Hand-written eye-care / operator feedback, balanced over positive / neutral / negative, full of
+# negations (不差, 没问题, 一点也不舒服, not bad, never again), questions and non-answers (无, n/a).
+# Three-way accuracy with the default thresholds; before negation scope replaced the word and
+# questions were left out: zh 0.476, en 0.433. Floors a little below the figures measured after.
+HARD_FLOOR = {"zh": 0.65, "en": 0.50}  # measured 0.690 (126) and 0.544 (90)
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_hard_cases_three_way_accuracy(lang: str) -> None:
+    texts, labels = text_train.hard_cases(lang)
+    assert len(texts) >= (120 if lang == "zh" else 80) and len(set(texts)) == len(texts)
+    assert {lab: labels.count(lab) for lab in set(labels)} == {lab: len(labels) // 3 for lab in
+                                                              ("positive", "neutral", "negative")}
+    held = text_train.heldout_zh(text_train.HELDOUT_ZH if lang == "zh" else text_train.HELDOUT_EN)[0]
+    assert not set(texts) & set(held)
+    r = text_train.three_way(lang)
+    assert r["accuracy"] >= HARD_FLOOR[lang], r
+    # the part set aside while the features were designed is not much worse than the rest
+    assert text_train.three_way(lang, "test")["accuracy"] >= HARD_FLOOR[lang] - 0.1
+
+
+def test_negation_replaces_the_word_feature() -> None:
+    f = ANALYZERS["zh"]("不差")
+    assert "n:差" in f and "w:差" not in f and "c:差" not in f and "w:不" not in f
+    f = ANALYZERS["zh"]("戴了一天也没有不舒服的感觉")  # double negation: 舒服 is plain again
+    assert "w:舒服" in f and "n:舒服" not in f
+    f = ANALYZERS["zh"]("不好看但是便宜")  # the scope ends at a contrast word
+    assert "w:便宜" in f and "n:便宜" not in f
+    f = ANALYZERS["en"]("not bad but pricey")
+    assert "n:bad" in f and "w:bad" not in f and "w:pricey" in f and "w:not" not in f
+    assert ANALYZERS["zh"]("请问宽带怎么办理") == [] and ANALYZERS["en"]("How do I change my plan?") == []
+
+
+def test_negations_questions_and_non_answers_are_labelled_right() -> None:
+    # before, all of these but 不好用 / 一点也不舒服 / 再也不会买了 / never again were labelled wrong
+    want = {"不差，戴着挺舒服的": "positive", "价格不贵，质量也不错": "positive", "送货不慢，第二天就到了": "positive",
+            "没问题": "positive", "不好用": "negative", "一点也不舒服": "negative", "再也不会买了": "negative",
+            "无": "neutral", "没有": "neutral", "请问宽带怎么办理": "neutral", "套餐可以中途更换吗？": "neutral",
+            "Never again, worst service ever.": "negative", "The lenses are not comfortable": "negative",
+            "nothing": "neutral", "None": "neutral", "How do I change my plan?": "neutral"}
+    r = {x["text"]: x for x in score_texts(list(want) + ["不贵", "不慢", "not expensive", "no problem"])}
+    assert {t: r[t]["label"] for t in want} == want
+    for t in ("不贵", "不慢", "not expensive", "no problem"):  # not negative any more (p 0.43-0.59)
+        assert r[t]["label"] != "negative", r[t]
+    assert r["无"]["sentiment"] == 0.5  # no known feature: no evidence, not the intercept
 
 
 def test_topics_in_both_languages() -> None:
