@@ -363,8 +363,9 @@ def test_too_little_history_and_bad_values_are_clear_errors(env: Any, tmp_path: 
     _import_orders(env, tmp_path, free, "d.csv")
     # a repeat buyer whose repeats were free no longer fails the workspace (before: "mean repeat order
     # value <= 0", with a hint - exclude_statuses - that could not help); here the tiny market fails
-    # on its own account instead
-    with pytest.raises(InvalidInput, match="BG/NBD fit did not converge"):
+    # on its own account instead: BG/NBD or, when the optimiser gets BG/NBD through (scipy 1.17 does),
+    # Gamma-Gamma cannot pin the model down
+    with pytest.raises(InvalidInput, match="(BG/NBD|Gamma-Gamma) fit did not converge"):
         svc.run(ws, d)
     with pytest.raises(InvalidInput, match="Extra inputs are not permitted") as ei:
         svc.run(ws, {"horizon": 10})
