@@ -145,7 +145,7 @@ def test_trigger_commands_list_pause_resume_and_delete(tmp_path: Path) -> None:
     try:
         ws = gk.workspaces.create("Shop").workspace_id
         ch = gk.sender.channels.save(ws, name="sink", kind="sink",
-                                     config={"path": str(tmp_path / "out.jsonl"), "simulates": "sms"})
+                                     config={"path": "out.jsonl", "simulates": "sms"})
         tid = TriggerService.from_goldkey(gk).create(ws, {
             "name": "流量提醒", "kind": "realtime", "channel_id": ch["channel_id"],
             "event": {"kind": "event", "event": "Data Usage"},

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         None,
         description="DuckDB file of the analytical store. Default: `analytical.duckdb` in the data directory.",
     )
+    channel_files_dir: Path | None = Field(
+        None,
+        description="Directory under which file channels (`sink`, `call` in file mode) write, each workspace "
+        "in a folder of its own (`<dir>/<workspace_id>/`); a channel's `path` is relative to that folder, or an "
+        "absolute path inside it. Default: `channel-files` in the data directory.",
+    )
     host: str = Field("127.0.0.1", description="Address the API server binds to.")
     port: int = Field(8000, description="Port the API server listens on.")
     collectors: int = Field(
@@ -100,6 +106,10 @@ class Settings(BaseSettings):
         if self.operational_url:
             return self.operational_url
         return f"sqlite:///{(self.data_dir / 'operational.sqlite').resolve()}"
+
+    def resolved_channel_files_dir(self) -> Path:
+        """The directory file channels write under (see ``channel_files_dir``)."""
+        return self.channel_files_dir or self.data_dir / "channel-files"
 
     def resolved_analytical_path(self) -> Path:
         """Return the DuckDB file path, defaulting to the data directory."""

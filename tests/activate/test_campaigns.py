@@ -89,10 +89,10 @@ def grant(env: Any, pids: list[str], status: str = "granted") -> None:
 
 
 def sink(env: Any, tmp_path: Path, name: str = "sink", cost: float = 0.05) -> tuple[str, Path]:
-    out = tmp_path / f"{name}.jsonl"
+    # a file name: the sink writes it in the workspace's folder of the channel-files directory
     ch = env.gk.sender.channels.save(env.ws.workspace_id, name=name, kind="sink",
-                                     config={"path": str(out), "simulates": "sms", "cost_per_message": cost})
-    return str(ch["channel_id"]), out
+                                     config={"path": f"{name}.jsonl", "simulates": "sms", "cost_per_message": cost})
+    return str(ch["channel_id"]), Path(ch["config"]["path"])
 
 
 def sent_lines(path: Path) -> list[dict[str, Any]]:

@@ -35,8 +35,8 @@ def test_call_list_reaches_only_call_consented_customers(env: Any, tmp_path: Pat
     env.client.put(f"/api/v1/profiles/{visitor}/consents", json={"channel": "call", "status": "denied"}, headers=h)
     env.post("/v1/identify", {"userId": "u3", "anonymousId": "anon-3"})
 
-    path = tmp_path / "calls.csv"
-    cid = env.gk.sender.channels.save(ws, name="call centre", kind="call", config={"path": str(path)})["channel_id"]
+    ch = env.gk.sender.channels.save(ws, name="call centre", kind="call", config={"path": "calls.csv"})
+    cid, path = ch["channel_id"], Path(ch["config"]["path"])
     tpl = compile_for_workspace(env.gk.engine, ws, {"variants": {"zh": {
         "text": "回访{{ attributes.name }}：续费优惠"}}})
 
@@ -71,3 +71,27 @@ def test_call_list_reaches_only_call_consented_customers(env: Any, tmp_path: Pat
         assert r.status_code == 200, r.text
     r = env.client.get(f"/api/v1/segments/{seg['segment_id']}/export?kind=call_list&mask=false", headers=h)
     assert len(list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))) == 2
+
+
+def test_file_channels_write_only_inside_their_workspace_folder(env: Any, tmp_path: Path) -> None:
+    """Before, a brand's admin could point a sink or a call list at any file on the server: another
+    brand's call list, the stores' own files, a crontab (a call list's script is free text)."""
+    ws, h = env.ws.workspace_id, env.admin_auth()
+    root = env.gk.settings.resolved_channel_files_dir().resolve()
+    other = env.gk.workspaces.create("Other brand").workspace_id
+    for kind, path in (("call", "/etc/cron.d/goldkey"), ("call", "../" + other + "/calls.csv"),
+                       ("sink", str(root / other / "sent.jsonl")), ("sink", str(tmp_path / "out.jsonl")),
+                       ("call", str(env.gk.settings.data_dir / "operational.sqlite")), ("sink", ".")):
+        r = env.client.post("/api/v1/channels", json={"name": f"{kind} {path}"[:200], "kind": kind,
+                                                      "config": {"path": path}}, headers=h)
+        assert r.status_code == 400 and r.json()["field"] == "config.path", (path, r.text)
+        assert "writes only inside this workspace's folder" in r.json()["error"]
+    # a file name, or an absolute path inside the folder: stored as the file it names
+    for name, path in (("calls", "calls/2026-11.csv"), ("calls 2", str(root / ws / "calls.csv"))):
+        r = env.client.post("/api/v1/channels", json={"name": name, "kind": "call", "config": {"path": path}},
+                            headers=h)
+        assert r.status_code == 201, r.text
+        assert Path(r.json()["config"]["path"]).parent in (root / ws / "calls", root / ws)
+    r = env.client.post("/api/v1/channels", json={"name": "console", "kind": "sink", "config": {"path": "-"}},
+                        headers=h)
+    assert r.status_code == 201 and r.json()["config"]["path"] == "-"

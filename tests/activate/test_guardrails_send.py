@@ -203,11 +203,11 @@ def test_no_send_ever_reaches_an_opted_out_suppressed_or_capped_customer(env_any
         assert per.get(p, 0) == min(asked, day_cap, week_cap)
 
 
-def _sink(env: Any, tmp_path: Path, sender: Sender) -> str:
+def _sink(env: Any, sender: Sender) -> tuple[str, Path]:
     ch = sender.channels.save(env.ws.workspace_id, name="demo sink", kind="sink",
-                              config={"path": str(tmp_path / "out.jsonl"), "simulates": "sms",
+                              config={"path": "out.jsonl", "simulates": "sms",
                                       "cost_per_message": 0.05})
-    return str(ch["channel_id"])
+    return str(ch["channel_id"]), Path(ch["config"]["path"])
 
 
 def test_send_pipeline_renders_logs_and_emits_events(env_any: Any, tmp_path: Path) -> None:
@@ -216,20 +216,20 @@ def test_send_pipeline_renders_logs_and_emits_events(env_any: Any, tmp_path: Pat
     pids = _profiles(env, 4)
     _grant(env, pids[:3])
     sender = Sender.from_goldkey(env.gk)
-    cid = _sink(env, tmp_path, sender)
+    cid, out = _sink(env, sender)
     tpl = compile_for_workspace(env.gk.engine, ws, {"template_id": "t1", "vars": ["coupon"], "variants": {
         "zh": {"text": "{{ attributes.name }}您好，优惠券 {{ vars.coupon }}：{{ link('https://shop.example/p/1') }}"}}})
     req = SendRequest(ws, cid, tpl, pids, "camp1:step1", ref="campaign:camp1", vars={"coupon": "GK10"}, now=NOON_SH)
     rep = sender.send(req)
     assert rep.delivery.sent == 3 and rep.suppressed[pids[3]] == "no consent for sms/marketing"
     assert rep.delivery.cost == pytest.approx(0.15)
-    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert len(lines) == 3 and all("GK10" in x["text"] and "/t/c/" in x["text"] for x in lines)
     assert {x["text"].split("您好")[0] for x in lines} == {"客户0", "客户1", "客户2"}
     again = sender.send(req)  # the same message key: never sent twice
     assert again.delivery.sent == 0 and all(again.suppressed[p].startswith("duplicate") for p in pids[:3])
     assert sender.deliver(ws, list(rep.message_ids.values()), tpl).skipped == 3
-    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 3
+    assert len(out.read_bytes().splitlines()) == 3
     rows = env.gk.analytical.query(
         "SELECT event, count(*) FROM events WHERE workspace_id = ? AND event LIKE 'Message%' GROUP BY 1", [ws])
     assert dict(rows) == {"Message Sent": 3}

@@ -101,9 +101,10 @@ def track(client: TestClient, auth: dict[str, str], users: list[int], event: str
     assert r.status_code == 200, r.text
 
 
-def sink(gk: Any, ws: str, path: Path) -> str:
-    ch = gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": str(path), "simulates": "sms"})
-    return str(ch["channel_id"])
+def sink(gk: Any, ws: str, name: str = "sink.jsonl") -> tuple[str, Path]:
+    """A sink channel writing ``name`` in the workspace's folder of the channel-files directory."""
+    ch = gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": name, "simulates": "sms"})
+    return str(ch["channel_id"]), Path(ch["config"]["path"])
 
 
 def sent(path: Path) -> list[dict[str, Any]]:
@@ -180,7 +181,7 @@ def test_bad_graphs_are_rejected_at_save_naming_the_nodes(env: Any, eng: Journey
     r = env.client.post("/api/v1/journeys", json=dangling, headers=h)
     assert r.status_code == 400 and "target node 'nowhere' does not exist" in message(r)
 
-    ch = sink(env.gk, env.ws.workspace_id, tmp_path / "s.jsonl")
+    ch, _ = sink(env.gk, env.ws.workspace_id)
     bad_tpl = {"template_id": "x", "variants": {"zh": {"text": "{{ attributes.nmae }}"}}}
     sends = journey("sends", [event_entry("A"), node("hello", "send", channel_id=ch, template=bad_tpl),
                               node("done", "exit")], [edge("start", "hello"), edge("hello", "done")])
@@ -213,8 +214,7 @@ def test_bad_graphs_are_rejected_at_save_naming_the_nodes(env: Any, eng: Journey
 def test_event_entry_wait_branch_send_goal(env: Any, eng: JourneyEngine, tmp_path: Path) -> None:
     ws, h, gk = env.ws.workspace_id, env.admin_auth(), env.gk
     pids = make_profiles(env.client, env.write_auth(), gk, ws, 5, city=lambda i: "上海" if i < 3 else "北京")
-    out = tmp_path / "sent.jsonl"
-    ch = sink(gk, ws, out)
+    ch, out = sink(gk, ws)
     d = journey("welcome", [
         event_entry("Signed Up"),
         node("day1", "wait", duration={"days": 1}),
@@ -322,7 +322,7 @@ def test_trigger_entry_admits_whoever_the_trigger_fired_for(env: Any, eng: Journ
         trig.attach(gk.writer)
     else:
         trig.stop()  # the runtime's worker: this test drives the rounds
-    ch = sink(gk, ws, tmp_path / "t.jsonl")
+    ch, _ = sink(gk, ws)
     t = trig.create(ws, {"name": "流量提醒", "kind": "realtime", "channel_id": ch, "template": WELCOME,
                          "event": {"kind": "event", "event": "Data Usage"}})
     d = journey("after-trigger", [node("start", "entry", kind="trigger", trigger_id=t["trigger_id"]),
@@ -542,7 +542,6 @@ _CRASH = textwrap.dedent("""
 @pytest.mark.slow
 def test_killed_mid_journey_loses_no_step_and_repeats_none(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    out = tmp_path / "sent.jsonl"
     gk = Goldkey.open(open_settings(data))
     ws_new = gk.workspaces.create("Crash Brand")
     ws = ws_new.workspace_id
@@ -554,7 +553,7 @@ def test_killed_mid_journey_loses_no_step_and_repeats_none(tmp_path: Path) -> No
             eng = engine_for(gk)
             auth = {"Authorization": "Basic " + base64.b64encode(f"{ws_new.write_key}:".encode()).decode()}
             pids = make_profiles(client, auth, gk, ws, n)
-            ch = sink(gk, ws, out)
+            ch, out = sink(gk, ws)
             d = journey("crash", [event_entry("Signed Up"), node("hello", "send", channel_id=ch, template=WELCOME),
                                   node("tag", "exit")], [edge("start", "hello"), edge("hello", "tag")])
             admin = {"Authorization": f"Bearer {ws_new.admin_token}"}

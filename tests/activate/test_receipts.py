@@ -11,6 +11,7 @@ import hmac
 import json
 import urllib.parse
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -166,9 +167,8 @@ def test_an_unsubscribe_from_the_merged_away_customers_phone_goes_back_with_them
         set_consent(env.gk.engine, ws, p, "sms", "granted")
     assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
     merge = env.client.get(f"/api/v1/profiles/{wu}", headers=h).json()["merges"][0]["merge_id"]
-    out = tmp_path / "sms.jsonl"
-    cid = env.gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": str(out), "simulates": "sms"})[
-        "channel_id"]
+    ch = env.gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": "sms.jsonl", "simulates": "sms"})
+    cid, out = ch["channel_id"], Path(ch["config"]["path"])
     tpl = compile_for_workspace(env.gk.engine, ws, {"variants": {"zh": {"text": "优惠 退订: {{ unsubscribe_url }}"}}})
     rep = env.gk.sender.send(SendRequest(ws, cid, tpl, [wu], "promo", now=NOON_SH))
     assert rep.delivery.sent == 1, rep.summary()

@@ -61,10 +61,10 @@ def grant(env: Any, pids: list[str]) -> None:
 
 
 def sink(env: Any, tmp_path: Path) -> tuple[str, Path]:
-    out = tmp_path / "sink.jsonl"
+    # a file name: the sink writes it in the workspace's folder of the channel-files directory
     ch = env.gk.sender.channels.save(env.ws.workspace_id, name="sink", kind="sink",
-                                     config={"path": str(out), "simulates": "sms", "cost_per_message": 0.05})
-    return str(ch["channel_id"]), out
+                                     config={"path": "sink.jsonl", "simulates": "sms", "cost_per_message": 0.05})
+    return str(ch["channel_id"]), Path(ch["config"]["path"])
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,10 +28,14 @@ from goldkey.store.operational import channels
 class ChannelStore:
     """Saves, lists and opens the channels of every workspace."""
 
-    def __init__(self, engine: sa.Engine, keys: Keys, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, engine: sa.Engine, keys: Keys, transport: httpx.BaseTransport | None = None,
+                 files_dir: Path | None = None) -> None:
         self.engine = engine
         self.keys = keys
         self.transport = transport
+        # where file channels may write (Settings.channel_files_dir); None: a store that only opens
+        # channels saved by one that has it (the trigger delivery process)
+        self.files_dir = files_dir
         self._open: dict[str, tuple[Any, Channel]] = {}
         self._lock = threading.Lock()
 
@@ -47,6 +52,10 @@ class ChannelStore:
             stored = self.keys.decrypt(row.secrets)
         merged = {**stored, **{k: v for k, v in (secrets or {}).items() if v is not None}}
         parsed = cls.validate_config(config, merged)
+        for f in cls.file_fields:
+            value = getattr(parsed, f)
+            if value and value != "-":
+                parsed = parsed.model_copy(update={f: str(self._confined(ws, cls.kind, f, value))})
         now = utcnow()
         values = {"workspace_id": ws, "kind": cls.kind, "provider": cls.provider, "name": name.strip(),
                   "config": parsed.model_dump_json(), "secrets": self.keys.encrypt(merged), "status": "active",
@@ -64,6 +73,22 @@ class ChannelStore:
         with self._lock:
             self._drop(channel_id)
         return self.get(ws, channel_id)
+
+    def _confined(self, ws: str, kind: str, field: str, value: str) -> Path:
+        """The file a channel's ``field`` names, inside the workspace's folder of the channel-files
+        directory: a relative path is taken from that folder, an absolute one must lie in it (symbolic
+        links resolved). A brand's admin may not write anywhere else on the server: another brand's
+        call list, the stores' own files, a crontab (a call list's script is free text)."""
+        if self.files_dir is None:
+            raise InvalidInput(f"this Goldkey has no channel-files directory: a {kind} channel cannot write a file",
+                               field=f"config.{field}")
+        base = (self.files_dir / ws).resolve()
+        given = Path(value)
+        target = (given if given.is_absolute() else base / given).resolve()
+        if base not in target.parents:
+            raise InvalidInput(f"a {kind} channel writes only inside this workspace's folder {base}: give a file "
+                               f"name relative to it (e.g. 'out.csv'), not {value!r}", field=f"config.{field}")
+        return target
 
     def _row(self, ws: str, channel_id: str) -> Any:
         with self.engine.connect() as c:

@@ -262,7 +262,8 @@ class Sender:
         its channels' rate-limit buckets shared with the instance's other processes."""
         keys = Keys(load_or_create_key(gk.settings.data_dir))
         kw.setdefault("rate_dir", rate_limit_dir(gk.settings.data_dir))
-        return cls(gk.engine, gk.writer, Guardrails(gk.engine), ChannelStore(gk.engine, keys), keys, **kw)
+        store = ChannelStore(gk.engine, keys, files_dir=gk.settings.resolved_channel_files_dir())
+        return cls(gk.engine, gk.writer, Guardrails(gk.engine), store, keys, **kw)
 
     # -- the whole pipeline ---------------------------------------------------------------------
     def send(self, req: SendRequest) -> SendReport:

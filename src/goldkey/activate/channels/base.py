@@ -125,6 +125,9 @@ class Channel(ABC):
     config_model: ClassVar[type[ChannelConfig]] = ChannelConfig
     secret_fields: ClassVar[tuple[str, ...]] = ()  # required secrets
     optional_secret_fields: ClassVar[tuple[str, ...]] = ()
+    # config fields naming a file on the server the channel writes: kept inside the workspace's
+    # folder of the channel-files directory (``ChannelStore.save``)
+    file_fields: ClassVar[tuple[str, ...]] = ()
     # the provider drops a repeated request with the same message id, so a timed-out request may be
     # retried without risking a second delivery (a class default; webhook-style channels set it per
     # instance from their ``receiver_deduplicates`` setting)

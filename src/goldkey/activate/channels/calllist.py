@@ -26,7 +26,8 @@ HEADER = ["message_id", "profile_id", "name", "phone", "city", "member_tier", "s
 
 class CallListConfig(ChannelConfig):
     mode: Literal["file", "webhook"] = "file"
-    path: str | None = Field(None, description="CSV file (mode file).")
+    path: str | None = Field(None, description="CSV file (mode file): a file name in the workspace's folder of the "
+                                             "channel-files directory (an absolute path must lie in it).")
     url: str | None = Field(None, pattern=r"^https?://", description="Call-centre endpoint (mode webhook).")
     rate_per_second: float = Field(1000.0, gt=0)
     receiver_deduplicates: bool = Field(
@@ -39,6 +40,7 @@ class CallListChannel(Channel):
     consent_channel = "call"
     address_type = "phone"
     config_model = CallListConfig
+    file_fields = ("path",)
     optional_secret_fields = ("signing_secret",)
     config: CallListConfig
 

@@ -20,7 +20,8 @@ from goldkey.core.clock import to_iso, utcnow
 
 
 class SinkConfig(ChannelConfig):
-    path: str = Field("-", description="JSONL file to append to; '-' writes to standard output.")
+    path: str = Field("-", description="JSONL file to append to, a file name in the workspace's folder of the "
+                                        "channel-files directory; '-' writes to standard output.")
     simulates: Literal["email", "sms", "wechat", "push", "call"] = Field(
         "sms", description="The channel whose consent, caps and address the sink uses.")
     rate_per_second: float = Field(1e9, gt=0)
@@ -37,6 +38,7 @@ class SinkChannel(Channel):
     consent_channel = "sms"
     address_type = "phone"
     config_model = SinkConfig
+    file_fields = ("path",)
     deduplicates_by_message_id = True  # a line per message id is what a re-read would count
     concurrent_sends = False  # a local append: worker threads would only add hand-offs
     config: SinkConfig
