@@ -212,3 +212,22 @@ def test_a_crm_opt_out_without_a_date_stands_against_an_earlier_online_grant(env
     with env.gk.engine.connect() as c:
         rows = c.execute(sa.select(consents.c.status, consents.c.source).where(consents.c.workspace_id == ws)).all()
     assert [tuple(r) for r in rows] == [("denied", "import")]
+
+
+def test_a_later_file_restating_an_opt_out_moves_its_date(env: Any, tmp_path: Path) -> None:
+    """A re-import records no new decision for the audit log, but a later file saying the same must
+    still date it later: before (a review of the re-import rule), the 2025 opt-out kept its 2019 date
+    and a store's 2022 grant overturned it."""
+    mapping = {"crm_id": "crm_id", "consent_sms": "consent_sms", "consent_updated_at": "consent_updated_at"}
+    for name, row in (("crm_2019.csv", "C1,退订,2019-01-01 00:00:00"), ("crm_2025.csv", "C1,退订,2025-06-01 00:00:00"),
+                      ("store_2022.csv", "C1,同意,2022-03-01 00:00:00")):
+        path = tmp_path / name
+        path.write_text("crm_id,consent_sms,consent_updated_at\n" + row + "\n", encoding="utf-8")
+        s = env.gk.importer.run(env.ws.workspace_id, "customers", path, mapping)
+        assert (s.accepted, s.quarantined) == (1, 0)
+    with env.gk.engine.connect() as c:
+        got = c.execute(sa.select(consents.c.status, consents.c.updated_at)).all()
+        audited = c.execute(sa.select(sa.func.count()).select_from(audit_log).where(
+            audit_log.c.action == "consent.set")).scalar_one()
+    assert [(r.status, r.updated_at.replace(tzinfo=None)) for r in got] == [("denied", datetime(2025, 5, 31, 16))]
+    assert audited == 1  # the first file's decision; the second restated it, the third was older

@@ -277,14 +277,16 @@ def record_decisions(c: sa.Connection, latest: dict[tuple[str, str, str, str], t
     now = utcnow()
     for (ws, pid, ch, pu), (at, status, ref) in want.items():
         old = have.get((ws, pid, ch, pu))
-        if old is not None and (old[0] > at or (old[1] == status and (
-                old[0] == at or (source == "import" and old[2] == "import")))):
-            # a newer decision stands, or this very one is on record: a file says what it said
-            # before (a re-import, whose undated denial is dated at each import) - an identify
-            # sending its decision again is a decision made again, and dated anew
-            continue
+        if old is not None and (old[0] > at or (old[0] == at and old[1] == status)):
+            continue  # a newer decision stands, or this very one is on record (a re-import)
         rows.append({"workspace_id": ws, "profile_id": pid, "channel": ch, "purpose": pu,
                      "status": status, "source": source, "updated_at": at})
+        if old is not None and old[1] == status and source == "import" and old[2] == "import":
+            # a file saying again what a file said (a re-import, whose undated denial is dated at
+            # each import): the decision stands as of the later date, which an older decision
+            # elsewhere must not outrank, and it is no new decision for the audit log (an identify
+            # sending its decision again is a decision made again, and audited)
+            continue
         audit.append({"workspace_id": ws, "actor": actor, "action": "consent.set", "target": pid,
                       "detail": orjson.dumps({"channel": ch, "purpose": pu, "status": status,
                                               "source": source, "ref": ref}).decode(),
