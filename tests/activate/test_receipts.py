@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+from goldkey.activate.channels.base import Receipt
 from goldkey.activate.guardrails import Guardrails, SendSpec
 from goldkey.activate.receipts import is_opt_out
 from goldkey.govern.consent import set_consent
@@ -145,11 +147,15 @@ def test_opt_out_keywords() -> None:
     assert not any(is_opt_out(t) for t in ["", None, "谢谢", "don't stop", "TD TD?"])
 
 
-def test_an_unsubscribe_from_the_merged_away_customers_phone_goes_back_with_them(env: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize(("how", "undo_first"), [("link", False), ("link", True), ("reply", True)])
+def test_an_unsubscribe_from_the_merged_away_customers_phone_goes_back_with_them(env: Any, how: str,
+                                                                                 undo_first: bool) -> None:
     """While two profiles are merged a message may go to the merged-away customer's phone. Before,
     that customer's unsubscribe was recorded on the survivor (overwriting the survivor's own
     consent) and lost with the undo: the customer was texted again on the phone that had opted out
-    (found by a review)."""
+    (found by a review). The same when the merge is undone before the link is tapped, or before a
+    退订 reply comes (found by the review of that fix: the reply matched no message at all)."""
+    from goldkey.activate.receipts import Receipts
     from goldkey.activate.sender import SendRequest
     from goldkey.activate.templates import compile_for_workspace
 
@@ -174,15 +180,29 @@ def test_an_unsubscribe_from_the_merged_away_customers_phone_goes_back_with_them
     assert rep.delivery.sent == 1, rep.summary()
     sent = json.loads(out.read_text().splitlines()[0])
     assert sent["to"] == "+8613900000001"  # the smallest phone the survivor holds: Li's
-    token = sent["text"].split("/t/u/")[1].split()[0]
-    assert env.client.post(f"/t/u/{token}").status_code == 200
 
     def consents(p: str) -> dict[str, str]:
         got = env.client.get(f"/api/v1/profiles/{p}", headers=h).json()["consents"]
         return {c["channel"]: c["status"] for c in got}
 
-    assert consents(wu) == {"sms": "denied"}  # while merged: the latest decision across the merge
-    v = Guardrails(env.gk.engine).check(ws, "sms", "marketing", [wu], "next", NOON_SH)
-    assert v.suppressed[wu] == "opted out of sms/marketing"
-    assert env.client.post(f"/api/v1/profiles/merges/{merge}/undo", headers=h).status_code == 200
+    def undo() -> None:
+        assert env.client.post(f"/api/v1/profiles/merges/{merge}/undo", headers=h).status_code == 200
+
+    if undo_first:
+        undo()
+    if how == "link":
+        token = sent["text"].split("/t/u/")[1].split()[0]
+        assert env.client.post(f"/t/u/{token}").status_code == 200
+    else:  # what Receipts.provider does with a parsed reply (a sink channel parses none)
+        receipts = Receipts(env.gk.sender)
+        rc = Receipt("replied", text="退订", from_address="+8613900000001")
+        row = receipts._match(ws, cid, "phone", rc)
+        assert row is not None and row.message_id == sent["message_id"]
+        receipts.record(row, rc)
+        receipts.record(row, Receipt("unsubscribed", message_id=row.message_id, from_address=rc.from_address))
+    if not undo_first:
+        assert consents(wu) == {"sms": "denied"}  # while merged: the latest decision across the merge
+        v = Guardrails(env.gk.engine).check(ws, "sms", "marketing", [wu], "next", NOON_SH)
+        assert v.suppressed[wu] == "opted out of sms/marketing"
+        undo()
     assert consents(li) == {"sms": "denied"} and consents(wu) == {"sms": "granted"}

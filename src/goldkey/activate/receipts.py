@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from goldkey.activate.channels.base import Receipt
@@ -29,7 +30,7 @@ from goldkey.activate.sender import Sender
 from goldkey.core.clock import utcnow
 from goldkey.core.errors import GoldkeyError, NotFound
 from goldkey.govern.consent import merged_away_owners, set_consent, standing_merges
-from goldkey.store.operational import identities, messages, profiles
+from goldkey.store.operational import identities, merges, messages, profiles
 
 _EVENT = {"delivered": "Message Delivered", "failed": "Message Failed", "opened": "Message Opened",
           "clicked": "Link Clicked", "replied": "Message Replied", "unsubscribed": "Unsubscribed"}
@@ -82,11 +83,15 @@ class Receipts:
         if rc.message_id:
             q = q.where(m.message_id == rc.message_id)
         elif rc.status == "replied" and rc.from_address:
-            i, p = identities.c, profiles.c
+            i, p, g = identities.c, profiles.c, merges.c
             customer = (sa.select(p.canonical_id).join(identities, i.profile_id == p.profile_id)
                         .where(i.workspace_id == ws, i.id_type == address_type, i.id_value == rc.from_address)
                         .scalar_subquery())
-            q = q.where(m.profile_id.in_(sa.select(customer))).order_by(m.created_at.desc()).limit(1)
+            # or a profile the customer was merged into when the message went out (the merge undone since)
+            was_in = sa.select(g.winner_id).where(g.workspace_id == ws, g.loser_id == customer,
+                                                  g.undone_at.is_not(None))
+            q = (q.where(sa.or_(m.profile_id == customer, m.profile_id.in_(was_in)))
+                 .order_by(m.created_at.desc()).limit(1))
         elif rc.provider_message_id:
             q = q.where(m.provider_message_id == rc.provider_message_id)
         else:
@@ -136,11 +141,17 @@ class Receipts:
         Usually the message's live profile; but while two profiles are merged the message may have
         gone to the merged-away customer's phone (which the survivor holds since), and that customer
         opted out, not the survivor, whose own decision stays (an undo gives the decision back with
-        them, as an identify's: :class:`goldkey.govern.consent.ConsentCollector`). The address is
-        the reply's sender, else the message's (masked in the log: the profile's identifiers that
-        mask to it); an identifier a standing merge brought names its merged-away profile. When
-        the masked address fits identifiers of both, each of them records the opt-out."""
+        them, as an identify's: :class:`goldkey.govern.consent.ConsentCollector`); and once the merge
+        is undone, the phone is that customer's again. The address is the reply's sender, else the
+        message's (masked in the log: the identifiers that mask to it). An identifier a standing
+        merge brought names its merged-away profile; one an undone merge of the message's profile
+        gave back names its holder now. When the masked address fits several, each records the
+        opt-out."""
         ws = row.workspace_id
+
+        def fits(v: str) -> bool:
+            return v == address if address else mask(v) == row.address
+
         with self.engine.connect() as c:
             canon = c.execute(sa.select(profiles.c.canonical_id).where(
                 profiles.c.workspace_id == ws, profiles.c.profile_id == row.profile_id)).scalar()
@@ -150,14 +161,23 @@ class Receipts:
                 id_type = self.sender.channels.open(ws, row.channel_id).address_type
             except GoldkeyError:  # the channel is gone: its address type with it
                 return [canon]
-            held = list(c.execute(sa.select(identities.c.id_value).where(
-                identities.c.workspace_id == ws, identities.c.profile_id == canon,
-                identities.c.id_type == id_type)).scalars())
-            sent_to = [v for v in held if (v == address if address else mask(v) == row.address)]
-            if not sent_to:
-                return [canon]
-            owner = merged_away_owners(standing_merges(c, ws), {canon}, {(ws, id_type, v) for v in sent_to})
-        return sorted({owner.get((ws, id_type, v), canon) for v in sent_to})
+            i, p, m = identities.c, profiles.c, merges.c
+            held = c.execute(sa.select(i.id_value).where(i.workspace_id == ws, i.profile_id == canon,
+                                                         i.id_type == id_type)).scalars()
+            sent_to = [v for v in held if fits(v)]
+            if sent_to:
+                owner = merged_away_owners(standing_merges(c, ws, [canon]), {canon},
+                                           {(ws, id_type, v) for v in sent_to})
+                return sorted({owner.get((ws, id_type, v), canon) for v in sent_to})
+            # not held any more: an undo since may have given it back with the customer it came with
+            undone = c.execute(sa.select(m.detail).where(m.workspace_id == ws, m.undone_at.is_not(None),
+                                                         m.winner_id.in_(sorted({row.profile_id, canon})))).scalars()
+            back = {v for d in undone for t, v in orjson.loads(d).get("loser_identities", [])
+                    if t == id_type and fits(v)}
+            holders = set(c.execute(sa.select(p.canonical_id).join(identities, i.profile_id == p.profile_id).where(
+                i.workspace_id == ws, i.id_type == id_type, i.id_value.in_(sorted(back))))
+                .scalars()) if back else set()
+        return sorted(holders) or [canon]
 
     # -- tracking hits ------------------------------------------------------------------------------
     def open(self, token: str) -> None:

@@ -657,8 +657,8 @@ class Importer:
     def _consent_owners(conn: sa.Connection, graph: Any, ws: str, df: pl.DataFrame, pids: list[str]) -> list[str]:
         """Per row, the profile its consent decision belongs to: the row's (live) profile, or the
         merged-away profile that brought the row's highest-priority identifier to it."""
-        merged = standing_merges(conn, ws)
-        survivors = {r.canonical_id for r in merged}.intersection(pids)
+        merged = standing_merges(conn, ws, pids)
+        survivors = {r.canonical_id for r in merged}
         if not survivors:
             return pids  # no row's profile holds a merged-away customer: nothing to look at
         rows = [i for i, p in enumerate(pids) if p in survivors]

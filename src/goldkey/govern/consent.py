@@ -225,17 +225,29 @@ def _brought_by(rows: Iterable[Any], wanted: set[tuple[str, str, str]], owner: d
                 owner[(r.workspace_id, t, v)] = r.loser_id
 
 
-def standing_merges(c: sa.Connection, ws: str) -> list[Any]:
-    """The standing merges of ``ws`` (``workspace_id``, ``loser_id``, ``detail``, and the loser's
-    ``canonical_id``: the live profile it lives on as), latest first: what
-    :func:`merged_away_owners` reads, in one query (an import names up to millions of profiles;
-    merges are far fewer)."""
-    m, loser = merges.c, profiles.alias("loser")
-    return list(c.execute(
-        sa.select(m.workspace_id, m.loser_id, m.detail, loser.c.canonical_id)
-        .join(loser, loser.c.profile_id == m.loser_id)
-        .where(m.workspace_id == ws, m.undone_at.is_(None))
-        .order_by(m.created_at.desc(), m.merge_id.desc())).all())
+def standing_merges(c: sa.Connection, ws: str, survivors: Iterable[str]) -> list[Any]:
+    """The standing merges of ``ws`` whose merged-away profile lives on as one of ``survivors``
+    (``workspace_id``, ``loser_id``, ``detail``, and the loser's ``canonical_id``), latest first:
+    what :func:`merged_away_owners` reads. One statement per 50,000 survivors, found through
+    ``ix_profiles_canonical`` and ``ix_merges_loser``: a workspace's merges are never all read (a
+    web-tracked brand merges at every sign-in from a new device)."""
+    pids = sorted(set(survivors))
+    sqlite = c.dialect.name == "sqlite"
+    # SQLite: CROSS JOIN keeps this order (the planner would walk the workspace's merges first)
+    found = ("json_each(:ids) AS u CROSS JOIN profiles AS l CROSS JOIN merges AS m WHERE l.canonical_id = u.value"
+             if sqlite else "profiles AS l JOIN merges AS m ON true WHERE l.canonical_id = ANY(:ids)")
+    sql = sa.text(
+        f"SELECT m.workspace_id, m.loser_id, m.detail, l.canonical_id, m.created_at, m.merge_id FROM {found} "
+        "AND l.workspace_id = :ws AND l.profile_id <> l.canonical_id "
+        "AND m.workspace_id = :ws AND m.loser_id = l.profile_id AND m.undone_at IS NULL").columns(
+        merges.c.workspace_id, merges.c.loser_id, merges.c.detail, sa.column("canonical_id", sa.String),
+        merges.c.created_at, merges.c.merge_id)
+    rows: list[Any] = []
+    for lo in range(0, len(pids), 50_000):
+        part = pids[lo : lo + 50_000]
+        rows += c.execute(sql, {"ws": ws, "ids": orjson.dumps(part).decode() if sqlite else part}).all()
+    rows.sort(key=lambda r: (as_utc(r.created_at), r.merge_id), reverse=True)
+    return rows
 
 
 def merged_away_owners(rows: Iterable[Any], survivors: Iterable[str], wanted: set[tuple[str, str, str]]
