@@ -95,14 +95,14 @@ def test_english_model_holdout_auc_recomputed() -> None:
     p = lr.predict_proba(vec.transform([feats[i] for i in te]))[:, 1]
     auc = roc_auc_score(y[te], p)
     assert auc == pytest.approx(m.meta["evaluation"]["holdout"]["ours"]["auc"], abs=1e-4)
-    # measured 0.881 (0.874 before the negation change); plain TfidfVectorizer()+LogisticRegression() 0.845
+    # measured 0.880 (0.874 before the negation change); plain TfidfVectorizer()+LogisticRegression() 0.845
     assert auc >= 0.86
     assert auc > m.meta["evaluation"]["holdout"]["plain_tfidf_lr"]["auc"]
 
 
 def test_english_model_on_off_domain_reviews_is_reported() -> None:
     """The English model learnt food reviews; on operator / eye-care reviews it is weaker (measured
-    AUC 0.789, accuracy 0.725 on 80 hand-written reviews; 0.785 / 0.65 before the negation change).
+    AUC 0.796, accuracy 0.713 on 80 hand-written reviews; 0.785 / 0.65 before the negation change).
     The figure is recomputed and kept as a floor."""
     texts, y, _ = text_train.heldout_zh(text_train.HELDOUT_EN)
     p = shipped_model("en").predict_proba(texts)
@@ -167,7 +167,7 @@ def test_negation_examples_go_the_right_way() -> None:
 # negations (不差, 没问题, 一点也不舒服, not bad, never again), questions and non-answers (无, n/a).
 # Three-way accuracy with the default thresholds; before negation scope replaced the word and
 # questions were left out: zh 0.476, en 0.433. Floors a little below the figures measured after.
-HARD_FLOOR = {"zh": 0.65, "en": 0.50}  # measured 0.690 (126) and 0.544 (90)
+HARD_FLOOR = {"zh": 0.64, "en": 0.50}  # measured 0.675 (126) and 0.556 (90)
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
@@ -208,6 +208,21 @@ def test_negations_questions_and_non_answers_are_labelled_right() -> None:
     for t in ("不贵", "不慢", "not expensive", "no problem"):  # not negative any more (p 0.43-0.59)
         assert r[t]["label"] != "negative", r[t]
     assert r["无"]["sentiment"] == 0.5  # no known feature: no evidence, not the intercept
+
+
+def test_statements_are_not_taken_for_questions() -> None:
+    """The first question rule left out whole sentences opened by 咨询 / 想了解, ended by 么 (什么) or
+    嘛, and English ones opened by would / do / what without a full stop, so these complaints and
+    this praise scored 0.5 (a review of that change); a clause that asks is left out, not the
+    sentence, and an English question is a ? or an inverted opening."""
+    want = {"咨询了三次都没人回复，服务太差了": "negative", "想了解一下为什么乱扣费，太坑了": "negative",
+            "这个护理液还挺好用的嘛": "positive", "客服根本不知道在干什么": "negative",
+            "Would not buy again": "negative", "Do not buy this plan": "negative",
+            "Does not work at all, terrible": "negative", "What a waste of money": "negative",
+            "请问，宽带怎么办理": "neutral", "护理液好用吗": "neutral", "Is there a family plan": "neutral",
+            "How do I cancel": "neutral", "Can I change my plan?": "neutral"}
+    r = {x["text"]: x["label"] for x in score_texts(list(want))}
+    assert r == want
 
 
 def test_topics_in_both_languages() -> None:

