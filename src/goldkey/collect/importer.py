@@ -216,7 +216,7 @@ def _known_from_records(conn: sa.Connection, pids: list[str], fresh: pl.Series, 
     last_of = dict(zip(ids, ts_column(conn, span["last"].clip(upper_bound=utcnow())), strict=True))
     found = set(span.filter(pl.col("fresh").not_())["pid"].to_list())
     # only the profiles that change (a re-import, or records of known customers, change none)
-    before, after = _earlier_than(conn), _later_than(conn)
+    before, after = _time_order(conn)
     stale, later = [], []
     for pid, origin, first, last in fetch_in(
             conn, "SELECT profile_id, origin, first_seen_at, last_seen_at FROM profiles WHERE profile_id IN ({in})",
@@ -253,20 +253,13 @@ def mark_known(conn: sa.Connection, firsts: Mapping[str, tuple[Any, str]]) -> No
     )
 
 
-def _earlier_than(conn: sa.Connection) -> Callable[[str, Any], bool]:
-    """Return ``before(ts, stored)``: is ``ts`` (a bulk timestamp parameter, see ``ts_column``)
-    earlier than a DateTime value as the DBAPI cursor reads it back?"""
+def _time_order(conn: sa.Connection) -> tuple[Callable[[str, Any], bool], Callable[[str, Any], bool]]:
+    """Return ``(before, after)``: is ``ts`` (a bulk timestamp parameter, see ``ts_column``) earlier
+    / later than a DateTime value as the DBAPI cursor reads it back?"""
     if conn.dialect.name == "sqlite":  # both text in the same fixed-width form
-        return lambda ts, stored: ts < stored
-    return lambda ts, stored: datetime.fromisoformat(ts) < as_utc(stored)  # type: ignore[operator]
-
-
-def _later_than(conn: sa.Connection) -> Callable[[str, Any], bool]:
-    """Return ``after(ts, stored)``: is ``ts`` (a bulk timestamp parameter) later than a stored
-    DateTime value as the DBAPI cursor reads it back? (See :func:`_earlier_than`.)"""
-    if conn.dialect.name == "sqlite":
-        return lambda ts, stored: ts > stored
-    return lambda ts, stored: datetime.fromisoformat(ts) > as_utc(stored)  # type: ignore[operator]
+        return (lambda ts, stored: ts < stored), (lambda ts, stored: ts > stored)
+    return (lambda ts, stored: datetime.fromisoformat(ts) < as_utc(stored),  # type: ignore[operator]
+            lambda ts, stored: datetime.fromisoformat(ts) > as_utc(stored))  # type: ignore[operator]
 
 
 def _as_text(values: list[Any]) -> pl.Series:
@@ -733,7 +726,7 @@ class Importer:
                 list(incoming),
             )
         }
-        before = _earlier_than(conn)
+        before = _time_order(conn)[0]
         now = ts_param(conn)(utcnow())
         updates = []
         for pid, a in incoming.items():
