@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from goldkey.activate.sender import SendRequest
 from goldkey.activate.templates import compile_for_workspace
 
@@ -81,7 +83,8 @@ def test_file_channels_write_only_inside_their_workspace_folder(env: Any, tmp_pa
     other = env.gk.workspaces.create("Other brand").workspace_id
     for kind, path in (("call", "/etc/cron.d/goldkey"), ("call", "../" + other + "/calls.csv"),
                        ("sink", str(root / other / "sent.jsonl")), ("sink", str(tmp_path / "out.jsonl")),
-                       ("call", str(env.gk.settings.data_dir / "operational.sqlite")), ("sink", ".")):
+                       ("call", str(env.gk.settings.data_dir / "operational.sqlite")), ("sink", "."),
+                       ("sink", ""), ("call", "calls\x00.csv")):
         r = env.client.post("/api/v1/channels", json={"name": f"{kind} {path}"[:200], "kind": kind,
                                                       "config": {"path": path}}, headers=h)
         assert r.status_code == 400 and r.json()["field"] == "config.path", (path, r.text)
@@ -95,3 +98,18 @@ def test_file_channels_write_only_inside_their_workspace_folder(env: Any, tmp_pa
     r = env.client.post("/api/v1/channels", json={"name": "console", "kind": "sink", "config": {"path": "-"}},
                         headers=h)
     assert r.status_code == 201 and r.json()["config"]["path"] == "-"
+
+    # a channel stored with an outside path (saved before the check existed) is not opened
+    import orjson
+    import sqlalchemy as sa
+
+    from goldkey.core.errors import InvalidInput
+    from goldkey.store.operational import channels
+
+    cid = r.json()["channel_id"]
+    with env.gk.engine.begin() as c:
+        c.execute(channels.update().where(channels.c.channel_id == cid).values(
+            config=orjson.dumps({"path": str(tmp_path / "legacy.jsonl")}).decode(), updated_at=sa.func.now()))
+    with pytest.raises(InvalidInput, match="writes only inside this workspace's folder") as ei:
+        env.gk.sender.channels.open(ws, cid)
+    assert ei.value.field == "config.path"

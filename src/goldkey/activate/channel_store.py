@@ -54,7 +54,7 @@ class ChannelStore:
         parsed = cls.validate_config(config, merged)
         for f in cls.file_fields:
             value = getattr(parsed, f)
-            if value and value != "-":
+            if value is not None and value != "-":
                 parsed = parsed.model_copy(update={f: str(self._confined(ws, cls.kind, f, value))})
         now = utcnow()
         values = {"workspace_id": ws, "kind": cls.kind, "provider": cls.provider, "name": name.strip(),
@@ -83,8 +83,11 @@ class ChannelStore:
             raise InvalidInput(f"this Goldkey has no channel-files directory: a {kind} channel cannot write a file",
                                field=f"config.{field}")
         base = (self.files_dir / ws).resolve()
-        given = Path(value)
-        target = (given if given.is_absolute() else base / given).resolve()
+        try:
+            given = Path(value)
+            target = (given if given.is_absolute() else base / given).resolve()
+        except (ValueError, OSError):  # a NUL byte, a name the file system refuses
+            target = base
         if base not in target.parents:
             raise InvalidInput(f"a {kind} channel writes only inside this workspace's folder {base}: give a file "
                                f"name relative to it (e.g. 'out.csv'), not {value!r}", field=f"config.{field}")
@@ -122,7 +125,14 @@ class ChannelStore:
             self._drop(channel_id)
             cls = channel_class(row.kind, row.provider)
             secrets = self.keys.decrypt(row.secrets)
-            ch = cls(cls.validate_config(orjson.loads(row.config), secrets), secrets, transport=self.transport)
+            config = cls.validate_config(orjson.loads(row.config), secrets)
+            for f in cls.file_fields if self.files_dir is not None else ():
+                # a channel saved before paths were kept in the workspace's folder is not opened
+                value = getattr(config, f)
+                if value is not None and value != "-" and str(self._confined(ws, cls.kind, f, value)) != value:
+                    raise InvalidInput(f"channel {channel_id!r} writes to {value!r}, outside this workspace's "
+                                       "folder: save it again with a file name", field=f"config.{f}")
+            ch = cls(config, secrets, transport=self.transport)
             self._open[channel_id] = (row.updated_at, ch)
             return ch
 

@@ -64,9 +64,10 @@ class DeliveryProcessError(RuntimeError):
 class DeliveryProcess:
     """The parent's handle on the delivery child: ``deliver`` sends one round and waits for it."""
 
-    def __init__(self, operational_url: str, data_dir: Path) -> None:
+    def __init__(self, operational_url: str, data_dir: Path, files_dir: Path | None = None) -> None:
         self.operational_url = operational_url
         self.data_dir = data_dir
+        self.files_dir = files_dir or data_dir / "channel-files"
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()
@@ -92,7 +93,7 @@ class DeliveryProcess:
         finally:
             theirs.close()
         conn = Connection(ours.detach())
-        conn.send(("open", self.operational_url, str(self.data_dir)))
+        conn.send(("open", self.operational_url, str(self.data_dir), str(self.files_dir)))
         if not conn.poll(START_TIMEOUT_SECONDS):
             conn.close()
             raise DeliveryProcessError("the delivery process did not start in time")
@@ -182,13 +183,14 @@ def _child(fd: int) -> None:
 
     conn = Connection(fd)
     try:
-        _, url, data_dir = conn.recv()
+        _, url, data_dir, files_dir = conn.recv()
         engine = create_operational_engine(url)
         keys = Keys(load_or_create_key(Path(data_dir)))
         # no writer: send_rows writes nothing (claims, finishes and events are the parent's); the
         # channels' rate-limit buckets are the server's (shared files), so the two processes' sends
         # together keep each channel's limit
-        sender = Sender(engine, None, Guardrails(engine), ChannelStore(engine, keys), keys,  # type: ignore[arg-type]
+        store = ChannelStore(engine, keys, files_dir=Path(files_dir))  # the same confinement as the server's
+        sender = Sender(engine, None, Guardrails(engine), store, keys,  # type: ignore[arg-type]
                         rate_dir=rate_limit_dir(Path(data_dir)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         conn.send(("failed", repr(exc)))

@@ -300,7 +300,7 @@ class TriggerService:
         if settings is not None and getattr(settings, "trigger_delivery_process", False):
             url = settings.resolved_operational_url()
             if DeliveryProcess.usable(url):
-                self.child = DeliveryProcess(url, settings.data_dir)
+                self.child = DeliveryProcess(url, settings.data_dir, settings.resolved_channel_files_dir())
 
     @classmethod
     def from_goldkey(cls, gk: Any, **kw: Any) -> TriggerService:
