@@ -231,3 +231,15 @@ def test_a_later_file_restating_an_opt_out_moves_its_date(env: Any, tmp_path: Pa
             audit_log.c.action == "consent.set")).scalar_one()
     assert [(r.status, r.updated_at.replace(tzinfo=None)) for r in got] == [("denied", datetime(2025, 5, 31, 16))]
     assert audited == 1  # the first file's decision; the second restated it, the third was older
+
+
+def test_a_denial_wins_a_tie(env: Any, tmp_path: Path) -> None:
+    """A file with day-only dates: a grant of the same instant as a stored denial does not overwrite it,
+    as the send guardrails read a tie (a review of the consent changes)."""
+    mapping = {"crm_id": "crm_id", "consent_sms": "consent_sms", "consent_updated_at": "consent_updated_at"}
+    for name, row in (("a.csv", "C1,退订,2024-03-01"), ("b.csv", "C1,同意,2024-03-01")):
+        path = tmp_path / name
+        path.write_text("crm_id,consent_sms,consent_updated_at\n" + row + "\n", encoding="utf-8")
+        assert env.gk.importer.run(env.ws.workspace_id, "customers", path, mapping).accepted == 1
+    with env.gk.engine.connect() as c:
+        assert c.execute(sa.select(consents.c.status)).scalars().all() == ["denied"]

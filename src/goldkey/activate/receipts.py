@@ -87,10 +87,13 @@ class Receipts:
             customer = (sa.select(p.canonical_id).join(identities, i.profile_id == p.profile_id)
                         .where(i.workspace_id == ws, i.id_type == address_type, i.id_value == rc.from_address)
                         .scalar_subquery())
-            # or a profile the customer was merged into when the message went out (the merge undone since)
-            was_in = sa.select(g.winner_id).where(g.workspace_id == ws, g.loser_id == customer,
-                                                  g.undone_at.is_not(None))
-            q = (q.where(sa.or_(m.profile_id == customer, m.profile_id.in_(was_in)))
+            # the customer's messages: logged under them, under a profile merged into them since, or
+            # under a profile they were merged into while the message went out (a merge undone since)
+            theirs = sa.select(p.profile_id).where(p.workspace_id == ws, p.canonical_id == customer)
+            was_in = sa.exists().where(g.workspace_id == ws, g.loser_id == customer, g.winner_id == m.profile_id,
+                                       g.undone_at.is_not(None), m.created_at >= g.created_at,
+                                       m.created_at <= g.undone_at)
+            q = (q.where(sa.or_(m.profile_id.in_(theirs), was_in))
                  .order_by(m.created_at.desc()).limit(1))
         elif rc.provider_message_id:
             q = q.where(m.provider_message_id == rc.provider_message_id)
@@ -145,8 +148,8 @@ class Receipts:
         is undone, the phone is that customer's again. The address is the reply's sender, else the
         message's (masked in the log: the identifiers that mask to it). An identifier a standing
         merge brought names its merged-away profile; one an undone merge of the message's profile
-        gave back names its holder now. When the masked address fits several, each records the
-        opt-out."""
+        gave back names its holder now (by the same rule). When the masked address fits several,
+        each records the opt-out."""
         ws = row.workspace_id
 
         def fits(v: str) -> bool:
@@ -162,22 +165,23 @@ class Receipts:
             except GoldkeyError:  # the channel is gone: its address type with it
                 return [canon]
             i, p, m = identities.c, profiles.c, merges.c
-            held = c.execute(sa.select(i.id_value).where(i.workspace_id == ws, i.profile_id == canon,
-                                                         i.id_type == id_type)).scalars()
-            sent_to = [v for v in held if fits(v)]
-            if sent_to:
-                owner = merged_away_owners(standing_merges(c, ws, [canon]), {canon},
-                                           {(ws, id_type, v) for v in sent_to})
-                return sorted({owner.get((ws, id_type, v), canon) for v in sent_to})
-            # not held any more: an undo since may have given it back with the customer it came with
+            held = {v for v in c.execute(sa.select(i.id_value).where(
+                i.workspace_id == ws, i.profile_id == canon, i.id_type == id_type)).scalars() if fits(v)}
+            # an undo since may have given the address back with the customer it came with
             undone = c.execute(sa.select(m.detail).where(m.workspace_id == ws, m.undone_at.is_not(None),
                                                          m.winner_id.in_(sorted({row.profile_id, canon})))).scalars()
             back = {v for d in undone for t, v in orjson.loads(d).get("loser_identities", [])
-                    if t == id_type and fits(v)}
-            holders = set(c.execute(sa.select(p.canonical_id).join(identities, i.profile_id == p.profile_id).where(
-                i.workspace_id == ws, i.id_type == id_type, i.id_value.in_(sorted(back))))
-                .scalars()) if back else set()
-        return sorted(holders) or [canon]
+                    if t == id_type and fits(v)} - held
+            holder = {v: canon for v in held}
+            if back:
+                holder.update(c.execute(sa.select(i.id_value, p.canonical_id).join(
+                    profiles, p.profile_id == i.profile_id).where(
+                    i.workspace_id == ws, i.id_type == id_type, i.id_value.in_(sorted(back)))).all())
+            if not holder:
+                return [canon]
+            live = set(holder.values())
+            owner = merged_away_owners(standing_merges(c, ws, live), live, {(ws, id_type, v) for v in holder})
+        return sorted({owner.get((ws, id_type, v), h) for v, h in holder.items()})
 
     # -- tracking hits ------------------------------------------------------------------------------
     def open(self, token: str) -> None:

@@ -289,8 +289,8 @@ def record_decisions(c: sa.Connection, latest: dict[tuple[str, str, str, str], t
     now = utcnow()
     for (ws, pid, ch, pu), (at, status, ref) in want.items():
         old = have.get((ws, pid, ch, pu))
-        if old is not None and (old[0] > at or (old[0] == at and old[1] == status)):
-            continue  # a newer decision stands, or this very one is on record (a re-import)
+        if old is not None and (old[0] > at or (old[0] == at and old[1] in (status, "denied"))):
+            continue  # a newer decision stands, a denial wins a tie, or this very one is on record
         rows.append({"workspace_id": ws, "profile_id": pid, "channel": ch, "purpose": pu,
                      "status": status, "source": source, "updated_at": at})
         if old is not None and old[1] == status and source == "import" and old[2] == "import":

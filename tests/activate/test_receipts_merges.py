@@ -1,0 +1,131 @@
+"""Unsubscribes and 退订 replies across merges, undos and chains of merges: the opt-out is the
+customer's whose address the message went to, and a reply matches that customer's message
+(cases a review of the first version found failing)."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from goldkey.activate.channels.base import Receipt
+from goldkey.activate.receipts import Receipts
+from goldkey.activate.sender import SendRequest
+from goldkey.activate.templates import compile_for_workspace
+from goldkey.govern.consent import set_consent
+
+NOON_SH = datetime(2026, 3, 4, 4, 0, tzinfo=UTC)
+
+
+def _setup(env: Any, people: list[dict[str, Any]],
+           simulates: str = "sms") -> tuple[str, dict[str, str], str, Path, Any]:
+    ws, h = env.ws.workspace_id, env.admin_auth()
+    env.gk.sender.guardrails.set_policy(ws, {"quiet_hours": None, "caps": {}})
+    for body in people:
+        assert env.post("/v1/identify", body).status_code == 200
+    ch = env.gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": "out.jsonl", "simulates": simulates})
+    tpl = compile_for_workspace(env.gk.engine, ws, {"variants": {"zh": {"text": "优惠 退订: {{ unsubscribe_url }}"}}})
+    return ws, h, ch["channel_id"], Path(ch["config"]["path"]), tpl
+
+
+def _pid(env: Any, **q: str) -> str:
+    return str(env.client.get("/api/v1/profiles/lookup", params=q, headers=env.admin_auth()).json()["profile_id"])
+
+
+def _consents(env: Any, p: str) -> dict[str, str]:
+    got = env.client.get(f"/api/v1/profiles/{p}", headers=env.admin_auth()).json()["consents"]
+    return {c["channel"]: c["status"] for c in got}
+
+
+def _merges(env: Any, p: str) -> list[dict[str, Any]]:
+    return env.client.get(f"/api/v1/profiles/{p}", headers=env.admin_auth()).json()["merges"]
+
+
+def _send(env: Any, ws: str, cid: str, out: Path, tpl: Any, pid: str, now: datetime = NOON_SH,
+          key: str = "promo") -> dict[str, Any]:
+    rep = env.gk.sender.send(SendRequest(ws, cid, tpl, [pid], key, now=now))
+    assert rep.delivery.sent == 1, rep.summary()
+    return json.loads(out.read_text().splitlines()[-1])
+
+
+def test_reply_to_a_message_whose_profile_was_merged_away_later(env_any: Any) -> None:
+    """Li (anonymous, phone 1) is texted; then Li signs in and is merged into Wu; Li replies 退订."""
+    env = env_any
+    ws, h, cid, out, tpl = _setup(env, [{"userId": "wu", "traits": {"phone": "+8613900000009"}},
+                                        {"anonymousId": "dev1", "traits": {"phone": "+8613900000001"}}])
+    wu, li = _pid(env, user_id="wu"), _pid(env, anonymous_id="dev1")
+    for p in (wu, li):
+        set_consent(env.gk.engine, ws, p, "sms", "granted")
+    sent = _send(env, ws, cid, out, tpl, li)
+    assert sent["to"] == "+8613900000001"
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
+    receipts = Receipts(env.gk.sender)
+    row = receipts._match(ws, cid, "phone", Receipt("replied", text="退订", from_address="+8613900000001"))
+    assert row is not None, "the 退订 reply matches no message: Receipts.provider counts it unmatched, no opt-out"
+
+
+def test_chain_undo_of_the_later_merge_link_after(env_any: Any) -> None:
+    """Zhao (C, first seen), Wu (B), Li (A). Li merged into Wu, Wu into Zhao. Texted under Zhao at
+    Li's phone. Wu->Zhao undone (Li->Wu stands). Link tapped: the phone is Li's."""
+    env = env_any
+    ws, h, cid, out, tpl = _setup(env, [{"anonymousId": "devC", "traits": {"email": "zhao@example.com"}},
+                                        {"userId": "wu", "traits": {"phone": "+8613900000009"}},
+                                        {"anonymousId": "dev1", "traits": {"phone": "+8613900000001"}}])
+    zhao, wu, li = _pid(env, anonymous_id="devC"), _pid(env, user_id="wu"), _pid(env, anonymous_id="dev1")
+    for p in (zhao, wu, li):
+        set_consent(env.gk.engine, ws, p, "sms", "granted")
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200   # A -> B
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "devC"}).status_code == 200   # B -> C
+    ms = _merges(env, zhao)
+    sent = _send(env, ws, cid, out, tpl, zhao)
+    assert sent["to"] == "+8613900000001"
+    bc = next(m for m in ms if m["loser_id"] == wu)
+    assert env.client.post(f"/api/v1/profiles/merges/{bc['merge_id']}/undo", headers=h).status_code == 200
+    token = sent["text"].split("/t/u/")[1].split()[0]
+    assert env.client.post(f"/t/u/{token}").status_code == 200
+    ab = next(m for m in _merges(env, wu) if m["loser_id"] == li)
+    assert env.client.post(f"/api/v1/profiles/merges/{ab['merge_id']}/undo", headers=h).status_code == 200
+    assert _consents(env, li) == {"sms": "denied"}, "Li opted out on her phone, and is texted again after the undo"
+
+
+def test_masked_email_collision_after_undo(env: Any) -> None:
+    """Wu holds amy@example.com, Li alice@example.com (both mask to a***@example.com). Merged,
+    emailed at alice (Li's), undone, then the link tapped."""
+    ws, h, cid, out, tpl = _setup(env, [{"userId": "wu", "traits": {"email": "amy@example.com"}},
+                                        {"anonymousId": "dev1", "traits": {"email": "alice@example.com"}}],
+                                  simulates="email")
+    wu, li = _pid(env, user_id="wu"), _pid(env, anonymous_id="dev1")
+    for p in (wu, li):
+        set_consent(env.gk.engine, ws, p, "email", "granted")
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
+    merge = _merges(env, wu)[0]["merge_id"]
+    sent = _send(env, ws, cid, out, tpl, wu)
+    assert sent["to"] == "alice@example.com"
+    assert env.client.post(f"/api/v1/profiles/merges/{merge}/undo", headers=h).status_code == 200
+    token = sent["text"].split("/t/u/")[1].split()[0]
+    assert env.client.post(f"/t/u/{token}").status_code == 200
+    assert _consents(env, li) == {"email": "denied"}  # Li got the e-mail and opted out
+
+
+def test_reply_matched_to_the_former_survivors_later_message(env_any: Any) -> None:
+    """Li is texted on her own profile (M1); Li and Wu are merged, then the merge is undone; Wu is
+    texted on his own phone (M2). Li replies 退订 from her phone: it is M1's reply, not M2's."""
+    env = env_any
+    ws, h, cid, out, tpl = _setup(env, [{"userId": "wu", "traits": {"phone": "+8613900000009"}},
+                                        {"anonymousId": "dev1", "traits": {"phone": "+8613900000001"}}])
+    wu, li = _pid(env, user_id="wu"), _pid(env, anonymous_id="dev1")
+    for p in (wu, li):
+        set_consent(env.gk.engine, ws, p, "sms", "granted")
+    m1 = _send(env, ws, cid, out, tpl, li)
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
+    merge = _merges(env, wu)[0]["merge_id"]
+    assert env.client.post(f"/api/v1/profiles/merges/{merge}/undo", headers=h).status_code == 200
+    m2 = _send(env, ws, cid, out, tpl, wu, now=NOON_SH + timedelta(days=1), key="promo2")
+    assert m2["to"] == "+8613900000009"
+    receipts = Receipts(env.gk.sender)
+    row = receipts._match(ws, cid, "phone", Receipt("replied", text="退订", from_address="+8613900000001"))
+    rc = Receipt("replied", text="请问怎么改地址", from_address="+8613900000001")
+    receipts.record(row, rc)
+    ev = env.gk.analytical.query("SELECT profile_id FROM events WHERE event = 'Message Replied'")
+    assert [p for (p,) in ev] == [li]  # her text is on her profile, not on Wu's
+    assert row.message_id == m1["message_id"]
