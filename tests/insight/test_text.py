@@ -102,7 +102,7 @@ def test_english_model_holdout_auc_recomputed() -> None:
 
 def test_english_model_on_off_domain_reviews_is_reported() -> None:
     """The English model learnt food reviews; on operator / eye-care reviews it is weaker (measured
-    AUC 0.796, accuracy 0.713 on 80 hand-written reviews; 0.785 / 0.65 before the negation change).
+    AUC 0.796, accuracy 0.725 on 80 hand-written reviews; 0.785 / 0.65 before the negation change).
     The figure is recomputed and kept as a floor."""
     texts, y, _ = text_train.heldout_zh(text_train.HELDOUT_EN)
     p = shipped_model("en").predict_proba(texts)
@@ -220,7 +220,12 @@ def test_statements_are_not_taken_for_questions() -> None:
             "Would not buy again": "negative", "Do not buy this plan": "negative",
             "Does not work at all, terrible": "negative", "What a waste of money": "negative",
             "请问，宽带怎么办理": "neutral", "护理液好用吗": "neutral", "Is there a family plan": "neutral",
-            "How do I cancel": "neutral", "Can I change my plan?": "neutral"}
+            "How do I cancel": "neutral", "Can I change my plan?": "neutral",
+            # a review without its subject is no question (the second version dropped these)
+            "Was a waste of money.": "negative", "Is the best coffee I have ever had.": "positive",
+            "Was a bit disappointed.": "negative", "Has a nice crunch.": "positive",
+            # the clause a question mark ends asks, the ones before it still say something
+            "Awful, why did I buy this?": "negative", "Great product, can you restock soon?": "positive"}
     r = {x["text"]: x["label"] for x in score_texts(list(want))}
     assert r == want
 

