@@ -92,7 +92,7 @@ def sink(env: Any, tmp_path: Path, name: str = "sink", cost: float = 0.05) -> tu
     # a file name: the sink writes it in the workspace's folder of the channel-files directory
     ch = env.gk.sender.channels.save(env.ws.workspace_id, name=name, kind="sink",
                                      config={"path": f"{name}.jsonl", "simulates": "sms", "cost_per_message": cost})
-    return str(ch["channel_id"]), Path(ch["config"]["path"])
+    return str(ch["channel_id"]), env.gk.sender.channels.file_path(env.ws.workspace_id, ch["config"]["path"])
 
 
 def sent_lines(path: Path) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ def test_call_list_reaches_only_call_consented_customers(env: Any, tmp_path: Pat
     env.post("/v1/identify", {"userId": "u3", "anonymousId": "anon-3"})
 
     ch = env.gk.sender.channels.save(ws, name="call centre", kind="call", config={"path": "calls.csv"})
-    cid, path = ch["channel_id"], Path(ch["config"]["path"])
+    cid, path = ch["channel_id"], env.gk.sender.channels.file_path(ws, ch["config"]["path"])
     tpl = compile_for_workspace(env.gk.engine, ws, {"variants": {"zh": {
         "text": "回访{{ attributes.name }}：续费优惠"}}})
 
@@ -94,7 +94,7 @@ def test_file_channels_write_only_inside_their_workspace_folder(env: Any, tmp_pa
         r = env.client.post("/api/v1/channels", json={"name": name, "kind": "call", "config": {"path": path}},
                             headers=h)
         assert r.status_code == 201, r.text
-        assert Path(r.json()["config"]["path"]).parent in (root / ws / "calls", root / ws)
+        assert r.json()["config"]["path"] in ("calls/2026-11.csv", "calls.csv")  # kept relative to the folder
     r = env.client.post("/api/v1/channels", json={"name": "console", "kind": "sink", "config": {"path": "-"}},
                         headers=h)
     assert r.status_code == 201 and r.json()["config"]["path"] == "-"
@@ -113,3 +113,11 @@ def test_file_channels_write_only_inside_their_workspace_folder(env: Any, tmp_pa
     with pytest.raises(InvalidInput, match="writes only inside this workspace's folder") as ei:
         env.gk.sender.channels.open(ws, cid)
     assert ei.value.field == "config.path"
+    # a path is kept relative to the folder: a data directory moved elsewhere (a restored backup)
+    # opens the same channels in their new place
+    from goldkey.activate.channel_store import ChannelStore
+
+    calls = env.client.get("/api/v1/channels", headers=h).json()
+    cid2 = next(c["channel_id"] for c in calls if c["name"] == "calls")
+    moved = ChannelStore(env.gk.engine, env.gk.sender.keys, files_dir=tmp_path / "moved")
+    assert moved.open(ws, cid2).config.path == str((tmp_path / "moved" / ws / "calls" / "2026-11.csv").resolve())

@@ -207,7 +207,7 @@ def _sink(env: Any, sender: Sender) -> tuple[str, Path]:
     ch = sender.channels.save(env.ws.workspace_id, name="demo sink", kind="sink",
                               config={"path": "out.jsonl", "simulates": "sms",
                                       "cost_per_message": 0.05})
-    return str(ch["channel_id"]), Path(ch["config"]["path"])
+    return str(ch["channel_id"]), sender.channels.file_path(env.ws.workspace_id, ch["config"]["path"])
 
 
 def test_send_pipeline_renders_logs_and_emits_events(env_any: Any, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def track(client: TestClient, auth: dict[str, str], users: list[int], event: str
 def sink(gk: Any, ws: str, name: str = "sink.jsonl") -> tuple[str, Path]:
     """A sink channel writing ``name`` in the workspace's folder of the channel-files directory."""
     ch = gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": name, "simulates": "sms"})
-    return str(ch["channel_id"]), Path(ch["config"]["path"])
+    return str(ch["channel_id"]), gk.sender.channels.file_path(ws, ch["config"]["path"])
 
 
 def sent(path: Path) -> list[dict[str, Any]]:

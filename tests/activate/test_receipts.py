@@ -11,7 +11,6 @@ import hmac
 import json
 import urllib.parse
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,7 +173,7 @@ def test_an_unsubscribe_from_the_merged_away_customers_phone_goes_back_with_them
     assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
     merge = env.client.get(f"/api/v1/profiles/{wu}", headers=h).json()["merges"][0]["merge_id"]
     ch = env.gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": "sms.jsonl", "simulates": "sms"})
-    cid, out = ch["channel_id"], Path(ch["config"]["path"])
+    cid, out = ch["channel_id"], env.gk.sender.channels.file_path(ws, ch["config"]["path"])
     tpl = compile_for_workspace(env.gk.engine, ws, {"variants": {"zh": {"text": "优惠 退订: {{ unsubscribe_url }}"}}})
     # sent now (not at a fixed instant): a reply matches a message logged under the survivor only if it
     # went out while the merge stood

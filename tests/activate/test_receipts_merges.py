@@ -12,6 +12,7 @@ from goldkey.activate.channels.base import Receipt
 from goldkey.activate.receipts import Receipts
 from goldkey.activate.sender import SendRequest
 from goldkey.activate.templates import compile_for_workspace
+from goldkey.core.clock import utcnow
 from goldkey.govern.consent import set_consent
 
 NOON_SH = datetime(2026, 3, 4, 4, 0, tzinfo=UTC)
@@ -25,7 +26,7 @@ def _setup(env: Any, people: list[dict[str, Any]],
         assert env.post("/v1/identify", body).status_code == 200
     ch = env.gk.sender.channels.save(ws, name="sink", kind="sink", config={"path": "out.jsonl", "simulates": simulates})
     tpl = compile_for_workspace(env.gk.engine, ws, {"variants": {"zh": {"text": "优惠 退订: {{ unsubscribe_url }}"}}})
-    return ws, h, ch["channel_id"], Path(ch["config"]["path"]), tpl
+    return ws, h, ch["channel_id"], env.gk.sender.channels.file_path(ws, ch["config"]["path"]), tpl
 
 
 def _pid(env: Any, **q: str) -> str:
@@ -129,3 +130,61 @@ def test_reply_matched_to_the_former_survivors_later_message(env_any: Any) -> No
     ev = env.gk.analytical.query("SELECT profile_id FROM events WHERE event = 'Message Replied'")
     assert [p for (p,) in ev] == [li]  # her text is on her profile, not on Wu's
     assert row.message_id == m1["message_id"]
+
+
+def test_an_undo_before_the_message_gives_no_address_back(env: Any) -> None:
+    """Li (alice@) merged into Wu (amy@) and undone before anything is sent; Wu is then mailed at
+    his own amy@example.com (the same mask, a***@example.com) and taps the link: Li never got a
+    message and keeps her grant (only a merge that stood when the message went out counts)."""
+    ws, h, cid, out, tpl = _setup(env, [{"userId": "wu", "traits": {"email": "amy@example.com"}},
+                                        {"anonymousId": "dev1", "traits": {"email": "alice@example.com"}}],
+                                  simulates="email")
+    wu, li = _pid(env, user_id="wu"), _pid(env, anonymous_id="dev1")
+    for p in (wu, li):
+        set_consent(env.gk.engine, ws, p, "email", "granted")
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
+    merge = _merges(env, wu)[0]["merge_id"]
+    assert env.client.post(f"/api/v1/profiles/merges/{merge}/undo", headers=h).status_code == 200
+    sent = _send(env, ws, cid, out, tpl, wu)
+    token = sent["text"].split("/t/u/")[1].split()[0]
+    assert env.client.post(f"/t/u/{token}").status_code == 200
+    assert _consents(env, li) == {"email": "granted"}, "Li never got a message, yet is opted out"
+
+
+def test_a_reply_after_an_undo_and_a_merge_elsewhere(env: Any) -> None:
+    """Zhao (first seen), Wu, Li (dev1, phone 1). Li merged into Wu; Wu texted -- at Li's phone
+    (the smallest). Undone. Li then signs in as Zhao's account: merged into Zhao. Li replies TD."""
+    ws, h, cid, out, tpl = _setup(env, [{"userId": "zhao", "traits": {"email": "zhao@example.com"}},
+                                        {"userId": "wu", "traits": {"phone": "+8613900000009"}},
+                                        {"anonymousId": "dev1", "traits": {"phone": "+8613900000001"}}])
+    zhao, wu, li = _pid(env, user_id="zhao"), _pid(env, user_id="wu"), _pid(env, anonymous_id="dev1")
+    for p in (zhao, wu, li):
+        set_consent(env.gk.engine, ws, p, "sms", "granted")
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
+    sent = _send(env, ws, cid, out, tpl, wu)
+    assert sent["to"] == "+8613900000001"  # Li's phone, the smallest the survivor holds
+    merge = _merges(env, wu)[0]["merge_id"]
+    assert env.client.post(f"/api/v1/profiles/merges/{merge}/undo", headers=h).status_code == 200
+    assert env.post("/v1/identify", {"userId": "zhao", "anonymousId": "dev1"}).status_code == 200
+    receipts = Receipts(env.gk.sender)
+    row = receipts._match(ws, cid, "phone", Receipt("replied", text="TD", from_address="+8613900000001"))
+    assert row is not None and row.message_id == sent["message_id"], "Li's TD reply matched nothing: no opt-out"
+
+
+def test_a_reply_to_a_message_reserved_before_the_merge_and_sent_during_it(env: Any) -> None:
+    """A journey round starts (now=T0); Li signs in and is merged into Wu (T1); the round reaches Wu's
+    send step and texts Wu -- at Li's phone -- with now=T0. The merge is undone; Li replies TD."""
+    ws, h, cid, out, tpl = _setup(env, [{"userId": "wu", "traits": {"phone": "+8613900000009"}},
+                                        {"anonymousId": "dev1", "traits": {"phone": "+8613900000001"}}])
+    wu, li = _pid(env, user_id="wu"), _pid(env, anonymous_id="dev1")
+    for p in (wu, li):
+        set_consent(env.gk.engine, ws, p, "sms", "granted")
+    t0 = utcnow()  # the journey round's now
+    assert env.post("/v1/identify", {"userId": "wu", "anonymousId": "dev1"}).status_code == 200
+    sent = _send(env, ws, cid, out, tpl, wu, now=t0)
+    assert sent["to"] == "+8613900000001"
+    merge = _merges(env, wu)[0]["merge_id"]
+    assert env.client.post(f"/api/v1/profiles/merges/{merge}/undo", headers=h).status_code == 200
+    receipts = Receipts(env.gk.sender)
+    row = receipts._match(ws, cid, "phone", Receipt("replied", text="TD", from_address="+8613900000001"))
+    assert row is not None and row.message_id == sent["message_id"]

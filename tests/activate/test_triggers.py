@@ -64,7 +64,7 @@ def sink(env: Any, tmp_path: Path) -> tuple[str, Path]:
     # a file name: the sink writes it in the workspace's folder of the channel-files directory
     ch = env.gk.sender.channels.save(env.ws.workspace_id, name="sink", kind="sink",
                                      config={"path": "sink.jsonl", "simulates": "sms", "cost_per_message": 0.05})
-    return str(ch["channel_id"]), Path(ch["config"]["path"])
+    return str(ch["channel_id"]), env.gk.sender.channels.file_path(env.ws.workspace_id, ch["config"]["path"])
 
 
 @pytest.fixture

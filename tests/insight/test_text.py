@@ -225,7 +225,10 @@ def test_statements_are_not_taken_for_questions() -> None:
             "Was a waste of money.": "negative", "Is the best coffee I have ever had.": "positive",
             "Was a bit disappointed.": "negative", "Has a nice crunch.": "positive",
             # the clause a question mark ends asks, the ones before it still say something
-            "Awful, why did I buy this?": "negative", "Great product, can you restock soon?": "positive"}
+            "Awful, why did I buy this?": "negative", "Great product, can you restock soon?": "positive",
+            # an inverted opening asks in its own clause only
+            "Have you tried their new solution, it's great": "positive",
+            "Have you seen the new plan, love it": "positive"}
     r = {x["text"]: x["label"] for x in score_texts(list(want))}
     assert r == want
 

@@ -55,7 +55,10 @@ class ChannelStore:
         for f in cls.file_fields:
             value = getattr(parsed, f)
             if value is not None and value != "-":
-                parsed = parsed.model_copy(update={f: str(self._confined(ws, cls.kind, f, value))})
+                # kept relative to the workspace's folder: the data directory may move (a restored
+                # backup, another mount, a relative data dir from another working directory)
+                target = self._confined(ws, cls.kind, f, value)
+                parsed = parsed.model_copy(update={f: target.relative_to(self._folder(ws)).as_posix()})
         now = utcnow()
         values = {"workspace_id": ws, "kind": cls.kind, "provider": cls.provider, "name": name.strip(),
                   "config": parsed.model_dump_json(), "secrets": self.keys.encrypt(merged), "status": "active",
@@ -82,7 +85,7 @@ class ChannelStore:
         if self.files_dir is None:
             raise InvalidInput(f"this Goldkey has no channel-files directory: a {kind} channel cannot write a file",
                                field=f"config.{field}")
-        base = (self.files_dir / ws).resolve()
+        base = self._folder(ws)
         try:
             given = Path(value)
             target = (given if given.is_absolute() else base / given).resolve()
@@ -92,6 +95,15 @@ class ChannelStore:
             raise InvalidInput(f"a {kind} channel writes only inside this workspace's folder {base}: give a file "
                                f"name relative to it (e.g. 'out.csv'), not {value!r}", field=f"config.{field}")
         return target
+
+    def _folder(self, ws: str) -> Path:
+        assert self.files_dir is not None
+        return (self.files_dir / ws).resolve()
+
+    def file_path(self, ws: str, value: str) -> Path:
+        """The file a file channel's stored ``path`` names (it is kept relative to the workspace's
+        folder of the channel-files directory)."""
+        return self._confined(ws, "file", "path", value)
 
     def _row(self, ws: str, channel_id: str) -> Any:
         with self.engine.connect() as c:
@@ -127,11 +139,11 @@ class ChannelStore:
             secrets = self.keys.decrypt(row.secrets)
             config = cls.validate_config(orjson.loads(row.config), secrets)
             for f in cls.file_fields if self.files_dir is not None else ():
-                # a channel saved before paths were kept in the workspace's folder is not opened
+                # the stored path is relative to the workspace's folder (where it is now); one saved
+                # outside it, before paths were kept there, is not opened
                 value = getattr(config, f)
-                if value is not None and value != "-" and str(self._confined(ws, cls.kind, f, value)) != value:
-                    raise InvalidInput(f"channel {channel_id!r} writes to {value!r}, outside this workspace's "
-                                       "folder: save it again with a file name", field=f"config.{f}")
+                if value is not None and value != "-":
+                    config = config.model_copy(update={f: str(self._confined(ws, cls.kind, f, value))})
             ch = cls(config, secrets, transport=self.transport)
             self._open[channel_id] = (row.updated_at, ch)
             return ch

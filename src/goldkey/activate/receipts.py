@@ -88,12 +88,16 @@ class Receipts:
                         .where(i.workspace_id == ws, i.id_type == address_type, i.id_value == rc.from_address)
                         .scalar_subquery())
             # the customer's messages: logged under them, under a profile merged into them since, or
-            # under a profile they were merged into while the message went out (a merge undone since)
+            # under a profile one of those was merged into while the message went out (a merge undone
+            # since). The candidates' messages are found by profile (ix_messages_profile), then checked.
             theirs = sa.select(p.profile_id).where(p.workspace_id == ws, p.canonical_id == customer)
-            was_in = sa.exists().where(g.workspace_id == ws, g.loser_id == customer, g.winner_id == m.profile_id,
-                                       g.undone_at.is_not(None), m.created_at >= g.created_at,
-                                       m.created_at <= g.undone_at)
-            q = (q.where(sa.or_(m.profile_id.in_(theirs), was_in))
+            g2 = merges.alias("g2")
+            were_in = sa.select(g2.c.winner_id).where(g2.c.workspace_id == ws, g2.c.loser_id.in_(theirs),
+                                                       g2.c.undone_at.is_not(None))
+            went = sa.func.coalesce(m.sent_at, m.created_at)
+            was_in = sa.exists().where(g.workspace_id == ws, g.loser_id.in_(theirs), g.winner_id == m.profile_id,
+                                       g.undone_at.is_not(None), went >= g.created_at, went <= g.undone_at)
+            q = (q.where(m.profile_id.in_(sa.union(theirs, were_in)), sa.or_(m.profile_id.in_(theirs), was_in))
                  .order_by(m.created_at.desc()).limit(1))
         elif rc.provider_message_id:
             q = q.where(m.provider_message_id == rc.provider_message_id)
@@ -167,9 +171,12 @@ class Receipts:
             i, p, m = identities.c, profiles.c, merges.c
             held = {v for v in c.execute(sa.select(i.id_value).where(
                 i.workspace_id == ws, i.profile_id == canon, i.id_type == id_type)).scalars() if fits(v)}
-            # an undo since may have given the address back with the customer it came with
-            undone = c.execute(sa.select(m.detail).where(m.workspace_id == ws, m.undone_at.is_not(None),
-                                                         m.winner_id.in_(sorted({row.profile_id, canon})))).scalars()
+            # an undo since may have given the address back with the customer it came with: a merge
+            # of the message's profile that stood when the message went out
+            went = row.sent_at or row.created_at
+            undone = c.execute(sa.select(m.detail).where(
+                m.workspace_id == ws, m.undone_at.is_not(None), m.winner_id.in_(sorted({row.profile_id, canon})),
+                m.created_at <= went, m.undone_at >= went)).scalars()
             back = {v for d in undone for t, v in orjson.loads(d).get("loser_identities", [])
                     if t == id_type and fits(v)} - held
             holder = {v: canon for v in held}

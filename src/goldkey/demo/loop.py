@@ -114,11 +114,16 @@ class Admin:
         self.c.close()
 
     def channel(self, name: str, simulates: str, path: Path) -> str:
+        """The demo's sink channel ``name`` writing ``path`` (a file in the workspace's folder of the
+        channel-files directory, given by its name): created, or set to that file when an earlier
+        run saved it elsewhere."""
+        body = {"name": name, "kind": "sink", "config": {"simulates": simulates, "path": path.name}}
         for ch in self.get("/api/v1/channels"):
             if ch["name"] == name:
+                if ch["config"].get("path") != path.name:
+                    self.put(f"/api/v1/channels/{ch['channel_id']}", body)
                 return ch["channel_id"]
-        return self.post("/api/v1/channels", {"name": name, "kind": "sink",
-                                              "config": {"simulates": simulates, "path": str(path)}})["channel_id"]
+        return self.post("/api/v1/channels", body)["channel_id"]
 
     def segment(self, spec: dict[str, Any]) -> dict[str, Any]:
         have = {s["name"]: s for s in self.get("/api/v1/segments")}

