@@ -44,7 +44,7 @@ def _sent(env: Any, cid: str, pids: list[str], pmids: list[str]) -> dict[str, st
     with env.gk.engine.begin() as c:
         for p, pm in zip(pids, pmids, strict=True):
             c.execute(messages.update().where(messages.c.message_id == res.message_ids[p]).values(
-                status="sent", provider_message_id=pm))
+                status="sent", provider_message_id=pm, sent_at=NOON_SH))
     return res.message_ids
 
 

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from goldkey.activate.channels.base import Receipt
 from goldkey.activate.receipts import Receipts
 from goldkey.activate.sender import SendRequest
@@ -188,3 +190,32 @@ def test_a_reply_to_a_message_reserved_before_the_merge_and_sent_during_it(env: 
     receipts = Receipts(env.gk.sender)
     row = receipts._match(ws, cid, "phone", Receipt("replied", text="TD", from_address="+8613900000001"))
     assert row is not None and row.message_id == sent["message_id"]
+
+
+def test_a_reply_is_matched_to_a_message_that_went_out(env_any: Any) -> None:
+    """Li gets M1 (marketing); M2 (service), an hour later, is refused by the provider (failed, never
+    sent). Her STOP answers M1: before, it was matched to the newer M2 and withdrew the service
+    consent, leaving marketing granted (a review of the reply matching)."""
+    from goldkey.store.operational import consents, messages
+
+    env = env_any
+    ws, h, cid, out, tpl = _setup(env, [{"anonymousId": "dev1", "traits": {"phone": "+8613900000001"}}])
+    li = _pid(env, anonymous_id="dev1")
+    for purpose in ("marketing", "service"):
+        set_consent(env.gk.engine, ws, li, "sms", "granted", purpose=purpose)
+    m1 = _send(env, ws, cid, out, tpl, li)
+    rep = env.gk.sender.send(SendRequest(ws, cid, tpl, [li], "svc", now=NOON_SH + timedelta(hours=1),
+                                         purpose="service"))
+    m2 = rep.message_ids[li]
+    with env.gk.engine.begin() as c:  # what the sender logs when the provider refuses a send
+        c.execute(messages.update().where(messages.c.message_id == m2).values(
+            status="failed", sent_at=None, reason="provider: balance"))
+    receipts = Receipts(env.gk.sender)
+    rc = Receipt("replied", text="STOP", from_address="+8613900000001")
+    row = receipts._match(ws, cid, "phone", rc)
+    assert row is not None and row.message_id == m1["message_id"]
+    receipts.record(row, rc)
+    receipts.record(row, Receipt("unsubscribed", message_id=row.message_id, from_address=rc.from_address))
+    with env.gk.engine.connect() as c:
+        got = c.execute(sa.select(consents.c.purpose, consents.c.status).where(consents.c.profile_id == li)).all()
+    assert sorted(tuple(r) for r in got) == [("marketing", "denied"), ("service", "granted")]

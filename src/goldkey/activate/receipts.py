@@ -94,11 +94,14 @@ class Receipts:
             g2 = merges.alias("g2")
             were_in = sa.select(g2.c.winner_id).where(g2.c.workspace_id == ws, g2.c.loser_id.in_(theirs),
                                                        g2.c.undone_at.is_not(None))
-            went = sa.func.coalesce(m.sent_at, m.created_at)
             was_in = sa.exists().where(g.workspace_id == ws, g.loser_id.in_(theirs), g.winner_id == m.profile_id,
-                                       g.undone_at.is_not(None), went >= g.created_at, went <= g.undone_at)
-            q = (q.where(m.profile_id.in_(sa.union(theirs, were_in)), sa.or_(m.profile_id.in_(theirs), was_in))
-                 .order_by(m.created_at.desc()).limit(1))
+                                       g.undone_at.is_not(None), m.sent_at >= g.created_at,
+                                       m.sent_at <= g.undone_at)
+            # only a message that went out can be answered (not one refused or still queued), the
+            # latest sent first
+            q = (q.where(m.profile_id.in_(sa.union(theirs, were_in)), m.sent_at.is_not(None),
+                         sa.or_(m.profile_id.in_(theirs), was_in))
+                 .order_by(m.sent_at.desc()).limit(1))
         elif rc.provider_message_id:
             q = q.where(m.provider_message_id == rc.provider_message_id)
         else:
