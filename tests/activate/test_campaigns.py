@@ -354,6 +354,30 @@ def _import_orders(env: Any, tmp: Path, rows: list[tuple[str, str, datetime, flo
     assert s.status == "done" and s.quarantined == 0, s
 
 
+def test_refunds_and_cancellations_are_no_conversion_and_no_revenue(env: Any, svc: CampaignService,
+                                                                     tmp_path: Path) -> None:
+    """Before, the report read every order: a refund or a cancellation after the send was a
+    conversion and revenue (found by a review of the report's figures), unlike every model."""
+    ws = env.ws.workspace_id
+    pids = make_profiles(env, 30)
+    grant(env, pids)
+    cid, _ = sink(env, tmp_path)
+    camp = svc.create(ws, definition(cid, {"list": {"id_type": "profile_id", "values": pids}}, holdout_pct=0,
+                                     conversion={"order": True, "attribution_days": 7}))
+    assert svc.launch(ws, camp["campaign_id"], wait=True)["status"] == "done"
+    at = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,ordered_at,user_id,sku,quantity,unit_price,status\n"
+                    f"o1,{at},u0,SKU1,1,100,paid\no2,{at},u1,SKU1,1,500,refunded\n"
+                    f"o3,{at},u2,SKU1,1,300,cancelled\no4,{at},u3,SKU1,1,400,已取消\n", encoding="utf-8")
+    s = env.gk.importer.run(ws, "orders", path, {})
+    assert s.status == "done" and s.quarantined == 0, s
+    rep = svc.report(ws, camp["campaign_id"])
+    treated = [a for a in rep["arms"] if a["arm"] != HOLDOUT]
+    assert sum(a["itt"]["converted"] for a in treated) == 1
+    assert sum(a["itt"]["revenue"] for a in treated) == pytest.approx(100.0)
+
+
 @pytest.mark.slow
 def test_funnel_and_uplift_match_pandas_on_planted_responses(env: Any, svc: CampaignService, tmp_path: Path) -> None:
     ws = env.ws.workspace_id

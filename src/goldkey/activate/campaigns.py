@@ -73,6 +73,7 @@ from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, loc_path
 from goldkey.core.ids import new_id
 from goldkey.identity.normalize import normalize_identifier
+from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.store.operational import (
     campaign_members,
     campaign_runs,
@@ -883,9 +884,12 @@ class CampaignService:
         """Per member: arm, status, engagement flags and the conversions/revenue in both windows —
         ONE DuckDB query over the members, the event log and ``orders_resolved``."""
         conv = d.conversion
+        # purchases only, as every model and report reads orders: a refund or a cancellation is no
+        # conversion and no revenue
+        purchase = status_filter("status", "$excluded")
         if conv.order:
-            conv_sql = """SELECT canonical_id AS pid, ordered_at AS ts FROM orders_resolved
-                          WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi
+            conv_sql = f"""SELECT canonical_id AS pid, ordered_at AS ts FROM orders_resolved
+                          WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi AND {purchase}
                             AND canonical_id IN (SELECT profile_id FROM _m)"""
         else:
             conv_sql = """SELECT canonical_id AS pid, "timestamp" AS ts FROM events_resolved
@@ -895,7 +899,7 @@ class CampaignService:
         sql = f"""
         WITH conv AS ({conv_sql}),
         ord AS (SELECT canonical_id AS pid, ordered_at AS ts, total_amount AS amt FROM orders_resolved
-                WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi
+                WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi AND {purchase}
                   AND canonical_id IN (SELECT profile_id FROM _m)),
         eng AS (SELECT json_extract_string(properties, '$.message_id') AS mid,
                        max(CASE WHEN event = 'Message Delivered' THEN 1 ELSE 0 END) AS delivered,
@@ -927,7 +931,8 @@ class CampaignService:
         days = conv.attribution_days
         sent = [t for t in members.column("sent_at").to_pylist() if t is not None]
         hi = max([started, *sent]) + timedelta(days=days)
-        params: dict[str, Any] = {"ws": ws, "lo": started, "hi": hi, "days": days, "ref": f"campaign:{cid}"}
+        params: dict[str, Any] = {"ws": ws, "lo": started, "hi": hi, "days": days, "ref": f"campaign:{cid}",
+                                  "excluded": excluded_statuses()}
         if not conv.order:
             params["event"] = conv.event
         tbl = self.analytical.query_arrow(sql, params, tables={"_m": members})

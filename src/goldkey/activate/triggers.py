@@ -87,6 +87,7 @@ from goldkey.collect.tracking import micros_to_datetime
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
 from goldkey.core.ids import new_id
+from goldkey.insight.purchases import excluded_statuses, status_filter
 from goldkey.ops.metrics import METRICS
 from goldkey.rules.memory import CompiledRule, Event, compile_rule
 from goldkey.rules.model import EventCondition, SequenceCondition, iter_nodes, parse_rule
@@ -430,9 +431,11 @@ class TriggerService:
         if rows:
             lo = min(as_utc(x.fired_at) for x in rows)
             hi = max(as_utc(x.fired_at) for x in rows) + timedelta(days=conv.attribution_days)
+            # purchases only (refunds and cancellations are no conversion and no revenue)
+            purchase = status_filter("status", "$excluded")
             if conv.order:
-                conv_sql = """SELECT canonical_id AS pid, ordered_at AS ts FROM orders_resolved
-                              WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi"""
+                conv_sql = f"""SELECT canonical_id AS pid, ordered_at AS ts FROM orders_resolved
+                              WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi AND {purchase}"""
             else:
                 conv_sql = """SELECT canonical_id AS pid, "timestamp" AS ts FROM events_resolved
                               WHERE workspace_id = $ws AND type = 'track' AND event = $event
@@ -440,14 +443,15 @@ class TriggerService:
             sql = f"""
             WITH conv AS ({conv_sql}),
             ord AS (SELECT canonical_id AS pid, ordered_at AS ts, total_amount AS amt FROM orders_resolved
-                    WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi),
+                    WHERE workspace_id = $ws AND ordered_at >= $lo AND ordered_at < $hi AND {purchase}),
             c AS (SELECT _f.k FROM _f JOIN conv ON conv.pid = _f.profile_id AND conv.ts >= _f.fired_at
                         AND conv.ts < _f.fired_at + to_days($days) GROUP BY _f.k),
             r AS (SELECT _f.k, sum(ord.amt) AS amt FROM _f JOIN ord ON ord.pid = _f.profile_id
                         AND ord.ts >= _f.fired_at AND ord.ts < _f.fired_at + to_days($days) GROUP BY _f.k)
             SELECT _f.k, c.k IS NOT NULL AS converted, coalesce(r.amt, 0) AS revenue
             FROM _f LEFT JOIN c USING (k) LEFT JOIN r USING (k) ORDER BY _f.k"""
-            params: dict[str, Any] = {"ws": ws, "lo": lo, "hi": hi, "days": conv.attribution_days}
+            params: dict[str, Any] = {"ws": ws, "lo": lo, "hi": hi, "days": conv.attribution_days,
+                                      "excluded": excluded_statuses()}
             if not conv.order:
                 params["event"] = conv.event
             tbl = self.analytical.query_arrow(sql, params, tables={"_f": fired})
