@@ -190,7 +190,7 @@ class Receipts:
             if not holder:
                 return [canon]
             live = set(holder.values())
-            owner = merged_away_owners(standing_merges(c, ws, live), live, {(ws, id_type, v) for v in holder})
+            owner = merged_away_owners(standing_merges(c, ws, live), {(ws, id_type, v) for v in holder})
         return sorted({owner.get((ws, id_type, v), h) for v, h in holder.items()})
 
     # -- tracking hits ------------------------------------------------------------------------------

@@ -666,7 +666,7 @@ class Importer:
             for k, v in enumerate(graph.normalised_column(ws, name, series).to_list()):
                 if v is not None and top[k] is None:
                     top[k] = (name, v)
-        owner = merged_away_owners(merged, survivors, {(ws, *t) for t in top if t is not None})
+        owner = merged_away_owners(merged, {(ws, *t) for t in top if t is not None})
         out = list(pids)
         for i, t in zip(rows, top, strict=True):
             if t is not None:

@@ -198,31 +198,15 @@ class ConsentCollector:
         profile so that an undo of the merge gives it back with them (the identifiers moved to the
         survivor; the standing merges' records name whose they were, the earliest merge the
         original holder)."""
-        live = sorted({(ws, pid) for ws, pid, _, _ in found})
         wanted = {(ws, t, v) for ws, _, ev, _ in found
                   for t, v in (("user_id", ev.user_id), ("anonymous_id", ev.anonymous_id)) if v}
-        m, loser = merges.c, profiles.alias("loser")
+        live: dict[str, set[str]] = {}
+        for ws, pid, _, _ in found:
+            live.setdefault(ws, set()).add(pid)
         owner: dict[tuple[str, str, str], str] = {}
-        for a in range(0, len(live), 200):
-            rows = c.execute(
-                sa.select(m.workspace_id, m.loser_id, m.detail)
-                .join(loser, loser.c.profile_id == m.loser_id)
-                .where(m.undone_at.is_(None),
-                       sa.or_(*[sa.and_(m.workspace_id == ws, loser.c.canonical_id == pid)
-                                for ws, pid in live[a:a + 200]]))
-                .order_by(m.created_at.desc(), m.merge_id.desc())).all()
-            _brought_by(rows, wanted, owner)
+        for ws, pids in live.items():
+            owner.update(merged_away_owners(standing_merges(c, ws, pids), wanted))
         return owner
-
-
-def _brought_by(rows: Iterable[Any], wanted: set[tuple[str, str, str]], owner: dict[tuple[str, str, str], str]) -> None:
-    """Fill ``owner`` (workspace, id type, value) -> merged-away profile from standing merges'
-    rows (``workspace_id``, ``loser_id``, ``detail``), latest merge first: an earlier merge's loser
-    overrides (it held the identifier first)."""
-    for r in rows:
-        for t, v in orjson.loads(r.detail).get("loser_identities", []):
-            if (r.workspace_id, t, v) in wanted:
-                owner[(r.workspace_id, t, v)] = r.loser_id
 
 
 def standing_merges(c: sa.Connection, ws: str, survivors: Iterable[str]) -> list[Any]:
@@ -250,15 +234,16 @@ def standing_merges(c: sa.Connection, ws: str, survivors: Iterable[str]) -> list
     return rows
 
 
-def merged_away_owners(rows: Iterable[Any], survivors: Iterable[str], wanted: set[tuple[str, str, str]]
-                       ) -> dict[tuple[str, str, str], str]:
-    """(workspace, id type, value) -> the merged-away profile that brought that identifier to one
-    of ``survivors`` (live profiles) by one of the standing merges ``rows``
-    (:func:`standing_merges`): whose a consent decision made under it is."""
-    live = set(survivors)
+def merged_away_owners(rows: Iterable[Any], wanted: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+    """(workspace, id type, value) of ``wanted`` -> the merged-away profile that brought that
+    identifier to its survivor by one of the standing merges ``rows`` (:func:`standing_merges`,
+    latest first: an earlier merge's loser overrides, it held the identifier first): whose a consent
+    decision made under it is."""
     owner: dict[tuple[str, str, str], str] = {}
-    if wanted:
-        _brought_by((r for r in rows if r.canonical_id in live), wanted, owner)
+    for r in rows:
+        for t, v in orjson.loads(r.detail).get("loser_identities", []):
+            if (r.workspace_id, t, v) in wanted:
+                owner[(r.workspace_id, t, v)] = r.loser_id
     return owner
 
 
