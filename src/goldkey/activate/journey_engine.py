@@ -44,14 +44,12 @@ from typing import Any
 
 import httpx
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from goldkey.activate.journeys import CompiledJourney, CompiledNode, JourneyService, compile_journey
 from goldkey.activate.sender import Sender, SendRequest
 from goldkey.audience.catalog import profile_value_select, profile_values
-from goldkey.audience.common import load_events, load_profile_values
+from goldkey.audience.common import load_events, load_profile_values, own_events_named
 from goldkey.collect.tracking import micros_to_datetime
 from goldkey.core.clock import as_utc, utcnow
 from goldkey.core.errors import GoldkeyError, InvalidInput
@@ -304,16 +302,12 @@ class JourneyEngine:
     def _own_events(self, ws: str, profile_ids: Any, events: Any, properties: Any, at: datetime,
                     chunk: int = 5000) -> Iterator[tuple[str, list[tuple[str, Event]]]]:
         """The own events a live journey of ``ws`` names, as ``(ws, [(profile, Event)])`` in chunks
-        (a model run can announce a million Tag Changed events; filtered by name with Arrow
-        first, so that those no journey listens to cost next to nothing)."""
+        (a model run can announce a million Tag Changed events; those no journey names are
+        dropped first, :func:`goldkey.audience.common.own_events_named`)."""
         names = self._listened(ws)
         if not names:
             return
-        cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c if isinstance(c, pa.Array)
-                else pa.array(list(c), pa.string()) for c in (profile_ids, events, properties)]
-        if None not in names:
-            keep = pc.is_in(cols[1], value_set=pa.array(sorted(names), pa.string()))  # type: ignore[type-var]
-            cols = [pc.filter(c, keep) for c in cols]
+        cols = own_events_named(profile_ids, events, properties, names)
         loads = orjson.loads
         for lo in range(0, len(cols[0]), chunk):
             pids, evs, props = (c.slice(lo, chunk).to_pylist() for c in cols)

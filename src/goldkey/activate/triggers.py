@@ -61,7 +61,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -82,7 +81,7 @@ from goldkey.activate.guardrails import (
 from goldkey.activate.sender import Sender
 from goldkey.activate.templates import CompiledTemplate, compile_for_workspace
 from goldkey.audience.catalog import infer_attribute_fields, load_catalog
-from goldkey.audience.common import load_events, load_profile_values, parse_and_check
+from goldkey.audience.common import load_events, load_profile_values, own_events_named, parse_and_check
 from goldkey.collect.tracking import micros_to_datetime
 from goldkey.core.clock import as_utc, to_iso, utcnow
 from goldkey.core.errors import Conflict, InvalidInput, NotFound, validated
@@ -604,12 +603,7 @@ class TriggerService:
             trig = [t for t in (self._realtime or {}).get(ws, ()) if t.event is not None]
         if not trig:
             return
-        names = {(t.d.event or {}).get("event") for t in trig}
-        cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c if isinstance(c, pa.Array)
-                else pa.array(list(c), pa.string()) for c in (profile_ids, events, properties)]
-        if None not in names:  # else a clause without one event name: every event is a candidate
-            keep = pc.is_in(cols[1], value_set=pa.array(sorted(names), pa.string()))
-            cols = [pc.filter(c, keep) for c in cols]
+        cols = own_events_named(profile_ids, events, properties, {(t.d.event or {}).get("event") for t in trig})
         if len(cols[0]):
             self._own.put((ws, cols, at, committed))
 

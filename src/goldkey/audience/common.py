@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from goldkey.audience.catalog import infer_attribute_fields, load_catalog, profile_value_select, profile_values
@@ -196,6 +197,21 @@ def emit_events(analytical: AnalyticalStore, con: Any, ws: str, rows: list[tuple
     dumps = orjson.dumps
     return emit_event_columns(analytical, con, ws, [r[0] for r in rows], [r[1] for r in rows],
                               [dumps(r[2]).decode() for r in rows], source, at)
+
+
+def own_events_named(profile_ids: Any, events: Any, properties: Any, names: Collection[str | None]
+                     ) -> list[pa.Array]:
+    """The columns of announced own events (:meth:`AnalyticalStore.announce`: Arrow arrays or
+    lists) as Arrow arrays ``[profile ids, names, properties]``, keeping only the events ``names``
+    names (one Arrow filter: a model run's million Tag Changed events cost next to nothing when
+    nobody listens to them); every event when ``None`` is among them (a clause without an event
+    name)."""
+    cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c if isinstance(c, pa.Array)
+            else pa.array(list(c), pa.string()) for c in (profile_ids, events, properties)]
+    if None not in names:
+        keep = pc.is_in(cols[1], value_set=pa.array(sorted(names), pa.string()))  # type: ignore[type-var]
+        cols = [pc.filter(c, keep) for c in cols]
+    return cols
 
 
 def emit_event_columns(analytical: AnalyticalStore, con: Any, ws: str, profile_ids: Sequence[str] | pa.Array,
