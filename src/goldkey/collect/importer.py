@@ -293,14 +293,22 @@ def _trait_values(df: pl.DataFrame, trait: str) -> pl.Series:
     return _as_text([a if a is not None else b for a, b in zip(col.to_list(), ex.to_list(), strict=True)]).alias(trait)
 
 
+def identifier_columns(graph: Any, ws: str, df: pl.DataFrame) -> list[tuple[str, pl.Series]]:
+    """``(identifier type, raw values)`` of the identifiers ``df``'s rows name their customer by:
+    the built-in identifier columns present, then the workspace's custom identifier types (read
+    from their traits)."""
+    raw: list[tuple[str, pl.Series]] = [(f, df[f]) for f in IDENTIFIER_FIELDS if f in df.columns]
+    for name, trait in graph.custom_identifiers(ws):
+        raw.append((name, _trait_values(df, trait)))
+    return raw
+
+
 def named_identifiers(graph: Any, ws: str, df: pl.DataFrame) -> pl.Series:
     """Per row of ``df``, the identifiers it names its customer by, normalised as identity
     resolution reads them: a JSON object of identifier type -> value (null where the row left the
     type empty or gave a blocked value). Kept with an imported order or feedback record, so that an
     undo of a merge can give the record back to the profile holding those identifiers."""
-    raw: list[tuple[str, pl.Series]] = [(f, df[f]) for f in IDENTIFIER_FIELDS if f in df.columns]
-    for name, trait in graph.custom_identifiers(ws):
-        raw.append((name, _trait_values(df, trait)))
+    raw = identifier_columns(graph, ws, df)
     if not raw:
         return pl.Series("identifiers", [None] * df.height, dtype=pl.Utf8)
     cols = pl.DataFrame({name: graph.normalised_column(ws, name, s).alias(name) for name, s in raw})
@@ -567,9 +575,7 @@ class Importer:
         """Resolve every row's customer in bulk (``IdentityGraph.resolve_many``); return the
         profile of each row and the mask of rows that created their profile on their own."""
         graph = ctx.graph
-        raw: list[tuple[str, pl.Series]] = [(f, df[f]) for f in IDENTIFIER_FIELDS if f in df.columns]
-        for name, trait in graph.custom_identifiers(ws):
-            raw.append((name, _trait_values(df, trait)))
+        raw = identifier_columns(graph, ws, df)
         at = _row_times(df, at_field)
 
         def report(done: int, total: int) -> None:
@@ -655,10 +661,7 @@ class Importer:
         if not survivors:
             return pids  # no row's profile holds a merged-away customer: nothing to look at
         rows = [i for i, p in enumerate(pids) if p in survivors]
-        part = df[rows]
-        raw: list[tuple[str, pl.Series]] = [(f, part[f]) for f in IDENTIFIER_FIELDS if f in part.columns]
-        for name, trait in graph.custom_identifiers(ws):
-            raw.append((name, _trait_values(part, trait)))
+        raw = identifier_columns(graph, ws, df[rows])
         rank = graph._rules_of(ws).rank
         # the highest-priority identifier each of those rows names: (type, value)
         top: list[tuple[str, str] | None] = [None] * len(rows)
