@@ -344,8 +344,8 @@ class Loop:
         try:
             _demo_policy(admin, self.url)
             # the sinks write in the workspace's folder of the channel-files directory (and nowhere else)
-            box = (self.gk.settings.resolved_channel_files_dir() / b.workspace_id).resolve()
-            sms_path, push_path = box / "eyecare-sms.jsonl", box / "eyecare-push.jsonl"
+            sms_path, push_path = (self.gk.sender.channels.file_path(b.workspace_id, f"eyecare-{k}.jsonl")
+                                   for k in ("sms", "push"))
             sms = admin.channel("短信 SMS (demo sink)", "sms", sms_path)
             push = admin.channel("App 推送 Push (demo sink)", "push", push_path)
             since = _iso(datetime.now(UTC) - timedelta(seconds=1))
@@ -464,7 +464,7 @@ class Loop:
         world = World(self.truth, "operator", self.seed)
         try:
             _demo_policy(admin, self.url)
-            sms_path = (self.gk.settings.resolved_channel_files_dir() / b.workspace_id).resolve() / "operator-sms.jsonl"
+            sms_path = self.gk.sender.channels.file_path(b.workspace_id, "operator-sms.jsonl")
             sms = admin.channel("SMS (demo sink)", "sms", sms_path)
             name = "流量包推荐 / data pack offer at 75% of the plan"
             trig = next((t for t in admin.get("/api/v1/triggers") if t["name"] == name), None)
